@@ -1,0 +1,45 @@
+"""The contracts between slaops services: event models, topic names, JSON Schemas."""
+
+from pydantic import BaseModel
+
+from schemas.dead_letter import DeadLetter
+from schemas.models import ChampionDecision, ModelPublished
+from schemas.retrain import (
+    DetectorDetails,
+    OffsetRange,
+    RetrainReason,
+    RetrainRequested,
+    retrain_event_id,
+)
+from schemas.telemetry import (
+    FEATURES,
+    InvalidTelemetry,
+    RejectReason,
+    TelemetryEvent,
+    parse_telemetry,
+)
+
+#: Every contract with a JSON Schema file beside it, by file stem.
+EXPORTED: dict[str, type[BaseModel]] = {
+    "telemetry_event": TelemetryEvent,
+    "retrain_requested": RetrainRequested,
+    "model_published": ModelPublished,
+    "dead_letter": DeadLetter,
+}
+
+__all__ = [
+    "EXPORTED",
+    "FEATURES",
+    "ChampionDecision",
+    "DeadLetter",
+    "DetectorDetails",
+    "InvalidTelemetry",
+    "ModelPublished",
+    "OffsetRange",
+    "RejectReason",
+    "RetrainReason",
+    "RetrainRequested",
+    "TelemetryEvent",
+    "parse_telemetry",
+    "retrain_event_id",
+]

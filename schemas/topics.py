@@ -1,0 +1,12 @@
+"""Topic names: the one place every service and test reads them from."""
+
+TELEMETRY = "sla.telemetry"
+TELEMETRY_DLQ = "sla.telemetry.dlq"
+RETRAIN = "sla.retrain"
+RETRAIN_FAILURES = "sla.retrain.failures"
+MODELS = "sla.models"
+FORECASTS = "sla.forecasts"
+CONSUMER_CHECKPOINTS = "slaops.consumer.checkpoints"
+
+#: Kafka's own limit on topic names: legal characters and length.
+TOPIC_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,249}$"
