@@ -1,0 +1,178 @@
+"""Where each partition's windows start, recorded durably before every commit.
+
+Rebuilding a tenant's window after a restart or rebalance means replaying its partition
+from the oldest event the window still held. Kafka commit metadata could carry that
+offset, but tansu drops it and its `offsets_for_times` is wrong, so the consumer writes
+a small keyed record to a compacted topic before each commit. Each record also carries
+the previous checkpoint, so a crash between writing a checkpoint and committing still
+leaves the checkpoint of the last commit to be found, even after compaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from slaops.errors import BrokerError
+from slaops.kafka import DeliveryTracker
+
+log = logging.getLogger(__name__)
+
+
+class PartitionCheckpoint(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    topic: str
+    partition: int
+    committed_offset: int
+    replay_from: int
+    previous: tuple[int, int] | None = None  # (committed_offset, replay_from) before this one
+
+
+def checkpoint_key(group_id: str, topic: str, partition: int) -> bytes:
+    return f"{group_id}|{topic}|{partition}".encode()
+
+
+def choose_replay_from(latest: PartitionCheckpoint | None, committed: int) -> int:
+    """The offset to replay from so the windows at `committed` are rebuilt in full.
+
+    Replaying from too early only costs time; too late would lose window events.
+    """
+    if latest is None:
+        return committed
+    if latest.committed_offset == committed:
+        return min(latest.replay_from, committed)
+    if latest.previous is not None and latest.previous[0] == committed:
+        return min(latest.previous[1], committed)
+    candidates = [latest.replay_from, committed]
+    if latest.previous is not None:
+        candidates.append(latest.previous[1])
+    log.warning(
+        "checkpoint of partition=%d does not match committed offset %d; replaying from the "
+        "earliest known window start",
+        latest.partition,
+        committed,
+    )
+    return min(candidates)
+
+
+class CheckpointLog:
+    """Writes and reads partition checkpoints on the (single-partition) checkpoint topic."""
+
+    def __init__(
+        self,
+        *,
+        topic: str,
+        group_id: str,
+        tracker: DeliveryTracker,
+        reader_config: dict[str, object],
+        read_timeout_s: float = 60.0,
+    ) -> None:
+        self.topic = topic
+        self.group_id = group_id
+        self._tracker = tracker
+        self._reader_config = reader_config
+        self._read_timeout_s = read_timeout_s
+        self._last: dict[tuple[str, int], PartitionCheckpoint] = {}
+
+    def write(self, topic: str, partition: int, committed_offset: int, replay_from: int) -> None:
+        """Queue a checkpoint; the caller waits on the tracker before committing."""
+        previous = self._last.get((topic, partition))
+        if previous is not None and (previous.committed_offset, previous.replay_from) == (
+            committed_offset,
+            replay_from,
+        ):
+            return
+        checkpoint = PartitionCheckpoint(
+            topic=topic,
+            partition=partition,
+            committed_offset=committed_offset,
+            replay_from=replay_from,
+            previous=None
+            if previous is None
+            else (previous.committed_offset, previous.replay_from),
+        )
+        self._tracker.produce(
+            self.topic,
+            key=checkpoint_key(self.group_id, topic, partition),
+            value=checkpoint.model_dump_json().encode(),
+            partition=0,
+        )
+        self._last[(topic, partition)] = checkpoint
+
+    def forget(self, topic: str, partitions: Iterable[int]) -> None:
+        for partition in partitions:
+            self._last.pop((topic, partition), None)
+
+    def read_latest(self, topic: str, partitions: Iterable[int]) -> dict[int, PartitionCheckpoint]:
+        """The newest checkpoint of each partition.
+
+        High watermarks are not trusted (tansu's are wrong), so the end of the log is
+        marked by producing a sentinel and reading up to its acknowledged offset.
+        """
+        wanted = {checkpoint_key(self.group_id, topic, p): p for p in partitions}
+        if not wanted:
+            return {}
+        end = self._write_sentinel()
+        reader = Consumer(
+            {
+                **self._reader_config,
+                "group.id": f"{self.group_id}.checkpoint-reader",
+                "enable.auto.commit": False,
+                "enable.partition.eof": False,
+            }
+        )
+        found: dict[int, PartitionCheckpoint] = {}
+        try:
+            reader.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])
+            deadline = time.monotonic() + self._read_timeout_s
+            position = -1
+            while position < end:
+                if time.monotonic() > deadline:
+                    raise BrokerError(
+                        f"checkpoint topic {self.topic} not readable up to offset {end}"
+                    )
+                for message in reader.consume(10_000, 0.5):
+                    if message.error() is not None:
+                        continue
+                    position = max(position, message.offset() or 0)
+                    partition = wanted.get(message.key() or b"")
+                    value = message.value()
+                    if partition is None or not value:
+                        continue
+                    try:
+                        found[partition] = PartitionCheckpoint.model_validate_json(value)
+                    except ValidationError:
+                        log.warning("ignoring an unreadable checkpoint of partition=%d", partition)
+        except KafkaException as exc:
+            raise BrokerError(f"cannot read checkpoint topic {self.topic}: {exc}") from exc
+        finally:
+            reader.close()
+        for partition, checkpoint in found.items():
+            self._last[(topic, partition)] = checkpoint
+        return found
+
+    def _write_sentinel(self) -> int:
+        offsets: list[int] = []
+
+        def delivered(err: object, message: object) -> None:
+            if err is None:
+                offsets.append(message.offset())  # type: ignore[attr-defined]
+
+        producer = self._tracker.producer
+        producer.produce(
+            self.topic,
+            key=f"{self.group_id}|sentinel|{uuid.uuid4().hex}".encode(),
+            value=None,
+            partition=0,
+            on_delivery=delivered,
+        )
+        producer.flush(self._read_timeout_s)
+        if not offsets:
+            raise BrokerError(f"cannot write to checkpoint topic {self.topic}")
+        return offsets[0]

@@ -1,0 +1,310 @@
+"""The consumer's pure core: raw telemetry bytes in, dead letters and retrain requests out.
+
+No Kafka here: records are anything with `key()/value()/partition()/offset()`, and the
+service decides what to produce and when to commit. Work is batched per poll: events
+are validated one by one (that is the contract), then grouped per tenant and written to
+windows and detectors as numpy blocks, so no per-event Python objects outlive the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from datetime import UTC, datetime
+
+import numpy as np
+
+from consumer.detectors import DataDriftMonitor, DriftConfig, DriftSignal
+from consumer.gate import RequestGate
+from consumer.window import TenantWindow
+from schemas import (
+    DeadLetter,
+    DetectorDetails,
+    InvalidTelemetry,
+    OffsetRange,
+    RetrainReason,
+    RetrainRequested,
+    parse_telemetry,
+    retrain_event_id,
+)
+from schemas.telemetry import FEATURES
+from slaops.kafka import KafkaRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class CoreConfig:
+    topic: str
+    window_max_events: int = 2_000
+    window_span_s: float = 86_400.0
+    max_tenants: int = 10_000
+    max_message_bytes: int = 64 * 1024
+    drift: DriftConfig = field(default_factory=DriftConfig)
+    cold_start: bool = True
+    cold_start_min_events: int = 500
+    cold_start_min_per_class: int = 10
+    cooldown_s: float = 3_600.0
+    request_timeout_s: float = 7_200.0
+
+
+@dataclass(slots=True)
+class TenantState:
+    tenant: str
+    partition: int
+    window: TenantWindow
+    drift: DataDriftMonitor
+    gate: RequestGate
+    has_model: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterOut:
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, Any]]
+
+
+@dataclass(slots=True)
+class BatchResult:
+    dead_letters: list[DeadLetterOut] = field(default_factory=list)
+    requests: list[RetrainRequested] = field(default_factory=list)
+    valid: int = 0
+    invalid: int = 0
+    replayed: int = 0
+
+
+class IngestCore:
+    """Windows, detectors and request gates for every tenant this member holds."""
+
+    def __init__(self, config: CoreConfig) -> None:
+        self.config = config
+        self._tenants: OrderedDict[str, TenantState] = OrderedDict()
+        self._by_partition: dict[int, set[str]] = {}
+
+    # -- state ----------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._tenants)
+
+    def tenant(self, tenant: str) -> TenantState | None:
+        return self._tenants.get(tenant)
+
+    def tenants(self) -> Iterable[TenantState]:
+        return self._tenants.values()
+
+    def replay_start(self, partition: int) -> int | None:
+        """Oldest offset any held window of `partition` still needs, if any."""
+        offsets = [
+            self._tenants[t].window.oldest_offset for t in self._by_partition.get(partition, ())
+        ]
+        present = [o for o in offsets if o is not None]
+        return min(present) if present else None
+
+    def drop_partitions(self, partitions: Iterable[int]) -> int:
+        dropped = 0
+        for partition in partitions:
+            for tenant in self._by_partition.pop(partition, set()):
+                del self._tenants[tenant]
+                dropped += 1
+        return dropped
+
+    def _state_for(self, tenant: str, partition: int) -> TenantState:
+        state = self._tenants.get(tenant)
+        if state is not None and state.partition != partition:
+            log.warning(
+                "tenant=%s moved from partition=%d to partition=%d; its window restarts",
+                tenant,
+                state.partition,
+                partition,
+            )
+            self._forget(tenant)
+            state = None
+        if state is None:
+            cfg = self.config
+            state = TenantState(
+                tenant=tenant,
+                partition=partition,
+                window=TenantWindow(cfg.window_max_events, cfg.window_span_s, len(FEATURES)),
+                drift=DataDriftMonitor(cfg.drift),
+                gate=RequestGate(cfg.cooldown_s, cfg.request_timeout_s),
+            )
+            self._tenants[tenant] = state
+            self._by_partition.setdefault(partition, set()).add(tenant)
+            while len(self._tenants) > cfg.max_tenants:
+                oldest = next(iter(self._tenants))
+                log.debug("tenant=%s evicted (least recently active)", oldest)
+                self._forget(oldest)
+        else:
+            self._tenants.move_to_end(tenant)
+        return state
+
+    def _forget(self, tenant: str) -> None:
+        state = self._tenants.pop(tenant)
+        members = self._by_partition.get(state.partition)
+        if members is not None:
+            members.discard(tenant)
+            if not members:
+                del self._by_partition[state.partition]
+
+    # -- the batch ------------------------------------------------------------------
+    def process(
+        self, records: Sequence[KafkaRecord], replay_below: Mapping[int, int] | None = None
+    ) -> BatchResult:
+        """Validate, window and detect one poll's records.
+
+        Records of a partition below `replay_below[partition]` were processed before a
+        restart or rebalance: they rebuild state but emit nothing again.
+        """
+        replay_below = replay_below or {}
+        result = BatchResult()
+        groups: dict[str, tuple[list[tuple[float, ...]], list[int], int]] = {}
+        max_bytes = self.config.max_message_bytes
+        for record in records:
+            partition = record.partition() or 0
+            offset = record.offset() or 0
+            key = record.key()
+            value = record.value()
+            try:
+                event = parse_telemetry(key, value, max_bytes=max_bytes)
+            except InvalidTelemetry as exc:
+                result.invalid += 1
+                if offset >= replay_below.get(partition, -1):
+                    log.info("dead letter partition=%d offset=%d reason=%s",
+                             partition, offset, exc.reason)
+                    letter = DeadLetter(
+                        reason=exc.reason,
+                        detail=exc.detail[:500],
+                        source_topic=record.topic() or self.config.topic,
+                        source_partition=partition,
+                        source_offset=offset,
+                        failed_at=datetime.now(UTC),
+                    )
+                    headers = list(record.headers() or []) + letter.to_headers()
+                    result.dead_letters.append(DeadLetterOut(key, value, headers))
+                continue
+            result.valid += 1
+            group = groups.get(event.tenant)
+            if group is None:
+                group = groups[event.tenant] = ([], [], partition)
+            group[0].append(
+                (
+                    event.ts.timestamp(),
+                    event.latency_p50_ms,
+                    event.latency_p95_ms,
+                    event.latency_p99_ms,
+                    event.error_rate,
+                    event.cpu_util,
+                    event.rps,
+                    float(event.sla_breached),
+                )
+            )
+            group[1].append(offset)
+        for tenant, (rows, offsets, partition) in groups.items():
+            block = np.array(rows, dtype=np.float64)
+            block_offsets = np.array(offsets, dtype=np.int64)
+            replay_limit = replay_below.get(partition, -1)
+            result.replayed += int(np.count_nonzero(block_offsets < replay_limit))
+            self._ingest_block(
+                self._state_for(tenant, partition), block, block_offsets, replay_limit, result
+            )
+        return result
+
+    def _ingest_block(
+        self,
+        state: TenantState,
+        block: np.ndarray,
+        offsets: np.ndarray,
+        replay_limit: int,
+        result: BatchResult,
+    ) -> None:
+        ts = block[:, 0]
+        features = block[:, 1:7].astype(np.float32)
+        labels = block[:, 7] > 0.5
+        window = state.window
+        signal = state.drift.update_block(features)
+        if signal is None:
+            window.extend(ts, features, labels, offsets)
+        else:
+            cut = signal.index + 1
+            window.extend(ts[:cut], features[:cut], labels[:cut], offsets[:cut])
+            self._request(state, "data_drift", signal, ts[signal.index], offsets, signal.index,
+                          replay_limit, result)
+            window.extend(ts[cut:], features[cut:], labels[cut:], offsets[cut:])
+        if self.config.cold_start and not state.has_model:
+            index = self._cold_start_index(state, labels)
+            if index is not None:
+                self._request(state, "cold_start", None, ts[index], offsets, index,
+                              replay_limit, result)
+
+    def _cold_start_index(self, state: TenantState, labels: np.ndarray) -> int | None:
+        """Index of the first event of the block at which the window became trainable."""
+        cfg = self.config
+        window = state.window
+        n_before = len(window) - len(labels)
+        pos_before = window.n_positive - int(labels.sum())
+        pos = pos_before + np.cumsum(labels)
+        total = n_before + np.arange(1, len(labels) + 1)
+        ready = (
+            (total >= cfg.cold_start_min_events)
+            & (pos >= cfg.cold_start_min_per_class)
+            & (total - pos >= cfg.cold_start_min_per_class)
+        )
+        if not ready.any():
+            return None
+        return int(np.argmax(ready))
+
+    def _request(
+        self,
+        state: TenantState,
+        reason: RetrainReason,
+        signal: DriftSignal | None,
+        ts: float,
+        offsets: np.ndarray,
+        index: int,
+        replay_limit: int,
+        result: BatchResult,
+    ) -> None:
+        trigger = int(offsets[index])
+        if not state.gate.allows(float(ts)):
+            log.debug(
+                "tenant=%s partition=%d offset=%d %s held back by cooldown or a request in flight",
+                state.tenant, state.partition, trigger, reason,
+            )
+            return
+        state.gate.record_request(float(ts))
+        if trigger < replay_limit:
+            return
+        held = state.window.offsets()
+        held = held[held <= trigger]
+        request = RetrainRequested(
+            event_id=retrain_event_id(state.tenant, reason, self.config.topic, state.partition,
+                                      trigger),
+            tenant=state.tenant,
+            reason=reason,
+            detector=self.config.drift.detector if signal else "cold_start",
+            details=DetectorDetails(
+                features=list(signal.features) if signal else [],
+                statistic=dict(signal.statistic) if signal else {
+                    "n_events": float(len(state.window)),
+                    "n_positive": float(state.window.n_positive),
+                },
+            ),
+            detected_at=datetime.fromtimestamp(float(ts), UTC),
+            source=[
+                OffsetRange(
+                    topic=self.config.topic,
+                    partition=state.partition,
+                    start_offset=int(held.min()) if len(held) else trigger,
+                    end_offset=trigger + 1,
+                )
+            ],
+            n_events=max(len(held), 1),
+        )
+        log.info(
+            "retrain requested tenant=%s partition=%d offset=%d reason=%s event_id=%s",
+            state.tenant, state.partition, trigger, reason, request.event_id,
+        )
+        result.requests.append(request)

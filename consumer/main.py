@@ -1,0 +1,104 @@
+"""Wires `slaops consume`: settings → clients → core → service loop."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+from consumer.checkpoint import CheckpointLog
+from consumer.core import CoreConfig, IngestCore
+from consumer.detectors import DriftConfig
+from consumer.service import ConsumerService
+from consumer.settings import ConsumerSettings
+from slaops.kafka import DeliveryTracker, TopicSpec, base_config, ensure_topics, make_consumer
+from slaops.kafka import make_producer
+
+log = logging.getLogger(__name__)
+
+
+def core_config(settings: ConsumerSettings) -> CoreConfig:
+    drift_kwargs: dict[str, object] = {}
+    if settings.detector_stride is not None:
+        drift_kwargs["stride"] = settings.detector_stride
+    return CoreConfig(
+        topic=settings.telemetry_topic,
+        window_max_events=settings.window_max_events,
+        window_span_s=settings.window_span_s,
+        max_tenants=settings.max_tenants,
+        max_message_bytes=settings.max_message_bytes,
+        drift=DriftConfig(
+            detector=settings.detector,
+            params=dict(settings.detector_params),
+            min_agreeing_features=settings.drift_min_features,
+            agreement_window=settings.drift_agreement_events,
+            warmup=settings.drift_warmup_events,
+            **drift_kwargs,  # type: ignore[arg-type]
+        ),
+        cold_start=settings.cold_start,
+        cold_start_min_events=settings.cold_start_min_events,
+        cold_start_min_per_class=settings.cold_start_min_per_class,
+        cooldown_s=settings.cooldown_s,
+        request_timeout_s=settings.request_timeout_s,
+    )
+
+
+def topic_specs(settings: ConsumerSettings) -> list[TopicSpec]:
+    return [
+        TopicSpec(settings.telemetry_topic, settings.telemetry_partitions),
+        TopicSpec(settings.dlq_topic, settings.telemetry_partitions),
+        TopicSpec(settings.retrain_topic, settings.telemetry_partitions),
+        TopicSpec(settings.checkpoint_topic, 1, {"cleanup.policy": "compact"}),
+    ]
+
+
+def build_service(settings: ConsumerSettings) -> ConsumerService:
+    core = IngestCore(core_config(settings))
+    tracker = DeliveryTracker(make_producer(settings))
+    consumer = make_consumer(
+        settings, settings.group_id, **{"max.poll.interval.ms": settings.max_poll_interval_ms}
+    )
+    checkpoints = CheckpointLog(
+        topic=settings.checkpoint_topic,
+        group_id=settings.group_id,
+        tracker=tracker,
+        reader_config=base_config(settings),
+    )
+    return ConsumerService(
+        core=core,
+        consumer=consumer,
+        tracker=tracker,
+        checkpoints=checkpoints,
+        telemetry_topic=settings.telemetry_topic,
+        dlq_topic=settings.dlq_topic,
+        retrain_topic=settings.retrain_topic,
+        batch_size=settings.batch_size,
+        poll_timeout_s=settings.poll_timeout_s,
+    )
+
+
+def stop_on_signals(stop: threading.Event) -> None:
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: finishing the current batch and stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def run_consumer(settings: ConsumerSettings, stop: threading.Event | None = None) -> int:
+    settings.require_bootstrap()
+    core_config(settings)  # invalid detector settings fail here, before any connection
+    ensure_topics(settings, topic_specs(settings))
+    service = build_service(settings)
+    if stop is None:
+        stop = threading.Event()
+        stop_on_signals(stop)
+    log.info(
+        "consuming topic=%s group=%s detector=%s", settings.telemetry_topic, settings.group_id,
+        settings.detector,
+    )
+    stats = service.run(stop)
+    log.info("stopped: %s", stats)
+    return 0

@@ -1,0 +1,173 @@
+"""The Kafka side of the consumer: poll, hand batches to the core, deliver, commit.
+
+Delivery is at least once: a batch's source offsets are committed only after every
+dead letter, retrain request and checkpoint it caused has been acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from consumer.checkpoint import CheckpointLog, choose_replay_from
+from consumer.core import BatchResult, IngestCore
+from slaops.kafka import DeliveryTracker, KafkaRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ConsumerStats:
+    valid: int = 0
+    invalid: int = 0
+    replayed: int = 0
+    dead_letters: int = 0
+    requests: int = 0
+    commits: int = 0
+
+    def add(self, result: BatchResult) -> None:
+        self.valid += result.valid
+        self.invalid += result.invalid
+        self.replayed += result.replayed
+        self.dead_letters += len(result.dead_letters)
+        self.requests += len(result.requests)
+
+
+class ConsumerService:
+    def __init__(
+        self,
+        *,
+        core: IngestCore,
+        consumer: Consumer,
+        tracker: DeliveryTracker,
+        checkpoints: CheckpointLog,
+        telemetry_topic: str,
+        dlq_topic: str,
+        retrain_topic: str,
+        batch_size: int,
+        poll_timeout_s: float,
+    ) -> None:
+        self.core = core
+        self.stats = ConsumerStats()
+        self._consumer = consumer
+        self._tracker = tracker
+        self._checkpoints = checkpoints
+        self._topic = telemetry_topic
+        self._dlq_topic = dlq_topic
+        self._retrain_topic = retrain_topic
+        self._batch_size = batch_size
+        self._poll_timeout_s = poll_timeout_s
+        #: Per partition: offsets below this were processed by an earlier owner.
+        self._resume_at: dict[int, int] = {}
+        self.assigned: set[int] = set()
+
+    # -- rebalance ------------------------------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        committed = consumer.committed(partitions, timeout=30)
+        ours = [tp.partition for tp in committed if tp.offset >= 0]
+        latest = self._checkpoints.read_latest(self._topic, ours)
+        for tp in committed:
+            if tp.offset >= 0:
+                replay_from = choose_replay_from(latest.get(tp.partition), tp.offset)
+                self._resume_at[tp.partition] = tp.offset
+                log.info(
+                    "assigned partition=%d committed offset=%d replaying from offset=%d",
+                    tp.partition, tp.offset, replay_from,
+                )
+                tp.offset = replay_from
+            else:
+                log.info("assigned partition=%d with no committed offset", tp.partition)
+        self.assigned.update(tp.partition for tp in committed)
+        consumer.assign(committed)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        numbers = [tp.partition for tp in partitions]
+        dropped = self.core.drop_partitions(numbers)
+        self._checkpoints.forget(self._topic, numbers)
+        for number in numbers:
+            self._resume_at.pop(number, None)
+        self.assigned.difference_update(numbers)
+        log.info("revoked partitions=%s, dropped %d tenants", numbers, dropped)
+
+    # -- the loop -------------------------------------------------------------------
+    def run(self, stop: threading.Event, *, max_batches: int | None = None) -> ConsumerStats:
+        self._consumer.subscribe(
+            [self._topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+        batches = 0
+        last_report = time.monotonic()
+        try:
+            while not stop.is_set() and (max_batches is None or batches < max_batches):
+                messages = self._consumer.consume(self._batch_size, self._poll_timeout_s)
+                records = [m for m in messages if self._usable(m)]
+                if records:
+                    self.handle_batch(records)
+                    batches += 1
+                if time.monotonic() - last_report > 10:
+                    last_report = time.monotonic()
+                    log.info("progress %s tenants=%d", self.stats, len(self.core))
+        finally:
+            self._tracker.wait()
+            self._consumer.close()
+        return self.stats
+
+    def _usable(self, message: KafkaRecord) -> bool:
+        err = message.error()
+        if err is None:
+            return True
+        if err.code() != KafkaError._PARTITION_EOF:
+            log.warning("consume error: %s", err)
+            if err.fatal():
+                raise KafkaException(err)
+        return False
+
+    def handle_batch(self, records: Sequence[KafkaRecord]) -> BatchResult:
+        result = self.core.process(records, self._resume_at)
+        self.stats.add(result)
+        for letter in result.dead_letters:
+            self._tracker.produce(
+                self._dlq_topic, key=letter.key, value=letter.value, headers=letter.headers
+            )
+        for request in result.requests:
+            self._tracker.produce(
+                self._retrain_topic,
+                key=request.tenant.encode(),
+                value=request.model_dump_json().encode(),
+            )
+        next_offsets: dict[int, int] = {}
+        for record in records:
+            partition = record.partition() or 0
+            offset = record.offset() or 0
+            if offset >= self._resume_at.get(partition, -1):
+                next_offsets[partition] = max(next_offsets.get(partition, 0), offset + 1)
+        for partition, next_offset in next_offsets.items():
+            replay_from = self.core.replay_start(partition)
+            self._checkpoints.write(
+                self._topic,
+                partition,
+                next_offset,
+                next_offset if replay_from is None else min(replay_from, next_offset),
+            )
+        self._tracker.wait()
+        if next_offsets:
+            self._commit(next_offsets)
+        return result
+
+    def _commit(self, next_offsets: dict[int, int]) -> None:
+        offsets = [TopicPartition(self._topic, p, o) for p, o in next_offsets.items()]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # The partition moved during the batch: its new owner replays from the last
+            # commit, and deterministic event ids let the retrainer drop repeats.
+            log.warning("commit of %s failed: %s", next_offsets, exc)
+            return
+        self.stats.commits += 1
+        for partition, offset in next_offsets.items():
+            self._resume_at[partition] = offset

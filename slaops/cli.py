@@ -1,0 +1,130 @@
+"""`slaops` command line: one subcommand per service, every setting also a flag.
+
+Flags are generated from the settings models, so `--help` documents every setting with
+its environment variable and default, and a flag always overrides the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import BaseModel, SecretStr
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings
+
+from slaops.errors import ConfigError, SlaopsError
+from slaops.settings import load_settings, setting_sources
+
+Runner = Callable[[Any], int]
+
+
+def _is_structured(info: FieldInfo) -> bool:
+    origin = getattr(info.annotation, "__origin__", None)
+    return origin in (dict, list) or info.annotation in (dict, list)
+
+
+def _help(name: str, info: FieldInfo) -> str:
+    default = info.get_default(call_default_factory=True)
+    if isinstance(default, SecretStr) or (isinstance(default, dict) and not default):
+        shown = "" if not default else "(secret)"
+    elif isinstance(default, BaseModel):
+        shown = default.model_dump_json()
+    else:
+        shown = json.dumps(default) if isinstance(default, (dict, list)) else str(default)
+    text = (info.description or "").replace("%", "%%")
+    env = setting_sources(name).split(" or ")[0]
+    return f"{text} [env {env}; default: {shown or 'none'}]"
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, cls: type[BaseSettings]) -> None:
+    group = parser.add_argument_group("settings")
+    for name, info in cls.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if info.annotation is bool:
+            group.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                help=_help(name, info),
+            )
+        else:
+            metavar = "JSON" if _is_structured(info) else name.upper()
+            group.add_argument(flag, dest=name, default=None, metavar=metavar,
+                               help=_help(name, info))
+
+
+def settings_from_args(cls: type[BaseSettings], namespace: argparse.Namespace) -> Any:
+    overrides: dict[str, Any] = {}
+    for name, info in cls.model_fields.items():
+        value = getattr(namespace, name, None)
+        if value is None:
+            continue
+        if _is_structured(info):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{name} ({setting_sources(name)}): not valid JSON") from exc
+        overrides[name] = value
+    return load_settings(cls, overrides)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _consume(settings: Any) -> int:
+    from consumer.main import run_consumer
+
+    return run_consumer(settings)
+
+
+def _commands() -> dict[str, tuple[str, type[BaseSettings], Runner]]:
+    from consumer.settings import ConsumerSettings
+
+    return {
+        "consume": ("ingest telemetry, detect drift, request retraining", ConsumerSettings,
+                    _consume),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="slaops",
+        description="Keeps one SLA-breach forecasting model per tenant fresh.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (summary, cls, _run) in _commands().items():
+        command = sub.add_parser(name, help=summary, description=summary)
+        add_settings_arguments(command, cls)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _summary, cls, run = _commands()[args.command]
+    try:
+        settings = settings_from_args(cls, args)
+    except ConfigError as exc:
+        print(f"slaops {args.command}: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    try:
+        return run(settings)
+    except ConfigError as exc:
+        print(f"slaops {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except SlaopsError as exc:
+        logging.getLogger("slaops").error("%s", exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

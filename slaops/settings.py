@@ -1,0 +1,97 @@
+"""Settings shared by every service: the broker, client passthrough, logging.
+
+Each service subclasses `ServiceSettings`; `main` builds one frozen instance from the
+environment (`SLAOPS_*`, plus `KAFKA_BOOTSTRAP_SERVERS`) and CLI flags, and passes it in.
+Core code never reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.topics import TOPIC_NAME_PATTERN
+from slaops.errors import ConfigError
+
+TopicName = Annotated[str, Field(pattern=TOPIC_NAME_PATTERN)]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+S = TypeVar("S", bound=BaseSettings)
+
+_HOST_PORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+#: librdkafka properties slaops sets itself; passing them through would break guarantees.
+_RESERVED_PROPERTIES = frozenset(
+    {"bootstrap.servers", "group.id", "enable.auto.commit", "enable.idempotence", "acks"}
+)
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SLAOPS_", frozen=True, extra="forbid", populate_by_name=True
+    )
+
+    bootstrap_servers: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "bootstrap_servers"),
+        description="Kafka bootstrap servers, host:port[,host:port] (env KAFKA_BOOTSTRAP_SERVERS).",
+    )
+    kafka_properties: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description=(
+            "Extra librdkafka client properties as a JSON object, e.g. "
+            '{"security.protocol":"SASL_SSL","sasl.mechanism":"PLAIN",...}; values are secret.'
+        ),
+    )
+    session_timeout_ms: int = Field(
+        default=45_000, ge=1_000, le=3_600_000, description="Consumer group session timeout."
+    )
+    log_level: LogLevel = Field(default="INFO", description="Log level.")
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _check_bootstrap(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        servers = [s.strip() for s in value.split(",") if s.strip()]
+        if not servers or not all(_HOST_PORT.match(s) for s in servers):
+            raise ValueError("expected host:port[,host:port]")
+        return ",".join(servers)
+
+    @field_validator("kafka_properties")
+    @classmethod
+    def _check_properties(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        reserved = sorted(_RESERVED_PROPERTIES.intersection(value))
+        if reserved:
+            raise ValueError(f"slaops sets {', '.join(reserved)} itself; remove them")
+        bad = [k for k in value if not re.fullmatch(r"[a-z0-9._]{1,100}", k)]
+        if bad:
+            raise ValueError(f"not a librdkafka property name: {bad[0]!r}")
+        return value
+
+    def require_bootstrap(self) -> str:
+        if self.bootstrap_servers is None:
+            raise ConfigError(
+                "no Kafka broker: set KAFKA_BOOTSTRAP_SERVERS (or --bootstrap-servers), "
+                "or run `slaops demo` for an embedded one"
+            )
+        return self.bootstrap_servers
+
+
+def load_settings(cls: type[S], overrides: dict[str, Any]) -> S:
+    """Build settings from the environment and CLI overrides, or fail naming the setting."""
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False, include_input=False):
+            name = str(err["loc"][0]) if err["loc"] else "settings"
+            problems.append(f"{name} ({setting_sources(name)}): {err['msg']}")
+        raise ConfigError("invalid settings: " + "; ".join(problems)) from exc
+
+
+def setting_sources(name: str) -> str:
+    """Where a user sets `name`: its environment variable and its CLI flag."""
+    env = "KAFKA_BOOTSTRAP_SERVERS" if name == "bootstrap_servers" else f"SLAOPS_{name.upper()}"
+    return f"{env} or --{name.replace('_', '-')}"
