@@ -224,29 +224,34 @@ class IngestCore:
         features = block[:, 1:7].astype(np.float32)
         labels = block[:, 7] > 0.5
         window = state.window
-        signal = state.drift.update_block(features)
-        if signal is None:
-            window.extend(ts, features, labels, offsets)
-        else:
-            cut = signal.index + 1
-            window.extend(ts[:cut], features[:cut], labels[:cut], offsets[:cut])
-            self._request(state, "data_drift", signal, ts[signal.index], offsets, signal.index,
-                          replay_limit, result)
-            window.extend(ts[cut:], features[cut:], labels[cut:], offsets[cut:])
+        triggers: list[tuple[int, RetrainReason, DriftSignal | None]] = []
         if self.config.cold_start and not state.has_model:
-            index = self._cold_start_index(state, labels)
+            index = self._cold_start_index(window, labels)
             if index is not None:
-                self._request(state, "cold_start", None, ts[index], offsets, index,
-                              replay_limit, result)
+                triggers.append((index, "cold_start", None))
+        signal = state.drift.update_block(features)
+        if signal is not None:
+            triggers.append((signal.index, "data_drift", signal))
+        # Triggers are handled in event order with the window exactly as it was at each
+        # one, so a request does not depend on where the poll cut the stream.
+        done = 0
+        for index, reason, trigger_signal in sorted(triggers, key=lambda t: t[0]):
+            cut = index + 1
+            window.extend(ts[done:cut], features[done:cut], labels[done:cut], offsets[done:cut])
+            done = cut
+            self._request(state, reason, trigger_signal, ts[index], offsets, index,
+                          replay_limit, result)
+        window.extend(ts[done:], features[done:], labels[done:], offsets[done:])
 
-    def _cold_start_index(self, state: TenantState, labels: np.ndarray) -> int | None:
-        """Index of the first event of the block at which the window became trainable."""
+    def _cold_start_index(self, window: TenantWindow, labels: np.ndarray) -> int | None:
+        """Index of the first event of the block at which the window becomes trainable.
+
+        Counted from the window before the block; evictions inside the block are ignored,
+        which can only make a trigger a few events later than exact.
+        """
         cfg = self.config
-        window = state.window
-        n_before = len(window) - len(labels)
-        pos_before = window.n_positive - int(labels.sum())
-        pos = pos_before + np.cumsum(labels)
-        total = n_before + np.arange(1, len(labels) + 1)
+        pos = window.n_positive + np.cumsum(labels)
+        total = np.minimum(len(window) + np.arange(1, len(labels) + 1), window.capacity)
         ready = (
             (total >= cfg.cold_start_min_events)
             & (pos >= cfg.cold_start_min_per_class)
