@@ -1,0 +1,183 @@
+"""`slaops consume` against a real Kafka-protocol broker on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from consumer.main import build_service, topic_specs
+from consumer.service import ConsumerService
+from consumer.settings import ConsumerSettings
+from schemas import DeadLetter, RejectReason, RetrainRequested
+from slaops.kafka import ensure_topics
+from tests.kafka_helpers import produce_all, read_topic, wait_for
+from tests.streams import interleave, telemetry_values
+
+pytestmark = pytest.mark.integration
+PARTITIONS = 2
+BAD_RECORDS: list[tuple[bytes | None, bytes | None, RejectReason]] = [
+    (b"stable-a", b"{not json", RejectReason.NOT_JSON),
+    (b"stable-a", b"\xc3\x28", RejectReason.NOT_UTF8),
+    (b"stable-b", b"", RejectReason.EMPTY),
+    (b"stable-b", b"x" * 70_000, RejectReason.OVERSIZE),
+    (b"someone-else", telemetry_values("drifty", 1, seed=9)[0], RejectReason.KEY_MISMATCH),
+    (b"drifty", telemetry_values("drifty", 1, seed=9)[0].replace(b'"rps": ', b'"rps": -'),
+     RejectReason.OUT_OF_RANGE),
+]
+
+
+@pytest.fixture
+def settings(bootstrap: str, unique_name: Callable[[str], str]) -> ConsumerSettings:
+    settings = ConsumerSettings(
+        bootstrap_servers=bootstrap,
+        telemetry_topic=unique_name("telemetry"),
+        dlq_topic=unique_name("dlq"),
+        retrain_topic=unique_name("retrain"),
+        checkpoint_topic=unique_name("checkpoints"),
+        group_id=unique_name("group"),
+        telemetry_partitions=PARTITIONS,
+        session_timeout_ms=6_000,
+        poll_timeout_s=0.1,
+        batch_size=700,
+        window_max_events=1_000,
+        cold_start=False,
+    )
+    ensure_topics(settings, topic_specs(settings))
+    return settings
+
+
+@contextmanager
+def running(settings: ConsumerSettings) -> Iterator[ConsumerService]:
+    service = build_service(settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=service.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield service
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "consumer did not stop"
+
+
+def telemetry(n: int, start: int = 0) -> list[tuple[bytes, bytes]]:
+    streams = {
+        "stable-a": telemetry_values("stable-a", n, seed=1, start_index=start),
+        "drifty": telemetry_values("drifty", n, seed=2, shift_at=1_200, start_index=start),
+        "stable-b": telemetry_values("stable-b", n, seed=3, start_index=start),
+    }
+    return [(t.encode(), v) for t, v in interleave(streams)]
+
+
+def requests_in(settings: ConsumerSettings, expect: int) -> list[RetrainRequested]:
+    messages = read_topic(
+        settings.bootstrap_servers or "", settings.retrain_topic, expect=expect,
+        partitions=PARTITIONS,
+    )
+    return [RetrainRequested.model_validate_json(m.value() or b"") for m in messages]
+
+
+def committed(settings: ConsumerSettings) -> int:
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
+                         "group.id": settings.group_id})
+    try:
+        offsets = consumer.committed(
+            [TopicPartition(settings.telemetry_topic, p) for p in range(PARTITIONS)], timeout=10
+        )
+    finally:
+        consumer.close()
+    return sum(max(tp.offset, 0) for tp in offsets)
+
+
+def test_mixed_stream_dead_letters_bad_records_and_requests_retraining_for_drift(
+    settings: ConsumerSettings,
+) -> None:
+    good = telemetry(2_000)
+    stream: list[tuple[bytes | None, bytes | None]] = list(good)
+    for i, (key, value, _reason) in enumerate(BAD_RECORDS):
+        stream.insert(500 + i * 700, (key, value))
+    total = produce_all(settings.bootstrap_servers or "", settings.telemetry_topic, stream)
+    with running(settings) as service:
+        wait_for(lambda: service.stats.valid + service.stats.invalid >= total, timeout_s=90,
+                 what="the whole stream to be consumed")
+        wait_for(lambda: committed(settings) == total, timeout_s=20, what="offsets committed")
+    assert (service.stats.valid, service.stats.invalid) == (len(good), len(BAD_RECORDS))
+
+    letters = read_topic(settings.bootstrap_servers or "", settings.dlq_topic,
+                         expect=len(BAD_RECORDS), partitions=PARTITIONS)
+    seen = sorted((m.value() or b"", DeadLetter.from_headers(m.headers()).reason) for m in letters)
+    assert seen == sorted((v or b"", r) for _k, v, r in BAD_RECORDS)
+    for message in letters:
+        letter = DeadLetter.from_headers(message.headers())
+        assert letter.source_topic == settings.telemetry_topic and letter.detail
+
+    requests = requests_in(settings, expect=1)
+    assert [(r.tenant, r.reason) for r in requests] == [("drifty", "data_drift")]
+    (source,) = requests[0].source
+    assert source.topic == settings.telemetry_topic
+    assert source.end_offset - source.start_offset >= requests[0].n_events >= 1_000
+
+
+def test_restart_rebuilds_windows_and_neither_loses_nor_repeats_requests(
+    settings: ConsumerSettings,
+) -> None:
+    bootstrap = settings.bootstrap_servers or ""
+    first = produce_all(bootstrap, settings.telemetry_topic, telemetry(1_000))
+    with running(settings) as service:
+        wait_for(lambda: service.stats.valid >= first, timeout_s=90, what="first half")
+        wait_for(lambda: committed(settings) == first, timeout_s=20, what="first commit")
+    assert service.stats.requests == 0
+
+    second = produce_all(bootstrap, settings.telemetry_topic, telemetry(1_000, start=1_000))
+    with running(settings) as restarted:
+        wait_for(lambda: restarted.stats.valid >= first + second, timeout_s=90,
+                 what="replay plus second half")
+        wait_for(lambda: committed(settings) == first + second, timeout_s=20,
+                 what="second commit")
+        # The windows were rebuilt from the replay: each tenant holds a full window.
+        assert {s.tenant: len(s.window) for s in restarted.core.tenants()} == {
+            "stable-a": 1_000, "drifty": 1_000, "stable-b": 1_000,
+        }
+    assert restarted.stats.replayed == first
+    requests = requests_in(settings, expect=1)
+    assert [(r.tenant, r.reason) for r in requests] == [("drifty", "data_drift")]
+
+
+def test_cli_consumer_commits_what_it_did_and_exits_cleanly_on_sigterm(
+    settings: ConsumerSettings,
+) -> None:
+    total = produce_all(settings.bootstrap_servers or "", settings.telemetry_topic, telemetry(300))
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers or ""}
+    args = [sys.executable, "-m", "slaops.cli", "consume"]
+    for name in ("telemetry_topic", "dlq_topic", "retrain_topic", "checkpoint_topic", "group_id",
+                 "session_timeout_ms", "poll_timeout_s"):
+        args += ["--" + name.replace("_", "-"), str(getattr(settings, name))]
+    process = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: committed(settings) == total, timeout_s=60, what="CLI consumer commit")
+        process.send_signal(signal.SIGTERM)
+        _out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    assert process.returncode == 0, err
+    assert "stopped:" in err and "valid=900" in err
+
+
+def test_cli_refuses_bad_settings_naming_them() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "slaops.cli", "consume", "--window-max-events", "5"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"},
+    )
+    assert result.returncode == 2
+    assert "window_max_events (SLAOPS_WINDOW_MAX_EVENTS or --window-max-events)" in result.stderr
