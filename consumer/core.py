@@ -12,8 +12,8 @@ import logging
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 
@@ -160,7 +160,10 @@ class IngestCore:
         """
         replay_below = replay_below or {}
         result = BatchResult()
-        groups: dict[str, tuple[list[tuple[float, ...]], list[int], int]] = {}
+        tenants: list[str] = []
+        partitions: list[int] = []
+        offsets: list[int] = []
+        rows: list[tuple[float, ...]] = []
         max_bytes = self.config.max_message_bytes
         for record in records:
             partition = record.partition() or 0
@@ -172,24 +175,12 @@ class IngestCore:
             except InvalidTelemetry as exc:
                 result.invalid += 1
                 if offset >= replay_below.get(partition, -1):
-                    log.info("dead letter partition=%d offset=%d reason=%s",
-                             partition, offset, exc.reason)
-                    letter = DeadLetter(
-                        reason=exc.reason,
-                        detail=exc.detail[:500],
-                        source_topic=record.topic() or self.config.topic,
-                        source_partition=partition,
-                        source_offset=offset,
-                        failed_at=datetime.now(UTC),
-                    )
-                    headers = list(record.headers() or []) + letter.to_headers()
-                    result.dead_letters.append(DeadLetterOut(key, value, headers))
+                    result.dead_letters.append(self._dead_letter(record, exc, partition, offset))
                 continue
-            result.valid += 1
-            group = groups.get(event.tenant)
-            if group is None:
-                group = groups[event.tenant] = ([], [], partition)
-            group[0].append(
+            tenants.append(event.tenant)
+            partitions.append(partition)
+            offsets.append(offset)
+            rows.append(
                 (
                     event.ts.timestamp(),
                     event.latency_p50_ms,
@@ -198,34 +189,90 @@ class IngestCore:
                     event.error_rate,
                     event.cpu_util,
                     event.rps,
-                    float(event.sla_breached),
+                    event.sla_breached,
                 )
             )
-            group[1].append(offset)
-        for tenant, (rows, offsets, partition) in groups.items():
-            block = np.array(rows, dtype=np.float64)
-            block_offsets = np.array(offsets, dtype=np.int64)
-            replay_limit = replay_below.get(partition, -1)
-            result.replayed += int(np.count_nonzero(block_offsets < replay_limit))
-            self._ingest_block(
-                self._state_for(tenant, partition), block, block_offsets, replay_limit, result
-            )
+        result.valid = len(rows)
+        if rows:
+            self._ingest_rows(tenants, partitions, offsets, rows, replay_below, result)
         return result
+
+    def _dead_letter(
+        self, record: KafkaRecord, exc: InvalidTelemetry, partition: int, offset: int
+    ) -> DeadLetterOut:
+        log.info("dead letter partition=%d offset=%d reason=%s", partition, offset, exc.reason)
+        letter = DeadLetter(
+            reason=exc.reason,
+            detail=exc.detail[:500],
+            source_topic=record.topic() or self.config.topic,
+            source_partition=partition,
+            source_offset=offset,
+            failed_at=datetime.now(UTC),
+        )
+        headers = list(record.headers() or []) + letter.to_headers()
+        return DeadLetterOut(record.key(), record.value(), headers)
+
+    def _ingest_rows(
+        self,
+        tenants: list[str],
+        partitions: list[int],
+        offsets: list[int],
+        rows: list[tuple[float, ...]],
+        replay_below: Mapping[int, int],
+        result: BatchResult,
+    ) -> None:
+        """Columns for the whole batch at once, regrouped by tenant into contiguous views."""
+        codes_of: dict[str, int] = {}
+        codes = np.fromiter(
+            (codes_of.setdefault(t, len(codes_of)) for t in tenants), np.int64, len(tenants)
+        )
+        order = np.argsort(codes, kind="stable")
+        block = np.array(rows, dtype=np.float64)[order]
+        ts = block[:, 0]
+        features = block[:, 1:7].astype(np.float32)
+        labels = block[:, 7] > 0.5
+        offs = np.array(offsets, dtype=np.int64)[order]
+        parts = np.array(partitions, dtype=np.int64)[order]
+        bounds = np.flatnonzero(np.diff(codes[order])) + 1
+        starts = [0, *bounds.tolist()]
+        ends = [*bounds.tolist(), len(order)]
+        names = list(codes_of)
+        first_codes = codes[order][starts].tolist()
+        for lo, hi, code in zip(starts, ends, first_codes, strict=True):
+            partition = int(parts[lo])
+            replay_limit = replay_below.get(partition, -1)
+            span = slice(lo, hi)
+            if replay_limit > 0:
+                result.replayed += int(np.count_nonzero(offs[span] < replay_limit))
+            self._ingest_block(
+                self._state_for(names[code], partition),
+                ts[span],
+                features[span],
+                labels[span],
+                offs[span],
+                replay_limit,
+                result,
+            )
 
     def _ingest_block(
         self,
         state: TenantState,
-        block: np.ndarray,
+        ts: np.ndarray,
+        features: np.ndarray,
+        labels: np.ndarray,
         offsets: np.ndarray,
         replay_limit: int,
         result: BatchResult,
     ) -> None:
-        ts = block[:, 0]
-        features = block[:, 1:7].astype(np.float32)
-        labels = block[:, 7] > 0.5
         window = state.window
         triggers: list[tuple[int, RetrainReason, DriftSignal | None]] = []
-        if self.config.cold_start and not state.has_model:
+        cfg = self.config
+        if (
+            cfg.cold_start
+            and not state.has_model
+            and len(window) + len(labels) >= cfg.cold_start_min_events
+            and state.gate.allows(float(ts.max()))
+        ):
             index = self._cold_start_index(window, labels)
             if index is not None:
                 triggers.append((index, "cold_start", None))
@@ -237,11 +284,18 @@ class IngestCore:
         done = 0
         for index, reason, trigger_signal in sorted(triggers, key=lambda t: t[0]):
             cut = index + 1
-            window.extend(ts[done:cut], features[done:cut], labels[done:cut], offsets[done:cut])
+            window.extend(
+                ts[done:cut],
+                features[done:cut],
+                labels[done:cut],
+                offsets[done:cut],
+                checked=False,
+            )
             done = cut
-            self._request(state, reason, trigger_signal, ts[index], offsets, index,
-                          replay_limit, result)
-        window.extend(ts[done:], features[done:], labels[done:], offsets[done:])
+            self._request(
+                state, reason, trigger_signal, ts[index], offsets, index, replay_limit, result
+            )
+        window.extend(ts[done:], features[done:], labels[done:], offsets[done:], checked=False)
 
     def _cold_start_index(self, window: TenantWindow, labels: np.ndarray) -> int | None:
         """Index of the first event of the block at which the window becomes trainable.
@@ -276,7 +330,10 @@ class IngestCore:
         if not state.gate.allows(float(ts)):
             log.debug(
                 "tenant=%s partition=%d offset=%d %s held back by cooldown or a request in flight",
-                state.tenant, state.partition, trigger, reason,
+                state.tenant,
+                state.partition,
+                trigger,
+                reason,
             )
             return
         state.gate.record_request(float(ts))
@@ -285,14 +342,17 @@ class IngestCore:
         held = state.window.offsets()
         held = held[held <= trigger]
         request = RetrainRequested(
-            event_id=retrain_event_id(state.tenant, reason, self.config.topic, state.partition,
-                                      trigger),
+            event_id=retrain_event_id(
+                state.tenant, reason, self.config.topic, state.partition, trigger
+            ),
             tenant=state.tenant,
             reason=reason,
             detector=self.config.drift.detector if signal else "cold_start",
             details=DetectorDetails(
                 features=list(signal.features) if signal else [],
-                statistic=dict(signal.statistic) if signal else {
+                statistic=dict(signal.statistic)
+                if signal
+                else {
                     "n_events": float(len(state.window)),
                     "n_positive": float(state.window.n_positive),
                 },
@@ -310,6 +370,10 @@ class IngestCore:
         )
         log.info(
             "retrain requested tenant=%s partition=%d offset=%d reason=%s event_id=%s",
-            state.tenant, state.partition, trigger, reason, request.event_id,
+            state.tenant,
+            state.partition,
+            trigger,
+            reason,
+            request.event_id,
         )
         result.requests.append(request)

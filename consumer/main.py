@@ -12,8 +12,14 @@ from consumer.core import CoreConfig, IngestCore
 from consumer.detectors import DriftConfig
 from consumer.service import ConsumerService
 from consumer.settings import ConsumerSettings
-from slaops.kafka import DeliveryTracker, TopicSpec, base_config, ensure_topics, make_consumer
-from slaops.kafka import make_producer
+from slaops.kafka import (
+    DeliveryTracker,
+    TopicSpec,
+    base_config,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +102,9 @@ def run_consumer(settings: ConsumerSettings, stop: threading.Event | None = None
         stop = threading.Event()
         stop_on_signals(stop)
     log.info(
-        "consuming topic=%s group=%s detector=%s", settings.telemetry_topic, settings.group_id,
+        "consuming topic=%s group=%s detector=%s",
+        settings.telemetry_topic,
+        settings.group_id,
         settings.detector,
     )
     stats = service.run(stop)

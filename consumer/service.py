@@ -77,7 +77,9 @@ class ConsumerService:
                 self._resume_at[tp.partition] = tp.offset
                 log.info(
                     "assigned partition=%d committed offset=%d replaying from offset=%d",
-                    tp.partition, tp.offset, replay_from,
+                    tp.partition,
+                    tp.offset,
+                    replay_from,
                 )
                 tp.offset = replay_from
             else:
@@ -97,7 +99,9 @@ class ConsumerService:
     # -- the loop -------------------------------------------------------------------
     def run(self, stop: threading.Event, *, max_batches: int | None = None) -> ConsumerStats:
         self._consumer.subscribe(
-            [self._topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+            [self._topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
             on_lost=self._on_revoke,
         )
         batches = 0

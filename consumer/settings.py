@@ -25,7 +25,12 @@ class ConsumerSettings(ServiceSettings):
     telemetry_partitions: int = Field(
         default=6, ge=1, le=10_000, description="Partitions when slaops creates the topic."
     )
-    batch_size: int = Field(default=5_000, ge=1, le=100_000, description="Messages per poll.")
+    batch_size: int = Field(
+        default=20_000,
+        ge=1,
+        le=200_000,
+        description="Messages per poll; large batches amortise per-tenant work across events.",
+    )
     poll_timeout_s: float = Field(default=0.5, gt=0, le=60, description="Wait per poll.")
     max_poll_interval_ms: int = Field(
         default=300_000, ge=10_000, description="librdkafka max.poll.interval.ms."

@@ -111,14 +111,25 @@ class TenantWindow:
     # -- mutation ------------------------------------------------------------------
 
     def extend(
-        self, ts: ArrayLike, features: ArrayLike, labels: ArrayLike, offsets: ArrayLike
+        self,
+        ts: ArrayLike,
+        features: ArrayLike,
+        labels: ArrayLike,
+        offsets: ArrayLike,
+        *,
+        checked: bool = True,
     ) -> None:
         """Append a block of events in arrival order, then evict by count and by time.
 
         A block longer than `capacity` keeps only its last `capacity` events (its
-        timestamps still all count towards the newest timestamp seen).
+        timestamps still all count towards the newest timestamp seen). `checked=False`
+        skips the shape and dtype checks for callers that built the arrays themselves:
+        float64 ts, float32 features, bool labels, int64 offsets.
         """
-        ts_a, feat_a, lab_a, off_a = self._coerce(ts, features, labels, offsets)
+        if checked:
+            ts_a, feat_a, lab_a, off_a = self._coerce(ts, features, labels, offsets)
+        else:  # the consumer core hands over arrays it built with the right dtypes
+            ts_a, feat_a, lab_a, off_a = ts, features, labels, offsets  # type: ignore[assignment]
         n = ts_a.shape[0]
         if n == 0:
             return
@@ -278,7 +289,8 @@ class TenantWindow:
             (self._offsets, offsets),
         ):
             buf[start : start + first] = block[:first]
-            buf[: m - first] = block[first:]
+            if first < m:
+                buf[: m - first] = block[first:]
         self._size += m
         self._n_positive += int(np.count_nonzero(labels))
 

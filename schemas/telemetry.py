@@ -51,6 +51,10 @@ class TelemetryEvent(BaseModel):
     sla_breached: bool = Field(description="Whether this interval breached its SLA.")
 
 
+#: The hot path skips pydantic's Python wrapper: same validator, one call less per event.
+_validate_json = TelemetryEvent.__pydantic_validator__.validate_json
+
+
 class RejectReason(StrEnum):
     """Why a raw message went to the dead-letter topic."""
 
@@ -115,12 +119,12 @@ def parse_telemetry(
             RejectReason.OVERSIZE, f"{len(value)} bytes exceeds the limit of {max_bytes}"
         )
     try:
-        value.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidTelemetry(RejectReason.NOT_UTF8, str(exc)[:200]) from exc
-    try:
-        event = TelemetryEvent.model_validate_json(value)
+        event: TelemetryEvent = _validate_json(value)
     except ValidationError as exc:
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as decode_exc:
+            raise InvalidTelemetry(RejectReason.NOT_UTF8, str(decode_exc)[:200]) from exc
         raise InvalidTelemetry(_reason_for(exc), _summary(exc)) from exc
     if key != event.tenant.encode():
         shown = "no key" if key is None else f"key {key[:80]!r}"

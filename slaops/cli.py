@@ -47,13 +47,17 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls: type[BaseSettin
         flag = "--" + name.replace("_", "-")
         if info.annotation is bool:
             group.add_argument(
-                flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                flag,
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
                 help=_help(name, info),
             )
         else:
             metavar = "JSON" if _is_structured(info) else name.upper()
-            group.add_argument(flag, dest=name, default=None, metavar=metavar,
-                               help=_help(name, info))
+            group.add_argument(
+                flag, dest=name, default=None, metavar=metavar, help=_help(name, info)
+            )
 
 
 def settings_from_args(cls: type[BaseSettings], namespace: argparse.Namespace) -> Any:
@@ -90,8 +94,11 @@ def _commands() -> dict[str, tuple[str, type[BaseSettings], Runner]]:
     from consumer.settings import ConsumerSettings
 
     return {
-        "consume": ("ingest telemetry, detect drift, request retraining", ConsumerSettings,
-                    _consume),
+        "consume": (
+            "ingest telemetry, detect drift, request retraining",
+            ConsumerSettings,
+            _consume,
+        ),
     }
 
 

@@ -33,9 +33,7 @@ class KafkaRecord(Protocol):
 
 
 def base_config(settings: ServiceSettings) -> dict[str, Any]:
-    config: dict[str, Any] = {
-        k: v.get_secret_value() for k, v in settings.kafka_properties.items()
-    }
+    config: dict[str, Any] = {k: v.get_secret_value() for k, v in settings.kafka_properties.items()}
     config["bootstrap.servers"] = settings.require_bootstrap()
     return config
 

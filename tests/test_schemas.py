@@ -80,7 +80,9 @@ def test_valid_event_parses_with_offset_preserved() -> None:
         (encode().replace(b"250.0", b"1e999"), RejectReason.NON_FINITE),
     ],
 )
-def test_bad_values_are_refused_with_their_reason(value: bytes | None, reason: RejectReason) -> None:
+def test_bad_values_are_refused_with_their_reason(
+    value: bytes | None, reason: RejectReason
+) -> None:
     assert reason_of(b"acme-eu_1", value) == reason
 
 

@@ -12,7 +12,7 @@ from slaops.errors import ConfigError
 from slaops.kafka import base_config
 from slaops.settings import load_settings
 
-SECRET = "hunter2-do-not-print"
+SECRET = "hunter2-do-not-print"  # noqa: S105 (a fake, to look for in output)
 
 
 def test_environment_and_flags_both_set_settings(monkeypatch: pytest.MonkeyPatch) -> None:

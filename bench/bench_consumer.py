@@ -1,0 +1,241 @@
+"""Consumer throughput and memory, beside the floors they are measured against.
+
+    python bench/bench_consumer.py            # full run (about 2 minutes)
+    python bench/bench_consumer.py --quick    # smaller, for a smoke check
+
+Figures: the parse floor (`pydantic_core.from_json` on the same bytes), the consumer
+core (validate + window + detect, raw bytes in, 1,000 tenants) on one core with its
+ratio to the floor, raw confluent-kafka consume rate from the broker, end to end through
+the broker (produce N, time until all are processed and committed), and RSS for 10,000
+tenants with full default windows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import pydantic_core  # noqa: E402
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition  # noqa: E402
+
+from bench._data import telemetry_bytes  # noqa: E402
+from consumer.core import CoreConfig, IngestCore  # noqa: E402
+from consumer.main import build_service, topic_specs  # noqa: E402
+from consumer.settings import ConsumerSettings  # noqa: E402
+from schemas import TelemetryEvent  # noqa: E402
+from slaops.kafka import ensure_topics  # noqa: E402
+from tests.broker import kafka_bootstrap  # noqa: E402
+from tests.kafka_helpers import produce_all  # noqa: E402
+from tests.streams import RawRecord  # noqa: E402
+
+
+def rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("inf")
+
+
+def rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_floor(data: list[tuple[bytes, bytes]]) -> dict[str, float]:
+    values = [v for _k, v in data]
+    start = time.perf_counter()
+    for value in values:
+        pydantic_core.from_json(value)
+    floor = rate(len(values), time.perf_counter() - start)
+    start = time.perf_counter()
+    for value in values:
+        TelemetryEvent.model_validate_json(value)
+    validate = rate(len(values), time.perf_counter() - start)
+    return {"parse_floor_per_s": floor, "model_validate_json_per_s": validate}
+
+
+def bench_core(data: list[tuple[bytes, bytes]], batch: int) -> dict[str, float]:
+    records = [RawRecord(k, v, 0, i) for i, (k, v) in enumerate(data)]
+    core = IngestCore(CoreConfig(topic="sla.telemetry"))
+    before = rss_mib()
+    start = time.perf_counter()
+    requests = 0
+    for i in range(0, len(records), batch):
+        requests += len(core.process(records[i : i + batch]).requests)
+    seconds = time.perf_counter() - start
+    return {
+        "core_per_s": rate(len(records), seconds),
+        "core_tenants": float(len(core)),
+        "core_requests": float(requests),
+        "core_peak_rss_mib": rss_mib(),
+        "core_rss_growth_mib": rss_mib() - before,
+    }
+
+
+def bench_raw_consume(bootstrap: str, data: list[tuple[bytes, bytes]]) -> float:
+    topic = f"bench.raw.{uuid.uuid4().hex[:8]}"
+    settings = ConsumerSettings(
+        bootstrap_servers=bootstrap, telemetry_topic=topic, telemetry_partitions=1
+    )
+    ensure_topics(settings, topic_specs(settings)[:1])
+    produce_all(bootstrap, topic, data)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-raw"})
+    consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+    got, first = 0, None
+    deadline = time.monotonic() + 120
+    while got < len(data) and time.monotonic() < deadline:
+        batch = consumer.consume(20_000, 0.5)
+        if batch and first is None:
+            first = time.perf_counter()
+        got += sum(1 for m in batch if m.error() is None)
+    seconds = time.perf_counter() - (first or time.perf_counter())
+    consumer.close()
+    return rate(got, seconds)
+
+
+def bench_end_to_end(bootstrap: str, data: list[tuple[bytes, bytes]], batch: int) -> dict:
+    suffix = uuid.uuid4().hex[:8]
+    settings = ConsumerSettings(
+        bootstrap_servers=bootstrap,
+        telemetry_topic=f"bench.telemetry.{suffix}",
+        dlq_topic=f"bench.dlq.{suffix}",
+        retrain_topic=f"bench.retrain.{suffix}",
+        checkpoint_topic=f"bench.checkpoints.{suffix}",
+        group_id=f"bench.{suffix}",
+        telemetry_partitions=2,
+        session_timeout_ms=6_000,
+        batch_size=batch,
+        poll_timeout_s=0.2,
+    )
+    ensure_topics(settings, topic_specs(settings))
+    produce_start = time.perf_counter()
+    produce_all(bootstrap, settings.telemetry_topic, data)
+    produce_s = time.perf_counter() - produce_start
+    service = build_service(settings)
+    first: list[float] = []
+    original = service.handle_batch
+
+    def timed(records):  # type: ignore[no-untyped-def]
+        if not first:
+            first.append(time.perf_counter())
+        return original(records)
+
+    service.handle_batch = timed  # type: ignore[method-assign]
+    stop = threading.Event()
+    thread = threading.Thread(target=service.run, args=(stop,), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 300
+    while service.stats.valid < len(data) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    done = time.perf_counter()
+    stop.set()
+    thread.join(timeout=60)
+    stats = service.stats
+    del service, thread, timed, original
+    gc.collect()  # release the clients before the broker stops
+    return {
+        "produce_per_s": rate(len(data), produce_s),
+        "e2e_per_s": rate(stats.valid, done - first[0]) if first else 0.0,
+        "e2e_processed": stats.valid,
+        "e2e_commits": stats.commits,
+    }
+
+
+MEMORY_CHILD = """
+import resource, sys, time
+import numpy as np
+sys.path.insert(0, {root!r})
+from consumer.core import CoreConfig, IngestCore
+from consumer.settings import ConsumerSettings
+from consumer.main import core_config
+settings = ConsumerSettings()
+core = IngestCore(core_config(settings))
+n, tenants = settings.window_max_events, {tenants}
+rng = np.random.default_rng(0)
+ts = np.arange(n, dtype=np.float64) * 30.0
+labels = rng.random(n) < 0.1
+offsets = np.arange(n, dtype=np.int64)
+base = rng.normal(1.0, 0.1, size=(n, 6)).astype(np.float32)
+start = time.perf_counter()
+for i in range(tenants):
+    state = core._state_for(f"tenant-{{i:05d}}", i % 6)
+    features = base * np.float32(1 + (i % 7) / 10)
+    state.drift.update_block(features)
+    state.window.extend(ts, features, labels, offsets)
+held = sum(len(s.window) for s in core.tenants())
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, held, time.perf_counter() - start)
+"""
+
+
+def bench_memory(tenants: int) -> dict[str, float]:
+    code = MEMORY_CHILD.format(root=str(ROOT), tenants=tenants)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=600
+    )
+    rss, held, seconds = out.stdout.split()
+    return {
+        "memory_tenants": float(tenants),
+        "memory_rss_mib": float(rss),
+        "memory_events_held": float(held),
+        "memory_fill_s": float(seconds),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=600_000)
+    parser.add_argument("--tenants", type=int, default=1_000)
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--e2e-events", type=int, default=300_000)
+    parser.add_argument("--memory-tenants", type=int, default=10_000)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    if args.quick:
+        args.events, args.e2e_events, args.memory_tenants = 100_000, 50_000, 1_000
+    batch = args.batch or ConsumerSettings.model_fields["batch_size"].default
+    data = telemetry_bytes(args.events, args.tenants)
+    figures: dict[str, float] = {"events": args.events, "tenants": args.tenants, "batch": batch}
+    figures |= bench_floor(data)
+    figures |= bench_core(data, batch)
+    figures["core_to_floor_ratio"] = figures["core_per_s"] / figures["parse_floor_per_s"]
+    with kafka_bootstrap() as bootstrap:
+        figures["raw_consume_per_s"] = bench_raw_consume(bootstrap, data[: args.e2e_events])
+        figures |= bench_end_to_end(bootstrap, data[: args.e2e_events], batch)
+    figures |= bench_memory(args.memory_tenants)
+    if args.json:
+        print(json.dumps(figures))
+        return
+    print(f"consumer benchmark ({os.cpu_count()} cores, {args.tenants} tenants, batch {batch})")
+    rows = [
+        ("parse floor (pydantic_core.from_json)", f"{figures['parse_floor_per_s']:,.0f} ev/s"),
+        ("TelemetryEvent.model_validate_json", f"{figures['model_validate_json_per_s']:,.0f} ev/s"),
+        ("core: validate + window + detect", f"{figures['core_per_s']:,.0f} ev/s"),
+        ("core / parse floor", f"{figures['core_to_floor_ratio']:.3f}  (target >= 0.18)"),
+        ("core peak RSS", f"{figures['core_peak_rss_mib']:,.0f} MiB"),
+        ("raw confluent-kafka consume", f"{figures['raw_consume_per_s']:,.0f} ev/s"),
+        (
+            "end to end (processed + committed)",
+            f"{figures['e2e_per_s']:,.0f} ev/s  (target >= 50,000)",
+        ),
+        (
+            f"RSS, {args.memory_tenants:,} tenants with full windows",
+            f"{figures['memory_rss_mib']:,.0f} MiB  (target < 1024)",
+        ),
+    ]
+    for name, value in rows:
+        print(f"  {name:<44} {value}")
+    assert np.isfinite(figures["core_per_s"])
+
+
+if __name__ == "__main__":
+    main()
