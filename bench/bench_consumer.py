@@ -140,7 +140,7 @@ def bench_end_to_end(bootstrap: str, data: list[tuple[bytes, bytes]], batch: int
     stop.set()
     thread.join(timeout=60)
     stats = service.stats
-    del service, thread, timed, original
+    del service, thread, timed
     gc.collect()  # release the clients before the broker stops
     return {
         "produce_per_s": rate(len(data), produce_s),
