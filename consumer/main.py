@@ -12,6 +12,7 @@ from consumer.core import CoreConfig, IngestCore
 from consumer.detectors import DriftConfig
 from consumer.service import ConsumerService
 from consumer.settings import ConsumerSettings
+from slaops.embedded import embedded_broker
 from slaops.kafka import (
     DeliveryTracker,
     TopicSpec,
@@ -94,6 +95,10 @@ def stop_on_signals(stop: threading.Event) -> None:
 
 
 def run_consumer(settings: ConsumerSettings, stop: threading.Event | None = None) -> int:
+    if settings.bootstrap_servers is None and settings.embedded_broker:
+        with embedded_broker() as (bootstrap, _pid):
+            log.info("no KAFKA_BOOTSTRAP_SERVERS: using the embedded broker at %s", bootstrap)
+            return run_consumer(settings.model_copy(update={"bootstrap_servers": bootstrap}), stop)
     settings.require_bootstrap()
     core_config(settings)  # invalid detector settings fail here, before any connection
     ensure_topics(settings, topic_specs(settings))

@@ -44,6 +44,10 @@ class ServiceSettings(BaseSettings):
             '{"security.protocol":"SASL_SSL","sasl.mechanism":"PLAIN",...}; values are secret.'
         ),
     )
+    embedded_broker: bool = Field(
+        default=False,
+        description="With no bootstrap servers, start an embedded tansu broker on loopback.",
+    )
     session_timeout_ms: int = Field(
         default=45_000, ge=1_000, le=3_600_000, description="Consumer group session timeout."
     )
@@ -74,7 +78,7 @@ class ServiceSettings(BaseSettings):
         if self.bootstrap_servers is None:
             raise ConfigError(
                 "no Kafka broker: set KAFKA_BOOTSTRAP_SERVERS (or --bootstrap-servers), "
-                "or run `slaops demo` for an embedded one"
+                "or pass --embedded-broker for a local one"
             )
         return self.bootstrap_servers
 
