@@ -1,0 +1,1 @@
+"""slaops: per-tenant SLA-breach forecasting models kept fresh by drift-triggered retraining."""

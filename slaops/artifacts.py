@@ -1,0 +1,267 @@
+"""Model artifacts: serialisation, THE loader, and inference.
+
+Only parameters ever leave a process: the ``state_dict`` as ``.safetensors``
+(canonical, code-free) and as the ``.pt`` that ``torch.save`` writes, plus a JSON
+model card carrying the architecture, feature order, metrics, lineage and the
+sha256 of each weight file. :func:`load_model` checks sizes, parses the card,
+verifies the weight file's sha256 *before* any deserialisation, rebuilds the
+module from the card and loads the tensors with safetensors or the weights-only
+unpickler. Nothing here uses unrestricted pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import pickle
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+import numpy as np
+import safetensors.torch
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from slaops.model import SlaMLP, build_module
+
+WeightFormat = Literal["safetensors", "pt"]
+WEIGHT_FORMATS: tuple[str, ...] = get_args(WeightFormat)
+CARD_FORMAT_VERSION = 1
+MAX_ARTIFACT_BYTES = 64 * 1024 * 1024
+
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ArtifactError(ValueError):
+    """A model artifact was refused (malformed, oversize, tampered or unsafe)."""
+
+
+def sha256_hex(data: bytes) -> str:
+    """Lower-case hex sha256 of ``data`` (the digest the card's ``files`` records)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+class ModelCard(BaseModel):
+    """The JSON card published beside the weights; enough to rebuild the module."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
+
+    format_version: int = CARD_FORMAT_VERSION
+    architecture: dict[str, Any]
+    feature_order: list[str]
+    lags: int = Field(ge=0)
+    horizon: int = Field(ge=1)
+    threshold: float = Field(ge=0.0, le=1.0)
+    metrics: dict[str, float]
+    cv_table: list[dict[str, Any]]
+    lineage: dict[str, Any]
+    files: dict[str, str]
+
+    @field_validator("format_version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value != CARD_FORMAT_VERSION:
+            raise ValueError(f"unsupported card format_version {value} (expected 1)")
+        return value
+
+    @field_validator("feature_order")
+    @classmethod
+    def _unique_features(cls, value: list[str]) -> list[str]:
+        if not value or any(not name for name in value):
+            raise ValueError("feature_order must be a non-empty list of non-empty names")
+        if len(set(value)) != len(value):
+            raise ValueError("feature_order has duplicate names")
+        return value
+
+    @field_validator("files")
+    @classmethod
+    def _files_are_digests(cls, value: dict[str, str]) -> dict[str, str]:
+        for kind, digest in value.items():
+            if kind not in WEIGHT_FORMATS:
+                raise ValueError(f"unknown artifact kind {kind!r}; known: {list(WEIGHT_FORMATS)}")
+            if not _SHA256_HEX.fullmatch(digest):
+                raise ValueError(f"files[{kind!r}] is not a lower-case hex sha256")
+        return value
+
+    @model_validator(mode="after")
+    def _features_match_architecture(self) -> ModelCard:
+        n_features = self.architecture.get("n_features")
+        if isinstance(n_features, int) and n_features != len(self.feature_order):
+            raise ValueError(
+                f"feature_order has {len(self.feature_order)} names but "
+                f"architecture.n_features is {n_features}"
+            )
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class ModelArtifacts:
+    """The serialised model: both weight blobs, the card bytes and the parsed card."""
+
+    safetensors: bytes
+    pt: bytes
+    card: bytes
+    card_model: ModelCard
+
+    def weights(self, fmt: WeightFormat) -> bytes:
+        """The weight blob for ``fmt`` (``"safetensors"`` or ``"pt"``)."""
+        if fmt == "safetensors":
+            return self.safetensors
+        if fmt == "pt":
+            return self.pt
+        raise ArtifactError(f"unknown weights format {fmt!r}; expected one of {WEIGHT_FORMATS}")
+
+
+def _card_bytes(card: ModelCard) -> bytes:
+    try:
+        text = json.dumps(
+            card.model_dump(),
+            sort_keys=True,
+            ensure_ascii=False,
+            allow_nan=False,
+            indent=2,
+        )
+    except (TypeError, ValueError) as exc:
+        raise ArtifactError(
+            f"model card is not plain JSON (finite numbers, str, bool, None, list, dict): {exc}"
+        ) from exc
+    return (text + "\n").encode("utf-8")
+
+
+def serialize_model(module: SlaMLP, card_fields: Mapping[str, Any]) -> ModelArtifacts:
+    """Serialise ``module`` to safetensors + ``.pt`` bytes and a JSON card.
+
+    ``card_fields`` holds every :class:`ModelCard` field except ``architecture``
+    (taken from the module) and ``files`` (the sha256 of the two weight blobs,
+    computed here). Raises :class:`ArtifactError` on an invalid card.
+    """
+    reserved = {"architecture", "files"} & set(card_fields)
+    if reserved:
+        raise ArtifactError(f"card_fields must not set {sorted(reserved)}; they are derived")
+    state = {
+        name: tensor.detach().to("cpu").contiguous() for name, tensor in module.state_dict().items()
+    }
+    st_blob = safetensors.torch.save(state)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    pt_blob = buffer.getvalue()
+    try:
+        card = ModelCard.model_validate(
+            {
+                **card_fields,
+                "architecture": module.architecture(),
+                "files": {"safetensors": sha256_hex(st_blob), "pt": sha256_hex(pt_blob)},
+            }
+        )
+    except ValidationError as exc:
+        raise ArtifactError(f"invalid model card fields: {exc}") from exc
+    card_blob = _card_bytes(card)
+    # Hand back the card exactly as a loader will see it (tuples become lists, ...).
+    return ModelArtifacts(
+        safetensors=st_blob,
+        pt=pt_blob,
+        card=card_blob,
+        card_model=ModelCard.model_validate_json(card_blob),
+    )
+
+
+def _deserialise(weights: bytes, fmt: str) -> dict[str, torch.Tensor]:
+    """Tensors from a hash-verified blob; never runs unrestricted pickle."""
+    loaded: object
+    if fmt == "safetensors":
+        try:
+            loaded = safetensors.torch.load(weights)
+        except Exception as exc:  # any parser failure means the artifact is refused
+            raise ArtifactError(f"unreadable safetensors weights: {exc}") from exc
+    else:
+        try:
+            loaded = torch.load(io.BytesIO(weights), weights_only=True, map_location="cpu")
+        except pickle.UnpicklingError as exc:
+            raise ArtifactError(
+                f".pt weights refused by the weights-only unpickler: {exc}"
+            ) from exc
+        except Exception as exc:  # corrupt archive etc.
+            raise ArtifactError(f"unreadable .pt weights: {exc}") from exc
+    if not isinstance(loaded, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
+    ):
+        raise ArtifactError(f"{fmt} weights are not a mapping of names to tensors")
+    return dict(loaded)
+
+
+def load_model(
+    card: bytes,
+    weights: bytes,
+    fmt: WeightFormat,
+    *,
+    max_bytes: int = MAX_ARTIFACT_BYTES,
+) -> tuple[SlaMLP, ModelCard]:
+    """THE loader: rebuild a model from its card and one weight blob, in eval mode.
+
+    Order matters: format and size checks, card parsing, then the sha256 of
+    ``weights`` against ``card.files[fmt]``, and only then deserialisation
+    (safetensors, or ``torch.load(weights_only=True)``). Every refusal raises
+    :class:`ArtifactError`.
+    """
+    if fmt not in WEIGHT_FORMATS:
+        raise ArtifactError(f"unknown weights format {fmt!r}; expected one of {WEIGHT_FORMATS}")
+    if not isinstance(card, bytes) or not isinstance(weights, bytes):
+        raise ArtifactError("card and weights must be bytes")
+    for what, blob in (("card", card), ("weights", weights)):
+        if len(blob) > max_bytes:
+            raise ArtifactError(f"{what} is {len(blob)} bytes, over the {max_bytes}-byte limit")
+
+    try:
+        card_model = ModelCard.model_validate_json(card)
+    except ValidationError as exc:
+        raise ArtifactError(f"invalid model card: {exc}") from exc
+
+    expected = card_model.files.get(fmt)
+    if expected is None:
+        raise ArtifactError(f"model card records no sha256 for {fmt!r} weights")
+    actual = sha256_hex(weights)
+    if not hmac.compare_digest(actual, expected):
+        raise ArtifactError(
+            f"sha256 mismatch for {fmt} weights: card has {expected}, bytes hash to {actual}"
+        )
+
+    try:
+        module = build_module(card_model.architecture)
+    except ValueError as exc:
+        raise ArtifactError(f"invalid architecture in model card: {exc}") from exc
+
+    state = _deserialise(weights, fmt)
+    reference = module.state_dict()
+    for name, tensor in state.items():
+        ref = reference.get(name)
+        if ref is not None and tensor.dtype != ref.dtype:
+            raise ArtifactError(f"tensor {name!r} has dtype {tensor.dtype}, expected {ref.dtype}")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ArtifactError(f"weights do not fit the card's architecture: {exc}") from exc
+    module.eval()
+    return module, card_model
+
+
+def predict_proba(module: SlaMLP, X: np.ndarray) -> np.ndarray:
+    """P(breach) per row of ``X`` (shape ``(n, n_features)``), as float32 of shape ``(n,)``.
+
+    Runs in eval mode under ``no_grad``; the module's previous mode is restored.
+    """
+    arr = np.ascontiguousarray(X, dtype=np.float32)
+    if arr.ndim != 2:
+        raise ValueError(f"X must be 2-D (n, n_features), got shape {arr.shape}")
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            logits = module(torch.from_numpy(arr).to(module.feature_mean.device))
+    finally:
+        module.train(was_training)
+    probs: np.ndarray = torch.sigmoid(logits).cpu().numpy()
+    return probs

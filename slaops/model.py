@@ -1,0 +1,175 @@
+"""The one SLA-breach forecasting architecture both services share.
+
+The retrainer fits :class:`SlaMLP` (through skorch, ``module__*`` parameters map
+onto the constructor) and the consumer rebuilds it from a model card with
+:func:`build_module`. Input normalisation lives in registered buffers, so the
+``state_dict`` together with the card's architecture reproduces predictions
+exactly; there is no separate scaler to ship.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+    "silu": nn.SiLU,
+}
+
+N_FEATURES_RANGE = (1, 256)
+HIDDEN_LAYERS_RANGE = (0, 8)
+WIDTH_RANGE = (1, 1024)
+MIN_STD = 1e-6
+
+ARCHITECTURE_KEYS = frozenset({"n_features", "hidden_layers", "width", "dropout", "activation"})
+
+
+def _check_int(name: str, value: object, bounds: tuple[int, int]) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    lo, hi = bounds
+    if not lo <= int(value) <= hi:
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
+    return int(value)
+
+
+def _check_dropout(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"dropout must be a number, got {type(value).__name__} {value!r}")
+    p = float(value)
+    if not (math.isfinite(p) and 0.0 <= p < 1.0):
+        raise ValueError(f"dropout must be in [0, 1), got {value}")
+    return p
+
+
+def _check_activation(value: object) -> str:
+    if not isinstance(value, str) or value not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {value!r}")
+    return value
+
+
+class SlaMLP(nn.Module):
+    """MLP forecasting P(SLA breach at t+h); input normalisation lives in buffers so
+    state_dict + card reproduce predictions.
+
+    ``forward`` returns logits of shape ``(n,)`` (for ``BCEWithLogitsLoss`` and
+    skorch's ``NeuralNetBinaryClassifier``); apply a sigmoid for probabilities.
+
+    >>> m = SlaMLP(n_features=3, hidden_layers=2, width=4)
+    >>> m(torch.zeros(5, 3)).shape
+    torch.Size([5])
+    >>> build_module(m.architecture()).architecture() == m.architecture()
+    True
+    """
+
+    feature_mean: torch.Tensor
+    feature_std: torch.Tensor
+
+    def __init__(
+        self,
+        n_features: int = 6,
+        hidden_layers: int = 1,
+        width: int = 32,
+        dropout: float = 0.0,
+        activation: str = "relu",
+    ) -> None:
+        super().__init__()
+        self.n_features = _check_int("n_features", n_features, N_FEATURES_RANGE)
+        self.hidden_layers = _check_int("hidden_layers", hidden_layers, HIDDEN_LAYERS_RANGE)
+        self.width = _check_int("width", width, WIDTH_RANGE)
+        self.dropout = _check_dropout(dropout)
+        self.activation = _check_activation(activation)
+
+        self.register_buffer("feature_mean", torch.zeros(self.n_features, dtype=torch.float32))
+        self.register_buffer("feature_std", torch.ones(self.n_features, dtype=torch.float32))
+
+        layers: list[nn.Module] = []
+        in_dim = self.n_features
+        for _ in range(self.hidden_layers):
+            # Dropout is always present (identity at p=0) so state_dict keys do
+            # not depend on the dropout rate.
+            layers += [
+                nn.Linear(in_dim, self.width),
+                ACTIVATIONS[self.activation](),
+                nn.Dropout(self.dropout),
+            ]
+            in_dim = self.width
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(in_dim, 1)
+
+    def set_normalization(
+        self, mean: np.ndarray | torch.Tensor, std: np.ndarray | torch.Tensor
+    ) -> None:
+        """Store per-feature mean and std (std clamped to >= 1e-6) in the buffers."""
+        expected = (self.n_features,)
+        values = []
+        for name, raw in (("mean", mean), ("std", std)):
+            t = torch.as_tensor(
+                raw.detach() if isinstance(raw, torch.Tensor) else np.asarray(raw),
+                dtype=torch.float32,
+            ).cpu()
+            if tuple(t.shape) != expected:
+                raise ValueError(f"{name} must have shape {expected}, got {tuple(t.shape)}")
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name} must be finite")
+            values.append(t)
+        mean_t, std_t = values
+        if bool((std_t < 0).any()):
+            raise ValueError("std must be non-negative")
+        with torch.no_grad():
+            self.feature_mean.copy_(mean_t)
+            self.feature_std.copy_(std_t.clamp(min=MIN_STD))
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ValueError(
+                f"expected input of shape (n, {self.n_features}), got {tuple(X.shape)}"
+            )
+        z = (X - self.feature_mean) / self.feature_std
+        out: torch.Tensor = self.head(self.body(z))
+        return out.squeeze(-1)
+
+    def architecture(self) -> dict[str, int | float | str]:
+        """The constructor kwargs, JSON-friendly; ``build_module`` accepts them back."""
+        return {
+            "n_features": self.n_features,
+            "hidden_layers": self.hidden_layers,
+            "width": self.width,
+            "dropout": self.dropout,
+            "activation": self.activation,
+        }
+
+
+def build_module(architecture: Mapping[str, object]) -> SlaMLP:
+    """Build an untrained :class:`SlaMLP` from a (card's) architecture mapping.
+
+    Every key of :meth:`SlaMLP.architecture` is required and no other key is
+    accepted, so a card can never be silently filled in by changed defaults.
+    Raises ``ValueError`` on any missing/unknown key, wrong type or out-of-range value.
+    """
+    if not isinstance(architecture, Mapping):
+        raise ValueError(f"architecture must be a mapping, got {type(architecture).__name__}")
+    keys = set(architecture)
+    unknown = keys - ARCHITECTURE_KEYS
+    if unknown:
+        raise ValueError(f"unknown architecture keys: {sorted(map(str, unknown))}")
+    missing = ARCHITECTURE_KEYS - keys
+    if missing:
+        raise ValueError(f"missing architecture keys: {sorted(missing)}")
+    return SlaMLP(
+        n_features=_check_int("n_features", architecture["n_features"], N_FEATURES_RANGE),
+        hidden_layers=_check_int(
+            "hidden_layers", architecture["hidden_layers"], HIDDEN_LAYERS_RANGE
+        ),
+        width=_check_int("width", architecture["width"], WIDTH_RANGE),
+        dropout=_check_dropout(architecture["dropout"]),
+        activation=_check_activation(architecture["activation"]),
+    )
