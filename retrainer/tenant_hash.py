@@ -1,0 +1,94 @@
+"""The tenant hash: the only tenant identifier that reaches the model store.
+
+Model files are published under ``sla_models/{tenant_hash}_sla_model.*``. A plain
+hash of the slug would be reversible by hashing guessed slugs, so the hash is an
+HMAC-SHA256 of the slug under a secret key::
+
+    >>> tenant_hash("acme", b"k" * 32) == tenant_hash("acme", b"k" * 32)
+    True
+    >>> len(tenant_hash("acme", b"k" * 32))
+    64
+
+The key comes from settings (a ``SecretStr``). Only the explicit local/embedded
+mode may use :func:`load_or_create_local_key`, which keeps a random key in
+``data_dir/tenant.key`` (mode 0600). The key is never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+from pathlib import Path
+
+from pydantic import SecretStr
+
+logger = logging.getLogger(__name__)
+
+KEY_FILE_NAME = "tenant.key"
+_KEY_BYTES = 32
+
+
+def tenant_hash(tenant: str, key: SecretStr | bytes) -> str:
+    """HMAC-SHA256(key, tenant slug) as 64 lowercase hex characters."""
+    if not tenant:
+        raise ValueError("tenant slug must not be empty")
+    raw = key.get_secret_value().encode() if isinstance(key, SecretStr) else bytes(key)
+    if not raw:
+        raise ValueError("tenant hash key must not be empty")
+    return hmac.new(raw, tenant.encode(), hashlib.sha256).hexdigest()
+
+
+def load_or_create_local_key(data_dir: Path) -> SecretStr:
+    """Return the local tenant-hash key, creating it once (local/embedded mode only).
+
+    The key is 32 random bytes as hex, created with ``O_CREAT | O_EXCL`` and mode
+    0600 so that two processes racing here agree on one key and nobody else can
+    read it. A file with wider permissions or unexpected content is refused.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / KEY_FILE_NAME
+    try:
+        return _read_key(path)
+    except FileNotFoundError:
+        pass
+    key = secrets.token_hex(_KEY_BYTES)
+    tmp = data_dir / f".{KEY_FILE_NAME}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(key + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            # link() fails if the key exists: the first creator wins, atomically.
+            os.link(tmp, path)
+            created = True
+        except FileExistsError:
+            created = False
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(data_dir)
+    if created:
+        logger.info("created local tenant-hash key path=%s", path)
+    return _read_key(path)
+
+
+def _read_key(path: Path) -> SecretStr:
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise PermissionError(f"{path} must be readable by its owner only (mode {mode:o})")
+    text = path.read_text(encoding="ascii").strip()
+    if len(text) != 2 * _KEY_BYTES or any(c not in "0123456789abcdef" for c in text):
+        raise ValueError(f"{path} does not hold a {_KEY_BYTES}-byte hex key")
+    return SecretStr(text)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
