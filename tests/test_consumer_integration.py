@@ -29,8 +29,11 @@ BAD_RECORDS: list[tuple[bytes | None, bytes | None, RejectReason]] = [
     (b"stable-b", b"", RejectReason.EMPTY),
     (b"stable-b", b"x" * 70_000, RejectReason.OVERSIZE),
     (b"someone-else", telemetry_values("drifty", 1, seed=9)[0], RejectReason.KEY_MISMATCH),
-    (b"drifty", telemetry_values("drifty", 1, seed=9)[0].replace(b'"rps": ', b'"rps": -'),
-     RejectReason.OUT_OF_RANGE),
+    (
+        b"drifty",
+        telemetry_values("drifty", 1, seed=9)[0].replace(b'"rps": ', b'"rps": -'),
+        RejectReason.OUT_OF_RANGE,
+    ),
 ]
 
 
@@ -79,15 +82,18 @@ def telemetry(n: int, start: int = 0) -> list[tuple[bytes, bytes]]:
 
 def requests_in(settings: ConsumerSettings, expect: int) -> list[RetrainRequested]:
     messages = read_topic(
-        settings.bootstrap_servers or "", settings.retrain_topic, expect=expect,
+        settings.bootstrap_servers or "",
+        settings.retrain_topic,
+        expect=expect,
         partitions=PARTITIONS,
     )
     return [RetrainRequested.model_validate_json(m.value() or b"") for m in messages]
 
 
 def committed(settings: ConsumerSettings) -> int:
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
-                         "group.id": settings.group_id})
+    consumer = Consumer(
+        {"bootstrap.servers": settings.bootstrap_servers, "group.id": settings.group_id}
+    )
     try:
         offsets = consumer.committed(
             [TopicPartition(settings.telemetry_topic, p) for p in range(PARTITIONS)], timeout=10
@@ -106,13 +112,20 @@ def test_mixed_stream_dead_letters_bad_records_and_requests_retraining_for_drift
         stream.insert(500 + i * 700, (key, value))
     total = produce_all(settings.bootstrap_servers or "", settings.telemetry_topic, stream)
     with running(settings) as service:
-        wait_for(lambda: service.stats.valid + service.stats.invalid >= total, timeout_s=90,
-                 what="the whole stream to be consumed")
+        wait_for(
+            lambda: service.stats.valid + service.stats.invalid >= total,
+            timeout_s=90,
+            what="the whole stream to be consumed",
+        )
         wait_for(lambda: committed(settings) == total, timeout_s=20, what="offsets committed")
     assert (service.stats.valid, service.stats.invalid) == (len(good), len(BAD_RECORDS))
 
-    letters = read_topic(settings.bootstrap_servers or "", settings.dlq_topic,
-                         expect=len(BAD_RECORDS), partitions=PARTITIONS)
+    letters = read_topic(
+        settings.bootstrap_servers or "",
+        settings.dlq_topic,
+        expect=len(BAD_RECORDS),
+        partitions=PARTITIONS,
+    )
     seen = sorted((m.value() or b"", DeadLetter.from_headers(m.headers()).reason) for m in letters)
     assert seen == sorted((v or b"", r) for _k, v, r in BAD_RECORDS)
     for message in letters:
@@ -138,13 +151,17 @@ def test_restart_rebuilds_windows_and_neither_loses_nor_repeats_requests(
 
     second = produce_all(bootstrap, settings.telemetry_topic, telemetry(1_000, start=1_000))
     with running(settings) as restarted:
-        wait_for(lambda: restarted.stats.valid >= first + second, timeout_s=90,
-                 what="replay plus second half")
-        wait_for(lambda: committed(settings) == first + second, timeout_s=20,
-                 what="second commit")
+        wait_for(
+            lambda: restarted.stats.valid >= first + second,
+            timeout_s=90,
+            what="replay plus second half",
+        )
+        wait_for(lambda: committed(settings) == first + second, timeout_s=20, what="second commit")
         # The windows were rebuilt from the replay: each tenant holds a full window.
         assert {s.tenant: len(s.window) for s in restarted.core.tenants()} == {
-            "stable-a": 1_000, "drifty": 1_000, "stable-b": 1_000,
+            "stable-a": 1_000,
+            "drifty": 1_000,
+            "stable-b": 1_000,
         }
     assert restarted.stats.replayed == first
     requests = requests_in(settings, expect=1)
@@ -157,8 +174,15 @@ def test_cli_consumer_commits_what_it_did_and_exits_cleanly_on_sigterm(
     total = produce_all(settings.bootstrap_servers or "", settings.telemetry_topic, telemetry(300))
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers or ""}
     args = [sys.executable, "-m", "slaops.cli", "consume"]
-    for name in ("telemetry_topic", "dlq_topic", "retrain_topic", "checkpoint_topic", "group_id",
-                 "session_timeout_ms", "poll_timeout_s"):
+    for name in (
+        "telemetry_topic",
+        "dlq_topic",
+        "retrain_topic",
+        "checkpoint_topic",
+        "group_id",
+        "session_timeout_ms",
+        "poll_timeout_s",
+    ):
         args += ["--" + name.replace("_", "-"), str(getattr(settings, name))]
     process = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
     try:
@@ -176,7 +200,9 @@ def test_cli_consumer_commits_what_it_did_and_exits_cleanly_on_sigterm(
 def test_cli_refuses_bad_settings_naming_them() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "slaops.cli", "consume", "--window-max-events", "5"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"},
     )
     assert result.returncode == 2
