@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import pydantic_core  # noqa: E402
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition  # noqa: E402
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition  # noqa: E402
 
 from bench._data import telemetry_bytes  # noqa: E402
 from consumer.core import CoreConfig, IngestCore  # noqa: E402
@@ -39,7 +39,6 @@ from schemas import TelemetryEvent  # noqa: E402
 from slaops.kafka import ensure_topics  # noqa: E402
 from tests.broker import kafka_bootstrap  # noqa: E402
 from tests.kafka_helpers import produce_all  # noqa: E402
-from tests.streams import RawRecord  # noqa: E402
 
 
 def rate(n: int, seconds: float) -> float:
@@ -64,7 +63,11 @@ def bench_floor(data: list[tuple[bytes, bytes]]) -> dict[str, float]:
 
 
 def bench_core(data: list[tuple[bytes, bytes]], batch: int) -> dict[str, float]:
-    records = [RawRecord(k, v, 0, i) for i, (k, v) in enumerate(data)]
+    # Real confluent-kafka messages, as the service hands them to the core.
+    records = [
+        Message(topic="sla.telemetry", partition=0, offset=i, key=k, value=v)
+        for i, (k, v) in enumerate(data)
+    ]
     core = IngestCore(CoreConfig(topic="sla.telemetry"))
     before = rss_mib()
     start = time.perf_counter()

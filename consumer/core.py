@@ -9,6 +9,7 @@ windows and detectors as numpy blocks, so no per-event Python objects outlive th
 from __future__ import annotations
 
 import logging
+import operator
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import numpy as np
 
 from consumer.detectors import DataDriftMonitor, DriftConfig, DriftSignal
 from consumer.gate import RequestGate
-from consumer.window import TenantWindow
+from consumer.window import DEFAULT_CAPACITY, TenantWindow
 from schemas import (
     DeadLetter,
     DetectorDetails,
@@ -35,11 +36,15 @@ from slaops.kafka import KafkaRecord
 
 log = logging.getLogger(__name__)
 
+#: Reads one validated event's columns straight from the model's field dict: one C call
+#: per event instead of nine attribute lookups.
+_ROW = operator.itemgetter("tenant", "ts", *FEATURES, "sla_breached")
+
 
 @dataclass(frozen=True, slots=True)
 class CoreConfig:
     topic: str
-    window_max_events: int = 2_000
+    window_max_events: int = DEFAULT_CAPACITY
     window_span_s: float = 86_400.0
     max_tenants: int = 10_000
     max_message_bytes: int = 64 * 1024
@@ -160,41 +165,26 @@ class IngestCore:
         """
         replay_below = replay_below or {}
         result = BatchResult()
-        tenants: list[str] = []
         partitions: list[int] = []
         offsets: list[int] = []
-        rows: list[tuple[float, ...]] = []
+        rows: list[tuple[Any, ...]] = []
         max_bytes = self.config.max_message_bytes
         for record in records:
             partition = record.partition() or 0
             offset = record.offset() or 0
-            key = record.key()
-            value = record.value()
             try:
-                event = parse_telemetry(key, value, max_bytes=max_bytes)
+                event = parse_telemetry(record.key(), record.value(), max_bytes=max_bytes)
             except InvalidTelemetry as exc:
                 result.invalid += 1
                 if offset >= replay_below.get(partition, -1):
                     result.dead_letters.append(self._dead_letter(record, exc, partition, offset))
                 continue
-            tenants.append(event.tenant)
+            rows.append(_ROW(event.__dict__))
             partitions.append(partition)
             offsets.append(offset)
-            rows.append(
-                (
-                    event.ts.timestamp(),
-                    event.latency_p50_ms,
-                    event.latency_p95_ms,
-                    event.latency_p99_ms,
-                    event.error_rate,
-                    event.cpu_util,
-                    event.rps,
-                    event.sla_breached,
-                )
-            )
         result.valid = len(rows)
         if rows:
-            self._ingest_rows(tenants, partitions, offsets, rows, replay_below, result)
+            self._ingest_rows(rows, partitions, offsets, replay_below, result)
         return result
 
     def _dead_letter(
@@ -214,31 +204,29 @@ class IngestCore:
 
     def _ingest_rows(
         self,
-        tenants: list[str],
+        rows: list[tuple[Any, ...]],
         partitions: list[int],
         offsets: list[int],
-        rows: list[tuple[float, ...]],
         replay_below: Mapping[int, int],
         result: BatchResult,
     ) -> None:
         """Columns for the whole batch at once, regrouped by tenant into contiguous views."""
-        codes_of: dict[str, int] = {}
-        codes = np.fromiter(
-            (codes_of.setdefault(t, len(codes_of)) for t in tenants), np.int64, len(tenants)
-        )
+        tenants, stamps, *metrics = zip(*rows, strict=True)
+        codes_of = {tenant: code for code, tenant in enumerate(dict.fromkeys(tenants))}
+        codes = np.fromiter(map(codes_of.__getitem__, tenants), np.int64, len(tenants))
         order = np.argsort(codes, kind="stable")
-        block = np.array(rows, dtype=np.float64)[order]
-        ts = block[:, 0]
-        features = block[:, 1:7].astype(np.float32)
-        labels = block[:, 7] > 0.5
+        ts = np.fromiter((stamp.timestamp() for stamp in stamps), np.float64, len(stamps))[order]
+        features = np.array(metrics[:-1], dtype=np.float32).T[order]
+        labels = np.array(metrics[-1], dtype=np.bool_)[order]
         offs = np.array(offsets, dtype=np.int64)[order]
         parts = np.array(partitions, dtype=np.int64)[order]
-        bounds = np.flatnonzero(np.diff(codes[order])) + 1
-        starts = [0, *bounds.tolist()]
-        ends = [*bounds.tolist(), len(order)]
+        # Codes number tenants by first appearance, so after the stable sort tenant
+        # `code` occupies rows [ends[code] - counts[code], ends[code]).
+        counts = np.bincount(codes)
+        ends = np.cumsum(counts).tolist()
         names = list(codes_of)
-        first_codes = codes[order][starts].tolist()
-        for lo, hi, code in zip(starts, ends, first_codes, strict=True):
+        for code, (count, hi) in enumerate(zip(counts.tolist(), ends, strict=True)):
+            lo = hi - count
             partition = int(parts[lo])
             replay_limit = replay_below.get(partition, -1)
             span = slice(lo, hi)

@@ -233,7 +233,7 @@ class DataDriftMonitor:
         #: z-scores not yet averaged into a full stride group.
         self._pending = np.empty((0, width))
         #: The latest raw rows fed to detectors, for a signal's recent means.
-        self._tail = np.empty((0, width))
+        self._tail = np.empty((0, width), dtype=np.float32)
         #: Events fed to detectors since the reference was set.
         self._seen = 0
 
@@ -318,7 +318,9 @@ class DataDriftMonitor:
                 if len(agreeing) >= self.config.min_agreeing_features:
                     return self._signal(raw[: row - start + 1], row, agreeing)
         self._seen += len(raw)
-        self._tail = np.concatenate((self._tail, raw))[-self.config.agreement_window :]
+        # A copy, not a view: a view would keep the whole concatenated block alive.
+        tail = np.concatenate((self._tail, raw.astype(np.float32, copy=False)))
+        self._tail = tail[-self.config.agreement_window :].copy()
         return None
 
     def _feed(self, slot: int, values: list[float]) -> list[int]:

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from consumer.window import DEFAULT_CAPACITY
 from schemas import topics
 from schemas.telemetry import DEFAULT_MAX_MESSAGE_BYTES
 from slaops.settings import ServiceSettings, TopicName
@@ -26,7 +27,7 @@ class ConsumerSettings(ServiceSettings):
         default=6, ge=1, le=10_000, description="Partitions when slaops creates the topic."
     )
     batch_size: int = Field(
-        default=20_000,
+        default=50_000,
         ge=1,
         le=200_000,
         description="Messages per poll; large batches amortise per-tenant work across events.",
@@ -45,7 +46,10 @@ class ConsumerSettings(ServiceSettings):
         default=86_400.0, gt=0, description="Time span of a tenant's window (event time)."
     )
     window_max_events: int = Field(
-        default=2_000, ge=10, le=1_000_000, description="Maximum events in a tenant's window."
+        default=DEFAULT_CAPACITY,
+        ge=10,
+        le=1_000_000,
+        description="Maximum events in a tenant's window.",
     )
     max_tenants: int = Field(
         default=10_000,

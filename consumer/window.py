@@ -28,8 +28,10 @@ from schemas.telemetry import FEATURES
 
 _S = TypeVar("_S", bound=np.generic)
 
-#: Events per tenant the consumer keeps unless configured otherwise.
-DEFAULT_CAPACITY: Final = 2_000
+#: Events per tenant the consumer keeps unless configured otherwise: a day of
+#: one-minute intervals, so that 10,000 full windows (59 KB each) fit in 1 GiB beside
+#: their detectors.
+DEFAULT_CAPACITY: Final = 1_440
 #: Rows allocated on the first append: enough for a handful of batches.
 _MIN_ALLOC: Final = 16
 

@@ -283,9 +283,9 @@ def test_buffers_grow_geometrically_and_never_past_capacity() -> None:
 def test_ten_thousand_full_default_windows_fit_well_under_a_gib() -> None:
     w = TenantWindow(DEFAULT_CAPACITY, span_s=1e9)
     w.extend(*block([float(i) for i in range(DEFAULT_CAPACITY)], n_features=N_FEATURES))
-    assert DEFAULT_CAPACITY == 2_000
+    assert DEFAULT_CAPACITY == 1_440
     total = 10_000 * w.nbytes
-    assert total == 10_000 * 2_000 * 41
+    assert total == 10_000 * 1_440 * 41
     assert total < 0.8 * GIB
 
 

@@ -1,0 +1,34 @@
+"""The README is the manual: it must name every setting and keep CI on its test command."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from pydantic_settings import BaseSettings
+
+from consumer.settings import ConsumerSettings
+from slaops.settings import setting_sources
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+@pytest.mark.parametrize("settings", [ConsumerSettings])
+def test_every_setting_is_in_the_readme_table(settings: type[BaseSettings]) -> None:
+    for name in settings.model_fields:
+        env, flag = setting_sources(name).split(" or ")
+        row = f"| `{name}` | `{env}` / `{flag}` |"
+        assert row in README, f"README.md lacks the settings row for {name}"
+
+
+def test_ci_runs_the_readme_test_command_which_installs_torch_first() -> None:
+    block = re.search(
+        r"<!-- test-command -->\n```sh\n(.+?)\n```\n<!-- /test-command -->", README, re.S
+    )
+    assert block is not None
+    command = block.group(1)
+    assert command.index("torch==2.13.0") < command.index("-e '.[dev]'")
+    assert "pytest" in command and "ruff check" in command and "mypy" in command
+    assert "test-command" in (ROOT / ".ci" / "run").read_text()
