@@ -1,0 +1,215 @@
+"""Supervised pairs from one tenant's telemetry: metrics at t -> breach at t + horizon.
+
+Pure numpy. The rows handed in are ONE tenant's valid events (the retrainer
+replays them from `sla.telemetry` by offset range); `build_pairs` orders them by
+timestamp (stable, so equal timestamps keep their replay order), stacks `lags`
+previous rows beside each row, and pairs it with the label `horizon` rows later.
+
+>>> ts = np.array([3.0, 1.0, 2.0, 4.0, 5.0])
+>>> feats = np.arange(5, dtype=np.float32).reshape(5, 1) * np.ones((1, 6), np.float32)
+>>> labels = np.array([1, 0, 0, 1, 0], dtype=bool)
+>>> data = build_pairs(ts, feats, labels, horizon=1, lags=1, min_rows=1)
+>>> data.ts.tolist(), data.y.tolist()
+([2.0, 3.0, 4.0], [1.0, 1.0, 0.0])
+>>> data.X[:, [0, 6]].tolist()  # latency_p50_ms at t, then at t - 1
+[[2.0, 1.0], [0.0, 2.0], [3.0, 0.0]]
+>>> data.feature_names[6]
+'latency_p50_ms_lag1'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from schemas.telemetry import FEATURES
+from slaops.errors import SlaopsError
+
+#: Fewest supervised pairs worth a search unless the caller says otherwise.
+DEFAULT_MIN_ROWS: Final = 100
+#: Share of the newest pairs kept away from the search and used to judge the winner.
+DEFAULT_HOLDOUT_FRACTION: Final = 0.15
+
+
+class DatasetReason(StrEnum):
+    """Why a training set could not be built (stable codes for logs and events)."""
+
+    SHAPE = "shape"
+    NON_FINITE = "non_finite"
+    TOO_FEW_ROWS = "too_few_rows"
+    SINGLE_CLASS = "single_class"
+
+
+class DatasetError(SlaopsError, ValueError):
+    """The replayed rows cannot make a usable supervised set; `reason` says why."""
+
+    def __init__(self, reason: DatasetReason, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, eq=False)
+class SupervisedSet:
+    """Time-ordered supervised pairs of one tenant, ready for a binary classifier.
+
+    `X` is float32 `(n, n_features * (lags + 1))`; `y` is float32 0/1, which is what
+    skorch's `NeuralNetBinaryClassifier` (a `BCEWithLogitsLoss`) trains on; `ts` is
+    the epoch-second timestamp of the features of each row (the label is `horizon`
+    rows later). Arrays are read-only so that `sha256` keeps describing them.
+    """
+
+    X: NDArray[np.float32]
+    y: NDArray[np.float32]
+    ts: NDArray[np.float64]
+    feature_names: tuple[str, ...]
+    horizon: int
+    lags: int
+    sha256: str
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def n_positive(self) -> int:
+        return int(np.count_nonzero(self.y))
+
+
+def lagged_feature_names(base: Sequence[str], lags: int) -> tuple[str, ...]:
+    """`base` followed by `name_lag1` ... `name_lag{lags}` for each name, in block order."""
+    names = list(base)
+    for lag in range(1, lags + 1):
+        names.extend(f"{name}_lag{lag}" for name in base)
+    return tuple(names)
+
+
+def dataset_sha256(X: NDArray[np.float32], y: NDArray[np.float32]) -> str:
+    """Deterministic digest of the training rows: shapes, then X and y as little-endian bytes."""
+    x_le = np.ascontiguousarray(X, dtype="<f4")
+    y_le = np.ascontiguousarray(y, dtype="<f4")
+    digest = hashlib.sha256()
+    digest.update(f"slaops-pairs-v1 X{x_le.shape} y{y_le.shape}\n".encode())
+    digest.update(x_le.tobytes())
+    digest.update(y_le.tobytes())
+    return digest.hexdigest()
+
+
+def build_pairs(
+    ts: ArrayLike,
+    features: ArrayLike,
+    labels: ArrayLike,
+    *,
+    horizon: int = 1,
+    lags: int = 0,
+    min_rows: int = DEFAULT_MIN_ROWS,
+    feature_names: Sequence[str] | None = None,
+) -> SupervisedSet:
+    """Pair the features at each row (plus `lags` earlier rows) with the label `horizon` rows on.
+
+    The first `lags` rows (no full history) and the last `horizon` rows (no future
+    label) are dropped. Raises `DatasetError` when the inputs disagree in shape, hold
+    non-finite values, yield fewer than `min_rows` pairs, or only one class.
+    """
+    if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
+        raise ValueError(f"horizon must be an int >= 1, got {horizon!r}")
+    if isinstance(lags, bool) or not isinstance(lags, int) or lags < 0:
+        raise ValueError(f"lags must be an int >= 0, got {lags!r}")
+    if min_rows < 1:
+        raise ValueError(f"min_rows must be >= 1, got {min_rows!r}")
+
+    ts_arr = np.asarray(ts, dtype=np.float64)
+    feat_arr = np.asarray(features, dtype=np.float32)
+    label_arr = np.asarray(labels)
+    if ts_arr.ndim != 1 or feat_arr.ndim != 2 or label_arr.ndim != 1:
+        raise DatasetError(
+            DatasetReason.SHAPE,
+            f"expected ts (n,), features (n, k), labels (n,); got {ts_arr.shape}, "
+            f"{feat_arr.shape}, {label_arr.shape}",
+        )
+    n = ts_arr.shape[0]
+    if feat_arr.shape[0] != n or label_arr.shape[0] != n:
+        raise DatasetError(
+            DatasetReason.SHAPE,
+            f"row counts differ: ts {n}, features {feat_arr.shape[0]}, labels {label_arr.shape[0]}",
+        )
+    n_features = feat_arr.shape[1]
+    if feature_names is None:
+        base_names: tuple[str, ...] = (
+            FEATURES if n_features == len(FEATURES) else tuple(f"f{i}" for i in range(n_features))
+        )
+    else:
+        base_names = tuple(feature_names)
+    if len(base_names) != n_features:
+        raise DatasetError(
+            DatasetReason.SHAPE, f"{len(base_names)} feature names for {n_features} columns"
+        )
+    if not (np.isfinite(ts_arr).all() and np.isfinite(feat_arr).all()):
+        raise DatasetError(DatasetReason.NON_FINITE, "ts and features must be finite")
+    if label_arr.dtype != np.bool_ and not np.isin(label_arr, (0, 1)).all():
+        raise DatasetError(DatasetReason.SHAPE, "labels must be boolean or 0/1")
+
+    n_pairs = n - lags - horizon
+    if n_pairs < min_rows:
+        raise DatasetError(
+            DatasetReason.TOO_FEW_ROWS,
+            f"{max(n_pairs, 0)} pairs from {n} rows (lags={lags}, horizon={horizon}); "
+            f"need >= {min_rows}",
+        )
+
+    order = np.argsort(ts_arr, kind="stable")
+    ts_sorted = ts_arr[order]
+    feat_sorted = feat_arr[order]
+    y_sorted = label_arr[order].astype(np.float32)
+
+    rows = np.arange(lags, n - horizon)  # the t of every pair
+    blocks = [feat_sorted[rows - lag] for lag in range(lags + 1)]
+    X = np.ascontiguousarray(np.concatenate(blocks, axis=1), dtype=np.float32)
+    y = np.ascontiguousarray(y_sorted[rows + horizon])
+    ts_out = np.ascontiguousarray(ts_sorted[rows])
+
+    n_pos = int(np.count_nonzero(y))
+    if n_pos == 0 or n_pos == y.shape[0]:
+        raise DatasetError(
+            DatasetReason.SINGLE_CLASS,
+            f"all {y.shape[0]} labels are {'breach' if n_pos else 'no breach'}",
+        )
+
+    for arr in (X, y, ts_out):
+        arr.setflags(write=False)
+    return SupervisedSet(
+        X=X,
+        y=y,
+        ts=ts_out,
+        feature_names=lagged_feature_names(base_names, lags),
+        horizon=horizon,
+        lags=lags,
+        sha256=dataset_sha256(X, y),
+    )
+
+
+def time_split(
+    n: int, holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Indices `(train, holdout)` of `n` time-ordered rows; the holdout is the newest slice.
+
+    The holdout has `ceil(n * holdout_fraction)` rows, at least one, and leaves at least
+    one row to train on.
+
+    >>> train, holdout = time_split(10, 0.15)
+    >>> train.tolist(), holdout.tolist()
+    ([0, 1, 2, 3, 4, 5, 6, 7], [8, 9])
+    """
+    if not 0.0 < holdout_fraction < 1.0:
+        raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction!r}")
+    if n < 2:
+        raise DatasetError(DatasetReason.TOO_FEW_ROWS, f"cannot split {n} rows in two")
+    n_holdout = min(max(1, math.ceil(n * holdout_fraction - 1e-9)), n - 1)
+    cut = n - n_holdout
+    return np.arange(cut, dtype=np.int64), np.arange(cut, n, dtype=np.int64)
