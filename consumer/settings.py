@@ -34,7 +34,7 @@ class ConsumerSettings(ServiceSettings):
     )
     poll_timeout_s: float = Field(default=0.5, gt=0, le=60, description="Wait per poll.")
     max_poll_interval_ms: int = Field(
-        default=300_000, ge=10_000, description="librdkafka max.poll.interval.ms."
+        default=300_000, ge=1_000, description="librdkafka max.poll.interval.ms."
     )
     max_message_bytes: int = Field(
         default=DEFAULT_MAX_MESSAGE_BYTES,

@@ -4,6 +4,7 @@ from pydantic import BaseModel
 
 from schemas.dead_letter import DeadLetter
 from schemas.models import ChampionDecision, ModelPublished
+from schemas.outcomes import ChampionKept, RetrainFailed
 from schemas.retrain import (
     DetectorDetails,
     OffsetRange,
@@ -25,18 +26,22 @@ EXPORTED: dict[str, type[BaseModel]] = {
     "retrain_requested": RetrainRequested,
     "model_published": ModelPublished,
     "dead_letter": DeadLetter,
+    "retrain_failed": RetrainFailed,
+    "champion_kept": ChampionKept,
 }
 
 __all__ = [
     "EXPORTED",
     "FEATURES",
     "ChampionDecision",
+    "ChampionKept",
     "DeadLetter",
     "DetectorDetails",
     "InvalidTelemetry",
     "ModelPublished",
     "OffsetRange",
     "RejectReason",
+    "RetrainFailed",
     "RetrainReason",
     "RetrainRequested",
     "TelemetryEvent",

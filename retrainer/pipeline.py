@@ -1,0 +1,180 @@
+"""One retrain, without Kafka or a store: rows in, a decided and serialised model out.
+
+Dataset → search → the current champion scored on the same holdout → decision →
+artifacts. The service feeds it replayed rows and the champion it loaded, and takes
+care of publishing and announcing.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from retrainer.dataset import SupervisedSet, build_pairs
+from retrainer.replay import TenantRows
+from retrainer.search import SearchConfig, SearchResult, evaluate, run_search
+from schemas import ChampionDecision, RetrainRequested
+from slaops.artifacts import ModelArtifacts, ModelCard, serialize_model
+from slaops.model import SlaMLP
+
+CHAMPION_RULE = "holdout_log_loss"
+_VERSIONED = ("slaops", "torch", "scikit-learn", "skorch", "numpy")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    search: SearchConfig
+    horizon: int = 1
+    lags: int = 0
+    min_rows: int = 200
+    champion_margin: float = 0.0
+
+
+@dataclass(frozen=True, eq=False)
+class Champion:
+    """The tenant's current published model, loaded through the safe loader."""
+
+    module: SlaMLP
+    card: ModelCard
+    revision: str
+
+
+@dataclass(frozen=True, eq=False)
+class TrainingOutcome:
+    data: SupervisedSet
+    result: SearchResult
+    decision: ChampionDecision
+    champion_metrics: dict[str, float] | None
+    artifacts: ModelArtifacts | None  # only when the challenger is to be published
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return finite(self.result.holdout_metrics)
+
+
+def finite(metrics: dict[str, float]) -> dict[str, float]:
+    """Metrics as strict JSON can carry them (ROC-AUC is NaN on a one-class holdout)."""
+    return {k: float(v) for k, v in metrics.items() if math.isfinite(v)}
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in _VERSIONED:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "unknown"
+    return versions
+
+
+def _jsonable_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [clean(v) for v in value]
+        return value
+
+    return [clean(row) for row in rows]
+
+
+def score_champion(
+    champion: Champion | None, data: SupervisedSet, result: SearchResult
+) -> dict[str, float] | None:
+    """The champion's holdout metrics on the challenger's holdout, if it is comparable.
+
+    A champion trained with other features, lags or horizon answers another question,
+    so it is not compared (and the challenger wins by default).
+    """
+    if champion is None:
+        return None
+    card = champion.card
+    if (card.lags, card.horizon, tuple(card.feature_order)) != (
+        data.lags,
+        data.horizon,
+        data.feature_names,
+    ):
+        return None
+    holdout = result.holdout_idx
+    return evaluate(champion.module, data.X[holdout], data.y[holdout], card.threshold)
+
+
+def decide(
+    challenger: dict[str, float], champion: dict[str, float] | None, margin: float
+) -> ChampionDecision:
+    score = float(challenger["log_loss"])
+    if champion is None:
+        return ChampionDecision(published=True, rule=CHAMPION_RULE, challenger_score=score)
+    best = float(champion["log_loss"])
+    return ChampionDecision(
+        published=score < best * (1.0 - margin),
+        rule=CHAMPION_RULE if margin == 0 else f"{CHAMPION_RULE} margin={margin:g}",
+        challenger_score=score,
+        champion_score=best,
+    )
+
+
+def train_and_decide(
+    rows: TenantRows,
+    request: RetrainRequested,
+    config: TrainingConfig,
+    champion: Champion | None,
+) -> TrainingOutcome:
+    """Raises `DatasetError` when the rows cannot make a usable training set."""
+    data = build_pairs(
+        rows.ts,
+        rows.features,
+        rows.labels,
+        horizon=config.horizon,
+        lags=config.lags,
+        min_rows=config.min_rows,
+    )
+    result = run_search(data, config.search)
+    champion_metrics = score_champion(champion, data, result)
+    decision = decide(result.holdout_metrics, champion_metrics, config.champion_margin)
+    artifacts = None
+    if decision.published:
+        lineage = {
+            "request_event_id": request.event_id,
+            "reason": request.reason,
+            "detector": request.detector,
+            "source": [r.model_dump() for r in request.source],
+            "data_sha256": data.sha256,
+            "n_rows": len(data),
+            "n_train": int(len(result.train_idx)),
+            "n_holdout": int(len(result.holdout_idx)),
+            "seed": config.search.seed,
+            "strategy": result.strategy,
+            "best_params": result.best_params,
+            "decision": decision.model_dump(),
+            "champion": None
+            if champion is None
+            else {
+                "revision": champion.revision,
+                "holdout_metrics": None if champion_metrics is None else finite(champion_metrics),
+            },
+            "libraries": library_versions(),
+        }
+        artifacts = serialize_model(
+            result.module,
+            {
+                "feature_order": list(data.feature_names),
+                "lags": data.lags,
+                "horizon": data.horizon,
+                "threshold": float(result.threshold),
+                "metrics": finite(result.holdout_metrics),
+                "cv_table": _jsonable_rows(result.cv_table),
+                "lineage": lineage,
+            },
+        )
+    return TrainingOutcome(
+        data=data,
+        result=result,
+        decision=decision,
+        champion_metrics=champion_metrics,
+        artifacts=artifacts,
+    )

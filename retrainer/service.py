@@ -1,0 +1,239 @@
+"""The Kafka side of the retrainer: requests in, one search at a time, results out.
+
+The poll loop never blocks on a search: searches run in a worker thread while the
+loop keeps calling `consume`, so the group never loses this member however long a
+search takes. Requests of one tenant that arrive meanwhile are coalesced into one run
+on the newest window. A request's offset is committed only after its outcome
+(`ModelPublished`, `ChampionKept` or `RetrainFailed`) has been acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from pydantic import BaseModel, ValidationError
+
+from retrainer.offsets import OffsetBook
+from retrainer.publisher import Outcome, RequestHandler
+from schemas import RetrainFailed, RetrainRequested
+from slaops.kafka import DeliveryTracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PendingTenant:
+    requests: list[tuple[int, int, RetrainRequested]] = field(default_factory=list)
+    not_before: float = 0.0
+    attempts: int = 0
+
+
+@dataclass
+class Job:
+    tenant: str
+    request: RetrainRequested
+    offsets: list[tuple[int, int]]
+    future: Future[Outcome]
+    attempts: int
+    abandoned: bool = False
+
+
+@dataclass(slots=True)
+class RetrainerStats:
+    requests: int = 0
+    coalesced: int = 0
+    published: int = 0
+    kept: int = 0
+    failed: int = 0
+    duplicates: int = 0
+    retries: int = 0
+
+
+class RetrainerService:
+    def __init__(
+        self,
+        *,
+        handler: RequestHandler,
+        consumer: Consumer,
+        tracker: DeliveryTracker,
+        retrain_topic: str,
+        failures_topic: str,
+        retry_backoff_s: float = 5.0,
+        max_retry_backoff_s: float = 300.0,
+    ) -> None:
+        self.handler = handler
+        self.stats = RetrainerStats()
+        self._consumer = consumer
+        self._tracker = tracker
+        self._retrain_topic = retrain_topic
+        self._failures_topic = failures_topic
+        self._retry_backoff_s = retry_backoff_s
+        self._max_retry_backoff_s = max_retry_backoff_s
+        self._book = OffsetBook()
+        self._pending: dict[str, PendingTenant] = {}
+        self._job: Job | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="search")
+        self.assigned: set[int] = set()
+
+    # -- rebalance ------------------------------------------------------------------
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assigned.update(tp.partition for tp in partitions)
+        log.info("assigned partitions=%s", sorted(tp.partition for tp in partitions))
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        numbers = {tp.partition for tp in partitions}
+        self.assigned.difference_update(numbers)
+        self._book.forget(numbers)
+        for tenant in list(self._pending):
+            pending = self._pending[tenant]
+            pending.requests = [r for r in pending.requests if r[0] not in numbers]
+            if not pending.requests:
+                del self._pending[tenant]
+        job = self._job
+        if job is not None and any(p in numbers for p, _ in job.offsets):
+            # Its partition's new owner serves the request; this result must not publish.
+            job.abandoned = True
+            self.handler.cancel(job.request.event_id)
+        log.info("revoked partitions=%s", sorted(numbers))
+
+    # -- the loop -------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> RetrainerStats:
+        self._consumer.subscribe(
+            [self._retrain_topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+        try:
+            while not stop.is_set():
+                for message in self._consumer.consume(500, 0.2):
+                    self._receive(message)
+                self._finish_job()
+                self._start_job()
+        finally:
+            if self._job is not None:
+                self._job.abandoned = True
+                self.handler.cancel(self._job.request.event_id)
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._tracker.wait()
+            self._consumer.close()
+        return self.stats
+
+    def _receive(self, message: Message) -> None:
+        error = message.error()
+        if error is not None:
+            if error.code() != KafkaError._PARTITION_EOF:
+                log.warning("consume error: %s", error)
+                if error.fatal():
+                    raise KafkaException(error)
+            return
+        partition, offset = message.partition() or 0, message.offset() or 0
+        self._book.received(partition, offset)
+        self.stats.requests += 1
+        try:
+            request = RetrainRequested.model_validate_json(message.value() or b"")
+        except ValidationError as exc:
+            log.warning("unreadable retrain request partition=%d offset=%d", partition, offset)
+            self._emit_now(
+                self._failures_topic,
+                message.key(),
+                RetrainFailed(
+                    request_event_id=None,
+                    tenant=None,
+                    reason="invalid_request",
+                    detail=str(exc)[:1000],
+                    failed_at=datetime.now(UTC),
+                ),
+            )
+            self._book.done(partition, offset)
+            self._commit()
+            return
+        pending = self._pending.setdefault(request.tenant, PendingTenant())
+        pending.requests.append((partition, offset, request))
+
+    def _start_job(self) -> None:
+        if self._job is not None or not self._pending:
+            return
+        now = time.monotonic()
+        ready = [t for t, p in self._pending.items() if p.not_before <= now]
+        if not ready:
+            return
+        tenant = ready[0]  # dicts keep arrival order: the longest-waiting tenant first
+        pending = self._pending.pop(tenant)
+        newest = max(pending.requests, key=lambda r: (r[0], r[1]))
+        request = newest[2]
+        if len(pending.requests) > 1:
+            self.stats.coalesced += len(pending.requests) - 1
+            log.info(
+                "tenant=%s coalesced %d requests into event_id=%s",
+                tenant,
+                len(pending.requests),
+                request.event_id,
+            )
+        offsets = [(p, o) for p, o, _r in pending.requests]
+        future = self._executor.submit(self.handler.handle, request)
+        self._job = Job(tenant, request, offsets, future, pending.attempts)
+
+    def _finish_job(self) -> None:
+        job = self._job
+        if job is None or not job.future.done():
+            return
+        self._job = None
+        if job.abandoned:
+            return
+        try:
+            outcome = job.future.result()
+        except Exception as exc:
+            self._retry_later(job, exc)
+            return
+        for topic, key, event in outcome.events:
+            self._tracker.produce(topic, key=key, value=event.model_dump_json().encode())
+        try:
+            self._tracker.wait()
+        except Exception as exc:
+            self._retry_later(job, exc)
+            return
+        setattr(self.stats, outcome.kind, getattr(self.stats, outcome.kind) + 1)
+        for partition, offset in job.offsets:
+            self._book.done(partition, offset)
+        self._commit()
+
+    def _retry_later(self, job: Job, exc: Exception) -> None:
+        """Keep the request uncommitted and try again after a growing pause."""
+        self.stats.retries += 1
+        delay = min(self._max_retry_backoff_s, self._retry_backoff_s * 2**job.attempts)
+        log.warning(
+            "tenant=%s event_id=%s failed (%s: %s); retrying in %.0fs",
+            job.tenant,
+            job.request.event_id,
+            type(exc).__name__,
+            exc,
+            delay,
+        )
+        pending = self._pending.setdefault(job.tenant, PendingTenant())
+        pending.requests.extend((p, o, job.request) for p, o in job.offsets)
+        pending.not_before = time.monotonic() + delay
+        pending.attempts = job.attempts + 1
+
+    def _emit_now(self, topic: str, key: bytes | None, event: BaseModel) -> None:
+        self._tracker.produce(topic, key=key, value=event.model_dump_json().encode())
+        self._tracker.wait()
+
+    def _commit(self) -> None:
+        offsets = [
+            TopicPartition(self._retrain_topic, p, o)
+            for p, o in self._book.committable().items()
+            if p in self.assigned
+        ]
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            log.warning("commit failed: %s", exc)

@@ -1,0 +1,144 @@
+"""Settings of `slaops retrain` (env `SLAOPS_*`, `HF_TOKEN`, `HF_ENDPOINT`; each a flag)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+
+from schemas import topics
+from schemas.telemetry import DEFAULT_MAX_MESSAGE_BYTES
+from slaops.settings import ServiceSettings, TopicName
+
+#: Parameters the grid may search, routed the skorch way.
+GRID_KEYS = frozenset(
+    {
+        "lr",
+        "max_epochs",
+        "batch_size",
+        "module__hidden_layers",
+        "module__width",
+        "module__dropout",
+        "module__activation",
+    }
+)
+
+
+class RetrainerSettings(ServiceSettings):
+    retrain_topic: TopicName = Field(default=topics.RETRAIN, description="Retrain requests in.")
+    telemetry_topic: TopicName = Field(
+        default=topics.TELEMETRY, description="Telemetry the requests' offset ranges point into."
+    )
+    models_topic: TopicName = Field(default=topics.MODELS, description="ModelPublished out.")
+    failures_topic: TopicName = Field(
+        default=topics.RETRAIN_FAILURES, description="RetrainFailed out (unusable requests)."
+    )
+    decisions_topic: TopicName = Field(
+        default=topics.RETRAIN_DECISIONS,
+        description="ChampionKept out (a challenger that lost to the current model).",
+    )
+    group_id: str = Field(
+        default="slaops-retrainer", pattern=r"^[A-Za-z0-9._-]{1,200}$", description="Group id."
+    )
+    max_poll_interval_ms: int = Field(
+        default=300_000,
+        ge=1_000,
+        description="librdkafka max.poll.interval.ms (searches run beside the poll loop).",
+    )
+    store: str | None = Field(
+        default=None,
+        description="Model store: file://DIR or hf://OWNER/REPO (local mode: DATA_DIR/models).",
+    )
+    tenant_key: SecretStr | None = Field(
+        default=None, description="Secret key of the HMAC that hashes tenant slugs in paths."
+    )
+    local_mode: bool = Field(
+        default=False,
+        description="Embedded use: generate the tenant key once, keep it in data_dir.",
+    )
+    data_dir: Path = Field(default=Path(".slaops"), description="Local state directory.")
+    hf_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("HF_TOKEN", "hf_token"),
+        description="Hugging Face token for hf:// stores (env HF_TOKEN).",
+    )
+    hf_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("HF_ENDPOINT", "hf_endpoint"),
+        description="Hub endpoint for hf:// stores (env HF_ENDPOINT).",
+    )
+    hf_private: bool = Field(default=True, description="Create the Hub repo private.")
+    hub_timeout_s: float = Field(default=60.0, gt=0, description="Timeout of each Hub request.")
+    strategy: Literal["grid", "random", "halving"] = Field(
+        default="grid", description="Search strategy."
+    )
+    grid: dict[str, list[Any]] | None = Field(
+        default=None,
+        description='Search grid as JSON, e.g. {"lr": [0.01, 0.001], "module__width": [32]}.',
+    )
+    grid_file: Path | None = Field(
+        default=None, description="TOML file with a [grid] table (instead of `grid`)."
+    )
+    n_iter: int = Field(default=6, ge=1, description="Candidates drawn by the random strategy.")
+    n_splits: int = Field(default=5, ge=2, le=20, description="Time-series CV folds.")
+    n_jobs: int = Field(default=2, ge=1, le=256, description="Parallel fits (joblib workers).")
+    seed: int = Field(default=0, ge=0, description="Seed of every fit and draw.")
+    max_epochs: int = Field(default=20, ge=1, le=10_000, description="Epochs per fit.")
+    batch_size: int = Field(default=256, ge=1, description="Minibatch size.")
+    horizon: int = Field(default=1, ge=1, le=1_000, description="Forecast breach h steps ahead.")
+    lags: int = Field(default=0, ge=0, le=50, description="Previous events added as features.")
+    holdout_fraction: float = Field(
+        default=0.15, gt=0, lt=0.5, description="Newest share of rows kept from the search."
+    )
+    min_rows: int = Field(default=200, ge=20, description="Fewer usable rows fail the request.")
+    champion_margin: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="A challenger must beat the champion's holdout log loss by this fraction.",
+    )
+    replay_timeout_s: float = Field(
+        default=60.0, gt=0, description="Give up replaying a request's offset ranges after this."
+    )
+    max_message_bytes: int = Field(
+        default=DEFAULT_MAX_MESSAGE_BYTES, ge=256, description="Telemetry size limit on replay."
+    )
+
+    @field_validator("grid")
+    @classmethod
+    def _check_grid(cls, grid: dict[str, list[Any]] | None) -> dict[str, list[Any]] | None:
+        if grid is None:
+            return None
+        unknown = sorted(set(grid) - GRID_KEYS)
+        if unknown:
+            raise ValueError(f"unknown grid parameter(s) {unknown}; known: {sorted(GRID_KEYS)}")
+        empty = [k for k, values in grid.items() if not values]
+        if empty:
+            raise ValueError(f"grid parameter(s) {empty} have no values")
+        return grid
+
+    @model_validator(mode="after")
+    def _check_grid_source(self) -> RetrainerSettings:
+        if self.grid is not None and self.grid_file is not None:
+            raise ValueError("give the grid either inline (grid) or as a file (grid_file)")
+        if self.grid_file is not None:
+            self._check_grid(load_grid_file(self.grid_file))
+        return self
+
+    def search_grid(self) -> dict[str, list[Any]] | None:
+        if self.grid_file is not None:
+            return load_grid_file(self.grid_file)
+        return self.grid
+
+
+def load_grid_file(path: Path) -> dict[str, list[Any]]:
+    try:
+        document = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"cannot read grid file {path}: {exc}") from exc
+    grid = document.get("grid")
+    if not isinstance(grid, dict) or not all(isinstance(v, list) for v in grid.values()):
+        raise ValueError(f"{path} needs a [grid] table of lists, e.g. lr = [0.01, 0.001]")
+    return grid

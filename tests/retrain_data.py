@@ -1,0 +1,52 @@
+"""Learnable synthetic telemetry rows for retrainer tests: breaches follow p99 latency."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+
+from retrainer.replay import TenantRows
+from schemas import RetrainRequested, retrain_event_id
+
+START_TS = datetime(2026, 11, 1, tzinfo=UTC).timestamp()
+
+
+def tenant_rows(n: int = 600, *, seed: int = 0, threshold_ms: float = 150.0) -> TenantRows:
+    rng = np.random.default_rng(seed)
+    load = 0.5 + 0.4 * np.sin(np.arange(n) * 2 * np.pi / 96) + rng.normal(0, 0.1, n)
+    p50 = 40 + 60 * load.clip(0) + rng.normal(0, 5, n)
+    p99 = p50 * 2.5 + rng.normal(0, 10, n)
+    features = np.column_stack(
+        [p50, p50 * 1.8, p99, (0.01 + 0.02 * load).clip(0, 1), load.clip(0, 1), 200 + 100 * load]
+    ).astype(np.float32)
+    labels = np.roll(p99 > threshold_ms, -1)  # the next interval breaches after high latency
+    return TenantRows(
+        ts=START_TS + 60.0 * np.arange(n),
+        features=features,
+        labels=labels,
+        other_tenants=0,
+        invalid=0,
+    )
+
+
+def request_for(tenant: str, offset: int = 599, reason: str = "cold_start") -> RetrainRequested:
+    return RetrainRequested.model_validate(
+        {
+            "event_id": retrain_event_id(tenant, reason, "sla.telemetry", 0, offset),  # type: ignore[arg-type]
+            "tenant": tenant,
+            "reason": reason,
+            "detector": "cold_start",
+            "detected_at": datetime(2026, 11, 2, tzinfo=UTC),
+            "source": [
+                {
+                    "topic": "sla.telemetry",
+                    "partition": 0,
+                    "start_offset": 0,
+                    "end_offset": offset + 1,
+                }
+            ],
+            "n_events": offset + 1,
+        },
+        strict=False,
+    )
