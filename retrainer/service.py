@@ -53,6 +53,7 @@ class RetrainerStats:
     failed: int = 0
     duplicates: int = 0
     retries: int = 0
+    revocations: int = 0
 
 
 class RetrainerService:
@@ -88,6 +89,7 @@ class RetrainerService:
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = {tp.partition for tp in partitions}
+        self.stats.revocations += 1
         self.assigned.difference_update(numbers)
         self._book.forget(numbers)
         for tenant in list(self._pending):

@@ -50,3 +50,24 @@ def request_for(tenant: str, offset: int = 599, reason: str = "cold_start") -> R
         },
         strict=False,
     )
+
+
+def telemetry_messages(tenant: str, rows: TenantRows) -> list[tuple[bytes, bytes]]:
+    """The rows as the (key, value) messages a producer would send."""
+    import json
+
+    from schemas import FEATURES
+
+    out = []
+    for ts, features, label in zip(rows.ts, rows.features, rows.labels, strict=True):
+        event = {
+            "tenant": tenant,
+            "ts": datetime.fromtimestamp(float(ts), UTC).isoformat(),
+            "service": "api",
+            **{name: float(value) for name, value in zip(FEATURES, features, strict=True)},
+            "sla_breached": bool(label),
+        }
+        event["error_rate"] = min(1.0, max(0.0, event["error_rate"]))
+        event["cpu_util"] = min(1.0, max(0.0, event["cpu_util"]))
+        out.append((tenant.encode(), json.dumps(event).encode()))
+    return out

@@ -1,0 +1,175 @@
+"""`slaops retrain` against a real broker on loopback, with a real file store."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from pydantic import SecretStr
+
+from retrainer.dataset import build_pairs
+from retrainer.main import build_service, topic_specs
+from retrainer.publisher import Outcome
+from retrainer.service import RetrainerService
+from retrainer.settings import RetrainerSettings
+from retrainer.tenant_hash import tenant_hash
+from schemas import ModelPublished, RetrainFailed, RetrainRequested, retrain_event_id
+from slaops.artifacts import ModelCard
+from slaops.kafka import TopicSpec, ensure_topics
+from tests.kafka_helpers import produce_all, read_topic, wait_for
+from tests.retrain_data import telemetry_messages, tenant_rows
+
+pytestmark = pytest.mark.integration
+KEY = "integration-tenant-key-0123456789"
+
+
+@pytest.fixture
+def settings(
+    bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
+) -> RetrainerSettings:
+    settings = RetrainerSettings(
+        bootstrap_servers=bootstrap,
+        retrain_topic=unique_name("retrain"),
+        telemetry_topic=unique_name("telemetry"),
+        models_topic=unique_name("models"),
+        failures_topic=unique_name("failures"),
+        decisions_topic=unique_name("decisions"),
+        group_id=unique_name("retrainer"),
+        session_timeout_ms=6_000,
+        max_poll_interval_ms=7_000,
+        store=f"file://{tmp_path / 'models'}",
+        tenant_key=SecretStr(KEY),
+        grid={"lr": [0.01], "module__hidden_layers": [1], "module__width": [16]},
+        n_jobs=1,
+        n_splits=3,
+        max_epochs=10,
+        min_rows=100,
+    )
+    ensure_topics(settings, [*topic_specs(settings), TopicSpec(settings.telemetry_topic, 1)])
+    return settings
+
+
+@contextmanager
+def running(service: RetrainerService) -> Iterator[RetrainerService]:
+    stop = threading.Event()
+    thread = threading.Thread(target=service.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield service
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "retrainer did not stop"
+
+
+def shared_partition_telemetry(settings: RetrainerSettings) -> int:
+    """acme and noisy interleaved on ONE partition; returns the number of messages."""
+    acme = telemetry_messages("acme", tenant_rows(600, seed=1))
+    noisy = telemetry_messages("noisy", tenant_rows(600, seed=2, threshold_ms=90.0))
+    mixed = [m for pair in zip(acme, noisy, strict=True) for m in pair]
+    return produce_all(settings.bootstrap_servers or "", settings.telemetry_topic, mixed)
+
+
+def request(settings: RetrainerSettings, end: int, offset: int) -> bytes:
+    return (
+        RetrainRequested.model_validate(
+            {
+                "event_id": retrain_event_id(
+                    "acme", "cold_start", settings.telemetry_topic, 0, offset
+                ),
+                "tenant": "acme",
+                "reason": "cold_start",
+                "detector": "cold_start",
+                "detected_at": "2026-11-02T00:00:00+00:00",
+                "source": [
+                    {
+                        "topic": settings.telemetry_topic,
+                        "partition": 0,
+                        "start_offset": 0,
+                        "end_offset": end,
+                    }
+                ],
+                "n_events": end // 2,
+            },
+            strict=False,
+        )
+        .model_dump_json()
+        .encode()
+    )
+
+
+def committed(settings: RetrainerSettings) -> int:
+    consumer = Consumer(
+        {"bootstrap.servers": settings.bootstrap_servers, "group.id": settings.group_id}
+    )
+    try:
+        offsets = consumer.committed(
+            [TopicPartition(settings.retrain_topic, p) for p in range(6)], timeout=10
+        )
+    finally:
+        consumer.close()
+    return sum(max(tp.offset, 0) for tp in offsets)
+
+
+def test_requests_are_coalesced_trained_on_their_tenant_only_and_announced(
+    settings: RetrainerSettings,
+) -> None:
+    bootstrap = settings.bootstrap_servers or ""
+    total = shared_partition_telemetry(settings)
+    # Three requests for acme (coalesced into one run on the newest), plus garbage.
+    requests = [
+        (b"acme", request(settings, total - 4, total - 5)),
+        (b"acme", request(settings, total - 2, total - 3)),
+        (b"acme", request(settings, total, total - 1)),
+    ]
+    produce_all(bootstrap, settings.retrain_topic, [*requests, (b"acme", b"{not a request")])
+    service = build_service(settings)
+    with running(service):
+        wait_for(lambda: committed(settings) == 4, timeout_s=120, what="all requests committed")
+    assert service.stats.published == 1 and service.stats.coalesced == 2
+    (message,) = read_topic(bootstrap, settings.models_topic, expect=1, partitions=6)
+    event = ModelPublished.model_validate_json(message.value() or b"")
+    newest = RetrainRequested.model_validate_json(requests[-1][1])
+    assert event.request_event_id == newest.event_id and event.tenant == "acme"
+    assert event.tenant_hash == tenant_hash("acme", SecretStr(KEY))
+
+    # Trained on acme's 600 events only, although noisy shares the partition.
+    card = ModelCard.model_validate_json(
+        service.handler.store.read(event.paths["card"], revision=event.revision)
+    )
+    acme = tenant_rows(600, seed=1)
+    expected = build_pairs(acme.ts, acme.features, acme.labels, min_rows=100)
+    assert card.lineage["data_sha256"] == expected.sha256
+    assert card.lineage["n_rows"] == 599
+
+    (failure,) = read_topic(bootstrap, settings.failures_topic, expect=1, partitions=6)
+    assert RetrainFailed.model_validate_json(failure.value() or b"").reason == "invalid_request"
+
+
+def test_a_search_longer_than_max_poll_interval_costs_no_rebalance(
+    settings: RetrainerSettings,
+) -> None:
+    total = shared_partition_telemetry(settings)
+    produce_all(
+        settings.bootstrap_servers or "",
+        settings.retrain_topic,
+        [(b"acme", request(settings, total, total - 1))],
+    )
+    service = build_service(settings)
+    handle = service.handler.handle
+
+    def slow_handle(job: RetrainRequested) -> Outcome:
+        time.sleep(settings.max_poll_interval_ms / 1000 + 3)  # a search this long
+        return handle(job)
+
+    service.handler.handle = slow_handle  # type: ignore[method-assign]
+    with running(service):
+        wait_for(lambda: committed(settings) == 1, timeout_s=120, what="the slow request")
+        # Counted before the service stops: leaving the group revokes too.
+        assert service.stats.revocations == 0, "the search cost the group its membership"
+    assert service.stats.published == 1
