@@ -143,8 +143,9 @@ def run_retrainer(settings: RetrainerSettings, stop: threading.Event | None = No
             updated = settings.model_copy(update={"bootstrap_servers": bootstrap})
             return run_retrainer(updated, stop)
     settings.require_bootstrap()
-    training_config(settings)
+    training_config(settings)  # every check that needs no network, before the broker
     tenant_key(settings)
+    open_model_store(settings)
     ensure_topics(settings, topic_specs(settings))
     service = build_service(settings)
     if stop is None:

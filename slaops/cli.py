@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,8 +25,9 @@ Runner = Callable[[Any], int]
 
 
 def _is_structured(info: FieldInfo) -> bool:
-    origin = getattr(info.annotation, "__origin__", None)
-    return origin in (dict, list) or info.annotation in (dict, list)
+    """Whether the setting takes JSON (a dict or list, possibly optional)."""
+    candidates = [info.annotation, *typing.get_args(info.annotation)]
+    return any(c in (dict, list) or typing.get_origin(c) in (dict, list) for c in candidates)
 
 
 def _help(name: str, info: FieldInfo) -> str:
@@ -90,14 +92,26 @@ def _consume(settings: Any) -> int:
     return run_consumer(settings)
 
 
+def _retrain(settings: Any) -> int:
+    from retrainer.main import run_retrainer
+
+    return run_retrainer(settings)
+
+
 def _commands() -> dict[str, tuple[str, type[BaseSettings], Runner]]:
     from consumer.settings import ConsumerSettings
+    from retrainer.settings import RetrainerSettings
 
     return {
         "consume": (
             "ingest telemetry, detect drift, request retraining",
             ConsumerSettings,
             _consume,
+        ),
+        "retrain": (
+            "serve retrain requests: search, champion/challenger, publish, announce",
+            RetrainerSettings,
+            _retrain,
         ),
     }
 

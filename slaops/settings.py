@@ -95,7 +95,15 @@ def load_settings(cls: type[S], overrides: dict[str, Any]) -> S:
         raise ConfigError("invalid settings: " + "; ".join(problems)) from exc
 
 
+#: Settings read from the environment variables their ecosystems already use.
+ECOSYSTEM_VARIABLES = {
+    "bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS",
+    "hf_token": "HF_TOKEN",
+    "hf_endpoint": "HF_ENDPOINT",
+}
+
+
 def setting_sources(name: str) -> str:
     """Where a user sets `name`: its environment variable and its CLI flag."""
-    env = "KAFKA_BOOTSTRAP_SERVERS" if name == "bootstrap_servers" else f"SLAOPS_{name.upper()}"
+    env = ECOSYSTEM_VARIABLES.get(name, f"SLAOPS_{name.upper()}")
     return f"{env} or --{name.replace('_', '-')}"

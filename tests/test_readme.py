@@ -9,13 +9,14 @@ import pytest
 from pydantic_settings import BaseSettings
 
 from consumer.settings import ConsumerSettings
+from retrainer.settings import RetrainerSettings
 from slaops.settings import setting_sources
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
 
-@pytest.mark.parametrize("settings", [ConsumerSettings])
+@pytest.mark.parametrize("settings", [ConsumerSettings, RetrainerSettings])
 def test_every_setting_is_in_the_readme_table(settings: type[BaseSettings]) -> None:
     for name in settings.model_fields:
         env, flag = setting_sources(name).split(" or ")

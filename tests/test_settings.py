@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +82,58 @@ def test_help_documents_every_setting(capsys: pytest.CaptureFixture[str]) -> Non
 def test_cli_reports_config_errors_with_exit_code_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["consume", "--batch-size", "-1"]) == 2
     assert "batch_size (SLAOPS_BATCH_SIZE or --batch-size)" in capsys.readouterr().err
+
+
+def test_retrain_help_documents_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    from retrainer.settings import RetrainerSettings
+
+    with pytest.raises(SystemExit):
+        main(["retrain", "--help"])
+    text = capsys.readouterr().out
+    for name in RetrainerSettings.model_fields:
+        assert "--" + name.replace("_", "-") in text, name
+    assert "HF_TOKEN" in text and "SLAOPS_STORE" in text and "SLAOPS_TENANT_KEY" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--store", "file:///tmp/x"], "no tenant key: set SLAOPS_TENANT_KEY"),
+        (["--tenant-key", "k" * 32], "no model store: set SLAOPS_STORE"),
+        (["--tenant-key", "short", "--store", "file:///tmp/x"], "at least 16 characters"),
+        (["--tenant-key", "k" * 32, "--store", "hf://owner/repo;rm -rf"], "forbidden character"),
+        (
+            ["--tenant-key", "k" * 32, "--store", "hf://user:hf_secret@owner/repo"],
+            "must not embed credentials",
+        ),
+        (["--tenant-key", "k" * 32, "--store", "s3://bucket"], "unsupported model store"),
+        (["--grid", '{"momentum": [0.9]}'], "unknown grid parameter"),
+        (["--retrain-topic", "sla retrain"], "retrain_topic"),
+    ],
+)
+def test_retrainer_refuses_bad_settings_at_start_up(
+    argv: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    assert main(["retrain", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "hf_secret" not in err
+
+
+def test_grid_file_is_read_and_checked(tmp_path: Path) -> None:
+    from retrainer.settings import RetrainerSettings
+
+    good = tmp_path / "grid.toml"
+    good.write_text("[grid]\nlr = [0.01, 0.001]\nmodule__width = [8]\n")
+    assert RetrainerSettings(grid_file=good).search_grid() == {
+        "lr": [0.01, 0.001],
+        "module__width": [8],
+    }
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[grid]\nmomentum = [0.9]\n")
+    with pytest.raises(ConfigError, match="unknown grid parameter"):
+        load_settings(RetrainerSettings, {"grid_file": bad})
