@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 
-from pydantic import SecretStr
-
 from consumer.main import stop_on_signals
 from retrainer.pipeline import TrainingConfig
 from retrainer.publisher import RequestHandler
@@ -14,11 +12,8 @@ from retrainer.replay import TenantRows, replay_ranges
 from retrainer.search import SearchConfig, default_grid
 from retrainer.service import RetrainerService
 from retrainer.settings import RetrainerSettings
-from retrainer.store import ModelStore, open_store
-from retrainer.tenant_hash import load_or_create_local_key
 from schemas import RetrainRequested
 from slaops.embedded import embedded_broker
-from slaops.errors import ConfigError
 from slaops.kafka import (
     DeliveryTracker,
     TopicSpec,
@@ -53,47 +48,10 @@ def training_config(settings: RetrainerSettings) -> TrainingConfig:
     )
 
 
-def store_uri(settings: RetrainerSettings) -> str:
-    if settings.store is not None:
-        return settings.store
-    if settings.local_mode:
-        return f"file://{(settings.data_dir / 'models').resolve()}"
-    raise ConfigError(
-        "no model store: set SLAOPS_STORE (or --store) to file://DIR or hf://OWNER/REPO, "
-        "or pass --local-mode for a store in the local data directory"
-    )
-
-
-def open_model_store(settings: RetrainerSettings) -> ModelStore:
-    try:
-        return open_store(
-            store_uri(settings),
-            token=settings.hf_token,
-            endpoint=settings.hf_endpoint,
-            private=settings.hf_private,
-            http_timeout_s=settings.hub_timeout_s,
-        )
-    except ValueError as exc:
-        raise ConfigError(f"store (SLAOPS_STORE or --store): {exc}") from exc
-
-
-def tenant_key(settings: RetrainerSettings) -> SecretStr:
-    if settings.tenant_key is not None:
-        if len(settings.tenant_key.get_secret_value()) < 16:
-            raise ConfigError("tenant_key (SLAOPS_TENANT_KEY): use at least 16 characters")
-        return settings.tenant_key
-    if settings.local_mode:
-        return load_or_create_local_key(settings.data_dir)
-    raise ConfigError(
-        "no tenant key: set SLAOPS_TENANT_KEY (a long random secret; it hashes tenant slugs "
-        "in store paths), or pass --local-mode to generate one in the local data directory"
-    )
-
-
 def build_service(settings: RetrainerSettings) -> RetrainerService:
     training = training_config(settings)
-    store = open_model_store(settings)
-    key = tenant_key(settings)
+    store = settings.open_model_store()
+    key = settings.tenant_secret()
     client = base_config(settings)
 
     def replay(request: RetrainRequested) -> TenantRows:
@@ -107,7 +65,7 @@ def build_service(settings: RetrainerSettings) -> RetrainerService:
 
     handler = RequestHandler(
         store=store,
-        store_uri=store_uri(settings),
+        store_uri=settings.store_uri(),
         tenant_key=key,
         training=training,
         replay=replay,
@@ -144,8 +102,8 @@ def run_retrainer(settings: RetrainerSettings, stop: threading.Event | None = No
             return run_retrainer(updated, stop)
     settings.require_bootstrap()
     training_config(settings)  # every check that needs no network, before the broker
-    tenant_key(settings)
-    open_model_store(settings)
+    settings.tenant_secret()
+    settings.open_model_store()
     ensure_topics(settings, topic_specs(settings))
     service = build_service(settings)
     if stop is None:
@@ -155,7 +113,7 @@ def run_retrainer(settings: RetrainerSettings, stop: threading.Event | None = No
         "retraining topic=%s group=%s store=%s strategy=%s",
         settings.retrain_topic,
         settings.group_id,
-        store_uri(settings),
+        settings.store_uri(),
         settings.strategy,
     )
     stats = service.run(stop)

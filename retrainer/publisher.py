@@ -21,10 +21,10 @@ from pydantic import BaseModel, SecretStr
 from retrainer.dataset import DatasetError
 from retrainer.pipeline import Champion, TrainingConfig, finite, train_and_decide
 from retrainer.replay import ReplayError, TenantRows
-from retrainer.store import ModelStore, PublishedFiles
-from retrainer.tenant_hash import tenant_hash
 from schemas import ChampionKept, ModelPublished, RetrainFailed, RetrainRequested
 from slaops.artifacts import ArtifactError, ModelCard, load_model, sha256_hex
+from slaops.store import ModelStore, PublishedFiles
+from slaops.tenant_hash import tenant_hash
 
 log = logging.getLogger(__name__)
 

@@ -6,11 +6,11 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from schemas import topics
 from schemas.telemetry import DEFAULT_MAX_MESSAGE_BYTES
-from slaops.settings import ServiceSettings, TopicName
+from slaops.settings import StoreSettings, TopicName
 
 #: Parameters the grid may search, routed the skorch way.
 GRID_KEYS = frozenset(
@@ -26,7 +26,7 @@ GRID_KEYS = frozenset(
 )
 
 
-class RetrainerSettings(ServiceSettings):
+class RetrainerSettings(StoreSettings):
     retrain_topic: TopicName = Field(default=topics.RETRAIN, description="Retrain requests in.")
     telemetry_topic: TopicName = Field(
         default=topics.TELEMETRY, description="Telemetry the requests' offset ranges point into."
@@ -47,30 +47,6 @@ class RetrainerSettings(ServiceSettings):
         ge=1_000,
         description="librdkafka max.poll.interval.ms (searches run beside the poll loop).",
     )
-    store: str | None = Field(
-        default=None,
-        description="Model store: file://DIR or hf://OWNER/REPO (local mode: DATA_DIR/models).",
-    )
-    tenant_key: SecretStr | None = Field(
-        default=None, description="Secret key of the HMAC that hashes tenant slugs in paths."
-    )
-    local_mode: bool = Field(
-        default=False,
-        description="Embedded use: generate the tenant key once, keep it in data_dir.",
-    )
-    data_dir: Path = Field(default=Path(".slaops"), description="Local state directory.")
-    hf_token: SecretStr | None = Field(
-        default=None,
-        validation_alias=AliasChoices("HF_TOKEN", "hf_token"),
-        description="Hugging Face token for hf:// stores (env HF_TOKEN).",
-    )
-    hf_endpoint: str | None = Field(
-        default=None,
-        validation_alias=AliasChoices("HF_ENDPOINT", "hf_endpoint"),
-        description="Hub endpoint for hf:// stores (env HF_ENDPOINT).",
-    )
-    hf_private: bool = Field(default=True, description="Create the Hub repo private.")
-    hub_timeout_s: float = Field(default=60.0, gt=0, description="Timeout of each Hub request.")
     strategy: Literal["grid", "random", "halving"] = Field(
         default="grid", description="Search strategy."
     )

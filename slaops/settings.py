@@ -8,6 +8,7 @@ Core code never reads `os.environ`.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
@@ -15,6 +16,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.topics import TOPIC_NAME_PATTERN
 from slaops.errors import ConfigError
+from slaops.store import ModelStore, open_store
+from slaops.tenant_hash import load_or_create_local_key
 
 TopicName = Annotated[str, Field(pattern=TOPIC_NAME_PATTERN)]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -107,3 +110,67 @@ def setting_sources(name: str) -> str:
     """Where a user sets `name`: its environment variable and its CLI flag."""
     env = ECOSYSTEM_VARIABLES.get(name, f"SLAOPS_{name.upper()}")
     return f"{env} or --{name.replace('_', '-')}"
+
+
+class StoreSettings(ServiceSettings):
+    """Settings of services that read or write the model store (retrainer, consumer)."""
+
+    store: str | None = Field(
+        default=None,
+        description="Model store: file://DIR or hf://OWNER/REPO (local mode: DATA_DIR/models).",
+    )
+    tenant_key: SecretStr | None = Field(
+        default=None, description="Secret key of the HMAC that hashes tenant slugs in paths."
+    )
+    local_mode: bool = Field(
+        default=False,
+        description="Embedded use: generate the tenant key once, keep it in data_dir.",
+    )
+    data_dir: Path = Field(default=Path(".slaops"), description="Local state directory.")
+    hf_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("HF_TOKEN", "hf_token"),
+        description="Hugging Face token for hf:// stores (env HF_TOKEN).",
+    )
+    hf_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("HF_ENDPOINT", "hf_endpoint"),
+        description="Hub endpoint for hf:// stores (env HF_ENDPOINT).",
+    )
+    hf_private: bool = Field(default=True, description="Create the Hub repo private.")
+    hub_timeout_s: float = Field(default=60.0, gt=0, description="Timeout of each Hub request.")
+
+    def store_uri(self) -> str:
+        if self.store is not None:
+            return self.store
+        if self.local_mode:
+            return f"file://{(self.data_dir / 'models').resolve()}"
+        raise ConfigError(
+            "no model store: set SLAOPS_STORE (or --store) to file://DIR or hf://OWNER/REPO, "
+            "or pass --local-mode for a store in the local data directory"
+        )
+
+    def open_model_store(self) -> ModelStore:
+        try:
+            return open_store(
+                self.store_uri(),
+                token=self.hf_token,
+                endpoint=self.hf_endpoint,
+                private=self.hf_private,
+                http_timeout_s=self.hub_timeout_s,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"store (SLAOPS_STORE or --store): {exc}") from exc
+
+    def tenant_secret(self) -> SecretStr:
+        if self.tenant_key is not None:
+            if len(self.tenant_key.get_secret_value()) < 16:
+                raise ConfigError("tenant_key (SLAOPS_TENANT_KEY): use at least 16 characters")
+            return self.tenant_key
+        if self.local_mode:
+            return load_or_create_local_key(self.data_dir)
+        raise ConfigError(
+            "no tenant key: set SLAOPS_TENANT_KEY (a long random secret; it hashes tenant "
+            "slugs in store paths), or pass --local-mode to generate one in the local data "
+            "directory"
+        )

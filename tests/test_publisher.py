@@ -14,10 +14,10 @@ from retrainer.pipeline import TrainingConfig, decide
 from retrainer.publisher import RequestHandler, commit_message
 from retrainer.replay import ReplayError, TenantRows
 from retrainer.search import SearchConfig
-from retrainer.store import ModelStore, open_store
-from retrainer.tenant_hash import tenant_hash
 from schemas import ChampionKept, ModelPublished, RetrainFailed, RetrainRequested
 from slaops.artifacts import load_model, predict_proba
+from slaops.store import ModelStore, open_store
+from slaops.tenant_hash import tenant_hash
 from tests.hub_server import running_hub_server
 from tests.retrain_data import request_for, tenant_rows
 

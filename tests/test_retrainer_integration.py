@@ -17,10 +17,10 @@ from retrainer.main import build_service, topic_specs
 from retrainer.publisher import Outcome
 from retrainer.service import RetrainerService
 from retrainer.settings import RetrainerSettings
-from retrainer.tenant_hash import tenant_hash
 from schemas import ModelPublished, RetrainFailed, RetrainRequested, retrain_event_id
 from slaops.artifacts import ModelCard
 from slaops.kafka import TopicSpec, ensure_topics
+from slaops.tenant_hash import tenant_hash
 from tests.kafka_helpers import produce_all, read_topic, wait_for
 from tests.retrain_data import telemetry_messages, tenant_rows
 

@@ -18,8 +18,8 @@ from huggingface_hub import HfApi, set_client_factory
 from huggingface_hub.utils._http import default_client_factory
 from pydantic import SecretStr
 
-import retrainer.store as store_mod
-from retrainer.store import (
+import slaops.store as store_mod
+from slaops.store import (
     FileStore,
     HubStore,
     ModelStore,
