@@ -118,6 +118,7 @@ def bench_end_to_end(bootstrap: str, data: list[tuple[bytes, bytes]], batch: int
         session_timeout_ms=6_000,
         batch_size=batch,
         poll_timeout_s=0.2,
+        follow_models=False,
     )
     ensure_topics(settings, topic_specs(settings))
     produce_start = time.perf_counter()

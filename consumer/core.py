@@ -8,11 +8,12 @@ windows and detectors as numpy blocks, so no per-event Python objects outlive th
 
 from __future__ import annotations
 
+import json
 import logging
 import operator
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +21,8 @@ import numpy as np
 
 from consumer.detectors import DataDriftMonitor, DriftConfig, DriftSignal
 from consumer.gate import RequestGate
+from consumer.models import LiveModel
+from consumer.performance import ErrorRateMonitor, PerformanceConfig
 from consumer.window import DEFAULT_CAPACITY, TenantWindow
 from schemas import (
     DeadLetter,
@@ -39,6 +42,10 @@ log = logging.getLogger(__name__)
 #: Reads one validated event's columns straight from the model's field dict: one C call
 #: per event instead of nine attribute lookups.
 _ROW = operator.itemgetter("tenant", "ts", *FEATURES, "sla_breached")
+_NO_PROBA = np.empty(0, dtype=np.float32)
+_NO_ROWS = np.empty((0, len(FEATURES)), dtype=np.float32)
+#: Answered request ids remembered, so that a replay does not re-open them.
+_RESOLVED_KEPT = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +61,8 @@ class CoreConfig:
     cold_start_min_per_class: int = 10
     cooldown_s: float = 3_600.0
     request_timeout_s: float = 7_200.0
+    performance: PerformanceConfig = field(default_factory=PerformanceConfig)
+    publish_forecasts: bool = False
 
 
 @dataclass(slots=True)
@@ -63,7 +72,10 @@ class TenantState:
     window: TenantWindow
     drift: DataDriftMonitor
     gate: RequestGate
-    has_model: bool = False
+    model: LiveModel | None = None
+    performance: ErrorRateMonitor | None = None
+    #: Forecasts not yet scored: the last `horizon` probabilities of the live model.
+    pending_proba: np.ndarray = field(default_factory=lambda: _NO_PROBA)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +89,7 @@ class DeadLetterOut:
 class BatchResult:
     dead_letters: list[DeadLetterOut] = field(default_factory=list)
     requests: list[RetrainRequested] = field(default_factory=list)
+    forecasts: list[tuple[bytes, bytes]] = field(default_factory=list)
     valid: int = 0
     invalid: int = 0
     replayed: int = 0
@@ -89,6 +102,39 @@ class IngestCore:
         self.config = config
         self._tenants: OrderedDict[str, TenantState] = OrderedDict()
         self._by_partition: dict[int, set[str]] = {}
+        #: The newest live model of every tenant announced so far, held or not.
+        self._models: dict[str, LiveModel] = {}
+        #: Requests already answered (published, kept or failed), newest last.
+        self._resolved: OrderedDict[str, None] = OrderedDict()
+
+    # -- models and answers (from the model follower) -------------------------------
+    def apply_model(self, model: LiveModel) -> None:
+        """Hot-swap a tenant's live model; the next batch forecasts with it."""
+        current = self._models.get(model.tenant)
+        if current is not None and current.version >= model.version:
+            return
+        self._models[model.tenant] = model
+        state = self._tenants.get(model.tenant)
+        if state is not None:
+            self._attach(state, model)
+        self.resolve(model.tenant, model.request_event_id)
+
+    def model(self, tenant: str) -> LiveModel | None:
+        return self._models.get(tenant)
+
+    def resolve(self, tenant: str, event_id: str) -> None:
+        """A request was answered: its tenant may ask again (after the cooldown)."""
+        self._resolved[event_id] = None
+        while len(self._resolved) > _RESOLVED_KEPT:
+            self._resolved.popitem(last=False)
+        state = self._tenants.get(tenant)
+        if state is not None and state.gate.request_id == event_id:
+            state.gate.resolve()
+
+    def _attach(self, state: TenantState, model: LiveModel) -> None:
+        state.model = model
+        state.performance = ErrorRateMonitor(self.config.performance)
+        state.pending_proba = _NO_PROBA
 
     # -- state ----------------------------------------------------------------------
     def __len__(self) -> int:
@@ -138,6 +184,9 @@ class IngestCore:
             )
             self._tenants[tenant] = state
             self._by_partition.setdefault(partition, set()).add(tenant)
+            model = self._models.get(tenant)
+            if model is not None:
+                self._attach(state, model)
             while len(self._tenants) > cfg.max_tenants:
                 oldest = next(iter(self._tenants))
                 log.debug("tenant=%s evicted (least recently active)", oldest)
@@ -253,24 +302,29 @@ class IngestCore:
         result: BatchResult,
     ) -> None:
         window = state.window
-        triggers: list[tuple[int, RetrainReason, DriftSignal | None]] = []
         cfg = self.config
-        if (
+        triggers: list[tuple[int, RetrainReason, str, DriftSignal | None]] = []
+        if state.model is not None:
+            signal = self._forecast(state, ts, features, labels, offsets, replay_limit, result)
+            if signal is not None:
+                triggers.append(
+                    (signal.index, "performance_drift", cfg.performance.detector, signal)
+                )
+        elif (
             cfg.cold_start
-            and not state.has_model
             and len(window) + len(labels) >= cfg.cold_start_min_events
             and state.gate.allows(float(ts.max()))
         ):
             index = self._cold_start_index(window, labels)
             if index is not None:
-                triggers.append((index, "cold_start", None))
-        signal = state.drift.update_block(features)
-        if signal is not None:
-            triggers.append((signal.index, "data_drift", signal))
+                triggers.append((index, "cold_start", "cold_start", None))
+        drift = state.drift.update_block(features)
+        if drift is not None:
+            triggers.append((drift.index, "data_drift", cfg.drift.detector, drift))
         # Triggers are handled in event order with the window exactly as it was at each
         # one, so a request does not depend on where the poll cut the stream.
         done = 0
-        for index, reason, trigger_signal in sorted(triggers, key=lambda t: t[0]):
+        for index, reason, detector, signal in sorted(triggers, key=lambda t: t[0]):
             cut = index + 1
             window.extend(
                 ts[done:cut],
@@ -281,9 +335,67 @@ class IngestCore:
             )
             done = cut
             self._request(
-                state, reason, trigger_signal, ts[index], offsets, index, replay_limit, result
+                state, reason, detector, signal, ts[index], offsets, index, replay_limit, result
             )
         window.extend(ts[done:], features[done:], labels[done:], offsets[done:], checked=False)
+
+    def _forecast(
+        self,
+        state: TenantState,
+        ts: np.ndarray,
+        features: np.ndarray,
+        labels: np.ndarray,
+        offsets: np.ndarray,
+        replay_limit: int,
+        result: BatchResult,
+    ) -> DriftSignal | None:
+        """Forecast the block with one model call, and score earlier forecasts.
+
+        The forecast made at event t is for event t + horizon; it is scored when that
+        event's label arrives, in this block or a later one.
+        """
+        model = state.model
+        monitor = state.performance
+        if model is None or monitor is None:
+            return None
+        history = state.window.features()[-model.lags :] if model.lags else _NO_ROWS
+        proba = model.forecast(history, features)
+        horizon = model.horizon
+        pending = state.pending_proba
+        combined = np.concatenate((pending, proba)) if len(pending) else proba
+        scored = np.arange(max(0, horizon - len(pending)), len(labels))
+        errors = (combined[len(pending) + scored - horizon] >= model.threshold) != labels[scored]
+        state.pending_proba = combined[-horizon:]
+        if self.config.publish_forecasts:
+            self._emit_forecasts(state, model, ts, proba, offsets, replay_limit, result)
+        signal = monitor.update(errors)
+        if signal is None:
+            return None
+        return replace(signal, index=int(scored[signal.index]))
+
+    def _emit_forecasts(
+        self,
+        state: TenantState,
+        model: LiveModel,
+        ts: np.ndarray,
+        proba: np.ndarray,
+        offsets: np.ndarray,
+        replay_limit: int,
+        result: BatchResult,
+    ) -> None:
+        key = state.tenant.encode()
+        fresh = offsets >= replay_limit
+        for stamp, probability in zip(ts[fresh].tolist(), proba[fresh].tolist(), strict=True):
+            forecast = {
+                "tenant": state.tenant,
+                "ts": datetime.fromtimestamp(stamp, UTC).isoformat(),
+                "horizon": model.horizon,
+                "probability": round(probability, 6),
+                "breach_expected": probability >= model.threshold,
+                "model_revision": model.revision,
+                "model_version": model.version,
+            }
+            result.forecasts.append((key, json.dumps(forecast).encode()))
 
     def _cold_start_index(self, window: TenantWindow, labels: np.ndarray) -> int | None:
         """Index of the first event of the block at which the window becomes trainable.
@@ -307,6 +419,7 @@ class IngestCore:
         self,
         state: TenantState,
         reason: RetrainReason,
+        detector: str,
         signal: DriftSignal | None,
         ts: float,
         offsets: np.ndarray,
@@ -315,6 +428,9 @@ class IngestCore:
         result: BatchResult,
     ) -> None:
         trigger = int(offsets[index])
+        event_id = retrain_event_id(
+            state.tenant, reason, self.config.topic, state.partition, trigger
+        )
         if not state.gate.allows(float(ts)):
             log.debug(
                 "tenant=%s partition=%d offset=%d %s held back by cooldown or a request in flight",
@@ -324,18 +440,18 @@ class IngestCore:
                 reason,
             )
             return
-        state.gate.record_request(float(ts))
+        state.gate.record_request(float(ts), event_id)
+        if event_id in self._resolved:  # answered before this replay reached it
+            state.gate.resolve()
         if trigger < replay_limit:
             return
         held = state.window.offsets()
         held = held[held <= trigger]
         request = RetrainRequested(
-            event_id=retrain_event_id(
-                state.tenant, reason, self.config.topic, state.partition, trigger
-            ),
+            event_id=event_id,
             tenant=state.tenant,
             reason=reason,
-            detector=self.config.drift.detector if signal else "cold_start",
+            detector=detector,
             details=DetectorDetails(
                 features=list(signal.features) if signal else [],
                 statistic=dict(signal.statistic)

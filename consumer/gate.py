@@ -15,6 +15,7 @@ class RequestGate:
     request_timeout_s: float
     last_request_ts: float | None = None
     in_flight: bool = False
+    request_id: str | None = None
 
     def allows(self, ts: float) -> bool:
         if self.last_request_ts is None:
@@ -24,9 +25,10 @@ class RequestGate:
             return False
         return elapsed >= self.cooldown_s
 
-    def record_request(self, ts: float) -> None:
+    def record_request(self, ts: float, request_id: str | None = None) -> None:
         self.last_request_ts = ts
         self.in_flight = True
+        self.request_id = request_id
 
     def resolve(self) -> None:
         """The request was answered (a model was published or it failed for good)."""

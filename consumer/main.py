@@ -5,11 +5,15 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from functools import partial
 from types import FrameType
 
 from consumer.checkpoint import CheckpointLog
 from consumer.core import CoreConfig, IngestCore
 from consumer.detectors import DriftConfig
+from consumer.follower import ModelFollower
+from consumer.models import load_live_model
+from consumer.performance import PerformanceConfig
 from consumer.service import ConsumerService
 from consumer.settings import ConsumerSettings
 from slaops.embedded import embedded_broker
@@ -48,6 +52,12 @@ def core_config(settings: ConsumerSettings) -> CoreConfig:
         cold_start_min_per_class=settings.cold_start_min_per_class,
         cooldown_s=settings.cooldown_s,
         request_timeout_s=settings.request_timeout_s,
+        performance=PerformanceConfig(
+            detector=settings.performance_detector,
+            params=dict(settings.performance_params),
+            warmup=settings.performance_warmup,
+        ),
+        publish_forecasts=settings.publish_forecasts,
     )
 
 
@@ -57,7 +67,27 @@ def topic_specs(settings: ConsumerSettings) -> list[TopicSpec]:
         TopicSpec(settings.dlq_topic, settings.telemetry_partitions),
         TopicSpec(settings.retrain_topic, settings.telemetry_partitions),
         TopicSpec(settings.checkpoint_topic, 1, {"cleanup.policy": "compact"}),
+        TopicSpec(settings.models_topic, settings.telemetry_partitions),
+        TopicSpec(settings.forecasts_topic, settings.telemetry_partitions),
     ]
+
+
+def build_follower(settings: ConsumerSettings) -> ModelFollower | None:
+    if not settings.follow_models:
+        return None
+    load = partial(
+        load_live_model,
+        store=settings.open_model_store(),
+        store_uri=settings.store_uri(),
+        tenant_key=settings.tenant_secret(),
+    )
+    return ModelFollower(
+        client_config=base_config(settings),
+        models_topic=settings.models_topic,
+        failures_topic=settings.failures_topic,
+        decisions_topic=settings.decisions_topic,
+        load=load,
+    )
 
 
 def build_service(settings: ConsumerSettings) -> ConsumerService:
@@ -80,6 +110,8 @@ def build_service(settings: ConsumerSettings) -> ConsumerService:
         telemetry_topic=settings.telemetry_topic,
         dlq_topic=settings.dlq_topic,
         retrain_topic=settings.retrain_topic,
+        forecasts_topic=settings.forecasts_topic,
+        follower=build_follower(settings),
         batch_size=settings.batch_size,
         poll_timeout_s=settings.poll_timeout_s,
     )
@@ -100,7 +132,10 @@ def run_consumer(settings: ConsumerSettings, stop: threading.Event | None = None
             log.info("no KAFKA_BOOTSTRAP_SERVERS: using the embedded broker at %s", bootstrap)
             return run_consumer(settings.model_copy(update={"bootstrap_servers": bootstrap}), stop)
     settings.require_bootstrap()
-    core_config(settings)  # invalid detector settings fail here, before any connection
+    core_config(settings)  # invalid settings fail here, before any connection
+    if settings.follow_models:
+        settings.tenant_secret()
+        settings.open_model_store()
     ensure_topics(settings, topic_specs(settings))
     service = build_service(settings)
     if stop is None:

@@ -16,6 +16,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from consumer.checkpoint import CheckpointLog, choose_replay_from
 from consumer.core import BatchResult, IngestCore
+from consumer.follower import ModelFollower
 from slaops.kafka import DeliveryTracker, KafkaRecord
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,8 @@ class ConsumerStats:
     dead_letters: int = 0
     requests: int = 0
     commits: int = 0
+    models: int = 0
+    forecasts: int = 0
 
     def add(self, result: BatchResult) -> None:
         self.valid += result.valid
@@ -36,6 +39,7 @@ class ConsumerStats:
         self.replayed += result.replayed
         self.dead_letters += len(result.dead_letters)
         self.requests += len(result.requests)
+        self.forecasts += len(result.forecasts)
 
 
 class ConsumerService:
@@ -51,6 +55,9 @@ class ConsumerService:
         retrain_topic: str,
         batch_size: int,
         poll_timeout_s: float,
+        forecasts_topic: str | None = None,
+        follower: ModelFollower | None = None,
+        follower_catch_up_s: float = 30.0,
     ) -> None:
         self.core = core
         self.stats = ConsumerStats()
@@ -60,6 +67,9 @@ class ConsumerService:
         self._topic = telemetry_topic
         self._dlq_topic = dlq_topic
         self._retrain_topic = retrain_topic
+        self._forecasts_topic = forecasts_topic
+        self._follower = follower
+        self._follower_catch_up_s = follower_catch_up_s
         self._batch_size = batch_size
         self._poll_timeout_s = poll_timeout_s
         #: Per partition: offsets below this were processed by an earlier owner.
@@ -97,7 +107,25 @@ class ConsumerService:
         log.info("revoked partitions=%s, dropped %d tenants", numbers, dropped)
 
     # -- the loop -------------------------------------------------------------------
+    def apply_answers(self) -> None:
+        """Swap in models the follower loaded and free the gates of answered requests."""
+        if self._follower is None:
+            return
+        for answer in self._follower.drain():
+            if answer.model is not None:
+                self.core.apply_model(answer.model)
+                self.stats.models += 1
+            else:
+                self.core.resolve(answer.tenant, answer.request_event_id)
+
     def run(self, stop: threading.Event, *, max_batches: int | None = None) -> ConsumerStats:
+        if self._follower is not None:
+            self._follower.start()
+            # Learn the models that exist before ingesting, or a tenant with a model
+            # would look like a cold start.
+            if not self._follower.caught_up.wait(self._follower_catch_up_s):
+                log.warning("model follower still catching up; ingesting anyway")
+            self.apply_answers()
         self._consumer.subscribe(
             [self._topic],
             on_assign=self._on_assign,
@@ -109,6 +137,7 @@ class ConsumerService:
         try:
             while not stop.is_set() and (max_batches is None or batches < max_batches):
                 messages = self._consumer.consume(self._batch_size, self._poll_timeout_s)
+                self.apply_answers()
                 records = [m for m in messages if self._usable(m)]
                 if records:
                     self.handle_batch(records)
@@ -117,6 +146,8 @@ class ConsumerService:
                     last_report = time.monotonic()
                     log.info("progress %s tenants=%d", self.stats, len(self.core))
         finally:
+            if self._follower is not None:
+                self._follower.stop()
             self._tracker.wait()
             self._consumer.close()
         return self.stats
@@ -138,6 +169,9 @@ class ConsumerService:
             self._tracker.produce(
                 self._dlq_topic, key=letter.key, value=letter.value, headers=letter.headers
             )
+        if self._forecasts_topic is not None:
+            for key, value in result.forecasts:
+                self._tracker.produce(self._forecasts_topic, key=key, value=value)
         for request in result.requests:
             self._tracker.produce(
                 self._retrain_topic,

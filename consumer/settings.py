@@ -9,16 +9,40 @@ from pydantic import Field, model_validator
 from consumer.window import DEFAULT_CAPACITY
 from schemas import topics
 from schemas.telemetry import DEFAULT_MAX_MESSAGE_BYTES
-from slaops.settings import ServiceSettings, TopicName
+from slaops.settings import StoreSettings, TopicName
 
 
-class ConsumerSettings(ServiceSettings):
+class ConsumerSettings(StoreSettings):
     telemetry_topic: TopicName = Field(default=topics.TELEMETRY, description="Telemetry input.")
     dlq_topic: TopicName = Field(default=topics.TELEMETRY_DLQ, description="Dead letters.")
     retrain_topic: TopicName = Field(default=topics.RETRAIN, description="Retrain requests.")
     checkpoint_topic: TopicName = Field(
         default=topics.CONSUMER_CHECKPOINTS,
         description="Compacted topic recording where each partition's windows start.",
+    )
+    models_topic: TopicName = Field(default=topics.MODELS, description="ModelPublished in.")
+    failures_topic: TopicName = Field(
+        default=topics.RETRAIN_FAILURES, description="RetrainFailed in (answers a request)."
+    )
+    decisions_topic: TopicName = Field(
+        default=topics.RETRAIN_DECISIONS, description="ChampionKept in (answers a request)."
+    )
+    forecasts_topic: TopicName = Field(default=topics.FORECASTS, description="Forecasts out.")
+    follow_models: bool = Field(
+        default=True,
+        description="Load each tenant's live model from the store and watch its errors.",
+    )
+    publish_forecasts: bool = Field(
+        default=False, description="Publish every live forecast to forecasts_topic."
+    )
+    performance_detector: Literal["adwin", "ddm", "hddm_w"] = Field(
+        default="adwin", description="River detector on a live model's misclassifications."
+    )
+    performance_params: dict[str, float] = Field(
+        default_factory=dict, description="Parameters of the performance detector as JSON."
+    )
+    performance_warmup: int = Field(
+        default=100, ge=0, description="Scored forecasts of a new model before alarms count."
     )
     group_id: str = Field(
         default="slaops-consumer", pattern=r"^[A-Za-z0-9._-]{1,200}$", description="Group id."
@@ -104,7 +128,16 @@ class ConsumerSettings(ServiceSettings):
             )
         if self.drift_warmup_events >= self.window_max_events:
             raise ValueError("drift_warmup_events must be below window_max_events")
-        names = {self.telemetry_topic, self.dlq_topic, self.retrain_topic, self.checkpoint_topic}
-        if len(names) != 4:
-            raise ValueError("telemetry, DLQ, retrain and checkpoint topics must all differ")
+        names = [
+            self.telemetry_topic,
+            self.dlq_topic,
+            self.retrain_topic,
+            self.checkpoint_topic,
+            self.models_topic,
+            self.forecasts_topic,
+        ]
+        if len(set(names)) != len(names):
+            raise ValueError(
+                "telemetry, DLQ, retrain, checkpoint, models and forecasts topics must all differ"
+            )
         return self

@@ -31,6 +31,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from schemas.telemetry import FEATURES
 from slaops.errors import SlaopsError
+from slaops.model import stack_lags
 
 #: Fewest supervised pairs worth a search unless the caller says otherwise.
 DEFAULT_MIN_ROWS: Final = 100
@@ -169,8 +170,7 @@ def build_pairs(
     y_sorted = label_arr[order].astype(np.float32)
 
     rows = np.arange(lags, n - horizon)  # the t of every pair
-    blocks = [feat_sorted[rows - lag] for lag in range(lags + 1)]
-    X = np.ascontiguousarray(np.concatenate(blocks, axis=1), dtype=np.float32)
+    X = stack_lags(feat_sorted[: n - horizon], lags)
     y = np.ascontiguousarray(y_sorted[rows + horizon])
     ts_out = np.ascontiguousarray(ts_sorted[rows])
 

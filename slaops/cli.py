@@ -98,7 +98,7 @@ def _retrain(settings: Any) -> int:
     return run_retrainer(settings)
 
 
-def _commands() -> dict[str, tuple[str, type[BaseSettings], Runner]]:
+def commands() -> dict[str, tuple[str, type[BaseSettings], Runner]]:
     from consumer.settings import ConsumerSettings
     from retrainer.settings import RetrainerSettings
 
@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Keeps one SLA-breach forecasting model per tenant fresh.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (summary, cls, _run) in _commands().items():
+    for name, (summary, cls, _run) in commands().items():
         command = sub.add_parser(name, help=summary, description=summary)
         add_settings_arguments(command, cls)
     return parser
@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _summary, cls, run = _commands()[args.command]
+    _summary, cls, run = commands()[args.command]
     try:
         settings = settings_from_args(cls, args)
     except ConfigError as exc:

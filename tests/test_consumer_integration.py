@@ -52,6 +52,7 @@ def settings(bootstrap: str, unique_name: Callable[[str], str]) -> ConsumerSetti
         batch_size=700,
         window_max_events=1_000,
         cold_start=False,
+        follow_models=False,
     )
     ensure_topics(settings, topic_specs(settings))
     return settings
@@ -173,7 +174,7 @@ def test_cli_consumer_commits_what_it_did_and_exits_cleanly_on_sigterm(
 ) -> None:
     total = produce_all(settings.bootstrap_servers or "", settings.telemetry_topic, telemetry(300))
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers or ""}
-    args = [sys.executable, "-m", "slaops.cli", "consume"]
+    args = [sys.executable, "-m", "slaops.cli", "consume", "--no-follow-models"]
     for name in (
         "telemetry_topic",
         "dlq_topic",

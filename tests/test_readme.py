@@ -11,9 +11,14 @@ from pydantic_settings import BaseSettings
 from consumer.settings import ConsumerSettings
 from retrainer.settings import RetrainerSettings
 from slaops.settings import setting_sources
+from slaops.settings_doc import render
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+
+
+def test_settings_tables_are_current() -> None:
+    assert render(README) == README, "run `python -m slaops.settings_doc` to refresh README.md"
 
 
 @pytest.mark.parametrize("settings", [ConsumerSettings, RetrainerSettings])

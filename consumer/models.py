@@ -1,0 +1,100 @@
+"""Live models in the consumer: what a `ModelPublished` may make us load, and how.
+
+An announcement is input like any other, so it is checked before anything is read:
+it must name our store, the tenant's own HMAC path, and hashes that the downloaded
+bytes match. Weights load through the one safe loader (safetensors only here), so an
+announcement can never make the consumer unpickle anything.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import SecretStr
+
+from schemas import ModelPublished
+from slaops.artifacts import ArtifactError, ModelCard, load_model, predict_proba, sha256_hex
+from slaops.errors import SlaopsError
+from slaops.model import SlaMLP, stack_lags
+from slaops.store import ModelStore, StoreError, model_paths
+from slaops.tenant_hash import tenant_hash
+
+log = logging.getLogger(__name__)
+
+
+class ModelRefused(SlaopsError):
+    """An announced model that the consumer will not load; the message says why."""
+
+
+@dataclass(frozen=True, eq=False)
+class LiveModel:
+    tenant: str
+    revision: str
+    version: int
+    request_event_id: str
+    module: SlaMLP
+    card: ModelCard
+
+    @property
+    def threshold(self) -> float:
+        return self.card.threshold
+
+    @property
+    def lags(self) -> int:
+        return self.card.lags
+
+    @property
+    def horizon(self) -> int:
+        return self.card.horizon
+
+    def forecast(self, history: np.ndarray, block: np.ndarray) -> np.ndarray:
+        """P(breach `horizon` intervals later) for each row of `block`, in one call.
+
+        `history` holds the rows just before the block (at least `lags` of them when
+        available); lag features are built from it exactly as in training.
+        """
+        lags = self.lags
+        if lags == 0:
+            return predict_proba(self.module, block)
+        rows = np.concatenate((history[-lags:], block)) if len(history) else block
+        pad = len(rows) - len(block)
+        if pad < lags:  # too little history: repeat the first row
+            rows = np.concatenate((np.repeat(rows[:1], lags - pad, axis=0), rows))
+        return predict_proba(self.module, stack_lags(rows, lags))
+
+
+def load_live_model(
+    event: ModelPublished, *, store: ModelStore, store_uri: str, tenant_key: SecretStr
+) -> LiveModel:
+    """Check an announcement and load its model, or raise `ModelRefused`."""
+    if event.store_uri != store_uri:
+        raise ModelRefused(f"names store {event.store_uri!r}, not ours")
+    expected_hash = tenant_hash(event.tenant, tenant_key)
+    if not hmac.compare_digest(event.tenant_hash, expected_hash):
+        raise ModelRefused("tenant_hash is not this tenant's")
+    expected_paths = model_paths(expected_hash)
+    if dict(event.paths) != expected_paths:
+        raise ModelRefused("paths are not this tenant's model paths")
+    try:
+        card_bytes = store.read(expected_paths["card"], revision=event.revision)
+        if sha256_hex(card_bytes) != event.sha256.get("card"):
+            raise ModelRefused("card does not match its announced sha256")
+        weights = store.read(expected_paths["safetensors"], revision=event.revision)
+        if sha256_hex(weights) != event.sha256.get("safetensors"):
+            raise ModelRefused("weights do not match their announced sha256")
+        module, card = load_model(card_bytes, weights, "safetensors")
+    except (StoreError, ArtifactError, ValueError) as exc:
+        if isinstance(exc, ModelRefused):
+            raise
+        raise ModelRefused(f"cannot load revision {event.revision}: {exc}") from exc
+    return LiveModel(
+        tenant=event.tenant,
+        revision=event.revision,
+        version=event.model_version,
+        request_event_id=event.request_event_id,
+        module=module,
+        card=card,
+    )

@@ -1,0 +1,163 @@
+"""Live models in the consumer: safe loading of announcements, forecasts, performance drift."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from confluent_kafka import Message
+from pydantic import SecretStr
+
+from consumer.core import CoreConfig, IngestCore
+from consumer.models import LiveModel, ModelRefused, load_live_model
+from consumer.performance import PerformanceConfig
+from retrainer.pipeline import TrainingConfig
+from retrainer.publisher import RequestHandler
+from retrainer.search import SearchConfig
+from schemas import ModelPublished
+from slaops.store import ModelStore, open_store
+from slaops.tenant_hash import tenant_hash
+from tests.retrain_data import request_for, telemetry_messages, tenant_rows
+
+KEY = SecretStr("live-model-tenant-key-0123456789")
+SEARCH = SearchConfig(
+    grid={"lr": [1e-2], "module__hidden_layers": [1], "module__width": [16]},
+    n_jobs=1,
+    max_epochs=15,
+    n_splits=3,
+)
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, ModelStore, ModelPublished]:
+    uri = f"file://{tmp_path_factory.mktemp('store') / 'models'}"
+    store = open_store(uri)
+    handler = RequestHandler(
+        store=store,
+        store_uri=uri,
+        tenant_key=KEY,
+        training=TrainingConfig(search=SEARCH, min_rows=100),
+        replay=lambda request: tenant_rows(1_500, seed=3),
+        models_topic="m",
+        failures_topic="f",
+        decisions_topic="d",
+    )
+    event = handler.handle(request_for("acme")).events[0][2]
+    assert isinstance(event, ModelPublished)
+    return uri, store, event
+
+
+def load(published: tuple[str, ModelStore, ModelPublished], **changes: object) -> LiveModel:
+    uri, store, event = published
+    return load_live_model(
+        event.model_copy(update=changes), store=store, store_uri=uri, tenant_key=KEY
+    )
+
+
+def test_an_announced_model_loads_and_forecasts_like_its_card_says(published) -> None:  # type: ignore[no-untyped-def]
+    model = load(published)
+    assert (model.tenant, model.version, model.horizon) == ("acme", 1, 1)
+    proba = model.forecast(np.empty((0, 6), np.float32), tenant_rows(50).features)
+    assert proba.shape == (50,) and ((proba >= 0) & (proba <= 1)).all()
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"store_uri": "file:///elsewhere"}, "not ours"),
+        ({"tenant_hash": tenant_hash("globex", KEY)}, "not this tenant's"),
+        ({"tenant": "globex"}, "not this tenant's"),
+        ({"paths": {"safetensors": "../../etc/passwd", "pt": "x", "card": "y"}}, "paths"),
+        ({"sha256": {"safetensors": "0" * 64, "pt": "0" * 64, "card": "0" * 64}}, "sha256"),
+        ({"revision": "0" * 40}, "cannot load"),
+    ],
+)
+def test_hostile_announcements_are_refused(published, changes: dict, reason: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ModelRefused, match=reason):
+        load(published, **changes)
+
+
+def test_tampered_weights_are_refused(published, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    uri, store, event = published
+    root = Path(uri.removeprefix("file://"))
+    (weights,) = root.glob(f".revisions/*/{event.revision}/*.safetensors")
+    original = weights.read_bytes()
+    try:
+        weights.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+        with pytest.raises(ModelRefused, match="sha256"):
+            load(published)
+    finally:
+        weights.write_bytes(original)
+
+
+def messages(rows_seed: int, threshold_ms: float, n: int, start: int = 0) -> list[Message]:
+    rows = tenant_rows(n, seed=rows_seed, threshold_ms=threshold_ms)
+    rows = replace(rows, ts=rows.ts + 60.0 * start)  # event time goes on across calls
+    return [
+        Message(topic="sla.telemetry", partition=0, offset=start + i, key=k, value=v)
+        for i, (k, v) in enumerate(telemetry_messages("acme", rows))
+    ]
+
+
+def core_with(model: LiveModel | None, **changes: object) -> IngestCore:
+    # No retrainer answers here: a request stays in flight for the whole test.
+    config = CoreConfig(
+        topic="sla.telemetry",
+        performance=PerformanceConfig(warmup=100),
+        request_timeout_s=1e9,
+        **changes,
+    )  # type: ignore[arg-type]
+    core = IngestCore(config)
+    if model is not None:
+        core.apply_model(model)
+    return core
+
+
+def test_concept_drift_raises_one_performance_drift_request(published) -> None:  # type: ignore[no-untyped-def]
+    core = core_with(load(published))
+    before = messages(4, 150.0, 1_500)  # the rule the model learnt
+    after = messages(5, 90.0, 1_500, start=1_500)  # the same metrics now breach more often
+    requests = []
+    for batch in (before[:700], before[700:], after[:700], after[700:]):
+        requests += core.process(batch).requests
+    assert [r.reason for r in requests] == ["performance_drift"]
+    request = requests[0]
+    assert 1_500 <= request.source[0].end_offset - 1 < 2_400
+    assert request.detector == "adwin" and request.details.features == ["error_rate"]
+    stats = request.details.statistic
+    assert stats["error_rate_recent"] > stats["error_rate"]
+
+
+def test_a_tenant_with_a_model_gets_no_cold_start_and_stable_data_no_request(published) -> None:  # type: ignore[no-untyped-def]
+    core = core_with(load(published), cold_start=True, cold_start_min_events=100)
+    stream = messages(6, 150.0, 2_000)
+    requests = [r for i in range(0, 2_000, 500) for r in core.process(stream[i : i + 500]).requests]
+    assert requests == []
+    cold = core_with(None, cold_start=True, cold_start_min_events=100)
+    assert [r.reason for r in cold.process(stream).requests] == ["cold_start"]
+
+
+def test_hot_swap_switches_forecasts_between_batches(published) -> None:  # type: ignore[no-untyped-def]
+    model = load(published)
+    core = core_with(model, publish_forecasts=True)
+    stream = messages(7, 150.0, 400)
+    first = core.process(stream[:200])
+    newer = LiveModel(
+        tenant="acme",
+        revision="f" * 40,
+        version=2,
+        request_event_id="0" * 32,
+        module=model.module,
+        card=model.card,
+    )
+    core.apply_model(newer)
+    second = core.process(stream[200:])
+    import json
+
+    revisions = [json.loads(v)["model_revision"] for _k, v in first.forecasts + second.forecasts]
+    assert len(revisions) == 400  # every event forecast: no gap across the swap
+    assert set(revisions[:200]) == {model.revision} and set(revisions[200:]) == {"f" * 40}
+    core.apply_model(model)  # an older version never replaces a newer one
+    assert core.model("acme") is newer
