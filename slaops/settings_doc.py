@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from functools import partial
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -41,10 +42,14 @@ def tables() -> dict[str, str]:
     return {name: markdown_table(cls) for name, (_summary, cls, _run) in commands().items()}
 
 
+def _fill(table: str, match: re.Match[str]) -> str:
+    return match.group(1) + table + match.group(2)
+
+
 def render(readme: str) -> str:
     for name, table in tables().items():
         pattern = re.compile(rf"(<!-- settings:{name} -->\n).*?(\n<!-- /settings:{name} -->)", re.S)
-        readme = pattern.sub(lambda m, t=table: m.group(1) + t + m.group(2), readme)
+        readme = pattern.sub(partial(_fill, table), readme)
     return readme
 
 
