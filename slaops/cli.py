@@ -47,9 +47,12 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls: type[BaseSettin
     group = parser.add_argument_group("settings")
     for name, info in cls.model_fields.items():
         flag = "--" + name.replace("_", "-")
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        short = [str(f) for f in extra.get("flags", [])]  # type: ignore[union-attr]
         if info.annotation is bool:
             group.add_argument(
                 flag,
+                *short,
                 dest=name,
                 action=argparse.BooleanOptionalAction,
                 default=None,
@@ -98,9 +101,16 @@ def _retrain(settings: Any) -> int:
     return run_retrainer(settings)
 
 
+def _watch(settings: Any) -> int:
+    from slaops.watch import run_watch
+
+    return run_watch(settings)
+
+
 def commands() -> dict[str, tuple[str, type[BaseSettings], Runner]]:
     from consumer.settings import ConsumerSettings
     from retrainer.settings import RetrainerSettings
+    from slaops.watch import WatchSettings
 
     return {
         "consume": (
@@ -112,6 +122,11 @@ def commands() -> dict[str, tuple[str, type[BaseSettings], Runner]]:
             "serve retrain requests: search, champion/challenger, publish, announce",
             RetrainerSettings,
             _retrain,
+        ),
+        "watch": (
+            "print model events (and, with --requests, requests and outcomes)",
+            WatchSettings,
+            _watch,
         ),
     }
 
