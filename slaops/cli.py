@@ -101,6 +101,12 @@ def _retrain(settings: Any) -> int:
     return run_retrainer(settings)
 
 
+def _simulate(settings: Any) -> int:
+    from simulator.main import run_simulator
+
+    return run_simulator(settings)
+
+
 def _watch(settings: Any) -> int:
     from slaops.watch import run_watch
 
@@ -110,6 +116,7 @@ def _watch(settings: Any) -> int:
 def commands() -> dict[str, tuple[str, type[BaseSettings], Runner]]:
     from consumer.settings import ConsumerSettings
     from retrainer.settings import RetrainerSettings
+    from simulator.settings import SimulatorSettings
     from slaops.watch import WatchSettings
 
     return {
@@ -122,6 +129,11 @@ def commands() -> dict[str, tuple[str, type[BaseSettings], Runner]]:
             "serve retrain requests: search, champion/challenger, publish, announce",
             RetrainerSettings,
             _retrain,
+        ),
+        "simulate": (
+            "send seeded telemetry for N tenants, with injectable drift and malformed records",
+            SimulatorSettings,
+            _simulate,
         ),
         "watch": (
             "print model events (and, with --requests, requests and outcomes)",

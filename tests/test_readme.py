@@ -10,6 +10,8 @@ from pydantic_settings import BaseSettings
 
 from consumer.settings import ConsumerSettings
 from retrainer.settings import RetrainerSettings
+from simulator.settings import SimulatorSettings
+from slaops.watch import WatchSettings
 from slaops.settings import setting_sources
 from slaops.settings_doc import render
 
@@ -21,7 +23,9 @@ def test_settings_tables_are_current() -> None:
     assert render(README) == README, "run `python -m slaops.settings_doc` to refresh README.md"
 
 
-@pytest.mark.parametrize("settings", [ConsumerSettings, RetrainerSettings])
+@pytest.mark.parametrize(
+    "settings", [ConsumerSettings, RetrainerSettings, SimulatorSettings, WatchSettings]
+)
 def test_every_setting_is_in_the_readme_table(settings: type[BaseSettings]) -> None:
     for name in settings.model_fields:
         env, flag = setting_sources(name).split(" or ")
