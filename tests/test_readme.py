@@ -11,9 +11,9 @@ from pydantic_settings import BaseSettings
 from consumer.settings import ConsumerSettings
 from retrainer.settings import RetrainerSettings
 from simulator.settings import SimulatorSettings
-from slaops.watch import WatchSettings
 from slaops.settings import setting_sources
 from slaops.settings_doc import render
+from slaops.watch import WatchSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
