@@ -43,7 +43,7 @@ def tables() -> dict[str, str]:
 
 
 def _fill(table: str, match: re.Match[str]) -> str:
-    return match.group(1) + table + match.group(2)
+    return match.group(1) + table + "\n" + match.group(2)
 
 
 def render(readme: str) -> str:
