@@ -48,7 +48,9 @@ def _fill(table: str, match: re.Match[str]) -> str:
 
 def render(readme: str) -> str:
     for name, table in tables().items():
-        pattern = re.compile(rf"(<!-- settings:{name} -->\n).*?(\n<!-- /settings:{name} -->)", re.S)
+        pattern = re.compile(
+            rf"(<!-- settings:{name} -->\n)(?:.*?\n)?(<!-- /settings:{name} -->)", re.S
+        )
         readme = pattern.sub(partial(_fill, table), readme)
     return readme
 
