@@ -56,6 +56,7 @@ class CoreConfig:
     max_tenants: int = 10_000
     max_message_bytes: int = 64 * 1024
     drift: DriftConfig = field(default_factory=DriftConfig)
+    data_drift: bool = True
     cold_start: bool = True
     cold_start_min_events: int = 500
     cold_start_min_per_class: int = 10
@@ -76,6 +77,9 @@ class TenantState:
     performance: ErrorRateMonitor | None = None
     #: Forecasts not yet scored: the last `horizon` probabilities of the live model.
     pending_proba: np.ndarray = field(default_factory=lambda: _NO_PROBA)
+    #: A performance alarm waiting out its settle period, and the events still to wait.
+    alarm: DriftSignal | None = None
+    alarm_wait: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +139,7 @@ class IngestCore:
         state.model = model
         state.performance = ErrorRateMonitor(self.config.performance)
         state.pending_proba = _NO_PROBA
+        state.alarm = None
 
     # -- state ----------------------------------------------------------------------
     def __len__(self) -> int:
@@ -306,10 +311,23 @@ class IngestCore:
         triggers: list[tuple[int, RetrainReason, str, DriftSignal | None]] = []
         if state.model is not None:
             signal = self._forecast(state, ts, features, labels, offsets, replay_limit, result)
-            if signal is not None:
-                triggers.append(
-                    (signal.index, "performance_drift", cfg.performance.detector, signal)
+            if signal is not None and state.alarm is None:
+                state.alarm = replace(
+                    signal,
+                    statistic={
+                        **signal.statistic,
+                        "alarm_ts": float(ts[signal.index]),
+                        "settle_events": float(cfg.performance.settle_events),
+                    },
                 )
+                state.alarm_wait = signal.index + cfg.performance.settle_events
+            if state.alarm is not None:
+                if state.alarm_wait < len(labels):
+                    due = replace(state.alarm, index=state.alarm_wait)
+                    triggers.append((due.index, "performance_drift", cfg.performance.detector, due))
+                    state.alarm = None
+                else:
+                    state.alarm_wait -= len(labels)
         elif (
             cfg.cold_start
             and len(window) + len(labels) >= cfg.cold_start_min_events
@@ -318,7 +336,7 @@ class IngestCore:
             index = self._cold_start_index(window, labels)
             if index is not None:
                 triggers.append((index, "cold_start", "cold_start", None))
-        drift = state.drift.update_block(features)
+        drift = state.drift.update_block(features) if cfg.data_drift else None
         if drift is not None:
             triggers.append((drift.index, "data_drift", cfg.drift.detector, drift))
         # Triggers are handled in event order with the window exactly as it was at each

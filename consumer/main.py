@@ -47,6 +47,7 @@ def core_config(settings: ConsumerSettings) -> CoreConfig:
             warmup=settings.drift_warmup_events,
             **drift_kwargs,  # type: ignore[arg-type]
         ),
+        data_drift=settings.data_drift,
         cold_start=settings.cold_start,
         cold_start_min_events=settings.cold_start_min_events,
         cold_start_min_per_class=settings.cold_start_min_per_class,
@@ -56,6 +57,7 @@ def core_config(settings: ConsumerSettings) -> CoreConfig:
             detector=settings.performance_detector,
             params=dict(settings.performance_params),
             warmup=settings.performance_warmup,
+            settle_events=settings.performance_settle_events,
         ),
         publish_forecasts=settings.publish_forecasts,
     )

@@ -29,12 +29,17 @@ class PerformanceConfig:
     params: Mapping[str, float] = field(default_factory=dict)
     #: Scored forecasts of a new model before alarms count: its first errors are noisy.
     warmup: int = 100
+    #: Events between an alarm and its request: a window cut right at the alarm would
+    #: hold almost only pre-change rows, and the retrained model would learn the past.
+    settle_events: int = 240
 
     def __post_init__(self) -> None:
         if self.detector not in _CLASSES:
             raise ValueError(f"performance detector must be one of {sorted(_CLASSES)}")
         if self.warmup < 0:
             raise ValueError("performance warmup must be >= 0")
+        if self.settle_events < 0:
+            raise ValueError("performance settle_events must be >= 0")
         self.make()
 
     def make(self) -> Any:

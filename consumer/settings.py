@@ -44,6 +44,12 @@ class ConsumerSettings(StoreSettings):
     performance_warmup: int = Field(
         default=100, ge=0, description="Scored forecasts of a new model before alarms count."
     )
+    performance_settle_events: int = Field(
+        default=240,
+        ge=0,
+        description="Events after a performance alarm before the request, so the "
+        "retraining window holds post-change data.",
+    )
     group_id: str = Field(
         default="slaops-consumer", pattern=r"^[A-Za-z0-9._-]{1,200}$", description="Group id."
     )
@@ -80,6 +86,13 @@ class ConsumerSettings(StoreSettings):
         ge=1,
         le=10_000_000,
         description="Tenants held in memory; the least recently active is evicted beyond it.",
+    )
+    data_drift: bool = Field(
+        default=True,
+        description=(
+            "Request retraining on data drift of the metric features (off for metrics with a "
+            "strong daily cycle, which per-feature detectors read as drift)."
+        ),
     )
     detector: Literal["adwin", "page_hinkley", "kswin"] = Field(
         default="adwin", description="River data-drift detector, one per feature."

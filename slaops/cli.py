@@ -107,6 +107,12 @@ def _simulate(settings: Any) -> int:
     return run_simulator(settings)
 
 
+def _demo(settings: Any) -> int:
+    from slaops.demo import run_demo
+
+    return run_demo(settings)
+
+
 def _watch(settings: Any) -> int:
     from slaops.watch import run_watch
 
@@ -117,9 +123,15 @@ def commands() -> dict[str, tuple[str, type[BaseSettings], Runner]]:
     from consumer.settings import ConsumerSettings
     from retrainer.settings import RetrainerSettings
     from simulator.settings import SimulatorSettings
+    from slaops.demo import DemoSettings
     from slaops.watch import WatchSettings
 
     return {
+        "demo": (
+            "everything on one machine: embedded broker, simulator, consumer, retrainer",
+            DemoSettings,
+            _demo,
+        ),
         "consume": (
             "ingest telemetry, detect drift, request retraining",
             ConsumerSettings,

@@ -103,12 +103,8 @@ def messages(rows_seed: int, threshold_ms: float, n: int, start: int = 0) -> lis
 
 def core_with(model: LiveModel | None, **changes: object) -> IngestCore:
     # No retrainer answers here: a request stays in flight for the whole test.
-    config = CoreConfig(
-        topic="sla.telemetry",
-        performance=PerformanceConfig(warmup=100),
-        request_timeout_s=1e9,
-        **changes,
-    )  # type: ignore[arg-type]
+    changes.setdefault("performance", PerformanceConfig(warmup=100))
+    config = CoreConfig(topic="sla.telemetry", request_timeout_s=1e9, **changes)  # type: ignore[arg-type]
     core = IngestCore(config)
     if model is not None:
         core.apply_model(model)
@@ -161,3 +157,26 @@ def test_hot_swap_switches_forecasts_between_batches(published) -> None:  # type
     assert set(revisions[:200]) == {model.revision} and set(revisions[200:]) == {"f" * 40}
     core.apply_model(model)  # an older version never replaces a newer one
     assert core.model("acme") is newer
+
+
+@pytest.mark.parametrize("settle", [0, 240])
+def test_performance_request_waits_settle_events_after_the_alarm_whatever_the_batching(
+    published,  # type: ignore[no-untyped-def]
+    settle: int,
+) -> None:
+    stream = messages(4, 150.0, 1_500) + messages(5, 90.0, 1_500, start=1_500)
+    runs = []
+    for size in (700, 137):
+        core = core_with(load(published), performance=PerformanceConfig(settle_events=settle))
+        runs.append(
+            [
+                r
+                for i in range(0, len(stream), size)
+                for r in core.process(stream[i : i + size]).requests
+            ]
+        )
+    assert runs[0] == runs[1] and len(runs[0]) == 1
+    (request,) = runs[0]
+    alarm_ts = request.details.statistic["alarm_ts"]
+    assert request.detected_at.timestamp() - alarm_ts == pytest.approx(60.0 * settle)
+    assert request.details.statistic["settle_events"] == settle

@@ -1,0 +1,279 @@
+"""`slaops demo`: the whole loop on one machine, watched live, ending with a summary.
+
+Embedded broker (unless `KAFKA_BOOTSTRAP_SERVERS` is set), a `file://` store and a
+generated tenant key in the data directory; the simulator, the consumer, the retrainer
+and a watcher run together in this process. The story: every tenant gets a cold-start
+model; then one tenant's SLA rule changes (concept drift), its live model's errors
+rise, the consumer asks for a retrain, and the new model is compared with the old one
+on post-drift telemetry that was never sent.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from pydantic import Field
+from rich.console import Console, ConsoleRenderable
+from rich.live import Live
+
+from consumer.main import build_service as build_consumer
+from consumer.main import topic_specs as consumer_topics
+from consumer.settings import ConsumerSettings
+from retrainer.main import build_service as build_retrainer
+from retrainer.main import topic_specs as retrainer_topics
+from retrainer.settings import RetrainerSettings
+from simulator.model import DriftPlan, EventMeta, TelemetrySimulator
+from slaops.demo_view import DemoState, dashboard, summary_rows, summary_table
+from slaops.embedded import embedded_broker
+from slaops.kafka import DeliveryTracker, ensure_topics, make_producer
+from slaops.settings import ServiceSettings
+from slaops.watch import WatchSettings, watch
+
+log = logging.getLogger(__name__)
+QUICK_GRID = {"lr": [0.01, 0.003], "module__hidden_layers": [1, 2], "module__width": [32]}
+
+
+class DemoSettings(ServiceSettings):
+    quick: bool = Field(default=False, description="A short run (under 2 minutes here).")
+    tenants: int = Field(default=3, ge=2, le=50, description="Simulated tenants.")
+    drifted_tenant: int = Field(default=1, ge=0, description="Index of the tenant that drifts.")
+    seed: int = Field(default=7, ge=0, description="Seed of the simulator and the searches.")
+    data_dir: Path = Field(default=Path(".slaops"), description="Local state directory.")
+    timeout_s: float = Field(default=900.0, gt=0, description="Give up after this long.")
+    plain: bool = Field(default=False, description="Progress lines instead of a live table.")
+    summary_json: Path | None = Field(
+        default=None, description="Also write the summary rows to this JSON file."
+    )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Events per tenant in each phase."""
+
+    warmup: int  # phase 1: history for every cold-start model
+    drifted: int  # phase 2: starts with the drift
+    evaluation: int  # never sent: post-drift rows on which old and new model are compared
+
+    @classmethod
+    def for_run(cls, quick: bool) -> Plan:
+        return cls(600, 700, 400) if quick else cls(1_200, 1_400, 800)
+
+
+@contextmanager
+def broker(settings: DemoSettings) -> Iterator[str]:
+    if settings.bootstrap_servers is not None:
+        yield settings.bootstrap_servers
+        return
+    with embedded_broker() as (bootstrap, _pid):
+        yield bootstrap
+
+
+class DemoRun:
+    def __init__(self, settings: DemoSettings, bootstrap: str, console: Console) -> None:
+        self.settings = settings
+        self.console = console
+        self.plan = Plan.for_run(settings.quick)
+        suffix = "" if settings.bootstrap_servers is None else f".demo-{uuid.uuid4().hex[:6]}"
+        workdir = settings.data_dir / "demo"
+        if workdir.exists():
+            shutil.rmtree(workdir)
+        workdir.mkdir(parents=True)
+        common: dict[str, Any] = {
+            "bootstrap_servers": bootstrap,
+            "session_timeout_ms": 6_000,
+            "store": f"file://{(workdir / 'models').resolve()}",
+            "local_mode": True,
+            "data_dir": settings.data_dir,
+            "log_level": settings.log_level,
+        }
+        topics = {
+            name: value + suffix
+            for name, value in ConsumerSettings()
+            .model_dump(
+                include={
+                    "telemetry_topic",
+                    "dlq_topic",
+                    "retrain_topic",
+                    "checkpoint_topic",
+                    "models_topic",
+                    "failures_topic",
+                    "decisions_topic",
+                    "forecasts_topic",
+                }
+            )
+            .items()
+        }
+        self.consumer_settings = ConsumerSettings(
+            **common,
+            **topics,
+            group_id=f"slaops-demo-consumer{suffix}",
+            telemetry_partitions=3,
+            batch_size=5_000,
+            poll_timeout_s=0.2,
+            window_max_events=600,
+            cold_start_min_events=400,
+            cooldown_s=1_800.0,
+            publish_forecasts=True,
+            # The simulated load has a strong daily cycle; per-feature detectors read it
+            # as drift. The demo retrains on what matters: the live model's errors.
+            data_drift=False,
+        )
+        self.retrainer_settings = RetrainerSettings(
+            **common,
+            **{k: v for k, v in topics.items() if k in RetrainerSettings.model_fields},
+            group_id=f"slaops-demo-retrainer{suffix}",
+            grid=QUICK_GRID if settings.quick else None,
+            n_splits=3 if settings.quick else 5,
+            max_epochs=15 if settings.quick else 20,
+            seed=settings.seed,
+        )
+        self.watch_settings = WatchSettings(
+            bootstrap_servers=bootstrap,
+            models_topic=topics["models_topic"],
+            retrain_topic=topics["retrain_topic"],
+            failures_topic=topics["failures_topic"],
+            decisions_topic=topics["decisions_topic"],
+            requests=True,
+        )
+        self.simulator = TelemetrySimulator(
+            n_tenants=settings.tenants,
+            seed=settings.seed,
+            drifts=[DriftPlan(settings.drifted_tenant, self.plan.warmup, "concept")],
+            malformed_rate=0.01,
+        )
+        self.state = DemoState(list(self.simulator.tenants))
+
+    def execute(self, stop: threading.Event) -> int:
+        ensure_topics(self.consumer_settings, consumer_topics(self.consumer_settings))
+        ensure_topics(self.retrainer_settings, retrainer_topics(self.retrainer_settings))
+        consumer = build_consumer(self.consumer_settings)
+        retrainer = build_retrainer(self.retrainer_settings)
+        services = threading.Event()
+        threads = [
+            threading.Thread(target=consumer.run, args=(services,), daemon=True),
+            threading.Thread(target=retrainer.run, args=(services,), daemon=True),
+            threading.Thread(
+                target=watch,
+                args=(self.watch_settings, services, io.StringIO(), self.state.on_event),
+                daemon=True,
+            ),
+        ]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + self.settings.timeout_s
+        events = list(self.simulator.events(sum(vars(self.plan).values())))
+        drifted = self.simulator.tenants[self.settings.drifted_tenant]
+
+        def stats() -> dict[str, object]:
+            s = consumer.stats
+            return {
+                "valid": s.valid,
+                "dead-lettered": s.dead_letters,
+                "requests": s.requests,
+                "forecasts": s.forecasts,
+                "models loaded": s.models,
+                "retrains": retrainer.stats.published + retrainer.stats.kept,
+            }
+
+        ok = True
+        try:
+            with self._display(lambda phase: dashboard(self.state, stats(), phase)) as show:
+                phase1 = [e for e in events if e[2].index < self.plan.warmup]
+                self._send(phase1)
+                ok = self._wait(
+                    lambda: all(self.state.models_of(t) for t in self.simulator.tenants),
+                    stop,
+                    deadline,
+                    show,
+                    "phase 1: cold-start models",
+                )
+                if ok:
+                    end = self.plan.warmup + self.plan.drifted
+                    self._send([e for e in events if self.plan.warmup <= e[2].index < end])
+                    ok = self._wait(
+                        lambda: len(self.state.models_of(drifted)) >= 2,
+                        stop,
+                        deadline,
+                        show,
+                        f"phase 2: concept drift on {drifted}",
+                    )
+                show("done")
+        finally:
+            services.set()
+            for thread in threads:
+                thread.join(timeout=60)
+        evaluation = [e for e in events if e[2].index >= self.plan.warmup + self.plan.drifted]
+        rows = summary_rows(self.state, self.simulator, evaluation, retrainer.handler.store)
+        self.console.print(summary_table(rows))
+        if self.settings.summary_json is not None:
+            self.settings.summary_json.write_text(json.dumps(rows, indent=2) + "\n")
+        if not ok:
+            self.console.print("[red]the demo did not complete its story in time[/red]")
+        return 0 if ok else 1
+
+    def _send(self, events: list[tuple[bytes, bytes, EventMeta]]) -> None:
+        tracker = DeliveryTracker(make_producer(self.consumer_settings))
+        for key, value, meta in events:
+            tracker.produce(self.consumer_settings.telemetry_topic, key=key, value=value)
+            if meta.malformed is None:
+                self.state.ingested(meta.tenant)
+        tracker.wait()
+
+    def _wait(
+        self,
+        done: Callable[[], bool],
+        stop: threading.Event,
+        deadline: float,
+        show: Callable[[str], None],
+        phase: str,
+    ) -> bool:
+        while not done():
+            if stop.is_set() or time.monotonic() > deadline:
+                return False
+            show(phase)
+            time.sleep(0.25)
+        return True
+
+    @contextmanager
+    def _display(
+        self, render: Callable[[str], ConsoleRenderable]
+    ) -> Iterator[Callable[[str], None]]:
+        if self.settings.plain or not self.console.is_terminal:
+            last = [0.0]
+
+            def log_line(phase: str) -> None:
+                if time.monotonic() - last[0] > 5:
+                    last[0] = time.monotonic()
+                    self.console.print(render(phase))
+
+            yield log_line
+            return
+        with Live(render("starting"), console=self.console, refresh_per_second=4) as live:
+            yield lambda phase: live.update(render(phase))
+
+
+def run_demo(settings: DemoSettings, stop: threading.Event | None = None) -> int:
+    if stop is None:
+        stop = threading.Event()
+
+        def interrupt(_signum: int, _frame: FrameType | None) -> None:
+            stop.set()
+
+        signal.signal(signal.SIGINT, interrupt)
+        signal.signal(signal.SIGTERM, interrupt)
+    console = Console()
+    with broker(settings) as bootstrap:
+        return DemoRun(settings, bootstrap, console).execute(stop)

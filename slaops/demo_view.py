@@ -1,0 +1,193 @@
+"""What the demo shows: the live dashboard and the closing summary per tenant."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+from rich.console import Group
+from rich.table import Table
+
+from retrainer.dataset import DatasetError, build_pairs
+from retrainer.search import evaluate
+from schemas import (
+    FEATURES,
+    ChampionKept,
+    InvalidTelemetry,
+    ModelPublished,
+    RetrainFailed,
+    RetrainRequested,
+    parse_telemetry,
+)
+from simulator.model import EventMeta, TelemetrySimulator
+from slaops.artifacts import load_model
+from slaops.store import ModelStore
+
+
+@dataclass
+class TenantView:
+    sent: int = 0
+    requests: list[RetrainRequested] = field(default_factory=list)
+    models: list[ModelPublished] = field(default_factory=list)
+    kept: int = 0
+    failed: int = 0
+    search_started: float | None = None
+    search_seconds: list[float] = field(default_factory=list)
+
+
+class DemoState:
+    """Fed by the watcher thread and the sender; read by the display."""
+
+    def __init__(self, tenants: list[str]) -> None:
+        self.lock = threading.Lock()
+        self.tenants = {t: TenantView() for t in tenants}
+
+    def ingested(self, tenant: str) -> None:
+        with self.lock:
+            self.tenants[tenant].sent += 1
+
+    def on_event(self, event: BaseModel) -> None:
+        with self.lock:
+            view = self.tenants.get(getattr(event, "tenant", None) or "")
+            if view is None:
+                return
+            if isinstance(event, RetrainRequested):
+                view.requests.append(event)
+                view.search_started = view.search_started or time.monotonic()
+                return
+            if isinstance(event, ModelPublished):
+                view.models.append(event)
+            elif isinstance(event, ChampionKept):
+                view.kept += 1
+            elif isinstance(event, RetrainFailed):
+                view.failed += 1
+            if view.search_started is not None:
+                view.search_seconds.append(time.monotonic() - view.search_started)
+                view.search_started = None
+
+    def models_of(self, tenant: str) -> list[ModelPublished]:
+        with self.lock:
+            return list(self.tenants[tenant].models)
+
+
+def dashboard(state: DemoState, stats: dict[str, object], phase: str) -> Group:
+    table = Table(title=f"slaops demo: {phase}")
+    for column in ("tenant", "events sent", "retrain requests", "search", "models", "live model"):
+        table.add_column(column)
+    with state.lock:
+        for tenant, view in state.tenants.items():
+            latest = view.models[-1] if view.models else None
+            table.add_row(
+                tenant,
+                f"{view.sent:,}",
+                ", ".join(r.reason for r in view.requests) or "-",
+                "running" if view.search_started is not None else "-",
+                str(len(view.models)),
+                "-"
+                if latest is None
+                else (f"v{latest.model_version} holdout f1={latest.metrics.get('f1', 0.0):.3f}"),
+            )
+    totals = "   ".join(
+        f"{name}: {value:,}" if isinstance(value, int) else f"{name}: {value}"
+        for name, value in stats.items()
+    )
+    return Group(table, totals)
+
+
+def _columns(events: list[tuple[bytes, bytes, EventMeta]]) -> tuple[np.ndarray, ...]:
+    ts, rows, labels = [], [], []
+    for key, value, _meta in events:
+        try:
+            event = parse_telemetry(key, value)
+        except InvalidTelemetry:
+            continue
+        ts.append(event.ts.timestamp())
+        rows.append([getattr(event, name) for name in FEATURES])
+        labels.append(event.sla_breached)
+    return np.array(ts), np.array(rows, dtype=np.float32), np.array(labels, dtype=bool)
+
+
+def _f1_on(store: ModelStore, model: ModelPublished, X: np.ndarray, y: np.ndarray) -> float:
+    card = store.read(model.paths["card"], revision=model.revision)
+    weights = store.read(model.paths["safetensors"], revision=model.revision)
+    module, loaded = load_model(card, weights, "safetensors")
+    return evaluate(module, X, y, loaded.threshold)["f1"]
+
+
+def summary_rows(
+    state: DemoState,
+    simulator: TelemetrySimulator,
+    evaluation: list[tuple[bytes, bytes, EventMeta]],
+    store: ModelStore,
+) -> list[dict[str, Any]]:
+    """One row per tenant: the facts the demo set out to show, measured."""
+    drifts = {d.tenant: d for d in simulator.schedule()}
+    rows = []
+    for tenant, view in state.tenants.items():
+        drift = drifts.get(tenant)
+        row: dict[str, Any] = {
+            "tenant": tenant,
+            "cold_start_f1": view.models[0].metrics.get("f1") if view.models else None,
+            "drift_at_event": drift.at_event if drift else None,
+            "detected_at_event": None,
+            "retrain_reason": None,
+            "models": len(view.models),
+            "search_s": round(max(view.search_seconds), 1) if view.search_seconds else None,
+            "old_f1_post_drift": None,
+            "new_f1_post_drift": None,
+        }
+        late = [r for r in view.requests if r.reason != "cold_start"]
+        if late:
+            first = late[0]
+            elapsed = (first.detected_at - simulator.event_time(0)).total_seconds()
+            row["detected_at_event"] = round(elapsed / simulator.interval_s)
+            row["retrain_reason"] = first.reason
+        mine = [e for e in evaluation if e[2].tenant == tenant]
+        if view.models and mine:
+            ts, features, labels = _columns(mine)
+            try:
+                data = build_pairs(ts, features, labels, min_rows=50)
+            except DatasetError:
+                data = None
+            if data is not None:
+                row["old_f1_post_drift"] = _f1_on(store, view.models[0], data.X, data.y)
+                if len(view.models) > 1:
+                    row["new_f1_post_drift"] = _f1_on(store, view.models[-1], data.X, data.y)
+        rows.append(row)
+    return rows
+
+
+def summary_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="slaops demo: summary")
+    headers = {
+        "tenant": "tenant",
+        "cold_start_f1": "cold-start model F1",
+        "drift_at_event": "drift injected at event",
+        "detected_at_event": "detected at event",
+        "delay": "delay (events)",
+        "retrain_reason": "retrained for",
+        "search_s": "search (s)",
+        "old_f1_post_drift": "old model F1, post-drift",
+        "new_f1_post_drift": "new model F1, post-drift",
+    }
+    for title in headers.values():
+        table.add_column(title)
+    for row in rows:
+        delay = None
+        if row["drift_at_event"] is not None and row["detected_at_event"] is not None:
+            delay = row["detected_at_event"] - row["drift_at_event"]
+        cells = {**row, "delay": delay}
+        table.add_row(*(_cell(cells[key]) for key in headers))
+    return table
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
