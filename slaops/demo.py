@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from rich.console import Console, ConsoleRenderable
 from rich.live import Live
 
@@ -52,24 +52,52 @@ class DemoSettings(ServiceSettings):
     drifted_tenant: int = Field(default=1, ge=0, description="Index of the tenant that drifts.")
     seed: int = Field(default=7, ge=0, description="Seed of the simulator and the searches.")
     data_dir: Path = Field(default=Path(".slaops"), description="Local state directory.")
-    timeout_s: float = Field(default=900.0, gt=0, description="Give up after this long.")
+    timeout_s: float | None = Field(
+        default=None, gt=0, description="Give up after this long (default 240 s quick, 900 s full)."
+    )
     plain: bool = Field(default=False, description="Progress lines instead of a live table.")
     summary_json: Path | None = Field(
         default=None, description="Also write the summary rows to this JSON file."
     )
 
+    @model_validator(mode="after")
+    def _drifted_tenant_exists(self) -> DemoSettings:
+        if self.drifted_tenant >= self.tenants:
+            raise ValueError(
+                f"drifted_tenant is {self.drifted_tenant}, but the tenants are "
+                f"0..{self.tenants - 1}: pick one of them or raise tenants"
+            )
+        return self
+
 
 @dataclass(frozen=True)
 class Plan:
-    """Events per tenant in each phase."""
+    """Events per tenant in each phase, at one event per `INTERVAL_S` of event time.
 
-    warmup: int  # phase 1: history for every cold-start model
-    drifted: int  # phase 2: starts with the drift
+    Ten-minute intervals put a whole day in 144 events, so a window of days sees every
+    hour of the daily cycle: the cold-start models know what a normal day looks like,
+    and a normal afternoon does not read as a degraded model.
+    """
+
+    warmup: int  # phase 1: the history every cold-start model is trained on
+    live: int  # phase 2: normal traffic forecast by the live models
+    drifted: int  # phase 2 goes on with the drift from here
     evaluation: int  # never sent: post-drift rows on which old and new model are compared
 
     @classmethod
     def for_run(cls, quick: bool) -> Plan:
-        return cls(600, 700, 400) if quick else cls(1_200, 1_400, 800)
+        return cls(720, 300, 600, 400) if quick else cls(1_008, 432, 864, 600)
+
+    @property
+    def drift_at(self) -> int:
+        return self.warmup + self.live
+
+    @property
+    def sent(self) -> int:
+        return self.warmup + self.live + self.drifted
+
+
+INTERVAL_S = 600.0
 
 
 @contextmanager
@@ -123,9 +151,13 @@ class DemoRun:
             telemetry_partitions=3,
             batch_size=5_000,
             poll_timeout_s=0.2,
-            window_max_events=600,
-            cold_start_min_events=400,
-            cooldown_s=1_800.0,
+            window_max_events=self.plan.warmup,
+            window_span_s=30 * 86_400.0,
+            # Some records are malformed on purpose: a little short of the whole warmup.
+            cold_start_min_events=self.plan.warmup * 9 // 10,
+            cooldown_s=6 * 3_600.0,
+            # Half the window after the alarm: the retrain sees mostly the new regime.
+            performance_settle_events=self.plan.warmup // 2,
             publish_forecasts=True,
             # The simulated load has a strong daily cycle; per-feature detectors read it
             # as drift. The demo retrains on what matters: the live model's errors.
@@ -151,7 +183,8 @@ class DemoRun:
         self.simulator = TelemetrySimulator(
             n_tenants=settings.tenants,
             seed=settings.seed,
-            drifts=[DriftPlan(settings.drifted_tenant, self.plan.warmup, "concept")],
+            interval_s=INTERVAL_S,
+            drifts=[DriftPlan(settings.drifted_tenant, self.plan.drift_at, "concept")],
             malformed_rate=0.01,
         )
         self.state = DemoState(list(self.simulator.tenants))
@@ -173,8 +206,9 @@ class DemoRun:
         ]
         for thread in threads:
             thread.start()
-        deadline = time.monotonic() + self.settings.timeout_s
-        events = list(self.simulator.events(sum(vars(self.plan).values())))
+        timeout_s = self.settings.timeout_s or (240.0 if self.settings.quick else 900.0)
+        deadline = time.monotonic() + timeout_s
+        events = list(self.simulator.events(self.plan.sent + self.plan.evaluation))
         drifted = self.simulator.tenants[self.settings.drifted_tenant]
 
         def stats() -> dict[str, object]:
@@ -188,11 +222,17 @@ class DemoRun:
                 "retrains": retrainer.stats.published + retrainer.stats.kept,
             }
 
+        plan = self.plan
+        valid_sent = [0]
+
+        def caught_up() -> bool:
+            """Every valid event sent was windowed and every request seen was answered."""
+            return consumer.stats.valid >= valid_sent[0] and self.state.all_answered()
+
         ok = True
         try:
             with self._display(lambda phase: dashboard(self.state, stats(), phase)) as show:
-                phase1 = [e for e in events if e[2].index < self.plan.warmup]
-                self._send(phase1)
+                valid_sent[0] += self._send([e for e in events if e[2].index < plan.warmup])
                 ok = self._wait(
                     lambda: all(self.state.models_of(t) for t in self.simulator.tenants),
                     stop,
@@ -201,21 +241,22 @@ class DemoRun:
                     "phase 1: cold-start models",
                 )
                 if ok:
-                    end = self.plan.warmup + self.plan.drifted
-                    self._send([e for e in events if self.plan.warmup <= e[2].index < end])
+                    phase2 = [e for e in events if plan.warmup <= e[2].index < plan.sent]
+                    valid_sent[0] += self._send(phase2)
                     ok = self._wait(
-                        lambda: len(self.state.models_of(drifted)) >= 2,
+                        lambda: len(self.state.models_of(drifted)) >= 2 and caught_up(),
                         stop,
                         deadline,
                         show,
-                        f"phase 2: concept drift on {drifted}",
+                        f"phase 2: live forecasts; concept drift on {drifted} "
+                        f"from event {plan.drift_at}",
                     )
-                show("done")
+                show("done" if ok else "stopped")
         finally:
             services.set()
             for thread in threads:
                 thread.join(timeout=60)
-        evaluation = [e for e in events if e[2].index >= self.plan.warmup + self.plan.drifted]
+        evaluation = [e for e in events if e[2].index >= plan.sent]
         rows = summary_rows(self.state, self.simulator, evaluation, retrainer.handler.store)
         self.console.print(summary_table(rows))
         if self.settings.summary_json is not None:
@@ -224,13 +265,17 @@ class DemoRun:
             self.console.print("[red]the demo did not complete its story in time[/red]")
         return 0 if ok else 1
 
-    def _send(self, events: list[tuple[bytes, bytes, EventMeta]]) -> None:
+    def _send(self, events: list[tuple[bytes, bytes, EventMeta]]) -> int:
+        """Produce and wait for the broker's acks; the number of valid events sent."""
         tracker = DeliveryTracker(make_producer(self.consumer_settings))
+        valid = 0
         for key, value, meta in events:
             tracker.produce(self.consumer_settings.telemetry_topic, key=key, value=value)
             if meta.malformed is None:
                 self.state.ingested(meta.tenant)
+                valid += 1
         tracker.wait()
+        return valid
 
     def _wait(
         self,
@@ -275,5 +320,7 @@ def run_demo(settings: DemoSettings, stop: threading.Event | None = None) -> int
         signal.signal(signal.SIGINT, interrupt)
         signal.signal(signal.SIGTERM, interrupt)
     console = Console()
+    if not console.is_terminal:  # a log file or a pipe: do not squeeze the tables to 80
+        console = Console(width=120)
     with broker(settings) as bootstrap:
         return DemoRun(settings, bootstrap, console).execute(stop)

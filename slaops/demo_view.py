@@ -69,6 +69,13 @@ class DemoState:
                 view.search_seconds.append(time.monotonic() - view.search_started)
                 view.search_started = None
 
+    def all_answered(self) -> bool:
+        """Every request seen has its answer (a model, a kept champion or a failure)."""
+        with self.lock:
+            return all(
+                len(v.requests) <= len(v.models) + v.kept + v.failed for v in self.tenants.values()
+            )
+
     def models_of(self, tenant: str) -> list[ModelPublished]:
         with self.lock:
             return list(self.tenants[tenant].models)
@@ -134,6 +141,7 @@ def summary_rows(
             "cold_start_f1": view.models[0].metrics.get("f1") if view.models else None,
             "drift_at_event": drift.at_event if drift else None,
             "detected_at_event": None,
+            "requested_at_event": None,
             "retrain_reason": None,
             "models": len(view.models),
             "search_s": round(max(view.search_seconds), 1) if view.search_seconds else None,
@@ -143,8 +151,11 @@ def summary_rows(
         late = [r for r in view.requests if r.reason != "cold_start"]
         if late:
             first = late[0]
-            elapsed = (first.detected_at - simulator.event_time(0)).total_seconds()
-            row["detected_at_event"] = round(elapsed / simulator.interval_s)
+            requested = first.detected_at.timestamp()
+            # A performance alarm waits `settle_events` before its request.
+            alarm = first.details.statistic.get("alarm_ts", requested)
+            row["detected_at_event"] = _event_index(simulator, alarm)
+            row["requested_at_event"] = _event_index(simulator, requested)
             row["retrain_reason"] = first.reason
         mine = [e for e in evaluation if e[2].tenant == tenant]
         if view.models and mine:
@@ -161,26 +172,35 @@ def summary_rows(
     return rows
 
 
+def _event_index(simulator: TelemetrySimulator, ts: float) -> int:
+    return round((ts - simulator.start.timestamp()) / simulator.interval_s)
+
+
 def summary_table(rows: list[dict[str, Any]]) -> Table:
-    table = Table(title="slaops demo: summary")
+    table = Table(
+        title="slaops demo: summary",
+        caption="events are counted per tenant; F1* is on post-drift rows no model has seen",
+    )
     headers = {
         "tenant": "tenant",
-        "cold_start_f1": "cold-start model F1",
-        "drift_at_event": "drift injected at event",
-        "detected_at_event": "detected at event",
-        "delay": "delay (events)",
-        "retrain_reason": "retrained for",
-        "search_s": "search (s)",
-        "old_f1_post_drift": "old model F1, post-drift",
-        "new_f1_post_drift": "new model F1, post-drift",
+        "cold_start_f1": "cold-start\nholdout F1",
+        "drift_at_event": "drift\nat",
+        "detected_at_event": "alarm\nat",
+        "delay": "delay",
+        "requested_at_event": "request\nat",
+        "retrain_reason": "retrained\nfor",
+        "search_s": "request to\nmodel (s)",
+        "old_f1_post_drift": "old\nF1*",
+        "new_f1_post_drift": "new\nF1*",
     }
-    for title in headers.values():
-        table.add_column(title)
+    for key, title in headers.items():
+        table.add_column(title, no_wrap=True, justify="left" if key == "tenant" else "right")
     for row in rows:
         delay = None
         if row["drift_at_event"] is not None and row["detected_at_event"] is not None:
             delay = row["detected_at_event"] - row["drift_at_event"]
         cells = {**row, "delay": delay}
+        cells["search_s"] = None if row["search_s"] is None else f"{row['search_s']:.1f}"
         table.add_row(*(_cell(cells[key]) for key in headers))
     return table
 
