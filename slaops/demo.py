@@ -86,7 +86,7 @@ class Plan:
 
     @classmethod
     def for_run(cls, quick: bool) -> Plan:
-        return cls(720, 300, 600, 400) if quick else cls(1_008, 432, 864, 600)
+        return cls(720, 300, 600, 400) if quick else cls(1_440, 432, 864, 600)
 
     @property
     def drift_at(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -180,3 +181,31 @@ def test_performance_request_waits_settle_events_after_the_alarm_whatever_the_ba
     alarm_ts = request.details.statistic["alarm_ts"]
     assert request.detected_at.timestamp() - alarm_ts == pytest.approx(60.0 * settle)
     assert request.details.statistic["settle_events"] == settle
+
+
+def readme_snippet(name: str) -> str:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    match = re.search(
+        rf"<!-- snippet:{name} -->\n```python\n(.+?)```\n<!-- /snippet:{name} -->", readme, re.S
+    )
+    assert match is not None, f"README.md lacks the {name} snippet"
+    return match.group(1)
+
+
+def test_the_readme_loading_snippets_give_the_live_models_probabilities(published) -> None:  # type: ignore[no-untyped-def]
+    _uri, store, event = published
+    rows = tenant_rows(40, seed=9).features
+    expected = load(published).forecast(np.empty((0, 6), np.float32), rows)
+
+    with_slaops = {"message_value": event.model_dump_json().encode(), "rows": rows}
+    exec(compile(readme_snippet("load-with-slaops"), "README", "exec"), with_slaops)  # noqa: S102
+    np.testing.assert_allclose(with_slaops["proba"], expected, rtol=1e-6, atol=1e-7)
+
+    plain = {
+        "card_bytes": store.read(event.paths["card"], revision=event.revision),
+        "weights_bytes": store.read(event.paths["safetensors"], revision=event.revision),
+        "rows": rows,
+    }
+    exec(compile(readme_snippet("load-without-slaops"), "README", "exec"), plain)  # noqa: S102
+    np.testing.assert_allclose(plain["proba"], expected, rtol=1e-5, atol=1e-6)
+    assert (plain["breach_expected"] == with_slaops["breach_expected"]).all()

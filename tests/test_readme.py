@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings
 from consumer.settings import ConsumerSettings
 from retrainer.settings import RetrainerSettings
 from simulator.settings import SimulatorSettings
+from slaops.demo import DemoSettings
 from slaops.settings import setting_sources
 from slaops.settings_doc import render
 from slaops.watch import WatchSettings
@@ -24,7 +25,8 @@ def test_settings_tables_are_current() -> None:
 
 
 @pytest.mark.parametrize(
-    "settings", [ConsumerSettings, RetrainerSettings, SimulatorSettings, WatchSettings]
+    "settings",
+    [ConsumerSettings, RetrainerSettings, SimulatorSettings, WatchSettings, DemoSettings],
 )
 def test_every_setting_is_in_the_readme_table(settings: type[BaseSettings]) -> None:
     for name in settings.model_fields:
