@@ -1,0 +1,119 @@
+"""Hot swap through the real broker: a model announced while events flow takes over the
+forecasts from one event on, and every event is forecast by exactly one model."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from consumer.main import topic_specs
+from consumer.settings import ConsumerSettings
+from retrainer.pipeline import TrainingConfig
+from retrainer.publisher import RequestHandler
+from schemas import ModelPublished
+from slaops.kafka import ensure_topics
+from slaops.store import open_store
+from tests.kafka_helpers import produce_all, read_topic, wait_for
+from tests.retrain_data import request_for, telemetry_messages, tenant_rows
+from tests.test_consumer_integration import running
+from tests.test_live_models import KEY, SEARCH
+
+pytestmark = pytest.mark.integration
+PARTITIONS = 2
+EVENTS = 1_200
+
+
+def publish(handler: RequestHandler, offset: int) -> ModelPublished:
+    event = handler.handle(request_for("acme", offset=offset)).events[0][2]
+    assert isinstance(event, ModelPublished)
+    return event
+
+
+def test_a_model_announced_mid_stream_takes_over_with_no_gap(
+    bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    uri = f"file://{tmp_path / 'models'}"
+    settings = ConsumerSettings(
+        bootstrap_servers=bootstrap,
+        telemetry_topic=unique_name("telemetry"),
+        dlq_topic=unique_name("dlq"),
+        retrain_topic=unique_name("retrain"),
+        checkpoint_topic=unique_name("checkpoints"),
+        models_topic=unique_name("models"),
+        forecasts_topic=unique_name("forecasts"),
+        failures_topic=unique_name("failures"),
+        decisions_topic=unique_name("decisions"),
+        group_id=unique_name("group"),
+        telemetry_partitions=PARTITIONS,
+        session_timeout_ms=6_000,
+        poll_timeout_s=0.05,
+        batch_size=50,
+        cold_start=False,
+        data_drift=False,
+        store=uri,
+        tenant_key=KEY,
+        publish_forecasts=True,
+    )
+    ensure_topics(settings, topic_specs(settings))
+    # A margin of -10 publishes any challenger: the second model always replaces the first.
+    handler = RequestHandler(
+        store=open_store(uri),
+        store_uri=uri,
+        tenant_key=KEY,
+        training=TrainingConfig(search=SEARCH, min_rows=100, champion_margin=-10.0),
+        replay=lambda request: tenant_rows(1_500, seed=request.source[0].end_offset % 97),
+        models_topic=settings.models_topic,
+        failures_topic="f",
+        decisions_topic="d",
+    )
+    first, second = publish(handler, 599), publish(handler, 700)
+    assert (first.model_version, second.model_version) == (1, 2)
+
+    def announce(event: ModelPublished) -> None:
+        produce_all(bootstrap, settings.models_topic, [(b"acme", event.model_dump_json().encode())])
+
+    stream = telemetry_messages("acme", tenant_rows(EVENTS, seed=11))
+    announce(first)
+    with running(settings) as service:
+        wait_for(lambda: service.stats.models == 1, timeout_s=60, what="the first model")
+
+        swapped = threading.Event()
+
+        def flow() -> None:
+            """Small paced slices; the last sixth waits for the swap, so it lands mid-stream."""
+            for start in range(0, EVENTS, 40):
+                if start >= EVENTS * 5 // 6:
+                    swapped.wait(timeout=60)
+                produce_all(bootstrap, settings.telemetry_topic, stream[start : start + 40])
+                time.sleep(0.05)
+
+        sender = threading.Thread(target=flow)
+        sender.start()
+        wait_for(lambda: service.stats.valid >= EVENTS // 3, timeout_s=60, what="a third")
+        announce(second)
+        wait_for(lambda: service.stats.models == 2, timeout_s=30, what="the second model")
+        swapped.set()
+        sender.join(timeout=60)
+        wait_for(lambda: service.stats.valid == EVENTS, timeout_s=60, what="every event")
+
+    forecasts = [
+        json.loads(m.value() or b"")
+        for m in read_topic(
+            bootstrap, settings.forecasts_topic, expect=EVENTS, partitions=PARTITIONS
+        )
+    ]
+    # No gap and no double: one forecast per event, in event order (one tenant, one partition).
+    sent = [datetime.fromisoformat(json.loads(v)["ts"]) for _k, v in stream]
+    assert [datetime.fromisoformat(f["ts"]) for f in forecasts] == sent
+    revisions = [f["model_revision"] for f in forecasts]
+    switch = revisions.index(second.revision)
+    assert 0 < switch < EVENTS, "the swap did not land mid-stream"
+    assert set(revisions[:switch]) == {first.revision}
+    assert set(revisions[switch:]) == {second.revision}, "forecasts went back to the old model"
+    assert [f["model_version"] for f in forecasts[switch - 1 : switch + 1]] == [1, 2]
