@@ -1,0 +1,94 @@
+"""`slaops watch` as a user runs it: one line per model or request event, or JSON lines."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from retrainer.pipeline import TrainingConfig
+from retrainer.publisher import RequestHandler
+from schemas import ModelPublished, RetrainRequested
+from slaops.store import open_store
+from slaops.watch import WatchSettings
+from tests.kafka_helpers import produce_all
+from tests.retrain_data import request_for, tenant_rows
+from tests.test_live_models import KEY, SEARCH
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def topics(bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path) -> WatchSettings:
+    """A request, an unreadable record and the model that answered the request."""
+    settings = WatchSettings(
+        bootstrap_servers=bootstrap,
+        models_topic=unique_name("models"),
+        retrain_topic=unique_name("retrain"),
+        failures_topic=unique_name("failures"),
+        decisions_topic=unique_name("decisions"),
+    )
+    uri = f"file://{tmp_path / 'models'}"
+    handler = RequestHandler(
+        store=open_store(uri),
+        store_uri=uri,
+        tenant_key=KEY,
+        training=TrainingConfig(search=SEARCH, min_rows=100),
+        replay=lambda request: tenant_rows(1_000, seed=3),
+        models_topic=settings.models_topic,
+        failures_topic=settings.failures_topic,
+        decisions_topic=settings.decisions_topic,
+    )
+    request = request_for("acme")
+    model = handler.handle(request).events[0][2]
+    assert isinstance(model, ModelPublished)
+    for topic in (settings.failures_topic, settings.decisions_topic):
+        produce_all(bootstrap, topic, [])
+    produce_all(bootstrap, settings.retrain_topic, [(b"acme", request.model_dump_json().encode())])
+    produce_all(
+        bootstrap,
+        settings.models_topic,
+        [(b"acme", b"{not an event"), (b"acme", model.model_dump_json().encode())],
+    )
+    return settings
+
+
+def run_watch(settings: WatchSettings, *flags: str) -> subprocess.CompletedProcess[str]:
+    args = [sys.executable, "-m", "slaops.cli", "watch", *flags]
+    for name in ("models_topic", "retrain_topic", "failures_topic", "decisions_topic"):
+        args += ["--" + name.replace("_", "-"), getattr(settings, name)]
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers or ""}
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_watch_prints_one_line_per_event_and_skips_unreadable_records(
+    topics: WatchSettings,
+) -> None:
+    result = run_watch(topics, "--requests", "--max-events", "2")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert sorted(line.split()[0] for line in lines) == ["MODEL", "REQUEST"]
+    model = next(line for line in lines if line.startswith("MODEL"))
+    assert "acme" in model and "v1" in model and "cold_start" in model
+    assert "f1=" in model and "log_loss=" in model and "published (challenger" in model
+    assert "unreadable record" in result.stderr
+
+
+def test_watch_json_lines_are_the_events_themselves(topics: WatchSettings) -> None:
+    result = run_watch(topics, "--requests", "--json", "--max-events", "2")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert sorted('"revision"' in line for line in lines) == [False, True]
+    for line in lines:
+        kind = ModelPublished if '"revision"' in line else RetrainRequested
+        assert kind.model_validate_json(line).tenant == "acme"
+
+
+def test_without_requests_only_models_are_shown(topics: WatchSettings) -> None:
+    result = run_watch(topics, "--max-events", "1")
+    assert result.returncode == 0, result.stderr
+    assert [line.split()[0] for line in result.stdout.splitlines()] == ["MODEL"]
