@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +104,10 @@ def messages(rows_seed: int, threshold_ms: float, n: int, start: int = 0) -> lis
     ]
 
 
+def stream_ts(message: Message) -> float:
+    return datetime.fromisoformat(json.loads(message.value() or b"")["ts"]).timestamp()
+
+
 def core_with(model: LiveModel | None, **changes: object) -> IngestCore:
     # No retrainer answers here: a request stays in flight for the whole test.
     changes.setdefault("performance", PerformanceConfig(warmup=100))
@@ -151,9 +157,22 @@ def test_hot_swap_switches_forecasts_between_batches(published) -> None:  # type
     )
     core.apply_model(newer)
     second = core.process(stream[200:])
-    import json
-
     revisions = [json.loads(v)["model_revision"] for _k, v in first.forecasts + second.forecasts]
+    forecast = json.loads(first.forecasts[0][1])
+    assert sorted(forecast) == sorted(
+        [
+            "tenant",
+            "ts",
+            "horizon",
+            "probability",
+            "breach_expected",
+            "model_revision",
+            "model_version",
+        ]
+    )
+    assert datetime.fromisoformat(forecast["ts"]).timestamp() == stream_ts(stream[0])
+    assert forecast["breach_expected"] == (forecast["probability"] >= model.threshold)
+    assert (forecast["tenant"], forecast["horizon"], forecast["model_version"]) == ("acme", 1, 1)
     assert len(revisions) == 400  # every event forecast: no gap across the swap
     assert set(revisions[:200]) == {model.revision} and set(revisions[200:]) == {"f" * 40}
     core.apply_model(model)  # an older version never replaces a newer one
