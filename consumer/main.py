@@ -8,6 +8,8 @@ import threading
 from functools import partial
 from types import FrameType
 
+import torch
+
 from consumer.checkpoint import CheckpointLog
 from consumer.core import CoreConfig, IngestCore
 from consumer.detectors import DriftConfig
@@ -93,6 +95,9 @@ def build_follower(settings: ConsumerSettings) -> ModelFollower | None:
 
 
 def build_service(settings: ConsumerSettings) -> ConsumerService:
+    # Forecasts are many tiny forward calls: one intra-op thread is fastest, and idle
+    # OpenMP workers spinning beside the poll loop cost more than they ever give back.
+    torch.set_num_threads(1)
     core = IngestCore(core_config(settings))
     tracker = DeliveryTracker(make_producer(settings))
     consumer = make_consumer(

@@ -257,11 +257,13 @@ def predict_proba(module: SlaMLP, X: np.ndarray) -> np.ndarray:
     if arr.ndim != 2:
         raise ValueError(f"X must be 2-D (n, n_features), got shape {arr.shape}")
     was_training = module.training
-    module.eval()
+    if was_training:  # switching modes walks every submodule: only when needed
+        module.eval()
     try:
-        with torch.no_grad():
+        with torch.inference_mode():
             logits = module(torch.from_numpy(arr).to(module.feature_mean.device))
     finally:
-        module.train(was_training)
+        if was_training:
+            module.train()
     probs: np.ndarray = torch.sigmoid(logits).cpu().numpy()
     return probs
