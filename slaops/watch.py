@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import TextIO
 
@@ -93,17 +94,27 @@ def watch(
     )
     start = OFFSET_BEGINNING if settings.from_beginning else OFFSET_END
     shown = 0
-    try:
+    assigned: set[str] = set()
+    checked = 0.0
+
+    def assign_new_topics() -> None:
+        """Topics created after the watcher started (no model yet) are picked up later."""
         metadata = consumer.list_topics(timeout=30)
-        consumer.assign(
-            [
-                TopicPartition(topic, partition, start)
-                for topic in kinds
-                if topic in metadata.topics
-                for partition in metadata.topics[topic].partitions
-            ]
-        )
+        new = [
+            TopicPartition(topic, partition, start)
+            for topic in kinds
+            if topic not in assigned and topic in metadata.topics
+            for partition in metadata.topics[topic].partitions
+        ]
+        if new:
+            consumer.incremental_assign(new)
+            assigned.update(tp.topic for tp in new)
+
+    try:
         while not stop.is_set():
+            if len(assigned) < len(kinds) and time.monotonic() - checked > 2.0:
+                assign_new_topics()
+                checked = time.monotonic()
             for message in consumer.consume(100, 0.2):
                 if message.error() is not None:
                     continue

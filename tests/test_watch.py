@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -92,3 +93,38 @@ def test_without_requests_only_models_are_shown(topics: WatchSettings) -> None:
     result = run_watch(topics, "--max-events", "1")
     assert result.returncode == 0, result.stderr
     assert [line.split()[0] for line in result.stdout.splitlines()] == ["MODEL"]
+
+
+def test_topics_created_after_the_watcher_started_are_picked_up(
+    bootstrap: str, unique_name: Callable[[str], str]
+) -> None:
+    settings = WatchSettings(
+        bootstrap_servers=bootstrap,
+        models_topic=unique_name("models"),
+        retrain_topic=unique_name("retrain"),
+        failures_topic=unique_name("failures"),
+        decisions_topic=unique_name("decisions"),
+    )
+    args = [sys.executable, "-m", "slaops.cli", "watch", "--requests", "--max-events", "1"]
+    for name in ("models_topic", "retrain_topic", "failures_topic", "decisions_topic"):
+        args += ["--" + name.replace("_", "-"), getattr(settings, name)]
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
+    process = subprocess.Popen(
+        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        time.sleep(3)  # the watcher is up and has found none of its topics
+        assert process.poll() is None
+        request = request_for("late-tenant")
+        produce_all(
+            bootstrap,
+            settings.retrain_topic,
+            [(b"late-tenant", request.model_dump_json().encode())],
+        )
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    assert process.returncode == 0, err
+    assert out.split()[:2] == ["REQUEST", "late-tenant"]
