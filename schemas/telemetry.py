@@ -7,6 +7,7 @@ an `InvalidTelemetry` with a stable machine-readable reason for the dead-letter 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Final
 
@@ -28,6 +29,10 @@ MAX_LATENCY_MS: Final = 3_600_000.0
 MAX_RPS: Final = 1e9
 MAX_SERVICE_LEN: Final = 128
 DEFAULT_MAX_MESSAGE_BYTES: Final = 64 * 1024
+#: Event times stay a day inside what `datetime` holds in UTC: the consumer turns them
+#: into float timestamps and back (requests, forecasts), which must not overflow.
+MIN_TS: Final = datetime(1, 1, 2, tzinfo=UTC)
+MAX_TS: Final = datetime(9999, 12, 30, tzinfo=UTC)
 
 TenantSlug = Annotated[str, StringConstraints(pattern=TENANT_PATTERN)]
 LatencyMs = Annotated[float, Field(ge=0.0, le=MAX_LATENCY_MS, allow_inf_nan=False)]
@@ -40,7 +45,9 @@ class TelemetryEvent(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
     tenant: TenantSlug
-    ts: AwareDatetime = Field(description="End of the interval, RFC 3339 with an offset.")
+    ts: AwareDatetime = Field(
+        ge=MIN_TS, le=MAX_TS, description="End of the interval, RFC 3339 with an offset."
+    )
     service: Annotated[str, StringConstraints(min_length=1, max_length=MAX_SERVICE_LEN)]
     latency_p50_ms: LatencyMs
     latency_p95_ms: LatencyMs
