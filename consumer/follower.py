@@ -131,7 +131,7 @@ class ModelFollower:
         except ModelRefused as exc:
             self.refused += 1
             log.warning(
-                "refused model tenant=%s version=%d revision=%s: %s; keeping the previous one",
+                "refused model tenant=%s version=%d revision=%r: %s; keeping the previous one",
                 event.tenant,
                 event.model_version,
                 event.revision,

@@ -89,7 +89,7 @@ def load_live_model(
     except (StoreError, ArtifactError, ValueError) as exc:
         if isinstance(exc, ModelRefused):
             raise
-        raise ModelRefused(f"cannot load revision {event.revision}: {exc}") from exc
+        raise ModelRefused(f"cannot load revision {event.revision!r}: {exc}") from exc
     return LiveModel(
         tenant=event.tenant,
         revision=event.revision,

@@ -11,15 +11,29 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from schemas.topics import TOPIC_NAME_PATTERN
 from slaops.errors import ConfigError
 from slaops.store import ModelStore, open_store
 from slaops.tenant_hash import load_or_create_local_key
 
-TopicName = Annotated[str, Field(pattern=TOPIC_NAME_PATTERN)]
+
+def _kafka_topic_name(value: str) -> str:
+    if value in (".", ".."):  # the pattern allows them; Kafka does not
+        raise ValueError("a topic may not be named '.' or '..'")
+    return value
+
+
+TopicName = Annotated[str, Field(pattern=TOPIC_NAME_PATTERN), AfterValidator(_kafka_topic_name)]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 S = TypeVar("S", bound=BaseSettings)
 
@@ -96,6 +110,14 @@ def load_settings(cls: type[S], overrides: dict[str, Any]) -> S:
             name = str(err["loc"][0]) if err["loc"] else "settings"
             problems.append(f"{name} ({setting_sources(name)}): {err['msg']}")
         raise ConfigError("invalid settings: " + "; ".join(problems)) from exc
+    except SettingsError as exc:  # a JSON-valued environment variable that does not parse
+        match = re.search(r'field "(\w+)"', str(exc))
+        if match is None:
+            raise ConfigError(f"invalid settings: {exc}") from exc
+        name = match.group(1)
+        raise ConfigError(
+            f"invalid settings: {name} ({setting_sources(name)}): not valid JSON"
+        ) from exc
 
 
 #: Settings read from the environment variables their ecosystems already use.
