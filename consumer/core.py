@@ -306,56 +306,81 @@ class IngestCore:
         replay_limit: int,
         result: BatchResult,
     ) -> None:
+        """Window a tenant's block and raise its requests, as if event by event.
+
+        Triggers are handled in event order with the window and the gate exactly as
+        they were at each one, so requests (and their ids) do not depend on where the
+        poll cut the stream: a replay after a crash, with other batches, makes the same.
+        """
         window = state.window
         cfg = self.config
         triggers: list[tuple[int, RetrainReason, str, DriftSignal | None]] = []
         if state.model is not None:
-            signal = self._forecast(state, ts, features, labels, offsets, replay_limit, result)
-            if signal is not None and state.alarm is None:
-                state.alarm = replace(
-                    signal,
-                    statistic={
-                        **signal.statistic,
-                        "alarm_ts": float(ts[signal.index]),
-                        "settle_events": float(cfg.performance.settle_events),
-                    },
-                )
-                state.alarm_wait = signal.index + cfg.performance.settle_events
-            if state.alarm is not None:
-                if state.alarm_wait < len(labels):
-                    due = replace(state.alarm, index=state.alarm_wait)
-                    triggers.append((due.index, "performance_drift", cfg.performance.detector, due))
-                    state.alarm = None
-                else:
-                    state.alarm_wait -= len(labels)
-        elif (
-            cfg.cold_start
-            and len(window) + len(labels) >= cfg.cold_start_min_events
-            and state.gate.allows(float(ts.max()))
-        ):
-            index = self._cold_start_index(window, labels)
-            if index is not None:
-                triggers.append((index, "cold_start", "cold_start", None))
-        drift = state.drift.update_block(features) if cfg.data_drift else None
-        if drift is not None:
-            triggers.append((drift.index, "data_drift", cfg.drift.detector, drift))
-        # Triggers are handled in event order with the window exactly as it was at each
-        # one, so a request does not depend on where the poll cut the stream.
+            alarms = self._forecast(state, ts, features, labels, offsets, replay_limit, result)
+            triggers += [
+                (due.index, "performance_drift", cfg.performance.detector, due)
+                for due in self._settled(state, alarms, ts, len(labels))
+            ]
+        if cfg.data_drift:
+            triggers += [
+                (signal.index, "data_drift", cfg.drift.detector, signal)
+                for signal in state.drift.update_block_all(features)
+            ]
+        triggers.sort(key=lambda t: t[0])
+        cold_start = cfg.cold_start and state.model is None
         done = 0
-        for index, reason, detector, signal in sorted(triggers, key=lambda t: t[0]):
+        while True:
+            index = triggers[0][0] if triggers else len(labels)
+            cold = self._cold_start_index(state, ts, labels, done, index) if cold_start else None
+            if cold is not None:
+                trigger: tuple[int, RetrainReason, str, DriftSignal | None] = (
+                    cold,
+                    "cold_start",
+                    "cold_start",
+                    None,
+                )
+            elif triggers:
+                trigger = triggers.pop(0)
+            else:
+                break
+            index, reason, detector, signal = trigger
             cut = index + 1
             window.extend(
-                ts[done:cut],
-                features[done:cut],
-                labels[done:cut],
-                offsets[done:cut],
-                checked=False,
+                ts[done:cut], features[done:cut], labels[done:cut], offsets[done:cut], checked=False
             )
             done = cut
             self._request(
                 state, reason, detector, signal, ts[index], offsets, index, replay_limit, result
             )
         window.extend(ts[done:], features[done:], labels[done:], offsets[done:], checked=False)
+
+    def _settled(
+        self, state: TenantState, alarms: list[DriftSignal], ts: np.ndarray, n: int
+    ) -> list[DriftSignal]:
+        """Performance alarms that fall due in this block, `settle_events` after each.
+
+        An alarm while another waits is dropped; the wait runs across blocks.
+        """
+        settle = self.config.performance.settle_events
+        due: list[DriftSignal] = []
+        for alarm in [*alarms, None]:
+            limit = n if alarm is None else alarm.index
+            if state.alarm is not None and state.alarm_wait < limit:
+                due.append(replace(state.alarm, index=state.alarm_wait))
+                state.alarm = None
+            if alarm is None:
+                break
+            if state.alarm is None:
+                statistic = {
+                    **alarm.statistic,
+                    "alarm_ts": float(ts[alarm.index]),
+                    "settle_events": float(settle),
+                }
+                state.alarm = replace(alarm, statistic=statistic)
+                state.alarm_wait = alarm.index + settle
+        if state.alarm is not None:
+            state.alarm_wait -= n
+        return due
 
     def _forecast(
         self,
@@ -366,7 +391,7 @@ class IngestCore:
         offsets: np.ndarray,
         replay_limit: int,
         result: BatchResult,
-    ) -> DriftSignal | None:
+    ) -> list[DriftSignal]:
         """Forecast the block with one model call, and score earlier forecasts.
 
         The forecast made at event t is for event t + horizon; it is scored when that
@@ -375,7 +400,7 @@ class IngestCore:
         model = state.model
         monitor = state.performance
         if model is None or monitor is None:
-            return None
+            return []
         history = state.window.features()[-model.lags :] if model.lags else _NO_ROWS
         proba = model.forecast(history, features)
         horizon = model.horizon
@@ -386,10 +411,7 @@ class IngestCore:
         state.pending_proba = combined[-horizon:]
         if self.config.publish_forecasts:
             self._emit_forecasts(state, model, ts, proba, offsets, replay_limit, result)
-        signal = monitor.update(errors)
-        if signal is None:
-            return None
-        return replace(signal, index=int(scored[signal.index]))
+        return [replace(a, index=int(scored[a.index])) for a in monitor.update(errors)]
 
     def _emit_forecasts(
         self,
@@ -428,23 +450,33 @@ class IngestCore:
             value = f'{head}{stamp}", "probability": {probability!r}, "breach_expected": {tail}'
             out.append((key, value.encode()))
 
-    def _cold_start_index(self, window: TenantWindow, labels: np.ndarray) -> int | None:
-        """Index of the first event of the block at which the window becomes trainable.
+    def _cold_start_index(
+        self, state: TenantState, ts: np.ndarray, labels: np.ndarray, start: int, stop: int
+    ) -> int | None:
+        """First event in `[start, stop)` of the block at which a cold start is due.
 
-        Counted from the window before the block; evictions inside the block are ignored,
-        which can only make a trigger a few events later than exact.
+        Due: the window (as extended up to `start`) has become trainable and the gate lets
+        a request through. Evictions inside the block are ignored, which can only make a
+        trigger a few events later than exact.
         """
+        if stop <= start:
+            return None
         cfg = self.config
-        pos = window.n_positive + np.cumsum(labels)
-        total = np.minimum(len(window) + np.arange(1, len(labels) + 1), window.capacity)
+        window = state.window
+        if len(window) + (stop - start) < cfg.cold_start_min_events:
+            return None
+        part = labels[start:stop]
+        pos = window.n_positive + np.cumsum(part)
+        total = np.minimum(len(window) + np.arange(1, len(part) + 1), window.capacity)
         ready = (
             (total >= cfg.cold_start_min_events)
             & (pos >= cfg.cold_start_min_per_class)
             & (total - pos >= cfg.cold_start_min_per_class)
         )
+        ready &= state.gate.allows_many(ts[start:stop])
         if not ready.any():
             return None
-        return int(np.argmax(ready))
+        return start + int(np.argmax(ready))
 
     def _request(
         self,

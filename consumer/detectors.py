@@ -238,11 +238,16 @@ class DataDriftMonitor:
         self._seen = 0
 
     def update_block(self, features: np.ndarray) -> DriftSignal | None:
-        """Consume events (n, 6), oldest first; return the block's first confirmed drift.
+        """Consume events (n, 6), oldest first; return the block's first confirmed drift."""
+        signals = self.update_block_all(features)
+        return signals[0] if signals else None
 
-        After a confirmed drift the monitor resets, and the rest of the block starts
-        the new warmup, so one shift yields one signal. Should the block also hold a
-        second confirmed drift, it resets the monitor too but is not returned.
+    def update_block_all(self, features: np.ndarray) -> list[DriftSignal]:
+        """Consume events (n, 6), oldest first; every confirmed drift, in event order.
+
+        After a confirmed drift the monitor resets and the rest of the block starts the
+        new warmup, so one shift yields one signal, and the signals do not depend on
+        where blocks are cut.
         """
         block = np.asarray(features)
         if block.ndim != 2 or block.shape[1] != len(FEATURES):
@@ -252,7 +257,7 @@ class DataDriftMonitor:
         if not np.isfinite(block).all():
             raise ValueError("features must be finite")
         rows = block if self._all_cols else block[:, self._cols]
-        first: DriftSignal | None = None
+        signals: list[DriftSignal] = []
         start = 0
         while start < len(rows):
             if self._warm is not None:
@@ -261,11 +266,10 @@ class DataDriftMonitor:
             found = self._detect(rows, start)
             if found is None:
                 break
-            if first is None:
-                first = found
+            signals.append(found)
             self.reset()
             start = found.index + 1
-        return first
+        return signals
 
     def _fill_warmup(self, warm: np.ndarray, rows: np.ndarray, start: int) -> int:
         take = min(len(warm) - self._warm_n, len(rows) - start)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(slots=True)
 class RequestGate:
@@ -24,6 +26,16 @@ class RequestGate:
         if self.in_flight and elapsed < self.request_timeout_s:
             return False
         return elapsed >= self.cooldown_s
+
+    def allows_many(self, ts: np.ndarray) -> np.ndarray:
+        """`allows` for each of many event times at once (the gate as it is now)."""
+        if self.last_request_ts is None:
+            return np.ones(len(ts), dtype=bool)
+        elapsed = ts - self.last_request_ts
+        allowed = elapsed >= self.cooldown_s
+        if self.in_flight:
+            allowed &= elapsed >= self.request_timeout_s
+        return allowed
 
     def record_request(self, ts: float, request_id: str | None = None) -> None:
         self.last_request_ts = ts

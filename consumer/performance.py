@@ -64,14 +64,18 @@ class ErrorRateMonitor:
     def error_rate(self) -> float:
         return self._errors / self._seen if self._seen else 0.0
 
-    def update(self, errors: np.ndarray) -> DriftSignal | None:
-        """Feed misclassifications (bool, event order); the first confirmed degradation."""
-        detector = self._detector
-        update = detector.update
+    def update(self, errors: np.ndarray) -> list[DriftSignal]:
+        """Feed misclassifications (bool, event order); every confirmed degradation.
+
+        After an alarm the detector starts afresh on the rest of the block, so the
+        alarms do not depend on where blocks are cut.
+        """
+        signals: list[DriftSignal] = []
         warmup = self.config.warmup
         adwin = self.config.detector == "adwin"
+        detector = self._detector
         for index, error in enumerate(errors.tolist()):
-            update(error)
+            detector.update(error)
             self._seen += 1
             self._errors += error
             if not detector.drift_detected or self._seen <= warmup:
@@ -80,18 +84,20 @@ class ErrorRateMonitor:
             recent = float(detector.estimation) if adwin else overall
             if adwin and recent <= overall:
                 continue  # the model got better, not worse
-            signal = DriftSignal(
-                index=index,
-                features=("error_rate",),
-                statistic={
-                    "scored": float(self._seen),
-                    "error_rate": overall,
-                    "error_rate_recent": recent,
-                },
+            signals.append(
+                DriftSignal(
+                    index=index,
+                    features=("error_rate",),
+                    statistic={
+                        "scored": float(self._seen),
+                        "error_rate": overall,
+                        "error_rate_recent": recent,
+                    },
+                )
             )
             self.reset()
-            return signal
-        return None
+            detector = self._detector
+        return signals
 
     def reset(self) -> None:
         self._detector = self.config.make()

@@ -152,3 +152,28 @@ def test_gate_cooldown_and_single_request_in_flight() -> None:
     assert gate.allows(1_000.0)  # unanswered for too long
     gate.resolve()
     assert gate.allows(100.0) and not gate.allows(99.0)
+
+
+def test_requests_do_not_depend_on_where_batches_are_cut() -> None:
+    """Repeated cold starts (no retrainer answers), data drift, several per tenant block:
+    the same requests, ids and windows whatever the batching, down to one event a batch."""
+    from simulator.model import DriftPlan, TelemetrySimulator
+
+    simulator = TelemetrySimulator(
+        3, 5, drifts=[DriftPlan(1, 500, "data", 2.0), DriftPlan(2, 700, "data", 2.0)]
+    )
+    recs = [
+        RawRecord(key, value, 0, i) for i, (key, value, _m) in enumerate(simulator.events(1_200))
+    ]
+    cfg = config(
+        cold_start=True, request_timeout_s=7_200.0, window_max_events=2_000, window_span_s=1e7
+    )
+    runs = {
+        batch: sorted(run(IngestCore(cfg), recs, batch), key=lambda r: r.source[0].end_offset)
+        for batch in (len(recs), 997, 64, 1)
+    }
+    reference = runs.pop(len(recs))
+    reasons = [r.reason for r in reference]
+    assert reasons.count("cold_start") >= 6 and "data_drift" in reasons  # repeats included
+    for batch, requests in runs.items():
+        assert requests == reference, f"batch of {batch} differs"
