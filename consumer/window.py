@@ -19,7 +19,7 @@ when it reaches the front.
 
 from __future__ import annotations
 
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -34,11 +34,12 @@ _S = TypeVar("_S", bound=np.generic)
 DEFAULT_CAPACITY: Final = 1_440
 #: Rows allocated on the first append: enough for a handful of batches.
 _MIN_ALLOC: Final = 16
+_MAX_DELTA: Final = 2**32 - 1
 
 
 def row_nbytes(n_features: int = len(FEATURES)) -> int:
     """Bytes one event occupies across the four columns (for memory budgets)."""
-    return 8 + 4 * n_features + 1 + 8
+    return 8 + 4 * n_features + 1 + 4
 
 
 class TenantWindow:
@@ -61,6 +62,7 @@ class TenantWindow:
         "_features",
         "_labels",
         "_offsets",
+        "_offset_base",
         "_head",
         "_size",
         "_n_positive",
@@ -69,7 +71,10 @@ class TenantWindow:
     _ts: NDArray[np.float64]
     _features: NDArray[np.float32]
     _labels: NDArray[np.bool_]
-    _offsets: NDArray[np.int64]
+    #: Offsets minus `_offset_base`, as uint32 (4 bytes a row instead of 8: a tenant's
+    #: window spans far fewer than 2**32 offsets of its partition); int64 if ever not.
+    _offsets: NDArray[Any]
+    _offset_base: int
     _head: int
     _size: int
     _n_positive: int
@@ -169,14 +174,16 @@ class TenantWindow:
         """Offset of the oldest arrival still held: where a replay of this window starts."""
         if self._size == 0:
             return None
-        return int(self._offsets[self._head])
+        return self._offset_base + int(self._offsets[self._head])
 
     @property
     def newest_offset(self) -> int | None:
         """Offset of the newest arrival still held."""
         if self._size == 0:
             return None
-        return int(self._offsets[(self._head + self._size - 1) % self.allocated])
+        return self._offset_base + int(
+            self._offsets[(self._head + self._size - 1) % self.allocated]
+        )
 
     @property
     def newest_ts(self) -> float | None:
@@ -211,7 +218,9 @@ class TenantWindow:
         return self._ordered(self._labels)
 
     def offsets(self) -> NDArray[np.int64]:
-        return self._ordered(self._offsets)
+        out = self._ordered(self._offsets).astype(np.int64)
+        out += self._offset_base
+        return out
 
     # -- internals -----------------------------------------------------------------
 
@@ -219,7 +228,8 @@ class TenantWindow:
         self._ts = np.empty(0, dtype=np.float64)
         self._features = np.empty((0, self._n_features), dtype=np.float32)
         self._labels = np.empty(0, dtype=np.bool_)
-        self._offsets = np.empty(0, dtype=np.int64)
+        self._offsets = np.empty(0, dtype=np.uint32)
+        self._offset_base = 0
         self._head = 0
         self._size = 0
         self._n_positive = 0
@@ -263,12 +273,12 @@ class TenantWindow:
         ts_b = np.empty(new_alloc, dtype=np.float64)
         feat_b = np.empty((new_alloc, self._n_features), dtype=np.float32)
         lab_b = np.empty(new_alloc, dtype=np.bool_)
-        off_b = np.empty(new_alloc, dtype=np.int64)
+        off_b = np.empty(new_alloc, dtype=self._offsets.dtype)
         size = self._size
         ts_b[:size] = self.ts()
         feat_b[:size] = self.features()
         lab_b[:size] = self.labels()
-        off_b[:size] = self.offsets()
+        off_b[:size] = self._ordered(self._offsets)
         self._ts, self._features, self._labels, self._offsets = ts_b, feat_b, lab_b, off_b
         self._head = 0
 
@@ -280,6 +290,7 @@ class TenantWindow:
         offsets: NDArray[np.int64],
     ) -> None:
         """Copy a block that fits (after eviction and growth) behind the newest row."""
+        offsets = self._relative(offsets)
         alloc = self.allocated
         m = ts.shape[0]
         start = (self._head + self._size) % alloc
@@ -295,6 +306,22 @@ class TenantWindow:
                 buf[: m - first] = block[first:]
         self._size += m
         self._n_positive += int(np.count_nonzero(labels))
+
+    def _relative(self, offsets: NDArray[np.int64]) -> NDArray[Any]:
+        """`offsets - _offset_base` in the buffer's dtype, rebasing first if they do not fit."""
+        lo, hi = int(offsets.min()), int(offsets.max())
+        base = self._offset_base
+        if self._size == 0 or lo < base or hi - base > _MAX_DELTA:
+            held = self.offsets()
+            new_base = min(lo, int(held.min())) if len(held) else lo
+            top = max(hi, int(held.max())) if len(held) else hi
+            dtype = np.uint32 if top - new_base <= _MAX_DELTA else np.int64
+            # The whole physical ring shifts; rows outside the live part are never read.
+            shifted = self._offsets.astype(np.int64) + (base - new_base)
+            self._offsets = shifted.astype(dtype)
+            self._offset_base = new_base
+        out = offsets - self._offset_base
+        return out.astype(self._offsets.dtype, copy=False)
 
     def _segments(self, count: int) -> tuple[slice, slice]:
         """Physical slices of the `count` oldest rows: up to the buffer end, then wrapped."""

@@ -263,8 +263,8 @@ def test_full_window_nbytes_is_exact() -> None:
     w = TenantWindow(capacity, span_s=1e9)
     w.extend(*block([float(i) for i in range(3 * capacity)], n_features=N_FEATURES))
     assert len(w) == capacity
-    assert w.nbytes == capacity * (8 + 4 * N_FEATURES + 1 + 8)
-    assert row_nbytes() == 41
+    assert w.nbytes == capacity * (8 + 4 * N_FEATURES + 1 + 4)
+    assert row_nbytes() == 37
 
 
 def test_buffers_grow_geometrically_and_never_past_capacity() -> None:
@@ -285,7 +285,7 @@ def test_ten_thousand_full_default_windows_fit_well_under_a_gib() -> None:
     w.extend(*block([float(i) for i in range(DEFAULT_CAPACITY)], n_features=N_FEATURES))
     assert DEFAULT_CAPACITY == 1_440
     total = 10_000 * w.nbytes
-    assert total == 10_000 * 1_440 * 41
+    assert total == 10_000 * 1_440 * 37
     assert total < 0.8 * GIB
 
 
@@ -316,3 +316,21 @@ def test_many_empty_tenants_cost_no_buffer_memory() -> None:
 
 def test_docstring_examples() -> None:
     assert doctest.testmod(window_mod).failed == 0
+
+
+@pytest.mark.parametrize(
+    "offsets",
+    [
+        [5, 2**32 + 9, 2**33],  # wider than uint32 deltas: the window widens its column
+        [2**40, 2**40 - 7, 2**40 + 3],  # below the base: the window rebases
+        [0, 1, 2**32 - 1],
+    ],
+)
+def test_offsets_survive_rebasing_and_widening(offsets: list[int]) -> None:
+    w = TenantWindow(capacity=8, span_s=1e9, n_features=1)
+    held: list[int] = []
+    for i, offset in enumerate(offsets):
+        w.extend([float(i)], [[0.0]], [0], [offset])
+        held.append(offset)
+        assert w.offsets().tolist() == held
+    assert (w.oldest_offset, w.newest_offset) == (offsets[0], offsets[-1])
