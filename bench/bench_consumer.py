@@ -161,12 +161,17 @@ def bench_raw_consume(bootstrap: str, data: list[tuple[bytes, bytes]]) -> float:
 
 
 def bench_end_to_end(
-    bootstrap: str, data: list[tuple[bytes, bytes]], batch: int, *, forecasting: bool = False
+    bootstrap: str,
+    data: list[tuple[bytes, bytes]],
+    batch: int,
+    *,
+    forecasting: bool = False,
+    publish: bool = False,
 ) -> dict:
     """Produce `data`, then time the consumer until all is processed and committed.
 
-    With `forecasting`, every tenant has a live model and every forecast is published
-    to its topic (and acknowledged before the commit), as the demo runs it.
+    With `forecasting`, every tenant has a live model; with `publish` too, every forecast
+    is published to its topic (and acknowledged before the commit), as the demo runs it.
     """
     suffix = uuid.uuid4().hex[:8]
     settings = ConsumerSettings(
@@ -181,7 +186,7 @@ def bench_end_to_end(
         batch_size=batch,
         poll_timeout_s=0.2,
         follow_models=False,
-        publish_forecasts=forecasting,
+        publish_forecasts=publish,
         forecasts_topic=f"bench.forecasts.{suffix}",
     )
     ensure_topics(settings, topic_specs(settings))
@@ -285,9 +290,12 @@ def main() -> None:
     with kafka_bootstrap() as bootstrap:
         figures["raw_consume_per_s"] = bench_raw_consume(bootstrap, data[: args.e2e_events])
         figures |= bench_end_to_end(bootstrap, data[: args.e2e_events], batch)
-        e2e_forecast = bench_end_to_end(bootstrap, data[: args.e2e_events], batch, forecasting=True)
-        figures["e2e_forecast_per_s"] = e2e_forecast["e2e_per_s"]
-        figures["e2e_forecast_cost"] = 1.0 - figures["e2e_forecast_per_s"] / figures["e2e_per_s"]
+        for name, publish in (("forecast", False), ("forecast_publish", True)):
+            run = bench_end_to_end(
+                bootstrap, data[: args.e2e_events], batch, forecasting=True, publish=publish
+            )
+            figures[f"e2e_{name}_per_s"] = run["e2e_per_s"]
+            figures[f"e2e_{name}_cost"] = 1.0 - run["e2e_per_s"] / figures["e2e_per_s"]
     figures |= bench_memory(args.memory_tenants)
     if args.json:
         print(json.dumps(figures))
@@ -315,8 +323,14 @@ def main() -> None:
             f"{figures['e2e_per_s']:,.0f} ev/s  (target >= 50,000)",
         ),
         (
+            "end to end, live models",
+            f"{figures['e2e_forecast_per_s']:,.0f} ev/s  (cost {figures['e2e_forecast_cost']:.0%},"
+            " target <= 30%)",
+        ),
+        (
             "end to end, live models + forecasts published",
-            f"{figures['e2e_forecast_per_s']:,.0f} ev/s  (cost {figures['e2e_forecast_cost']:.0%})",
+            f"{figures['e2e_forecast_publish_per_s']:,.0f} ev/s  "
+            f"(cost {figures['e2e_forecast_publish_cost']:.0%})",
         ),
         (
             f"RSS, {args.memory_tenants:,} tenants with full windows",
