@@ -37,6 +37,7 @@ class TenantView:
     failed: int = 0
     search_started: float | None = None
     search_seconds: list[float] = field(default_factory=list)
+    answered: set[str] = field(default_factory=set)
 
 
 class DemoState:
@@ -59,6 +60,9 @@ class DemoState:
                 view.requests.append(event)
                 view.search_started = view.search_started or time.monotonic()
                 return
+            answered = getattr(event, "request_event_id", None)
+            if answered is not None:
+                view.answered.add(answered)
             if isinstance(event, ModelPublished):
                 view.models.append(event)
             elif isinstance(event, ChampionKept):
@@ -70,10 +74,12 @@ class DemoState:
                 view.search_started = None
 
     def all_answered(self) -> bool:
-        """Every request seen has its answer (a model, a kept champion or a failure)."""
+        """Each tenant's newest request has its answer (a model, a kept champion or a
+        failure); older ones may have been coalesced into it."""
         with self.lock:
             return all(
-                len(v.requests) <= len(v.models) + v.kept + v.failed for v in self.tenants.values()
+                not v.requests or v.requests[-1].event_id in v.answered
+                for v in self.tenants.values()
             )
 
     def models_of(self, tenant: str) -> list[ModelPublished]:
@@ -143,6 +149,7 @@ def summary_rows(
             "detected_at_event": None,
             "requested_at_event": None,
             "retrain_reason": None,
+            "requests": [r.reason for r in view.requests],
             "models": len(view.models),
             "search_s": round(max(view.search_seconds), 1) if view.search_seconds else None,
             "old_f1_post_drift": None,

@@ -76,9 +76,11 @@ def test_quick_demo_retrains_only_the_drifted_tenant_and_the_new_model_wins(
     assert drifted["retrain_reason"] == "performance_drift"
     assert drifted["drift_at_event"] < drifted["detected_at_event"] <= drifted["requested_at_event"]
     assert drifted["models"] == 2
+    assert drifted["requests"] == ["cold_start", "performance_drift"]
     assert drifted["new_f1_post_drift"] > drifted["old_f1_post_drift"]
     for tenant, row in rows.items():
         assert (row["retrain_reason"], row["models"]) == (None, 1), tenant
+        assert row["requests"] == ["cold_start"], tenant
         assert row["drift_at_event"] is None, tenant
 
 
