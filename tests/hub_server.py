@@ -141,6 +141,11 @@ class HubServer:
         """Run ``callback`` once, just before handling the next (matching) request."""
         self._add_fault(_Fault("call", 1, path_contains, callback=callback))
 
+    def pending_faults(self) -> int:
+        """Injected faults not yet served (0: every one hit a client request)."""
+        with self._lock:
+            return sum(f.remaining for f in self._faults)
+
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
