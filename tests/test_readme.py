@@ -44,3 +44,17 @@ def test_ci_runs_the_readme_test_command_which_installs_torch_first() -> None:
     assert command.index("torch==2.13.0") < command.index("-e '.[dev]'")
     assert "pytest" in command and "ruff check" in command and "mypy" in command
     assert "test-command" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_every_test_the_guarantees_cite_exists() -> None:
+    text = (ROOT / "docs" / "guarantees.md").read_text()
+    cited = re.findall(r"`(tests/[\w/]+\.py)((?:::\w+)?)`", text)
+    names = re.findall(r"`::(\w+)`", text)
+    assert len(cited) >= 10
+    sources = {path: (ROOT / path).read_text() for path, _name in cited}
+    for path, name in cited:
+        if name:
+            assert f"def {name[2:]}(" in sources[path], f"{path}{name} is cited but missing"
+    everything = "".join(sources.values())
+    for name in names:
+        assert f"def {name}(" in everything, f"::{name} is cited but missing"
