@@ -10,6 +10,7 @@ on post-drift telemetry that was never sent.
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import logging
@@ -40,6 +41,7 @@ from slaops.demo_view import DemoState, dashboard, summary_rows, summary_table
 from slaops.embedded import embedded_broker
 from slaops.kafka import DeliveryTracker, ensure_topics, make_producer
 from slaops.settings import ServiceSettings
+from slaops.store import ModelStore
 from slaops.watch import WatchSettings, watch
 
 log = logging.getLogger(__name__)
@@ -192,7 +194,10 @@ class DemoRun:
         )
         self.state = DemoState(list(self.simulator.tenants))
 
-    def execute(self, stop: threading.Event) -> int:
+    def _story(
+        self, stop: threading.Event
+    ) -> tuple[bool, list[tuple[bytes, bytes, EventMeta]], ModelStore]:
+        """Run the services through both phases; whether the story completed."""
         ensure_topics(self.consumer_settings, consumer_topics(self.consumer_settings))
         ensure_topics(self.retrainer_settings, retrainer_topics(self.retrainer_settings))
         consumer = build_consumer(self.consumer_settings)
@@ -260,7 +265,14 @@ class DemoRun:
             for thread in threads:
                 thread.join(timeout=60)
         evaluation = [e for e in events if e[2].index >= plan.sent]
-        rows = summary_rows(self.state, self.simulator, evaluation, retrainer.handler.store)
+        return ok, evaluation, retrainer.handler.store
+
+    def execute(self, stop: threading.Event) -> int:
+        ok, evaluation, store = self._story(stop)
+        # The services' Kafka clients go with `_story`'s frame, while the broker still
+        # runs: a client that outlives it prints reconnect errors under the summary.
+        gc.collect()
+        rows = summary_rows(self.state, self.simulator, evaluation, store)
         self.console.print(summary_table(rows))
         if self.settings.summary_json is not None:
             self.settings.summary_json.write_text(json.dumps(rows, indent=2) + "\n")
