@@ -36,13 +36,13 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition 
 
 from bench._data import telemetry_bytes  # noqa: E402
 from consumer.core import CoreConfig, IngestCore  # noqa: E402
+from consumer.live_model import LiveModel  # noqa: E402
 from consumer.main import build_service, topic_specs  # noqa: E402
-from consumer.models import LiveModel  # noqa: E402
 from consumer.settings import ConsumerSettings  # noqa: E402
+from kernel.artifacts import ModelCard  # noqa: E402
+from kernel.kafka import ensure_topics  # noqa: E402
+from kernel.mlp import SlaMLP  # noqa: E402
 from schemas import FEATURES, TelemetryEvent  # noqa: E402
-from slaops.artifacts import ModelCard  # noqa: E402
-from slaops.kafka import ensure_topics  # noqa: E402
-from slaops.model import SlaMLP  # noqa: E402
 from tests.broker import kafka_bootstrap  # noqa: E402
 from tests.kafka_helpers import produce_all  # noqa: E402
 

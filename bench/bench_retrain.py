@@ -45,12 +45,12 @@ from joblib import Parallel, delayed  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
 
 import retrainer.pipeline as pipeline  # noqa: E402
+from kernel.kafka import TopicSpec, ensure_topics  # noqa: E402
 from retrainer.main import build_service, topic_specs  # noqa: E402
 from retrainer.publisher import Outcome  # noqa: E402
 from retrainer.search import SearchResult  # noqa: E402
 from retrainer.settings import RetrainerSettings  # noqa: E402
 from schemas import ModelPublished, RetrainRequested, retrain_event_id  # noqa: E402
-from slaops.kafka import TopicSpec, ensure_topics  # noqa: E402
 from tests.broker import kafka_bootstrap  # noqa: E402
 from tests.kafka_helpers import produce_all, read_topic  # noqa: E402
 from tests.retrain_data import telemetry_messages, tenant_rows  # noqa: E402
@@ -71,7 +71,7 @@ def _cpu_seconds() -> float:
 
 def _warm_fit(seed: int) -> float:
     """One tiny fit: imports torch, scikit-learn, skorch and runs torch's lazy set-up."""
-    from retrainer.search import SlaNet
+    from retrainer.estimator import SlaNet
 
     started = time.perf_counter()
     rng = np.random.default_rng(seed)

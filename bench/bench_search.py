@@ -38,9 +38,9 @@ from joblib import Parallel, delayed  # noqa: E402
 from sklearn.metrics import log_loss, make_scorer  # noqa: E402
 from sklearn.model_selection import GridSearchCV, TimeSeriesSplit  # noqa: E402
 
+from kernel.mlp import SlaMLP  # noqa: E402
 from retrainer.dataset import build_pairs, time_split  # noqa: E402
 from retrainer.search import SearchConfig, SearchResult, run_search  # noqa: E402
-from slaops.model import SlaMLP  # noqa: E402
 
 
 def synthetic_window(n_rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -18,8 +18,8 @@ from collections.abc import Iterable
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from slaops.errors import BrokerError
-from slaops.kafka import DeliveryTracker
+from kernel.errors import BrokerError
+from kernel.kafka import DeliveryTracker
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,10 @@ import numpy as np
 
 from consumer.detectors import DataDriftMonitor, DriftConfig, DriftSignal
 from consumer.gate import RequestGate
-from consumer.models import LiveModel
+from consumer.live_model import LiveModel
 from consumer.performance import ErrorRateMonitor, PerformanceConfig
 from consumer.window import DEFAULT_CAPACITY, TenantWindow
+from kernel.kafka import KafkaRecord
 from schemas import (
     DeadLetter,
     DetectorDetails,
@@ -35,7 +36,6 @@ from schemas import (
     retrain_event_id,
 )
 from schemas.telemetry import FEATURES
-from slaops.kafka import KafkaRecord
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 from pydantic import ValidationError
 
-from consumer.models import LiveModel, ModelRefused
+from consumer.live_model import LiveModel, ModelRefused
 from schemas import ChampionKept, ModelPublished, RetrainFailed
 
 log = logging.getLogger(__name__)

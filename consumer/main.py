@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 from functools import partial
-from types import FrameType
 
 import torch
 
@@ -14,12 +12,12 @@ from consumer.checkpoint import CheckpointLog
 from consumer.core import CoreConfig, IngestCore
 from consumer.detectors import DriftConfig
 from consumer.follower import ModelFollower
-from consumer.models import load_live_model
+from consumer.live_model import load_live_model
 from consumer.performance import PerformanceConfig
 from consumer.service import ConsumerService
 from consumer.settings import ConsumerSettings
-from slaops.embedded import embedded_broker
-from slaops.kafka import (
+from kernel.embedded import embedded_broker
+from kernel.kafka import (
     DeliveryTracker,
     TopicSpec,
     base_config,
@@ -27,6 +25,7 @@ from slaops.kafka import (
     make_consumer,
     make_producer,
 )
+from kernel.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -122,15 +121,6 @@ def build_service(settings: ConsumerSettings) -> ConsumerService:
         batch_size=settings.batch_size,
         poll_timeout_s=settings.poll_timeout_s,
     )
-
-
-def stop_on_signals(stop: threading.Event) -> None:
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal %d: finishing the current batch and stopping", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
 
 
 def run_consumer(settings: ConsumerSettings, stop: threading.Event | None = None) -> int:

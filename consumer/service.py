@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from consumer.checkpoint import CheckpointLog, choose_replay_from
 from consumer.core import BatchResult, IngestCore
 from consumer.follower import ModelFollower
-from slaops.kafka import DeliveryTracker, KafkaRecord
+from kernel.kafka import DeliveryTracker, KafkaRecord
 
 log = logging.getLogger(__name__)
 

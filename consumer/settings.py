@@ -7,9 +7,9 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from consumer.window import DEFAULT_CAPACITY
+from kernel.settings import StoreSettings, TopicName
 from schemas import topics
 from schemas.telemetry import DEFAULT_MAX_MESSAGE_BYTES
-from slaops.settings import StoreSettings, TopicName
 
 
 class ConsumerSettings(StoreSettings):

@@ -29,9 +29,9 @@ from typing import Final
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from kernel.errors import SlaopsError
+from kernel.mlp import stack_lags
 from schemas.telemetry import FEATURES
-from slaops.errors import SlaopsError
-from slaops.model import stack_lags
 
 #: Fewest supervised pairs worth a search unless the caller says otherwise.
 DEFAULT_MIN_ROWS: Final = 100

@@ -5,16 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from consumer.main import stop_on_signals
-from retrainer.pipeline import TrainingConfig
-from retrainer.publisher import RequestHandler
-from retrainer.replay import TenantRows, replay_ranges
-from retrainer.search import SearchConfig, default_grid
-from retrainer.service import RetrainerService
-from retrainer.settings import RetrainerSettings
-from schemas import RetrainRequested
-from slaops.embedded import embedded_broker
-from slaops.kafka import (
+from kernel.embedded import embedded_broker
+from kernel.kafka import (
     DeliveryTracker,
     TopicSpec,
     base_config,
@@ -22,6 +14,14 @@ from slaops.kafka import (
     make_consumer,
     make_producer,
 )
+from kernel.signals import stop_on_signals
+from retrainer.pipeline import TrainingConfig
+from retrainer.publisher import RequestHandler
+from retrainer.replay import TenantRows, replay_ranges
+from retrainer.search import SearchConfig, default_grid
+from retrainer.service import RetrainerService
+from retrainer.settings import RetrainerSettings
+from schemas import RetrainRequested
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from kernel.artifacts import ModelArtifacts, ModelCard, serialize_model
+from kernel.mlp import SlaMLP
 from retrainer.dataset import SupervisedSet, build_pairs
+from retrainer.metrics import evaluate
 from retrainer.replay import TenantRows
-from retrainer.search import SearchConfig, SearchResult, evaluate, run_search
+from retrainer.search import SearchConfig, SearchResult, run_search
 from schemas import ChampionDecision, RetrainRequested
-from slaops.artifacts import ModelArtifacts, ModelCard, serialize_model
-from slaops.model import SlaMLP
 
 CHAMPION_RULE = "holdout_log_loss"
 _VERSIONED = ("slaops", "torch", "scikit-learn", "skorch", "numpy")

@@ -18,13 +18,13 @@ from typing import Literal
 
 from pydantic import BaseModel, SecretStr
 
+from kernel.artifacts import ArtifactError, ModelCard, load_model, sha256_hex
+from kernel.store import ModelStore, PublishedFiles
+from kernel.tenant_hash import tenant_hash
 from retrainer.dataset import DatasetError
 from retrainer.pipeline import Champion, TrainingConfig, finite, train_and_decide
 from retrainer.replay import ReplayError, TenantRows
 from schemas import ChampionKept, ModelPublished, RetrainFailed, RetrainRequested
-from slaops.artifacts import ArtifactError, ModelCard, load_model, sha256_hex
-from slaops.store import ModelStore, PublishedFiles
-from slaops.tenant_hash import tenant_hash
 
 log = logging.getLogger(__name__)
 

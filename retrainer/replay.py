@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from kernel.errors import SlaopsError
 from schemas import FEATURES, InvalidTelemetry, OffsetRange, parse_telemetry
-from slaops.errors import SlaopsError
 
 log = logging.getLogger(__name__)
 

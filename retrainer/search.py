@@ -3,7 +3,7 @@
 `run_search` holds out the newest slice of the pairs (`time_split`), searches the
 rest with scikit-learn (`GridSearchCV`, `RandomizedSearchCV` or
 `HalvingGridSearchCV`) over :class:`SlaNet`, a skorch `NeuralNetBinaryClassifier`
-around :class:`~slaops.model.SlaMLP`, cross-validated with `TimeSeriesSplit` (never
+around :class:`~kernel.mlp.SlaMLP`, cross-validated with `TimeSeriesSplit` (never
 shuffled, so every validation row is newer than every row trained on), picks the
 decision threshold on the validation folds, and measures the refit winner on the
 holdout with `evaluate` -- the same function the champion is measured with.
@@ -24,27 +24,17 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 import numpy as np
-import torch
 from numpy.typing import NDArray
 from sklearn.base import clone
 from sklearn.experimental import enable_halving_search_cv  # noqa: F401
 from sklearn.metrics import (
-    average_precision_score,
-    brier_score_loss,
-    confusion_matrix,
-    f1_score,
     log_loss,
     make_scorer,
-    precision_recall_curve,
-    precision_score,
-    recall_score,
-    roc_auc_score,
 )
 from sklearn.model_selection import (
     GridSearchCV,
@@ -53,13 +43,12 @@ from sklearn.model_selection import (
     TimeSeriesSplit,
     cross_validate,
 )
-from skorch import NeuralNetBinaryClassifier
-from skorch.callbacks import EpochTimer, PassthroughScoring, PrintLog
-from skorch.utils import is_dataset
 
+from kernel.artifacts import predict_proba
+from kernel.mlp import SlaMLP
 from retrainer.dataset import DatasetError, DatasetReason, SupervisedSet, time_split
-from slaops.artifacts import predict_proba
-from slaops.model import SlaMLP
+from retrainer.estimator import SlaNet
+from retrainer.metrics import evaluate, f1_threshold
 
 log = logging.getLogger(__name__)
 
@@ -73,205 +62,6 @@ DEFAULT_GRID: Final[Mapping[str, tuple[Any, ...]]] = {
     "module__hidden_layers": (1, 2, 3),
     "module__width": (32, 64),
 }
-#: Rows per forward pass when predicting (training uses `batch_size`).
-_PREDICT_CHUNK: Final = 65_536
-
-
-# --------------------------------------------------------------------------- estimator
-
-
-class _ArrayDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor | None]]):
-    """Whole-array tensors (float32 X, float32 y or None), built once per fit or predict."""
-
-    def __init__(self, X: torch.Tensor, y: torch.Tensor | None) -> None:
-        self.X = X
-        self.y = y
-
-    def __len__(self) -> int:
-        return int(self.X.shape[0])
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.X[i], None if self.y is None else self.y[i]
-
-
-class _Batches:
-    """Re-iterable mini-batches sliced from `_ArrayDataset` tensors (no per-row collate).
-
-    When `shuffle`, each pass draws a fresh permutation from torch's global RNG, which
-    `SlaNet.fit` seeds, so batches are reproducible.
-    """
-
-    def __init__(self, data: _ArrayDataset, batch_size: int, shuffle: bool) -> None:
-        self.data = data
-        self.batch_size = max(1, batch_size)
-        self.shuffle = shuffle
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.data) / self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        X, y = self.data.X, self.data.y
-        n = int(X.shape[0])
-        if self.shuffle and n > 1:
-            perm = torch.randperm(n)
-            X = X[perm]
-            y = None if y is None else y[perm]
-        for start in range(0, n, self.batch_size):
-            stop = start + self.batch_size
-            yield X[start:stop], None if y is None else y[start:stop]
-
-
-def _as_tensor(values: Any) -> torch.Tensor:
-    """float32 tensor sharing memory with `values` where possible (copied if read-only)."""
-    arr = np.asarray(values, dtype=np.float32)
-    if not arr.flags.writeable:
-        arr = arr.copy()
-    return torch.as_tensor(arr)
-
-
-@contextmanager
-def _torch_threads(n_threads: int | None) -> Iterator[None]:
-    """Run with `n_threads` intra-op threads, restoring the previous count afterwards."""
-    previous = torch.get_num_threads()
-    if n_threads is not None and n_threads != previous:
-        torch.set_num_threads(n_threads)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != previous:
-            torch.set_num_threads(previous)
-
-
-class SlaNet(NeuralNetBinaryClassifier):
-    """skorch binary classifier around `SlaMLP`, made for cross-validated search.
-
-    Per `fit`, from the data passed to that fit only:
-
-    * the module's normalisation buffers get the column mean/std of `X`
-      (`feature_mean_`, `feature_std_`), and `module__n_features` defaults to `X`'s width;
-    * with `balance_classes`, `criterion__pos_weight` defaults to n_neg / n_pos
-      (`pos_weight_`; 1.0 when a class is missing), unless given explicitly;
-    * torch's RNG is seeded with `seed` (inside `torch.random.fork_rng`, so the
-      caller's RNG state is untouched) and torch runs `num_threads` threads (one per
-      joblib worker by default; the caller's setting is restored afterwards).
-
-    Data is fed from whole tensors sliced into batches (no per-row `Dataset` and
-    `DataLoader` collate); training batches are shuffled per epoch. `train_split`
-    defaults to None: the cross-validation around the net is the validation.
-
-    Parameters route the skorch way: `lr`, `max_epochs`, `batch_size`,
-    `module__hidden_layers`, `module__width`, `module__dropout`, `module__activation`,
-    `optimizer__weight_decay`, ...
-    """
-
-    def __init__(
-        self,
-        module: type[torch.nn.Module] | torch.nn.Module = SlaMLP,
-        *,
-        criterion: type[torch.nn.Module] = torch.nn.BCEWithLogitsLoss,
-        optimizer: type[torch.optim.Optimizer] = torch.optim.Adam,
-        lr: float = 1e-3,
-        max_epochs: int = 20,
-        batch_size: int = 256,
-        train_split: Any = None,
-        verbose: int = 0,
-        seed: int = 0,
-        balance_classes: bool = True,
-        num_threads: int | None = 1,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            module,
-            criterion=criterion,
-            optimizer=optimizer,
-            lr=lr,
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            train_split=train_split,
-            verbose=verbose,
-            **kwargs,
-        )
-        self.seed = seed
-        self.balance_classes = balance_classes
-        self.num_threads = num_threads
-
-    @property
-    def _default_callbacks(self) -> list[tuple[str, Any]]:
-        # skorch's, less `valid_acc`: under CV there is no internal validation set to
-        # score (`valid_loss` stays for callers who do set a `train_split`).
-        return [
-            ("epoch_timer", EpochTimer()),
-            ("train_loss", PassthroughScoring(name="train_loss", on_train=True)),
-            ("valid_loss", PassthroughScoring(name="valid_loss")),
-            ("print_log", PrintLog()),
-        ]
-
-    def fit(self, X: Any, y: Any = None, **fit_params: Any) -> SlaNet:
-        # Nothing learned from an earlier fit may leak into this one.
-        self.feature_mean_ = self.feature_std_ = self.pos_weight_ = None
-        if not is_dataset(X):
-            X_arr = np.asarray(X, dtype=np.float32)
-            if X_arr.ndim != 2:
-                raise ValueError(f"X must be 2-D, got shape {X_arr.shape}")
-            self.n_features_in_ = int(X_arr.shape[1])
-            self.feature_mean_ = X_arr.mean(axis=0, dtype=np.float64).astype(np.float32)
-            self.feature_std_ = X_arr.std(axis=0, dtype=np.float64).astype(np.float32)
-            if y is not None:
-                y_arr = np.asarray(y)
-                n_pos = int(np.count_nonzero(y_arr))
-                n_neg = int(y_arr.shape[0]) - n_pos
-                self.pos_weight_ = n_neg / n_pos if n_pos and n_neg else 1.0
-            X = X_arr
-        with _torch_threads(self.num_threads), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            super().fit(X, y, **fit_params)
-        return self
-
-    def initialize_module(self) -> SlaNet:
-        kwargs = self.get_params_for("module")
-        n_features = getattr(self, "n_features_in_", None)
-        if n_features is not None and "n_features" not in kwargs and isinstance(self.module, type):
-            kwargs["n_features"] = n_features
-        self.module_ = self.initialized_instance(self.module, kwargs)
-        mean, std = getattr(self, "feature_mean_", None), getattr(self, "feature_std_", None)
-        if mean is not None and std is not None and hasattr(self.module_, "set_normalization"):
-            self.module_.set_normalization(mean, std)
-        return self
-
-    def initialize_criterion(self) -> SlaNet:
-        kwargs = self.get_params_for("criterion")
-        pos_weight = getattr(self, "pos_weight_", None)
-        if self.balance_classes and pos_weight is not None and "pos_weight" not in kwargs:
-            kwargs["pos_weight"] = torch.tensor(pos_weight, dtype=torch.float32)
-        self.criterion_ = self.initialized_instance(self.criterion, kwargs)
-        return self
-
-    def _set_training(self, training: bool = True) -> None:
-        # skorch flips every module's mode on every batch; skip the recursive
-        # `train()` walk when the mode is already right (it is, after the first batch).
-        for name in self._modules + self._criteria:
-            module = getattr(self, name + "_")
-            if isinstance(module, torch.nn.Module) and module.training != training:
-                module.train(training)
-
-    def get_dataset(self, X: Any, y: Any = None) -> Any:
-        if is_dataset(X):
-            return super().get_dataset(X, y)
-        y_t = None if y is None else _as_tensor(y)
-        return _ArrayDataset(_as_tensor(X), y_t)
-
-    def get_iterator(self, dataset: Any, training: bool = False) -> Any:
-        if not isinstance(dataset, _ArrayDataset):
-            return super().get_iterator(dataset, training=training)
-        if training:
-            batch_size = self.get_params_for("iterator_train").get("batch_size", self.batch_size)
-            if batch_size == -1:
-                batch_size = len(dataset)
-            return _Batches(dataset, batch_size, shuffle=True)
-        return _Batches(dataset, _PREDICT_CHUNK, shuffle=False)
-
-
-# --------------------------------------------------------------------------- search
 
 
 def default_grid() -> dict[str, list[Any]]:
@@ -459,21 +249,6 @@ def _cv_table(cv_results: Mapping[str, Any], scoring: str) -> list[dict[str, Any
     return rows
 
 
-def f1_threshold(y_true: NDArray[Any], proba: NDArray[Any], default: float = 0.5) -> float:
-    """The probability threshold (predict breach when `proba >= t`) maximising F1.
-
-    Falls back to `default` when `y_true` holds no breach. Ties go to the lowest threshold.
-    """
-    y = np.asarray(y_true).astype(bool)
-    if not y.any():
-        return default
-    precision, recall, thresholds = precision_recall_curve(y, np.asarray(proba, np.float64))
-    p, r = precision[:-1], recall[:-1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f1 = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
-    return float(thresholds[int(np.argmax(f1))])
-
-
 def _choose_threshold(
     best: SlaNet,
     X: NDArray[np.float32],
@@ -503,39 +278,6 @@ def _choose_threshold(
         ]
     )
     return f1_threshold(y[np.concatenate(val_idx)], proba)
-
-
-def evaluate(
-    module: SlaMLP, X: NDArray[Any], y: NDArray[Any], threshold: float
-) -> dict[str, float]:
-    """Holdout metrics of `module` (challenger or champion alike) at `threshold`.
-
-    Keys: log_loss, brier, pr_auc (average precision), roc_auc, precision, recall, f1,
-    tn, fp, fn, tp, n_rows, positive_rate, threshold. Ranking metrics are NaN when `y`
-    holds a single class; precision/recall/F1 are 0 where undefined.
-    """
-    y_true = np.asarray(y).astype(np.int64)
-    proba = predict_proba(module, np.array(X, dtype=np.float32)).astype(np.float64)
-    proba = np.clip(proba, 0.0, 1.0)
-    y_pred = (proba >= threshold).astype(np.int64)
-    both = 0 < int(y_true.sum()) < y_true.shape[0]
-    tn, fp, fn, tp = confusion_matrix(y_true, y_pred, labels=[0, 1]).ravel()
-    return {
-        "log_loss": float(log_loss(y_true, proba, labels=[0, 1])),
-        "brier": float(brier_score_loss(y_true, proba, pos_label=1)),
-        "pr_auc": float(average_precision_score(y_true, proba)) if both else math.nan,
-        "roc_auc": float(roc_auc_score(y_true, proba)) if both else math.nan,
-        "precision": float(precision_score(y_true, y_pred, zero_division=0)),
-        "recall": float(recall_score(y_true, y_pred, zero_division=0)),
-        "f1": float(f1_score(y_true, y_pred, zero_division=0)),
-        "tn": float(tn),
-        "fp": float(fp),
-        "fn": float(fn),
-        "tp": float(tp),
-        "n_rows": float(y_true.shape[0]),
-        "positive_rate": float(y_true.mean()) if y_true.shape[0] else math.nan,
-        "threshold": float(threshold),
-    }
 
 
 def run_search(data: SupervisedSet, config: SearchConfig | None = None) -> SearchResult:

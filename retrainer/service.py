@@ -19,10 +19,10 @@ from datetime import UTC, datetime
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from pydantic import BaseModel, ValidationError
 
+from kernel.kafka import DeliveryTracker
 from retrainer.offsets import OffsetBook
 from retrainer.publisher import Outcome, RequestHandler
 from schemas import RetrainFailed, RetrainRequested
-from slaops.kafka import DeliveryTracker
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from kernel.settings import StoreSettings, TopicName
 from schemas import topics
 from schemas.telemetry import DEFAULT_MAX_MESSAGE_BYTES
-from slaops.settings import StoreSettings, TopicName
 
 #: Parameters the grid may search, routed the skorch way.
 GRID_KEYS = frozenset(

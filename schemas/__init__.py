@@ -3,7 +3,7 @@
 from pydantic import BaseModel
 
 from schemas.dead_letter import DeadLetter
-from schemas.models import ChampionDecision, ModelPublished
+from schemas.model_events import ChampionDecision, ModelPublished
 from schemas.outcomes import ChampionKept, RetrainFailed
 from schemas.retrain import (
     DetectorDetails,

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from schemas.models import ChampionDecision
+from schemas.model_events import ChampionDecision
 from schemas.retrain import EventId, OffsetRange, RetrainReason
 from schemas.telemetry import TenantSlug
 

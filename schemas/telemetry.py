@@ -13,6 +13,8 @@ from typing import Annotated, Final
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from schemas.errors import SlaopsError
+
 #: Slug of a tenant: also the Kafka message key.
 TENANT_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 #: The metric features, in the order every window, detector and model uses.
@@ -75,7 +77,7 @@ class RejectReason(StrEnum):
     KEY_MISMATCH = "key_mismatch"
 
 
-class InvalidTelemetry(ValueError):
+class InvalidTelemetry(SlaopsError, ValueError):
     """A raw message that is not a valid `TelemetryEvent`."""
 
     def __init__(self, reason: RejectReason, detail: str) -> None:

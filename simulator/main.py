@@ -12,12 +12,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from consumer.main import stop_on_signals
+from kernel.embedded import embedded_broker
+from kernel.kafka import DeliveryTracker, TopicSpec, ensure_topics, make_producer
+from kernel.signals import stop_on_signals
 from simulator.malformed import MalformedKind
 from simulator.model import EventMeta, TelemetrySimulator
 from simulator.settings import SimulatorSettings
-from slaops.embedded import embedded_broker
-from slaops.kafka import DeliveryTracker, TopicSpec, ensure_topics, make_producer
 
 log = logging.getLogger(__name__)
 #: Serve delivery callbacks this often, so the outstanding count stays small.

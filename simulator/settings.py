@@ -18,9 +18,9 @@ from pydantic import (
     field_validator,
 )
 
+from kernel.settings import ServiceSettings, TopicName
 from schemas import topics
 from simulator.model import DEFAULT_START, MAX_MAGNITUDE, DriftPlan, tenant_name
-from slaops.settings import ServiceSettings, TopicName
 
 
 class DriftSpec(BaseModel):

@@ -18,8 +18,8 @@ from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
-from slaops.errors import ConfigError, SlaopsError
-from slaops.settings import load_settings, setting_sources
+from kernel.errors import ConfigError, SlaopsError
+from kernel.settings import load_settings, setting_sources
 
 Runner = Callable[[Any], int]
 

@@ -33,15 +33,15 @@ from rich.live import Live
 from consumer.main import build_service as build_consumer
 from consumer.main import topic_specs as consumer_topics
 from consumer.settings import ConsumerSettings
+from kernel.embedded import embedded_broker
+from kernel.kafka import DeliveryTracker, ensure_topics, make_producer
+from kernel.settings import ServiceSettings
+from kernel.store import ModelStore
 from retrainer.main import build_service as build_retrainer
 from retrainer.main import topic_specs as retrainer_topics
 from retrainer.settings import RetrainerSettings
 from simulator.model import DriftPlan, EventMeta, TelemetrySimulator
 from slaops.demo_view import DemoState, dashboard, summary_rows, summary_table
-from slaops.embedded import embedded_broker
-from slaops.kafka import DeliveryTracker, ensure_topics, make_producer
-from slaops.settings import ServiceSettings
-from slaops.store import ModelStore
 from slaops.watch import WatchSettings, watch
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,10 @@ from pydantic import BaseModel
 from rich.console import Group
 from rich.table import Table
 
+from kernel.artifacts import load_model
+from kernel.store import ModelStore
 from retrainer.dataset import DatasetError, build_pairs
-from retrainer.search import evaluate
+from retrainer.metrics import evaluate
 from schemas import (
     FEATURES,
     ChampionKept,
@@ -24,8 +26,6 @@ from schemas import (
     parse_telemetry,
 )
 from simulator.model import EventMeta, TelemetrySimulator
-from slaops.artifacts import load_model
-from slaops.store import ModelStore
 
 
 @dataclass

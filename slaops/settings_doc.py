@@ -17,7 +17,7 @@ from pathlib import Path
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings
 
-from slaops.settings import setting_sources
+from kernel.settings import setting_sources
 
 
 def markdown_table(cls: type[BaseSettings]) -> str:

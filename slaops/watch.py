@@ -12,9 +12,9 @@ from typing import TextIO
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
 from pydantic import BaseModel, Field, ValidationError
 
+from kernel.kafka import base_config
+from kernel.settings import ServiceSettings, TopicName
 from schemas import ChampionKept, ModelPublished, RetrainFailed, RetrainRequested, topics
-from slaops.kafka import base_config
-from slaops.settings import ServiceSettings, TopicName
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from slaops.embedded import embedded_broker, wait_until_ready
+from kernel.embedded import embedded_broker, wait_until_ready
 
 
 @contextmanager

@@ -15,7 +15,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from slaops.artifacts import (
+from kernel.artifacts import (
     ArtifactError,
     ModelArtifacts,
     ModelCard,
@@ -24,7 +24,7 @@ from slaops.artifacts import (
     serialize_model,
     sha256_hex,
 )
-from slaops.model import SlaMLP
+from kernel.mlp import SlaMLP
 
 FORMATS = ["safetensors", "pt"]
 FEATURES = ["latency_p99_ms", "error_rate", "rps", "cpu", "mem", "queue_depth"]

@@ -18,9 +18,9 @@ import yaml
 from pydantic_settings import BaseSettings
 
 from consumer.settings import ConsumerSettings
+from kernel.settings import setting_sources
 from schemas import topics
 from slaops.cli import build_parser, commands, settings_from_args
-from slaops.settings import setting_sources
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"

@@ -16,8 +16,8 @@ from confluent_kafka import Consumer, TopicPartition
 from consumer.main import build_service, topic_specs
 from consumer.service import ConsumerService
 from consumer.settings import ConsumerSettings
+from kernel.kafka import ensure_topics
 from schemas import DeadLetter, RejectReason, RetrainRequested
-from slaops.kafka import ensure_topics
 from tests.kafka_helpers import produce_all, read_topic, wait_for
 from tests.streams import interleave, telemetry_values
 

@@ -9,6 +9,7 @@ import pytest
 from sklearn.model_selection import TimeSeriesSplit
 
 import retrainer.dataset
+from kernel.errors import SlaopsError
 from retrainer.dataset import (
     DatasetError,
     DatasetReason,
@@ -18,7 +19,6 @@ from retrainer.dataset import (
     time_split,
 )
 from schemas.telemetry import FEATURES
-from slaops.errors import SlaopsError
 
 
 def _table(n: int = 6) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -29,14 +29,14 @@ from consumer.core import IngestCore
 from consumer.main import core_config
 from consumer.main import topic_specs as consumer_topics
 from consumer.settings import ConsumerSettings
+from kernel.embedded import embedded_broker
+from kernel.kafka import ensure_topics
+from kernel.store import open_store
+from kernel.tenant_hash import tenant_hash
 from retrainer.main import topic_specs as retrainer_topics
 from retrainer.settings import RetrainerSettings
 from schemas import ChampionKept, DeadLetter, ModelPublished, RetrainFailed, RetrainRequested
 from simulator.model import DriftPlan, TelemetrySimulator
-from slaops.embedded import embedded_broker
-from slaops.kafka import ensure_topics
-from slaops.store import open_store
-from slaops.tenant_hash import tenant_hash
 from tests.kafka_helpers import produce_all, read_topic, wait_for
 from tests.processes import ServiceProcess, env_for, frozen, services
 

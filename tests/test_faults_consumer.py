@@ -20,9 +20,9 @@ from confluent_kafka import Consumer, TopicPartition
 from consumer.core import IngestCore
 from consumer.main import core_config, topic_specs
 from consumer.settings import ConsumerSettings
+from kernel.kafka import ensure_topics
 from schemas import DeadLetter, RetrainRequested
 from simulator.model import DriftPlan, TelemetrySimulator
-from slaops.kafka import ensure_topics
 from tests.kafka_helpers import produce_all, read_topic, wait_for
 from tests.processes import ServiceProcess, env_for, services
 

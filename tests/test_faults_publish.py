@@ -15,11 +15,11 @@ from pydantic import SecretStr
 
 from consumer.main import topic_specs as consumer_topics
 from consumer.settings import ConsumerSettings
+from kernel.kafka import TopicSpec, ensure_topics
+from kernel.tenant_hash import tenant_hash
 from retrainer.main import topic_specs
 from retrainer.settings import RetrainerSettings
 from schemas import ModelPublished
-from slaops.kafka import TopicSpec, ensure_topics
-from slaops.tenant_hash import tenant_hash
 from tests.hub_server import HubServer
 from tests.kafka_helpers import produce_all, read_topic, wait_for
 from tests.processes import ServiceProcess, env_for, services

@@ -28,17 +28,17 @@ import torch
 
 from consumer.core import IngestCore
 from consumer.follower import ModelFollower
-from consumer.models import LiveModel, ModelRefused, load_live_model
+from consumer.live_model import LiveModel, ModelRefused, load_live_model
 from consumer.settings import ConsumerSettings
+from kernel.artifacts import load_model, sha256_hex
+from kernel.errors import ConfigError
+from kernel.kafka import base_config
+from kernel.settings import load_settings
+from kernel.store import FileStore, ModelStore, PublishedFiles, model_paths, open_store
+from kernel.tenant_hash import tenant_hash
 from retrainer.settings import RetrainerSettings
 from schemas import ModelPublished
-from slaops.artifacts import load_model, sha256_hex
 from slaops.cli import main
-from slaops.errors import ConfigError
-from slaops.kafka import base_config
-from slaops.settings import load_settings
-from slaops.store import FileStore, ModelStore, PublishedFiles, model_paths, open_store
-from slaops.tenant_hash import tenant_hash
 from tests.test_artifacts import _SystemOnUnpickle, _torch_saved, _TouchOnUnpickle
 from tests.test_live_models import KEY, core_with, messages
 from tests.test_live_models import published as published  # the module's trained model

@@ -14,11 +14,11 @@ import pytest
 
 from consumer.main import topic_specs
 from consumer.settings import ConsumerSettings
+from kernel.kafka import ensure_topics
+from kernel.store import open_store
 from retrainer.pipeline import TrainingConfig
 from retrainer.publisher import RequestHandler
 from schemas import ModelPublished
-from slaops.kafka import ensure_topics
-from slaops.store import open_store
 from tests.kafka_helpers import produce_all, read_topic, wait_for
 from tests.retrain_data import request_for, telemetry_messages, tenant_rows
 from tests.test_consumer_integration import running

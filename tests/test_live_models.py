@@ -14,14 +14,14 @@ from confluent_kafka import Message
 from pydantic import SecretStr
 
 from consumer.core import CoreConfig, IngestCore
-from consumer.models import LiveModel, ModelRefused, load_live_model
+from consumer.live_model import LiveModel, ModelRefused, load_live_model
 from consumer.performance import PerformanceConfig
+from kernel.store import ModelStore, open_store
+from kernel.tenant_hash import tenant_hash
 from retrainer.pipeline import TrainingConfig
 from retrainer.publisher import RequestHandler
 from retrainer.search import SearchConfig
 from schemas import ModelPublished
-from slaops.store import ModelStore, open_store
-from slaops.tenant_hash import tenant_hash
 from tests.retrain_data import request_for, telemetry_messages, tenant_rows
 
 KEY = SecretStr("live-model-tenant-key-0123456789")

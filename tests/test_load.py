@@ -16,7 +16,7 @@ import pytest
 from bench._data import telemetry_bytes
 from consumer.main import topic_specs
 from consumer.settings import ConsumerSettings
-from slaops.kafka import ensure_topics
+from kernel.kafka import ensure_topics
 from tests.kafka_helpers import produce_all, wait_for
 from tests.processes import ServiceProcess, env_for, services
 from tests.test_faults_consumer import committed

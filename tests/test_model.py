@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from slaops.model import ACTIVATIONS, SlaMLP, build_module
+from kernel.mlp import ACTIVATIONS, SlaMLP, build_module
 
 
 def _arch(**overrides: object) -> dict[str, object]:

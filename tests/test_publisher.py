@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
+from kernel.artifacts import load_model, predict_proba
+from kernel.store import ModelStore, open_store
+from kernel.tenant_hash import tenant_hash
 from retrainer.pipeline import TrainingConfig, decide
 from retrainer.publisher import RequestHandler, commit_message
 from retrainer.replay import ReplayError, TenantRows
 from retrainer.search import SearchConfig
 from schemas import ChampionKept, ModelPublished, RetrainFailed, RetrainRequested
-from slaops.artifacts import load_model, predict_proba
-from slaops.store import ModelStore, open_store
-from slaops.tenant_hash import tenant_hash
 from tests.hub_server import running_hub_server
 from tests.retrain_data import request_for, tenant_rows
 

@@ -9,10 +9,10 @@ import pytest
 from pydantic_settings import BaseSettings
 
 from consumer.settings import ConsumerSettings
+from kernel.settings import setting_sources
 from retrainer.settings import RetrainerSettings
 from simulator.settings import SimulatorSettings
 from slaops.demo import DemoSettings
-from slaops.settings import setting_sources
 from slaops.settings_doc import render
 from slaops.watch import WatchSettings
 

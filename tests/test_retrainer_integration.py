@@ -12,15 +12,15 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from pydantic import SecretStr
 
+from kernel.artifacts import ModelCard
+from kernel.kafka import TopicSpec, ensure_topics
+from kernel.tenant_hash import tenant_hash
 from retrainer.dataset import build_pairs
 from retrainer.main import build_service, topic_specs
 from retrainer.publisher import Outcome
 from retrainer.service import RetrainerService
 from retrainer.settings import RetrainerSettings
 from schemas import ModelPublished, RetrainFailed, RetrainRequested, retrain_event_id
-from slaops.artifacts import ModelCard
-from slaops.kafka import TopicSpec, ensure_topics
-from slaops.tenant_hash import tenant_hash
 from tests.kafka_helpers import produce_all, read_topic, wait_for
 from tests.retrain_data import telemetry_messages, tenant_rows
 

@@ -12,9 +12,11 @@ import torch
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, TimeSeriesSplit
 
+from kernel.mlp import SlaMLP, build_module
 from retrainer.dataset import DatasetError, DatasetReason, SupervisedSet, build_pairs
-from retrainer.search import SearchConfig, SearchResult, SlaNet, evaluate, f1_threshold, run_search
-from slaops.model import SlaMLP, build_module
+from retrainer.estimator import SlaNet
+from retrainer.metrics import evaluate, f1_threshold
+from retrainer.search import SearchConfig, SearchResult, run_search
 
 TINY_GRID: dict[str, list[Any]] = {
     "lr": [1e-2, 3e-3],

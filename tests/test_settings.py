@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from consumer.settings import ConsumerSettings
+from kernel.errors import ConfigError
+from kernel.kafka import base_config
+from kernel.settings import load_settings
 from slaops.cli import build_parser, main, settings_from_args
-from slaops.errors import ConfigError
-from slaops.kafka import base_config
-from slaops.settings import load_settings
 
 SECRET = "hunter2-do-not-print"  # noqa: S105 (a fake, to look for in output)
 

@@ -15,13 +15,13 @@ from sklearn.model_selection import KFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from kernel.errors import ConfigError
+from kernel.settings import load_settings
 from schemas import FEATURES, InvalidTelemetry, TelemetryEvent, parse_telemetry
 from simulator.main import Pacer, build_simulator, run_simulator
 from simulator.malformed import EXPECTED_REJECT, MalformedKind
 from simulator.model import DriftPlan, EventMeta, TelemetrySimulator
 from simulator.settings import DriftSpec, SimulatorSettings
-from slaops.errors import ConfigError
-from slaops.settings import load_settings
 from tests.kafka_helpers import read_topic
 
 Record = tuple[bytes, bytes, EventMeta]

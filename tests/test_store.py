@@ -18,8 +18,9 @@ from huggingface_hub import HfApi, set_client_factory
 from huggingface_hub.utils._http import default_client_factory
 from pydantic import SecretStr
 
-import slaops.store as store_mod
-from slaops.store import (
+import kernel.store.file as store_file
+import kernel.store.hub_http as store_http
+from kernel.store import (
     FileStore,
     HubStore,
     ModelStore,
@@ -54,7 +55,7 @@ def _hf_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     yield
     # open_store(hf://) bounds huggingface_hub's shared client process-wide; undo it.
     set_client_factory(default_client_factory)
-    store_mod._http_timeout_s = None
+    store_http._http_timeout_s = None
 
 
 @pytest.fixture
@@ -413,14 +414,14 @@ def test_hub_read_of_a_missing_repo_is_not_found(hub: HubServer) -> None:
 def test_file_store_head_moves_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = FileStore(tmp_path)
     first = store.publish(TENANT, files("v1"), message="event=1")
-    real_write = store_mod._atomic_write
+    real_write = store_file._atomic_write
 
     def crash_on_head(path: Path, data: bytes) -> None:
         if path.name == "HEAD":
             raise OSError(28, "No space left on device")
         real_write(path, data)
 
-    monkeypatch.setattr(store_mod, "_atomic_write", crash_on_head)
+    monkeypatch.setattr(store_file, "_atomic_write", crash_on_head)
     with pytest.raises(StoreError, match="No space left"):
         store.publish(TENANT, files("v2"), message="event=2")
     monkeypatch.undo()

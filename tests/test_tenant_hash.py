@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-import slaops.tenant_hash as tenant_hash_mod
-from slaops.tenant_hash import KEY_FILE_NAME, load_or_create_local_key, tenant_hash
+import kernel.tenant_hash as tenant_hash_mod
+from kernel.tenant_hash import KEY_FILE_NAME, load_or_create_local_key, tenant_hash
 
 KEY = SecretStr("k" * 64)
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from kernel.store import open_store
 from retrainer.pipeline import TrainingConfig
 from retrainer.publisher import RequestHandler
 from schemas import ModelPublished, RetrainRequested
-from slaops.store import open_store
 from slaops.watch import WatchSettings
 from tests.kafka_helpers import produce_all
 from tests.retrain_data import request_for, tenant_rows

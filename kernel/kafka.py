@@ -14,8 +14,8 @@ from typing import Any, Protocol
 from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from slaops.errors import BrokerError
-from slaops.settings import ServiceSettings
+from kernel.errors import BrokerError
+from kernel.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 from confluent_kafka.admin import AdminClient
 
-from slaops.errors import BrokerError, ConfigError
+from kernel.errors import BrokerError, ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from kernel.errors import ConfigError
+from kernel.store import ModelStore, open_store
+from kernel.tenant_hash import load_or_create_local_key
 from schemas.topics import TOPIC_NAME_PATTERN
-from slaops.errors import ConfigError
-from slaops.store import ModelStore, open_store
-from slaops.tenant_hash import load_or_create_local_key
 
 
 def _kafka_topic_name(value: str) -> str:

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import SecretStr
 
+from kernel.artifacts import ArtifactError, ModelCard, load_model, predict_proba, sha256_hex
+from kernel.errors import SlaopsError
+from kernel.mlp import SlaMLP, stack_lags
+from kernel.store import ModelStore, StoreError, model_paths
+from kernel.tenant_hash import tenant_hash
 from schemas import ModelPublished
-from slaops.artifacts import ArtifactError, ModelCard, load_model, predict_proba, sha256_hex
-from slaops.errors import SlaopsError
-from slaops.model import SlaMLP, stack_lags
-from slaops.store import ModelStore, StoreError, model_paths
-from slaops.tenant_hash import tenant_hash
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ import safetensors.torch
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from slaops.model import SlaMLP, build_module
+from kernel.errors import ArtifactError
+from kernel.mlp import SlaMLP, build_module
 
 WeightFormat = Literal["safetensors", "pt"]
 WEIGHT_FORMATS: tuple[str, ...] = get_args(WeightFormat)
@@ -34,10 +35,6 @@ CARD_FORMAT_VERSION = 1
 MAX_ARTIFACT_BYTES = 64 * 1024 * 1024
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-
-
-class ArtifactError(ValueError):
-    """A model artifact was refused (malformed, oversize, tampered or unsafe)."""
 
 
 def sha256_hex(data: bytes) -> str:

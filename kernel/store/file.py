@@ -1,0 +1,166 @@
+"""The local, versioned store (``file://DIR``); the layout is in ``kernel.store``'s docstring."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from kernel.errors import StoreError, StoreNotFound
+from kernel.store.paths import (
+    _FILE_REVISION_RE,
+    _MODEL_PATH_RE,
+    MODEL_DIR,
+    _check_files,
+    _check_message,
+    _check_repo_path,
+    _check_revision,
+    _check_tenant_hash,
+    model_paths,
+)
+from kernel.store.protocol import PublishedFiles
+
+logger = logging.getLogger(__name__)
+
+
+class FileStore:
+    """Versioned local store; see the module docstring for the layout."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.absolute()
+        self.uri = f"file://{self.root}"
+
+    def publish(
+        self, tenant_hash: str, files: Mapping[str, bytes], *, message: str
+    ) -> PublishedFiles:
+        paths = model_paths(tenant_hash)
+        _check_files(files)
+        _check_message(message)
+        tenant_dir = self.root / ".revisions" / tenant_hash
+        try:
+            tenant_dir.mkdir(parents=True, exist_ok=True)
+            with _flock(tenant_dir / ".lock"):
+                parent = self._head(tenant_hash)
+                revision = secrets.token_hex(20)
+                staging = tenant_dir / f".tmp-{revision}"
+                staging.mkdir()
+                try:
+                    for kind, path in paths.items():
+                        _write_durable(staging / Path(path).name, bytes(files[kind]))
+                    meta = {
+                        "revision": revision,
+                        "parent": parent,
+                        "message": message,
+                        "paths": paths,
+                        "created_at": datetime.now(UTC).isoformat(),
+                    }
+                    _write_durable(staging / "meta.json", json.dumps(meta).encode())
+                    _fsync_dir(staging)
+                    os.rename(staging, tenant_dir / revision)
+                    _fsync_dir(tenant_dir)
+                except BaseException:
+                    shutil.rmtree(staging, ignore_errors=True)
+                    raise
+                _atomic_write(tenant_dir / "HEAD", f"{revision}\n".encode())  # commit point
+                (self.root / MODEL_DIR).mkdir(exist_ok=True)
+                for kind, path in paths.items():  # convenience mirror, after the commit
+                    _atomic_write(self.root / path, bytes(files[kind]))
+        except OSError as exc:
+            raise StoreError(f"could not publish to {self.uri}: {exc.strerror or exc}") from exc
+        logger.info(
+            "published tenant_hash=%s revision=%s store=%s", tenant_hash, revision, self.uri
+        )
+        return PublishedFiles(revision, paths)
+
+    def read(self, path: str, *, revision: str) -> bytes:
+        _check_repo_path(path)
+        _check_revision(revision)
+        match = _MODEL_PATH_RE.fullmatch(path)
+        if match is None or _FILE_REVISION_RE.fullmatch(revision) is None:
+            raise StoreNotFound(f"no {path} at revision {revision} in {self.uri}")
+        version_dir = self.root / ".revisions" / match.group(1) / revision
+        try:
+            if not (version_dir / "meta.json").is_file():
+                raise FileNotFoundError(revision)
+            return (version_dir / Path(path).name).read_bytes()
+        except FileNotFoundError as exc:
+            raise StoreNotFound(f"no {path} at revision {revision} in {self.uri}") from exc
+        except OSError as exc:
+            raise StoreError(f"could not read {path} from {self.uri}: {exc.strerror}") from exc
+
+    def latest(self, tenant_hash: str) -> PublishedFiles | None:
+        paths = model_paths(tenant_hash)
+        head = self._head(tenant_hash)
+        return PublishedFiles(head, paths) if head is not None else None
+
+    def revision_messages(self, tenant_hash: str) -> list[str]:
+        _check_tenant_hash(tenant_hash)
+        messages: list[str] = []
+        seen: set[str] = set()
+        revision = self._head(tenant_hash)
+        while revision is not None and revision not in seen:
+            seen.add(revision)
+            meta_path = self.root / ".revisions" / tenant_hash / revision / "meta.json"
+            try:
+                meta = json.loads(meta_path.read_bytes())
+            except (OSError, ValueError) as exc:
+                raise StoreError(f"corrupt version history for {tenant_hash}") from exc
+            messages.append(str(meta["message"]))
+            parent = meta.get("parent")
+            revision = parent if isinstance(parent, str) else None
+        return messages
+
+    def _head(self, tenant_hash: str) -> str | None:
+        try:
+            head = (self.root / ".revisions" / tenant_hash / "HEAD").read_text("ascii").strip()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StoreError(f"could not read the head of {tenant_hash}: {exc.strerror}") from exc
+        if _FILE_REVISION_RE.fullmatch(head) is None:
+            raise StoreError(f"corrupt HEAD for {tenant_hash} in {self.uri}")
+        return head
+
+
+@contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _write_durable(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    try:
+        _write_durable(tmp, data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

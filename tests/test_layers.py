@@ -1,0 +1,84 @@
+"""The layers point one way: schemas <- kernel <- services <- the application.
+
+Every module of every package is parsed (not imported) and each of its imports of
+another slaops package is checked against the layer table: an import may go to a
+lower layer or stay inside its own package, never up and never sideways.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+#: package -> layer; a package may import its own layer only from itself.
+LAYERS = {
+    "schemas": 0,
+    "kernel": 1,
+    "consumer": 2,
+    "retrainer": 2,
+    "simulator": 2,
+    "slaops": 3,
+}
+
+
+def imported_packages(path: Path) -> set[tuple[str, int]]:
+    """(top-level package, line) of every slaops import in the file at `path`."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[tuple[str, int]] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        for name in names:
+            top = name.split(".")[0]
+            if top in LAYERS:
+                found.add((top, node.lineno))
+    return found
+
+
+def violations() -> list[str]:
+    bad = []
+    for package, layer in LAYERS.items():
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for target, line in sorted(imported_packages(path)):
+                if target == package:
+                    continue
+                if LAYERS[target] >= layer:
+                    kind = "up" if LAYERS[target] > layer else "sideways"
+                    bad.append(f"{path.relative_to(ROOT)}:{line} imports {target} ({kind})")
+    return bad
+
+
+def test_every_package_is_in_the_table() -> None:
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests", "bench"}
+    assert packages == set(LAYERS)
+
+
+def test_imports_point_down_only() -> None:
+    assert violations() == []
+
+
+@pytest.mark.parametrize(
+    ("package", "source", "expected"),
+    [
+        ("kernel", "from consumer.core import IngestCore\n", "up"),
+        ("consumer", "import retrainer.search\n", "sideways"),
+        ("schemas", "from kernel import errors\n", "up"),
+    ],
+)
+def test_the_checker_catches_a_wrong_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, package: str, source: str, expected: str
+) -> None:
+    (tmp_path / package).mkdir()
+    for name in LAYERS:
+        (tmp_path / name).mkdir(exist_ok=True)
+    (tmp_path / package / "bad.py").write_text(source)
+    monkeypatch.setattr(__import__(__name__, fromlist=["ROOT"]), "ROOT", tmp_path)
+    found = violations()
+    assert len(found) == 1 and found[0].endswith(f"({expected})")
