@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 #: per event instead of nine attribute lookups.
 _ROW = operator.itemgetter("tenant", "ts", *FEATURES, "sla_breached")
 _NO_PROBA = np.empty(0, dtype=np.float32)
-_NO_ROWS = np.empty((0, len(FEATURES)), dtype=np.float32)
 #: Answered request ids remembered, so that a replay does not re-open them.
 _RESOLVED_KEPT = 100_000
 
@@ -401,8 +400,9 @@ class IngestCore:
         monitor = state.performance
         if model is None or monitor is None:
             return []
-        history = state.window.features()[-model.lags :] if model.lags else _NO_ROWS
-        proba = model.forecast(history, features)
+        window = state.window
+        history = (window.ts(), window.features(), window.labels())
+        proba = model.forecast(history, (ts, features, labels))
         horizon = model.horizon
         pending = state.pending_proba
         combined = np.concatenate((pending, proba)) if len(pending) else proba

@@ -17,12 +17,17 @@ from pydantic import SecretStr
 
 from kernel.artifacts import ArtifactError, ModelCard, load_model, predict_proba, sha256_hex
 from kernel.errors import SlaopsError
-from kernel.mlp import SlaMLP, stack_lags
+from kernel.features import FeatureSpec
+from kernel.mlp import SlaMLP
 from kernel.store import ModelStore, StoreError, model_paths
 from kernel.tenant_hash import tenant_hash
 from schemas import ModelPublished
 
 log = logging.getLogger(__name__)
+
+
+#: A tenant's events as columns: epoch-second ts (n,), metrics (n, 6), breach labels (n,).
+Events = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 class ModelRefused(SlaopsError):
@@ -43,27 +48,29 @@ class LiveModel:
         return self.card.threshold
 
     @property
-    def lags(self) -> int:
-        return self.card.lags
+    def features(self) -> FeatureSpec:
+        return self.card.features
 
     @property
     def horizon(self) -> int:
         return self.card.horizon
 
-    def forecast(self, history: np.ndarray, block: np.ndarray) -> np.ndarray:
-        """P(breach `horizon` intervals later) for each row of `block`, in one call.
+    def inputs(self, history: Events, block: Events) -> np.ndarray:
+        """The model's input rows for `block`, computed exactly as training computed them.
 
-        `history` holds the rows just before the block (at least `lags` of them when
-        available); lag features are built from it exactly as in training.
+        `history` holds the tenant's events just before the block (ts, metrics,
+        labels; the window keeps far more than the `features.history - 1` used here).
         """
-        lags = self.lags
-        if lags == 0:
-            return predict_proba(self.module, block)
-        rows = np.concatenate((history[-lags:], block)) if len(history) else block
-        pad = len(rows) - len(block)
-        if pad < lags:  # too little history: repeat the first row
-            rows = np.concatenate((np.repeat(rows[:1], lags - pad, axis=0), rows))
-        return predict_proba(self.module, stack_lags(rows, lags))
+        keep = self.features.history - 1
+        parts = [
+            np.concatenate((past[len(past) - min(keep, len(past)) :], now))
+            for past, now in zip(history, block, strict=True)
+        ]
+        return self.features.transform(*parts)[len(parts[0]) - len(block[0]) :]
+
+    def forecast(self, history: Events, block: Events) -> np.ndarray:
+        """P(breach `horizon` events later) for each event of `block`, in one call."""
+        return predict_proba(self.module, self.inputs(history, block))
 
 
 def load_live_model(

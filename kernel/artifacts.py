@@ -27,11 +27,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kernel.errors import ArtifactError
+from kernel.features import FeatureSpec
 from kernel.mlp import SlaMLP, build_module
 
 WeightFormat = Literal["safetensors", "pt"]
 WEIGHT_FORMATS: tuple[str, ...] = get_args(WeightFormat)
-CARD_FORMAT_VERSION = 1
+#: 2: the feature pipeline's spec replaces `lags`; baselines, skill and calibration.
+CARD_FORMAT_VERSION = 2
 MAX_ARTIFACT_BYTES = 64 * 1024 * 1024
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -49,20 +51,29 @@ class ModelCard(BaseModel):
 
     format_version: int = CARD_FORMAT_VERSION
     architecture: dict[str, Any]
+    features: FeatureSpec
     feature_order: list[str]
-    lags: int = Field(ge=0)
     horizon: int = Field(ge=1)
     threshold: float = Field(ge=0.0, le=1.0)
     metrics: dict[str, float]
+    baselines: dict[str, dict[str, float]] = Field(default_factory=dict)
+    skill: dict[str, float] = Field(default_factory=dict)
+    calibration: list[dict[str, float]] = Field(default_factory=list)
     cv_table: list[dict[str, Any]]
     lineage: dict[str, Any]
     files: dict[str, str]
+
+    @property
+    def lags(self) -> int:
+        return self.features.lags
 
     @field_validator("format_version")
     @classmethod
     def _known_version(cls, value: int) -> int:
         if value != CARD_FORMAT_VERSION:
-            raise ValueError(f"unsupported card format_version {value} (expected 1)")
+            raise ValueError(
+                f"unsupported card format_version {value} (expected {CARD_FORMAT_VERSION})"
+            )
         return value
 
     @field_validator("feature_order")
@@ -86,6 +97,8 @@ class ModelCard(BaseModel):
 
     @model_validator(mode="after")
     def _features_match_architecture(self) -> ModelCard:
+        if tuple(self.feature_order) != self.features.names():
+            raise ValueError("feature_order is not what the card's feature spec computes")
         n_features = self.architecture.get("n_features")
         if isinstance(n_features, int) and n_features != len(self.feature_order):
             raise ValueError(

@@ -1,27 +1,27 @@
-"""Supervised pairs from one tenant's telemetry: metrics at t -> breach at t + horizon.
+"""Supervised pairs from one tenant's telemetry: features at t -> breach at t + horizon.
 
 Pure numpy. The rows handed in are ONE tenant's valid events (the retrainer
 replays them from `sla.telemetry` by offset range); `build_pairs` orders them by
-timestamp (stable, so equal timestamps keep their replay order), stacks `lags`
-previous rows beside each row, and pairs it with the label `horizon` rows later.
+timestamp (stable, so equal timestamps keep their replay order), computes each
+event's features with the one pipeline (`kernel.features.FeatureSpec.transform`, the
+consumer's too), drops the first events whose windows are not yet full, and pairs
+each row with the label `horizon` events later.
 
+>>> spec = FeatureSpec(lags=1, breach_windows=(2,), rolling_window=2)
 >>> ts = np.array([3.0, 1.0, 2.0, 4.0, 5.0])
 >>> feats = np.arange(5, dtype=np.float32).reshape(5, 1) * np.ones((1, 6), np.float32)
 >>> labels = np.array([1, 0, 0, 1, 0], dtype=bool)
->>> data = build_pairs(ts, feats, labels, horizon=1, lags=1, min_rows=1)
->>> data.ts.tolist(), data.y.tolist()
+>>> data = build_pairs(ts, feats, labels, horizon=1, spec=spec, min_rows=1)
+>>> data.ts.tolist(), data.y.tolist()  # t = 2, 3, 4 (t = 1 has no full window)
 ([2.0, 3.0, 4.0], [1.0, 1.0, 0.0])
->>> data.X[:, [0, 6]].tolist()  # latency_p50_ms at t, then at t - 1
-[[2.0, 1.0], [0.0, 2.0], [3.0, 0.0]]
->>> data.feature_names[6]
-'latency_p50_ms_lag1'
+>>> data.X[:, data.feature_names.index("breach")].tolist()  # the breach at t itself
+[0.0, 1.0, 1.0]
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -30,11 +30,11 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from kernel.errors import SlaopsError
-from kernel.mlp import stack_lags
+from kernel.features import FeatureSpec
 from schemas.telemetry import FEATURES
 
 #: Fewest supervised pairs worth a search unless the caller says otherwise.
-DEFAULT_MIN_ROWS: Final = 100
+DEFAULT_MIN_ROWS: Final = 200
 #: Share of the newest pairs kept away from the search and used to judge the winner.
 DEFAULT_HOLDOUT_FRACTION: Final = 0.15
 
@@ -61,7 +61,7 @@ class DatasetError(SlaopsError, ValueError):
 class SupervisedSet:
     """Time-ordered supervised pairs of one tenant, ready for a binary classifier.
 
-    `X` is float32 `(n, n_features * (lags + 1))`; `y` is float32 0/1, which is what
+    `X` is float32 `(n, len(spec.names()))`; `y` is float32 0/1, which is what
     skorch's `NeuralNetBinaryClassifier` (a `BCEWithLogitsLoss`) trains on; `ts` is
     the epoch-second timestamp of the features of each row (the label is `horizon`
     rows later). Arrays are read-only so that `sha256` keeps describing them.
@@ -72,8 +72,12 @@ class SupervisedSet:
     ts: NDArray[np.float64]
     feature_names: tuple[str, ...]
     horizon: int
-    lags: int
+    spec: FeatureSpec
     sha256: str
+
+    @property
+    def lags(self) -> int:
+        return self.spec.lags
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -81,14 +85,6 @@ class SupervisedSet:
     @property
     def n_positive(self) -> int:
         return int(np.count_nonzero(self.y))
-
-
-def lagged_feature_names(base: Sequence[str], lags: int) -> tuple[str, ...]:
-    """`base` followed by `name_lag1` ... `name_lag{lags}` for each name, in block order."""
-    names = list(base)
-    for lag in range(1, lags + 1):
-        names.extend(f"{name}_lag{lag}" for name in base)
-    return tuple(names)
 
 
 def dataset_sha256(X: NDArray[np.float32], y: NDArray[np.float32]) -> str:
@@ -108,20 +104,19 @@ def build_pairs(
     labels: ArrayLike,
     *,
     horizon: int = 1,
-    lags: int = 0,
+    spec: FeatureSpec | None = None,
     min_rows: int = DEFAULT_MIN_ROWS,
-    feature_names: Sequence[str] | None = None,
 ) -> SupervisedSet:
-    """Pair the features at each row (plus `lags` earlier rows) with the label `horizon` rows on.
+    """Pair the pipeline's features at each event with the label `horizon` events on.
 
-    The first `lags` rows (no full history) and the last `horizon` rows (no future
-    label) are dropped. Raises `DatasetError` when the inputs disagree in shape, hold
-    non-finite values, yield fewer than `min_rows` pairs, or only one class.
+    `features` are the raw telemetry metrics (`FEATURES` order). The first
+    `spec.history - 1` events (windows not yet full) and the last `horizon` events (no
+    future label) make no pair. Raises `DatasetError` when the inputs disagree in
+    shape, hold non-finite values, yield fewer than `min_rows` pairs, or only one class.
     """
+    spec = spec or FeatureSpec()
     if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
         raise ValueError(f"horizon must be an int >= 1, got {horizon!r}")
-    if isinstance(lags, bool) or not isinstance(lags, int) or lags < 0:
-        raise ValueError(f"lags must be an int >= 0, got {lags!r}")
     if min_rows < 1:
         raise ValueError(f"min_rows must be >= 1, got {min_rows!r}")
 
@@ -140,39 +135,35 @@ def build_pairs(
             DatasetReason.SHAPE,
             f"row counts differ: ts {n}, features {feat_arr.shape[0]}, labels {label_arr.shape[0]}",
         )
-    n_features = feat_arr.shape[1]
-    if feature_names is None:
-        base_names: tuple[str, ...] = (
-            FEATURES if n_features == len(FEATURES) else tuple(f"f{i}" for i in range(n_features))
-        )
-    else:
-        base_names = tuple(feature_names)
-    if len(base_names) != n_features:
+    if feat_arr.shape[1] != len(FEATURES):
         raise DatasetError(
-            DatasetReason.SHAPE, f"{len(base_names)} feature names for {n_features} columns"
+            DatasetReason.SHAPE, f"{feat_arr.shape[1]} metric columns, expected {len(FEATURES)}"
         )
     if not (np.isfinite(ts_arr).all() and np.isfinite(feat_arr).all()):
         raise DatasetError(DatasetReason.NON_FINITE, "ts and features must be finite")
     if label_arr.dtype != np.bool_ and not np.isin(label_arr, (0, 1)).all():
         raise DatasetError(DatasetReason.SHAPE, "labels must be boolean or 0/1")
 
-    n_pairs = n - lags - horizon
+    first = spec.history - 1
+    n_pairs = n - first - horizon
     if n_pairs < min_rows:
         raise DatasetError(
             DatasetReason.TOO_FEW_ROWS,
-            f"{max(n_pairs, 0)} pairs from {n} rows (lags={lags}, horizon={horizon}); "
-            f"need >= {min_rows}",
+            f"{max(n_pairs, 0)} pairs from {n} rows (history={spec.history}, "
+            f"horizon={horizon}); need >= {min_rows}",
         )
 
     order = np.argsort(ts_arr, kind="stable")
     ts_sorted = ts_arr[order]
-    feat_sorted = feat_arr[order]
     y_sorted = label_arr[order].astype(np.float32)
+    X_all = spec.transform(ts_sorted, feat_arr[order], y_sorted)
 
-    rows = np.arange(lags, n - horizon)  # the t of every pair
-    X = stack_lags(feat_sorted[: n - horizon], lags)
+    rows = np.arange(first, n - horizon)  # the t of every pair
+    X = np.ascontiguousarray(X_all[rows])
     y = np.ascontiguousarray(y_sorted[rows + horizon])
     ts_out = np.ascontiguousarray(ts_sorted[rows])
+    if not np.isfinite(X).all():
+        raise DatasetError(DatasetReason.NON_FINITE, "features overflowed float32")
 
     n_pos = int(np.count_nonzero(y))
     if n_pos == 0 or n_pos == y.shape[0]:
@@ -187,9 +178,9 @@ def build_pairs(
         X=X,
         y=y,
         ts=ts_out,
-        feature_names=lagged_feature_names(base_names, lags),
+        feature_names=spec.names(),
         horizon=horizon,
-        lags=lags,
+        spec=spec,
         sha256=dataset_sha256(X, y),
     )
 

@@ -10,7 +10,7 @@ from typing import Any, Final
 import numpy as np
 import torch
 from skorch import NeuralNetBinaryClassifier
-from skorch.callbacks import EpochTimer, PassthroughScoring, PrintLog
+from skorch.callbacks import EarlyStopping, EpochTimer, PassthroughScoring, PrintLog
 from skorch.utils import is_dataset
 
 from kernel.mlp import SlaMLP
@@ -68,6 +68,37 @@ def _as_tensor(values: Any) -> torch.Tensor:
     return torch.as_tensor(arr)
 
 
+class TailSplit:
+    """skorch `train_split` that keeps the NEWEST `fraction` of the rows for validation.
+
+    skorch's default split is random (stratified), which in a time series lets a net
+    validate on rows older than some it trained on; this one never does. With too few
+    rows for both parts it validates on nothing (early stopping then never fires).
+    """
+
+    def __init__(self, fraction: float = 0.15, min_rows: int = 20) -> None:
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
+        self.fraction = fraction
+        self.min_rows = min_rows
+
+    def __call__(self, dataset: Any, y: Any = None, **_: Any) -> tuple[Any, Any]:
+        if not isinstance(dataset, _ArrayDataset):
+            raise TypeError("TailSplit needs the whole-array dataset SlaNet builds")
+        n = len(dataset)
+        n_valid = math.ceil(n * self.fraction)
+        if n_valid < self.min_rows or n - n_valid < self.min_rows:
+            return dataset, None
+        cut = n - n_valid
+        y_t = dataset.y
+        head = _ArrayDataset(dataset.X[:cut], None if y_t is None else y_t[:cut])
+        tail = _ArrayDataset(dataset.X[cut:], None if y_t is None else y_t[cut:])
+        return head, tail
+
+    def __repr__(self) -> str:
+        return f"TailSplit(fraction={self.fraction}, min_rows={self.min_rows})"
+
+
 @contextmanager
 def _torch_threads(n_threads: int | None) -> Iterator[None]:
     """Run with `n_threads` intra-op threads, restoring the previous count afterwards."""
@@ -79,6 +110,23 @@ def _torch_threads(n_threads: int | None) -> Iterator[None]:
     finally:
         if torch.get_num_threads() != previous:
             torch.set_num_threads(previous)
+
+
+class _BestEpoch(EarlyStopping):
+    """Early stopping on the validation tail, restoring the best epoch; silent, and a
+    no-op when a fit has no validation rows."""
+
+    def __init__(self, patience: int) -> None:
+        super().__init__(monitor="valid_loss", patience=patience, load_best=True, sink=_quiet)
+
+    def on_epoch_end(self, net: Any, **kwargs: Any) -> None:
+        if net.history[-1].get("valid_loss") is None:
+            return
+        super().on_epoch_end(net, **kwargs)
+
+
+def _quiet(*_: Any) -> None:
+    """Sink for skorch's early-stopping message."""
 
 
 class SlaNet(NeuralNetBinaryClassifier):
@@ -95,8 +143,15 @@ class SlaNet(NeuralNetBinaryClassifier):
       joblib worker by default; the caller's setting is restored afterwards).
 
     Data is fed from whole tensors sliced into batches (no per-row `Dataset` and
-    `DataLoader` collate); training batches are shuffled per epoch. `train_split`
-    defaults to None: the cross-validation around the net is the validation.
+    `DataLoader` collate); training batches are shuffled per epoch. Each fit keeps
+    the newest `valid_fraction` of ITS rows as a time-ordered validation tail
+    (`TailSplit`) and stops when the validation log loss has not improved for
+    `patience` epochs, restoring the best epoch's weights; inside a CV fold that tail
+    is part of the fold's training rows, so the fold's validation rows stay unseen.
+    `valid_fraction=0` trains all `max_epochs` on every row.
+
+    `balance_classes` (off by default) weights breaches by n_neg / n_pos in the loss;
+    it skews probabilities towards breach, so only use it with a calibration step.
 
     Parameters route the skorch way: `lr`, `max_epochs`, `batch_size`,
     `module__hidden_layers`, `module__width`, `module__dropout`, `module__activation`,
@@ -110,15 +165,19 @@ class SlaNet(NeuralNetBinaryClassifier):
         criterion: type[torch.nn.Module] = torch.nn.BCEWithLogitsLoss,
         optimizer: type[torch.optim.Optimizer] = torch.optim.Adam,
         lr: float = 1e-3,
-        max_epochs: int = 20,
-        batch_size: int = 256,
+        max_epochs: int = 100,
+        batch_size: int = 64,
         train_split: Any = None,
         verbose: int = 0,
         seed: int = 0,
-        balance_classes: bool = True,
+        balance_classes: bool = False,
         num_threads: int | None = 1,
+        valid_fraction: float = 0.15,
+        patience: int = 8,
         **kwargs: Any,
     ) -> None:
+        if train_split is None and valid_fraction > 0:
+            train_split = TailSplit(valid_fraction)
         super().__init__(
             module,
             criterion=criterion,
@@ -133,6 +192,8 @@ class SlaNet(NeuralNetBinaryClassifier):
         self.seed = seed
         self.balance_classes = balance_classes
         self.num_threads = num_threads
+        self.valid_fraction = valid_fraction
+        self.patience = patience
 
     @property
     def _default_callbacks(self) -> list[tuple[str, Any]]:
@@ -142,6 +203,7 @@ class SlaNet(NeuralNetBinaryClassifier):
             ("epoch_timer", EpochTimer()),
             ("train_loss", PassthroughScoring(name="train_loss", on_train=True)),
             ("valid_loss", PassthroughScoring(name="valid_loss")),
+            ("early_stopping", _BestEpoch(patience=self.patience)),
             ("print_log", PrintLog()),
         ]
 

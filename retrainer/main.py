@@ -6,6 +6,7 @@ import logging
 import threading
 
 from kernel.embedded import embedded_broker
+from kernel.features import FeatureSpec
 from kernel.kafka import (
     DeliveryTracker,
     TopicSpec,
@@ -35,6 +36,7 @@ def training_config(settings: RetrainerSettings) -> TrainingConfig:
         seed=settings.seed,
         max_epochs=settings.max_epochs,
         batch_size=settings.batch_size,
+        patience=settings.patience,
         n_iter=settings.n_iter,
         holdout_fraction=settings.holdout_fraction,
         grid=grid if grid is not None else default_grid(),
@@ -42,7 +44,7 @@ def training_config(settings: RetrainerSettings) -> TrainingConfig:
     return TrainingConfig(
         search=search,
         horizon=settings.horizon,
-        lags=settings.lags,
+        features=FeatureSpec(lags=settings.lags, rolling_window=settings.rolling_window),
         min_rows=settings.min_rows,
         champion_margin=settings.champion_margin,
     )

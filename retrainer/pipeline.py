@@ -12,10 +12,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from kernel.artifacts import ModelArtifacts, ModelCard, serialize_model
+from kernel.artifacts import ModelArtifacts, ModelCard, predict_proba, serialize_model
+from kernel.features import FeatureSpec
 from kernel.mlp import SlaMLP
-from retrainer.dataset import SupervisedSet, build_pairs
-from retrainer.metrics import evaluate
+from retrainer.baselines import BaselineForecasts, as_card, losing_baseline, score_baselines, skill
+from retrainer.dataset import DEFAULT_MIN_ROWS, SupervisedSet, build_pairs
+from retrainer.metrics import evaluate, reliability_table
 from retrainer.replay import TenantRows
 from retrainer.search import SearchConfig, SearchResult, run_search
 from schemas import ChampionDecision, RetrainRequested
@@ -28,8 +30,8 @@ _VERSIONED = ("slaops", "torch", "scikit-learn", "skorch", "numpy")
 class TrainingConfig:
     search: SearchConfig
     horizon: int = 1
-    lags: int = 0
-    min_rows: int = 200
+    features: FeatureSpec = FeatureSpec()
+    min_rows: int = DEFAULT_MIN_ROWS
     champion_margin: float = 0.0
 
 
@@ -48,6 +50,8 @@ class TrainingOutcome:
     result: SearchResult
     decision: ChampionDecision
     champion_metrics: dict[str, float] | None
+    baselines: BaselineForecasts
+    skill: dict[str, float]
     artifacts: ModelArtifacts | None  # only when the challenger is to be published
 
     @property
@@ -88,14 +92,14 @@ def score_champion(
 ) -> dict[str, float] | None:
     """The champion's holdout metrics on the challenger's holdout, if it is comparable.
 
-    A champion trained with other features, lags or horizon answers another question,
-    so it is not compared (and the challenger wins by default).
+    A champion trained with other features or horizon answers another question, so
+    it is not compared (and the challenger wins unless a baseline beats it).
     """
     if champion is None:
         return None
     card = champion.card
-    if (card.lags, card.horizon, tuple(card.feature_order)) != (
-        data.lags,
+    if (card.features, card.horizon, tuple(card.feature_order)) != (
+        data.spec,
         data.horizon,
         data.feature_names,
     ):
@@ -105,17 +109,37 @@ def score_champion(
 
 
 def decide(
-    challenger: dict[str, float], champion: dict[str, float] | None, margin: float
+    challenger: dict[str, float],
+    champion: dict[str, float] | None,
+    margin: float,
+    skills: dict[str, float],
 ) -> ChampionDecision:
+    """Publish only a challenger with skill over the gated baselines that beats the champion."""
     score = float(challenger["log_loss"])
-    if champion is None:
-        return ChampionDecision(published=True, rule=CHAMPION_RULE, challenger_score=score)
-    best = float(champion["log_loss"])
+    best = None if champion is None else float(champion["log_loss"])
+    rule = CHAMPION_RULE if margin == 0 else f"{CHAMPION_RULE} margin={margin:g}"
+    lost = losing_baseline(skills)
+    if lost is not None:
+        baseline, why = lost
+        return ChampionDecision(
+            published=False,
+            rule=f"{rule}; skill over prior and persistence",
+            challenger_score=score,
+            champion_score=best,
+            verdict="baseline_better",
+            baseline=baseline,  # type: ignore[arg-type]
+            detail=why,
+        )
+    if best is None:
+        return ChampionDecision(published=True, rule=rule, challenger_score=score)
+    won = score < best * (1.0 - margin)
     return ChampionDecision(
-        published=score < best * (1.0 - margin),
-        rule=CHAMPION_RULE if margin == 0 else f"{CHAMPION_RULE} margin={margin:g}",
+        published=won,
+        rule=rule,
         challenger_score=score,
         champion_score=best,
+        verdict="published" if won else "champion_better",
+        detail="" if won else f"champion log_loss {best:.4f} <= challenger {score:.4f}",
     )
 
 
@@ -131,12 +155,14 @@ def train_and_decide(
         rows.features,
         rows.labels,
         horizon=config.horizon,
-        lags=config.lags,
+        spec=config.features,
         min_rows=config.min_rows,
     )
     result = run_search(data, config.search)
+    baselines = score_baselines(data, result.train_idx, result.holdout_idx, seed=config.search.seed)
+    skills = skill(result.holdout_metrics, baselines.metrics)
     champion_metrics = score_champion(champion, data, result)
-    decision = decide(result.holdout_metrics, champion_metrics, config.champion_margin)
+    decision = decide(result.holdout_metrics, champion_metrics, config.champion_margin, skills)
     artifacts = None
     if decision.published:
         lineage = {
@@ -160,14 +186,19 @@ def train_and_decide(
             },
             "libraries": library_versions(),
         }
+        holdout = result.holdout_idx
+        proba = predict_proba(result.module, data.X[holdout])
         artifacts = serialize_model(
             result.module,
             {
+                "features": data.spec,
                 "feature_order": list(data.feature_names),
-                "lags": data.lags,
                 "horizon": data.horizon,
                 "threshold": float(result.threshold),
                 "metrics": finite(result.holdout_metrics),
+                "baselines": as_card(baselines),
+                "skill": finite(skills),
+                "calibration": reliability_table(data.y[holdout], proba),
                 "cv_table": _jsonable_rows(result.cv_table),
                 "lineage": lineage,
             },
@@ -177,5 +208,7 @@ def train_and_decide(
         result=result,
         decision=decision,
         champion_metrics=champion_metrics,
+        baselines=baselines,
+        skill=skills,
         artifacts=artifacts,
     )

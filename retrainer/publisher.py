@@ -105,13 +105,17 @@ class RequestHandler:
         except DatasetError as exc:
             return self._failed(request, exc.reason.value, exc.detail)
         self._check_cancelled(request)
-        if outcome.artifacts is None:  # only a champion can be kept
+        if outcome.artifacts is None:  # the champion, or a baseline, was better
             log.info(
-                "tenant=%s event_id=%s champion kept: challenger %.4f vs champion %.4f",
+                "tenant=%s event_id=%s not published (%s): challenger %.4f vs champion %s; %s",
                 request.tenant,
                 request.event_id,
+                outcome.decision.verdict,
                 outcome.decision.challenger_score,
-                outcome.decision.champion_score or float("nan"),
+                "none"
+                if outcome.decision.champion_score is None
+                else f"{outcome.decision.champion_score:.4f}",
+                outcome.decision.detail,
             )
             kept = ChampionKept(
                 request_event_id=request.event_id,
@@ -119,7 +123,7 @@ class RequestHandler:
                 reason=request.reason,
                 decision=outcome.decision,
                 challenger_metrics=outcome.metrics,
-                champion_revision=champion.revision if champion is not None else "",
+                champion_revision=champion.revision if champion is not None else None,
                 decided_at=datetime.now(UTC),
             )
             return Outcome("kept", [(self._decisions_topic, key, kept)])

@@ -46,7 +46,13 @@ from sklearn.model_selection import (
 
 from kernel.artifacts import predict_proba
 from kernel.mlp import SlaMLP
-from retrainer.dataset import DatasetError, DatasetReason, SupervisedSet, time_split
+from retrainer.dataset import (
+    DEFAULT_HOLDOUT_FRACTION,
+    DatasetError,
+    DatasetReason,
+    SupervisedSet,
+    time_split,
+)
 from retrainer.estimator import SlaNet
 from retrainer.metrics import evaluate, f1_threshold
 
@@ -83,8 +89,12 @@ class SearchConfig:
     With 18 candidates and factor 3, halving runs 3 rounds that each cost about a
     ninth of the grid, so it is at most ~3x cheaper by construction; small rounds cost
     more than their share (a batch step costs about the same for 80 rows as for 256).
-    `balance_classes` weights breaches by n_neg / n_pos in the loss (probabilities
-    then lean towards breach; the chosen threshold accounts for it).
+    Each fit trains up to `max_epochs` in batches of `batch_size`, stopping early
+    when the log loss on the newest `valid_fraction` of its own rows has not improved
+    for `patience` epochs. `balance_classes` (off by default) weights breaches by
+    n_neg / n_pos in the loss: probabilities then lean towards breach, so every
+    consumer of them (selection, champion/challenger, downstream users) would read
+    them wrong; the decision threshold is tuned instead.
     """
 
     strategy: Strategy = "grid"
@@ -93,15 +103,17 @@ class SearchConfig:
     scoring: str = "neg_log_loss"
     n_jobs: int = 2
     seed: int = 0
-    max_epochs: int = 20
-    batch_size: int = 256
+    max_epochs: int = 60
+    batch_size: int = 128
     lr: float = 1e-3
     n_iter: int = 6
     halving_factor: int = 3
     halving_resource: HalvingResource = "n_samples"
-    holdout_fraction: float = 0.15
+    holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION
     threshold_strategy: ThresholdStrategy = "oof_f1"
-    balance_classes: bool = True
+    balance_classes: bool = False
+    valid_fraction: float = 0.15
+    patience: int = 6
 
     def __post_init__(self) -> None:
         if self.strategy not in ("grid", "random", "halving"):
@@ -121,12 +133,15 @@ class SearchConfig:
             ("batch_size", 1),
             ("n_iter", 1),
             ("halving_factor", 2),
+            ("patience", 1),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
         if self.n_jobs == 0:
             raise ValueError("n_jobs must not be 0")
+        if not 0.0 <= self.valid_fraction < 1.0:
+            raise ValueError(f"valid_fraction must be in [0, 1), got {self.valid_fraction!r}")
         if not 0.0 < self.holdout_fraction < 1.0:
             raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction!r}")
 
@@ -146,6 +161,8 @@ class SearchConfig:
             batch_size=self.batch_size,
             seed=self.seed,
             balance_classes=self.balance_classes,
+            valid_fraction=self.valid_fraction,
+            patience=self.patience,
             optimizer__fused=True,
         )
 

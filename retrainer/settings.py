@@ -8,7 +8,10 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from kernel.features import FeatureSpec
 from kernel.settings import StoreSettings, TopicName
+from retrainer.dataset import DEFAULT_HOLDOUT_FRACTION, DEFAULT_MIN_ROWS
+from retrainer.search import SearchConfig
 from schemas import topics
 from schemas.telemetry import DEFAULT_MAX_MESSAGE_BYTES
 
@@ -24,6 +27,9 @@ GRID_KEYS = frozenset(
         "module__activation",
     }
 )
+
+
+_FEATURES = FeatureSpec()
 
 
 class RetrainerSettings(StoreSettings):
@@ -61,14 +67,38 @@ class RetrainerSettings(StoreSettings):
     n_splits: int = Field(default=5, ge=2, le=20, description="Time-series CV folds.")
     n_jobs: int = Field(default=2, ge=1, le=256, description="Parallel fits (joblib workers).")
     seed: int = Field(default=0, ge=0, description="Seed of every fit and draw.")
-    max_epochs: int = Field(default=20, ge=1, le=10_000, description="Epochs per fit.")
-    batch_size: int = Field(default=256, ge=1, description="Minibatch size.")
-    horizon: int = Field(default=1, ge=1, le=1_000, description="Forecast breach h steps ahead.")
-    lags: int = Field(default=0, ge=0, le=50, description="Previous events added as features.")
-    holdout_fraction: float = Field(
-        default=0.15, gt=0, lt=0.5, description="Newest share of rows kept from the search."
+    max_epochs: int = Field(
+        default=SearchConfig.max_epochs,
+        ge=1,
+        le=10_000,
+        description="Most epochs per fit (early stopping on the newest rows usually ends it).",
     )
-    min_rows: int = Field(default=200, ge=20, description="Fewer usable rows fail the request.")
+    batch_size: int = Field(default=SearchConfig.batch_size, ge=1, description="Minibatch size.")
+    patience: int = Field(
+        default=SearchConfig.patience,
+        ge=1,
+        le=1_000,
+        description="Stop a fit after this many epochs without a better validation log loss.",
+    )
+    horizon: int = Field(default=1, ge=1, le=1_000, description="Forecast breach h steps ahead.")
+    lags: int = Field(
+        default=_FEATURES.lags, ge=0, le=8, description="Previous events' metrics as features."
+    )
+    rolling_window: int = Field(
+        default=_FEATURES.rolling_window,
+        ge=2,
+        le=1_440,
+        description="Events in the rolling mean and std of latency and error rate.",
+    )
+    holdout_fraction: float = Field(
+        default=DEFAULT_HOLDOUT_FRACTION,
+        gt=0,
+        lt=0.5,
+        description="Newest share of rows kept from the search.",
+    )
+    min_rows: int = Field(
+        default=DEFAULT_MIN_ROWS, ge=20, description="Fewer usable rows fail the request."
+    )
     champion_margin: float = Field(
         default=0.0,
         ge=0,

@@ -17,13 +17,29 @@ Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 ArtifactKind = Literal["safetensors", "pt", "card"]
 
 
+#: Why a challenger was or was not published.
+Verdict = Literal["published", "champion_better", "baseline_better"]
+#: The trivial forecasts a challenger must beat (see `retrainer.baselines`).
+BaselineName = Literal["prior", "persistence", "logistic"]
+
+
 class ChampionDecision(BaseModel):
+    """The champion/challenger decision on one holdout.
+
+    `verdict` is `baseline_better` when the challenger has no skill over a trivial
+    forecast (`baseline` names it, `detail` says by how much): the tenant keeps what it
+    has, and a tenant without a model is told its data does not support one.
+    """
+
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
     published: bool
-    rule: str
+    rule: str = Field(max_length=200)
     challenger_score: float
     champion_score: float | None = None
+    verdict: Verdict = "published"
+    baseline: BaselineName | None = None
+    detail: str = Field(default="", max_length=500)
 
 
 class ModelPublished(BaseModel):

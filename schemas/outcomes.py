@@ -3,7 +3,9 @@
 `RetrainFailed` (`sla.retrain.failures`): the request could not be served (its data
 left the topic, too few rows, one class, ...); it is committed and not retried.
 `ChampionKept` (`sla.retrain.decisions`): a challenger was trained but did not beat the
-current model on the same holdout, so nothing was published.
+current model, or a trivial baseline, on the same holdout, so nothing was published
+(`decision.verdict` says which; `champion_revision` is None for a tenant that has no
+model yet).
 Together with `ModelPublished` these close a request: the consumer frees the tenant's
 request gate on any of the three.
 """
@@ -49,5 +51,5 @@ class ChampionKept(BaseModel):
     reason: RetrainReason
     decision: ChampionDecision
     challenger_metrics: dict[str, float]
-    champion_revision: str = Field(max_length=128)
+    champion_revision: str | None = Field(max_length=128)
     decided_at: AwareDatetime

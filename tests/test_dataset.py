@@ -10,6 +10,7 @@ from sklearn.model_selection import TimeSeriesSplit
 
 import retrainer.dataset
 from kernel.errors import SlaopsError
+from kernel.features import LOG_METRICS, FeatureSpec
 from retrainer.dataset import (
     DatasetError,
     DatasetReason,
@@ -41,52 +42,63 @@ def test_doctests() -> None:
     assert doctest.testmod(retrainer.dataset).failed == 0
 
 
-def test_pairs_without_lags_shift_labels_by_horizon() -> None:
+#: The smallest pipeline: full windows from the second event on.
+SMALL = FeatureSpec(lags=0, breach_windows=(2,), rolling_window=2)
+LOGGED = [FEATURES.index(m) for m in LOG_METRICS]
+
+
+def _base(features: np.ndarray) -> np.ndarray:
+    """The pipeline's first six columns: metrics with latencies and rps as log1p."""
+    out = np.asarray(features, dtype=np.float64).copy()
+    out[:, LOGGED] = np.log1p(out[:, LOGGED])
+    return out.astype(np.float32)
+
+
+def test_pairs_shift_labels_by_horizon_after_the_first_full_window() -> None:
     ts, features, labels = _table()
-    data = build_pairs(ts, features, labels, horizon=1, min_rows=1)
+    data = build_pairs(ts, features, labels, horizon=1, spec=SMALL, min_rows=1)
     assert isinstance(data, SupervisedSet)
     assert data.X.dtype == np.float32 and data.y.dtype == np.float32
-    np.testing.assert_array_equal(data.X, features[:5].astype(np.float32))
-    np.testing.assert_array_equal(data.y, [1, 0, 1, 0, 1])  # labels of rows 1..5
-    np.testing.assert_array_equal(data.ts, ts[:5])
-    assert data.feature_names == FEATURES
-    assert (data.horizon, data.lags, len(data), data.n_positive) == (1, 0, 5, 3)
+    # t runs over rows 1..4 (row 0 has no full window; row 5 has no next label)
+    np.testing.assert_array_equal(data.X[:, :6], _base(features[1:5]))
+    np.testing.assert_array_equal(data.y, [0, 1, 0, 1])  # labels of rows 2..5
+    np.testing.assert_array_equal(data.ts, ts[1:5])
+    breach = data.X[:, data.feature_names.index("breach")]
+    np.testing.assert_array_equal(breach, labels[1:5])  # this interval's own breach
+    np.testing.assert_array_equal(data.X[:, data.feature_names.index("breach_rate_2")], 0.5)
+    assert data.feature_names == SMALL.names()
+    assert (data.horizon, data.lags, len(data), data.n_positive) == (1, 0, 4, 2)
 
 
 def test_pairs_with_lags_and_longer_horizon_are_exact() -> None:
     ts, features, labels = _table()
-    data = build_pairs(ts, features, labels, horizon=2, lags=1, min_rows=1)
-    # t runs over rows 1..3: features at t, then at t - 1; label at t + 2.
-    expected_x = np.array(
-        [
-            [10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5],
-            [20, 21, 22, 23, 24, 25, 10, 11, 12, 13, 14, 15],
-            [30, 31, 32, 33, 34, 35, 20, 21, 22, 23, 24, 25],
-        ],
-        dtype=np.float32,
-    )
-    np.testing.assert_array_equal(data.X, expected_x)
+    spec = FeatureSpec(lags=1, breach_windows=(2,), rolling_window=2)
+    data = build_pairs(ts, features, labels, horizon=2, spec=spec, min_rows=1)
+    # t runs over rows 1..3: metrics at t, then at t - 1; label at t + 2.
+    expected = np.concatenate((_base(features[1:4]), _base(features[0:3])), axis=1)
+    np.testing.assert_array_equal(data.X[:, :12], expected)
     np.testing.assert_array_equal(data.y, [1, 0, 1])  # rows 3, 4, 5
     np.testing.assert_array_equal(data.ts, [101.0, 102.0, 103.0])
-    assert data.feature_names[:6] == FEATURES
-    assert data.feature_names[6:] == tuple(f"{name}_lag1" for name in FEATURES)
-    assert "rps_lag1" in data.feature_names
+    assert data.feature_names[6:12] == tuple(f"{name}_lag1" for name in data.feature_names[:6])
+    assert "log1p_rps_lag1" in data.feature_names
 
 
 def test_two_lags_name_blocks_in_order() -> None:
     ts, features, labels = _table(8)
-    data = build_pairs(ts, features, labels, lags=2, min_rows=1, feature_names=list("abcdef"))
-    assert data.X.shape == (5, 18)
-    assert data.feature_names[:7] == ("a", "b", "c", "d", "e", "f", "a_lag1")
-    assert data.feature_names[-1] == "f_lag2"
-    np.testing.assert_array_equal(data.X[0, [0, 6, 12]], [20, 10, 0])
+    spec = FeatureSpec(lags=2, breach_windows=(2,), rolling_window=2)
+    data = build_pairs(ts, features, labels, spec=spec, min_rows=1)
+    assert data.X.shape == (5, len(spec.names()))
+    assert data.feature_names[6] == "log1p_latency_p50_ms_lag1"
+    assert data.feature_names[17] == "log1p_rps_lag2"
+    np.testing.assert_array_equal(data.X[0, [3, 9, 15]], [23, 13, 3])  # error_rate t, t-1, t-2
 
 
 def test_rows_are_sorted_by_ts_first() -> None:
     ts, features, labels = _table(10)
     order = np.random.default_rng(1).permutation(10)
-    shuffled = build_pairs(ts[order], features[order], labels[order], lags=1, min_rows=1)
-    ordered = build_pairs(ts, features, labels, lags=1, min_rows=1)
+    spec = FeatureSpec(lags=1, breach_windows=(2,), rolling_window=2)
+    shuffled = build_pairs(ts[order], features[order], labels[order], spec=spec, min_rows=1)
+    ordered = build_pairs(ts, features, labels, spec=spec, min_rows=1)
     np.testing.assert_array_equal(shuffled.X, ordered.X)
     np.testing.assert_array_equal(shuffled.y, ordered.y)
     np.testing.assert_array_equal(shuffled.ts, ordered.ts)
@@ -97,14 +109,14 @@ def test_equal_timestamps_keep_arrival_order() -> None:
     ts = np.array([1.0, 1.0, 1.0, 0.0])
     features = np.arange(4)[:, None] * np.ones((1, 6))
     labels = np.array([0, 1, 0, 1], dtype=bool)
-    data = build_pairs(ts, features, labels, min_rows=1)
-    # sorted rows: 3 (ts 0), then 0, 1, 2 in arrival order
-    np.testing.assert_array_equal(data.X[:, 0], [3, 0, 1])
-    np.testing.assert_array_equal(data.y, [0, 1, 0])
+    data = build_pairs(ts, features, labels, spec=SMALL, min_rows=1)
+    # sorted rows: 3 (ts 0), then 0, 1, 2 in arrival order; t = rows 0 and 1
+    np.testing.assert_array_equal(data.X[:, 3], [0, 1])  # error_rate, not logged
+    np.testing.assert_array_equal(data.y, [1, 0])
 
 
 def test_arrays_are_read_only() -> None:
-    data = build_pairs(*_table(), min_rows=1)
+    data = build_pairs(*_table(), spec=SMALL, min_rows=1)
     with pytest.raises(ValueError):
         data.X[0, 0] = 1.0
     with pytest.raises(ValueError):
@@ -130,7 +142,7 @@ def test_time_split_rejects_bad_fractions(fraction: float) -> None:
 def test_no_validation_or_holdout_row_precedes_a_training_row() -> None:
     ts, features, labels = _window(400)
     order = np.random.default_rng(2).permutation(400)
-    data = build_pairs(ts[order], features[order], labels[order], lags=2)
+    data = build_pairs(ts[order], features[order], labels[order], spec=FeatureSpec(lags=2))
     train, holdout = time_split(len(data))
     assert data.ts[holdout].min() > data.ts[train].max()
     for fold_train, fold_val in TimeSeriesSplit(n_splits=5).split(data.X[train]):
@@ -141,7 +153,7 @@ def test_no_validation_or_holdout_row_precedes_a_training_row() -> None:
 
 
 def test_sha256_is_stable_and_tracks_every_row() -> None:
-    ts, features, labels = _window(200)
+    ts, features, labels = _window(300)
     first = build_pairs(ts, features, labels)
     again = build_pairs(ts.copy(), features.copy(), labels.copy())
     assert first.sha256 == again.sha256
@@ -162,13 +174,15 @@ def test_sha256_is_stable_and_tracks_every_row() -> None:
 def test_too_few_rows() -> None:
     ts, features, labels = _window(50)
     with pytest.raises(DatasetError) as info:
-        build_pairs(ts, features, labels)  # default min_rows 100
+        build_pairs(ts, features, labels)  # default min_rows 200
     assert info.value.reason is DatasetReason.TOO_FEW_ROWS
     assert str(info.value).startswith("too_few_rows:")
     with pytest.raises(DatasetError) as info:
-        build_pairs(ts, features, labels, lags=5, horizon=3, min_rows=43)  # 42 pairs
+        build_pairs(ts, features, labels, spec=SMALL, horizon=3, min_rows=47)  # 46 pairs
     assert info.value.reason is DatasetReason.TOO_FEW_ROWS
-    assert len(build_pairs(ts, features, labels, lags=5, horizon=3, min_rows=42)) == 42
+    assert len(build_pairs(ts, features, labels, spec=SMALL, horizon=3, min_rows=46)) == 46
+    spec = FeatureSpec(lags=5, breach_windows=(2,), rolling_window=2)  # history 6
+    assert len(build_pairs(ts, features, labels, spec=spec, horizon=3, min_rows=42)) == 42
     with pytest.raises(DatasetError) as info:
         time_split(1)
     assert info.value.reason is DatasetReason.TOO_FEW_ROWS
@@ -176,15 +190,15 @@ def test_too_few_rows() -> None:
 
 @pytest.mark.parametrize("value", [False, True])
 def test_single_class(value: bool) -> None:
-    ts, features, _ = _window(150)
+    ts, features, _ = _window(250)
     with pytest.raises(DatasetError) as info:
-        build_pairs(ts, features, np.full(150, value))
+        build_pairs(ts, features, np.full(250, value))
     assert info.value.reason is DatasetReason.SINGLE_CLASS
 
 
 def test_single_class_after_the_horizon_shift() -> None:
-    ts, features, _ = _window(150)
-    labels = np.zeros(150, dtype=bool)
+    ts, features, _ = _window(250)
+    labels = np.zeros(250, dtype=bool)
     labels[0] = True  # the only breach is never a target (row 0 has no predecessor)
     with pytest.raises(DatasetError) as info:
         build_pairs(ts, features, labels)
@@ -192,7 +206,7 @@ def test_single_class_after_the_horizon_shift() -> None:
 
 
 def test_shape_and_value_errors() -> None:
-    ts, features, labels = _window(150)
+    ts, features, labels = _window(250)
     cases = [
         ((ts[:-1], features, labels), DatasetReason.SHAPE),
         ((ts, features[:, :3].ravel(), labels), DatasetReason.SHAPE),
@@ -215,7 +229,7 @@ def test_dataset_error_is_a_value_error_and_a_slaops_error() -> None:
     assert issubclass(DatasetError, SlaopsError)
 
 
-@pytest.mark.parametrize("kwargs", [{"horizon": 0}, {"horizon": 1.5}, {"lags": -1}])
+@pytest.mark.parametrize("kwargs", [{"horizon": 0}, {"horizon": 1.5}, {"min_rows": 0}])
 def test_bad_arguments(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
-        build_pairs(*_window(150), **kwargs)  # type: ignore[arg-type]
+        build_pairs(*_window(250), **kwargs)  # type: ignore[arg-type]
