@@ -13,13 +13,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench._data import telemetry_bytes
 from consumer.main import topic_specs
 from consumer.settings import ConsumerSettings
 from kernel.kafka import ensure_topics
 from tests.factories import consumer_names
 from tests.kafka_helpers import produce_all, wait_for
 from tests.processes import ServiceProcess, env_for, services
+from tests.streams import telemetry_bytes
 from tests.test_faults_consumer import committed
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
