@@ -34,7 +34,6 @@ import pydantic_core  # noqa: E402
 import torch  # noqa: E402
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition  # noqa: E402
 
-from bench._data import telemetry_bytes  # noqa: E402
 from consumer.core import CoreConfig, IngestCore  # noqa: E402
 from consumer.live_model import LiveModel  # noqa: E402
 from consumer.main import build_service, topic_specs  # noqa: E402
@@ -45,6 +44,7 @@ from kernel.mlp import SlaMLP  # noqa: E402
 from schemas import FEATURES, TelemetryEvent  # noqa: E402
 from tests.broker import kafka_bootstrap  # noqa: E402
 from tests.kafka_helpers import produce_all  # noqa: E402
+from tests.streams import telemetry_bytes  # noqa: E402
 
 
 def rate(n: int, seconds: float) -> float:

@@ -15,14 +15,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.signal import lfilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from consumer.detectors import DataDriftMonitor, DriftConfig  # noqa: E402
+from tests.streams import SDS  # noqa: E402
+from tests.streams import telemetry_matrix as telemetry  # noqa: E402
+from tests.test_detectors import signals  # noqa: E402
 
-MEANS = np.array([100.0, 180.0, 250.0, 0.01, 0.5, 200.0])
-SDS = np.array([10.0, 20.0, 30.0, 0.003, 0.05, 20.0])
 LATENCIES = (0, 1, 2)
 CHANGE_AT = 5_000
 STATIONARY_EVENTS = 100_000
@@ -37,24 +37,6 @@ CONFIGS = {
 }
 
 
-def telemetry(n: int, seed: int, phi: float = 0.0) -> np.ndarray:
-    """Six metrics at realistic scales; AR(1) noise when phi > 0."""
-    noise = np.random.default_rng(seed).normal(size=(n, len(MEANS)))
-    if phi:
-        noise = lfilter([np.sqrt(1 - phi**2)], [1.0, -phi], noise, axis=0)
-    return np.clip(MEANS + SDS * noise, 0.0, None)
-
-
-def signals(config: DriftConfig, events: np.ndarray, block: int = 1_000) -> list[int]:
-    monitor = DataDriftMonitor(config)
-    found = []
-    for start in range(0, len(events), block):
-        signal = monitor.update_block(events[start : start + block])
-        if signal is not None:
-            found.append(start + signal.index)
-    return found
-
-
 def us_per_event(config: DriftConfig, block: int, tenants: int) -> float:
     """Mean cost of `update_block` over `tenants` monitors, past warmup and window fill."""
     history = config.warmup + config.effective_stride * int(
@@ -63,7 +45,7 @@ def us_per_event(config: DriftConfig, block: int, tenants: int) -> float:
     monitors = [DataDriftMonitor(config) for _ in range(tenants)]
     blocks = []
     for seed, monitor in enumerate(monitors):
-        events = telemetry(history + block, seed).astype(np.float32)
+        events = telemetry(history + block, seed)
         monitor.update_block(events[:history])
         blocks.append(events[history:])
     fed = 0

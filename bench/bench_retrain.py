@@ -24,7 +24,6 @@ than grid with holdout log loss within 2%.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import logging
 import os
@@ -40,11 +39,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
-import psutil  # noqa: E402
 from joblib import Parallel, delayed  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
 
 import retrainer.pipeline as pipeline  # noqa: E402
+from bench._measure import cpu_seconds  # noqa: E402
 from kernel.kafka import TopicSpec, ensure_topics  # noqa: E402
 from retrainer.main import build_service, topic_specs  # noqa: E402
 from retrainer.publisher import Outcome  # noqa: E402
@@ -57,16 +56,6 @@ from tests.retrain_data import telemetry_messages, tenant_rows  # noqa: E402
 
 TENANT = "bench-tenant"
 KEY = SecretStr("bench-retrain-tenant-key-0123456789")
-
-
-def _cpu_seconds() -> float:
-    """CPU seconds so far of this process and its live children (the joblib workers)."""
-    me = psutil.Process()
-    total = sum(me.cpu_times()[:2])
-    for child in me.children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            total += sum(child.cpu_times()[:2])
-    return total
 
 
 def _warm_fit(seed: int) -> float:
@@ -175,7 +164,7 @@ def run_strategy(
     commit = service._commit  # called right after the outcome's events are acknowledged
 
     def timed_handle(request: RetrainRequested) -> Outcome:
-        run.cpu_started = _cpu_seconds()
+        run.cpu_started = cpu_seconds()
         run.handle_started = time.perf_counter()
         try:
             outcome = handle(request)
@@ -190,7 +179,7 @@ def run_strategy(
         commit()
         if run.acked is not None and run.committed is None:
             run.committed = time.perf_counter()
-            run.cpu_s = _cpu_seconds() - run.cpu_started
+            run.cpu_s = cpu_seconds() - run.cpu_started
 
     service.handler.handle = timed_handle  # type: ignore[method-assign]
     service._commit = timed_commit  # type: ignore[method-assign]

@@ -18,7 +18,6 @@ holdout log loss within 2%.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import itertools
 import os
@@ -32,15 +31,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import psutil  # noqa: E402
 import torch  # noqa: E402
 from joblib import Parallel, delayed  # noqa: E402
 from sklearn.metrics import log_loss, make_scorer  # noqa: E402
 from sklearn.model_selection import GridSearchCV, TimeSeriesSplit  # noqa: E402
 
+from bench._measure import cpu_seconds  # noqa: E402
 from kernel.mlp import SlaMLP  # noqa: E402
 from retrainer.dataset import build_pairs, time_split  # noqa: E402
 from retrainer.search import SearchConfig, SearchResult, run_search  # noqa: E402
+from tests.retrain_data import window_from_load  # noqa: E402
 
 
 def synthetic_window(n_rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -50,16 +50,7 @@ def synthetic_window(n_rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray
     shocks = rng.normal(0.0, 0.45, n_rows)
     for t in range(1, n_rows):
         load[t] = 0.9 * load[t - 1] + shocks[t]
-    p50 = np.exp(3.5 + 0.3 * load + rng.normal(0, 0.1, n_rows))
-    p95 = p50 * np.exp(0.8 + 0.2 * rng.normal(size=n_rows))
-    p99 = np.exp(5.0 + 0.6 * load + rng.normal(0, 0.15, n_rows))
-    errors = np.clip(0.01 + 0.01 * np.maximum(load, 0) + rng.normal(0, 0.003, n_rows), 0, 1)
-    cpu = np.clip(0.5 + 0.1 * load + rng.normal(0, 0.05, n_rows), 0, 1)
-    rps = np.exp(6 + rng.normal(0, 0.2, n_rows))
-    features = np.stack([p50, p95, p99, errors, cpu, rps], axis=1)
-    labels = p99 > np.quantile(p99, 0.85)
-    ts = 1.7e9 + 60.0 * np.arange(n_rows)
-    return ts, features, labels
+    return window_from_load(load, rng, breach_quantile=0.85)
 
 
 def _plain_fit(
@@ -118,24 +109,10 @@ def _candidates(config: SearchConfig) -> list[dict[str, Any]]:
     ]
 
 
-def _cpu_seconds() -> float:
-    """CPU seconds used so far by this process and its live children (the joblib workers).
-
-    Other engineers share these 2 cores, so wall time swings with their load; CPU
-    time is the steadier measure of the work each variant does.
-    """
-    me = psutil.Process()
-    total = sum(me.cpu_times()[:2])
-    for child in me.children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            total += sum(child.cpu_times()[:2])
-    return total
-
-
 def _timed(fn: Any, *args: Any) -> tuple[Any, float, float]:
-    wall, cpu = time.perf_counter(), _cpu_seconds()
+    wall, cpu = time.perf_counter(), cpu_seconds()
     out = fn(*args)
-    return out, time.perf_counter() - wall, _cpu_seconds() - cpu
+    return out, time.perf_counter() - wall, cpu_seconds() - cpu
 
 
 def skorch_grid(X: np.ndarray, y: np.ndarray, config: SearchConfig) -> dict[str, float]:

@@ -99,7 +99,11 @@ class BatchResult:
 
 
 class IngestCore:
-    """Windows, detectors and request gates for every tenant this member holds."""
+    """Windows, detectors and request gates for every tenant this member holds.
+
+    Pure: records in, a `BatchResult` (dead letters, retrain requests, forecasts) out.
+    A bad record becomes a dead letter, never an exception; imports no Kafka client,
+    produces and commits nothing (the service does)."""
 
     def __init__(self, config: CoreConfig) -> None:
         self.config = config

@@ -34,6 +34,16 @@ class Answer:
 
 
 class ModelFollower:
+    """Learns each tenant's newest model and the answers to its requests, in a thread.
+
+    Reads the models, failures and decisions topics from the beginning; `caught_up`
+    is set once it has read to their ends. Loads models through the given loader
+    (which verifies sha256s) off the ingest path and hands them over via `drain`. An
+    announcement no newer than the version it holds only answers the request, so an
+    old event never rolls a tenant back; a model the loader refuses is counted in
+    `refused` and the previous one kept. Never touches the ingest consumer.
+    """
+
     def __init__(
         self,
         *,

@@ -43,6 +43,16 @@ class ConsumerStats:
 
 
 class ConsumerService:
+    """Drives an `IngestCore` from a Kafka consumer: poll, process, deliver, commit.
+
+    Promises at-least-once: a batch's offsets are committed only after every dead
+    letter, forecast, retrain request and checkpoint it caused was acknowledged; a
+    failed commit is logged and the batch is simply seen again (request ids are
+    deterministic, so repeats dedupe downstream). `run` returns when `stop` is set,
+    closing the consumer; raises `KafkaException` only for a fatal client error.
+    Never validates, windows or detects itself: that is the core's work.
+    """
+
     def __init__(
         self,
         *,

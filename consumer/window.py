@@ -2,9 +2,10 @@
 
 The consumer keeps one window per tenant, for thousands of tenants, so a window
 holds no per-event Python objects: four parallel numpy columns (`ts` float64,
-`features` float32, `labels` bool, `offsets` int64) used as one ring. A full row
-costs `8 + 4 * n_features + 1 + 8` bytes (41 for the six metrics), so 10,000
-tenants at capacity 2,000 take about 0.76 GiB of buffers.
+`features` float32, `labels` bool, `offsets` uint32 relative to a base offset,
+int64 only if a window ever spans 2**32 offsets) used as one ring. A full row
+costs `8 + 4 * n_features + 1 + 4` bytes (37 for the six metrics: `row_nbytes`),
+so 10,000 tenants at capacity 2,000 take about 0.69 GiB of buffers.
 
 Buffers start empty and grow geometrically (doubling) up to `capacity`, never
 beyond: quiet tenants stay small, and a full window holds exactly `capacity`
@@ -29,7 +30,7 @@ from schemas.telemetry import FEATURES
 _S = TypeVar("_S", bound=np.generic)
 
 #: Events per tenant the consumer keeps unless configured otherwise: a day of
-#: one-minute intervals, so that 10,000 full windows (59 KB each) fit in 1 GiB beside
+#: one-minute intervals, so that 10,000 full windows (53 KB each) fit in 1 GiB beside
 #: their detectors.
 DEFAULT_CAPACITY: Final = 1_440
 #: Rows allocated on the first append: enough for a handful of batches.
@@ -38,7 +39,11 @@ _MAX_DELTA: Final = 2**32 - 1
 
 
 def row_nbytes(n_features: int = len(FEATURES)) -> int:
-    """Bytes one event occupies across the four columns (for memory budgets)."""
+    """Bytes one event occupies across the four columns (for memory budgets).
+
+    >>> row_nbytes(6), row_nbytes(6) * DEFAULT_CAPACITY
+    (37, 53280)
+    """
     return 8 + 4 * n_features + 1 + 4
 
 

@@ -47,6 +47,16 @@ def commit_message(request: RetrainRequested) -> str:
 
 
 class RequestHandler:
+    """Serves one `RetrainRequested`: dedupe, replay, train, decide, publish.
+
+    `handle` returns an `Outcome` whose events the caller produces (`ModelPublished`,
+    `ChampionKept` or `RetrainFailed`); unusable data or a replay range that is gone
+    becomes a `RetrainFailed`, not an exception. A request whose model the store
+    already holds is re-announced, never retrained. Raises `Cancelled` when `cancel`
+    was called for the request (its partition moved); store errors propagate. Never
+    produces to Kafka or commits offsets.
+    """
+
     def __init__(
         self,
         *,

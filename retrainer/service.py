@@ -57,6 +57,16 @@ class RetrainerStats:
 
 
 class RetrainerService:
+    """Drives a `RequestHandler` from a Kafka consumer, one search at a time.
+
+    Searches run in a worker thread while the loop keeps polling, so a long search
+    never costs the group its membership; a tenant's requests that arrive meanwhile
+    are coalesced. A request's offset is committed only after its outcome was
+    acknowledged; a failed search or delivery leaves it uncommitted and retries it
+    after a growing pause (`retry_backoff_s` up to `max_retry_backoff_s`). `run` returns when
+    `stop` is set. Never trains on the poll thread.
+    """
+
     def __init__(
         self,
         *,

@@ -159,7 +159,12 @@ class EventMeta:
 
 
 class TelemetrySimulator:
-    """Round-robin telemetry of `n_tenants` tenants, one event each per `interval_s`."""
+    """Round-robin telemetry of `n_tenants` tenants, one event each per `interval_s`.
+
+    Seeded: the same arguments give the same bytes. Injects the planned drifts and,
+    at `malformed_rate`, malformed records (each event's metadata says which).
+    Raises `ValueError` for impossible arguments; sends nothing itself (the simulator
+    service produces what it yields)."""
 
     def __init__(
         self,

@@ -47,6 +47,18 @@ def read_topic(
     return found
 
 
+def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    """The offsets `group` has committed on partitions 0..`partitions`-1 of `topic` (0 if none)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        offsets = consumer.committed(
+            [TopicPartition(topic, p) for p in range(partitions)], timeout=10
+        )
+    finally:
+        consumer.close()
+    return {tp.partition: max(tp.offset, 0) for tp in offsets}
+
+
 def wait_for(condition: Callable[[], bool], *, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():

@@ -1,4 +1,5 @@
-"""Learnable synthetic telemetry rows for retrainer tests: breaches follow p99 latency."""
+"""Learnable synthetic telemetry rows for retrainer tests and benchmarks: breaches follow p99
+latency (`bench/` imports this module too)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,25 @@ def tenant_rows(n: int = 600, *, seed: int = 0, threshold_ms: float = 150.0) -> 
         other_tenants=0,
         invalid=0,
     )
+
+
+def window_from_load(
+    load: np.ndarray, rng: np.random.Generator, *, breach_quantile: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`(ts, features, labels)` of one tenant whose metrics follow `load`, one row a minute.
+
+    A breach is a p99 latency above its `breach_quantile`; `rng` draws the metric noise.
+    """
+    n_rows = len(load)
+    p50 = np.exp(3.5 + 0.3 * load + rng.normal(0, 0.1, n_rows))
+    p95 = p50 * np.exp(0.8 + 0.2 * rng.normal(size=n_rows))
+    p99 = np.exp(5.0 + 0.6 * load + rng.normal(0, 0.15, n_rows))
+    errors = np.clip(0.01 + 0.01 * np.maximum(load, 0) + rng.normal(0, 0.003, n_rows), 0, 1)
+    cpu = np.clip(0.5 + 0.1 * load + rng.normal(0, 0.05, n_rows), 0, 1)
+    rps = np.exp(6 + rng.normal(0, 0.2, n_rows))
+    features = np.stack([p50, p95, p99, errors, cpu, rps], axis=1)
+    labels = p99 > np.quantile(p99, breach_quantile)
+    return 1.7e9 + 60.0 * np.arange(n_rows), features, labels
 
 
 def request_for(tenant: str, offset: int = 599, reason: str = "cold_start") -> RetrainRequested:

@@ -1,4 +1,8 @@
-"""Seeded telemetry streams for tests and benchmarks, as the raw bytes producers send."""
+"""Seeded telemetry for tests and benchmarks (`bench/` imports this module too).
+
+Raw bytes as producers send them (`telemetry_values`, `telemetry_bytes`) and metric
+matrices as a window stores them (`telemetry_matrix`), all seeded.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+from scipy.signal import lfilter
+
+from schemas.telemetry import FEATURES
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
+#: Realistic scales of latency_p50_ms, latency_p95_ms, latency_p99_ms, error_rate,
+#: cpu_util and rps: the means and standard deviations of `telemetry_matrix`.
+MEANS = np.array([100.0, 180.0, 250.0, 0.01, 0.5, 200.0])
+SDS = np.array([10.0, 20.0, 30.0, 0.003, 0.05, 20.0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,3 +97,42 @@ def interleave(streams: dict[str, list[bytes]]) -> list[tuple[str, bytes]]:
             if i < len(values):
                 out.append((tenant, values[i]))
     return out
+
+
+def telemetry_bytes(n_events: int, n_tenants: int, seed: int = 0) -> list[tuple[bytes, bytes]]:
+    """(key, value) pairs, tenants round-robin, one event per tenant per minute."""
+    rng = np.random.default_rng(seed)
+    p50 = rng.normal(40.0, 4.0, n_events).clip(1.0)
+    err = rng.normal(0.01, 0.004, n_events).clip(0, 1)
+    cpu = rng.normal(0.5, 0.05, n_events).clip(0, 1)
+    rps = rng.normal(200.0, 10.0, n_events).clip(0)
+    breach = rng.random(n_events) < 0.1
+    tenants = [f"tenant-{i:05d}" for i in range(n_tenants)]
+    out = []
+    for i in range(n_events):
+        tenant = tenants[i % n_tenants]
+        event = {
+            "tenant": tenant,
+            "ts": (START + timedelta(minutes=i // n_tenants)).isoformat(),
+            "service": "api",
+            "latency_p50_ms": round(float(p50[i]), 3),
+            "latency_p95_ms": round(float(p50[i]) * 2.0, 3),
+            "latency_p99_ms": round(float(p50[i]) * 3.0, 3),
+            "error_rate": round(float(err[i]), 5),
+            "cpu_util": round(float(cpu[i]), 4),
+            "rps": round(float(rps[i]), 2),
+            "sla_breached": bool(breach[i]),
+        }
+        out.append((tenant.encode(), json.dumps(event).encode()))
+    return out
+
+
+def telemetry_matrix(n: int, seed: int, phi: float = 0.0) -> np.ndarray:
+    """`n` rows of the six metrics at `MEANS` +- `SDS`, float32 as the window stores them.
+
+    With `phi` > 0 the noise is AR(1) with that coefficient (closer to real telemetry).
+    """
+    noise = np.random.default_rng(seed).normal(size=(n, len(FEATURES)))
+    if phi:
+        noise = lfilter([np.sqrt(1 - phi**2)], [1.0, -phi], noise, axis=0)
+    return np.clip(MEANS + SDS * noise, 0.0, None).astype(np.float32)

@@ -11,13 +11,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from consumer.main import build_service, topic_specs
 from consumer.service import ConsumerService
 from consumer.settings import ConsumerSettings
 from kernel.kafka import ensure_topics
 from schemas import DeadLetter, RejectReason, RetrainRequested
+from tests.kafka_helpers import committed as kafka_committed
 from tests.kafka_helpers import produce_all, read_topic, wait_for
 from tests.streams import interleave, telemetry_values
 
@@ -38,14 +38,8 @@ BAD_RECORDS: list[tuple[bytes | None, bytes | None, RejectReason]] = [
 
 
 @pytest.fixture
-def settings(bootstrap: str, unique_name: Callable[[str], str]) -> ConsumerSettings:
-    settings = ConsumerSettings(
-        bootstrap_servers=bootstrap,
-        telemetry_topic=unique_name("telemetry"),
-        dlq_topic=unique_name("dlq"),
-        retrain_topic=unique_name("retrain"),
-        checkpoint_topic=unique_name("checkpoints"),
-        group_id=unique_name("group"),
+def settings(consumer_settings: Callable[..., ConsumerSettings]) -> ConsumerSettings:
+    settings = consumer_settings(
         telemetry_partitions=PARTITIONS,
         session_timeout_ms=6_000,
         poll_timeout_s=0.1,
@@ -92,16 +86,8 @@ def requests_in(settings: ConsumerSettings, expect: int) -> list[RetrainRequeste
 
 
 def committed(settings: ConsumerSettings) -> int:
-    consumer = Consumer(
-        {"bootstrap.servers": settings.bootstrap_servers, "group.id": settings.group_id}
-    )
-    try:
-        offsets = consumer.committed(
-            [TopicPartition(settings.telemetry_topic, p) for p in range(PARTITIONS)], timeout=10
-        )
-    finally:
-        consumer.close()
-    return sum(max(tp.offset, 0) for tp in offsets)
+    bootstrap, topic = settings.bootstrap_servers or "", settings.telemetry_topic
+    return sum(kafka_committed(bootstrap, settings.group_id, topic, PARTITIONS).values())
 
 
 def test_mixed_stream_dead_letters_bad_records_and_requests_retraining_for_drift(

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy.signal import lfilter
 
 from consumer.detectors import (
     DEFAULT_STRIDE,
@@ -19,11 +18,10 @@ from consumer.detectors import (
     DriftSignal,
 )
 from schemas.telemetry import FEATURES
+from tests.streams import SDS
+from tests.streams import telemetry_matrix as telemetry
 
 KINDS: tuple[DetectorKind, ...] = get_args(DetectorKind)
-#: latency_p50_ms, latency_p95_ms, latency_p99_ms, error_rate, cpu_util, rps.
-MEANS = np.array([100.0, 180.0, 250.0, 0.01, 0.5, 200.0])
-SDS = np.array([10.0, 20.0, 30.0, 0.003, 0.05, 20.0])
 LATENCIES = (0, 1, 2)
 CHANGE_AT = 3_000
 #: Most events from CHANGE_AT to the signal, for a 2-sd shift of the three latencies.
@@ -31,14 +29,6 @@ CHANGE_AT = 3_000
 #: ~440 (kswin: 14 of its stride-32 updates before a KS test at alpha=1e-4 trips);
 #: the bounds leave room for other seeds without hiding a regression to "late".
 DETECTION_BOUND = {"adwin": 250, "page_hinkley": 300, "kswin": 700}
-
-
-def telemetry(n: int, seed: int, phi: float = 0.0) -> np.ndarray:
-    """Six metrics at realistic scales, float32 as the window stores them."""
-    noise = np.random.default_rng(seed).normal(size=(n, len(FEATURES)))
-    if phi:
-        noise = lfilter([np.sqrt(1 - phi**2)], [1.0, -phi], noise, axis=0)
-    return np.clip(MEANS + SDS * noise, 0.0, None).astype(np.float32)
 
 
 def shifted(

@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Message, Producer
 from pydantic import SecretStr
 
 from consumer.core import IngestCore
@@ -37,7 +37,7 @@ from retrainer.main import topic_specs as retrainer_topics
 from retrainer.settings import RetrainerSettings
 from schemas import ChampionKept, DeadLetter, ModelPublished, RetrainFailed, RetrainRequested
 from simulator.model import DriftPlan, TelemetrySimulator
-from tests.kafka_helpers import produce_all, read_topic, wait_for
+from tests.kafka_helpers import committed, produce_all, read_topic, wait_for
 from tests.processes import ServiceProcess, env_for, frozen, services
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
@@ -66,17 +66,6 @@ def end_offsets(messages: list[Message]) -> dict[int, int]:
         partition, offset = m.partition() or 0, m.offset() or 0
         ends[partition] = max(ends.get(partition, 0), offset + 1)
     return ends
-
-
-def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    try:
-        offsets = consumer.committed(
-            [TopicPartition(topic, p) for p in range(partitions)], timeout=10
-        )
-    finally:
-        consumer.close()
-    return {tp.partition: max(tp.offset, 0) for tp in offsets}
 
 
 def read_all(bootstrap: str, topic: str, partitions: int = 6) -> list[Message]:

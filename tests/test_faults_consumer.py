@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from consumer.core import IngestCore
 from consumer.main import core_config, topic_specs
@@ -23,6 +22,8 @@ from consumer.settings import ConsumerSettings
 from kernel.kafka import ensure_topics
 from schemas import DeadLetter, RetrainRequested
 from simulator.model import DriftPlan, TelemetrySimulator
+from tests.factories import consumer_names
+from tests.kafka_helpers import committed as kafka_committed
 from tests.kafka_helpers import produce_all, read_topic, wait_for
 from tests.processes import ServiceProcess, env_for, services
 
@@ -36,28 +37,15 @@ KILLS = 3
 
 
 def committed(settings: ConsumerSettings) -> dict[int, int]:
-    consumer = Consumer(
-        {"bootstrap.servers": settings.bootstrap_servers, "group.id": settings.group_id}
+    return kafka_committed(
+        settings.bootstrap_servers or "", settings.group_id, settings.telemetry_topic, PARTITIONS
     )
-    try:
-        offsets = consumer.committed(
-            [TopicPartition(settings.telemetry_topic, p) for p in range(PARTITIONS)], timeout=10
-        )
-    finally:
-        consumer.close()
-    return {tp.partition: max(tp.offset, 0) for tp in offsets}
 
 
 def test_sigkilled_consumer_loses_nothing_and_repeats_requests_with_their_event_id(
     bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
 ) -> None:
-    names = {
-        "telemetry_topic": unique_name("telemetry"),
-        "dlq_topic": unique_name("dlq"),
-        "retrain_topic": unique_name("retrain"),
-        "checkpoint_topic": unique_name("checkpoints"),
-        "group_id": unique_name("group"),
-    }
+    names = consumer_names(unique_name)
     tuning = {
         "telemetry_partitions": PARTITIONS,
         "session_timeout_ms": 6_000,

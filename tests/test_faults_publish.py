@@ -20,6 +20,7 @@ from kernel.tenant_hash import tenant_hash
 from retrainer.main import topic_specs
 from retrainer.settings import RetrainerSettings
 from schemas import ModelPublished
+from tests.factories import consumer_names, retrainer_names
 from tests.hub_server import HubServer
 from tests.kafka_helpers import produce_all, read_topic, wait_for
 from tests.processes import ServiceProcess, env_for, services
@@ -58,14 +59,7 @@ def hub() -> Iterator[HubServer]:
 def setup_for(
     bootstrap: str, unique_name: Callable[[str], str], hub: HubServer, grid: dict[str, list[object]]
 ) -> Setup:
-    names = {
-        "retrain_topic": unique_name("retrain"),
-        "telemetry_topic": unique_name("telemetry"),
-        "models_topic": unique_name("models"),
-        "failures_topic": unique_name("failures"),
-        "decisions_topic": unique_name("decisions"),
-        "group_id": unique_name("retrainer"),
-    }
+    names = retrainer_names(unique_name)
     tuning = {
         "session_timeout_ms": 6_000,
         "max_poll_interval_ms": 10_000,
@@ -176,13 +170,7 @@ def test_a_hub_outage_delays_the_publish_but_loses_and_duplicates_nothing(
     hub.fail_next(4, 429, retry_after=1)
     hub.hang_next(2, 5.0)  # past the client's 2 s timeout
     # Ingest is another process on another topic: it must not notice the outage.
-    names = {
-        "telemetry_topic": unique_name("telemetry"),
-        "dlq_topic": unique_name("dlq"),
-        "retrain_topic": unique_name("retrain"),
-        "checkpoint_topic": unique_name("checkpoints"),
-        "group_id": unique_name("consumer"),
-    }
+    names = consumer_names(unique_name, group="consumer")
     ingest = ConsumerSettings(bootstrap_servers=bootstrap, telemetry_partitions=3, **names)  # type: ignore[arg-type]
     ensure_topics(ingest, consumer_topics(ingest))
     stream = telemetry_messages("globex", tenant_rows(20_000, seed=4))

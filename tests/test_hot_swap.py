@@ -8,17 +8,17 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 
 from consumer.main import topic_specs
 from consumer.settings import ConsumerSettings
 from kernel.kafka import ensure_topics
-from kernel.store import open_store
+from kernel.store import ModelStore
 from retrainer.pipeline import TrainingConfig
 from retrainer.publisher import RequestHandler
 from schemas import ModelPublished
+from tests.factories import consumer_names
 from tests.kafka_helpers import produce_all, read_topic, wait_for
 from tests.retrain_data import request_for, telemetry_messages, tenant_rows
 from tests.test_consumer_integration import running
@@ -36,20 +36,14 @@ def publish(handler: RequestHandler, offset: int) -> ModelPublished:
 
 
 def test_a_model_announced_mid_stream_takes_over_with_no_gap(
-    bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
+    bootstrap: str,
+    unique_name: Callable[[str], str],
+    consumer_settings: Callable[..., ConsumerSettings],
+    file_store: tuple[str, ModelStore],
 ) -> None:
-    uri = f"file://{tmp_path / 'models'}"
-    settings = ConsumerSettings(
-        bootstrap_servers=bootstrap,
-        telemetry_topic=unique_name("telemetry"),
-        dlq_topic=unique_name("dlq"),
-        retrain_topic=unique_name("retrain"),
-        checkpoint_topic=unique_name("checkpoints"),
-        models_topic=unique_name("models"),
-        forecasts_topic=unique_name("forecasts"),
-        failures_topic=unique_name("failures"),
-        decisions_topic=unique_name("decisions"),
-        group_id=unique_name("group"),
+    uri, store = file_store
+    settings = consumer_settings(
+        consumer_names(unique_name, models=True),
         telemetry_partitions=PARTITIONS,
         session_timeout_ms=6_000,
         poll_timeout_s=0.05,
@@ -63,7 +57,7 @@ def test_a_model_announced_mid_stream_takes_over_with_no_gap(
     ensure_topics(settings, topic_specs(settings))
     # A margin of -10 publishes any challenger: the second model always replaces the first.
     handler = RequestHandler(
-        store=open_store(uri),
+        store=store,
         store_uri=uri,
         tenant_key=KEY,
         training=TrainingConfig(search=SEARCH, min_rows=100, champion_margin=-10.0),

@@ -13,12 +13,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench._data import telemetry_bytes
 from consumer.main import topic_specs
 from consumer.settings import ConsumerSettings
 from kernel.kafka import ensure_topics
+from tests.factories import consumer_names
 from tests.kafka_helpers import produce_all, wait_for
 from tests.processes import ServiceProcess, env_for, services
+from tests.streams import telemetry_bytes
 from tests.test_faults_consumer import committed
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
@@ -34,13 +35,7 @@ RSS_BOUND_MIB = 1_024
 def test_a_million_event_burst_drains_within_the_memory_bound(
     bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
 ) -> None:
-    names = {
-        "telemetry_topic": unique_name("telemetry"),
-        "dlq_topic": unique_name("dlq"),
-        "retrain_topic": unique_name("retrain"),
-        "checkpoint_topic": unique_name("checkpoints"),
-        "group_id": unique_name("group"),
-    }
+    names = consumer_names(unique_name)
     tuning = {
         "telemetry_partitions": PARTITIONS,
         "session_timeout_ms": 6_000,

@@ -9,7 +9,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from pydantic import SecretStr
 
 from kernel.artifacts import ModelCard
@@ -21,6 +20,7 @@ from retrainer.publisher import Outcome
 from retrainer.service import RetrainerService
 from retrainer.settings import RetrainerSettings
 from schemas import ModelPublished, RetrainFailed, RetrainRequested, retrain_event_id
+from tests.kafka_helpers import committed as kafka_committed
 from tests.kafka_helpers import produce_all, read_topic, wait_for
 from tests.retrain_data import telemetry_messages, tenant_rows
 
@@ -30,16 +30,9 @@ KEY = "integration-tenant-key-0123456789"
 
 @pytest.fixture
 def settings(
-    bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
+    retrainer_settings: Callable[..., RetrainerSettings], tmp_path: Path
 ) -> RetrainerSettings:
-    settings = RetrainerSettings(
-        bootstrap_servers=bootstrap,
-        retrain_topic=unique_name("retrain"),
-        telemetry_topic=unique_name("telemetry"),
-        models_topic=unique_name("models"),
-        failures_topic=unique_name("failures"),
-        decisions_topic=unique_name("decisions"),
-        group_id=unique_name("retrainer"),
+    settings = retrainer_settings(
         session_timeout_ms=6_000,
         max_poll_interval_ms=7_000,
         store=f"file://{tmp_path / 'models'}",
@@ -104,16 +97,11 @@ def request(settings: RetrainerSettings, end: int, offset: int) -> bytes:
 
 
 def committed(settings: RetrainerSettings) -> int:
-    consumer = Consumer(
-        {"bootstrap.servers": settings.bootstrap_servers, "group.id": settings.group_id}
+    return sum(
+        kafka_committed(
+            settings.bootstrap_servers or "", settings.group_id, settings.retrain_topic, 6
+        ).values()
     )
-    try:
-        offsets = consumer.committed(
-            [TopicPartition(settings.retrain_topic, p) for p in range(6)], timeout=10
-        )
-    finally:
-        consumer.close()
-    return sum(max(tp.offset, 0) for tp in offsets)
 
 
 def test_requests_are_coalesced_trained_on_their_tenant_only_and_announced(

@@ -17,6 +17,7 @@ from retrainer.dataset import DatasetError, DatasetReason, SupervisedSet, build_
 from retrainer.estimator import SlaNet
 from retrainer.metrics import evaluate, f1_threshold
 from retrainer.search import SearchConfig, SearchResult, run_search
+from tests.retrain_data import window_from_load
 
 TINY_GRID: dict[str, list[Any]] = {
     "lr": [1e-2, 3e-3],
@@ -48,15 +49,7 @@ def synthetic(n_rows: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray,
     for t in range(1, n_rows):
         noise[t] = 0.8 * noise[t - 1] + rng.normal(0.0, 0.25)
     load = 1.2 * np.sin(2 * np.pi * np.arange(n_rows) / 48) + noise
-    p50 = np.exp(3.5 + 0.3 * load + rng.normal(0, 0.1, n_rows))
-    p95 = p50 * np.exp(0.8 + 0.2 * rng.normal(size=n_rows))
-    p99 = np.exp(5.0 + 0.6 * load + rng.normal(0, 0.15, n_rows))
-    errors = np.clip(0.01 + 0.01 * np.maximum(load, 0) + rng.normal(0, 0.003, n_rows), 0, 1)
-    cpu = np.clip(0.5 + 0.1 * load + rng.normal(0, 0.05, n_rows), 0, 1)
-    rps = np.exp(6 + rng.normal(0, 0.2, n_rows))
-    features = np.stack([p50, p95, p99, errors, cpu, rps], axis=1)
-    labels = p99 > np.quantile(p99, 0.8)
-    return 1.7e9 + 60.0 * np.arange(n_rows), features, labels
+    return window_from_load(load, rng, breach_quantile=0.8)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from retrainer.pipeline import TrainingConfig
 from retrainer.publisher import RequestHandler
 from schemas import ModelPublished, RetrainRequested
 from slaops.watch import WatchSettings
+from tests.factories import answer_names
 from tests.kafka_helpers import produce_all
 from tests.retrain_data import request_for, tenant_rows
 from tests.test_live_models import KEY, SEARCH
@@ -28,10 +29,7 @@ def topics(bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path) ->
     """A request, an unreadable record and the model that answered the request."""
     settings = WatchSettings(
         bootstrap_servers=bootstrap,
-        models_topic=unique_name("models"),
-        retrain_topic=unique_name("retrain"),
-        failures_topic=unique_name("failures"),
-        decisions_topic=unique_name("decisions"),
+        **answer_names(unique_name),
     )
     uri = f"file://{tmp_path / 'models'}"
     handler = RequestHandler(
@@ -100,10 +98,7 @@ def test_topics_created_after_the_watcher_started_are_picked_up(
 ) -> None:
     settings = WatchSettings(
         bootstrap_servers=bootstrap,
-        models_topic=unique_name("models"),
-        retrain_topic=unique_name("retrain"),
-        failures_topic=unique_name("failures"),
-        decisions_topic=unique_name("decisions"),
+        **answer_names(unique_name),
     )
     args = [sys.executable, "-m", "slaops.cli", "watch", "--requests", "--max-events", "1"]
     for name in ("models_topic", "retrain_topic", "failures_topic", "decisions_topic"):
