@@ -264,6 +264,8 @@ def predict_proba(module: SlaMLP, X: np.ndarray) -> np.ndarray:
     Runs in eval mode under ``no_grad``; the module's previous mode is restored.
     """
     arr = np.ascontiguousarray(X, dtype=np.float32)
+    if not arr.flags.writeable:  # torch wants writable memory; it only reads it here
+        arr = arr.copy()
     if arr.ndim != 2:
         raise ValueError(f"X must be 2-D (n, n_features), got shape {arr.shape}")
     was_training = module.training

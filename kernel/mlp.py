@@ -173,16 +173,3 @@ def build_module(architecture: Mapping[str, object]) -> SlaMLP:
         dropout=_check_dropout(architecture["dropout"]),
         activation=_check_activation(architecture["activation"]),
     )
-
-
-def stack_lags(features: np.ndarray, lags: int) -> np.ndarray:
-    """Rows `[f(t), f(t-1), ..., f(t-lags)]` for t = lags .. len(features) - 1.
-
-    The one definition of lag features: training builds its pairs with it and live
-    forecasting its inputs, so a model always sees columns in the order it learnt.
-    """
-    if lags == 0:
-        return np.ascontiguousarray(features, dtype=np.float32)
-    n = len(features)
-    blocks = [features[lags - lag : n - lag] for lag in range(lags + 1)]
-    return np.ascontiguousarray(np.concatenate(blocks, axis=1), dtype=np.float32)

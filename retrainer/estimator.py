@@ -98,6 +98,14 @@ class TailSplit:
     def __repr__(self) -> str:
         return f"TailSplit(fraction={self.fraction}, min_rows={self.min_rows})"
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TailSplit):
+            return NotImplemented
+        return (self.fraction, self.min_rows) == (other.fraction, other.min_rows)
+
+    def __hash__(self) -> int:
+        return hash((self.fraction, self.min_rows))
+
 
 @contextmanager
 def _torch_threads(n_threads: int | None) -> Iterator[None]:

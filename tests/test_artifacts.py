@@ -24,16 +24,19 @@ from kernel.artifacts import (
     serialize_model,
     sha256_hex,
 )
+from kernel.features import FeatureSpec
 from kernel.mlp import SlaMLP
 
 FORMATS = ["safetensors", "pt"]
-FEATURES = ["latency_p99_ms", "error_rate", "rps", "cpu", "mem", "queue_depth"]
+SPEC = FeatureSpec(lags=0, breach_windows=(2,), rolling_window=2)
+FEATURES = list(SPEC.names())
+N = len(FEATURES)
 
 
 def _card_fields() -> dict[str, Any]:
     return {
+        "features": SPEC,
         "feature_order": FEATURES,
-        "lags": 2,
         "horizon": 3,
         "threshold": 0.4,
         "metrics": {"log_loss": 0.31, "f1": 0.8, "tp": 12},
@@ -52,8 +55,8 @@ def _card_fields() -> dict[str, Any]:
 @pytest.fixture
 def module() -> SlaMLP:
     torch.manual_seed(123)
-    m = SlaMLP(n_features=6, hidden_layers=2, width=8, dropout=0.2, activation="gelu")
-    m.set_normalization(np.linspace(-1, 4, 6), np.linspace(0.5, 3, 6))
+    m = SlaMLP(n_features=N, hidden_layers=2, width=8, dropout=0.2, activation="gelu")
+    m.set_normalization(np.linspace(-1, 4, N), np.linspace(0.5, 3, N))
     return m
 
 
@@ -89,7 +92,7 @@ def test_round_trip_gives_identical_predictions(
     assert card == artifacts.card_model
     for name, tensor in module.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
-    X = torch.randn(64, 6) * 5
+    X = torch.randn(64, N) * 5
     module.eval()
     with torch.no_grad():
         assert torch.equal(loaded(X), module(X))
@@ -109,7 +112,7 @@ def test_card_records_hashes_and_is_sorted_utf8_json(artifacts: ModelArtifacts) 
     assert text == json.dumps(data, sort_keys=True, ensure_ascii=False, indent=2) + "\n"
     assert "café" in text
     assert data["architecture"]["activation"] == "gelu"
-    assert data["format_version"] == 1
+    assert data["format_version"] == 2
     assert ModelCard.model_validate_json(artifacts.card) == card
 
 
@@ -287,11 +290,12 @@ def _set(path: tuple[str, ...], value: object) -> Callable[[dict[str, Any]], Non
         (_set(("architecture", "activation"), "swish"), "activation"),
         (_set(("architecture", "width"), 5000), "width"),
         (_set(("surprise",), 1), "invalid model card"),
-        (_set(("format_version",), 2), "format_version"),
+        (_set(("format_version",), 1), "format_version"),
         (_set(("threshold",), "0.4"), "invalid model card"),
         (_set(("threshold",), 1.5), "invalid model card"),
-        (_set(("lags",), 2.5), "invalid model card"),
-        (_set(("feature_order",), FEATURES[:5]), "n_features"),
+        (_set(("features", "lags"), 2.5), "invalid model card"),
+        (_set(("features", "version"), 9), "invalid model card"),
+        (_set(("feature_order",), FEATURES[:5]), "feature spec computes"),
         (_set(("feature_order",), [*FEATURES[:5], FEATURES[0]]), "duplicate"),
         (_set(("files", "onnx"), "a" * 64), "unknown artifact kind"),
         (_set(("files", "safetensors"), "A" * 64), "sha256"),
@@ -368,7 +372,7 @@ def test_serialize_refuses_non_json_lineage(module: SlaMLP) -> None:
 
 def test_predict_proba_matches_sigmoid_and_restores_mode(module: SlaMLP) -> None:
     module.train()
-    X = np.random.default_rng(0).normal(size=(20, 6))  # float64 in is converted
+    X = np.random.default_rng(0).normal(size=(20, N))  # float64 in is converted
     probs = predict_proba(module, X)
     assert module.training
     assert probs.shape == (20,) and probs.dtype == np.float32

@@ -24,6 +24,7 @@ from retrainer.search import SearchConfig
 from schemas import ModelPublished
 from tests.retrain_data import request_for, telemetry_messages, tenant_rows
 
+NO_EVENTS = (np.empty(0), np.empty((0, 6), np.float32), np.empty(0, bool))
 KEY = SecretStr("live-model-tenant-key-0123456789")
 SEARCH = SearchConfig(
     grid={"lr": [1e-2], "module__hidden_layers": [1], "module__width": [16]},
@@ -62,7 +63,8 @@ def load(published: tuple[str, ModelStore, ModelPublished], **changes: object) -
 def test_an_announced_model_loads_and_forecasts_like_its_card_says(published) -> None:  # type: ignore[no-untyped-def]
     model = load(published)
     assert (model.tenant, model.version, model.horizon) == ("acme", 1, 1)
-    proba = model.forecast(np.empty((0, 6), np.float32), tenant_rows(50).features)
+    rows = tenant_rows(50)
+    proba = model.forecast(NO_EVENTS, (rows.ts, rows.features, rows.labels))
     assert proba.shape == (50,) and ((proba >= 0) & (proba <= 1)).all()
 
 
@@ -213,10 +215,17 @@ def readme_snippet(name: str) -> str:
 
 def test_the_readme_loading_snippets_give_the_live_models_probabilities(published) -> None:  # type: ignore[no-untyped-def]
     _uri, store, event = published
-    rows = tenant_rows(40, seed=9).features
-    expected = load(published).forecast(np.empty((0, 6), np.float32), rows)
+    events = tenant_rows(40, seed=9)
+    model = load(published)
+    expected = model.forecast(NO_EVENTS, (events.ts, events.features, events.labels))
+    rows = model.features.transform(events.ts, events.features, events.labels)
 
-    with_slaops = {"message_value": event.model_dump_json().encode(), "rows": rows}
+    with_slaops = {
+        "message_value": event.model_dump_json().encode(),
+        "ts": events.ts,
+        "metrics": events.features,
+        "breached": events.labels,
+    }
     exec(compile(readme_snippet("load-with-slaops"), "README", "exec"), with_slaops)  # noqa: S102
     np.testing.assert_allclose(with_slaops["proba"], expected, rtol=1e-6, atol=1e-7)
 

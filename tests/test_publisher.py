@@ -13,6 +13,7 @@ from pydantic import SecretStr
 from kernel.artifacts import load_model, predict_proba
 from kernel.store import ModelStore, open_store
 from kernel.tenant_hash import tenant_hash
+from retrainer.dataset import build_pairs
 from retrainer.pipeline import TrainingConfig, decide
 from retrainer.publisher import RequestHandler, commit_message
 from retrainer.replay import ReplayError, TenantRows
@@ -88,8 +89,12 @@ def test_publishes_one_atomic_version_whose_files_match_the_announcement(
     pt = model_store.read(event.paths["pt"], revision=event.revision)
     module, model_card = load_model(card, weights, "safetensors")
     module_pt, _ = load_model(card, pt, "pt")
-    X = tenant_rows().features[:50]
+    rows = tenant_rows()
+    X = build_pairs(rows.ts, rows.features, rows.labels, spec=model_card.features).X[:50]
     assert np.array_equal(predict_proba(module, X), predict_proba(module_pt, X))
+    assert set(model_card.baselines) == {"prior", "persistence", "logistic"}
+    assert model_card.skill["log_loss_skill_vs_prior"] > 0
+    assert sum(b["n"] for b in model_card.calibration) == model_card.metrics["n_rows"]
     assert model_card.lineage["request_event_id"] == event.request_event_id
     assert model_card.metrics["f1"] == event.metrics["f1"] > 0.5
     assert "acme" not in card.decode()  # the slug never reaches the store
@@ -163,7 +168,39 @@ def test_champion_challenger_rule(
     challenger: float, champion: float | None, margin: float, published: bool
 ) -> None:
     decision = decide(
-        {"log_loss": challenger}, None if champion is None else {"log_loss": champion}, margin
+        {"log_loss": challenger},
+        None if champion is None else {"log_loss": champion},
+        margin,
+        SKILLED,
     )
     assert decision.published is published
     assert decision.challenger_score == challenger and decision.champion_score == champion
+    assert decision.verdict == ("published" if published else "champion_better")
+    assert decision.baseline is None
+
+
+#: A challenger with skill over every gated baseline.
+SKILLED = {
+    "log_loss_skill_vs_prior": 0.3,
+    "brier_skill_vs_prior": 0.2,
+    "log_loss_skill_vs_persistence": 0.1,
+}
+
+
+@pytest.mark.parametrize(
+    ("skills", "baseline"),
+    [
+        ({**SKILLED, "log_loss_skill_vs_prior": -0.01}, "prior"),
+        ({**SKILLED, "brier_skill_vs_prior": 0.0}, "prior"),
+        ({**SKILLED, "log_loss_skill_vs_persistence": -0.2}, "persistence"),
+        ({}, "prior"),
+    ],
+)
+@pytest.mark.parametrize("champion", [None, {"log_loss": 0.9}])
+def test_a_challenger_without_skill_over_a_baseline_is_never_published(
+    skills: dict[str, float], baseline: str, champion: dict[str, float] | None
+) -> None:
+    decision = decide({"log_loss": 0.3}, champion, 0.0, skills)
+    assert not decision.published
+    assert (decision.verdict, decision.baseline) == ("baseline_better", baseline)
+    assert baseline in decision.detail and "must be > 0" in decision.detail

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 import torch
 from sklearn.base import clone
+from sklearn.metrics import log_loss
 from sklearn.model_selection import GridSearchCV, TimeSeriesSplit
 
+from kernel.features import FeatureSpec
 from kernel.mlp import SlaMLP, build_module
 from retrainer.dataset import DatasetError, DatasetReason, SupervisedSet, build_pairs
-from retrainer.estimator import SlaNet
+from retrainer.estimator import SlaNet, TailSplit
 from retrainer.metrics import evaluate, f1_threshold
 from retrainer.search import SearchConfig, SearchResult, run_search
 from tests.retrain_data import window_from_load
@@ -27,6 +29,7 @@ TINY_GRID: dict[str, list[Any]] = {
 METRIC_KEYS = {
     "log_loss",
     "brier",
+    "ece",
     "pr_auc",
     "roc_auc",
     "precision",
@@ -116,21 +119,23 @@ def test_normalisation_buffers_are_the_training_stats(data: SupervisedSet) -> No
 
 
 def test_pos_weight_is_computed_per_fit(data: SupervisedSet) -> None:
-    net = SlaNet(max_epochs=1).fit(data.X, data.y)
+    net = SlaNet(max_epochs=1, balance_classes=True).fit(data.X, data.y)
     n_pos = int(data.y.sum())
     expected = (len(data.y) - n_pos) / n_pos
     assert net.pos_weight_ == pytest.approx(expected)
     assert float(net.criterion_.pos_weight) == pytest.approx(expected, rel=1e-6)
     unweighted = SlaNet(max_epochs=1, balance_classes=False).fit(data.X, data.y)
     assert unweighted.criterion_.pos_weight is None
+    assert SlaNet(max_epochs=1).fit(data.X, data.y).criterion_.pos_weight is None  # default
     explicit = SlaNet(max_epochs=1, criterion__pos_weight=torch.tensor(2.0)).fit(data.X, data.y)
     assert float(explicit.criterion_.pos_weight) == 2.0
 
 
 def test_n_features_follows_the_data() -> None:
-    lagged = build_pairs(*synthetic(300), lags=1)
+    spec = FeatureSpec(lags=2)
+    lagged = build_pairs(*synthetic(300), spec=spec)
     net = SlaNet(max_epochs=1).fit(lagged.X, lagged.y)
-    assert net.module_.n_features == 12
+    assert net.module_.n_features == len(spec.names()) == 31
 
 
 def test_fit_is_seeded_and_leaves_global_state_alone(data: SupervisedSet) -> None:
@@ -146,11 +151,30 @@ def test_fit_is_seeded_and_leaves_global_state_alone(data: SupervisedSet) -> Non
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-def test_no_internal_split_by_default(data: SupervisedSet) -> None:
-    net = SlaNet(max_epochs=2).fit(data.X, data.y)
-    assert net.train_split is None
-    assert "valid_loss" not in net.history[-1]
-    assert np.isfinite(net.history[-1, "train_loss"])
+def test_validation_is_the_newest_tail_of_each_fit(data: SupervisedSet) -> None:
+    seen: list[tuple[int, int]] = []
+    split = TailSplit(0.2)
+    head, tail = split(SlaNet().get_dataset(data.X, data.y))
+    seen.append((len(head), len(tail)))
+    cut = len(data) - math.ceil(0.2 * len(data))
+    assert seen == [(cut, len(data) - cut)]
+    assert torch.equal(tail.X, torch.as_tensor(np.array(data.X[cut:])))  # newest rows, in order
+    net = SlaNet(max_epochs=3).fit(data.X, data.y)
+    assert net.train_split == TailSplit(0.15)
+    assert np.isfinite(net.history[-1, "valid_loss"])
+    plain = SlaNet(max_epochs=2, valid_fraction=0).fit(data.X, data.y)
+    assert plain.train_split is None and "valid_loss" not in plain.history[-1]
+
+
+def test_early_stopping_keeps_the_best_epoch(data: SupervisedSet) -> None:
+    net = SlaNet(max_epochs=200, lr=0.05, patience=3, module__width=64).fit(data.X, data.y)
+    losses = [row["valid_loss"] for row in net.history]
+    assert len(losses) < 200  # stopped early
+    best = int(np.argmin(losses))
+    assert len(losses) - 1 - best >= 3  # ran `patience` epochs past the best
+    proba = net.predict_proba(data.X[-len(data) // 7 :])[:, 1]
+    tail = data.y[-len(data) // 7 :]
+    assert log_loss(tail, proba, labels=[0, 1]) < losses[-1] + 1e-9
 
 
 # --------------------------------------------------------------------------- search
