@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from kernel.settings import StoreSettings, TopicName
+from kernel.settings import StoreSettings, TopicName, TopicSettings
 from schemas import topics
 from schemas.telemetry import DEFAULT_MAX_MESSAGE_BYTES
 
@@ -26,7 +26,7 @@ GRID_KEYS = frozenset(
 )
 
 
-class RetrainerSettings(StoreSettings):
+class RetrainerSettings(StoreSettings, TopicSettings):
     retrain_topic: TopicName = Field(default=topics.RETRAIN, description="Retrain requests in.")
     telemetry_topic: TopicName = Field(
         default=topics.TELEMETRY, description="Telemetry the requests' offset ranges point into."

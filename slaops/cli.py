@@ -90,19 +90,19 @@ def configure_logging(level: str) -> None:
 
 
 def _consume(settings: Any) -> int:
-    from consumer.main import run_consumer
+    from slaops.runner import run_consumer
 
     return run_consumer(settings)
 
 
 def _retrain(settings: Any) -> int:
-    from retrainer.main import run_retrainer
+    from slaops.runner import run_retrainer
 
     return run_retrainer(settings)
 
 
 def _simulate(settings: Any) -> int:
-    from simulator.main import run_simulator
+    from slaops.runner import run_simulator
 
     return run_simulator(settings)
 
