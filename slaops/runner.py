@@ -21,6 +21,7 @@ import threading
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from kernel.embedded import embedded_broker
+from kernel.errors import ConfigError, SlaopsError
 from kernel.kafka import TopicSpec, ensure_topics
 from kernel.settings import ServiceSettings
 from kernel.signals import stop_on_signals
@@ -54,13 +55,19 @@ class ServiceMain(Protocol[S, P]):
 def run_service(main: ServiceMain[S, P], settings: S, stop: threading.Event | None = None) -> int:
     """Start one service the way every slaops service starts (see the module doc).
 
-    Raises `ConfigError` (and other `SlaopsError`s of `prepare`) for bad settings before
-    any connection, and `BrokerError` when the broker cannot be reached.
+    Raises `ConfigError` (and other `SlaopsError`s of `prepare`; a `ValueError` of a
+    config object becomes a `ConfigError`) for bad settings before any connection, and
+    `BrokerError` when the broker cannot be reached.
     """
     embedded = settings.bootstrap_servers is None and settings.embedded_broker
     if not embedded:
         settings.require_bootstrap()
-    parts = main.prepare(settings)
+    try:
+        parts = main.prepare(settings)
+    except SlaopsError:
+        raise
+    except ValueError as exc:  # a config object refused a value that passed the settings
+        raise ConfigError(f"invalid settings: {exc}") from exc
     if embedded:
         with embedded_broker() as (bootstrap, _pid):
             log.info("no KAFKA_BOOTSTRAP_SERVERS: using the embedded broker at %s", bootstrap)
