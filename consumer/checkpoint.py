@@ -15,11 +15,11 @@ import time
 import uuid
 from collections.abc import Iterable
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from kernel.errors import BrokerError
-from kernel.kafka import DeliveryTracker
+from kernel.kafka import DeliveryTracker, is_record, make_reader, position
 
 log = logging.getLogger(__name__)
 
@@ -119,28 +119,21 @@ class CheckpointLog:
         if not wanted:
             return {}
         end = self._write_sentinel()
-        reader = Consumer(
-            {
-                **self._reader_config,
-                "group.id": f"{self.group_id}.checkpoint-reader",
-                "enable.auto.commit": False,
-                "enable.partition.eof": False,
-            }
-        )
+        reader = make_reader(self._reader_config, f"{self.group_id}.checkpoint-reader")
         found: dict[int, PartitionCheckpoint] = {}
         try:
             reader.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])
             deadline = time.monotonic() + self._read_timeout_s
-            position = -1
-            while position < end:
+            read_to = -1
+            while read_to < end:
                 if time.monotonic() > deadline:
                     raise BrokerError(
                         f"checkpoint topic {self.topic} not readable up to offset {end}"
                     )
                 for message in reader.consume(10_000, 0.5):
-                    if message.error() is not None:
+                    if not is_record(message):
                         continue
-                    position = max(position, message.offset() or 0)
+                    read_to = max(read_to, position(message)[1])
                     partition = wanted.get(message.key() or b"")
                     value = message.value()
                     if partition is None or not value:

@@ -15,10 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 from pydantic import ValidationError
 
 from consumer.live_model import LiveModel, ModelRefused
+from kernel.kafka import make_reader
 from schemas import ChampionKept, ModelPublished, RetrainFailed
 
 log = logging.getLogger(__name__)
@@ -84,14 +85,7 @@ class ModelFollower:
         return answers
 
     def _run(self) -> None:
-        consumer = Consumer(
-            {
-                **self._config,
-                "group.id": "slaops-consumer-model-follower",
-                "enable.auto.commit": False,
-                "enable.partition.eof": False,
-            }
-        )
+        consumer = make_reader(self._config, "slaops-consumer-model-follower")
         try:
             topics = [self._models_topic, *self._outcomes]
             metadata = consumer.list_topics(timeout=30)

@@ -12,18 +12,24 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from consumer.checkpoint import CheckpointLog, choose_replay_from
 from consumer.core import BatchResult, IngestCore
 from consumer.follower import ModelFollower
-from kernel.kafka import DeliveryTracker, KafkaRecord
+from kernel.kafka import DeliveryTracker, KafkaRecord, is_record, position
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
 class ConsumerStats:
+    """What the consumer did since it started; logged every 10 s and when it stops.
+
+    `replayed` counts events re-read to rebuild windows after a restart or rebalance
+    (they update state but emit nothing again); the rest count what was emitted.
+    """
+
     valid: int = 0
     invalid: int = 0
     replayed: int = 0
@@ -148,7 +154,7 @@ class ConsumerService:
             while not stop.is_set() and (max_batches is None or batches < max_batches):
                 messages = self._consumer.consume(self._batch_size, self._poll_timeout_s)
                 self.apply_answers()
-                records = [m for m in messages if self._usable(m)]
+                records = [m for m in messages if is_record(m)]
                 if records:
                     self.handle_batch(records)
                     batches += 1
@@ -161,16 +167,6 @@ class ConsumerService:
             self._tracker.wait()
             self._consumer.close()
         return self.stats
-
-    def _usable(self, message: KafkaRecord) -> bool:
-        err = message.error()
-        if err is None:
-            return True
-        if err.code() != KafkaError._PARTITION_EOF:
-            log.warning("consume error: %s", err)
-            if err.fatal():
-                raise KafkaException(err)
-        return False
 
     def handle_batch(self, records: Sequence[KafkaRecord]) -> BatchResult:
         result = self.core.process(records, self._resume_at)
@@ -190,8 +186,7 @@ class ConsumerService:
             )
         next_offsets: dict[int, int] = {}
         for record in records:
-            partition = record.partition() or 0
-            offset = record.offset() or 0
+            partition, offset = position(record)
             if offset >= self._resume_at.get(partition, -1):
                 next_offsets[partition] = max(next_offsets.get(partition, 0), offset + 1)
         for partition, next_offset in next_offsets.items():

@@ -7,12 +7,12 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from consumer.window import DEFAULT_CAPACITY
-from kernel.settings import StoreSettings, TopicName
+from kernel.settings import StoreSettings, TopicName, TopicSettings
 from schemas import topics
 from schemas.telemetry import DEFAULT_MAX_MESSAGE_BYTES
 
 
-class ConsumerSettings(StoreSettings):
+class ConsumerSettings(StoreSettings, TopicSettings):
     telemetry_topic: TopicName = Field(default=topics.TELEMETRY, description="Telemetry input.")
     dlq_topic: TopicName = Field(default=topics.TELEMETRY_DLQ, description="Dead letters.")
     retrain_topic: TopicName = Field(default=topics.RETRAIN, description="Retrain requests.")
@@ -52,9 +52,6 @@ class ConsumerSettings(StoreSettings):
     )
     group_id: str = Field(
         default="slaops-consumer", pattern=r"^[A-Za-z0-9._-]{1,200}$", description="Group id."
-    )
-    telemetry_partitions: int = Field(
-        default=6, ge=1, le=10_000, description="Partitions when slaops creates the topic."
     )
     batch_size: int = Field(
         default=50_000,

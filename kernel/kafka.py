@@ -1,7 +1,10 @@
 """The one home of Kafka client configuration and topic administration.
 
 Services get their consumers and producers here, so delivery guarantees (idempotent
-producer, manual commits) and user passthrough (SASL/SSL) are set in one place.
+producer, manual commits) and user passthrough (SASL/SSL) are set in one place. There
+are two kinds of consumer: a group member (`make_group_consumer`: subscribes, commits)
+and a reader outside any group (`make_reader`: assigns partitions itself, never
+commits). Every topic slaops creates, and its partition count, is named in `_TOPICS`.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from kernel.errors import BrokerError
@@ -38,7 +41,11 @@ def base_config(settings: ServiceSettings) -> dict[str, Any]:
     return config
 
 
-def make_consumer(settings: ServiceSettings, group_id: str, **overrides: Any) -> Consumer:
+def make_group_consumer(settings: ServiceSettings, group_id: str, **overrides: Any) -> Consumer:
+    """A member of consumer group `group_id`: it subscribes, and commits only by hand.
+
+    New partitions start at the earliest offset; the session timeout is the settings'.
+    """
     config = base_config(settings)
     config.update(
         {
@@ -54,6 +61,50 @@ def make_consumer(settings: ServiceSettings, group_id: str, **overrides: Any) ->
     return Consumer(config)
 
 
+def make_reader(config: Mapping[str, Any], name: str, **overrides: Any) -> Consumer:
+    """A consumer outside any group: it assigns partitions itself and never commits.
+
+    `config` is a `base_config`. `name` fills librdkafka's mandatory `group.id`; the
+    reader never joins that group or commits to it. Partition ends raise no events, and
+    an offset that has left the topic restarts at the earliest one (override
+    `auto.offset.reset` to make it an error instead).
+    """
+    reader = {
+        **config,
+        "group.id": name,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "enable.partition.eof": False,
+        "auto.offset.reset": "earliest",
+    }
+    reader.update(overrides)
+    return Consumer(reader)
+
+
+def position(record: KafkaRecord) -> tuple[int, int]:
+    """A consumed record's (partition, offset).
+
+    librdkafka leaves them unset only on error events, which callers drop first
+    (`is_record`); 0 stands in for them there.
+    """
+    return record.partition() or 0, record.offset() or 0
+
+
+def is_record(message: KafkaRecord) -> bool:
+    """True for a record; False for an event (partition end, or an error, logged).
+
+    Raises `KafkaException` on a fatal error: the client cannot go on.
+    """
+    error = message.error()
+    if error is None:
+        return True
+    if error.code() != KafkaError._PARTITION_EOF:
+        log.warning("consume error: %s", error)
+        if error.fatal():
+            raise KafkaException(error)
+    return False
+
+
 def make_producer(settings: ServiceSettings, **overrides: Any) -> Producer:
     """An idempotent producer: retries never duplicate or reorder a partition's records."""
     config = base_config(settings)
@@ -67,6 +118,38 @@ class TopicSpec:
     name: str
     partitions: int = 1
     config: Mapping[str, str] = field(default_factory=dict)
+
+
+#: Every topic slaops creates, by role: its fixed partition count and config. None
+#: means the deployment's count (`telemetry_partitions`): these topics are keyed by
+#: tenant, and whichever service creates one first gives it the same count. The
+#: checkpoint log is read whole by one reader, so it is one compacted partition.
+_TOPICS: dict[str, tuple[int | None, Mapping[str, str]]] = {
+    "telemetry": (None, {}),
+    "dlq": (None, {}),
+    "retrain": (None, {}),
+    "failures": (None, {}),
+    "decisions": (None, {}),
+    "models": (None, {}),
+    "forecasts": (None, {}),
+    "checkpoints": (1, {"cleanup.policy": "compact"}),
+}
+
+
+def slaops_topics(partitions: int, **names: str) -> list[TopicSpec]:
+    """The specs of slaops topics, given by role (a key of `_TOPICS`) and name.
+
+    >>> slaops_topics(3, telemetry="t", checkpoints="c")  # doctest: +NORMALIZE_WHITESPACE
+    [TopicSpec(name='t', partitions=3, config={}),
+     TopicSpec(name='c', partitions=1, config={'cleanup.policy': 'compact'})]
+    """
+    specs = []
+    for role, name in names.items():
+        if role not in _TOPICS:
+            raise ValueError(f"no slaops topic has the role {role!r}; known: {sorted(_TOPICS)}")
+        fixed, config = _TOPICS[role]
+        specs.append(TopicSpec(name, partitions if fixed is None else fixed, dict(config)))
+    return specs
 
 
 def ensure_topics(

@@ -134,6 +134,24 @@ def setting_sources(name: str) -> str:
     return f"{env} or --{name.replace('_', '-')}"
 
 
+class TopicSettings(ServiceSettings):
+    """Settings of services that create slaops topics (consumer, retrainer, simulator).
+
+    One partition count for every topic keyed by tenant, so the topics look the same
+    whichever service creates them first (`kernel.kafka.slaops_topics`).
+    """
+
+    telemetry_partitions: int = Field(
+        default=6,
+        ge=1,
+        le=10_000,
+        description=(
+            "Partitions of sla.telemetry and of every other topic keyed by tenant when "
+            "slaops creates them (the checkpoint topic has one); existing topics are kept."
+        ),
+    )
+
+
 class StoreSettings(ServiceSettings):
     """Settings of services that read or write the model store (retrainer, consumer)."""
 

@@ -1,21 +1,25 @@
-"""Wires `slaops retrain`: settings → store, tenant key, clients → handler → service."""
+"""Wires `slaops retrain`: settings → store, tenant key, clients → handler → service.
+
+What is the retrainer's own: its configs (`prepare`, no network), its topics and its
+service object. Start-up itself (broker, topics, signals) is the application's runner.
+"""
 
 from __future__ import annotations
 
-import logging
-import threading
+from dataclasses import dataclass
 
-from kernel.embedded import embedded_broker
+from pydantic import SecretStr
+
 from kernel.features import FeatureSpec
 from kernel.kafka import (
     DeliveryTracker,
     TopicSpec,
     base_config,
-    ensure_topics,
-    make_consumer,
+    make_group_consumer,
     make_producer,
+    slaops_topics,
 )
-from kernel.signals import stop_on_signals
+from kernel.store import ModelStore
 from retrainer.pipeline import TrainingConfig
 from retrainer.publisher import RequestHandler
 from retrainer.replay import TenantRows, replay_ranges
@@ -23,8 +27,6 @@ from retrainer.search import SearchConfig, default_grid
 from retrainer.service import RetrainerService
 from retrainer.settings import RetrainerSettings
 from schemas import RetrainRequested
-
-log = logging.getLogger(__name__)
 
 
 def training_config(settings: RetrainerSettings) -> TrainingConfig:
@@ -50,10 +52,27 @@ def training_config(settings: RetrainerSettings) -> TrainingConfig:
     )
 
 
-def build_service(settings: RetrainerSettings) -> RetrainerService:
+@dataclass(frozen=True)
+class RetrainerParts:
+    """What start-up builds from the settings once, before any connection."""
+
+    training: TrainingConfig
+    store: ModelStore
+    tenant_key: SecretStr
+
+
+def prepare(settings: RetrainerSettings) -> RetrainerParts:
+    """Build the configs and open the store; bad settings raise `SlaopsError` here."""
     training = training_config(settings)
-    store = settings.open_model_store()
     key = settings.tenant_secret()
+    return RetrainerParts(training, settings.open_model_store(), key)
+
+
+def build_service(
+    settings: RetrainerSettings, parts: RetrainerParts | None = None
+) -> RetrainerService:
+    """The service with its Kafka clients (`parts` from `prepare`, built if not given)."""
+    parts = prepare(settings) if parts is None else parts
     client = base_config(settings)
 
     def replay(request: RetrainRequested) -> TenantRows:
@@ -66,16 +85,16 @@ def build_service(settings: RetrainerSettings) -> RetrainerService:
         )
 
     handler = RequestHandler(
-        store=store,
+        store=parts.store,
         store_uri=settings.store_uri(),
-        tenant_key=key,
-        training=training,
+        tenant_key=parts.tenant_key,
+        training=parts.training,
         replay=replay,
         models_topic=settings.models_topic,
         failures_topic=settings.failures_topic,
         decisions_topic=settings.decisions_topic,
     )
-    consumer = make_consumer(
+    consumer = make_group_consumer(
         settings, settings.group_id, **{"max.poll.interval.ms": settings.max_poll_interval_ms}
     )
     return RetrainerService(
@@ -87,37 +106,18 @@ def build_service(settings: RetrainerSettings) -> RetrainerService:
     )
 
 
-def topic_specs(settings: RetrainerSettings) -> list[TopicSpec]:
-    return [
-        TopicSpec(settings.retrain_topic, 6),
-        TopicSpec(settings.models_topic, 6),
-        TopicSpec(settings.failures_topic, 6),
-        TopicSpec(settings.decisions_topic, 6),
-    ]
-
-
-def run_retrainer(settings: RetrainerSettings, stop: threading.Event | None = None) -> int:
-    if settings.bootstrap_servers is None and settings.embedded_broker:
-        with embedded_broker() as (bootstrap, _pid):
-            log.info("no KAFKA_BOOTSTRAP_SERVERS: using the embedded broker at %s", bootstrap)
-            updated = settings.model_copy(update={"bootstrap_servers": bootstrap})
-            return run_retrainer(updated, stop)
-    settings.require_bootstrap()
-    training_config(settings)  # every check that needs no network, before the broker
-    settings.tenant_secret()
-    settings.open_model_store()
-    ensure_topics(settings, topic_specs(settings))
-    service = build_service(settings)
-    if stop is None:
-        stop = threading.Event()
-        stop_on_signals(stop)
-    log.info(
-        "retraining topic=%s group=%s store=%s strategy=%s",
-        settings.retrain_topic,
-        settings.group_id,
-        settings.store_uri(),
-        settings.strategy,
+def describe(settings: RetrainerSettings) -> str:
+    return (
+        f"retraining topic={settings.retrain_topic} group={settings.group_id} "
+        f"store={settings.store_uri()} strategy={settings.strategy}"
     )
-    stats = service.run(stop)
-    log.info("stopped: %s", stats)
-    return 0
+
+
+def topic_specs(settings: RetrainerSettings) -> list[TopicSpec]:
+    return slaops_topics(
+        settings.telemetry_partitions,
+        retrain=settings.retrain_topic,
+        models=settings.models_topic,
+        failures=settings.failures_topic,
+        decisions=settings.decisions_topic,
+    )

@@ -17,6 +17,7 @@ import numpy as np
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from kernel.errors import SlaopsError
+from kernel.kafka import make_reader, position
 from schemas import FEATURES, InvalidTelemetry, OffsetRange, parse_telemetry
 
 log = logging.getLogger(__name__)
@@ -50,15 +51,8 @@ def replay_ranges(
     features: list[tuple[float, ...]] = []
     labels: list[bool] = []
     other = invalid = 0
-    consumer = Consumer(
-        {
-            **config,
-            "group.id": "slaops-retrainer-replay",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "error",
-            "enable.partition.eof": False,
-        }
-    )
+    # A range that has left the topic must fail the request, not read from elsewhere.
+    consumer = make_reader(config, "slaops-retrainer-replay", **{"auto.offset.reset": "error"})
     try:
         for span in ranges:
             if span.end_offset <= span.start_offset:
@@ -103,14 +97,13 @@ def _read_range(consumer: Consumer, span: OffsetRange, timeout_s: float) -> list
                     )
                 log.warning("replay error on %s[%d]: %s", span.topic, span.partition, error)
                 continue
-            offset = message.offset() or 0
-            if span.start_offset <= offset <= last:
+            if span.start_offset <= position(message)[1] <= last:
                 messages.append(message)
-        (position,) = consumer.position([TopicPartition(span.topic, span.partition)])
-        if position.offset > last or (messages and (messages[-1].offset() or 0) >= last):
+        (reached,) = consumer.position([TopicPartition(span.topic, span.partition)])
+        if reached.offset > last or (messages and position(messages[-1])[1] >= last):
             return messages
         if time.monotonic() > deadline:
             raise ReplayError(
                 f"{span.topic}[{span.partition}] offsets {span.start_offset}..{span.end_offset} "
-                f"not readable within {timeout_s:.0f}s (read up to {position.offset})"
+                f"not readable within {timeout_s:.0f}s (read up to {reached.offset})"
             )

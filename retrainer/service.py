@@ -16,10 +16,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from pydantic import BaseModel, ValidationError
 
-from kernel.kafka import DeliveryTracker
+from kernel.kafka import DeliveryTracker, is_record, position
 from retrainer.offsets import OffsetBook
 from retrainer.publisher import Outcome, RequestHandler
 from schemas import RetrainFailed, RetrainRequested
@@ -46,6 +46,8 @@ class Job:
 
 @dataclass(slots=True)
 class RetrainerStats:
+    """What the retrainer did since it started; logged when it stops."""
+
     requests: int = 0
     coalesced: int = 0
     published: int = 0
@@ -138,14 +140,9 @@ class RetrainerService:
         return self.stats
 
     def _receive(self, message: Message) -> None:
-        error = message.error()
-        if error is not None:
-            if error.code() != KafkaError._PARTITION_EOF:
-                log.warning("consume error: %s", error)
-                if error.fatal():
-                    raise KafkaException(error)
+        if not is_record(message):
             return
-        partition, offset = message.partition() or 0, message.offset() or 0
+        partition, offset = position(message)
         self._book.received(partition, offset)
         self.stats.requests += 1
         try:

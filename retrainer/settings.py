@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from kernel.features import FeatureSpec
-from kernel.settings import StoreSettings, TopicName
+from kernel.settings import StoreSettings, TopicName, TopicSettings
 from retrainer.dataset import DEFAULT_HOLDOUT_FRACTION, DEFAULT_MIN_ROWS
 from retrainer.search import SearchConfig
 from schemas import topics
@@ -32,7 +32,7 @@ GRID_KEYS = frozenset(
 _FEATURES = FeatureSpec()
 
 
-class RetrainerSettings(StoreSettings):
+class RetrainerSettings(StoreSettings, TopicSettings):
     retrain_topic: TopicName = Field(default=topics.RETRAIN, description="Retrain requests in.")
     telemetry_topic: TopicName = Field(
         default=topics.TELEMETRY, description="Telemetry the requests' offset ranges point into."

@@ -1,6 +1,7 @@
 """Wires `slaops simulate`: settings → simulator → paced, keyed, idempotent producer.
 
-The Kafka side only: what is sent comes from the pure `simulator.model`.
+The Kafka side only: what is sent comes from the pure `simulator.model`. Start-up
+itself (broker, topics, signals) is the application's runner.
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from kernel.embedded import embedded_broker
-from kernel.kafka import DeliveryTracker, TopicSpec, ensure_topics, make_producer
-from kernel.signals import stop_on_signals
+from kernel.kafka import DeliveryTracker, TopicSpec, make_producer, slaops_topics
 from simulator.malformed import MalformedKind
 from simulator.model import EventMeta, TelemetrySimulator
 from simulator.settings import SimulatorSettings
@@ -62,6 +61,15 @@ class SendSummary:
     drifted: int = 0
     elapsed_s: float = 0.0
 
+    def __str__(self) -> str:
+        malformed = self.malformed.total()
+        kinds = " ".join(f"{kind}={n}" for kind, n in sorted(self.malformed.items()))
+        return (
+            f"sent records={self.records} valid={self.records - malformed} "
+            f"breaches={self.breaches} drifted={self.drifted} malformed={malformed} "
+            f"({kinds or 'none'}) in {self.elapsed_s:.1f}s"
+        )
+
 
 def send(
     records: Iterable[tuple[bytes, bytes, EventMeta]],
@@ -92,6 +100,7 @@ def send(
 
 
 def build_simulator(settings: SimulatorSettings) -> TelemetrySimulator:
+    """The pure simulator; a bad drift plan raises here, before any connection."""
     return TelemetrySimulator(
         settings.tenants,
         settings.seed,
@@ -102,50 +111,50 @@ def build_simulator(settings: SimulatorSettings) -> TelemetrySimulator:
     )
 
 
-def run_simulator(settings: SimulatorSettings, stop: threading.Event | None = None) -> int:
-    if settings.bootstrap_servers is None and settings.embedded_broker:
-        with embedded_broker() as (bootstrap, _pid):
-            log.info("no KAFKA_BOOTSTRAP_SERVERS: using the embedded broker at %s", bootstrap)
-            updated = settings.model_copy(update={"bootstrap_servers": bootstrap})
-            return run_simulator(updated, stop)
-    settings.require_bootstrap()
-    simulator = build_simulator(settings)  # every check that needs no network, first
-    topic = settings.telemetry_topic
-    ensure_topics(settings, [TopicSpec(topic, settings.telemetry_partitions)])
-    if stop is None:
-        stop = threading.Event()
-        stop_on_signals(stop)
-    for drift in simulator.schedule():
-        log.info(
-            "drift planned tenant=%s kind=%s magnitude=%g at_event=%d ts=%s position=%d",
-            drift.tenant,
-            drift.kind,
-            drift.magnitude,
-            drift.at_event,
-            drift.ts.isoformat(),
-            drift.position,
-        )
-    log.info(
-        "simulating topic=%s tenants=%d events_per_tenant=%d rate=%s seed=%d",
-        topic,
-        settings.tenants,
-        settings.events_per_tenant,
-        settings.rate or "unlimited",
-        settings.seed,
+#: Everything the simulator builds before any connection is the simulator itself.
+prepare = build_simulator
+
+
+def topic_specs(settings: SimulatorSettings) -> list[TopicSpec]:
+    return slaops_topics(settings.telemetry_partitions, telemetry=settings.telemetry_topic)
+
+
+def describe(settings: SimulatorSettings) -> str:
+    return (
+        f"simulating topic={settings.telemetry_topic} tenants={settings.tenants} "
+        f"events_per_tenant={settings.events_per_tenant} rate={settings.rate or 'unlimited'} "
+        f"seed={settings.seed}"
     )
-    tracker = DeliveryTracker(make_producer(settings))
-    summary = send(
-        simulator.events(settings.events_per_tenant), tracker, topic, Pacer(settings.rate), stop
-    )
-    valid = summary.records - summary.malformed.total()
-    log.info(
-        "sent records=%d valid=%d breaches=%d drifted=%d malformed=%d (%s) in %.1fs",
-        summary.records,
-        valid,
-        summary.breaches,
-        summary.drifted,
-        summary.malformed.total(),
-        " ".join(f"{kind}={n}" for kind, n in sorted(summary.malformed.items())) or "none",
-        summary.elapsed_s,
-    )
-    return 0
+
+
+class SimulatorRun:
+    """Sends the simulator's stream once, paced, then waits for every acknowledgement."""
+
+    def __init__(
+        self, simulator: TelemetrySimulator, tracker: DeliveryTracker, settings: SimulatorSettings
+    ) -> None:
+        self.simulator = simulator
+        self.tracker = tracker
+        self.settings = settings
+
+    def run(self, stop: threading.Event) -> SendSummary:
+        for drift in self.simulator.schedule():
+            log.info(
+                "drift planned tenant=%s kind=%s magnitude=%g at_event=%d ts=%s position=%d",
+                drift.tenant,
+                drift.kind,
+                drift.magnitude,
+                drift.at_event,
+                drift.ts.isoformat(),
+                drift.position,
+            )
+        records = self.simulator.events(self.settings.events_per_tenant)
+        pacer = Pacer(self.settings.rate)
+        return send(records, self.tracker, self.settings.telemetry_topic, pacer, stop)
+
+
+def build_service(
+    settings: SimulatorSettings, simulator: TelemetrySimulator | None = None
+) -> SimulatorRun:
+    simulator = build_simulator(settings) if simulator is None else simulator
+    return SimulatorRun(simulator, DeliveryTracker(make_producer(settings)), settings)

@@ -18,7 +18,7 @@ from pydantic import (
     field_validator,
 )
 
-from kernel.settings import ServiceSettings, TopicName
+from kernel.settings import TopicName, TopicSettings
 from schemas import topics
 from simulator.model import DEFAULT_START, MAX_MAGNITUDE, DriftPlan, tenant_name
 
@@ -45,12 +45,9 @@ class DriftSpec(BaseModel):
         return DriftPlan(self.tenant, self.at_event, self.kind, self.magnitude)
 
 
-class SimulatorSettings(ServiceSettings):
+class SimulatorSettings(TopicSettings):
     telemetry_topic: TopicName = Field(
         default=topics.TELEMETRY, description="Telemetry out (keyed by tenant)."
-    )
-    telemetry_partitions: int = Field(
-        default=6, ge=1, le=10_000, description="Partitions when slaops creates the topic."
     )
     tenants: int = Field(
         default=3, ge=1, le=100_000, description="Tenants tenant-000, tenant-001, ..."

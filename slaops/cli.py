@@ -86,23 +86,23 @@ def configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # huggingface_hub's client
 
 
 def _consume(settings: Any) -> int:
-    from consumer.main import run_consumer
+    from slaops.runner import run_consumer
 
     return run_consumer(settings)
 
 
 def _retrain(settings: Any) -> int:
-    from retrainer.main import run_retrainer
+    from slaops.runner import run_retrainer
 
     return run_retrainer(settings)
 
 
 def _simulate(settings: Any) -> int:
-    from simulator.main import run_simulator
+    from slaops.runner import run_simulator
 
     return run_simulator(settings)
 

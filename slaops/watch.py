@@ -9,10 +9,10 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
 from pydantic import BaseModel, Field, ValidationError
 
-from kernel.kafka import base_config
+from kernel.kafka import base_config, is_record, make_reader
 from kernel.settings import ServiceSettings, TopicName
 from schemas import ChampionKept, ModelPublished, RetrainFailed, RetrainRequested, topics
 
@@ -89,9 +89,7 @@ def watch(
             settings.decisions_topic: ChampionKept,
         }
     stop = stop or threading.Event()
-    consumer = Consumer(
-        {**base_config(settings), "group.id": "slaops-watch", "enable.auto.commit": False}
-    )
+    consumer = make_reader(base_config(settings), "slaops-watch")
     start = OFFSET_BEGINNING if settings.from_beginning else OFFSET_END
     shown = 0
     assigned: set[str] = set()
@@ -116,7 +114,7 @@ def watch(
                 assign_new_topics()
                 checked = time.monotonic()
             for message in consumer.consume(100, 0.2):
-                if message.error() is not None:
+                if not is_record(message):
                     continue
                 try:
                     event = kinds[message.topic() or ""].model_validate_json(message.value() or b"")

@@ -563,12 +563,12 @@ def test_secrets_stay_out_of_the_logs_of_a_successful_start_up(
         def run(self, stop: object) -> str:
             return "valid=0"
 
-    def build_service(settings: Any) -> Service:
+    def build_service(settings: Any, parts: Any) -> Service:
         seen.append(settings)
         return Service()
 
     module = "consumer.main" if command == "consume" else "retrainer.main"
-    monkeypatch.setattr(f"{module}.ensure_topics", lambda settings, specs: None)
+    monkeypatch.setattr("slaops.runner.ensure_topics", lambda settings, specs: None)
     monkeypatch.setattr(f"{module}.build_service", build_service)
     with caplog.at_level(logging.DEBUG):
         assert main([command]) == 0

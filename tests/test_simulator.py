@@ -18,10 +18,11 @@ from sklearn.preprocessing import StandardScaler
 from kernel.errors import ConfigError
 from kernel.settings import load_settings
 from schemas import FEATURES, InvalidTelemetry, TelemetryEvent, parse_telemetry
-from simulator.main import Pacer, build_simulator, run_simulator
+from simulator.main import Pacer, build_simulator
 from simulator.malformed import EXPECTED_REJECT, MalformedKind
 from simulator.model import DriftPlan, EventMeta, TelemetrySimulator
 from simulator.settings import DriftSpec, SimulatorSettings
+from slaops.runner import run_simulator
 from tests.kafka_helpers import read_topic
 
 Record = tuple[bytes, bytes, EventMeta]

@@ -6,6 +6,11 @@ import threading
 
 import httpx2
 from huggingface_hub import set_client_factory
+
+# Private, and deliberately so: huggingface_hub 2.x exports `set_client_factory`,
+# `get_session` and `close_session` but neither its default factory nor the request
+# hook inside it, and building our own client would drop that hook (headers, offline
+# mode). pyproject pins huggingface_hub <3 for this import; test_store covers it.
 from huggingface_hub.utils._http import default_client_factory
 
 _http_lock = threading.Lock()
