@@ -50,7 +50,7 @@ class PerformanceConfig:
     detector: DetectorKind = "cusum"
     params: Mapping[str, float] = field(default_factory=dict)
     #: Scored forecasts per detector update (their excesses are averaged).
-    stride: int = 32
+    stride: int = 16
     #: Scored forecasts of a new model before any is fed to the detector.
     warmup: int = 100
     #: Events between an alarm and its request: a window cut right at the alarm would
@@ -83,7 +83,7 @@ def log_loss_excess(proba: np.ndarray, outcome: np.ndarray, clip: float) -> np.n
     """Per event: log loss of `proba` on `outcome` minus the loss the forecast promised.
 
     >>> log_loss_excess(np.array([0.5, 0.9, 0.9]), np.array([1.0, 1.0, 0.0]), 0.01).round(3)
-    array([ 0.   , -0.22 ,  1.977])
+    array([ 0.   , -0.22 ,  1.978])
     """
     loss, entropy = _losses(proba, outcome, clip)
     return loss - entropy
