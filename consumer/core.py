@@ -22,8 +22,8 @@ import numpy as np
 from consumer.detectors import DataDriftMonitor, DriftConfig, DriftSignal
 from consumer.gate import RequestGate
 from consumer.live_model import LiveModel
-from consumer.performance import ErrorRateMonitor, PerformanceConfig
-from consumer.window import DEFAULT_CAPACITY, TenantWindow
+from consumer.performance import PerformanceConfig, PerformanceMonitor
+from consumer.window import DEFAULT_CAPACITY, DEFAULT_SPAN_S, TenantWindow
 from kernel.kafka import KafkaRecord
 from schemas import (
     DeadLetter,
@@ -34,8 +34,9 @@ from schemas import (
     RetrainRequested,
     parse_telemetry,
     retrain_event_id,
+    topics,
 )
-from schemas.telemetry import FEATURES
+from schemas.telemetry import DEFAULT_MAX_MESSAGE_BYTES, FEATURES
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +50,17 @@ _RESOLVED_KEPT = 100_000
 
 @dataclass(frozen=True, slots=True)
 class CoreConfig:
-    topic: str
+    """What the core needs to know. THE defaults: `ConsumerSettings` takes its own from here.
+
+    The defaults suit 1-, 5- and 15-minute telemetry alike: a tenant's first
+    `cold_start_min_events` fit in the window at each (see `consumer.window`).
+    """
+
+    topic: str = topics.TELEMETRY
     window_max_events: int = DEFAULT_CAPACITY
-    window_span_s: float = 86_400.0
+    window_span_s: float = DEFAULT_SPAN_S
     max_tenants: int = 10_000
-    max_message_bytes: int = 64 * 1024
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     drift: DriftConfig = field(default_factory=DriftConfig)
     data_drift: bool = True
     cold_start: bool = True
@@ -73,7 +80,7 @@ class TenantState:
     drift: DataDriftMonitor
     gate: RequestGate
     model: LiveModel | None = None
-    performance: ErrorRateMonitor | None = None
+    performance: PerformanceMonitor | None = None
     #: Forecasts not yet scored: the last `horizon` probabilities of the live model.
     pending_proba: np.ndarray = field(default_factory=lambda: _NO_PROBA)
     #: A performance alarm waiting out its settle period, and the events still to wait.
@@ -140,7 +147,7 @@ class IngestCore:
 
     def _attach(self, state: TenantState, model: LiveModel) -> None:
         state.model = model
-        state.performance = ErrorRateMonitor(self.config.performance)
+        state.performance = PerformanceMonitor(self.config.performance, model.card.metrics)
         state.pending_proba = _NO_PROBA
         state.alarm = None
 
@@ -327,7 +334,7 @@ class IngestCore:
         if cfg.data_drift:
             triggers += [
                 (signal.index, "data_drift", cfg.drift.detector, signal)
-                for signal in state.drift.update_block_all(features)
+                for signal in state.drift.update(features)
             ]
         triggers.sort(key=lambda t: t[0])
         cold_start = cfg.cold_start and state.model is None
@@ -411,11 +418,11 @@ class IngestCore:
         pending = state.pending_proba
         combined = np.concatenate((pending, proba)) if len(pending) else proba
         scored = np.arange(max(0, horizon - len(pending)), len(labels))
-        errors = (combined[len(pending) + scored - horizon] >= model.threshold) != labels[scored]
+        outcomes = np.column_stack((combined[len(pending) + scored - horizon], labels[scored]))
         state.pending_proba = combined[-horizon:]
         if self.config.publish_forecasts:
             self._emit_forecasts(state, model, ts, proba, offsets, replay_limit, result)
-        return [replace(a, index=int(scored[a.index])) for a in monitor.update(errors)]
+        return [replace(a, index=int(scored[a.index])) for a in monitor.update(outcomes)]
 
     def _emit_forecasts(
         self,

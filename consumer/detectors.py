@@ -31,29 +31,67 @@ from dataclasses import dataclass, field
 from functools import cache, partial
 from itertools import groupby
 from operator import itemgetter, length_hint
-from typing import Any, Final, Literal, Protocol, get_args
+from typing import Any, Final, Literal, Protocol
 
 import numpy as np
 from river import drift
 
+from consumer.cusum import Cusum
 from schemas.telemetry import FEATURES
 
-DetectorKind = Literal["adwin", "page_hinkley", "kswin"]
+#: A detector kind: a key of `DETECTORS` (settings and configs check it against them).
+DetectorKind = str
 
-_KINDS: Final = get_args(DetectorKind)
-_RIVER_CLASSES: Final[Mapping[str, Callable[..., Any]]] = {
-    "adwin": drift.ADWIN,
-    "page_hinkley": drift.PageHinkley,
-    "kswin": drift.KSWIN,
-}
-#: River constructor arguments that must be whole numbers (params arrive as floats).
-_INT_PARAMS: Final[Mapping[str, frozenset[str]]] = {
-    "adwin": frozenset({"clock", "max_buckets", "min_window_length", "grace_period"}),
-    "page_hinkley": frozenset({"min_instances"}),
-    "kswin": frozenset({"window_size", "stat_size", "seed"}),
-}
-#: Our tuned defaults, under the caller's `params` (bench/bench_detectors.py measures them).
-#: They assume the default stride: a different stride wants its own params.
+
+class Detector(Protocol):
+    """What a monitor needs of a detector: River's `update(x)` then `drift_detected`."""
+
+    @property
+    def drift_detected(self) -> bool: ...
+
+    def update(self, x: float) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorSpec:
+    """Everything slaops knows about one detector kind: adding a kind is one `DETECTORS` entry.
+
+    `data_params` and `data_stride` are tuned for the data monitor (means of `data_stride`
+    z-scores); `performance_params` for the performance monitor (means of a block of
+    per-event log-loss excess, in nats; see consumer/performance.py).
+    """
+
+    factory: Callable[..., Detector]
+    data_params: Mapping[str, float]
+    data_stride: int
+    performance_params: Mapping[str, float]
+    #: Constructor arguments that must be whole numbers (params arrive as floats).
+    int_params: frozenset[str] = frozenset()
+    #: Compares the stream with a fixed target (0), not with the stream's own past.
+    absolute: bool = False
+
+    def params(self, purpose: Purpose, overrides: Mapping[str, float]) -> dict[str, float | int]:
+        """The constructor kwargs: the tuned defaults for `purpose`, then `overrides`."""
+        defaults = self.data_params if purpose == "data" else self.performance_params
+        if not isinstance(overrides, Mapping):
+            raise ValueError(f"params must be a mapping, got {type(overrides).__name__}")
+        merged: dict[str, float | int] = {}
+        for name, value in {**defaults, **overrides}.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"params[{name!r}] must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"params[{name!r}] must be finite, got {value!r}")
+            if name in self.int_params:
+                if value != int(value):
+                    raise ValueError(f"params[{name!r}] must be a whole number, got {value!r}")
+                value = int(value)
+            merged[name] = value
+        return merged
+
+
+Purpose = Literal["data", "performance"]
+
+#: THE registry of detector kinds. Tuning (bench/bench_detectors.py measures the data side):
 #: ADWIN: River's delta; clock=4 updates (= 32 events at stride 8, River's default pace).
 #: PageHinkley on stride-8 means (noise sd ~0.35 when events are independent): delta=0.25
 #: drains the random walk of noise, even autocorrelated noise; threshold=20 still catches
@@ -61,13 +99,60 @@ _INT_PARAMS: Final[Mapping[str, frozenset[str]]] = {
 #: KSWIN: alpha=1e-4 because it tests on every update and its windows overlap; 60 updates
 #: of stride 32 cover ~1,900 events, of which the last 20 updates (~640 events) are
 #: compared with the rest; seed fixed so alarms are reproducible.
-DEFAULT_PARAMS: Final[Mapping[str, Mapping[str, float]]] = {
-    "adwin": {"delta": 0.002, "clock": 4},
-    "page_hinkley": {"delta": 0.25, "threshold": 20.0, "min_instances": 30},
-    "kswin": {"alpha": 1e-4, "window_size": 60, "stat_size": 20, "seed": 0},
+#: CUSUM on stride-8 means (sd ~0.7 under AR(1) phi=0.7): slack 1 sigma-of-events, so
+#: stationary noise drains; threshold 10 catches a 2-sigma shift in ~10 updates. For
+#: performance (means of 16 events' log-loss excess, in nats), slack 0.4 and threshold 1:
+#: 0 false alarms on 9 stable simulated tenants with trained models, a concept switch
+#: caught 284-796 events after it (tests/performance_runs.py measures it).
+DETECTORS: Final[Mapping[str, DetectorSpec]] = {
+    "adwin": DetectorSpec(
+        drift.ADWIN,
+        data_params={"delta": 0.002, "clock": 4},
+        data_stride=8,
+        performance_params={"delta": 0.002, "clock": 4},
+        int_params=frozenset({"clock", "max_buckets", "min_window_length", "grace_period"}),
+    ),
+    "page_hinkley": DetectorSpec(
+        drift.PageHinkley,
+        data_params={"delta": 0.25, "threshold": 20.0, "min_instances": 30},
+        data_stride=8,
+        performance_params={"delta": 0.1, "threshold": 3.0, "min_instances": 10},
+        int_params=frozenset({"min_instances"}),
+    ),
+    "kswin": DetectorSpec(
+        drift.KSWIN,
+        data_params={"alpha": 1e-4, "window_size": 60, "stat_size": 20, "seed": 0},
+        data_stride=32,
+        performance_params={"alpha": 1e-4, "window_size": 60, "stat_size": 20, "seed": 0},
+        int_params=frozenset({"window_size", "stat_size", "seed"}),
+    ),
+    "cusum": DetectorSpec(
+        Cusum,
+        data_params={"slack": 1.0, "threshold": 10.0},
+        data_stride=8,
+        performance_params={"slack": 0.4, "threshold": 1.0},
+        absolute=True,
+    ),
 }
-#: Events averaged per detector update, by kind (see the module docstring).
-DEFAULT_STRIDE: Final[Mapping[str, int]] = {"adwin": 8, "page_hinkley": 8, "kswin": 32}
+
+
+def detector_spec(kind: str) -> DetectorSpec:
+    """The registry entry of `kind`; ValueError naming the known kinds otherwise."""
+    spec = DETECTORS.get(kind) if isinstance(kind, str) else None
+    if spec is None:
+        raise ValueError(f"detector must be one of {sorted(DETECTORS)}, got {kind!r}")
+    return spec
+
+
+def make_detector(kind: str, purpose: Purpose, params: Mapping[str, float]) -> Detector:
+    """A fresh detector of `kind` tuned for `purpose`; ValueError on bad params."""
+    spec = detector_spec(kind)
+    try:
+        return spec.factory(**spec.params(purpose, params))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"params rejected by {kind}: {exc}") from exc
+
+
 #: z-scores are clipped to this, so one outlier moves a detector's mean only a little.
 Z_CLIP: Final = 10.0
 #: Floors for the reference std: a constant feature (error_rate 0.0) must not divide by 0.
@@ -86,7 +171,7 @@ class DriftConfig:
     """How one tenant's data-drift monitor is built; validated on construction."""
 
     detector: DetectorKind = "adwin"
-    #: River constructor kwargs, over `DEFAULT_PARAMS[detector]`.
+    #: Detector constructor kwargs, over `DETECTORS[detector].data_params`.
     params: Mapping[str, float] = field(default_factory=dict)
     #: How many watched features must alarm ...
     min_agreeing_features: int = 2
@@ -96,12 +181,11 @@ class DriftConfig:
     warmup: int = 200
     #: Watched columns, as indices into `FEATURES`.
     features: tuple[int, ...] = tuple(range(len(FEATURES)))
-    #: Events averaged per detector update; None means `DEFAULT_STRIDE[detector]`.
+    #: Events averaged per detector update; None means `DETECTORS[detector].data_stride`.
     stride: int | None = None
 
     def __post_init__(self) -> None:
-        if self.detector not in _KINDS:
-            raise ValueError(f"detector must be one of {_KINDS}, got {self.detector!r}")
+        detector_spec(self.detector)
         if not isinstance(self.params, Mapping):
             raise ValueError(f"params must be a mapping, got {type(self.params).__name__}")
         object.__setattr__(self, "params", dict(self.params))
@@ -130,29 +214,15 @@ class DriftConfig:
     @property
     def effective_stride(self) -> int:
         """`stride`, or the default for this detector kind."""
-        return DEFAULT_STRIDE[self.detector] if self.stride is None else self.stride
+        return detector_spec(self.detector).data_stride if self.stride is None else self.stride
 
     def river_params(self) -> dict[str, float | int]:
-        """The kwargs given to the River class: tuned defaults, then `params`."""
-        merged: dict[str, float | int] = {}
-        for name, value in {**DEFAULT_PARAMS[self.detector], **self.params}.items():
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"params[{name!r}] must be a number, got {value!r}")
-            if not math.isfinite(value):
-                raise ValueError(f"params[{name!r}] must be finite, got {value!r}")
-            if name in _INT_PARAMS[self.detector]:
-                if value != int(value):
-                    raise ValueError(f"params[{name!r}] must be a whole number, got {value!r}")
-                value = int(value)
-            merged[name] = value
-        return merged
+        """The detector's kwargs: the registry's tuned defaults, then `params`."""
+        return detector_spec(self.detector).params("data", self.params)
 
-    def make_detector(self) -> Any:
-        """A fresh River detector for one feature."""
-        try:
-            return _RIVER_CLASSES[self.detector](**self.river_params())
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"params rejected by River {self.detector}: {exc}") from exc
+    def make_detector(self) -> Detector:
+        """A fresh detector for one feature."""
+        return make_detector(self.detector, "data", self.params)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,13 +238,18 @@ class DriftSignal:
     statistic: dict[str, float]
 
 
-class PerformanceMonitor(Protocol):
-    """Seam for performance drift: watches a live model's error stream.
+class DriftMonitor(Protocol):
+    """THE monitor interface, of the data monitor and the performance monitor alike.
 
-    Same signal type as data drift, so retrain requests treat both alike.
+    `update` consumes one tenant's block, oldest first, and returns every confirmed
+    drift in it, in event order, each `index` relative to the block. After a signal a
+    monitor restarts on the rest of the block, so the signals never depend on where
+    blocks are cut. Raises ValueError on a malformed block; never touches Kafka.
     """
 
-    def update(self, errors: np.ndarray) -> DriftSignal | None: ...
+    def update(self, block: np.ndarray) -> list[DriftSignal]: ...
+
+    def reset(self) -> None: ...
 
 
 @cache
@@ -189,7 +264,7 @@ def _adwin_helper_reports_drift() -> bool:
 
 
 class DataDriftMonitor:
-    """Per-tenant: one River detector per watched feature."""
+    """Per tenant: one detector per watched feature; a `DriftMonitor` over (n, 6) blocks."""
 
     __slots__ = (
         "config",
@@ -215,7 +290,7 @@ class DataDriftMonitor:
         self._all_cols = config.features == tuple(range(len(FEATURES)))
         self._stride = config.effective_stride
         self._make: Callable[[], Any] = partial(
-            _RIVER_CLASSES[config.detector], **config.river_params()
+            make_detector, config.detector, "data", config.params
         )
         self._fast_adwin = config.detector == "adwin" and _adwin_helper_reports_drift()
         self.reset()
@@ -239,10 +314,10 @@ class DataDriftMonitor:
 
     def update_block(self, features: np.ndarray) -> DriftSignal | None:
         """Consume events (n, 6), oldest first; return the block's first confirmed drift."""
-        signals = self.update_block_all(features)
+        signals = self.update(features)
         return signals[0] if signals else None
 
-    def update_block_all(self, features: np.ndarray) -> list[DriftSignal]:
+    def update(self, features: np.ndarray) -> list[DriftSignal]:
         """Consume events (n, 6), oldest first; every confirmed drift, in event order.
 
         After a confirmed drift the monitor resets and the rest of the block starts the

@@ -50,6 +50,7 @@ def core_config(settings: ConsumerSettings) -> CoreConfig:
         performance=PerformanceConfig(
             detector=settings.performance_detector,
             params=dict(settings.performance_params),
+            stride=settings.performance_stride,
             warmup=settings.performance_warmup,
             settle_events=settings.performance_settle_events,
         ),

@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Final
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
-from consumer.window import DEFAULT_CAPACITY
+from consumer.core import CoreConfig
+from consumer.detectors import DETECTORS, DriftConfig, detector_spec
+from consumer.performance import PerformanceConfig
 from kernel.settings import StoreSettings, TopicName, TopicSettings
 from schemas import topics
-from schemas.telemetry import DEFAULT_MAX_MESSAGE_BYTES
+
+#: The defaults below are the core's: one source (`CoreConfig` and the configs in it).
+_CORE: Final = CoreConfig()
+_DRIFT: Final = DriftConfig()
+_PERF: Final = PerformanceConfig()
+_KINDS: Final = ", ".join(DETECTORS)
+
+
+def _known_detector(kind: str) -> str:
+    detector_spec(kind)
+    return kind
+
+
+DetectorName = Annotated[str, AfterValidator(_known_detector)]
 
 
 class ConsumerSettings(StoreSettings, TopicSettings):
@@ -33,19 +48,27 @@ class ConsumerSettings(StoreSettings, TopicSettings):
         description="Load each tenant's live model from the store and watch its errors.",
     )
     publish_forecasts: bool = Field(
-        default=False, description="Publish every live forecast to forecasts_topic."
+        default=_CORE.publish_forecasts,
+        description="Publish every live forecast to forecasts_topic.",
     )
-    performance_detector: Literal["adwin", "ddm", "hddm_w"] = Field(
-        default="adwin", description="River detector on a live model's misclassifications."
+    performance_detector: DetectorName = Field(
+        default=_PERF.detector,
+        description=f"Detector ({_KINDS}) on block means of a live model's log loss in "
+        "excess of what its forecasts promised (cusum compares with that promise itself).",
     )
     performance_params: dict[str, float] = Field(
         default_factory=dict, description="Parameters of the performance detector as JSON."
     )
+    performance_stride: int = Field(
+        default=_PERF.stride, ge=1, description="Scored forecasts averaged per detector update."
+    )
     performance_warmup: int = Field(
-        default=100, ge=0, description="Scored forecasts of a new model before alarms count."
+        default=_PERF.warmup,
+        ge=0,
+        description="Scored forecasts of a new model before alarms count.",
     )
     performance_settle_events: int = Field(
-        default=240,
+        default=_PERF.settle_events,
         ge=0,
         description="Events after a performance alarm before the request, so the "
         "retraining window holds post-change data.",
@@ -64,35 +87,37 @@ class ConsumerSettings(StoreSettings, TopicSettings):
         default=300_000, ge=1_000, description="librdkafka max.poll.interval.ms."
     )
     max_message_bytes: int = Field(
-        default=DEFAULT_MAX_MESSAGE_BYTES,
+        default=_CORE.max_message_bytes,
         ge=256,
         le=16 * 1024 * 1024,
         description="Raw telemetry messages larger than this are dead-lettered unparsed.",
     )
     window_span_s: float = Field(
-        default=86_400.0, gt=0, description="Time span of a tenant's window (event time)."
+        default=_CORE.window_span_s,
+        gt=0,
+        description="Time span of a tenant's window (event time).",
     )
     window_max_events: int = Field(
-        default=DEFAULT_CAPACITY,
+        default=_CORE.window_max_events,
         ge=10,
         le=1_000_000,
         description="Maximum events in a tenant's window.",
     )
     max_tenants: int = Field(
-        default=10_000,
+        default=_CORE.max_tenants,
         ge=1,
         le=10_000_000,
         description="Tenants held in memory; the least recently active is evicted beyond it.",
     )
     data_drift: bool = Field(
-        default=True,
+        default=_CORE.data_drift,
         description=(
             "Request retraining on data drift of the metric features (off for metrics with a "
             "strong daily cycle, which per-feature detectors read as drift)."
         ),
     )
-    detector: Literal["adwin", "page_hinkley", "kswin"] = Field(
-        default="adwin", description="River data-drift detector, one per feature."
+    detector: DetectorName = Field(
+        default=_DRIFT.detector, description=f"Data-drift detector ({_KINDS}), one per feature."
     )
     detector_params: dict[str, float] = Field(
         default_factory=dict,
@@ -104,28 +129,38 @@ class ConsumerSettings(StoreSettings, TopicSettings):
         description="Feed the detector means of this many events (default: per detector).",
     )
     drift_min_features: int = Field(
-        default=2, ge=1, le=6, description="Features that must agree before drift is declared."
+        default=_DRIFT.min_agreeing_features,
+        ge=1,
+        le=6,
+        description="Features that must agree before drift is declared.",
     )
     drift_agreement_events: int = Field(
-        default=200, ge=1, description="Agreeing features must fire within this many events."
+        default=_DRIFT.agreement_window,
+        ge=1,
+        description="Agreeing features must fire within this many events.",
     )
     drift_warmup_events: int = Field(
-        default=200, ge=10, description="Events that set a tenant's reference mean/std."
+        default=_DRIFT.warmup, ge=10, description="Events that set a tenant's reference mean/std."
     )
     cold_start: bool = Field(
-        default=True, description="Request a first model once a tenant's window is trainable."
+        default=_CORE.cold_start,
+        description="Request a first model once a tenant's window is trainable.",
     )
     cold_start_min_events: int = Field(
-        default=500, ge=10, description="Labelled events a tenant needs before its first model."
+        default=_CORE.cold_start_min_events,
+        ge=10,
+        description="Labelled events a tenant needs before its first model.",
     )
     cold_start_min_per_class: int = Field(
-        default=10, ge=1, description="Events of each class (breach, no breach) needed too."
+        default=_CORE.cold_start_min_per_class,
+        ge=1,
+        description="Events of each class (breach, no breach) needed too.",
     )
     cooldown_s: float = Field(
-        default=3_600.0, ge=0, description="Event-time pause between a tenant's requests."
+        default=_CORE.cooldown_s, ge=0, description="Event-time pause between a tenant's requests."
     )
     request_timeout_s: float = Field(
-        default=7_200.0,
+        default=_CORE.request_timeout_s,
         gt=0,
         description="Event time after which an unanswered request no longer blocks a new one.",
     )

@@ -2,10 +2,10 @@
 
 The consumer keeps one window per tenant, for thousands of tenants, so a window
 holds no per-event Python objects: four parallel numpy columns (`ts` float64,
-`features` float32, `labels` bool, `offsets` uint32 relative to a base offset,
-int64 only if a window ever spans 2**32 offsets) used as one ring. A full row
-costs `8 + 4 * n_features + 1 + 4` bytes (37 for the six metrics: `row_nbytes`),
-so 10,000 tenants at capacity 2,000 take about 0.69 GiB of buffers.
+`features` float32, `labels` bool, `offsets` uint32 relative to a base) used as one
+ring. A full row costs `8 + 4 * n_features + 1 + 4` bytes (37 for the six metrics), so
+10,000 tenants at the default capacity of 1,440 take about 0.50 GiB of buffers (the
+README's 983 MiB RSS adds detectors and the interpreter with torch loaded).
 
 Buffers start empty and grow geometrically (doubling) up to `capacity`, never
 beyond: quiet tenants stay small, and a full window holds exactly `capacity`
@@ -30,9 +30,13 @@ from schemas.telemetry import FEATURES
 _S = TypeVar("_S", bound=np.generic)
 
 #: Events per tenant the consumer keeps unless configured otherwise: a day of
-#: one-minute intervals, so that 10,000 full windows (53 KB each) fit in 1 GiB beside
-#: their detectors.
+#: one-minute intervals, five days of five-minute ones, so that 10,000 full windows
+#: (53 KB each) fit in 1 GiB beside their detectors.
 DEFAULT_CAPACITY: Final = 1_440
+#: Event time a tenant's window spans unless configured otherwise: a week, so that the
+#: count bound, not the span, limits the window at every common telemetry interval,
+#: and a tenant reporting every 15 minutes (672 events a week) reaches a cold start.
+DEFAULT_SPAN_S: Final = 7 * 86_400.0
 #: Rows allocated on the first append: enough for a handful of batches.
 _MIN_ALLOC: Final = 16
 _MAX_DELTA: Final = 2**32 - 1

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 from consumer.core import CoreConfig, IngestCore
 from consumer.detectors import DriftConfig
 from consumer.gate import RequestGate
+from consumer.main import core_config
+from consumer.settings import ConsumerSettings
 from schemas import DeadLetter, RejectReason
+from simulator.model import TelemetrySimulator
 from tests.streams import RawRecord, interleave, telemetry_values
 
 TOPIC = "sla.telemetry"
@@ -177,3 +182,20 @@ def test_requests_do_not_depend_on_where_batches_are_cut() -> None:
     assert reasons.count("cold_start") >= 6 and "data_drift" in reasons  # repeats included
     for batch, requests in runs.items():
         assert requests == reference, f"batch of {batch} differs"
+
+
+@pytest.mark.parametrize("interval_s", [60.0, 300.0, 900.0], ids=["1min", "5min", "15min"])
+def test_default_settings_give_a_first_model_at_common_telemetry_intervals(
+    interval_s: float,
+) -> None:
+    settings = ConsumerSettings()
+    core = IngestCore(core_config(settings))
+    sim = TelemetrySimulator(1, seed=3, interval_s=interval_s)
+    recs = [RawRecord(key, value, 0, meta.position) for key, value, meta in sim.events(800)]
+    cold = [r for r in run(core, recs, batch=200) if r.reason == "cold_start"]
+    # Unanswered (no retrainer here), it is asked again after request_timeout_s.
+    assert cold and cold[0].n_events == settings.cold_start_min_events
+    held = core.tenant(sim.tenants[0])
+    # A week of 15-minute events (673) is under 800: the span binds there, not below.
+    expected = min(800, int(settings.window_span_s // interval_s) + 1)
+    assert held is not None and len(held.window) == expected >= settings.cold_start_min_events

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, get_args
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consumer.detectors import (
-    DEFAULT_STRIDE,
+    DETECTORS,
     DataDriftMonitor,
     DetectorKind,
     DriftConfig,
@@ -21,14 +21,14 @@ from schemas.telemetry import FEATURES
 from tests.streams import SDS
 from tests.streams import telemetry_matrix as telemetry
 
-KINDS: tuple[DetectorKind, ...] = get_args(DetectorKind)
+KINDS: tuple[DetectorKind, ...] = tuple(DETECTORS)
 LATENCIES = (0, 1, 2)
 CHANGE_AT = 3_000
 #: Most events from CHANGE_AT to the signal, for a 2-sd shift of the three latencies.
 #: Measured delays (bench/bench_detectors.py) are ~80 (adwin), ~100 (page_hinkley) and
 #: ~440 (kswin: 14 of its stride-32 updates before a KS test at alpha=1e-4 trips);
 #: the bounds leave room for other seeds without hiding a regression to "late".
-DETECTION_BOUND = {"adwin": 250, "page_hinkley": 300, "kswin": 700}
+DETECTION_BOUND = {"adwin": 250, "page_hinkley": 300, "kswin": 700, "cusum": 250}
 
 
 def shifted(
@@ -155,7 +155,7 @@ def test_with_a_stride_the_signal_is_the_last_event_of_a_group(kind: DetectorKin
     config = DriftConfig(kind)
     signal = DataDriftMonitor(config).update_block(shifted(6_000, seed=11))
     assert signal is not None
-    assert (signal.index - config.warmup + 1) % DEFAULT_STRIDE[kind] == 0
+    assert (signal.index - config.warmup + 1) % DETECTORS[kind].data_stride == 0
 
 
 def test_adwin_fast_path_alarms_where_rivers_public_api_does() -> None:
@@ -196,14 +196,14 @@ def test_params_override_the_tuned_defaults() -> None:
     config = DriftConfig("page_hinkley", params={"threshold": 5.0, "min_instances": 10.0})
     assert config.river_params() == {"delta": 0.25, "threshold": 5.0, "min_instances": 10}
     assert type(config.river_params()["min_instances"]) is int
-    assert config.effective_stride == DEFAULT_STRIDE["page_hinkley"]
+    assert config.effective_stride == DETECTORS["page_hinkley"].data_stride
     assert DriftConfig("kswin", stride=4).effective_stride == 4
 
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
-        ({"detector": "cusum"}, "detector"),
+        ({"detector": "magic"}, "detector"),
         ({"params": {"bogus": 1.0}}, "params"),
         ({"params": {"clock": 2.5}}, "params"),
         ({"params": {"delta": float("nan")}}, "params"),

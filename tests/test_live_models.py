@@ -130,9 +130,11 @@ def test_concept_drift_raises_one_performance_drift_request(published) -> None: 
     assert [r.reason for r in requests] == ["performance_drift"]
     request = requests[0]
     assert 1_500 <= request.source[0].end_offset - 1 < 2_400
-    assert request.detector == "adwin" and request.details.features == ["error_rate"]
+    assert request.detector == "cusum" and request.details.features == ["log_loss"]
     stats = request.details.statistic
-    assert stats["error_rate_recent"] > stats["error_rate"]
+    # Worse than the model's forecasts promised, and worse than its card's holdout.
+    assert stats["log_loss_excess_recent"] > stats["log_loss_excess"] > 0
+    assert stats["log_loss_recent"] > stats["card_log_loss"]
 
 
 def test_a_tenant_with_a_model_gets_no_cold_start_and_stable_data_no_request(published) -> None:  # type: ignore[no-untyped-def]
