@@ -14,7 +14,10 @@ Columns, in order (:meth:`FeatureSpec.names`):
   ``breach_rate_{w}`` over the last ``w`` events for each of ``breach_windows``;
 * the rolling mean and standard deviation over ``rolling_window`` events of the
   p95 and p99 latency (``log1p``) and the error rate;
-* time of day and day of week (UTC) as sine/cosine pairs: load is diurnal.
+* time of day and day of week (UTC) as sine/cosine pairs: load is diurnal. Each pair
+  is in the spec only when the training data covers several periods of it
+  (:meth:`FeatureSpec.supported_by`): a model trained on one day has never seen the
+  hours its holdout (and tomorrow) brings, and extrapolates on them.
 
 Windows count events, not seconds. The first events of a stream have shorter
 windows (lags repeat the first event); training drops them (:attr:`history`), and a
@@ -23,6 +26,10 @@ live forecast with that much history computes exactly what training computed.
 >>> spec = FeatureSpec()
 >>> len(spec.names()), spec.history
 (25, 24)
+>>> spec.supported_by(86_400.0).names()[-1]  # one day of data: no time features
+'error_rate_std_12'
+>>> spec.supported_by(5 * 86_400.0).names()[-2:]  # five days: time of day, not week
+('tod_sin', 'tod_cos')
 >>> ts = np.arange(30) * 60.0
 >>> metrics = np.ones((30, 6), np.float32)
 >>> labels = np.arange(30) % 3 == 0
@@ -56,6 +63,8 @@ _WEEK_S: Final = 7 * _DAY_S
 #: 1970-01-01 was a Thursday: shift so that a week starts on Monday 00:00 UTC.
 _EPOCH_WEEKDAY_S: Final = 3 * _DAY_S
 _MAX_WINDOW: Final = 1_440
+#: Periods of time the training data must cover for a periodic feature to be learnable.
+MIN_PERIODS: Final = 3
 
 
 class FeatureSpec(BaseModel):
@@ -72,6 +81,8 @@ class FeatureSpec(BaseModel):
     lags: int = Field(default=1, ge=0, le=8)
     breach_windows: tuple[int, ...] = (6, 24)
     rolling_window: int = Field(default=12, ge=2, le=_MAX_WINDOW)
+    time_of_day: bool = True
+    day_of_week: bool = True
 
     @field_validator("breach_windows")
     @classmethod
@@ -87,6 +98,18 @@ class FeatureSpec(BaseModel):
         """Events (the current one included) a row needs for full-length windows."""
         return max(self.lags + 1, self.rolling_window, *self.breach_windows, 1)
 
+    def supported_by(self, span_s: float) -> FeatureSpec:
+        """This spec less the periodic features that `span_s` of data cannot teach.
+
+        A periodic pair stays only if the data spans `MIN_PERIODS` of its periods.
+        """
+        return self.model_copy(
+            update={
+                "time_of_day": self.time_of_day and span_s >= MIN_PERIODS * _DAY_S,
+                "day_of_week": self.day_of_week and span_s >= MIN_PERIODS * _WEEK_S,
+            }
+        )
+
     def names(self) -> tuple[str, ...]:
         base = [f"log1p_{m}" if m in LOG_METRICS else m for m in FEATURES]
         names = list(base)
@@ -97,7 +120,10 @@ class FeatureSpec(BaseModel):
         for metric in ROLLING_METRICS:
             name = f"log1p_{metric}" if metric in LOG_METRICS else metric
             names += [f"{name}_mean_{self.rolling_window}", f"{name}_std_{self.rolling_window}"]
-        names += ["tod_sin", "tod_cos", "dow_sin", "dow_cos"]
+        if self.time_of_day:
+            names += ["tod_sin", "tod_cos"]
+        if self.day_of_week:
+            names += ["dow_sin", "dow_cos"]
         return tuple(names)
 
     def transform(
@@ -132,9 +158,12 @@ class FeatureSpec(BaseModel):
             mean_sq = _rolling_mean(values * values, self.rolling_window)
             std = np.sqrt(np.maximum(mean_sq - mean * mean, 0.0))
             columns += [mean[:, None], std[:, None]]
-        day = 2 * np.pi * np.mod(ts_arr, _DAY_S) / _DAY_S
-        week = 2 * np.pi * np.mod(ts_arr - _EPOCH_WEEKDAY_S, _WEEK_S) / _WEEK_S
-        columns.append(np.stack([np.sin(day), np.cos(day), np.sin(week), np.cos(week)], axis=1))
+        if self.time_of_day:
+            day = 2 * np.pi * np.mod(ts_arr, _DAY_S) / _DAY_S
+            columns.append(np.stack([np.sin(day), np.cos(day)], axis=1))
+        if self.day_of_week:
+            week = 2 * np.pi * np.mod(ts_arr - _EPOCH_WEEKDAY_S, _WEEK_S) / _WEEK_S
+            columns.append(np.stack([np.sin(week), np.cos(week)], axis=1))
         return np.ascontiguousarray(np.concatenate(columns, axis=1), dtype=np.float32)
 
 

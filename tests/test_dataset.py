@@ -66,7 +66,8 @@ def test_pairs_shift_labels_by_horizon_after_the_first_full_window() -> None:
     breach = data.X[:, data.feature_names.index("breach")]
     np.testing.assert_array_equal(breach, labels[1:5])  # this interval's own breach
     np.testing.assert_array_equal(data.X[:, data.feature_names.index("breach_rate_2")], 0.5)
-    assert data.feature_names == SMALL.names()
+    assert data.spec == SMALL.supported_by(5.0)  # 5 s of data: no time of day or week
+    assert data.feature_names == data.spec.names() and "tod_sin" not in data.feature_names
     assert (data.horizon, data.lags, len(data), data.n_positive) == (1, 0, 4, 2)
 
 
@@ -87,7 +88,7 @@ def test_two_lags_name_blocks_in_order() -> None:
     ts, features, labels = _table(8)
     spec = FeatureSpec(lags=2, breach_windows=(2,), rolling_window=2)
     data = build_pairs(ts, features, labels, spec=spec, min_rows=1)
-    assert data.X.shape == (5, len(spec.names()))
+    assert data.X.shape == (5, len(data.spec.names()))
     assert data.feature_names[6] == "log1p_latency_p50_ms_lag1"
     assert data.feature_names[17] == "log1p_rps_lag2"
     np.testing.assert_array_equal(data.X[0, [3, 9, 15]], [23, 13, 3])  # error_rate t, t-1, t-2
@@ -233,3 +234,19 @@ def test_dataset_error_is_a_value_error_and_a_slaops_error() -> None:
 def test_bad_arguments(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         build_pairs(*_window(250), **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("days", "periodic"),
+    [(1, ()), (2.9, ()), (3, ("tod_sin", "tod_cos")), (21, ("tod_sin", "tod_cos", "dow_sin"))],
+)
+def test_time_features_only_when_the_rows_span_several_periods(
+    days: float, periodic: tuple[str, ...]
+) -> None:
+    n = 400
+    ts = 1.7e9 + np.linspace(0.0, days * 86_400.0, n)
+    _, features, labels = _window(n)
+    data = build_pairs(ts, features, labels)
+    present = {name for name in data.feature_names if name[:4] in ("tod_", "dow_")}
+    assert set(periodic) <= present and len(present) == 2 * len({p[:3] for p in periodic})
+    assert data.X.shape[1] == len(data.spec.names())

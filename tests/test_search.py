@@ -135,7 +135,7 @@ def test_n_features_follows_the_data() -> None:
     spec = FeatureSpec(lags=2)
     lagged = build_pairs(*synthetic(300), spec=spec)
     net = SlaNet(max_epochs=1).fit(lagged.X, lagged.y)
-    assert net.module_.n_features == len(spec.names()) == 31
+    assert net.module_.n_features == len(lagged.spec.names()) == 27  # no time features
 
 
 def test_fit_is_seeded_and_leaves_global_state_alone(data: SupervisedSet) -> None:
