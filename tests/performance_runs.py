@@ -68,7 +68,12 @@ def train_live_model(
 ) -> LiveModel:
     """A real model, trained by the retrainer's pipeline on `rows` and loaded safely."""
     outcome = train_and_decide(rows, request_for(tenant), TrainingConfig(search=search), None)
-    assert outcome.artifacts is not None
+    if outcome.artifacts is None:  # the gate refused it: the product would not run it either
+        decision = outcome.decision
+        raise AssertionError(
+            f"{tenant}: no live model, the gate refused it ({decision.verdict}, "
+            f"{decision.baseline}: {decision.detail})"
+        )
     module, card = load_model(outcome.artifacts.card, outcome.artifacts.safetensors, "safetensors")
     return LiveModel(tenant, "0" * 40, 1, "0" * 32, module, card)
 
