@@ -39,6 +39,7 @@ def training_config(settings: RetrainerSettings) -> TrainingConfig:
         max_epochs=settings.max_epochs,
         batch_size=settings.batch_size,
         patience=settings.patience,
+        calibration=settings.calibration,
         n_iter=settings.n_iter,
         holdout_fraction=settings.holdout_fraction,
         grid=grid if grid is not None else default_grid(),

@@ -177,6 +177,11 @@ def train_and_decide(
             "seed": config.search.seed,
             "strategy": result.strategy,
             "best_params": result.best_params,
+            "calibration": {
+                "method": "platt" if not result.calibration.identity else "none",
+                "slope": result.calibration.slope,
+                "intercept": result.calibration.intercept,
+            },
             "decision": decision.model_dump(),
             "champion": None
             if champion is None

@@ -80,6 +80,10 @@ class RetrainerSettings(StoreSettings, TopicSettings):
         le=1_000,
         description="Stop a fit after this many epochs without a better validation log loss.",
     )
+    calibration: Literal["none", "platt"] = Field(
+        default=SearchConfig.calibration,
+        description="Platt-scale the winner on its out-of-fold forecasts (none: no map).",
+    )
     horizon: int = Field(default=1, ge=1, le=1_000, description="Forecast breach h steps ahead.")
     lags: int = Field(
         default=_FEATURES.lags, ge=0, le=8, description="Previous events' metrics as features."

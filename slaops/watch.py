@@ -59,11 +59,14 @@ def describe(event: BaseModel) -> str:
         )
     if isinstance(event, ChampionKept):
         d = event.decision
-        return (
+        head = (
             f"KEPT     {event.tenant:<20}      {event.reason:<17} "
             f"f1={_f(event.challenger_metrics.get('f1'))} challenger {d.challenger_score:.4f} "
-            f"did not beat champion {_f(d.champion_score, '.4f')}"
         )
+        if d.verdict == "baseline_better":
+            keeps = "keeps no model" if event.champion_revision is None else "keeps its model"
+            return f"{head}lost to the {d.baseline} baseline ({d.detail}); tenant {keeps}"
+        return f"{head}did not beat champion {_f(d.champion_score, '.4f')}"
     if isinstance(event, RetrainFailed):
         return f"FAILED   {event.tenant or '?':<20}      {event.reason:<17} {event.detail[:80]}"
     if isinstance(event, RetrainRequested):

@@ -31,9 +31,9 @@ from tests.streams import RawRecord
 
 #: A small, fast search: one candidate, as tests/test_live_models.py trains.
 SMALL_SEARCH = SearchConfig(
-    grid={"lr": [1e-2], "module__hidden_layers": [1], "module__width": [16]},
+    grid={"lr": [1e-2], "module__hidden_layers": [0, 1], "module__width": [16]},
     n_jobs=1,
-    max_epochs=15,
+    max_epochs=30,
     n_splits=3,
 )
 TOPIC = "sla.telemetry"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,8 +15,8 @@ import pytest
 from kernel.store import open_store
 from retrainer.pipeline import TrainingConfig
 from retrainer.publisher import RequestHandler
-from schemas import ModelPublished, RetrainRequested
-from slaops.watch import WatchSettings
+from schemas import ChampionKept, ModelPublished, RetrainRequested
+from slaops.watch import WatchSettings, describe
 from tests.factories import answer_names
 from tests.kafka_helpers import produce_all
 from tests.retrain_data import request_for, tenant_rows
@@ -123,3 +124,36 @@ def test_topics_created_after_the_watcher_started_are_picked_up(
             process.wait(timeout=10)
     assert process.returncode == 0, err
     assert out.split()[:2] == ["REQUEST", "late-tenant"]
+
+
+def _kept(verdict: str, baseline: str | None, champion: str | None) -> ChampionKept:
+    return ChampionKept.model_validate_json(
+        json.dumps(
+            {
+                "request_event_id": "a" * 32,
+                "tenant": "acme",
+                "reason": "cold_start",
+                "decision": {
+                    "published": False,
+                    "rule": "holdout_log_loss",
+                    "challenger_score": 0.5,
+                    "champion_score": None if champion is None else 0.4,
+                    "verdict": verdict,
+                    "baseline": baseline,
+                    "detail": "log_loss skill vs persistence is -0.0100 (must be > 0)",
+                },
+                "challenger_metrics": {"f1": 0.4},
+                "champion_revision": champion,
+                "decided_at": "2026-11-29T00:00:00+00:00",
+            }
+        )
+    )
+
+
+def test_a_baseline_win_says_which_baseline_and_what_the_tenant_keeps() -> None:
+    line = describe(_kept("baseline_better", "persistence", None))
+    assert line.startswith("KEPT     acme")
+    assert "lost to the persistence baseline" in line and "skill vs persistence" in line
+    assert line.endswith("tenant keeps no model")
+    assert describe(_kept("baseline_better", "prior", "c" * 40)).endswith("keeps its model")
+    assert "did not beat champion 0.4000" in describe(_kept("champion_better", None, "c" * 40))
