@@ -10,8 +10,12 @@ Columns, in order (:meth:`FeatureSpec.names`):
 
 * the six metrics at t (latencies and rps as ``log1p``: heavy tails, positive);
 * the same six at t-1 ... t-``lags``;
-* ``breach`` (t's own flag: persistence, the strongest single predictor) and
-  ``breach_rate_{w}`` over the last ``w`` events for each of ``breach_windows``;
+* the size of each metric's change since t-1 (``|x(t) - x(t-1)|``, log1p where
+  logged): a step in the telemetry says a regime just began;
+* ``breach`` (t's own flag: persistence, the strongest single predictor),
+  ``breach_rate_{w}`` over the last ``w`` events for each of ``breach_windows``, and
+  ``breach_run``: how long the current state (breach or not) has lasted, as a fraction
+  of :attr:`FeatureSpec.history` (episodes end with a hazard that grows with age);
 * the rolling mean and standard deviation over ``rolling_window`` events of the
   p95 and p99 latency (``log1p``) and the error rate;
 * time of day and day of week (UTC) as sine/cosine pairs: load is diurnal. Each pair
@@ -25,7 +29,7 @@ live forecast with that much history computes exactly what training computed.
 
 >>> spec = FeatureSpec()
 >>> len(spec.names()), spec.history
-(25, 24)
+(32, 24)
 >>> spec.supported_by(86_400.0).names()[-1]  # one day of data: no time features
 'error_rate_std_12'
 >>> spec.supported_by(5 * 86_400.0).names()[-2:]  # five days: time of day, not week
@@ -35,7 +39,7 @@ live forecast with that much history computes exactly what training computed.
 >>> labels = np.arange(30) % 3 == 0
 >>> X = spec.transform(ts, metrics, labels)
 >>> X.shape
-(30, 25)
+(30, 32)
 >>> online = spec.transform(ts[-spec.history :], metrics[-spec.history :], labels[-spec.history :])
 >>> bool(np.array_equal(online[-1], X[-1]))
 True
@@ -115,8 +119,10 @@ class FeatureSpec(BaseModel):
         names = list(base)
         for lag in range(1, self.lags + 1):
             names += [f"{name}_lag{lag}" for name in base]
+        names += [f"{name}_abs_change" for name in base]
         names.append("breach")
         names += [f"breach_rate_{w}" for w in self.breach_windows]
+        names.append("breach_run")
         for metric in ROLLING_METRICS:
             name = f"log1p_{metric}" if metric in LOG_METRICS else metric
             names += [f"{name}_mean_{self.rolling_window}", f"{name}_std_{self.rolling_window}"]
@@ -150,8 +156,10 @@ class FeatureSpec(BaseModel):
         columns: list[NDArray[np.float64]] = [base]
         for lag in range(1, self.lags + 1):
             columns.append(_shift(base, lag))
+        columns.append(np.abs(base - _shift(base, 1)))
         columns.append(flags[:, None])
         columns += [_rolling_mean(flags, w)[:, None] for w in self.breach_windows]
+        columns.append((_run_length(flags, self.history) / self.history)[:, None])
         for metric in ROLLING_METRICS:
             values = base[:, FEATURES.index(metric)]
             mean = _rolling_mean(values, self.rolling_window)
@@ -173,6 +181,21 @@ def _shift(values: NDArray[np.float64], lag: int) -> NDArray[np.float64]:
         return values.copy()
     index = np.maximum(np.arange(len(values)) - lag, 0)
     return values[index]
+
+
+def _run_length(flags: NDArray[np.float64], cap: int) -> NDArray[np.float64]:
+    """Events the current state has lasted at each row (this one included), at most `cap`.
+
+    The first row counts as a change: a run is never longer than the rows seen, and with
+    `cap` no more than the rows a live forecast sees, online and offline agree.
+    """
+    n = len(flags)
+    index = np.arange(n)
+    change = np.ones(n, dtype=bool)
+    change[1:] = flags[1:] != flags[:-1]
+    start = np.maximum.accumulate(np.where(change, index, 0))
+    run: NDArray[np.float64] = np.minimum(index - start + 1, cap).astype(np.float64)
+    return run
 
 
 def _rolling_mean(values: NDArray[np.float64], window: int) -> NDArray[np.float64]:

@@ -72,6 +72,8 @@ class SlaMLP(nn.Module):
 
     feature_mean: torch.Tensor
     feature_std: torch.Tensor
+    offset_column: torch.Tensor
+    offset_logit: torch.Tensor
 
     def __init__(
         self,
@@ -90,6 +92,13 @@ class SlaMLP(nn.Module):
 
         self.register_buffer("feature_mean", torch.zeros(self.n_features, dtype=torch.float32))
         self.register_buffer("feature_std", torch.ones(self.n_features, dtype=torch.float32))
+        # Persistence as a starting point: the logit of P(breach at t+h | breach at t) for
+        # t's flag 0 and 1, added to the network's output when `offset_column` (the raw
+        # input column holding t's breach flag) is >= 0. The network then learns how the
+        # metrics move the odds away from "this interval's breach", and a network that
+        # learnt nothing is persistence, not noise.
+        self.register_buffer("offset_column", torch.tensor(-1, dtype=torch.int64))
+        self.register_buffer("offset_logit", torch.zeros(2, dtype=torch.float32))
 
         layers: list[nn.Module] = []
         in_dim = self.n_features
@@ -128,14 +137,28 @@ class SlaMLP(nn.Module):
             self.feature_mean.copy_(mean_t)
             self.feature_std.copy_(std_t.clamp(min=MIN_STD))
 
+    def set_offset(self, column: int, logits: np.ndarray | torch.Tensor) -> None:
+        """Add `logits[flag]` to the output, `flag` being input `column` >= 0.5 (see above)."""
+        if not 0 <= column < self.n_features:
+            raise ValueError(f"offset column must be in [0, {self.n_features}), got {column}")
+        values = torch.as_tensor(np.asarray(logits, dtype=np.float32)).reshape(-1)
+        if values.shape != (2,) or not bool(torch.isfinite(values).all()):
+            raise ValueError("offset logits must be two finite numbers")
+        with torch.no_grad():
+            self.offset_column.fill_(column)
+            self.offset_logit.copy_(values)
+
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ValueError(
                 f"expected input of shape (n, {self.n_features}), got {tuple(X.shape)}"
             )
         z = (X - self.feature_mean) / self.feature_std
-        out: torch.Tensor = self.head(self.body(z))
-        return out.squeeze(-1)
+        out: torch.Tensor = self.head(self.body(z)).squeeze(-1)
+        column = int(self.offset_column)
+        if column >= 0:
+            out = out + self.offset_logit[(X[:, column] >= 0.5).long()]
+        return out
 
     def architecture(self) -> dict[str, int | float | str]:
         """The constructor kwargs, JSON-friendly; ``build_module`` accepts them back."""

@@ -68,6 +68,16 @@ def _as_tensor(values: Any) -> torch.Tensor:
     return torch.as_tensor(arr)
 
 
+def persistence_logits(flags: Any, y: Any) -> np.ndarray:
+    """logit P(y = 1 | flag) for flag 0 and 1, Laplace-smoothed (the persistence forecast)."""
+    now = np.asarray(flags) >= 0.5
+    target = np.asarray(y, dtype=np.float64)
+    p = np.array(
+        [(target[now == flag].sum() + 1.0) / ((now == flag).sum() + 2.0) for flag in (False, True)]
+    )
+    return np.log(p / (1.0 - p)).astype(np.float32)
+
+
 class TailSplit:
     """skorch `train_split` that keeps the NEWEST `fraction` of the rows for validation.
 
@@ -158,6 +168,12 @@ class SlaNet(NeuralNetBinaryClassifier):
     is part of the fold's training rows, so the fold's validation rows stay unseen.
     `valid_fraction=0` trains all `max_epochs` on every row.
 
+    With `offset_column` (the input column of t's breach flag), the module starts from
+    persistence: P(breach at t+h | breach at t), counted on the fit's rows, is added to
+    its output as a logit offset (`offset_logit_`), so the network learns corrections to
+    "this interval's breach" and early stopping keeps it near persistence unless the
+    rows show better.
+
     `balance_classes` (off by default) weights breaches by n_neg / n_pos in the loss;
     it skews probabilities towards breach, so only use it with a calibration step.
 
@@ -182,6 +198,7 @@ class SlaNet(NeuralNetBinaryClassifier):
         num_threads: int | None = 1,
         valid_fraction: float = 0.15,
         patience: int = 8,
+        offset_column: int | None = None,
         **kwargs: Any,
     ) -> None:
         if train_split is None and valid_fraction > 0:
@@ -202,6 +219,7 @@ class SlaNet(NeuralNetBinaryClassifier):
         self.num_threads = num_threads
         self.valid_fraction = valid_fraction
         self.patience = patience
+        self.offset_column = offset_column
 
     @property
     def _default_callbacks(self) -> list[tuple[str, Any]]:
@@ -217,7 +235,7 @@ class SlaNet(NeuralNetBinaryClassifier):
 
     def fit(self, X: Any, y: Any = None, **fit_params: Any) -> SlaNet:
         # Nothing learned from an earlier fit may leak into this one.
-        self.feature_mean_ = self.feature_std_ = self.pos_weight_ = None
+        self.feature_mean_ = self.feature_std_ = self.pos_weight_ = self.offset_logit_ = None
         if not is_dataset(X):
             X_arr = np.asarray(X, dtype=np.float32)
             if X_arr.ndim != 2:
@@ -230,6 +248,8 @@ class SlaNet(NeuralNetBinaryClassifier):
                 n_pos = int(np.count_nonzero(y_arr))
                 n_neg = int(y_arr.shape[0]) - n_pos
                 self.pos_weight_ = n_neg / n_pos if n_pos and n_neg else 1.0
+                if self.offset_column is not None:
+                    self.offset_logit_ = persistence_logits(X_arr[:, self.offset_column], y_arr)
             X = X_arr
         with _torch_threads(self.num_threads), torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
@@ -245,6 +265,9 @@ class SlaNet(NeuralNetBinaryClassifier):
         mean, std = getattr(self, "feature_mean_", None), getattr(self, "feature_std_", None)
         if mean is not None and std is not None and hasattr(self.module_, "set_normalization"):
             self.module_.set_normalization(mean, std)
+        offset = getattr(self, "offset_logit_", None)
+        if offset is not None and self.offset_column is not None:
+            self.module_.set_offset(self.offset_column, offset)
         return self
 
     def initialize_criterion(self) -> SlaNet:

@@ -130,8 +130,8 @@ class SearchConfig:
     scoring: str = "neg_log_loss"
     n_jobs: int = 2
     seed: int = 0
-    max_epochs: int = 60
-    batch_size: int = 128
+    max_epochs: int = 100
+    batch_size: int = 64
     lr: float = 1e-3
     n_iter: int = 6
     halving_factor: int = 3
@@ -140,7 +140,9 @@ class SearchConfig:
     threshold_strategy: ThresholdStrategy = "oof_f1"
     balance_classes: bool = False
     valid_fraction: float = 0.15
-    patience: int = 6
+    patience: int = 8
+    weight_decay: float = 1e-4
+    persistence_offset: bool = True
     calibration: Calibration = "none"
 
     def __post_init__(self) -> None:
@@ -194,6 +196,7 @@ class SearchConfig:
             valid_fraction=self.valid_fraction,
             patience=self.patience,
             optimizer__fused=True,
+            optimizer__weight_decay=self.weight_decay,
         )
 
 
@@ -222,7 +225,7 @@ def _log_loss_scorer() -> Any:
     )
 
 
-def _make_search(config: SearchConfig, cv: TimeSeriesSplit) -> Any:
+def _make_search(config: SearchConfig, cv: TimeSeriesSplit, offset_column: int | None) -> Any:
     scoring = _log_loss_scorer() if config.scoring == "neg_log_loss" else config.scoring
     grid: Any = expand_grid(config.grid)
     common: dict[str, Any] = {
@@ -233,7 +236,7 @@ def _make_search(config: SearchConfig, cv: TimeSeriesSplit) -> Any:
         "n_jobs": config.n_jobs,
         "return_train_score": False,
     }
-    estimator = config.estimator()
+    estimator = config.estimator().set_params(offset_column=offset_column)
     if config.strategy == "grid":
         return GridSearchCV(estimator, grid, **common)
     if config.strategy == "random":
@@ -332,6 +335,21 @@ def _calibrate_and_threshold(
     return mapping, f1_threshold(y_oof, mapping.apply(proba))
 
 
+def _refit_on_every_row(best: SlaNet, X: NDArray[np.float32], y: NDArray[np.float32]) -> SlaNet:
+    """The winner again, on ALL training rows for the epochs early stopping chose.
+
+    The refit that picked those epochs held back the newest rows to validate on; they are
+    the rows most like the future, so the model that ships learns from them too.
+    """
+    losses = [row.get("valid_loss") for row in best.history]
+    if not losses or any(loss is None for loss in losses):
+        return best  # trained without a validation tail: already on every row
+    epochs = int(np.nanargmin(np.asarray(losses, dtype=np.float64))) + 1
+    final = clone(best).set_params(valid_fraction=0.0, train_split=None, max_epochs=epochs)
+    final.fit(X, y)
+    return final
+
+
 def run_search(data: SupervisedSet, config: SearchConfig | None = None) -> SearchResult:
     """Search on all but the newest `holdout_fraction` of `data`; judge the winner on the rest."""
     config = config or SearchConfig()
@@ -350,7 +368,8 @@ def run_search(data: SupervisedSet, config: SearchConfig | None = None) -> Searc
         )
 
     cv = TimeSeriesSplit(n_splits=config.n_splits)
-    search = _make_search(config, cv)
+    offset = data.feature_names.index("breach") if config.persistence_offset else None
+    search = _make_search(config, cv, offset)
     log.info(
         "search strategy=%s candidates=%d rows=%d holdout=%d sha256=%s",
         config.strategy,
@@ -364,6 +383,7 @@ def run_search(data: SupervisedSet, config: SearchConfig | None = None) -> Searc
 
     best: SlaNet = search.best_estimator_
     calibration, threshold = _calibrate_and_threshold(best, X_train, y_train, cv, config)
+    best = _refit_on_every_row(best, X_train, y_train)
     module = best.module_
     fold_into(module, calibration)
     module.eval()

@@ -18,7 +18,13 @@ from kernel.mlp import SlaMLP, build_module
 from retrainer.dataset import DatasetError, DatasetReason, SupervisedSet, build_pairs
 from retrainer.estimator import SlaNet, TailSplit
 from retrainer.metrics import evaluate, f1_threshold
-from retrainer.search import SearchConfig, SearchResult, run_search
+from retrainer.search import (
+    SearchConfig,
+    SearchResult,
+    _refit_on_every_row,
+    expand_grid,
+    run_search,
+)
 from tests.retrain_data import window_from_load
 
 TINY_GRID: dict[str, list[Any]] = {
@@ -135,7 +141,7 @@ def test_n_features_follows_the_data() -> None:
     spec = FeatureSpec(lags=2)
     lagged = build_pairs(*synthetic(300), spec=spec)
     net = SlaNet(max_epochs=1).fit(lagged.X, lagged.y)
-    assert net.module_.n_features == len(lagged.spec.names()) == 27  # no time features
+    assert net.module_.n_features == len(lagged.spec.names()) == 34  # no time features
 
 
 def test_fit_is_seeded_and_leaves_global_state_alone(data: SupervisedSet) -> None:
@@ -311,5 +317,40 @@ def test_default_config_is_the_documented_grid() -> None:
     config = SearchConfig()
     assert config.strategy == "grid" and config.n_splits == 5 and config.n_jobs == 2
     assert config.scoring == "neg_log_loss" and config.holdout_fraction == 0.15
-    assert config.n_candidates == 18
+    assert config.n_candidates == 15  # depth 0 has no width to search
     assert config.grid["lr"] == [1e-2, 1e-3, 1e-4]
+
+
+def test_depth_zero_is_searched_once_whatever_the_widths() -> None:
+    grids = expand_grid(
+        {"lr": [1e-2, 1e-3], "module__hidden_layers": [0, 2], "module__width": [8, 16]}
+    )
+    assert grids == [
+        {"lr": [1e-2, 1e-3], "module__hidden_layers": [0], "module__width": [8]},
+        {"lr": [1e-2, 1e-3], "module__hidden_layers": [2], "module__width": [8, 16]},
+    ]
+    assert expand_grid({"lr": [1e-2], "module__width": [8, 16]}) == [
+        {"lr": [1e-2], "module__width": [8, 16]}
+    ]
+
+
+def test_a_net_that_learnt_nothing_forecasts_persistence(data: SupervisedSet) -> None:
+    column = data.feature_names.index("breach")
+    net = SlaNet(max_epochs=1, lr=1e-9, offset_column=column).fit(data.X, data.y)
+    flags = data.X[:, column] >= 0.5
+    expected = [(data.y[flags == f].sum() + 1) / ((flags == f).sum() + 2) for f in (False, True)]
+    net.module_.head.weight.data.zero_()
+    net.module_.head.bias.data.zero_()
+    proba = net.predict_proba(data.X)[:, 1]
+    np.testing.assert_allclose(proba, np.where(flags, expected[1], expected[0]), rtol=1e-5)
+
+
+def test_the_refit_learns_from_the_newest_rows_too(data: SupervisedSet) -> None:
+    best = SlaNet(max_epochs=30, patience=3).fit(data.X, data.y)
+    seen = sum(b.get("train_batch_size", 0) for b in best.history[-1]["batches"])
+    assert seen == len(data) - math.ceil(0.15 * len(data))  # the tail validated, not trained
+    losses = [row["valid_loss"] for row in best.history]
+    final = _refit_on_every_row(best, data.X, data.y)
+    assert len(final.history) == int(np.argmin(losses)) + 1  # the epochs early stopping chose
+    assert sum(b.get("train_batch_size", 0) for b in final.history[-1]["batches"]) == len(data)
+    assert final.train_split is None and "valid_loss" not in final.history[-1]
