@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 #: Reads one validated event's columns straight from the model's field dict: one C call
 #: per event instead of nine attribute lookups.
 _ROW = operator.itemgetter("tenant", "ts", *FEATURES, "sla_breached")
-_NO_PROBA = np.empty(0, dtype=np.float32)
+_NO_PROBA = np.empty((0, 2), dtype=np.float64)
 #: Answered request ids remembered, so that a replay does not re-open them.
 _RESOLVED_KEPT = 100_000
 
@@ -414,11 +414,15 @@ class IngestCore:
         window = state.window
         history = (window.ts(), window.features(), window.labels())
         proba = model.forecast(history, (ts, features, labels))
+        # Beside each forecast, what persistence forecast for the same event: the monitor
+        # watches the model's loss against it (both suffer the same hard hours).
+        pair = np.column_stack((proba, model.persistence(labels)))
         horizon = model.horizon
         pending = state.pending_proba
-        combined = np.concatenate((pending, proba)) if len(pending) else proba
+        combined = np.concatenate((pending, pair)) if len(pending) else pair
         scored = np.arange(max(0, horizon - len(pending)), len(labels))
-        outcomes = np.column_stack((combined[len(pending) + scored - horizon], labels[scored]))
+        made = combined[len(pending) + scored - horizon]
+        outcomes = np.column_stack((made[:, 0], labels[scored], made[:, 1]))
         state.pending_proba = combined[-horizon:]
         if self.config.publish_forecasts:
             self._emit_forecasts(state, model, ts, proba, offsets, replay_limit, result)

@@ -130,7 +130,10 @@ DETECTORS: Final[Mapping[str, DetectorSpec]] = {
         Cusum,
         data_params={"slack": 1.0, "threshold": 10.0},
         data_stride=8,
-        performance_params={"slack": 0.4, "threshold": 1.0},
+        # Against persistence a stable model's excess is its (negative) skill: 0.2 nats
+        # of slack gave no false alarm on 17 stable tenants and caught a concept switch
+        # in 28 to 316 events, a rule inverted before go-live in 208 (bench_quality).
+        performance_params={"slack": 0.2, "threshold": 1.0},
         absolute=True,
     ),
 }

@@ -68,6 +68,24 @@ class LiveModel:
         ]
         return self.features.transform(*parts)[len(parts[0]) - len(block[0]) :]
 
+    def persistence(self, labels: np.ndarray) -> np.ndarray:
+        """What persistence forecast after each of `labels` (this interval's breach).
+
+        The model's own offset (P(breach next | breach now), counted on its training
+        rows) when it has one, else the card's persistence baseline cannot be rebuilt
+        and the training breach rate stands in for both flags.
+        """
+        module = self.module
+        if int(module.offset_column) >= 0:
+            logits = module.offset_logit.detach().cpu().numpy().astype(np.float64)
+        else:
+            rate = float(self.card.baselines.get("prior", {}).get("positive_rate", 0.5))
+            rate = min(max(rate, 1e-3), 1 - 1e-3)
+            logits = np.full(2, np.log(rate / (1 - rate)))
+        chosen = logits[np.asarray(labels).astype(bool).astype(np.int64)]
+        out: np.ndarray = 1.0 / (1.0 + np.exp(-chosen))
+        return out
+
     def forecast(self, history: Events, block: Events) -> np.ndarray:
         """P(breach `horizon` events later) for each event of `block`, in one call."""
         return predict_proba(self.module, self.inputs(history, block))

@@ -3,6 +3,14 @@
 Each forecast p of a tenant's live model is scored when the interval it forecast
 arrives, with outcome y. Two design choices keep the monitor from crying wolf:
 
+- **A reference that suffers the same hours.** The consumer passes, beside each
+  forecast, persistence's forecast for the same event (P(breach next | breach now)
+  from the model's training rows). The monitor watches the model's loss minus
+  persistence's: breach onsets and ends cost both, so the daily swing cancels, and
+  what is left is the skill over persistence the model showed on its holdout to go
+  live (negative excess). When the model loses it -- a changed rule, a model loaded
+  after the change -- the excess turns positive and the CUSUM fires. Without a
+  reference column the monitor falls back to the forecast's own promise:
 - **An absolute reference.** A forecast p promises its own expected log loss: were the
   model as good as it claims (calibrated), the loss of that event would average the
   entropy H(p). The monitor watches the excess `log_loss(p, y) - H(p)`, which is 0 on
@@ -102,8 +110,12 @@ def _losses(proba: np.ndarray, outcome: np.ndarray, clip: float) -> tuple[np.nda
 class PerformanceMonitor:
     """Per tenant and live model: a `consumer.detectors.DriftMonitor` over forecasts.
 
-    `update(block)` takes an (n, 2) float array, one row per scored forecast in event
-    order: the probability, then the outcome (0 or 1). `promised` is the live model's
+    `update(block)` takes an (n, 2) or (n, 3) float array, one row per scored forecast
+    in event order: the probability, the outcome (0 or 1) and, in a third column, a
+    reference forecast for the same event (persistence's). With the reference, the
+    excess is the model's loss minus the reference's: calm and busy hours hit both
+    alike, so what is left is whether the model still beats the forecast it beat on
+    its holdout. Without it, the reference is the entropy H(p) the forecast promised. `promised` is the live model's
     card metrics; only reported in signals. Raises ValueError on a malformed block.
     """
 
@@ -140,12 +152,16 @@ class PerformanceMonitor:
     def update(self, block: np.ndarray) -> list[DriftSignal]:
         """Consume scored forecasts; every confirmed degradation, in event order."""
         rows = np.asarray(block, dtype=np.float64)
-        if rows.ndim != 2 or rows.shape[1] != 2:
-            raise ValueError(f"block must have shape (n, 2), got {rows.shape}")
+        if rows.ndim != 2 or rows.shape[1] not in (2, 3):
+            raise ValueError(f"block must have shape (n, 2) or (n, 3), got {rows.shape}")
         if not np.isfinite(rows).all():
             raise ValueError("block must be finite")
         loss, entropy = _losses(rows[:, 0], rows[:, 1], self.config.clip)
-        excess = loss - entropy
+        if rows.shape[1] == 3:
+            reference, _ = _losses(rows[:, 2], rows[:, 1], self.config.clip)
+        else:
+            reference = entropy
+        excess = loss - reference
         signals: list[DriftSignal] = []
         start = 0
         while start < len(rows):

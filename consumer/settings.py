@@ -53,8 +53,8 @@ class ConsumerSettings(StoreSettings, TopicSettings):
     )
     performance_detector: DetectorName = Field(
         default=_PERF.detector,
-        description=f"Detector ({_KINDS}) on block means of a live model's log loss in "
-        "excess of what its forecasts promised (cusum compares with that promise itself).",
+        description=f"Detector ({_KINDS}) on block means of a live model's log loss minus "
+        "persistence's on the same events (cusum compares them with 0 itself).",
     )
     performance_params: dict[str, float] = Field(
         default_factory=dict, description="Parameters of the performance detector as JSON."

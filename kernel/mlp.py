@@ -28,6 +28,8 @@ N_FEATURES_RANGE = (1, 256)
 HIDDEN_LAYERS_RANGE = (0, 8)
 WIDTH_RANGE = (1, 1024)
 MIN_STD = 1e-6
+#: Normalised inputs are clamped to [-MAX_Z, MAX_Z].
+MAX_Z = 6.0
 
 ARCHITECTURE_KEYS = frozenset({"n_features", "hidden_layers", "width", "dropout", "activation"})
 
@@ -153,7 +155,10 @@ class SlaMLP(nn.Module):
             raise ValueError(
                 f"expected input of shape (n, {self.n_features}), got {tuple(X.shape)}"
             )
-        z = (X - self.feature_mean) / self.feature_std
+        # Inputs far outside what training saw (a level shift, a new unit) are held at
+        # MAX_Z standard deviations: a network extrapolates badly, and an unbounded
+        # input would drive its probability to exactly 0 or 1.
+        z = ((X - self.feature_mean) / self.feature_std).clamp(-MAX_Z, MAX_Z)
         out: torch.Tensor = self.head(self.body(z)).squeeze(-1)
         column = int(self.offset_column)
         if column >= 0:

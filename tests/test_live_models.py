@@ -132,8 +132,9 @@ def test_concept_drift_raises_one_performance_drift_request(published) -> None: 
     assert 1_500 <= request.source[0].end_offset - 1 < 2_400
     assert request.detector == "cusum" and request.details.features == ["log_loss"]
     stats = request.details.statistic
-    # Worse than the model's forecasts promised, and worse than its card's holdout.
-    assert stats["log_loss_excess_recent"] > stats["log_loss_excess"] > 0
+    # Recently worse than persistence (the excess is the model's loss minus persistence's),
+    # where it used to beat it, and worse than its card's holdout.
+    assert stats["log_loss_excess_recent"] > max(0.0, stats["log_loss_excess"])
     assert stats["log_loss_recent"] > stats["card_log_loss"]
 
 

@@ -77,7 +77,7 @@ def test_any_split_into_blocks_gives_the_same_alarms(sizes: list[int]) -> None:
     assert indices(config, rows, sizes) == indices(config, rows, [])
 
 
-@pytest.mark.parametrize("block", [np.zeros((5, 3)), np.zeros(4), np.full((3, 2), np.nan)])
+@pytest.mark.parametrize("block", [np.zeros((5, 4)), np.zeros(4), np.full((3, 2), np.nan)])
 def test_malformed_blocks_are_refused(block: np.ndarray) -> None:
     with pytest.raises(ValueError, match="block"):
         PerformanceMonitor(PerformanceConfig()).update(block)
