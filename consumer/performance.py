@@ -115,8 +115,9 @@ class PerformanceMonitor:
     reference forecast for the same event (persistence's). With the reference, the
     excess is the model's loss minus the reference's: calm and busy hours hit both
     alike, so what is left is whether the model still beats the forecast it beat on
-    its holdout. Without it, the reference is the entropy H(p) the forecast promised. `promised` is the live model's
-    card metrics; only reported in signals. Raises ValueError on a malformed block.
+    its holdout. Without it, the reference is the entropy H(p) the forecast promised.
+    `promised` is the live model's card metrics; only reported in signals. Raises
+    ValueError on a malformed block.
     """
 
     __slots__ = (
