@@ -19,7 +19,7 @@ Columns, in order (:meth:`FeatureSpec.names`):
 * the rolling mean and standard deviation over ``rolling_window`` events of the
   p95 and p99 latency (``log1p``) and the error rate;
 * time of day and day of week (UTC) as sine/cosine pairs: load is diurnal. Each pair
-  is in the spec only when the training data covers several periods of it
+  is in the spec only when the training data covers seven periods of it
   (:meth:`FeatureSpec.supported_by`): a model trained on one day has never seen the
   hours its holdout (and tomorrow) brings, and extrapolates on them.
 
@@ -32,7 +32,7 @@ live forecast with that much history computes exactly what training computed.
 (32, 24)
 >>> spec.supported_by(86_400.0).names()[-1]  # one day of data: no time features
 'error_rate_std_12'
->>> spec.supported_by(5 * 86_400.0).names()[-2:]  # five days: time of day, not week
+>>> spec.supported_by(8 * 86_400.0).names()[-2:]  # eight days: time of day, not week
 ('tod_sin', 'tod_cos')
 >>> ts = np.arange(30) * 60.0
 >>> metrics = np.ones((30, 6), np.float32)
@@ -67,8 +67,10 @@ _WEEK_S: Final = 7 * _DAY_S
 #: 1970-01-01 was a Thursday: shift so that a week starts on Monday 00:00 UTC.
 _EPOCH_WEEKDAY_S: Final = 3 * _DAY_S
 _MAX_WINDOW: Final = 1_440
-#: Periods of time the training data must cover for a periodic feature to be learnable.
-MIN_PERIODS: Final = 3
+#: Periods of time the training data must cover for a periodic feature to be learnable:
+#: with fewer, networks fitted the hours of the few days seen and lost to persistence
+#: on the next (bench/bench_quality.py, the demo's five days of ten-minute telemetry).
+MIN_PERIODS: Final = 7
 
 
 class FeatureSpec(BaseModel):

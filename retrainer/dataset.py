@@ -106,12 +106,15 @@ def build_pairs(
     horizon: int = 1,
     spec: FeatureSpec | None = None,
     min_rows: int = DEFAULT_MIN_ROWS,
+    exact_spec: bool = False,
 ) -> SupervisedSet:
     """Pair the pipeline's features at each event with the label `horizon` events on.
 
     `features` are the raw telemetry metrics (`FEATURES` order). Periodic features the
     rows' time span cannot teach are left out of `spec` (`FeatureSpec.supported_by`);
-    the returned set's `spec` is the one to serve with. The first
+    the returned set's `spec` is the one to serve with. `exact_spec` keeps `spec` as
+    given: for scoring a published model on new rows with the features it was trained
+    on. The first
     `spec.history - 1` events (windows not yet full) and the last `horizon` events (no
     future label) make no pair. Raises `DatasetError` when the inputs disagree in
     shape, hold non-finite values, yield fewer than `min_rows` pairs, or only one class.
@@ -157,7 +160,8 @@ def build_pairs(
 
     order = np.argsort(ts_arr, kind="stable")
     ts_sorted = ts_arr[order]
-    spec = spec.supported_by(float(ts_sorted[-1] - ts_sorted[0]))
+    if not exact_spec:
+        spec = spec.supported_by(float(ts_sorted[-1] - ts_sorted[0]))
     y_sorted = label_arr[order].astype(np.float32)
     X_all = spec.transform(ts_sorted, feat_arr[order], y_sorted)
 

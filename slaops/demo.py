@@ -45,7 +45,7 @@ from slaops.demo_view import DemoState, dashboard, summary_rows, summary_table
 from slaops.watch import WatchSettings, watch
 
 log = logging.getLogger(__name__)
-QUICK_GRID = {"lr": [0.01, 0.003], "module__hidden_layers": [1, 2], "module__width": [32]}
+QUICK_GRID = {"lr": [0.01, 0.001], "module__hidden_layers": [0, 1], "module__width": [32]}
 
 
 class DemoSettings(ServiceSettings):
@@ -174,7 +174,6 @@ class DemoRun:
             group_id=f"slaops-demo-retrainer{suffix}",
             grid=QUICK_GRID if settings.quick else None,
             n_splits=3 if settings.quick else 5,
-            max_epochs=15 if settings.quick else 20,
             seed=settings.seed,
         )
         self.watch_settings = WatchSettings(

@@ -124,11 +124,27 @@ def _columns(events: list[tuple[bytes, bytes, EventMeta]]) -> tuple[np.ndarray, 
     return np.array(ts), np.array(rows, dtype=np.float32), np.array(labels, dtype=bool)
 
 
-def _f1_on(store: ModelStore, model: ModelPublished, X: np.ndarray, y: np.ndarray) -> float:
+def _f1_on(
+    store: ModelStore, model: ModelPublished, events: tuple[np.ndarray, ...]
+) -> float | None:
+    """F1 of a published model on `events`, its inputs computed with ITS feature spec."""
     card = store.read(model.paths["card"], revision=model.revision)
     weights = store.read(model.paths["safetensors"], revision=model.revision)
     module, loaded = load_model(card, weights, "safetensors")
-    return evaluate(module, X, y, loaded.threshold)["f1"]
+    try:
+        ts, features, labels = events
+        data = build_pairs(
+            ts,
+            features,
+            labels,
+            horizon=loaded.horizon,
+            spec=loaded.features,
+            min_rows=50,
+            exact_spec=True,
+        )
+    except DatasetError:
+        return None
+    return evaluate(module, data.X, data.y, loaded.threshold)["f1"]
 
 
 def summary_rows(
@@ -166,15 +182,10 @@ def summary_rows(
             row["retrain_reason"] = first.reason
         mine = [e for e in evaluation if e[2].tenant == tenant]
         if view.models and mine:
-            ts, features, labels = _columns(mine)
-            try:
-                data = build_pairs(ts, features, labels, min_rows=50)
-            except DatasetError:
-                data = None
-            if data is not None:
-                row["old_f1_post_drift"] = _f1_on(store, view.models[0], data.X, data.y)
-                if len(view.models) > 1:
-                    row["new_f1_post_drift"] = _f1_on(store, view.models[-1], data.X, data.y)
+            events = _columns(mine)
+            row["old_f1_post_drift"] = _f1_on(store, view.models[0], events)
+            if len(view.models) > 1:
+                row["new_f1_post_drift"] = _f1_on(store, view.models[-1], events)
         rows.append(row)
     return rows
 

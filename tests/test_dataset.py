@@ -238,7 +238,7 @@ def test_bad_arguments(kwargs: dict[str, float]) -> None:
 
 @pytest.mark.parametrize(
     ("days", "periodic"),
-    [(1, ()), (2.9, ()), (3, ("tod_sin", "tod_cos")), (21, ("tod_sin", "tod_cos", "dow_sin"))],
+    [(1, ()), (6.9, ()), (7, ("tod_sin", "tod_cos")), (49, ("tod_sin", "tod_cos", "dow_sin"))],
 )
 def test_time_features_only_when_the_rows_span_several_periods(
     days: float, periodic: tuple[str, ...]

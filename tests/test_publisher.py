@@ -90,7 +90,9 @@ def test_publishes_one_atomic_version_whose_files_match_the_announcement(
     module, model_card = load_model(card, weights, "safetensors")
     module_pt, _ = load_model(card, pt, "pt")
     rows = tenant_rows()
-    X = build_pairs(rows.ts, rows.features, rows.labels, spec=model_card.features).X[:50]
+    X = build_pairs(
+        rows.ts, rows.features, rows.labels, spec=model_card.features, exact_spec=True
+    ).X[:50]
     assert np.array_equal(predict_proba(module, X), predict_proba(module_pt, X))
     assert set(model_card.baselines) == {"prior", "persistence", "logistic"}
     assert model_card.skill["log_loss_skill_vs_prior"] > 0
