@@ -243,13 +243,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--family", choices=["simulator", "river", "nab"], default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="3 streams, a 2-candidate grid")
+    parser.add_argument(
+        "--threshold", default=SearchConfig.threshold_strategy, help="threshold strategy"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     args = parser.parse_args(argv)
 
     streams = all_streams(args.events, args.seed)
     if args.family:
         streams = [s for s in streams if s.family == args.family]
-    search = SearchConfig(seed=args.seed)
+    search = SearchConfig(seed=args.seed, threshold_strategy=args.threshold)
     if args.quick:
         streams = [streams[0], streams[len(streams) // 2], streams[-1]]
         search = replace(search, grid=QUICK_GRID, n_splits=3)

