@@ -133,7 +133,7 @@ def test_requests_are_coalesced_trained_on_their_tenant_only_and_announced(
     acme = tenant_rows(600, seed=1)
     expected = build_pairs(acme.ts, acme.features, acme.labels, min_rows=100)
     assert card.lineage["data_sha256"] == expected.sha256
-    assert card.lineage["n_rows"] == 599
+    assert card.lineage["n_rows"] == len(expected) == 600 - 23 - 1  # full windows, a next label
 
     (failure,) = read_topic(bootstrap, settings.failures_topic, expect=1, partitions=6)
     assert RetrainFailed.model_validate_json(failure.value() or b"").reason == "invalid_request"
