@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from pydantic import BaseModel, ValidationError
 
+from kernel.backoff import Backoff
 from kernel.kafka import DeliveryTracker, is_record, position
 from retrainer.offsets import OffsetBook
 from retrainer.publisher import Outcome, RequestHandler
@@ -58,6 +59,10 @@ class RetrainerStats:
     revocations: int = 0
 
 
+#: Pause before a failed request is tried again: 5 s, doubling, at most 5 minutes.
+_RETRY = Backoff(5.0, 300.0)
+
+
 class RetrainerService:
     """Drives a `RequestHandler` from a Kafka consumer, one search at a time.
 
@@ -65,7 +70,7 @@ class RetrainerService:
     never costs the group its membership; a tenant's requests that arrive meanwhile
     are coalesced. A request's offset is committed only after its outcome was
     acknowledged; a failed search or delivery leaves it uncommitted and retries it
-    after a growing pause (`retry_backoff_s` up to `max_retry_backoff_s`). `run` returns when
+    after a growing pause (`backoff`). `run` returns when
     `stop` is set. Never trains on the poll thread.
     """
 
@@ -77,8 +82,7 @@ class RetrainerService:
         tracker: DeliveryTracker,
         retrain_topic: str,
         failures_topic: str,
-        retry_backoff_s: float = 5.0,
-        max_retry_backoff_s: float = 300.0,
+        backoff: Backoff = _RETRY,
     ) -> None:
         self.handler = handler
         self.stats = RetrainerStats()
@@ -86,8 +90,7 @@ class RetrainerService:
         self._tracker = tracker
         self._retrain_topic = retrain_topic
         self._failures_topic = failures_topic
-        self._retry_backoff_s = retry_backoff_s
-        self._max_retry_backoff_s = max_retry_backoff_s
+        self._backoff = backoff
         self._book = OffsetBook()
         self._pending: dict[str, PendingTenant] = {}
         self._job: Job | None = None
@@ -216,7 +219,7 @@ class RetrainerService:
     def _retry_later(self, job: Job, exc: Exception) -> None:
         """Keep the request uncommitted and try again after a growing pause."""
         self.stats.retries += 1
-        delay = min(self._max_retry_backoff_s, self._retry_backoff_s * 2**job.attempts)
+        delay = self._backoff.delay_s(job.attempts)
         log.warning(
             "tenant=%s event_id=%s failed (%s: %s); retrying in %.0fs",
             job.tenant,
