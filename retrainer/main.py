@@ -22,7 +22,7 @@ from kernel.kafka import (
 from kernel.store import ModelStore
 from retrainer.pipeline import TrainingConfig
 from retrainer.publisher import RequestHandler
-from retrainer.replay import TenantRows, replay_ranges
+from retrainer.replay import ReplayLimits, TenantRows, plan_replay, replay_ranges
 from retrainer.search import SearchConfig, default_grid
 from retrainer.service import RetrainerService
 from retrainer.settings import RetrainerSettings
@@ -76,10 +76,16 @@ def build_service(
     parts = prepare(settings) if parts is None else parts
     client = base_config(settings)
 
+    limits = ReplayLimits(
+        topic=settings.telemetry_topic,
+        max_ranges=settings.max_request_ranges,
+        max_offsets=settings.max_request_offsets,
+    )
+
     def replay(request: RetrainRequested) -> TenantRows:
         return replay_ranges(
             client,
-            request.source,
+            plan_replay(request.source, limits),
             tenant=request.tenant,
             max_bytes=settings.max_message_bytes,
             timeout_s=settings.replay_timeout_s,

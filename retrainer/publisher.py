@@ -23,7 +23,7 @@ from kernel.store import ModelStore, PublishedFiles
 from kernel.tenant_hash import tenant_hash
 from retrainer.dataset import DatasetError
 from retrainer.pipeline import Champion, TrainingConfig, finite, train_and_decide
-from retrainer.replay import ReplayError, TenantRows
+from retrainer.replay import ReplayError, RequestRefused, TenantRows
 from schemas import ChampionKept, ModelPublished, RetrainFailed, RetrainRequested
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,8 @@ class RequestHandler:
             return served
         try:
             rows = self._replay(request)
+        except RequestRefused as exc:
+            return self._failed(request, "invalid_request", str(exc))
         except ReplayError as exc:
             return self._failed(request, "range_unavailable", str(exc))
         log.info(

@@ -27,6 +27,59 @@ class ReplayError(SlaopsError):
     """The offset ranges cannot be read back (they left the topic, or never existed)."""
 
 
+class RequestRefused(ReplayError):
+    """A request names training data it may not have: another topic, too many ranges, or
+    more offsets than any window spans. Never retried: the request itself is invalid."""
+
+
+@dataclass(frozen=True)
+class ReplayLimits:
+    """What a request may name; anyone who can write to `sla.retrain` may be hostile."""
+
+    #: The only topic a request's ranges may point into (the retrainer's setting).
+    topic: str
+    #: Ranges a request may list (before overlaps are merged).
+    max_ranges: int = 64
+    #: Offsets the merged ranges may span in all: every tenant sharing the partitions
+    #: counts, so this is the window's event bound times the tenants of a partition.
+    max_offsets: int = 5_000_000
+
+
+def plan_replay(ranges: Sequence[OffsetRange], limits: ReplayLimits) -> list[OffsetRange]:
+    """The ranges to read: on the allowed topic only, overlaps merged, within the limits.
+
+    Raises `RequestRefused` naming what is wrong; never reads anything.
+
+    >>> r = lambda p, a, b: OffsetRange(topic="t", partition=p, start_offset=a, end_offset=b)
+    >>> [(x.partition, x.start_offset, x.end_offset)
+    ...  for x in plan_replay([r(0, 5, 9), r(0, 0, 6), r(1, 3, 4), r(0, 9, 12)], ReplayLimits("t"))]
+    [(0, 0, 12), (1, 3, 4)]
+    """
+    if len(ranges) > limits.max_ranges:
+        raise RequestRefused(f"{len(ranges)} offset ranges; at most {limits.max_ranges}")
+    foreign = sorted({span.topic for span in ranges if span.topic != limits.topic})
+    if foreign:
+        raise RequestRefused(f"ranges name {foreign!r}; only {limits.topic!r} is replayed")
+    merged: list[OffsetRange] = []
+    for span in sorted(ranges, key=lambda x: (x.partition, x.start_offset)):
+        if span.end_offset <= span.start_offset:
+            continue
+        last = merged[-1] if merged else None
+        if (
+            last is not None
+            and last.partition == span.partition
+            and (span.start_offset <= last.end_offset)
+        ):
+            end = max(last.end_offset, span.end_offset)
+            merged[-1] = last.model_copy(update={"end_offset": end})
+        else:
+            merged.append(span)
+    total = sum(span.end_offset - span.start_offset for span in merged)
+    if total > limits.max_offsets:
+        raise RequestRefused(f"ranges span {total} offsets; at most {limits.max_offsets}")
+    return merged
+
+
 @dataclass(frozen=True, eq=False)
 class TenantRows:
     ts: np.ndarray  # float64 epoch seconds, in offset order

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from kernel.features import FeatureSpec
 from kernel.settings import StoreSettings, TopicName, TopicSettings
 from retrainer.dataset import DEFAULT_HOLDOUT_FRACTION, DEFAULT_MIN_ROWS
+from retrainer.replay import ReplayLimits
 from retrainer.search import SearchConfig
 from schemas import topics
 from schemas.telemetry import DEFAULT_MAX_MESSAGE_BYTES
@@ -108,6 +109,18 @@ class RetrainerSettings(StoreSettings, TopicSettings):
         ge=0,
         lt=1,
         description="A challenger must beat the champion's holdout log loss by this fraction.",
+    )
+    max_request_ranges: int = Field(
+        default=ReplayLimits.max_ranges,
+        ge=1,
+        le=10_000,
+        description="Offset ranges a retrain request may list; more refuse the request.",
+    )
+    max_request_offsets: int = Field(
+        default=ReplayLimits.max_offsets,
+        ge=1,
+        description="Offsets a request's merged ranges may span (all tenants of the "
+        "partitions count); more refuse the request.",
     )
     replay_timeout_s: float = Field(
         default=60.0, gt=0, description="Give up replaying a request's offset ranges after this."

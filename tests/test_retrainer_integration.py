@@ -161,3 +161,26 @@ def test_a_search_longer_than_max_poll_interval_costs_no_rebalance(
         # Counted before the service stops: leaving the group revokes too.
         assert service.stats.revocations == 0, "the search cost the group its membership"
     assert service.stats.published == 1
+
+
+def test_a_request_naming_another_topic_trains_nothing(settings: RetrainerSettings) -> None:
+    bootstrap = settings.bootstrap_servers or ""
+    attacker_topic = settings.telemetry_topic + ".attacker"
+    ensure_topics(settings, [TopicSpec(attacker_topic, 1)])
+    forged = telemetry_messages("acme", tenant_rows(700, seed=9, threshold_ms=60.0))
+    produce_all(bootstrap, attacker_topic, forged)
+    hostile = RetrainRequested.model_validate_json(request(settings, 700, 699))
+    source = [hostile.source[0].model_copy(update={"topic": attacker_topic})]
+    produce_all(
+        bootstrap,
+        settings.retrain_topic,
+        [(b"acme", hostile.model_copy(update={"source": source}).model_dump_json().encode())],
+    )
+    service = build_service(settings)
+    with running(service):
+        wait_for(lambda: committed(settings) == 1, timeout_s=60, what="the request answered")
+    (failure,) = read_topic(bootstrap, settings.failures_topic, expect=1, partitions=6)
+    refused = RetrainFailed.model_validate_json(failure.value() or b"")
+    assert refused.reason == "invalid_request" and attacker_topic in refused.detail
+    assert service.stats.published == 0
+    assert service.handler.store.latest(tenant_hash("acme", SecretStr(KEY))) is None
