@@ -14,9 +14,10 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable
+from typing import Annotated, Final
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kernel.errors import BrokerError
 from kernel.kafka import DeliveryTracker, is_record, make_reader, position
@@ -24,14 +25,37 @@ from kernel.kafka import DeliveryTracker, is_record, make_reader, position
 log = logging.getLogger(__name__)
 
 
-class PartitionCheckpoint(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+#: A checkpoint record is ~150 bytes; anything much larger is not one of ours.
+MAX_CHECKPOINT_BYTES: Final = 1_024
+#: Kafka offsets are signed 64-bit; the negative ones are logical (-1 is the END of a
+#: partition on Apache Kafka, -2 the beginning), never a position a window starts at.
+_MAX_OFFSET: Final = 2**63 - 1
+Offset = Annotated[int, Field(ge=0, le=_MAX_OFFSET)]
 
-    topic: str
-    partition: int
-    committed_offset: int
-    replay_from: int
-    previous: tuple[int, int] | None = None  # (committed_offset, replay_from) before this one
+
+class PartitionCheckpoint(BaseModel):
+    """One partition's checkpoint, as read back from Kafka: every field bounds-checked.
+
+    Anyone who can write to the checkpoint topic can write one, so a record that is not
+    a possible checkpoint (a negative offset, a replay start after the committed offset)
+    is refused: replaying from -1 would skip from the commit to the partition's end.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    topic: Annotated[str, Field(min_length=1, max_length=249)]
+    partition: Annotated[int, Field(ge=0, le=2**31 - 1)]
+    committed_offset: Offset
+    replay_from: Offset
+    previous: tuple[Offset, Offset] | None = None  # (committed_offset, replay_from) before
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PartitionCheckpoint:
+        if self.replay_from > self.committed_offset:
+            raise ValueError("replay_from is after committed_offset")
+        if self.previous is not None and self.previous[1] > self.previous[0]:
+            raise ValueError("previous replay_from is after its committed_offset")
+        return self
 
 
 def checkpoint_key(group_id: str, topic: str, partition: int) -> bytes:
@@ -43,6 +67,8 @@ def choose_replay_from(latest: PartitionCheckpoint | None, committed: int) -> in
 
     Replaying from too early only costs time; too late would lose window events.
     """
+    if committed < 0:
+        raise ValueError(f"committed offset {committed} is not a position")
     if latest is None:
         return committed
     if latest.committed_offset == committed:
@@ -59,6 +85,37 @@ def choose_replay_from(latest: PartitionCheckpoint | None, committed: int) -> in
         committed,
     )
     return min(candidates)
+
+
+def read_checkpoint(value: bytes, topic: str, partition: int) -> PartitionCheckpoint | None:
+    """The checkpoint in a record keyed for (`topic`, `partition`), or None if it is not one.
+
+    Refused (and logged, without the value): an oversized record, one that does not
+    parse or is out of bounds, and one whose body names another topic or partition than
+    its key. A refused record is skipped, so the newest valid checkpoint before it
+    counts; with none, the partition replays from its committed offset.
+    """
+    if len(value) > MAX_CHECKPOINT_BYTES:
+        log.warning(
+            "ignoring an oversized checkpoint of partition=%d (%d bytes)", partition, len(value)
+        )
+        return None
+    try:
+        checkpoint = PartitionCheckpoint.model_validate_json(value)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or '<value>'}: {e['msg']}"
+            for e in exc.errors(include_url=False, include_input=False)[:3]
+        )
+        log.warning("ignoring an invalid checkpoint of partition=%d: %s", partition, problems)
+        return None
+    if (checkpoint.topic, checkpoint.partition) != (topic, partition):
+        log.warning(
+            "ignoring a checkpoint keyed for partition=%d that names another topic or partition",
+            partition,
+        )
+        return None
+    return checkpoint
 
 
 class CheckpointLog:
@@ -138,10 +195,9 @@ class CheckpointLog:
                     value = message.value()
                     if partition is None or not value:
                         continue
-                    try:
-                        found[partition] = PartitionCheckpoint.model_validate_json(value)
-                    except ValidationError:
-                        log.warning("ignoring an unreadable checkpoint of partition=%d", partition)
+                    checkpoint = read_checkpoint(value, topic, partition)
+                    if checkpoint is not None:
+                        found[partition] = checkpoint
         except KafkaException as exc:
             raise BrokerError(f"cannot read checkpoint topic {self.topic}: {exc}") from exc
         finally:

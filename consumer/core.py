@@ -36,6 +36,7 @@ from schemas import (
     retrain_event_id,
     topics,
 )
+from schemas.dead_letter import HEADER_PREFIX
 from schemas.telemetry import DEFAULT_MAX_MESSAGE_BYTES, FEATURES
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ class CoreConfig:
     request_timeout_s: float = 7_200.0
     performance: PerformanceConfig = field(default_factory=PerformanceConfig)
     publish_forecasts: bool = False
+    #: Event times later than the caller's clock plus this are dead-lettered (`future_ts`).
+    max_future_s: float = 300.0
 
 
 @dataclass(slots=True)
@@ -220,12 +223,21 @@ class IngestCore:
 
     # -- the batch ------------------------------------------------------------------
     def process(
-        self, records: Sequence[KafkaRecord], replay_below: Mapping[int, int] | None = None
+        self,
+        records: Sequence[KafkaRecord],
+        replay_below: Mapping[int, int] | None = None,
+        *,
+        now: float | None = None,
     ) -> BatchResult:
         """Validate, window and detect one poll's records.
 
         Records of a partition below `replay_below[partition]` were processed before a
         restart or rebalance: they rebuild state but emit nothing again.
+
+        `now` is the caller's clock (epoch seconds; the core never reads one): events
+        stamped more than `max_future_s` after it are dead-lettered as `future_ts`, and
+        no window's time moves past that bound. The service always passes it; None (unit
+        tests of other parts) bounds nothing.
         """
         replay_below = replay_below or {}
         result = BatchResult()
@@ -233,26 +245,36 @@ class IngestCore:
         offsets: list[int] = []
         rows: list[tuple[Any, ...]] = []
         max_bytes = self.config.max_message_bytes
+        not_after = None if now is None else now + self.config.max_future_s
         for record in records:
             partition = record.partition() or 0
             offset = record.offset() or 0
             try:
-                event = parse_telemetry(record.key(), record.value(), max_bytes=max_bytes)
+                event = parse_telemetry(
+                    record.key(), record.value(), max_bytes=max_bytes, not_after=not_after
+                )
             except InvalidTelemetry as exc:
                 result.invalid += 1
                 if offset >= replay_below.get(partition, -1):
-                    result.dead_letters.append(self._dead_letter(record, exc, partition, offset))
+                    result.dead_letters.append(
+                        self._dead_letter(record, exc, partition, offset, now)
+                    )
                 continue
             rows.append(_ROW(event.__dict__))
             partitions.append(partition)
             offsets.append(offset)
         result.valid = len(rows)
         if rows:
-            self._ingest_rows(rows, partitions, offsets, replay_below, result)
+            self._ingest_rows(rows, partitions, offsets, replay_below, result, not_after)
         return result
 
     def _dead_letter(
-        self, record: KafkaRecord, exc: InvalidTelemetry, partition: int, offset: int
+        self,
+        record: KafkaRecord,
+        exc: InvalidTelemetry,
+        partition: int,
+        offset: int,
+        now: float | None = None,
     ) -> DeadLetterOut:
         log.info("dead letter partition=%d offset=%d reason=%s", partition, offset, exc.reason)
         letter = DeadLetter(
@@ -261,9 +283,16 @@ class IngestCore:
             source_topic=record.topic() or self.config.topic,
             source_partition=partition,
             source_offset=offset,
-            failed_at=datetime.now(UTC),
+            failed_at=datetime.now(UTC) if now is None else datetime.fromtimestamp(now, UTC),
         )
-        headers = list(record.headers() or []) + letter.to_headers()
+        # The producer's own headers travel on, except any posing as ours: a forged
+        # `slaops.dlq.reason` ahead of the real one would be what a reader finds first.
+        kept = [
+            (name, raw)
+            for name, raw in record.headers() or []
+            if not str(name).lower().startswith(HEADER_PREFIX)
+        ]
+        headers = kept + letter.to_headers()
         return DeadLetterOut(record.key(), record.value(), headers)
 
     def _ingest_rows(
@@ -273,6 +302,7 @@ class IngestCore:
         offsets: list[int],
         replay_below: Mapping[int, int],
         result: BatchResult,
+        not_after: float | None = None,
     ) -> None:
         """Columns for the whole batch at once, regrouped by tenant into contiguous views."""
         tenants, stamps, *metrics = zip(*rows, strict=True)
@@ -304,6 +334,7 @@ class IngestCore:
                 offs[span],
                 replay_limit,
                 result,
+                not_after,
             )
 
     def _ingest_block(
@@ -315,6 +346,7 @@ class IngestCore:
         offsets: np.ndarray,
         replay_limit: int,
         result: BatchResult,
+        not_after: float | None = None,
     ) -> None:
         """Window a tenant's block and raise its requests, as if event by event.
 
@@ -356,13 +388,25 @@ class IngestCore:
             index, reason, detector, signal = trigger
             cut = index + 1
             window.extend(
-                ts[done:cut], features[done:cut], labels[done:cut], offsets[done:cut], checked=False
+                ts[done:cut],
+                features[done:cut],
+                labels[done:cut],
+                offsets[done:cut],
+                checked=False,
+                max_ts=not_after,
             )
             done = cut
             self._request(
                 state, reason, detector, signal, ts[index], offsets, index, replay_limit, result
             )
-        window.extend(ts[done:], features[done:], labels[done:], offsets[done:], checked=False)
+        window.extend(
+            ts[done:],
+            features[done:],
+            labels[done:],
+            offsets[done:],
+            checked=False,
+            max_ts=not_after,
+        )
 
     def _settled(
         self, state: TenantState, alarms: list[DriftSignal], ts: np.ndarray, n: int

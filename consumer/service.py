@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -74,6 +74,7 @@ class ConsumerService:
         forecasts_topic: str | None = None,
         follower: ModelFollower | None = None,
         follower_catch_up_s: float = 30.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.core = core
         self.stats = ConsumerStats()
@@ -88,6 +89,8 @@ class ConsumerService:
         self._follower_catch_up_s = follower_catch_up_s
         self._batch_size = batch_size
         self._poll_timeout_s = poll_timeout_s
+        #: Wall-clock epoch seconds, the bound of accepted event time (tests inject one).
+        self._clock = clock
         #: Per partition: offsets below this were processed by an earlier owner.
         self._resume_at: dict[int, int] = {}
         self.assigned: set[int] = set()
@@ -169,7 +172,7 @@ class ConsumerService:
         return self.stats
 
     def handle_batch(self, records: Sequence[KafkaRecord]) -> BatchResult:
-        result = self.core.process(records, self._resume_at)
+        result = self.core.process(records, self._resume_at, now=self._clock())
         self.stats.add(result)
         for letter in result.dead_letters:
             self._tracker.produce(

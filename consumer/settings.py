@@ -156,6 +156,13 @@ class ConsumerSettings(StoreSettings, TopicSettings):
         ge=1,
         description="Events of each class (breach, no breach) needed too.",
     )
+    max_future_s: float = Field(
+        default=_CORE.max_future_s,
+        ge=0,
+        le=7 * 86_400,
+        description="Events stamped more than this after the consumer's clock are "
+        "dead-lettered (future_ts): one far-future stamp would empty its tenant's window.",
+    )
     cooldown_s: float = Field(
         default=_CORE.cooldown_s, ge=0, description="Event-time pause between a tenant's requests."
     )

@@ -134,6 +134,7 @@ class TenantWindow:
         offsets: ArrayLike,
         *,
         checked: bool = True,
+        max_ts: float | None = None,
     ) -> None:
         """Append a block of events in arrival order, then evict by count and by time.
 
@@ -141,6 +142,11 @@ class TenantWindow:
         timestamps still all count towards the newest timestamp seen). `checked=False`
         skips the shape and dtype checks for callers that built the arrays themselves:
         float64 ts, float32 features, bool labels, int64 offsets.
+
+        `max_ts` (the caller's clock plus its allowance) caps the time-bound anchor: a
+        stamp beyond it cannot move the window's time ahead and expire every real event
+        after it, and an anchor already beyond it (a bad stamp from before, a clock set
+        back) is pulled back to it.
         """
         if checked:
             ts_a, feat_a, lab_a, off_a = self._coerce(ts, features, labels, offsets)
@@ -152,6 +158,8 @@ class TenantWindow:
         block_max = float(ts_a.max())
         if self._newest_ts is None or block_max > self._newest_ts:
             self._newest_ts = block_max
+        if max_ts is not None and self._newest_ts > max_ts:
+            self._newest_ts = float(max_ts)
 
         m = min(n, self._capacity)
         if m < n:

@@ -10,17 +10,43 @@ commits). Every topic slaops creates, and its partition count, is named in `_TOP
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from kernel.errors import BrokerError
+from kernel.errors import BrokerError, ConfigError
 from kernel.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+
+_C = TypeVar("_C")
+#: The property librdkafka names when it refuses a configuration (its value is NOT kept).
+_REFUSED_PROPERTY = re.compile(r'configuration property:? "([A-Za-z0-9._-]{1,100})"')
+
+
+def _client(factory: Callable[[dict[str, Any]], _C], config: dict[str, Any]) -> _C:
+    """Build a client; a configuration librdkafka refuses becomes a `ConfigError`.
+
+    librdkafka's message quotes the refused value, and `kafka_properties` hold secrets
+    (a password pasted into the wrong key would be printed), so the error names only the
+    property, and the original exception is not chained.
+    """
+    try:
+        return factory(config)
+    except (KafkaException, TypeError, ValueError) as exc:
+        text = str(exc)
+        match = _REFUSED_PROPERTY.search(text)
+        name = match.group(1) if match else "?"
+        problem = "unknown property" if "No such configuration property" in text else "refused"
+        message = (
+            f"kafka_properties (SLAOPS_KAFKA_PROPERTIES): librdkafka {problem}: {name!r} "
+            "(the value is not shown: these properties may hold secrets)"
+        )
+    raise ConfigError(message) from None
 
 
 class KafkaRecord(Protocol):
@@ -58,7 +84,7 @@ def make_group_consumer(settings: ServiceSettings, group_id: str, **overrides: A
         }
     )
     config.update(overrides)
-    return Consumer(config)
+    return _client(Consumer, config)
 
 
 def make_reader(config: Mapping[str, Any], name: str, **overrides: Any) -> Consumer:
@@ -78,7 +104,7 @@ def make_reader(config: Mapping[str, Any], name: str, **overrides: Any) -> Consu
         "auto.offset.reset": "earliest",
     }
     reader.update(overrides)
-    return Consumer(reader)
+    return _client(Consumer, reader)
 
 
 def position(record: KafkaRecord) -> tuple[int, int]:
@@ -110,7 +136,7 @@ def make_producer(settings: ServiceSettings, **overrides: Any) -> Producer:
     config = base_config(settings)
     config.update({"enable.idempotence": True, "acks": "all", "linger.ms": 5})
     config.update(overrides)
-    return Producer(config)
+    return _client(Producer, config)
 
 
 @dataclass(frozen=True)
@@ -156,7 +182,7 @@ def ensure_topics(
     settings: ServiceSettings, specs: Iterable[TopicSpec], *, timeout_s: float = 15.0
 ) -> None:
     """Create the topics that do not exist yet; an existing topic is left as it is."""
-    admin = AdminClient(base_config(settings))
+    admin = _client(AdminClient, base_config(settings))
     try:
         existing = set(admin.list_topics(timeout=timeout_s).topics)
     except KafkaException as exc:

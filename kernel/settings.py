@@ -23,7 +23,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from kernel.errors import ConfigError
 from kernel.store import ModelStore, open_store
-from kernel.tenant_hash import load_or_create_local_key
+from kernel.tenant_hash import load_or_create_local_key, weak_key_problem
 from schemas.topics import TOPIC_NAME_PATTERN
 
 
@@ -204,8 +204,9 @@ class StoreSettings(ServiceSettings):
 
     def tenant_secret(self) -> SecretStr:
         if self.tenant_key is not None:
-            if len(self.tenant_key.get_secret_value()) < 16:
-                raise ConfigError("tenant_key (SLAOPS_TENANT_KEY): use at least 16 characters")
+            problem = weak_key_problem(self.tenant_key.get_secret_value())
+            if problem is not None:
+                raise ConfigError(f"tenant_key (SLAOPS_TENANT_KEY): {problem}")
             return self.tenant_key
         if self.local_mode:
             return load_or_create_local_key(self.data_dir)

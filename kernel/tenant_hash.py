@@ -29,6 +29,32 @@ logger = logging.getLogger(__name__)
 
 KEY_FILE_NAME = "tenant.key"
 _KEY_BYTES = 32
+#: A configured key needs this many characters, and this many distinct non-space ones.
+MIN_KEY_CHARS = 16
+MIN_DISTINCT_KEY_CHARS = 8
+
+
+def weak_key_problem(key: str) -> str | None:
+    """Why `key` is too weak to be the tenant-hash secret, or None (never echoes it).
+
+    Length alone lets "                " or "aaaaaaaaaaaaaaaa" through; a guessable key
+    lets anyone confirm a slug from its hash. A random hex key (what
+    `load_or_create_local_key` makes) passes.
+
+    >>> weak_key_problem(" " * 16) is not None, weak_key_problem("a" * 40) is not None
+    (True, True)
+    >>> weak_key_problem("0123456789abcdef") is None
+    True
+    """
+    if len(key) < MIN_KEY_CHARS:
+        return f"use at least {MIN_KEY_CHARS} characters"
+    distinct = {c for c in key if not c.isspace()}
+    if len(distinct) < MIN_DISTINCT_KEY_CHARS:
+        return (
+            f"use a random secret: at least {MIN_DISTINCT_KEY_CHARS} distinct non-space "
+            "characters (e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)"
+        )
+    return None
 
 
 def tenant_hash(tenant: str, key: SecretStr | bytes) -> str:

@@ -7,11 +7,20 @@ an `InvalidTelemetry` with a stable machine-readable reason for the dead-letter 
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 
 from schemas.errors import SlaopsError
 
@@ -36,6 +45,22 @@ DEFAULT_MAX_MESSAGE_BYTES: Final = 64 * 1024
 MIN_TS: Final = datetime(1, 1, 2, tzinfo=UTC)
 MAX_TS: Final = datetime(9999, 12, 30, tzinfo=UTC)
 
+#: What an RFC 3339 date-time starts with: pydantic would also take a bare number of
+#: seconds ("1700000000") for a datetime, which the contract does not allow.
+_RFC3339_HEAD: Final = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:")
+
+
+def _rfc3339_text(value: Any) -> Any:
+    """Refuse a timestamp that is not written as an RFC 3339 date-time.
+
+    Only text passes (the field then parses it without strict mode, which a before
+    validator's string would fail): numbers, `datetime` objects included, are refused.
+    """
+    if not isinstance(value, str) or not _RFC3339_HEAD.match(value):
+        raise ValueError("ts must be an RFC 3339 date-time, e.g. 2026-01-05T10:00:00Z")
+    return value
+
+
 TenantSlug = Annotated[str, StringConstraints(pattern=TENANT_PATTERN)]
 LatencyMs = Annotated[float, Field(ge=0.0, le=MAX_LATENCY_MS, allow_inf_nan=False)]
 UnitFraction = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
@@ -47,8 +72,11 @@ class TelemetryEvent(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
     tenant: TenantSlug
-    ts: AwareDatetime = Field(
-        ge=MIN_TS, le=MAX_TS, description="End of the interval, RFC 3339 with an offset."
+    ts: Annotated[AwareDatetime, BeforeValidator(_rfc3339_text)] = Field(
+        ge=MIN_TS,
+        le=MAX_TS,
+        strict=False,
+        description="End of the interval, RFC 3339 with an offset.",
     )
     service: Annotated[str, StringConstraints(min_length=1, max_length=MAX_SERVICE_LEN)]
     latency_p50_ms: LatencyMs
@@ -75,6 +103,7 @@ class RejectReason(StrEnum):
     NON_FINITE = "non_finite"
     OUT_OF_RANGE = "out_of_range"
     KEY_MISMATCH = "key_mismatch"
+    FUTURE_TS = "future_ts"
 
 
 class InvalidTelemetry(SlaopsError, ValueError):
@@ -115,11 +144,14 @@ def parse_telemetry(
     value: bytes | None,
     *,
     max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    not_after: float | None = None,
 ) -> TelemetryEvent:
     """Decode one raw `sla.telemetry` message or raise `InvalidTelemetry`.
 
     The key must equal the tenant so that partitioning by key keeps a tenant on one
     partition; a message that lies about its key would land beside other tenants.
+    `not_after` (epoch seconds; the caller's clock plus its allowance) refuses event
+    times beyond it: one far-future stamp would otherwise move a window's time ahead.
     """
     if not value:
         raise InvalidTelemetry(RejectReason.EMPTY, "message has no value")
@@ -139,5 +171,10 @@ def parse_telemetry(
         shown = "no key" if key is None else f"key {key[:80]!r}"
         raise InvalidTelemetry(
             RejectReason.KEY_MISMATCH, f"{shown} does not equal tenant {event.tenant!r}"
+        )
+    if not_after is not None and event.ts.timestamp() > not_after:
+        limit = datetime.fromtimestamp(not_after, UTC).isoformat()
+        raise InvalidTelemetry(
+            RejectReason.FUTURE_TS, f"ts {event.ts.isoformat()} is later than {limit}"
         )
     return event

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 import time
@@ -40,6 +41,20 @@ class WatchSettings(ServiceSettings):
     max_events: int | None = Field(
         default=None, ge=1, description="Stop after this many events (default: run until Ctrl-C)."
     )
+
+
+#: C0 and C1 control characters, DEL, line/paragraph separators and bidi overrides: a
+#: forged event's newline or terminal escape must reach the operator's terminal as text.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(line: str) -> str:
+    """`line` with every control character written as an escape (``\\n``, ``\\x1b``).
+
+    >>> printable("a\\nb\\x1b[2J")
+    'a\\\\nb\\\\x1b[2J'
+    """
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], line)
 
 
 def _f(value: float | None, spec: str = ".3f") -> str:
@@ -125,7 +140,7 @@ def watch(
                     log.warning("unreadable record on %s", message.topic())
                     continue
                 line = event.model_dump_json() if settings.json_output else describe(event)
-                print(line, file=out, flush=True)
+                print(printable(line), file=out, flush=True)
                 if on_event is not None:
                     on_event(event)
                 shown += 1

@@ -32,7 +32,7 @@ APP_SERVICES = {"consumer": "consume", "retrainer": "retrain", "simulator": "sim
 #: Services that run until stopped (the simulator sends its stream and exits).
 LONG_RUNNING = ("consumer", "retrainer")
 #: Values given to required (`${NAME:?message}`) variables when settings are loaded.
-PLACEHOLDERS = {"HF_TOKEN": "hf_" + "x" * 34, "SLAOPS_TENANT_KEY": "k" * 64}
+PLACEHOLDERS = {"HF_TOKEN": "hf_" + "x" * 34, "SLAOPS_TENANT_KEY": "k7Q2x9Lm" * 8}
 
 _SUBSTITUTION = re.compile(
     r"^\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}$"

