@@ -24,6 +24,7 @@ from typing import Literal
 from pydantic import BaseModel, SecretStr
 
 from kernel.artifacts import ArtifactError, ModelCard, load_model, sha256_hex
+from kernel.errors import StoreError, StoreNotFound
 from kernel.store import ModelStore, PublishedFiles
 from kernel.tenant_hash import request_ref, tenant_hash
 from retrainer.dataset import DatasetError
@@ -246,15 +247,24 @@ class RequestHandler:
             card = self.store.read(latest.paths["card"], revision=latest.revision)
             weights = self.store.read(latest.paths["safetensors"], revision=latest.revision)
             module, model_card = load_model(card, weights, "safetensors")
-        except ArtifactError as exc:
-            log.warning(
-                "tenant=%s champion %s cannot be loaded (%s): the challenger is judged alone",
-                request.tenant,
-                latest.revision,
-                exc,
-            )
-            return None
-        return Champion(module=module, card=model_card, revision=latest.revision)
+        except (ArtifactError, StoreNotFound) as exc:
+            unusable: Exception = exc
+        except StoreError as exc:
+            if getattr(exc, "transient", False):
+                raise  # the store is down: serve the request again later
+            unusable = exc
+        else:
+            return Champion(module=module, card=model_card, revision=latest.revision)
+        # An unusable newest version (NaN weights, a refused file) is no champion: the
+        # challenger is judged against the baselines alone, so one bad version cannot
+        # make every later retrain of the tenant fail.
+        log.warning(
+            "tenant=%s champion %s cannot be loaded (%s): the challenger is judged alone",
+            request.tenant,
+            latest.revision,
+            unusable,
+        )
+        return None
 
     def _failed(self, request: RetrainRequested, reason: str, detail: str) -> Outcome:
         log.warning(

@@ -9,15 +9,24 @@ NaN or inconsistent model is refused at load and never blocks the tenant's retra
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import re
+import tracemalloc
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, TimeoutError
 from itertools import product
 from pathlib import Path
 from typing import get_args
 
 import pytest
+import torch
 from pydantic import SecretStr
 
-from kernel.store import FileStore
+from kernel.artifacts import ArtifactError, ModelCard, load_model, serialize_model
+from kernel.errors import StoreError
+from kernel.mlp import SlaMLP
+from kernel.store import FileStore, HubStore, PublishedFiles, open_store
 from kernel.tenant_hash import tenant_hash
 from retrainer.pipeline import TrainingConfig
 from retrainer.publisher import RequestHandler
@@ -25,6 +34,7 @@ from retrainer.replay import TenantRows
 from retrainer.search import SearchConfig
 from schemas import ModelPublished, RetrainRequested
 from schemas.retrain import RetrainReason, retrain_event_id
+from tests.hub_server import running_hub_server
 from tests.retrain_data import request_for, tenant_rows
 
 KEY = SecretStr("hostile-store-key-0123456789abcdef")
@@ -124,3 +134,128 @@ def test_control_the_same_attack_confirms_every_slug_against_the_unkeyed_id(
     root = tmp_path / "store"
     publish_versions(root)
     assert confirm_slugs(root, guess_list()) == set(TENANTS)
+
+
+# --- item 5: a store writer plants files that cannot be read safely ---------------------
+def one_version(root: Path) -> tuple[FileStore, str, dict[str, str], Path]:
+    """A store with one small version; its revision, paths and version directory."""
+    store = FileStore(root)
+    hashed = tenant_hash("acme", KEY)
+    files = {"safetensors": b"w" * 100, "pt": b"p" * 100, "card": b"{}"}
+    published = store.publish(hashed, files, message="v1")
+    version_dir = root / ".revisions" / hashed / published.revision
+    return store, published.revision, published.paths, version_dir
+
+
+def run_bounded(fn: Callable[[], object], seconds: float = 5.0) -> BaseException | object:
+    """`fn()` in a thread; a hang fails the test instead of hanging it."""
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(fn)
+        try:
+            return future.result(timeout=seconds)
+        except TimeoutError:
+            pytest.fail(f"still blocked after {seconds}s")
+        except BaseException as exc:  # the refusal is the result
+            return exc
+
+
+@pytest.mark.parametrize(
+    ("plant", "match"),
+    [
+        (lambda p: p.symlink_to("/dev/zero"), "symbolic link"),  # before: MemoryError
+        (lambda p: p.symlink_to(p.with_name("meta.json")), "symbolic link"),
+        (lambda p: os.mkfifo(p), "not a regular file"),  # before: hung for ever
+        (lambda p: p.mkdir(), "not a regular file"),
+    ],
+    ids=["symlink-to-dev-zero", "symlink-to-a-file", "fifo", "directory"],
+)
+def test_a_card_that_is_not_a_regular_file_is_refused_unread(
+    tmp_path: Path, plant: Callable[[Path], None], match: str
+) -> None:
+    store, revision, paths, version_dir = one_version(tmp_path)
+    card = version_dir / Path(paths["card"]).name
+    card.unlink()
+    plant(card)
+    result = run_bounded(lambda: store.read(paths["card"], revision=revision))
+    assert isinstance(result, StoreError) and match in str(result), result
+
+
+def test_a_head_or_history_that_is_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    store, _, _, version_dir = one_version(tmp_path)
+    hashed = version_dir.parent.name
+    (version_dir / "meta.json").unlink()
+    os.mkfifo(version_dir / "meta.json")
+    result = run_bounded(lambda: store.revision_messages(hashed))
+    assert isinstance(result, StoreError) and "not a regular file" in str(result), result
+    head = version_dir.parent / "HEAD"
+    head.unlink()
+    os.mkfifo(head)
+    result = run_bounded(lambda: store.latest(hashed))
+    assert isinstance(result, StoreError) and "not a regular file" in str(result), result
+
+
+def test_an_oversized_card_is_refused_by_its_size_without_being_read(tmp_path: Path) -> None:
+    store, revision, paths, version_dir = one_version(tmp_path)
+    card = version_dir / Path(paths["card"]).name
+    with card.open("r+b") as fh:  # 400 MB, sparse: no disk, and no memory unless read
+        fh.truncate(400 * 1024 * 1024)
+    tracemalloc.start()
+    try:
+        with pytest.raises(StoreError, match=r"419430400 bytes, over 67108864"):
+            store.read(paths["card"], revision=revision)  # the default: the loader's limit
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1024 * 1024  # before: +400 MB
+    with pytest.raises(StoreError, match="100 bytes, over 99"):
+        store.read(paths["safetensors"], revision=revision, max_bytes=99)
+    assert store.read(paths["safetensors"], revision=revision, max_bytes=100) == b"w" * 100
+
+
+def test_an_oversized_file_on_the_hub_is_refused_before_it_is_downloaded() -> None:
+    with running_hub_server() as hub:
+        store = open_store(
+            "hf://slaops-test/models",
+            token=SecretStr(hub.token),
+            endpoint=hub.endpoint,
+            backoff_s=0.01,
+        )
+        hashed = tenant_hash("acme", KEY)
+        big = b"x" * 4096
+        published = store.publish(
+            hashed, {"safetensors": big, "pt": b"p", "card": b"{}"}, message="v1"
+        )
+        assert isinstance(store, HubStore)
+        path = published.paths["safetensors"]
+        with pytest.raises(StoreError, match="4096 bytes, over 1000"):
+            store.read(path, revision=published.revision, max_bytes=1000)
+        assert store.read(path, revision=published.revision, max_bytes=4096) == big
+
+
+# --- item 6: an unusable newest version must not block the tenant's retrains ----------
+def test_a_nan_newest_version_is_no_champion_and_the_next_retrain_publishes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = FileStore(tmp_path / "store")
+    serve = handler(store)
+    first = serve.handle(request_for("acme")).events[0][2]
+    assert isinstance(first, ModelPublished)
+    hashed = tenant_hash("acme", KEY)
+    # The attack: a store writer publishes a NaN copy of the model as the newest version.
+    card = ModelCard.model_validate_json(store.read(first.paths["card"], revision=first.revision))
+    module = SlaMLP(**card.architecture)
+    with torch.no_grad():
+        module.head.bias.fill_(float("nan"))
+    poisoned = serialize_model(module, card.model_dump(exclude={"architecture", "files"}))
+    with pytest.raises(ArtifactError, match=r"tensor 'head.bias' has 1 non-finite"):
+        load_model(poisoned.card, poisoned.safetensors, "safetensors")
+    files = {"safetensors": poisoned.safetensors, "pt": poisoned.pt, "card": poisoned.card}
+    nan_version = store.publish(hashed, files, message="slaops model for request forged")
+    with caplog.at_level(logging.WARNING, logger="retrainer.publisher"):
+        outcome = serve.handle(request_for("acme", offset=650))
+    assert outcome.kind == "published", outcome
+    event = outcome.events[0][2]
+    assert isinstance(event, ModelPublished) and event.decision.champion_score is None
+    assert f"champion {nan_version.revision} cannot be loaded" in caplog.text
+    assert "non-finite" in caplog.text
+    assert store.latest(hashed) == PublishedFiles(event.revision, event.paths)
