@@ -28,13 +28,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from kernel.errors import ArtifactError
 from kernel.features import FeatureSpec
+from kernel.limits import MAX_ARTIFACT_BYTES
 from kernel.mlp import SlaMLP, build_module
 
 WeightFormat = Literal["safetensors", "pt"]
 WEIGHT_FORMATS: tuple[str, ...] = get_args(WeightFormat)
 #: 2: the feature pipeline's spec replaces `lags`; baselines, skill and calibration.
 CARD_FORMAT_VERSION = 2
-MAX_ARTIFACT_BYTES = 64 * 1024 * 1024
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
@@ -212,10 +212,14 @@ def load_model(
 ) -> tuple[SlaMLP, ModelCard]:
     """THE loader: rebuild a model from its card and one weight blob, in eval mode.
 
-    Order matters: format and size checks, card parsing, then the sha256 of
+    Order matters: format and size checks, card parsing (the card must agree with
+    itself: feature order, feature spec and ``n_features``), then the sha256 of
     ``weights`` against ``card.files[fmt]``, and only then deserialisation
-    (safetensors, or ``torch.load(weights_only=True)``). Every refusal raises
-    :class:`ArtifactError`.
+    (safetensors, or ``torch.load(weights_only=True)``) into the module the card
+    describes (every tensor's name, shape and dtype must fit it). Last, the values:
+    every floating tensor finite, ``feature_std > 0``, ``offset_column`` -1 or
+    an input column, so a loaded model always forecasts a probability. Every refusal
+    raises :class:`ArtifactError`, naming the tensor where one is at fault.
     """
     if fmt not in WEIGHT_FORMATS:
         raise ArtifactError(f"unknown weights format {fmt!r}; expected one of {WEIGHT_FORMATS}")
@@ -254,8 +258,35 @@ def load_model(
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ArtifactError(f"weights do not fit the card's architecture: {exc}") from exc
+    _check_usable(module)
     module.eval()
     return module, card_model
+
+
+def _check_usable(module: SlaMLP) -> None:
+    """Refuse parameters that load but cannot forecast: the offending tensor is named.
+
+    Every floating tensor must be finite (a NaN or inf weight forecasts NaN);
+    ``feature_std`` must be positive (``set_normalization`` leaves it >= ``MIN_STD``; a
+    zero or negative std divides by zero or flips the features); ``offset_column`` is
+    -1 (no offset) or an input column.
+    """
+    for name, tensor in module.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ArtifactError(f"tensor {name!r} has {bad} non-finite value(s) (NaN or inf)")
+    std = module.feature_std
+    if bool((std <= 0).any()):
+        raise ArtifactError(
+            f"tensor 'feature_std' has {int((std <= 0).sum())} value(s) <= 0 "
+            f"(min {float(std.min())}): normalisation would divide by zero or flip a feature"
+        )
+    column = int(module.offset_column)
+    if not (column == -1 or 0 <= column < module.n_features):
+        raise ArtifactError(
+            f"tensor 'offset_column' is {column}: expected -1 or a column in "
+            f"[0, {module.n_features})"
+        )
 
 
 def predict_proba(module: SlaMLP, X: np.ndarray) -> np.ndarray:

@@ -9,6 +9,16 @@ HMAC-SHA256 of the slug under a secret key::
     >>> len(tenant_hash("acme", b"k" * 32))
     64
 
+Anything else the store keeps about a tenant's versions is keyed the same way: a
+retrain request's ``event_id`` is an unkeyed hash of the slug and the request's
+trigger (``schemas.retrain.retrain_event_id``), so the store only ever sees
+:func:`request_ref`, an HMAC of the ``event_id`` under the same key::
+
+    >>> len(request_ref("0" * 32, b"k" * 32))
+    32
+    >>> request_ref("0" * 32, b"k" * 32) != request_ref("0" * 32, b"j" * 32)
+    True
+
 The key comes from settings (a ``SecretStr``). Only the explicit local/embedded
 mode may use :func:`load_or_create_local_key`, which keeps a random key in
 ``data_dir/tenant.key`` (mode 0600). The key is never logged.
@@ -61,10 +71,28 @@ def tenant_hash(tenant: str, key: SecretStr | bytes) -> str:
     """HMAC-SHA256(key, tenant slug) as 64 lowercase hex characters."""
     if not tenant:
         raise ValueError("tenant slug must not be empty")
+    raw = _raw_key(key)
+    return hmac.new(raw, tenant.encode(), hashlib.sha256).hexdigest()
+
+
+def request_ref(event_id: str, key: SecretStr | bytes) -> str:
+    """HMAC-SHA256(key, domain + event_id), 32 lowercase hex: the store's name for a request.
+
+    Written into commit messages and card lineage instead of the ``event_id``, which
+    anyone can recompute from a guessed slug and the (public) offsets it names.
+    """
+    if not event_id:
+        raise ValueError("event_id must not be empty")
+    raw = _raw_key(key)
+    material = f"slaops.request-ref.v1\x00{event_id}".encode()
+    return hmac.new(raw, material, hashlib.sha256).hexdigest()[:32]
+
+
+def _raw_key(key: SecretStr | bytes) -> bytes:
     raw = key.get_secret_value().encode() if isinstance(key, SecretStr) else bytes(key)
     if not raw:
         raise ValueError("tenant hash key must not be empty")
-    return hmac.new(raw, tenant.encode(), hashlib.sha256).hexdigest()
+    return raw
 
 
 def load_or_create_local_key(data_dir: Path) -> SecretStr:

@@ -148,8 +148,15 @@ def train_and_decide(
     request: RetrainRequested,
     config: TrainingConfig,
     champion: Champion | None,
+    *,
+    request_ref: str | None = None,
 ) -> TrainingOutcome:
-    """Raises `DatasetError` when the rows cannot make a usable training set."""
+    """Raises `DatasetError` when the rows cannot make a usable training set.
+
+    The card's lineage names the request by `request_ref` (the keyed form the store
+    may hold, `kernel.tenant_hash.request_ref`), never by its `event_id`, which is an
+    unkeyed hash of the slug; without `request_ref` it names no request at all.
+    """
     data = build_pairs(
         rows.ts,
         rows.features,
@@ -166,7 +173,7 @@ def train_and_decide(
     artifacts = None
     if decision.published:
         lineage = {
-            "request_event_id": request.event_id,
+            "request_ref": request_ref,
             "reason": request.reason,
             "detector": request.detector,
             "source": [r.model_dump() for r in request.source],

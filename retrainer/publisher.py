@@ -3,8 +3,13 @@
 Runs in the retrainer's worker thread. Returns the events to announce; the service
 produces them and only then commits the request, so a crash anywhere in here leaves
 the request to be served again. Serving it again is safe: the store remembers which
-`event_id`s were published (in each version's commit message), so a request whose
+requests were published (in each version's commit message), so a request whose
 model landed but whose announcement did not is re-announced, never retrained.
+
+The store never sees a request's `event_id`: that is an unkeyed hash of the slug and
+the offsets it names, so anyone reading the store could confirm a guessed slug with
+it. Commit messages and card lineage carry `request_ref` (an HMAC of the `event_id`
+under the tenant key) instead, and the dedupe looks for that.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from typing import Literal
 from pydantic import BaseModel, SecretStr
 
 from kernel.artifacts import ArtifactError, ModelCard, load_model, sha256_hex
+from kernel.errors import StoreError, StoreNotFound
 from kernel.store import ModelStore, PublishedFiles
-from kernel.tenant_hash import tenant_hash
+from kernel.tenant_hash import request_ref, tenant_hash
 from retrainer.dataset import DatasetError
 from retrainer.pipeline import Champion, TrainingConfig, finite, train_and_decide
 from retrainer.replay import ReplayError, RequestRefused, TenantRows
@@ -41,9 +47,13 @@ class Cancelled(Exception):
     """The request's partition moved to another member while it was being served."""
 
 
-def commit_message(request: RetrainRequested) -> str:
-    """The store's record that `request` was served: its event_id, never the slug."""
-    return f"slaops model for request {request.event_id} ({request.reason})"
+def commit_message(request: RetrainRequested, tenant_key: SecretStr | bytes) -> str:
+    """The store's record that `request` was served: its keyed `request_ref`.
+
+    Neither the slug nor the `event_id` (recomputable from a guessed slug) appear.
+    """
+    ref = request_ref(request.event_id, tenant_key)
+    return f"slaops model for request {ref} ({request.reason})"
 
 
 class RequestHandler:
@@ -113,7 +123,13 @@ class RequestHandler:
         )
         champion = self._load_champion(request, hashed)
         try:
-            outcome = train_and_decide(rows, request, self._training, champion)
+            outcome = train_and_decide(
+                rows,
+                request,
+                self._training,
+                champion,
+                request_ref=request_ref(request.event_id, self._tenant_key),
+            )
         except DatasetError as exc:
             return self._failed(request, exc.reason.value, exc.detail)
         self._check_cancelled(request)
@@ -146,7 +162,9 @@ class RequestHandler:
             return served
         artifacts = outcome.artifacts
         files = {"safetensors": artifacts.safetensors, "pt": artifacts.pt, "card": artifacts.card}
-        published = self.store.publish(hashed, files, message=commit_message(request))
+        published = self.store.publish(
+            hashed, files, message=commit_message(request, self._tenant_key)
+        )
         sha256 = {kind: sha256_hex(data) for kind, data in files.items()}
         event = self._announcement(
             request, hashed, published, artifacts.card_model, sha256, version=len(messages) + 1
@@ -167,10 +185,10 @@ class RequestHandler:
         self, request: RetrainRequested, hashed: str, messages: list[str]
     ) -> Outcome | None:
         """If the store already holds this request's model, the (re-)announcement."""
-        needle = commit_message(request)
-        if not any(needle in m for m in messages):
+        needle = commit_message(request, self._tenant_key)
+        if needle not in messages:
             return None
-        if needle not in messages[0]:
+        if messages[0] != needle:
             log.info(
                 "tenant=%s event_id=%s already served and superseded",
                 request.tenant,
@@ -229,15 +247,24 @@ class RequestHandler:
             card = self.store.read(latest.paths["card"], revision=latest.revision)
             weights = self.store.read(latest.paths["safetensors"], revision=latest.revision)
             module, model_card = load_model(card, weights, "safetensors")
-        except ArtifactError as exc:
-            log.warning(
-                "tenant=%s champion %s cannot be loaded (%s): the challenger is judged alone",
-                request.tenant,
-                latest.revision,
-                exc,
-            )
-            return None
-        return Champion(module=module, card=model_card, revision=latest.revision)
+        except (ArtifactError, StoreNotFound) as exc:
+            unusable: Exception = exc
+        except StoreError as exc:
+            if getattr(exc, "transient", False):
+                raise  # the store is down: serve the request again later
+            unusable = exc
+        else:
+            return Champion(module=module, card=model_card, revision=latest.revision)
+        # An unusable newest version (NaN weights, a refused file) is no champion: the
+        # challenger is judged against the baselines alone, so one bad version cannot
+        # make every later retrain of the tenant fail.
+        log.warning(
+            "tenant=%s champion %s cannot be loaded (%s): the challenger is judged alone",
+            request.tenant,
+            latest.revision,
+            unusable,
+        )
+        return None
 
     def _failed(self, request: RetrainRequested, reason: str, detail: str) -> Outcome:
         log.warning(

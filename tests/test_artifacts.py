@@ -401,3 +401,80 @@ def test_card_model_is_what_a_loader_sees(module: SlaMLP) -> None:
     artifacts = serialize_model(module, fields)
     assert artifacts.card_model.cv_table == [{"params": ["a", "b"]}]
     assert load_model(artifacts.card, artifacts.pt, "pt")[1] == artifacts.card_model
+
+
+# --- hostile values: parameters that load but cannot forecast (issue 11 item 6) -------
+
+
+def _poisoned(module: SlaMLP, name: str, poison: Callable[[torch.Tensor], None]) -> SlaMLP:
+    state = {k: v.clone() for k, v in module.state_dict().items()}
+    poison(state[name])
+    bad = SlaMLP(**module.architecture())  # type: ignore[arg-type]
+    bad.load_state_dict(state)
+    return bad
+
+
+def _set_first(value: float) -> Callable[[torch.Tensor], None]:
+    def poison(t: torch.Tensor) -> None:
+        t.view(-1)[0] = value
+
+    return poison
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize(
+    ("name", "poison", "match"),
+    [
+        ("body.0.weight", _set_first(float("nan")), r"tensor 'body.0.weight' has 1 non-finite"),
+        ("head.bias", _set_first(float("inf")), r"tensor 'head.bias' has 1 non-finite"),
+        ("feature_mean", _set_first(-float("inf")), r"tensor 'feature_mean' has 1 non-finite"),
+        ("feature_std", _set_first(float("nan")), r"tensor 'feature_std' has 1 non-finite"),
+        ("offset_logit", _set_first(float("nan")), r"tensor 'offset_logit' has 1 non-finite"),
+        ("feature_std", _set_first(0.0), r"tensor 'feature_std' has 1 value\(s\) <= 0"),
+        ("feature_std", _set_first(-1.0), r"tensor 'feature_std' has 1 value\(s\) <= 0"),
+        ("offset_column", lambda t: t.fill_(N), r"tensor 'offset_column' is \d+"),
+        ("offset_column", lambda t: t.fill_(-7), r"tensor 'offset_column' is -7"),
+    ],
+)
+def test_unusable_parameters_are_refused_at_load_naming_the_tensor(
+    module: SlaMLP,
+    fmt: str,
+    name: str,
+    poison: Callable[[torch.Tensor], None],
+    match: str,
+) -> None:
+    # The attack: a model whose hashes are all correct but whose values forecast NaN
+    # (or 0/1 for certain, or crash at forecast time). Before: it loaded.
+    bad = serialize_model(_poisoned(module, name, poison), _card_fields())
+    with pytest.raises(ArtifactError, match=match):
+        load_model(bad.card, bad.weights(fmt), fmt)  # type: ignore[arg-type]
+
+
+def test_a_nan_weight_forecasts_nan_when_not_refused(module: SlaMLP) -> None:
+    # Why: what the consumer would forecast (and put in `sla.forecasts`) from such a model.
+    bad = _poisoned(module, "body.0.weight", _set_first(float("nan")))
+    assert np.isnan(predict_proba(bad, np.ones((2, N), dtype=np.float32))).all()
+
+
+def test_a_card_whose_lags_disagree_with_its_weights_is_refused(
+    artifacts: ModelArtifacts,
+) -> None:
+    # Before: a card claiming more lags than the weights take crashed every batch.
+    wider = FeatureSpec(lags=2, breach_windows=(2,), rolling_window=2)
+    names = list(wider.names())
+    assert len(names) != N
+
+    def consistent_lie(data: dict[str, Any]) -> None:
+        data["features"]["lags"] = 2
+        data["feature_order"] = names
+        data["architecture"]["n_features"] = len(names)
+
+    card = _edit_card(artifacts.card, consistent_lie)
+    with pytest.raises(ArtifactError, match="do not fit"):
+        load_model(card, artifacts.safetensors, "safetensors")
+    only_lags = _edit_card(artifacts.card, _set(("features", "lags"), 2))
+    with pytest.raises(ArtifactError, match="feature spec computes"):
+        load_model(only_lags, artifacts.safetensors, "safetensors")
+    only_width = _edit_card(artifacts.card, _set(("architecture", "n_features"), N + 1))
+    with pytest.raises(ArtifactError, match="n_features"):
+        load_model(only_width, artifacts.safetensors, "safetensors")

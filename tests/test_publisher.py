@@ -12,7 +12,7 @@ from pydantic import SecretStr
 
 from kernel.artifacts import load_model, predict_proba
 from kernel.store import ModelStore, open_store
-from kernel.tenant_hash import tenant_hash
+from kernel.tenant_hash import request_ref, tenant_hash
 from retrainer.dataset import build_pairs
 from retrainer.pipeline import TrainingConfig, decide
 from retrainer.publisher import RequestHandler, commit_message
@@ -97,10 +97,11 @@ def test_publishes_one_atomic_version_whose_files_match_the_announcement(
     assert set(model_card.baselines) == {"prior", "persistence", "logistic"}
     assert model_card.skill["log_loss_skill_vs_prior"] > 0
     assert sum(b["n"] for b in model_card.calibration) == model_card.metrics["n_rows"]
-    assert model_card.lineage["request_event_id"] == event.request_event_id
+    assert model_card.lineage["request_ref"] == request_ref(event.request_event_id, KEY)
+    assert event.request_event_id not in card.decode()  # only its keyed form
     assert model_card.metrics["f1"] == event.metrics["f1"] > 0.5
     assert "acme" not in card.decode()  # the slug never reaches the store
-    assert model_store.revision_messages(hashed) == [commit_message(request_for("acme"))]
+    assert model_store.revision_messages(hashed) == [commit_message(request_for("acme"), KEY)]
 
 
 def test_a_served_request_is_announced_again_never_retrained(store: StoreFixture) -> None:

@@ -8,12 +8,14 @@ import logging
 import os
 import secrets
 import shutil
+import stat
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 from kernel.errors import StoreError, StoreNotFound
+from kernel.limits import MAX_ARTIFACT_BYTES
 from kernel.store.paths import (
     _FILE_REVISION_RE,
     _MODEL_PATH_RE,
@@ -28,6 +30,10 @@ from kernel.store.paths import (
 from kernel.store.protocol import PublishedFiles
 
 logger = logging.getLogger(__name__)
+
+#: HEAD holds one revision id; meta.json a revision, its parent, a message <= 1000 chars.
+_MAX_HEAD_BYTES = 4096
+_MAX_META_BYTES = 64 * 1024
 
 
 class FileStore:
@@ -79,7 +85,7 @@ class FileStore:
         )
         return PublishedFiles(revision, paths)
 
-    def read(self, path: str, *, revision: str) -> bytes:
+    def read(self, path: str, *, revision: str, max_bytes: int = MAX_ARTIFACT_BYTES) -> bytes:
         _check_repo_path(path)
         _check_revision(revision)
         match = _MODEL_PATH_RE.fullmatch(path)
@@ -87,9 +93,11 @@ class FileStore:
             raise StoreNotFound(f"no {path} at revision {revision} in {self.uri}")
         version_dir = self.root / ".revisions" / match.group(1) / revision
         try:
+            if version_dir.is_symlink():
+                raise StoreError(f"refusing revision {revision}: it is a symbolic link")
             if not (version_dir / "meta.json").is_file():
                 raise FileNotFoundError(revision)
-            return (version_dir / Path(path).name).read_bytes()
+            return _read_regular(version_dir / Path(path).name, max_bytes, what=path)
         except FileNotFoundError as exc:
             raise StoreNotFound(f"no {path} at revision {revision} in {self.uri}") from exc
         except OSError as exc:
@@ -109,24 +117,68 @@ class FileStore:
             seen.add(revision)
             meta_path = self.root / ".revisions" / tenant_hash / revision / "meta.json"
             try:
-                meta = json.loads(meta_path.read_bytes())
-            except (OSError, ValueError) as exc:
-                raise StoreError(f"corrupt version history for {tenant_hash}") from exc
-            messages.append(str(meta["message"]))
+                meta = json.loads(_read_regular(meta_path, _MAX_META_BYTES, what="meta.json"))
+                messages.append(str(meta["message"]))
+            except (OSError, ValueError, TypeError, KeyError, StoreError) as exc:
+                raise StoreError(f"corrupt version history for {tenant_hash}: {exc}") from exc
             parent = meta.get("parent")
             revision = parent if isinstance(parent, str) else None
         return messages
 
     def _head(self, tenant_hash: str) -> str | None:
+        path = self.root / ".revisions" / tenant_hash / "HEAD"
         try:
-            head = (self.root / ".revisions" / tenant_hash / "HEAD").read_text("ascii").strip()
+            head = _read_regular(path, _MAX_HEAD_BYTES, what="HEAD").decode("ascii").strip()
         except FileNotFoundError:
             return None
-        except OSError as exc:
-            raise StoreError(f"could not read the head of {tenant_hash}: {exc.strerror}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StoreError(f"could not read the head of {tenant_hash}: {exc}") from exc
         if _FILE_REVISION_RE.fullmatch(head) is None:
             raise StoreError(f"corrupt HEAD for {tenant_hash} in {self.uri}")
         return head
+
+
+def _read_regular(path: Path, max_bytes: int, *, what: str) -> bytes:
+    """The bytes of the regular file at ``path``, refusing anything else or anything big.
+
+    A store writer could leave a symlink (to ``/dev/zero``, to a secret), a FIFO (an
+    open that blocks for ever) or a device where a file belongs, or a file too large to
+    hold: the open neither follows a final symlink nor waits on a FIFO, ``fstat`` on
+    the opened descriptor must say regular file, and at most ``max_bytes + 1`` bytes are
+    read, whatever the size says. Raises ``FileNotFoundError`` for a missing file and
+    :class:`StoreError` for a refused one.
+    """
+    if max_bytes < 0:
+        raise ValueError("max_bytes must be >= 0")
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if os.path.islink(path):
+            raise StoreError(f"refusing {what}: it is a symbolic link, not a file") from exc
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise StoreError(f"refusing {what}: not a regular file (mode {info.st_mode:o})")
+        if info.st_size > max_bytes:
+            raise StoreError(f"refusing {what}: {info.st_size} bytes, over {max_bytes}")
+        chunks: list[bytes] = []
+        left = max_bytes + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > max_bytes:
+            raise StoreError(f"refusing {what}: over {max_bytes} bytes (it grew while read)")
+        return data
+    finally:
+        os.close(fd)
 
 
 @contextmanager

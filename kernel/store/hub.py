@@ -24,6 +24,7 @@ from huggingface_hub.errors import (
 )
 
 from kernel.errors import StoreConflict, StoreError, StoreNotFound, StoreUnavailable
+from kernel.limits import MAX_ARTIFACT_BYTES
 from kernel.store.paths import (
     _PUBLISH_TRAILER,
     _RETRY_STATUSES,
@@ -119,21 +120,46 @@ class HubStore:
         )
         return PublishedFiles(revision, paths)
 
-    def read(self, path: str, *, revision: str) -> bytes:
+    def read(self, path: str, *, revision: str, max_bytes: int = MAX_ARTIFACT_BYTES) -> bytes:
         _check_repo_path(path)
         _check_revision(revision)
 
         def attempt() -> bytes:
             with tempfile.TemporaryDirectory(prefix="slaops-hub-") as tmp:
-                local = self._api.hf_hub_download(
+                cache_dir, local_dir = Path(tmp) / "cache", Path(tmp) / "files"
+                etag_timeout = self._timeout_s or 10.0
+                # The size from the file's metadata first: an oversized file is refused
+                # before a byte of it is downloaded.
+                info = self._api.hf_hub_download(
                     self._repo_id,
                     path,
                     revision=revision,
-                    cache_dir=Path(tmp) / "cache",
-                    local_dir=Path(tmp) / "files",
-                    etag_timeout=self._timeout_s or 10.0,
+                    cache_dir=cache_dir,
+                    local_dir=local_dir,
+                    etag_timeout=etag_timeout,
+                    dry_run=True,
                 )
-                return Path(local).read_bytes()
+                size = info.file_size
+                if not isinstance(size, int) or isinstance(size, bool):
+                    raise StoreError(f"refusing {path}: the hub did not say how large it is")
+                if size > max_bytes:
+                    raise StoreError(f"refusing {path}: {size} bytes, over {max_bytes}")
+                # huggingface_hub checks the body against that size; we check the file
+                # on disk again before reading it into memory.
+                local = Path(
+                    self._api.hf_hub_download(
+                        self._repo_id,
+                        path,
+                        revision=revision,
+                        cache_dir=cache_dir,
+                        local_dir=local_dir,
+                        etag_timeout=etag_timeout,
+                    )
+                )
+                on_disk = local.stat().st_size
+                if on_disk > max_bytes:
+                    raise StoreError(f"refusing {path}: {on_disk} bytes, over {max_bytes}")
+                return local.read_bytes()
 
         return self._retry("read", attempt)
 
@@ -230,6 +256,8 @@ def _translate(
         if cause is not None and (inner := _translate(cause, redact)) is not None:
             return inner
         return StoreError("hub download failed: the file metadata could not be fetched"), None
+    if isinstance(exc, httpx2.TooManyRedirects):
+        return StoreError(redact(f"hub redirected too many times: {exc}")), None
     if isinstance(exc, OfflineModeIsEnabled):
         return StoreError("huggingface_hub offline mode is enabled (HF_HUB_OFFLINE)"), None
     if isinstance(

@@ -36,9 +36,17 @@ class ModelStore(Protocol):
       after the retries), ``StoreError`` (permanent: permissions, a full disk);
       ``ValueError``/``TypeError`` for a malformed hash, kinds or message.
     * ``read``: ``StoreNotFound`` (no such path or revision), ``StoreUnavailable``,
-      ``StoreError`` (a refused path or revision, an I/O failure).
+      ``StoreError`` (a refused path or revision, an I/O failure, a file over
+      ``max_bytes``, a file store entry that is not a regular file).
     * ``latest`` and ``revision_messages``: ``StoreUnavailable``, ``StoreError``;
       a tenant with nothing published gives ``None`` and ``[]``, never an error.
+
+    Bounded: ``read`` holds at most ``max_bytes`` (default the loader's
+    ``MAX_ARTIFACT_BYTES``) of a file in memory; a larger one is refused, by its size
+    before it is read where the backend knows it (``FileStore``: ``fstat``;
+    ``HubStore``: the file's metadata, then the downloaded file before it is read).
+    ``FileStore`` opens only regular files: a symlink, FIFO or device is refused
+    without being followed, waited on or read.
 
     Never: follows a path outside ``sla_models/``, logs a token, or unpickles.
     """
@@ -49,7 +57,7 @@ class ModelStore(Protocol):
         self, tenant_hash: str, files: Mapping[str, bytes], *, message: str
     ) -> PublishedFiles: ...
 
-    def read(self, path: str, *, revision: str) -> bytes: ...
+    def read(self, path: str, *, revision: str, max_bytes: int = ...) -> bytes: ...
 
     def latest(self, tenant_hash: str) -> PublishedFiles | None: ...
 
