@@ -1,26 +1,27 @@
 """Follows `sla.models` and the retrain outcome topics in a background thread.
 
-It learns each tenant's newest model (from the beginning of the topic, so a restarted
-consumer knows every model), loads it through the safe loader off the ingest path, and
-hands the result to the main loop, which swaps it in between two batches. Failures and
-kept champions only answer a tenant's request, so the tenant may ask again.
+Built on `kernel.model_follower.ModelFollower`: an announcement is only a hint, the
+store decides each tenant's newest model (revision and version), so a forged event
+cannot roll a tenant back or pin it, also after a restart. Loaded models go to the
+main loop, which swaps them in between two batches; failures and kept champions only
+answer a tenant's request, so the tenant may ask again. Every error of one record is
+caught; a dead or stuck follower is logged and restarted (`ensure_running`), and
+`health()` says how it is doing.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 from pydantic import ValidationError
 
-from consumer.live_model import LiveModel, ModelRefused
-from kernel.kafka import make_reader
-from schemas import ChampionKept, ModelPublished, RetrainFailed
+from consumer.live_model import LiveModel
+from kernel.model_follower import ModelAuthority, Outcome
+from kernel.model_follower import ModelFollower as StoreFollower
+from schemas import ChampionKept, RetrainFailed
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +36,11 @@ class Answer:
 
 
 class ModelFollower:
-    """Learns each tenant's newest model and the answers to its requests, in a thread.
+    """Each tenant's newest store-verified model and the answers to its requests, in a thread.
 
     Reads the models, failures and decisions topics from the beginning; `caught_up`
-    is set once it has read to their ends. Loads models through the given loader
-    (which verifies sha256s) off the ingest path and hands them over via `drain`. An
-    announcement no newer than the version it holds only answers the request, so an
-    old event never rolls a tenant back; a model the loader refuses is counted in
-    `refused` and the previous one kept. Never touches the ingest consumer.
+    is set once it has read to their ends. Models load off the ingest path and are
+    handed over via `drain`. Never touches the ingest consumer.
     """
 
     def __init__(
@@ -52,106 +50,88 @@ class ModelFollower:
         models_topic: str,
         failures_topic: str,
         decisions_topic: str,
-        load: Callable[[ModelPublished], LiveModel],
+        authority: ModelAuthority,
         idle_s: float = 1.0,
+        min_lookup_interval_s: float = 1.0,
+        stall_s: float = 300.0,
     ) -> None:
-        self._config = client_config
-        self._models_topic = models_topic
-        self._outcomes: dict[str, type[RetrainFailed] | type[ChampionKept]] = {
-            failures_topic: RetrainFailed,
-            decisions_topic: ChampionKept,
-        }
-        self._load = load
-        self._idle_s = idle_s
         self._lock = threading.Lock()
         self._inbox: list[Answer] = []
-        self._versions: dict[str, int] = {}
-        self._stop = threading.Event()
-        self.caught_up = threading.Event()
-        self.refused = 0
-        self.loaded = 0
-        self._thread = threading.Thread(target=self._run, name="model-follower", daemon=True)
+        self.inner = StoreFollower(
+            client_config=client_config,
+            models_topic=models_topic,
+            authority=authority,
+            extra_topics={
+                failures_topic: lambda value: self._on_outcome(RetrainFailed, value),
+                decisions_topic: lambda value: self._on_outcome(ChampionKept, value),
+            },
+            on_outcome=self._on_model,
+            reader_name="slaops-consumer-model-follower",
+            idle_s=idle_s,
+            min_lookup_interval_s=min_lookup_interval_s,
+            stall_s=stall_s,
+        )
+        self.caught_up = self.inner.caught_up
+        self._models_topic = models_topic
+
+    @property
+    def loaded(self) -> int:
+        return self.inner.loaded
+
+    @property
+    def refused(self) -> int:
+        return self.inner.refused
+
+    @property
+    def alive(self) -> bool:
+        return self.inner.alive
+
+    def health(self) -> dict[str, Any]:
+        return self.inner.health()
 
     def start(self) -> None:
-        self._thread.start()
+        self.inner.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
+        self.inner.stop()
+
+    def ensure_running(self) -> bool:
+        return self.inner.ensure_running()
 
     def drain(self) -> list[Answer]:
         with self._lock:
             answers, self._inbox = self._inbox, []
         return answers
 
-    def _run(self) -> None:
-        consumer = make_reader(self._config, "slaops-consumer-model-follower")
-        try:
-            topics = [self._models_topic, *self._outcomes]
-            metadata = consumer.list_topics(timeout=30)
-            consumer.assign(
-                [
-                    TopicPartition(topic, partition, OFFSET_BEGINNING)
-                    for topic in topics
-                    if topic in metadata.topics
-                    for partition in metadata.topics[topic].partitions
-                ]
-            )
-            last_message = time.monotonic()
-            while not self._stop.is_set():
-                messages = consumer.consume(500, 0.2)
-                if messages:
-                    last_message = time.monotonic()
-                elif time.monotonic() - last_message > self._idle_s:
-                    self.caught_up.set()
-                for message in messages:
-                    if message.error() is None:
-                        self._handle(message.topic() or "", message.value() or b"")
-        except KafkaException as exc:
-            log.error("model follower stopped: %s", exc)
-        finally:
-            consumer.close()
-            self.caught_up.set()
-
     def _handle(self, topic: str, value: bytes) -> None:
+        """One record, looked at right away (the thread batches its store lookups)."""
+        self.inner.handle(topic, value)
+
+    def _on_outcome(self, kind: type[RetrainFailed] | type[ChampionKept], value: bytes) -> None:
         try:
-            if topic == self._models_topic:
-                self._on_model(ModelPublished.model_validate_json(value))
-                return
-            outcome = self._outcomes[topic].model_validate_json(value)
+            outcome = kind.model_validate_json(value)
         except ValidationError as exc:
-            log.warning("ignoring an unreadable record on %s: %s", topic, str(exc)[:200])
+            log.warning("ignoring an unreadable retrain outcome: %s", str(exc)[:200])
             return
         if outcome.tenant is not None and outcome.request_event_id is not None:
             self._post(Answer(outcome.tenant, outcome.request_event_id))
 
-    def _on_model(self, event: ModelPublished) -> None:
-        answered = Answer(event.tenant, event.request_event_id)
-        if self._versions.get(event.tenant, 0) >= event.model_version:
-            self._post(answered)
-            return
-        try:
-            model = self._load(event)
-        except ModelRefused as exc:
-            self.refused += 1
-            log.warning(
-                "refused model tenant=%s version=%d revision=%r: %s; keeping the previous one",
-                event.tenant,
-                event.model_version,
-                event.revision,
-                exc,
+    def _on_model(self, outcome: Outcome) -> None:
+        model = outcome.model
+        answers = [Answer(hint.tenant, hint.request_event_id) for hint in outcome.hints]
+        if model is not None:
+            # The model goes with the announcement of its own revision when there is one.
+            chosen = next(
+                (i for i, h in enumerate(outcome.hints) if h.revision == model.revision),
+                len(answers) - 1,
             )
-            self._post(answered)
-            return
-        self.loaded += 1
-        self._versions[event.tenant] = event.model_version
-        log.info(
-            "loaded model tenant=%s version=%d revision=%s",
-            event.tenant,
-            event.model_version,
-            event.revision,
-        )
-        self._post(Answer(event.tenant, event.request_event_id, model))
+            answers[chosen] = Answer(
+                model.tenant,
+                answers[chosen].request_event_id,
+                LiveModel.from_verified(model, answers[chosen].request_event_id),
+            )
+        for answer in answers:
+            self._post(answer)
 
     def _post(self, answer: Answer) -> None:
         with self._lock:

@@ -1,37 +1,34 @@
 """Live models in the consumer: what a `ModelPublished` may make us load, and how.
 
-An announcement is input like any other, so it is checked before anything is read:
-it must name our store, the tenant's own HMAC path, and hashes that the downloaded
-bytes match. Weights load through the one safe loader (safetensors only here), so an
-announcement can never make the consumer unpickle anything.
+An announcement is input like any other and only a hint: it must name our store and
+the tenant's own HMAC path before the store is asked anything, and the store, not the
+event, decides which revision is the tenant's newest (`kernel.model_follower`).
+Weights load through the one safe loader (safetensors only here), so an announcement
+can never make the consumer unpickle anything.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 from dataclasses import dataclass
 
 import numpy as np
 from pydantic import SecretStr
 
-from kernel.artifacts import ArtifactError, ModelCard, load_model, predict_proba, sha256_hex
-from kernel.errors import SlaopsError
+from kernel.artifacts import ModelCard, predict_proba
 from kernel.features import FeatureSpec
 from kernel.mlp import SlaMLP
-from kernel.store import ModelStore, StoreError, model_paths
-from kernel.tenant_hash import tenant_hash
+from kernel.model_follower import ModelAuthority, ModelRefused, VerifiedModel
+from kernel.store import ModelStore
 from schemas import ModelPublished
+
+__all__ = ["Events", "LiveModel", "ModelRefused", "load_live_model"]
 
 log = logging.getLogger(__name__)
 
 
 #: A tenant's events as columns: epoch-second ts (n,), metrics (n, 6), breach labels (n,).
 Events = tuple[np.ndarray, np.ndarray, np.ndarray]
-
-
-class ModelRefused(SlaopsError):
-    """An announced model that the consumer will not load; the message says why."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,6 +39,18 @@ class LiveModel:
     request_event_id: str
     module: SlaMLP
     card: ModelCard
+
+    @classmethod
+    def from_verified(cls, model: VerifiedModel, request_event_id: str) -> LiveModel:
+        """The consumer's view of a store-verified model; its version is the store's count."""
+        return cls(
+            tenant=model.tenant,
+            revision=model.revision,
+            version=model.version,
+            request_event_id=request_event_id,
+            module=model.module,
+            card=model.card,
+        )
 
     @property
     def threshold(self) -> float:
@@ -94,32 +103,21 @@ class LiveModel:
 def load_live_model(
     event: ModelPublished, *, store: ModelStore, store_uri: str, tenant_key: SecretStr
 ) -> LiveModel:
-    """Check an announcement and load its model, or raise `ModelRefused`."""
-    if event.store_uri != store_uri:
-        raise ModelRefused(f"names store {event.store_uri!r}, not ours")
-    expected_hash = tenant_hash(event.tenant, tenant_key)
-    if not hmac.compare_digest(event.tenant_hash, expected_hash):
-        raise ModelRefused("tenant_hash is not this tenant's")
-    expected_paths = model_paths(expected_hash)
-    if dict(event.paths) != expected_paths:
-        raise ModelRefused("paths are not this tenant's model paths")
-    try:
-        card_bytes = store.read(expected_paths["card"], revision=event.revision)
-        if sha256_hex(card_bytes) != event.sha256.get("card"):
-            raise ModelRefused("card does not match its announced sha256")
-        weights = store.read(expected_paths["safetensors"], revision=event.revision)
-        if sha256_hex(weights) != event.sha256.get("safetensors"):
-            raise ModelRefused("weights do not match their announced sha256")
-        module, card = load_model(card_bytes, weights, "safetensors")
-    except (StoreError, ArtifactError, ValueError) as exc:
-        if isinstance(exc, ModelRefused):
-            raise
-        raise ModelRefused(f"cannot load revision {event.revision!r}: {exc}") from exc
-    return LiveModel(
-        tenant=event.tenant,
-        revision=event.revision,
-        version=event.model_version,
-        request_event_id=event.request_event_id,
-        module=module,
-        card=card,
-    )
+    """The store's newest model of the announced tenant, or raise `ModelRefused`.
+
+    The announcement is only a hint: it must pass the cheap checks (our store, the
+    tenant's own HMAC hash and paths); the store's newest revision is read and verified
+    against the store's card and the announced sha256s, and refused unless it is the
+    announced revision. (The follower instead loads the store's newest whatever
+    revision the hint names.)
+    """
+    authority = ModelAuthority(store, store_uri, tenant_key)
+    authority.check(event)
+    verified = authority.newest(event.tenant, announced=event)
+    if verified is None:  # pragma: no cover - newest() refuses an announced empty tenant
+        raise ModelRefused("the store holds no version of this tenant")
+    if verified.revision != event.revision:
+        raise ModelRefused(
+            f"revision {event.revision!r} is not the store's newest ({verified.revision})"
+        )
+    return LiveModel.from_verified(verified, event.request_event_id)

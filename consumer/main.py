@@ -7,9 +7,7 @@ service object. Start-up itself (broker, topics, signals) is the application's r
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import torch
@@ -18,7 +16,6 @@ from consumer.checkpoint import CheckpointLog
 from consumer.core import CoreConfig, IngestCore
 from consumer.detectors import DriftConfig
 from consumer.follower import ModelFollower
-from consumer.live_model import LiveModel, load_live_model
 from consumer.performance import PerformanceConfig
 from consumer.service import ConsumerService
 from consumer.settings import ConsumerSettings
@@ -30,7 +27,7 @@ from kernel.kafka import (
     make_producer,
     slaops_topics,
 )
-from schemas import ModelPublished
+from kernel.model_follower import ModelAuthority
 
 
 def core_config(settings: ConsumerSettings) -> CoreConfig:
@@ -63,8 +60,8 @@ class ConsumerParts:
     """What start-up builds from the settings once, before any connection."""
 
     core: CoreConfig
-    #: Loads an announced model from the store (opened once); None: models not followed.
-    load: Callable[[ModelPublished], LiveModel] | None
+    #: The store (opened once) that decides each tenant's newest model; None: not followed.
+    models: ModelAuthority | None
 
 
 def prepare(settings: ConsumerSettings) -> ConsumerParts:
@@ -74,8 +71,7 @@ def prepare(settings: ConsumerSettings) -> ConsumerParts:
         return ConsumerParts(core, None)
     key = settings.tenant_secret()
     store = settings.open_model_store()
-    load = partial(load_live_model, store=store, store_uri=settings.store_uri(), tenant_key=key)
-    return ConsumerParts(core, load)
+    return ConsumerParts(core, ModelAuthority(store, settings.store_uri(), key))
 
 
 def topic_specs(settings: ConsumerSettings) -> list[TopicSpec]:
@@ -116,13 +112,13 @@ def build_service(
         reader_config=base_config(settings),
     )
     follower = None
-    if parts.load is not None:
+    if parts.models is not None:
         follower = ModelFollower(
             client_config=base_config(settings),
             models_topic=settings.models_topic,
             failures_topic=settings.failures_topic,
             decisions_topic=settings.decisions_topic,
-            load=parts.load,
+            authority=parts.models,
         )
     return ConsumerService(
         core=IngestCore(parts.core),

@@ -130,6 +130,7 @@ class ConsumerService:
         """Swap in models the follower loaded and free the gates of answered requests."""
         if self._follower is None:
             return
+        self._follower.ensure_running()  # a dead or stuck follower is logged and restarted
         for answer in self._follower.drain():
             if answer.model is not None:
                 self.core.apply_model(answer.model)

@@ -10,6 +10,7 @@ could write to, so every file they name is planted for real.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -19,7 +20,6 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import pytest
@@ -30,9 +30,11 @@ from consumer.core import IngestCore
 from consumer.follower import ModelFollower
 from consumer.live_model import LiveModel, ModelRefused, load_live_model
 from consumer.settings import ConsumerSettings
+from kernel import model_follower as kernel_follower
 from kernel.artifacts import load_model, sha256_hex
 from kernel.errors import ConfigError
 from kernel.kafka import base_config
+from kernel.model_follower import ModelAuthority
 from kernel.settings import load_settings
 from kernel.store import FileStore, ModelStore, PublishedFiles, model_paths, open_store
 from kernel.tenant_hash import tenant_hash
@@ -51,12 +53,13 @@ GLOBEX = tenant_hash("globex", KEY)
 
 
 class SpyStore:
-    """The consumer's store, recording every read it is asked for."""
+    """The consumer's store, recording every read and every listing it is asked for."""
 
     def __init__(self, inner: ModelStore) -> None:
         self.inner = inner
         self.uri = inner.uri
         self.reads: list[tuple[str, str]] = []
+        self.listings = 0
 
     def read(self, path: str, *, revision: str) -> bytes:
         self.reads.append((path, revision))
@@ -68,9 +71,11 @@ class SpyStore:
         return self.inner.publish(tenant_hash, files, message=message)
 
     def latest(self, tenant_hash: str) -> PublishedFiles | None:
+        self.listings += 1
         return self.inner.latest(tenant_hash)
 
     def revision_messages(self, tenant_hash: str) -> list[str]:
+        self.listings += 1
         return self.inner.revision_messages(tenant_hash)
 
 
@@ -107,6 +112,13 @@ class Scene:
             else:
                 self.core.resolve(answer.tenant, answer.request_event_id)
 
+    def publish_genuine(self) -> ModelPublished:
+        """Publish the real model again as acme's next version; announce it faithfully."""
+        return self.plant(self.legit, model_version=len(self.store.revision_messages(ACME)) + 1)
+
+    def versions(self) -> int:
+        return len(self.store.revision_messages(ACME))
+
     def forecast_revisions(self, start: int) -> set[str]:
         batch = messages(7, 150.0, 50, start=start)
         return {
@@ -128,13 +140,7 @@ def scene(
     landed = store.publish(ACME, legit, message="v1")
     v1 = event.model_copy(update={"store_uri": uri, "revision": landed.revision})
     spy = SpyStore(store)
-    follower = ModelFollower(
-        client_config={},  # never started: records are handed to it directly
-        models_topic=MODELS_TOPIC,
-        failures_topic="sla.retrain.failures",
-        decisions_topic="sla.retrain.decisions",
-        load=partial(load_live_model, store=spy, store_uri=uri, tenant_key=KEY),
-    )
+    follower = new_follower(spy, uri)
     limit = 2 * max(len(data) for data in legit.values())
     assert load_model.__kwdefaults__ is not None
     monkeypatch.setitem(load_model.__kwdefaults__, "max_bytes", limit)
@@ -157,8 +163,20 @@ def scene(
     assert scene.follower.loaded == 1
     assert scene.forecast_revisions(0) == {v1.revision}
     spy.reads.clear()
+    spy.listings = 0
     yield scene
     assert not scene.marker.exists(), "a pickle payload ran"
+
+
+def new_follower(store: ModelStore, uri: str) -> ModelFollower:
+    return ModelFollower(
+        client_config={},  # never started: records are handed to it directly
+        models_topic=MODELS_TOPIC,
+        failures_topic="sla.retrain.failures",
+        decisions_topic="sla.retrain.decisions",
+        authority=ModelAuthority(store, uri, KEY),
+        min_lookup_interval_s=0.0,
+    )
 
 
 def edited_card(card: bytes, **changes: Any) -> bytes:
@@ -280,8 +298,13 @@ CASES: dict[str, tuple[Case, str, bool]] = {
     ),
     "revision-traversal": (
         lambda s: s.v1.model_copy(update={"revision": "../../../../etc", "model_version": 2}),
-        "cannot load revision",
-        True,  # handed to the store, which refuses it before touching the disk
+        "is not the store's newest",
+        True,  # load_live_model reads the store's newest; the follower reads nothing
+    ),
+    "revision-not-in-the-store": (
+        lambda s: s.v1.model_copy(update={"revision": "ab" * 20, "model_version": 2**62}),
+        "is not the store's newest",
+        True,
     ),
     "pt-only-announcement": (_pt_only, "paths", False),
     "pickle-in-both-slots-card-names-pt-only": (
@@ -325,26 +348,31 @@ def test_a_hostile_announcement_is_refused_logged_and_the_tenant_keeps_its_model
     with pytest.raises(ModelRefused, match=reason):
         load_live_model(hostile, store=scene.spy, store_uri=scene.v1.store_uri, tenant_key=KEY)
     if not may_read:
-        assert scene.spy.reads == [], "refused only after reading the store"
+        assert scene.spy.reads == [] and scene.spy.listings == 0, "refused after asking the store"
+    scene.spy.reads.clear()
 
-    with caplog.at_level(logging.WARNING, logger="consumer.follower"):
+    with caplog.at_level(logging.WARNING, logger="kernel.model_follower"):
         scene.announce(hostile)
     assert scene.follower.refused == 1 and scene.follower.loaded == 1
-    (record,) = [r for r in caplog.records if r.name == "consumer.follower"]
+    (record,) = [r for r in caplog.records if r.name == "kernel.model_follower"]
     assert record.levelno == logging.WARNING
-    assert f"refused model tenant={hostile.tenant} version=2" in record.getMessage()
+    assert f"refused model tenant={hostile.tenant!r}" in record.getMessage()
     assert "keeping the previous one" in record.getMessage()
     assert re.search(reason, record.getMessage())
+    if hostile.revision in (scene.v1.revision, "ab" * 20, "../../../../etc"):
+        assert scene.spy.reads == [], "the store's newest is live: nothing to read"
 
     for tenant, model in previous.items():
         assert scene.core.model(tenant) is model
     assert scene.forecast_revisions(50) == {scene.v1.revision}
 
-    # The refusal poisons nothing: the next genuine version still loads and takes over.
-    v3 = scene.v1.model_copy(update={"model_version": 3})
-    scene.announce(v3)
+    # The refusal poisons nothing: the next genuine version still loads and takes over,
+    # with the store's count of versions as its version.
+    genuine = scene.publish_genuine()
+    scene.announce(genuine)
     current = scene.core.model("acme")
-    assert isinstance(current, LiveModel) and current.version == 3
+    assert isinstance(current, LiveModel)
+    assert (current.revision, current.version) == (genuine.revision, scene.versions())
 
 
 def test_an_announcement_cannot_forge_log_lines(
@@ -355,9 +383,9 @@ def test_an_announcement_cannot_forge_log_lines(
     with pytest.raises(ModelRefused) as refused:
         load_live_model(hostile, store=scene.spy, store_uri=scene.v1.store_uri, tenant_key=KEY)
     assert "\n" not in str(refused.value)
-    with caplog.at_level(logging.WARNING, logger="consumer.follower"):
+    with caplog.at_level(logging.WARNING, logger="kernel.model_follower"):
         scene.announce(hostile)
-    (record,) = [r for r in caplog.records if r.name == "consumer.follower"]
+    (record,) = [r for r in caplog.records if r.name == "kernel.model_follower"]
     assert "\n" not in record.getMessage() and "refused model" in record.getMessage()
     current = scene.core.model("acme")
     assert isinstance(current, LiveModel) and current.version == 1
@@ -375,10 +403,144 @@ def test_safetensors_is_the_only_deserialiser_the_consumer_uses(
         return real(data)
 
     monkeypatch.setattr(safetensors.torch, "load", counting)
-    scene.announce(scene.v1.model_copy(update={"model_version": 2}))
+    scene.announce(scene.publish_genuine())
     assert calls == [len(scene.legit["safetensors"])]
     current = scene.core.model("acme")
     assert isinstance(current, LiveModel) and current.version == 2
+
+
+def test_a_forged_old_revision_with_a_huge_version_neither_rolls_back_nor_pins(
+    scene: Scene, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 11 item 1: the store, not the event, decides the revision and the version."""
+    v2 = scene.publish_genuine()
+    scene.announce(v2)
+    assert scene.core.model("acme").revision == v2.revision  # type: ignore[union-attr]
+    scene.spy.reads.clear()
+    lookups = scene.follower.inner.lookups
+
+    forged = scene.v1.model_copy(update={"model_version": 2**62})  # the OLD revision
+    with caplog.at_level(logging.WARNING, logger="kernel.model_follower"):
+        for _ in range(50):
+            scene.announce(forged)
+    live = scene.core.model("acme")
+    assert isinstance(live, LiveModel) and (live.revision, live.version) == (v2.revision, 2)
+    assert "is not the store's newest" in caplog.records[0].getMessage()
+    assert scene.forecast_revisions(50) == {v2.revision}
+    assert scene.spy.reads == [], "an old revision is never read"
+    assert scene.follower.inner.lookups == lookups + 1, "a judged revision costs no lookup"
+
+    v3 = scene.publish_genuine()  # later genuine versions still load
+    scene.announce(v3)
+    live = scene.core.model("acme")
+    assert isinstance(live, LiveModel) and (live.revision, live.version) == (v3.revision, 3)
+
+    # A restart: a fresh follower and core re-read the same records, the forged ones
+    # last, and land on the store's newest; so does one that read only the forgery.
+    for history in ([scene.v1, v2, v3, *[forged] * 5], [forged]):
+        fresh = new_follower(scene.spy, scene.v1.store_uri)
+        restarted = dataclasses.replace(
+            scene, follower=fresh, core=core_with(None, publish_forecasts=True)
+        )
+        for event in history:
+            restarted.announce(event)
+        live = restarted.core.model("acme")
+        assert isinstance(live, LiveModel) and (live.revision, live.version) == (v3.revision, 3)
+        assert restarted.forecast_revisions(100) == {v3.revision}
+
+
+def test_the_store_moving_back_is_not_followed(scene: Scene) -> None:
+    """Never an older revision than the live one, even if the store's head is rewound."""
+    v2 = scene.publish_genuine()
+    scene.announce(v2)
+    head = scene.store.root / ".revisions" / ACME / "HEAD"
+    head.write_text(f"{scene.v1.revision}\n")  # a hostile store writer rewinds the head
+    scene.announce(scene.v1.model_copy(update={"model_version": 2**62}))
+    assert scene.follower.refused == 1
+    assert scene.follower.inner.model("acme").revision == v2.revision  # type: ignore[union-attr]
+    live = scene.core.model("acme")
+    assert isinstance(live, LiveModel) and live.revision == v2.revision
+
+
+def test_a_record_that_makes_the_loader_raise_unexpectedly_does_not_stop_the_follower(
+    scene: Scene, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def explode(*args: object, **kwargs: object) -> None:
+        raise RecursionError("a hostile store made the loader blow up")
+
+    monkeypatch.setattr(kernel_follower, "load_model", explode)
+    with caplog.at_level(logging.ERROR, logger="kernel.model_follower"):
+        scene.announce(scene.publish_genuine())  # would have killed the thread before
+    assert scene.follower.inner.record_errors == 1
+    assert "RecursionError" in scene.follower.health()["last_error"]
+    assert any("failed" in r.getMessage() for r in caplog.records)
+    live = scene.core.model("acme")
+    assert isinstance(live, LiveModel) and live.revision == scene.v1.revision
+
+    monkeypatch.undo()
+    genuine = scene.publish_genuine()
+    scene.announce(genuine)
+    live = scene.core.model("acme")
+    assert isinstance(live, LiveModel) and live.revision == genuine.revision
+
+
+class _StuckReader:
+    """A Kafka reader whose first failure is at start-up, then hangs in `consume`."""
+
+    calls = 0
+
+    def __init__(self, release: Any) -> None:
+        self.release = release
+
+    def list_topics(self, timeout: float) -> Any:
+        _StuckReader.calls += 1
+        if _StuckReader.calls == 1:
+            raise MemoryError("a card that is an endless device")
+        return type("Meta", (), {"topics": {}})()
+
+    def assign(self, partitions: list[Any]) -> None:
+        pass
+
+    def consume(self, n: int, timeout: float) -> list[Any]:
+        self.release.wait(30)
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_dead_or_stuck_follower_is_visible_and_restarted(
+    scene: Scene, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time
+
+    release = threading.Event()
+    monkeypatch.setattr(kernel_follower, "make_reader", lambda *a, **k: _StuckReader(release))
+    now = [0.0]
+    follower = kernel_follower.ModelFollower(
+        client_config={},
+        models_topic=MODELS_TOPIC,
+        authority=ModelAuthority(scene.spy, scene.v1.store_uri, KEY),
+        restart_s=0.01,
+        stall_s=60.0,
+        clock=lambda: now[0],
+    )
+    try:
+        follower.start()
+        deadline = time.monotonic() + 10
+        while follower.restarts < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert follower.restarts == 1 and follower.alive  # failed, logged, restarted
+        assert "MemoryError" in follower.health()["last_error"]
+        assert not follower.ensure_running()  # healthy: nothing to do
+        now[0] = 61.0  # the thread hangs in consume: no progress for over stall_s
+        assert follower.health()["stalled"]
+        assert follower.ensure_running() and follower.restarts == 2
+        assert follower.alive and not follower.health()["stalled"]
+    finally:
+        follower.stop()
+        release.set()
 
 
 # --- hostile settings ------------------------------------------------------------------

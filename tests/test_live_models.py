@@ -76,7 +76,8 @@ def test_an_announced_model_loads_and_forecasts_like_its_card_says(published) ->
         ({"tenant": "globex"}, "not this tenant's"),
         ({"paths": {"safetensors": "../../etc/passwd", "pt": "x", "card": "y"}}, "paths"),
         ({"sha256": {"safetensors": "0" * 64, "pt": "0" * 64, "card": "0" * 64}}, "sha256"),
-        ({"revision": "0" * 40}, "cannot load"),
+        ({"revision": "0" * 40}, "is not the store's newest"),
+        ({"revision": "0" * 40, "model_version": 2**62}, "is not the store's newest"),
     ],
 )
 def test_hostile_announcements_are_refused(published, changes: dict, reason: str) -> None:  # type: ignore[no-untyped-def]
@@ -225,16 +226,29 @@ def test_the_readme_loading_snippets_give_the_live_models_probabilities(publishe
 
     with_slaops = {
         "message_value": event.model_dump_json().encode(),
+        "STORE_URI": _uri,  # the consumer's configured store, never the event's
+        "TENANT_KEY": KEY,
         "ts": events.ts,
         "metrics": events.features,
         "breached": events.labels,
     }
     exec(compile(readme_snippet("load-with-slaops"), "README", "exec"), with_slaops)  # noqa: S102
     np.testing.assert_allclose(with_slaops["proba"], expected, rtol=1e-6, atol=1e-7)
+    assert with_slaops["model"].revision == event.revision
 
+    # A forged announcement of another (old, or unknown) revision with a huge version
+    # changes nothing: the snippet asks the store, whose newest is still `event`.
+    forged = event.model_copy(update={"revision": "0" * 40, "model_version": 2**62})
+    again = {**with_slaops, "message_value": forged.model_dump_json().encode()}
+    exec(compile(readme_snippet("load-with-slaops"), "README", "exec"), again)  # noqa: S102
+    assert again["model"].revision == event.revision
+    np.testing.assert_allclose(again["proba"], expected, rtol=1e-6, atol=1e-7)
+
+    head = store.latest(tenant_hash("acme", KEY))
+    assert head is not None and head.revision == event.revision
     plain = {
-        "card_bytes": store.read(event.paths["card"], revision=event.revision),
-        "weights_bytes": store.read(event.paths["safetensors"], revision=event.revision),
+        "card_bytes": store.read(head.paths["card"], revision=head.revision),
+        "weights_bytes": store.read(head.paths["safetensors"], revision=head.revision),
         "rows": rows,
     }
     exec(compile(readme_snippet("load-without-slaops"), "README", "exec"), plain)  # noqa: S102

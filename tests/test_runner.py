@@ -77,7 +77,7 @@ def test_start_up_opens_the_store_once_and_hands_it_to_the_service(
         assert run_retrainer(RetrainerSettings(**common), threading.Event()) == 0
     assert len(opened) == 1, "the store was opened more than once"
     (parts,) = handed
-    store = parts.store if service == "retrain" else parts.load.keywords["store"]
+    store = parts.store if service == "retrain" else parts.models.store
     assert store is opened[0]
     assert created, "no topics were created"
 

@@ -1,0 +1,448 @@
+"""Each tenant's newest verified model, the store deciding: the public API for downstream.
+
+A ``ModelPublished`` on ``sla.models`` is only a hint that a tenant may have a new
+version. Whoever follows the topic (the consumer, or any downstream service) asks the
+store, never the event, which version is newest:
+
+* the revision is the store's newest for the tenant (``ModelStore.latest``), the
+  version its count of that tenant's versions (``revision_messages``);
+* the files are read at that revision and verified against the card read from the
+  store (the loader checks the weights' sha256 against the card), and, when the event
+  names that same revision, against the event's sha256s too;
+* an event naming any other revision (an old one, or one the store never had) changes
+  nothing: a forged announcement cannot roll a tenant back or pin it, and neither can
+  replaying the topic after a restart.
+
+Forged events cost little: an announcement whose cheap checks fail (store, tenant
+HMAC, paths) never reaches the store; one naming the live revision, or a revision
+already judged, is skipped; the rest only mark the tenant, and the store is asked at
+most once per tenant per ``min_lookup_interval_s`` (and once per batch).
+
+Use it::
+
+    follower = ModelFollower(
+        client_config=base_config(settings), models_topic="sla.models",
+        authority=ModelAuthority(store, store_uri, tenant_key),
+    )
+    follower.start()
+    model = follower.model("acme")   # a VerifiedModel, or None
+    follower.ensure_running()        # from your own loop: restarts a dead/stuck thread
+
+or, one tenant at a time without Kafka, :meth:`ModelAuthority.newest`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from pydantic import SecretStr, ValidationError
+
+from kernel.artifacts import ArtifactError, ModelCard, load_model, sha256_hex
+from kernel.errors import SlaopsError, StoreError
+from kernel.kafka import make_reader
+from kernel.mlp import SlaMLP
+from kernel.store import ModelStore, model_paths
+from kernel.tenant_hash import tenant_hash
+from schemas import ModelPublished
+
+log = logging.getLogger(__name__)
+
+#: Revisions remembered per tenant as already judged (not the store's newest, or refused).
+_JUDGED_KEPT = 64
+
+
+class ModelRefused(SlaopsError):
+    """An announced model that will not be loaded; the message says why (one line)."""
+
+
+@dataclass(frozen=True, eq=False)
+class VerifiedModel:
+    """A tenant's model as the store has it: its newest revision, verified, loaded."""
+
+    tenant: str
+    tenant_hash: str
+    revision: str
+    #: The store's count of this tenant's versions (1 = the first).
+    version: int
+    module: SlaMLP
+    card: ModelCard
+
+
+@dataclass(frozen=True)
+class ModelAuthority:
+    """The store as the one authority on each tenant's newest model."""
+
+    store: ModelStore
+    store_uri: str
+    tenant_key: SecretStr
+
+    def check(self, event: ModelPublished) -> str:
+        """Cheap checks of an announcement, without touching the store: its tenant hash.
+
+        Raises `ModelRefused` when it names another store, another tenant's hash, or
+        paths that are not the tenant's own.
+        """
+        if event.store_uri != self.store_uri:
+            raise ModelRefused(f"names store {event.store_uri!r}, not ours")
+        expected = tenant_hash(event.tenant, self.tenant_key)
+        if not hmac.compare_digest(event.tenant_hash, expected):
+            raise ModelRefused("tenant_hash is not this tenant's")
+        if dict(event.paths) != model_paths(expected):
+            raise ModelRefused("paths are not this tenant's model paths")
+        return expected
+
+    def newest(
+        self,
+        tenant: str,
+        *,
+        announced: ModelPublished | None = None,
+        live_revision: str | None = None,
+    ) -> VerifiedModel | None:
+        """The store's newest version of `tenant`, verified and loaded.
+
+        None when the store holds nothing for the tenant (and nothing was announced)
+        or its newest is `live_revision` already (nothing is read then). Raises
+        `ModelRefused` when the announcement is not the store's newest, or the newest
+        fails verification; the reason is one line.
+        """
+        thash = tenant_hash(tenant, self.tenant_key)
+        paths = model_paths(thash)
+        head = None
+        try:
+            head = self.store.latest(thash)
+            if head is None:
+                if announced is None:
+                    return None
+                raise ModelRefused(
+                    f"revision {announced.revision!r} is not in the store: "
+                    "it holds no version of this tenant"
+                )
+            if head.revision == live_revision:
+                if announced is not None and announced.revision != head.revision:
+                    raise ModelRefused(
+                        f"revision {announced.revision!r} is not the store's newest "
+                        f"({head.revision}, live already)"
+                    )
+                return None
+            version = len(self.store.revision_messages(thash))
+            card_bytes = self.store.read(paths["card"], revision=head.revision)
+            if announced is not None and announced.revision == head.revision:
+                if sha256_hex(card_bytes) != announced.sha256.get("card"):
+                    raise ModelRefused("card does not match its announced sha256")
+            weights = self.store.read(paths["safetensors"], revision=head.revision)
+            if announced is not None and announced.revision == head.revision:
+                if sha256_hex(weights) != announced.sha256.get("safetensors"):
+                    raise ModelRefused("weights do not match their announced sha256")
+            module, card = load_model(card_bytes, weights, "safetensors")
+        except ModelRefused:
+            raise
+        except (StoreError, ArtifactError, ValueError) as exc:
+            named = head.revision if head is not None else "newest"
+            detail = " ".join(str(exc).split())[:300]
+            raise ModelRefused(f"cannot load revision {named!r}: {detail}") from exc
+        return VerifiedModel(tenant, thash, head.revision, max(version, 1), module, card)
+
+
+@dataclass
+class Outcome:
+    """What one look at the store gave for a tenant: a new model, or why not."""
+
+    tenant: str
+    hints: list[ModelPublished]
+    model: VerifiedModel | None = None
+    refused: str | None = None
+
+
+@dataclass
+class _Tenant:
+    live: VerifiedModel | None = None
+    hints: list[ModelPublished] = field(default_factory=list)
+    judged: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    next_lookup: float = 0.0
+
+
+class ModelFollower:
+    """Follows `models_topic` in a thread; each tenant's newest verified model, store-decided.
+
+    Reads the topic from the beginning (so a restarted service knows every tenant);
+    `caught_up` is set once it has read to the end. Every error of one record is
+    caught and logged; an error of the thread itself is logged and the thread
+    restarts after `restart_s`. `alive`, `last_progress` and `health()` show whether
+    it is working; `ensure_running()` (call it from your own loop) starts a fresh
+    thread when it died or made no progress for `stall_s`.
+
+    `extra_topics` maps other topics to a handler of their raw values (the consumer
+    follows retrain outcomes this way); `on_outcome` is called, in the follower's
+    thread, with each look at the store.
+    """
+
+    def __init__(
+        self,
+        *,
+        client_config: Mapping[str, Any],
+        models_topic: str,
+        authority: ModelAuthority,
+        extra_topics: Mapping[str, Callable[[bytes], None]] | None = None,
+        on_outcome: Callable[[Outcome], None] | None = None,
+        reader_name: str = "slaops-model-follower",
+        idle_s: float = 1.0,
+        min_lookup_interval_s: float = 1.0,
+        restart_s: float = 5.0,
+        stall_s: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._config = dict(client_config)
+        self._models_topic = models_topic
+        self.authority = authority
+        self._extra = dict(extra_topics or {})
+        self._on_outcome = on_outcome
+        self._reader_name = reader_name
+        self._idle_s = idle_s
+        self._min_lookup_s = min_lookup_interval_s
+        self._restart_s = restart_s
+        self._stall_s = stall_s
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._tenants: dict[str, _Tenant] = {}
+        self._stop = threading.Event()
+        self._generation = 0
+        self._thread: threading.Thread | None = None
+        self.caught_up = threading.Event()
+        self.last_progress = clock()
+        self.loaded = 0
+        self.refused = 0
+        self.lookups = 0
+        self.record_errors = 0
+        self.restarts = 0
+        self.last_error: str | None = None
+
+    # -- what a service reads -------------------------------------------------------
+    def model(self, tenant: str) -> VerifiedModel | None:
+        with self._lock:
+            state = self._tenants.get(tenant)
+            return state.live if state is not None else None
+
+    def models(self) -> dict[str, VerifiedModel]:
+        with self._lock:
+            return {t: s.live for t, s in self._tenants.items() if s.live is not None}
+
+    @property
+    def alive(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    @property
+    def stalled(self) -> bool:
+        return self._clock() - self.last_progress > self._stall_s
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "alive": self.alive,
+            "stalled": self.alive and self.stalled,
+            "caught_up": self.caught_up.is_set(),
+            "seconds_since_progress": round(self._clock() - self.last_progress, 3),
+            "loaded": self.loaded,
+            "refused": self.refused,
+            "lookups": self.lookups,
+            "record_errors": self.record_errors,
+            "restarts": self.restarts,
+            "last_error": self.last_error,
+        }
+
+    # -- the thread -----------------------------------------------------------------
+    def start(self) -> None:
+        with self._lock:
+            self._generation += 1
+            self.last_progress = self._clock()
+            generation = self._generation
+            self._thread = threading.Thread(
+                target=self._run, args=(generation,), name="model-follower", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout=30)
+
+    def ensure_running(self) -> bool:
+        """Start a fresh thread if the follower died or is stuck; True when it did.
+
+        A stuck thread cannot be killed; it is abandoned (its generation is stale, so
+        nothing it finishes later is applied) and a new one re-reads the topic.
+        """
+        if self._stop.is_set() or self._thread is None:
+            return False
+        if self.alive and not self.stalled:
+            return False
+        why = "stopped" if not self.alive else f"made no progress for {self._stall_s:.0f} s"
+        log.error("model follower %s; starting a fresh one", why)
+        self.restarts += 1
+        self.start()
+        return True
+
+    def _current(self, generation: int) -> bool:
+        return generation == self._generation and not self._stop.is_set()
+
+    def _run(self, generation: int) -> None:
+        while self._current(generation):
+            try:
+                self._follow(generation)
+            except Exception as exc:  # the thread must outlive any failure
+                self.last_error = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+                log.error("model follower failed: %s; restarting", self.last_error)
+                self.restarts += 1
+                self._stop.wait(self._restart_s)
+        self.caught_up.set()
+
+    def _follow(self, generation: int) -> None:
+        consumer = make_reader(self._config, self._reader_name)
+        try:
+            topics = [self._models_topic, *self._extra]
+            metadata = consumer.list_topics(timeout=30)
+            consumer.assign(
+                [
+                    TopicPartition(topic, partition, OFFSET_BEGINNING)
+                    for topic in topics
+                    if topic in metadata.topics
+                    for partition in metadata.topics[topic].partitions
+                ]
+            )
+            last_message = self._clock()
+            while self._current(generation):
+                messages = consumer.consume(500, 0.2)
+                self.last_progress = self._clock()
+                if messages:
+                    last_message = self.last_progress
+                elif self.last_progress - last_message > self._idle_s:
+                    self.caught_up.set()
+                for message in messages:
+                    if message.error() is None:
+                        self.handle(message.topic() or "", message.value() or b"", settle=False)
+                if self._current(generation):
+                    self.settle()
+        finally:
+            consumer.close()
+
+    # -- records (callable directly, without Kafka) ---------------------------------
+    def handle(self, topic: str, value: bytes, *, settle: bool = True) -> None:
+        """One record; never raises. With `settle`, look at the store right away."""
+        try:
+            if topic == self._models_topic:
+                self._hint(ModelPublished.model_validate_json(value))
+            elif topic in self._extra:
+                self._extra[topic](value)
+        except ValidationError as exc:
+            log.warning("ignoring an unreadable record on %s: %s", topic, _line(exc))
+        except Exception as exc:
+            self.record_errors += 1
+            self.last_error = _line(exc)
+            log.error("ignoring a record on %s that failed: %s", topic, self.last_error)
+        if settle:
+            self.settle()
+
+    def _hint(self, event: ModelPublished) -> None:
+        try:
+            self.authority.check(event)
+        except ModelRefused as exc:
+            self._refuse(Outcome(event.tenant, [event], refused=str(exc)))
+            return
+        with self._lock:
+            state = self._tenants.setdefault(event.tenant, _Tenant())
+            state.hints.append(event)
+
+    def settle(self) -> None:
+        """Look at the store for each hinted tenant whose lookup interval has passed."""
+        now = self._clock()
+        with self._lock:
+            due = [
+                (tenant, state)
+                for tenant, state in self._tenants.items()
+                if state.hints and state.next_lookup <= now
+            ]
+        for tenant, state in due:
+            try:
+                self._look(tenant, state, now)
+            except Exception as exc:  # one tenant's failure never stops the others
+                self.record_errors += 1
+                self.last_error = _line(exc)
+                log.error("model lookup for tenant=%s failed: %s", tenant, self.last_error)
+
+    def _look(self, tenant: str, state: _Tenant, now: float) -> None:
+        with self._lock:
+            hints, state.hints = state.hints, []
+        live = state.live.revision if state.live is not None else None
+        fresh = [h for h in hints if h.revision != live and h.revision not in state.judged]
+        if not fresh:  # nothing could be new: answer without asking the store
+            self._emit(Outcome(tenant, hints))
+            return
+        state.next_lookup = now + self._min_lookup_s
+        self.lookups += 1
+        announced = fresh[-1]
+        try:
+            model = self.authority.newest(tenant, announced=announced, live_revision=live)
+        except ModelRefused as exc:
+            for hint in fresh:
+                self._judge(state, hint.revision)
+            self._refuse(Outcome(tenant, hints, refused=str(exc)))
+            return
+        if model is None:
+            self._emit(Outcome(tenant, hints))
+            return
+        if state.live is not None and model.version <= state.live.version:
+            self._judge(state, model.revision)  # the store's history moved back: never follow
+            self._refuse(
+                Outcome(
+                    tenant,
+                    hints,
+                    refused=f"the store's newest {model.revision} is version {model.version}, "
+                    f"not newer than the live version {state.live.version}",
+                )
+            )
+            return
+        for hint in fresh:
+            if hint.revision != model.revision:
+                self._judge(state, hint.revision)
+        with self._lock:
+            state.live = model
+        self.loaded += 1
+        log.info(
+            "loaded model tenant=%s version=%d revision=%s (the store's newest)",
+            tenant,
+            model.version,
+            model.revision,
+        )
+        self._emit(Outcome(tenant, hints, model=model))
+
+    def _judge(self, state: _Tenant, revision: str) -> None:
+        state.judged[revision] = None
+        while len(state.judged) > _JUDGED_KEPT:
+            state.judged.popitem(last=False)
+
+    def _refuse(self, outcome: Outcome) -> None:
+        self.refused += 1
+        hint = outcome.hints[-1]
+        log.warning(
+            "refused model tenant=%r revision=%r: %s; keeping the previous one",
+            hint.tenant,
+            hint.revision,
+            outcome.refused,
+        )
+        self._emit(outcome)
+
+    def _emit(self, outcome: Outcome) -> None:
+        if self._on_outcome is not None:
+            self._on_outcome(outcome)
+
+
+def _line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
