@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from consumer.main import topic_specs as consumer_topics
 from consumer.settings import ConsumerSettings
 from kernel.kafka import TopicSpec, ensure_topics
-from kernel.tenant_hash import tenant_hash
+from kernel.tenant_hash import request_ref, tenant_hash
 from retrainer.main import topic_specs
 from retrainer.settings import RetrainerSettings
 from schemas import ModelPublished
@@ -91,8 +91,9 @@ def setup_for(
 
 
 def versions_of(setup: Setup) -> list[str]:
-    """Commits in the Hub that published this request (its event_id is in the title)."""
-    return [c.oid for c in setup.hub.user_commits(REPO) if setup.event_id in c.title]
+    """Commits in the Hub that published this request (its keyed ref is in the title)."""
+    ref = request_ref(setup.event_id, SecretStr(KEY))
+    return [c.oid for c in setup.hub.user_commits(REPO) if ref in c.title]
 
 
 def announcements(setup: Setup, expect: int = 1) -> list[ModelPublished]:
