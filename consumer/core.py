@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 #: per event instead of nine attribute lookups.
 _ROW = operator.itemgetter("tenant", "ts", *FEATURES, "sla_breached")
 _NO_PROBA = np.empty((0, 2), dtype=np.float64)
+#: Events a tenant's window must hold before it is protected from probation eviction.
+PROTECTED_EVENTS: Final = 16
 #: Answered request ids remembered, so that a replay does not re-open them.
 _RESOLVED_KEPT = 100_000
 
@@ -118,6 +120,8 @@ class IngestCore:
     def __init__(self, config: CoreConfig) -> None:
         self.config = config
         self._tenants: OrderedDict[str, TenantState] = OrderedDict()
+        #: Tenants whose window is still shorter than `PROTECTED_EVENTS`, oldest first.
+        self._probation: OrderedDict[str, None] = OrderedDict()
         self._by_partition: dict[int, set[str]] = {}
         #: The newest live model of every tenant announced so far, held or not.
         self._models: dict[str, LiveModel] = {}
@@ -205,15 +209,30 @@ class IngestCore:
             model = self._models.get(tenant)
             if model is not None:
                 self._attach(state, model)
+            self._probation[tenant] = None
             while len(self._tenants) > cfg.max_tenants:
-                oldest = next(iter(self._tenants))
-                log.debug("tenant=%s evicted (least recently active)", oldest)
-                self._forget(oldest)
+                self._evict(keep=tenant)
         else:
             self._tenants.move_to_end(tenant)
+            if tenant in self._probation:
+                self._probation.move_to_end(tenant)
         return state
 
+    def _evict(self, keep: str) -> None:
+        """Drop one tenant: the oldest still on probation, else the least recently active.
+
+        A tenant is on probation until its window holds `PROTECTED_EVENTS` events, so a
+        flood of one-event tenants (junk keys, a misconfigured producer) churns only
+        itself and never evicts a real tenant's window.
+        """
+        victim = next((t for t in self._probation if t != keep), None)
+        if victim is None:
+            victim = next(t for t in self._tenants if t != keep)
+        log.debug("tenant=%s evicted", victim)
+        self._forget(victim)
+
     def _forget(self, tenant: str) -> None:
+        self._probation.pop(tenant, None)
         state = self._tenants.pop(tenant)
         members = self._by_partition.get(state.partition)
         if members is not None:
@@ -407,6 +426,8 @@ class IngestCore:
             checked=False,
             max_ts=not_after,
         )
+        if len(window) >= PROTECTED_EVENTS:
+            self._probation.pop(state.tenant, None)
 
     def _settled(
         self, state: TenantState, alarms: list[DriftSignal], ts: np.ndarray, n: int

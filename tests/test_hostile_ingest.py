@@ -460,3 +460,19 @@ def test_rfc3339_timestamps_still_parse() -> None:
         event = parse_telemetry(b"acme", _event("acme", ts))
         assert event.ts.tzinfo is not None
     assert np.isfinite(event.ts.timestamp())
+
+
+def test_a_flood_of_one_event_tenants_cannot_evict_a_real_tenants_window() -> None:
+    core = IngestCore(CoreConfig(topic="sla.telemetry", max_tenants=50, cold_start=False))
+    real = telemetry_values("real", 200, seed=1)
+    core.process([RawRecord(b"real", value, 0, i) for i, value in enumerate(real)])
+    junk = [
+        RawRecord(f"junk-{i}".encode(), telemetry_values(f"junk-{i}", 1, seed=i)[0], 1, i)
+        for i in range(200)
+    ]
+    for start in range(0, 200, 20):
+        core.process(junk[start : start + 20], now=START.timestamp() + 86_400)
+    held = core.tenant("real")
+    assert held is not None and len(held.window) == 200  # the real window survived
+    assert len(core) == 50  # the bound still holds: junk churned only junk
+    assert core.tenant("junk-199") is not None and core.tenant("junk-0") is None
