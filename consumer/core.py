@@ -476,8 +476,7 @@ class IngestCore:
         monitor = state.performance
         if model is None or monitor is None:
             return []
-        window = state.window
-        history = (window.ts(), window.features(), window.labels())
+        history = state.window.tail(model.features.history - 1)
         proba = model.forecast(history, (ts, features, labels))
         # Beside each forecast, what persistence forecast for the same event: the monitor
         # watches the model's loss against it (both suffer the same hard hours).

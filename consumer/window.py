@@ -234,6 +234,21 @@ class TenantWindow:
     def labels(self) -> NDArray[np.bool_]:
         return self._ordered(self._labels)
 
+    def tail(self, n: int) -> tuple[NDArray[np.float64], NDArray[np.float32], NDArray[np.bool_]]:
+        """The newest `n` rows (fewer if the window holds fewer) of ts, features, labels.
+
+        What a live forecast needs of the past: a few rows, copied, not the whole window.
+
+        >>> w = TenantWindow(capacity=3, span_s=100.0, n_features=1)
+        >>> w.extend([1.0, 2.0, 3.0, 4.0], [[1], [2], [3], [4]], [0, 1, 0, 1], [0, 1, 2, 3])
+        >>> [a.tolist() for a in w.tail(2)]
+        [[3.0, 4.0], [[3.0], [4.0]], [False, True]]
+        """
+        count = min(max(n, 0), self._size)
+        alloc = max(self.allocated, 1)
+        rows = (self._head + np.arange(self._size - count, self._size)) % alloc
+        return self._ts[rows], self._features[rows], self._labels[rows]
+
     def offsets(self) -> NDArray[np.int64]:
         out = self._ordered(self._offsets).astype(np.int64)
         out += self._offset_base

@@ -41,6 +41,19 @@ class BaselineForecasts:
     proba: dict[str, NDArray[np.float64]]
 
 
+def persistence_proba(flags: Any, y: Any) -> NDArray[np.float64]:
+    """P(y = 1 | flag) for flag 0 and 1, Laplace-smoothed: the persistence forecast.
+
+    >>> persistence_proba(np.array([0, 0, 1, 1]), np.array([0, 0, 1, 0])).tolist()
+    [0.25, 0.5]
+    """
+    now = np.asarray(flags) >= 0.5
+    target = np.asarray(y, dtype=np.float64)
+    return np.array(
+        [(target[now == flag].sum() + 1.0) / ((now == flag).sum() + 2.0) for flag in (False, True)]
+    )
+
+
 def _breach_now(data: SupervisedSet, rows: NDArray[np.int64]) -> NDArray[np.bool_]:
     column = data.feature_names.index("breach")
     flags: NDArray[np.bool_] = data.X[rows, column] >= 0.5
@@ -67,11 +80,8 @@ def score_baselines(
 
     now_train = _breach_now(data, train_idx)
     now_hold = _breach_now(data, holdout_idx)
-    given = {
-        flag: (y_train[now_train == flag].sum() + 1.0) / ((now_train == flag).sum() + 2.0)
-        for flag in (False, True)
-    }
-    proba["persistence"] = np.where(now_hold, given[True], given[False]).astype(np.float64)
+    given = persistence_proba(now_train, y_train)
+    proba["persistence"] = np.where(now_hold, given[1], given[0]).astype(np.float64)
     metrics["persistence"] = evaluate_proba(y_hold, proba["persistence"], 0.5, y_pred=now_hold)
 
     logistic = make_pipeline(

@@ -14,6 +14,7 @@ from skorch.callbacks import EarlyStopping, EpochTimer, PassthroughScoring, Prin
 from skorch.utils import is_dataset
 
 from kernel.mlp import SlaMLP
+from retrainer.baselines import persistence_proba
 
 #: Rows per forward pass when predicting (training uses `batch_size`).
 _PREDICT_CHUNK: Final = 65_536
@@ -66,16 +67,6 @@ def _as_tensor(values: Any) -> torch.Tensor:
     if not arr.flags.writeable:
         arr = arr.copy()
     return torch.as_tensor(arr)
-
-
-def persistence_logits(flags: Any, y: Any) -> np.ndarray:
-    """logit P(y = 1 | flag) for flag 0 and 1, Laplace-smoothed (the persistence forecast)."""
-    now = np.asarray(flags) >= 0.5
-    target = np.asarray(y, dtype=np.float64)
-    p = np.array(
-        [(target[now == flag].sum() + 1.0) / ((now == flag).sum() + 2.0) for flag in (False, True)]
-    )
-    return np.log(p / (1.0 - p)).astype(np.float32)
 
 
 class TailSplit:
@@ -249,7 +240,8 @@ class SlaNet(NeuralNetBinaryClassifier):
                 n_neg = int(y_arr.shape[0]) - n_pos
                 self.pos_weight_ = n_neg / n_pos if n_pos and n_neg else 1.0
                 if self.offset_column is not None:
-                    self.offset_logit_ = persistence_logits(X_arr[:, self.offset_column], y_arr)
+                    p = persistence_proba(X_arr[:, self.offset_column], y_arr)
+                    self.offset_logit_ = np.log(p / (1.0 - p)).astype(np.float32)
             X = X_arr
         with _torch_threads(self.num_threads), torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
