@@ -8,7 +8,6 @@ the installed version must satisfy its declared range.
 
 from __future__ import annotations
 
-import ast
 import sys
 import tomllib
 from importlib.metadata import packages_distributions, version
@@ -16,7 +15,7 @@ from importlib.metadata import packages_distributions, version
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.test_layers import LAYERS, ROOT
+from tests.test_layers import LAYERS, ROOT, top_level_imports
 
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 REQUIRED = [Requirement(r) for r in PROJECT["dependencies"]]
@@ -28,17 +27,9 @@ def third_party_imports() -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     for package in LAYERS:
         for path in sorted((ROOT / package).rglob("*.py")):
-            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-                if isinstance(node, ast.Import):
-                    names = [alias.name for alias in node.names]
-                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    names = [node.module]
-                else:
-                    continue
-                for name in names:
-                    top = name.split(".")[0]
-                    if top not in sys.stdlib_module_names and top not in LAYERS:
-                        found.setdefault(top, set()).add(str(path.relative_to(ROOT)))
+            for top, _line in top_level_imports(path):
+                if top not in sys.stdlib_module_names and top not in LAYERS:
+                    found.setdefault(top, set()).add(str(path.relative_to(ROOT)))
     return found
 
 

@@ -24,22 +24,23 @@ LAYERS = {
 }
 
 
-def imported_packages(path: Path) -> set[tuple[str, int]]:
-    """(top-level package, line) of every slaops import in the file at `path`."""
-    tree = ast.parse(path.read_text(), filename=str(path))
+def top_level_imports(path: Path) -> set[tuple[str, int]]:
+    """(top-level module, line) of every absolute import in the file at `path`."""
     found: set[tuple[str, int]] = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names = [node.module]
         else:
             continue
-        for name in names:
-            top = name.split(".")[0]
-            if top in LAYERS:
-                found.add((top, node.lineno))
+        found.update((name.split(".")[0], node.lineno) for name in names)
     return found
+
+
+def imported_packages(path: Path) -> set[tuple[str, int]]:
+    """(top-level package, line) of every slaops import in the file at `path`."""
+    return {(top, line) for top, line in top_level_imports(path) if top in LAYERS}
 
 
 def violations() -> list[str]:
