@@ -22,10 +22,11 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 # the Hub cache).
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin slaops
 
-# The project (no extras: the compose file runs Apache Kafka, not the embedded broker).
+# The project with the dask extra (the compose file's search workers); not `embedded`:
+# the compose file runs Apache Kafka, not the embedded broker.
 WORKDIR /src
 COPY . .
-RUN pip install . && cd / && rm -rf /src
+RUN pip install '.[dask]' && cd / && rm -rf /src
 
 USER slaops
 WORKDIR /home/slaops

@@ -19,7 +19,12 @@ from tests.test_layers import LAYERS, ROOT, top_level_imports
 
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 REQUIRED = [Requirement(r) for r in PROJECT["dependencies"]]
-EXTRAS = [Requirement(r) for r in PROJECT["optional-dependencies"]["embedded"]]
+EXTRAS = [
+    Requirement(r)
+    for extra, requirements in PROJECT["optional-dependencies"].items()
+    if extra != "dev"
+    for r in requirements
+]
 
 
 def third_party_imports() -> dict[str, set[str]]:
