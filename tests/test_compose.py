@@ -302,7 +302,7 @@ def test_dockerfile_installs_cpu_torch_before_the_project() -> None:
     assert instructions[0].split()[:2] == ["FROM", "python:3.11-slim"]
     torch_line = next(line for line in instructions if "torch==2.13.0" in line)
     assert "--index-url https://download.pytorch.org/whl/cpu" in torch_line
-    assert text.index("torch==2.13.0") < text.index("pip install .")
+    assert text.index("torch==2.13.0") < text.index("pip install '.[dask]'")
     assert "--extra-index-url" not in text
     # No other install names an unpinned torch.
     assert not re.search(r"\btorch(?![=\w.-])", text.replace("torch==2.13.0", "")), text
