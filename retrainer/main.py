@@ -6,10 +6,12 @@ service object. Start-up itself (broker, topics, signals) is the application's r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydantic import SecretStr
 
+from kernel.errors import ConfigError
 from kernel.features import FeatureSpec
 from kernel.kafka import (
     DeliveryTracker,
@@ -20,6 +22,7 @@ from kernel.kafka import (
     slaops_topics,
 )
 from kernel.store import ModelStore
+from retrainer.fits import FitBackend, LocalFits
 from retrainer.pipeline import TrainingConfig
 from retrainer.publisher import RequestHandler
 from retrainer.replay import ReplayLimits, TenantRows, plan_replay, replay_ranges
@@ -27,6 +30,37 @@ from retrainer.search import SearchConfig, default_grid
 from retrainer.service import RetrainerService
 from retrainer.settings import RetrainerSettings
 from schemas import RetrainRequested
+
+
+def _local_fits(settings: RetrainerSettings) -> FitBackend:
+    return LocalFits()
+
+
+def _dask_fits(settings: RetrainerSettings) -> FitBackend:
+    """The dask extra is imported here, only when it is asked for."""
+    try:
+        from retrainer.dask_fits import DaskFits
+    except ImportError as exc:
+        raise ConfigError(
+            "search_backend=dask (SLAOPS_SEARCH_BACKEND or --search-backend) needs "
+            f"dask.distributed, which is not installed ({exc}): pip install 'slaops[dask]', "
+            "or set search_backend=local"
+        ) from exc
+    if settings.dask_scheduler is None:  # the settings refuse this; mypy does not know
+        raise ConfigError("search_backend=dask needs dask_scheduler (SLAOPS_DASK_SCHEDULER)")
+    return DaskFits(settings.dask_scheduler)
+
+
+#: search_backend -> where the fits run.
+FIT_BACKENDS: dict[str, Callable[[RetrainerSettings], FitBackend]] = {
+    "local": _local_fits,
+    "dask": _dask_fits,
+}
+
+
+def fit_backend(settings: RetrainerSettings) -> FitBackend:
+    """Where the searches' fits run (`search_backend`); raises `ConfigError` if it cannot."""
+    return FIT_BACKENDS[settings.search_backend](settings)
 
 
 def training_config(settings: RetrainerSettings) -> TrainingConfig:
@@ -43,6 +77,7 @@ def training_config(settings: RetrainerSettings) -> TrainingConfig:
         n_iter=settings.n_iter,
         holdout_fraction=settings.holdout_fraction,
         grid=grid if grid is not None else default_grid(),
+        fits=fit_backend(settings),
     )
     return TrainingConfig(
         search=search,
@@ -116,7 +151,8 @@ def build_service(
 def describe(settings: RetrainerSettings) -> str:
     return (
         f"retraining topic={settings.retrain_topic} group={settings.group_id} "
-        f"store={settings.store_uri()} strategy={settings.strategy}"
+        f"store={settings.store_uri()} strategy={settings.strategy} "
+        f"fits={fit_backend(settings).describe()}"
     )
 
 

@@ -59,6 +59,7 @@ from retrainer.dataset import (
     time_split,
 )
 from retrainer.estimator import SlaNet
+from retrainer.fits import FitBackend, LocalFits
 from retrainer.metrics import evaluate, f1_threshold, half_f1_threshold
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ class SearchConfig:
     default: measured on the quality benchmark's streams, a network early-stopped on
     log loss was as well calibrated without it, and the map fitted on the small early
     folds' forecasts over-corrected the network refit on all rows).
+    `fits` says where the fits run (`LocalFits`: `n_jobs` local processes).
     """
 
     strategy: Strategy = "grid"
@@ -148,6 +150,7 @@ class SearchConfig:
     weight_decay: float = 1e-4
     persistence_offset: bool = True
     calibration: Calibration = "none"
+    fits: FitBackend = field(default_factory=LocalFits)
 
     def __post_init__(self) -> None:
         if self.strategy not in ("grid", "random", "halving"):
@@ -229,7 +232,9 @@ def _log_loss_scorer() -> Any:
     )
 
 
-def _make_search(config: SearchConfig, cv: TimeSeriesSplit, offset_column: int | None) -> Any:
+def _make_search(
+    config: SearchConfig, cv: TimeSeriesSplit, offset_column: int | None, n_jobs: int
+) -> Any:
     scoring = _log_loss_scorer() if config.scoring == "neg_log_loss" else config.scoring
     grid: Any = expand_grid(config.grid)
     common: dict[str, Any] = {
@@ -237,7 +242,7 @@ def _make_search(config: SearchConfig, cv: TimeSeriesSplit, offset_column: int |
         "cv": cv,
         "refit": True,
         "error_score": "raise",
-        "n_jobs": config.n_jobs,
+        "n_jobs": n_jobs,
         "return_train_score": False,
     }
     estimator = config.estimator().set_params(offset_column=offset_column)
@@ -311,6 +316,7 @@ def _calibrate_and_threshold(
     y: NDArray[np.float32],
     cv: TimeSeriesSplit,
     config: SearchConfig,
+    n_jobs: int,
 ) -> tuple[PlattMap, float]:
     """The calibration map and the F1 threshold, both from out-of-fold forecasts."""
     splits = list(cv.split(X))
@@ -322,7 +328,7 @@ def _calibrate_and_threshold(
         y,
         cv=splits,
         scoring=_log_loss_scorer(),
-        n_jobs=config.n_jobs,
+        n_jobs=n_jobs,
         return_estimator=True,
         return_indices=True,
         error_score="raise",
@@ -376,20 +382,24 @@ def run_search(data: SupervisedSet, config: SearchConfig | None = None) -> Searc
 
     cv = TimeSeriesSplit(n_splits=config.n_splits)
     offset = data.feature_names.index("breach") if config.persistence_offset else None
-    search = _make_search(config, cv, offset)
     log.info(
-        "search strategy=%s candidates=%d rows=%d holdout=%d sha256=%s",
+        "search strategy=%s candidates=%d rows=%d holdout=%d sha256=%s fits=%s",
         config.strategy,
         config.n_candidates,
         len(train_idx),
         len(holdout_idx),
         data.sha256[:12],
+        config.fits.describe(),
     )
-    search.fit(X_train, y_train)
-    search_seconds = time.perf_counter() - started
-
-    best: SlaNet = search.best_estimator_
-    calibration, threshold = _calibrate_and_threshold(best, X_train, y_train, cv, config)
+    # One backend context for both parallel steps: a cluster gets the rows once.
+    with config.fits.fits(X_train, y_train, config.n_jobs) as n_jobs:
+        search = _make_search(config, cv, offset, n_jobs)
+        search.fit(X_train, y_train)
+        search_seconds = time.perf_counter() - started
+        best: SlaNet = search.best_estimator_
+        calibration, threshold = _calibrate_and_threshold(
+            best, X_train, y_train, cv, config, n_jobs
+        )
     best = _refit_on_every_row(best, X_train, y_train)
     module = best.module_
     fold_into(module, calibration)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +32,10 @@ GRID_KEYS = frozenset(
 
 
 _FEATURES = FeatureSpec()
+#: A dask.distributed scheduler address: tcp or tls, a host name, IPv4 or [IPv6], a port.
+_DASK_ADDRESS = re.compile(
+    r"(tcp|tls)://([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]):(?P<port>\d{1,5})"
+)
 
 
 class RetrainerSettings(StoreSettings, TopicSettings):
@@ -66,7 +71,23 @@ class RetrainerSettings(StoreSettings, TopicSettings):
     )
     n_iter: int = Field(default=6, ge=1, description="Candidates drawn by the random strategy.")
     n_splits: int = Field(default=5, ge=2, le=20, description="Time-series CV folds.")
-    n_jobs: int = Field(default=2, ge=1, le=256, description="Parallel fits (joblib workers).")
+    n_jobs: int = Field(
+        default=2,
+        ge=1,
+        le=256,
+        description="Parallel fits with search_backend=local (with dask, the cluster's "
+        "worker threads decide).",
+    )
+    search_backend: Literal["local", "dask"] = Field(
+        default="local",
+        description="Where the search's fits run: local (n_jobs processes here) or dask "
+        "(the dask_scheduler's workers; needs the dask extra).",
+    )
+    dask_scheduler: str | None = Field(
+        default=None,
+        description="The dask.distributed scheduler of search_backend=dask, tcp://HOST:PORT "
+        "or tls://HOST:PORT.",
+    )
     seed: int = Field(default=0, ge=0, description="Seed of every fit and draw.")
     max_epochs: int = Field(
         default=SearchConfig.max_epochs,
@@ -141,6 +162,34 @@ class RetrainerSettings(StoreSettings, TopicSettings):
         if empty:
             raise ValueError(f"grid parameter(s) {empty} have no values")
         return grid
+
+    @field_validator("dask_scheduler")
+    @classmethod
+    def _check_dask_scheduler(cls, address: str | None) -> str | None:
+        # The value is not echoed: a mistyped one might hold a password.
+        if address is None:
+            return None
+        match = _DASK_ADDRESS.fullmatch(address)
+        if match is None or not 0 < int(match["port"]) < 65_536:
+            raise ValueError(
+                "expected the scheduler's address as tcp://HOST:PORT or tls://HOST:PORT, "
+                "e.g. tcp://dask-scheduler:8786 (no user or password)"
+            )
+        return address
+
+    @model_validator(mode="after")
+    def _check_search_backend(self) -> RetrainerSettings:
+        if self.search_backend == "dask" and self.dask_scheduler is None:
+            raise ValueError(
+                "search_backend=dask needs dask_scheduler (SLAOPS_DASK_SCHEDULER or "
+                "--dask-scheduler), e.g. tcp://dask-scheduler:8786"
+            )
+        if self.search_backend != "dask" and self.dask_scheduler is not None:
+            raise ValueError(
+                "dask_scheduler is set but search_backend is local: set search_backend=dask "
+                "(SLAOPS_SEARCH_BACKEND or --search-backend) to use it, or unset it"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_grid_source(self) -> RetrainerSettings:
