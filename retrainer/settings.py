@@ -86,7 +86,7 @@ class RetrainerSettings(StoreSettings, TopicSettings):
     dask_scheduler: str | None = Field(
         default=None,
         description="The dask.distributed scheduler of search_backend=dask, tcp://HOST:PORT "
-        "or tls://HOST:PORT.",
+        "or tls://HOST:PORT (unused with local).",
     )
     seed: int = Field(default=0, ge=0, description="Seed of every fit and draw.")
     max_epochs: int = Field(
@@ -183,11 +183,6 @@ class RetrainerSettings(StoreSettings, TopicSettings):
             raise ValueError(
                 "search_backend=dask needs dask_scheduler (SLAOPS_DASK_SCHEDULER or "
                 "--dask-scheduler), e.g. tcp://dask-scheduler:8786"
-            )
-        if self.search_backend != "dask" and self.dask_scheduler is not None:
-            raise ValueError(
-                "dask_scheduler is set but search_backend is local: set search_backend=dask "
-                "(SLAOPS_SEARCH_BACKEND or --search-backend) to use it, or unset it"
             )
         return self
 

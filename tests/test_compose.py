@@ -324,3 +324,70 @@ def test_dockerignore_keeps_local_state_out() -> None:
     }
     assert {".venv", ".git", ".slaops"} <= ignored
     assert not {"README.md", "pyproject.toml", "slaops"} & ignored
+
+
+# ---- Dask: the retrainer's search fits (search_backend=dask) ----
+#: Compose service -> the `dask` subcommand it runs.
+DASK_SERVICES = {
+    "dask-scheduler": "scheduler",
+    "dask-worker-1": "worker",
+    "dask-worker-2": "worker",
+}
+
+
+def _dask_cli_flags(subcommand: str) -> set[str]:
+    """The flags the installed `dask scheduler` / `dask worker` accept."""
+    if subcommand == "scheduler":
+        from distributed.cli.dask_scheduler import main as cli
+    else:
+        from distributed.cli.dask_worker import main as cli
+    return {
+        opt
+        for param in cli.params
+        for opt in [*param.opts, *getattr(param, "secondary_opts", [])]
+        if opt.startswith("--")
+    }
+
+
+def _dask_scheduler_address(services: dict[str, dict[str, Any]]) -> str:
+    command = _command(services["dask-scheduler"])
+    port = command[command.index("--port") + 1] if "--port" in command else "8786"
+    return f"tcp://dask-scheduler:{port}"
+
+
+@pytest.mark.parametrize(("name", "subcommand"), DASK_SERVICES.items())
+def test_dask_services_run_the_project_image_with_real_dask_flags(
+    services: dict[str, dict[str, Any]], name: str, subcommand: str
+) -> None:
+    pytest.importorskip("distributed")
+    service = services[name]
+    build = service["build"]
+    assert (ROOT / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
+    assert service["image"] == services["retrainer"]["image"]  # the same slaops and torch
+    assert service["entrypoint"] == ["dask"]
+    command = _command(service)
+    assert command[0] == subcommand
+    unknown = [arg for arg in command[1:] if arg.startswith("-")]
+    unknown = [flag for flag in unknown if flag not in _dask_cli_flags(subcommand)]
+    assert not unknown, f"{name}: not flags of `dask {subcommand}`: {unknown}"
+    assert service["restart"] == "unless-stopped"
+    assert "ports" not in service, f"{name}: Dask's protocol carries pickles; keep it private"
+
+
+def test_dask_workers_have_one_thread_and_the_retrainer_uses_their_scheduler(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    address = _dask_scheduler_address(services)
+    workers = [name for name, sub in DASK_SERVICES.items() if sub == "worker"]
+    assert len(workers) == 2
+    for name in workers:
+        command = _command(services[name])
+        assert command[1] == address, name
+        assert command[command.index("--nthreads") + 1] == "1", name
+        depends = services[name]["depends_on"]
+        assert depends["dask-scheduler"]["condition"] == "service_started", name
+    retrainer = services["retrainer"]
+    env = _environment(retrainer)
+    assert _default(env["SLAOPS_SEARCH_BACKEND"]) == "dask"
+    assert _default(env["SLAOPS_DASK_SCHEDULER"]) == address
+    assert retrainer["depends_on"]["dask-scheduler"]["condition"] == "service_started"
