@@ -7,12 +7,17 @@ same fits with a plain PyTorch training loop (same candidates x same
 `TimeSeriesSplit` folds x same epochs, batch size, seed, optimiser, class weight and
 joblib workers, plus the refit) and prints the skorch/plain time ratio.
 
+Then the default grid again with its fits on a Dask `LocalCluster` (`search_backend=dask`)
+of 1 and of 2 single-threaded worker processes on loopback (`--dask-workers`), each
+warmed first, beside the local figure; each line says how many fits each worker ran.
+
 Targets: default grid (18 candidates x 5 folds = 90 fits) under 60 s on 2 cores;
 search within 1.5x of the plain loop; halving at least 3x faster than grid with
 holdout log loss within 2%.
 
     python bench/bench_search.py                       # 5,000 rows, grid,halving,random
     python bench/bench_search.py --quick               # a smoke run in a few seconds
+    python bench/bench_search.py --strategies grid --no-plain   # grid: local, 1, 2 workers
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import argparse
 import importlib
 import itertools
 import os
+import re
 import sys
 import time
 from dataclasses import replace
@@ -177,6 +183,47 @@ def _warm_fit(seed: int) -> float:
     return time.perf_counter() - started
 
 
+def dask_grid(
+    data: Any, config: SearchConfig, n_workers: int
+) -> tuple[SearchResult, float, float, dict[str, int]]:
+    """The grid with its fits on a fresh `LocalCluster` of `n_workers` one-thread processes.
+
+    Returns the result, wall and CPU seconds (this process and the workers), and the
+    fits each worker ran. The workers are warmed (imports, a first fit) before timing.
+    """
+    from distributed import Client, LocalCluster, get_task_stream
+
+    from retrainer.dask_fits import DaskFits
+
+    cluster = LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        silence_logs=40,
+    )
+    try:
+        with Client(cluster, set_as_default=False) as client:
+            warm = [
+                client.submit(_warm_fit, i, pure=False, workers=[worker])
+                for i, worker in enumerate(sorted(client.nthreads()))
+            ]
+            client.gather(warm)
+            with get_task_stream(client) as stream:
+                fits = replace(config, strategy="grid", fits=DaskFits(cluster.scheduler_address))
+                result, wall_s, cpu_s = _timed(run_search, data, fits)
+        per_worker: dict[str, int] = {}
+        for task in stream.data:
+            match = re.match(r"batch_of_\w+?_(\d+)_calls-", task["key"])
+            if match:
+                port = task["worker"].rsplit(":", 1)[1]
+                per_worker[port] = per_worker.get(port, 0) + int(match.group(1))
+        return result, wall_s, cpu_s, per_worker
+    finally:
+        cluster.close()
+
+
 def _report(name: str, result: SearchResult, wall_s: float, cpu_s: float) -> None:
     m = result.holdout_metrics
     print(
@@ -198,6 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-plain", action="store_true", help="skip the plain PyTorch loop")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of everything (best of)")
+    parser.add_argument(
+        "--dask-workers",
+        default="1,2",
+        help="LocalCluster sizes to run the grid on (one thread each); '' for none",
+    )
     args = parser.parse_args(argv)
 
     config = SearchConfig(n_jobs=args.n_jobs, seed=args.seed)
@@ -270,6 +322,21 @@ def main(argv: list[str] | None = None) -> int:
                     f"faster wall end to end ({grid.search_seconds / res.search_seconds:.2f}x "
                     f"search only); holdout log loss {100 * (o_ll - g_ll) / g_ll:+.1f}%"
                 )
+    sizes = [int(n) for n in args.dask_workers.split(",") if n.strip()]
+    dask_walls: dict[int, float] = {}
+    for n_workers in sizes:
+        result, wall_s, cpu_s, per_worker = dask_grid(data, config, n_workers)
+        _report(f"dask x{n_workers}", result, wall_s, cpu_s)
+        print(f"  fits per worker (by port): {per_worker}", flush=True)
+        dask_walls[n_workers] = wall_s
+    if dask_walls:
+        local = (
+            f"local (n_jobs {config.n_jobs}) {results['grid'][1]:.1f} s, "
+            if "grid" in results
+            else ""
+        )
+        workers = ", ".join(f"{n} worker(s) {wall:.1f} s" for n, wall in dask_walls.items())
+        print(f"default grid wall: {local}dask {workers}")
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
     return 0
 
