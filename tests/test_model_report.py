@@ -188,3 +188,13 @@ def _card_bytes() -> bytes:
             event = publish((uri, open_store(uri)))
             _CARD.append(open_store(uri).read(event.paths["card"], revision=event.revision))
     return _CARD[0]
+
+
+def test_a_store_takes_only_the_model_kinds_and_the_report_kinds(store: StoreFixture) -> None:
+    _uri, model_store = store
+    files = {"safetensors": b"s", "pt": b"p", "card": b"{}"}
+    with pytest.raises(ValueError, match="report kinds"):
+        model_store.publish("e" * 64, {**files, "notes": b"x"}, message="m")
+    with pytest.raises(ValueError, match="report kinds"):
+        model_store.publish("e" * 64, {"card": b"{}", "report": b"r"}, message="m")
+    assert model_store.latest("e" * 64) is None
