@@ -7,6 +7,7 @@ import os
 import re
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -101,8 +102,10 @@ def test_dask_search_equals_local_runs_on_the_workers_and_scatters_once(
         worker_pids = client.run(os.getpid)
         assert _torch_threads(client) == [2, 2]  # before the plugin
         monkeypatch.setattr(distributed.Client, "scatter", recording_scatter)
-        with distributed.get_task_stream(client) as stream:
-            remote = run_search(data, replace(config, fits=DaskFits(cluster.scheduler_address)))
+        dask_config = replace(config, fits=DaskFits(cluster.scheduler_address))
+        with distributed.get_task_stream(client) as stream, ThreadPoolExecutor(1) as thread:
+            # beside the caller's thread, as the retrainer service runs its searches
+            remote = thread.submit(run_search, data, dask_config).result(timeout=240)
         monkeypatch.undo()
         tasks = list(stream.data)
         assert _torch_threads(client) == [1, 1]  # OneTorchThread, in every worker
