@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from kernel.errors import StoreError
+from kernel.store.protocol import AnyParent
 
 MODEL_DIR = "sla_models"
 KINDS: dict[str, str] = {"safetensors": "safetensors", "pt": "pt", "card": "json"}  # kind -> ext
@@ -28,6 +29,19 @@ def model_paths(tenant_hash: str) -> dict[str, str]:
     """kind -> ``sla_models/{tenant_hash}_sla_model.{ext}``."""
     _check_tenant_hash(tenant_hash)
     return {kind: f"{MODEL_DIR}/{tenant_hash}_sla_model.{ext}" for kind, ext in KINDS.items()}
+
+
+def index_path(tenant_hash: str) -> str:
+    """``sla_models/{tenant_hash}_sla_index.json``: see ``kernel.store.index``."""
+    _check_tenant_hash(tenant_hash)
+    return f"{MODEL_DIR}/{tenant_hash}_sla_index.json"
+
+
+def _check_parent(parent: object) -> None:
+    if parent is None or isinstance(parent, AnyParent):
+        return
+    if not isinstance(parent, str) or _REVISION_RE.fullmatch(parent) is None:
+        raise ValueError("parent must be a revision, None or ANY_PARENT")
 
 
 def _check_tenant_hash(tenant_hash: str) -> None:
