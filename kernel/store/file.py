@@ -16,7 +16,7 @@ from pathlib import Path
 
 from kernel.errors import StoreConflict, StoreError, StoreNotFound
 from kernel.limits import MAX_ARTIFACT_BYTES
-from kernel.store.index import MAX_INDEX_BYTES, MAX_SERVED, next_index, parse_index
+from kernel.store.index import MAX_INDEX_BYTES, MAX_SERVED, head_from, next_index, parse_index
 from kernel.store.paths import (
     _FILE_REVISION_RE,
     _MODEL_PATH_RE,
@@ -149,7 +149,7 @@ class FileStore:
         else:
             index = parse_index(data, tenant_hash)
         if index is not None and index.served[0] == meta["message"] and index.parent == parent:
-            return TenantHead(files, index.version, index.served, index.parent)
+            return head_from(files, index.served[0], index)
         messages = self.revision_messages(tenant_hash)
         return TenantHead(
             files,

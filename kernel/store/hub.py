@@ -289,23 +289,29 @@ class HubStore:
         _check_revision(newest)
         title = str(card.last_commit.title or "")
         files = PublishedFiles(newest, paths)
-        index: TenantIndex | None = None
-        index_revision: str | None = None
         stored = infos.get(where)
-        if stored is not None and stored.last_commit is not None:
-            index_revision = str(stored.last_commit.oid)
-            if stored.size > MAX_INDEX_BYTES:
-                logger.warning(
-                    "ignoring the index of tenant_hash=%s: %d bytes", tenant_hash, stored.size
-                )
-            else:
+        index: TenantIndex | None = None
+        if stored is not None:
+            # The index as of the newest version: when its last commit is the card's
+            # (always, unless another writer skipped or rewrote it) paths-info gave its
+            # size; otherwise it is read at the card's revision, size checked first.
+            beside = stored.last_commit is not None and stored.last_commit.oid == newest
+            try:
                 data = self._download(
-                    where, index_revision, MAX_INDEX_BYTES, known_size=stored.size
+                    where, newest, MAX_INDEX_BYTES, known_size=stored.size if beside else None
                 )
-                index = parse_index(data, tenant_hash)
-        head = head_from(files, title, index, index_revision)
-        beside = index is not None and index_revision == newest and index.served[0] == title
-        return _TenantState(head, index if beside else None)
+            except StoreError as exc:  # refused: over the size cap
+                logger.warning("ignoring the index of tenant_hash=%s: %s", tenant_hash, exc)
+                data = None
+            except Exception as exc:
+                translated = _translate(exc, self._redact)
+                if translated is None or not isinstance(translated[0], StoreNotFound):
+                    raise  # the retry loop translates and retries it
+                data = None  # no index as of that version
+            index = parse_index(data, tenant_hash) if data is not None else None
+        head = head_from(files, title, index)
+        current = index is not None and index.served[0] == title
+        return _TenantState(head, index if current else None)
 
     def _retry(self, operation: str, fn: Callable[[], T]) -> T:
         for attempt in range(1, self._max_attempts + 1):

@@ -15,8 +15,10 @@ commit response was lost recognise its own commit.
 
 Anyone with write access may have written an index, so it is read with a size cap
 (:data:`MAX_INDEX_BYTES`), validated by :class:`TenantIndex`, and ignored when it is
-not this tenant's or disagrees with the version it sits beside. The newest version is
-never the index's word: it is the store's (the card's last commit on the Hub, ``HEAD``
+not this tenant's. It is read as of the newest version (an index committed later,
+alone, is never read), and counts only if its newest served message is that
+version's; an earlier version's index adds one. The newest version is never the
+index's word: it is the store's (the card's last commit on the Hub, ``HEAD``
 in a file store), and :func:`head_from` only adds the count and the served list.
 """
 
@@ -87,29 +89,22 @@ def parse_index(data: bytes, tenant_hash: str) -> TenantIndex | None:
     return index
 
 
-def head_from(
-    files: PublishedFiles,
-    message: str,
-    index: TenantIndex | None,
-    index_revision: str | None,
-) -> TenantHead:
+def head_from(files: PublishedFiles, message: str, index: TenantIndex | None) -> TenantHead:
     """The tenant's head: the store's newest version ``files`` and its ``message``, counted.
 
-    ``index`` is the newest index found and ``index_revision`` the version it was
-    written with. Beside the newest version (same revision, same message) it gives the
-    count and the served list as they are. Written with an earlier version (the newest
-    came from a writer that kept no index), the newest counts as one more. Without one,
-    the newest is version 1 as far as the store can say.
+    ``index`` is the index as of that same version. Written with it (its newest
+    served message is the version's), it gives the count, the served list and the
+    parent as they are. Older (the newest version came from a writer that kept no
+    index), the newest counts as one more and its parent is unknown. Without one, the
+    newest is version 1 as far as the store can say.
     """
-    if index is not None and index_revision == files.revision:
-        if index.served[0] == message:
-            return TenantHead(files, index.version, index.served, index.parent)
+    if index is not None and index.served[0] == message:
+        return TenantHead(files, index.version, index.served, index.parent)
+    if index is not None:
         logger.warning(
-            "ignoring the index at revision=%s: its newest message is not the version's",
+            "the index beside revision=%s is an earlier version's: counting one more",
             files.revision,
         )
-        index = None
-    if index is not None:
         recent = (message, *index.served)[:MAX_SERVED]
-        return TenantHead(files, index.version + 1, recent, index_revision)
+        return TenantHead(files, index.version + 1, recent, None)
     return TenantHead(files, 1, (message,), None)
