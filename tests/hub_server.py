@@ -4,7 +4,8 @@ It implements just what ``huggingface_hub`` 2.4's ``HfApi`` calls for our store:
 
 - ``POST /api/repos/create`` (409 with ``url`` in the body when the repo exists,
   which ``create_repo(exist_ok=True)`` needs),
-- ``GET /api/models/{repo}[/revision/{rev}]`` (``model_info``: ``id``, ``sha``, ...),
+- ``GET /api/models/{repo}[/revision/{rev}]`` (``model_info``: ``id``, ``sha``, ...;
+  with ``expand=...`` only those fields, as the Hub answers ``model_info(expand=)``),
 - ``POST /api/models/{repo}/preupload/{rev}`` (every file answered ``regular``, so
   content goes inline and no LFS/Xet upload happens),
 - ``POST /api/models/{repo}/commit/{rev}`` (NDJSON: a ``header`` line, then
@@ -371,8 +372,11 @@ class _Handler(BaseHTTPRequestHandler):
             return self._resolve(repo_id, unquote(parts[3]), unquote("/".join(parts[4:])))
         raise _HttpError(404, f"no route for {method} {path}")
 
-    def _json(self, obj: Any, status: int = 200) -> tuple[int, dict[str, str], bytes]:
-        return status, {"Content-Type": "application/json"}, json.dumps(obj).encode()
+    def _json(
+        self, obj: Any, status: int = 200, *, extra: dict[str, Any] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        body = {**obj, **extra} if extra else obj
+        return status, {"Content-Type": "application/json"}, json.dumps(body).encode()
 
     def _create_repo(self, body: bytes) -> tuple[int, dict[str, str], bytes]:
         payload = json.loads(body or b"{}")
@@ -391,25 +395,30 @@ class _Handler(BaseHTTPRequestHandler):
         return self._json({"url": url, "name": repo_id, "id": repo_id})
 
     def _model_info(self, repo_id: str, revision: str) -> tuple[int, dict[str, str], bytes]:
+        expand = parse_qs(urlsplit(self.path).query).get("expand")
         with self.hub._lock:
             repo = self.hub._repo_locked(repo_id)
             _, commit = self.hub._resolve_locked(repo, revision)
             private = repo.private
-        return self._json(
-            {
-                "id": repo_id,
-                "_id": hashlib.sha1(repo_id.encode(), usedforsecurity=False).hexdigest()[:24],
-                "modelId": repo_id,
-                "author": repo_id.split("/")[0],
-                "sha": commit.oid,
-                "lastModified": commit.date,
-                "private": private,
-                "disabled": False,
-                "gated": False,
-                "tags": [],
-                "siblings": [{"rfilename": name} for name in sorted(commit.files)],
-            }
-        )
+            # Like the Hub: every sibling by default, only the fields asked for with expand.
+            siblings = None if expand and "siblings" not in expand else sorted(commit.files)
+        info: dict[str, Any] = {
+            "author": repo_id.split("/")[0],
+            "sha": commit.oid,
+            "lastModified": commit.date,
+            "private": private,
+            "disabled": False,
+            "gated": False,
+            "tags": [],
+            "siblings": [{"rfilename": name} for name in siblings or ()],
+        }
+        if expand:
+            info = {name: value for name, value in info.items() if name in expand}
+        ids = {
+            "id": repo_id,
+            "_id": hashlib.sha1(repo_id.encode(), usedforsecurity=False).hexdigest()[:24],
+        }
+        return self._json(ids if expand else {**ids, "modelId": repo_id}, extra=info)
 
     def _preupload(self, repo_id: str, revision: str, body: bytes) -> tuple[int, dict, bytes]:
         payload = json.loads(body)

@@ -128,7 +128,8 @@ class HubStore:
             if not self._repo_ready:
                 self._api.create_repo(self._repo_id, private=self._private, exist_ok=True)
                 self._repo_ready = True
-            head = self._api.model_info(self._repo_id, timeout=self._timeout_s).sha
+            # Only the head sha: the default answer lists every file of the repo.
+            head = self._api.model_info(self._repo_id, timeout=self._timeout_s, expand=["sha"]).sha
             if head is None:
                 raise StoreError(f"{self.uri}: the hub named no head revision")
             state = self._state(tenant_hash, revision=head)
