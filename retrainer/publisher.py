@@ -38,6 +38,7 @@ from kernel.tenant_hash import request_ref, tenant_hash
 from retrainer.dataset import DatasetError
 from retrainer.pipeline import Champion, TrainingConfig, TrainingOutcome, finite, judge, train
 from retrainer.replay import ReplayError, RequestRefused, TenantRows
+from retrainer.report import report_files
 from schemas import ChampionKept, ModelPublished, RetrainFailed, RetrainRequested
 
 log = logging.getLogger(__name__)
@@ -177,9 +178,10 @@ class RequestHandler:
         artifacts = outcome.artifacts
         assert artifacts is not None  # noqa: S101 - the caller publishes only a winner
         files = {"safetensors": artifacts.safetensors, "pt": artifacts.pt, "card": artifacts.card}
+        report = report_files(artifacts.card, hashed)  # {} if it failed: publish anyway
         published = self.store.publish(
             hashed,
-            files,
+            {**files, **report},
             message=commit_message(request, self._tenant_key),
             parent=head.revision if head is not None else None,
         )

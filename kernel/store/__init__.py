@@ -7,6 +7,8 @@ the same layout, one atomic version per publish::
     sla_models/{tenant_hash}_sla_model.safetensors   kind "safetensors"
     sla_models/{tenant_hash}_sla_model.pt            kind "pt"
     sla_models/{tenant_hash}_sla_model.json          kind "card"
+    sla_models/{tenant_hash}_sla_model.md            kind "report" (optional, with the
+    sla_models/{tenant_hash}_sla_model.*.png         "plot_*" kinds: ``REPORT_KINDS``)
     sla_models/{tenant_hash}_sla_index.json          the tenant's index (Hub; see below)
 
 Each version also carries the tenant's index (``kernel.store.index``): its version
@@ -64,9 +66,11 @@ from kernel.store.paths import (
     _URI_SCHEME_RE,
     KINDS,
     MODEL_DIR,
+    REPORT_KINDS,
     _check_endpoint,
     _check_repo_id,
     model_paths,
+    report_paths,
 )
 from kernel.store.protocol import ANY_PARENT, AnyParent, ModelStore, PublishedFiles, TenantHead
 
@@ -79,6 +83,7 @@ __all__ = [
     "HubStore",
     "ModelStore",
     "PublishedFiles",
+    "REPORT_KINDS",
     "StoreConflict",
     "StoreError",
     "StoreNotFound",
@@ -87,6 +92,7 @@ __all__ = [
     "configure_hub_http",
     "model_paths",
     "open_store",
+    "report_paths",
 ]
 
 

@@ -38,7 +38,6 @@ from kernel.store.paths import (
     _PUBLISH_TRAILER,
     _RETRY_STATUSES,
     _TENANT_TRAILER,
-    KINDS,
     _check_files,
     _check_message,
     _check_parent,
@@ -48,6 +47,7 @@ from kernel.store.paths import (
     _check_tenant_hash,
     index_path,
     model_paths,
+    publish_paths,
 )
 from kernel.store.protocol import ANY_PARENT, AnyParent, PublishedFiles, TenantHead
 
@@ -117,10 +117,10 @@ class HubStore:
         message: str,
         parent: str | None | AnyParent = ANY_PARENT,
     ) -> PublishedFiles:
-        paths = model_paths(tenant_hash)
         _check_files(files)
         _check_message(message)
         _check_parent(parent)
+        paths = publish_paths(tenant_hash, files)
         publish_id = secrets.token_hex(16)
         description = f"{_TENANT_TRAILER}: {tenant_hash}\n{_PUBLISH_TRAILER}: {publish_id}"
 
@@ -144,8 +144,8 @@ class HubStore:
                 )
             index = next_index(state.head, tenant_hash, message, publish_id)
             operations = [
-                CommitOperationAdd(path_in_repo=paths[kind], path_or_fileobj=bytes(files[kind]))
-                for kind in KINDS
+                CommitOperationAdd(path_in_repo=path, path_or_fileobj=bytes(files[kind]))
+                for kind, path in paths.items()
             ]
             operations.append(
                 CommitOperationAdd(path_in_repo=index_path(tenant_hash), path_or_fileobj=index)
@@ -185,7 +185,7 @@ class HubStore:
         logger.info(
             "published tenant_hash=%s revision=%s store=%s", tenant_hash, revision, self.uri
         )
-        return PublishedFiles(revision, paths)
+        return PublishedFiles(revision, model_paths(tenant_hash))
 
     def read(self, path: str, *, revision: str, max_bytes: int = MAX_ARTIFACT_BYTES) -> bytes:
         _check_repo_path(path)

@@ -51,8 +51,12 @@ class ModelStore(Protocol):
     Promises:
 
     * **Atomicity.** ``publish`` writes the three kinds (``safetensors``, ``pt``,
-      ``card``) and the tenant's index as ONE version: a reader sees all of a version
-      or none of it.
+      ``card``), any report kinds given (``REPORT_KINDS``: the Markdown card and
+      plots) and the tenant's index as ONE version: a reader sees all of a version
+      or none of it. The returned paths are the three model paths. A version
+      published without report files may still show an older version's at its
+      revision on the Hub (a commit keeps untouched files), so a reader checks a
+      report against its card.
     * **Ordering.** Versions of one tenant form a chain. ``head`` names the newest, its
       version count and its newest messages; ``latest`` is ``head``'s files;
       ``revision_messages`` walks the whole chain, newest first. The store, not any
