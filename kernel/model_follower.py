@@ -4,8 +4,8 @@ A ``ModelPublished`` on ``sla.models`` is only a hint that a tenant may have a n
 version. Whoever follows the topic (the consumer, or any downstream service) asks the
 store, never the event, which version is newest:
 
-* the revision is the store's newest for the tenant (``ModelStore.latest``), the
-  version its count of that tenant's versions (``revision_messages``);
+* the revision is the store's newest for the tenant, the version its count of that
+  tenant's versions (both from one bounded ``ModelStore.head`` lookup);
 * the files are read at that revision and verified against the card read from the
   store (the loader checks the weights' sha256 against the card), and, when the event
   names that same revision, against the event's sha256s too;
@@ -117,8 +117,9 @@ class ModelAuthority:
         paths = model_paths(thash)
         head = None
         try:
-            head = self.store.latest(thash)
-            if head is None:
+            newest = self.store.head(thash)
+            head = newest.files if newest is not None else None
+            if newest is None or head is None:
                 if announced is None:
                     return None
                 raise ModelRefused(
@@ -132,7 +133,7 @@ class ModelAuthority:
                         f"({head.revision}, live already)"
                     )
                 return None
-            version = len(self.store.revision_messages(thash))
+            version = newest.version
             card_bytes = self.store.read(paths["card"], revision=head.revision)
             if announced is not None and announced.revision == head.revision:
                 if sha256_hex(card_bytes) != announced.sha256.get("card"):

@@ -144,19 +144,20 @@ def decide(
     )
 
 
-def train_and_decide(
-    rows: TenantRows,
-    request: RetrainRequested,
-    config: TrainingConfig,
-    champion: Champion | None,
-    *,
-    request_ref: str | None = None,
-) -> TrainingOutcome:
-    """Raises `DatasetError` when the rows cannot make a usable training set.
+@dataclass(frozen=True, eq=False)
+class Trained:
+    """A finished search: the challenger and what it is judged by, before any champion."""
 
-    The card's lineage names the request by `request_ref` (the keyed form the store
-    may hold, `kernel.tenant_hash.request_ref`), never by its `event_id`, which is an
-    unkeyed hash of the slug; without `request_ref` it names no request at all.
+    data: SupervisedSet
+    result: SearchResult
+    baselines: BaselineForecasts
+    skill: dict[str, float]
+
+
+def train(rows: TenantRows, config: TrainingConfig) -> Trained:
+    """Dataset, search and baselines: the costly part, run once per request.
+
+    Raises `DatasetError` when the rows cannot make a usable training set.
     """
     data = build_pairs(
         rows.ts,
@@ -168,7 +169,44 @@ def train_and_decide(
     )
     result = run_search(data, config.search)
     baselines = score_baselines(data, result.train_idx, result.holdout_idx, seed=config.search.seed)
-    skills = skill(result.holdout_metrics, baselines.metrics)
+    return Trained(data, result, baselines, skill(result.holdout_metrics, baselines.metrics))
+
+
+def train_and_decide(
+    rows: TenantRows,
+    request: RetrainRequested,
+    config: TrainingConfig,
+    champion: Champion | None,
+    *,
+    request_ref: str | None = None,
+) -> TrainingOutcome:
+    """`train`, then `judge` against `champion`. Raises `DatasetError` (see `train`)."""
+    return judge(train(rows, config), request, config, champion, request_ref=request_ref)
+
+
+def judge(
+    trained: Trained,
+    request: RetrainRequested,
+    config: TrainingConfig,
+    champion: Champion | None,
+    *,
+    request_ref: str | None = None,
+) -> TrainingOutcome:
+    """Decide a trained challenger against `champion`; serialise it if it is published.
+
+    Cheap: no search. Called again, with the same `trained`, when another writer
+    published a new champion meanwhile.
+
+    The card's lineage names the request by `request_ref` (the keyed form the store
+    may hold, `kernel.tenant_hash.request_ref`), never by its `event_id`, which is an
+    unkeyed hash of the slug; without `request_ref` it names no request at all.
+    """
+    data, result, baselines, skills = (
+        trained.data,
+        trained.result,
+        trained.baselines,
+        trained.skill,
+    )
     champion_metrics = score_champion(champion, data, result)
     decision = decide(result.holdout_metrics, champion_metrics, config.champion_margin, skills)
     artifacts = None

@@ -3,8 +3,16 @@
 Runs in the retrainer's worker thread. Returns the events to announce; the service
 produces them and only then commits the request, so a crash anywhere in here leaves
 the request to be served again. Serving it again is safe: the store remembers which
-requests were published (in each version's commit message), so a request whose
-model landed but whose announcement did not is re-announced, never retrained.
+requests were published (each version's commit message, and the newest ones in the
+tenant's index), so a request whose model landed but whose announcement did not is
+re-announced, never retrained.
+
+Several retrainers may share one store. A publish names the tenant version it was
+decided against (`parent`); the store settles races with other tenants' writers by
+itself, and answers `StoreConflict` only when this tenant moved. Then the handler
+looks again: the request already served (another member had it: a rebalance) is
+re-announced; otherwise the challenger it already trained is judged against the new
+champion and published on top of it or kept. No race costs a second search.
 
 The store never sees a request's `event_id`: that is an unkeyed hash of the slug and
 the offsets it names, so anyone reading the store could confirm a guessed slug with
@@ -24,11 +32,11 @@ from typing import Literal
 from pydantic import BaseModel, SecretStr
 
 from kernel.artifacts import ArtifactError, ModelCard, load_model, sha256_hex
-from kernel.errors import StoreError, StoreNotFound
-from kernel.store import ModelStore, PublishedFiles
+from kernel.errors import StoreConflict, StoreError, StoreNotFound
+from kernel.store import ModelStore, PublishedFiles, TenantHead
 from kernel.tenant_hash import request_ref, tenant_hash
 from retrainer.dataset import DatasetError
-from retrainer.pipeline import Champion, TrainingConfig, finite, train_and_decide
+from retrainer.pipeline import Champion, TrainingConfig, TrainingOutcome, finite, judge, train
 from retrainer.replay import ReplayError, RequestRefused, TenantRows
 from retrainer.report import report_files
 from schemas import ChampionKept, ModelPublished, RetrainFailed, RetrainRequested
@@ -36,6 +44,10 @@ from schemas import ChampionKept, ModelPublished, RetrainFailed, RetrainRequeste
 log = logging.getLogger(__name__)
 
 OutcomeKind = Literal["published", "kept", "failed", "duplicates"]
+
+#: Times one request is judged again after its tenant moved under it, then the
+#: conflict goes to the service (which serves the request again later).
+MAX_TENANT_RACES = 3
 
 
 @dataclass(frozen=True)
@@ -102,10 +114,9 @@ class RequestHandler:
                 raise Cancelled(request.event_id)
 
     def handle(self, request: RetrainRequested) -> Outcome:
-        key = request.tenant.encode()
         hashed = tenant_hash(request.tenant, self._tenant_key)
-        messages = self.store.revision_messages(hashed)
-        served = self._served_revision(request, hashed, messages)
+        head = self.store.head(hashed)
+        served = self._served_revision(request, hashed, head)
         if served is not None:
             return served
         try:
@@ -122,54 +133,62 @@ class RequestHandler:
             rows.other_tenants,
             rows.invalid,
         )
-        champion = self._load_champion(request, hashed)
+        champion = self._load_champion(request, head)
+        ref = request_ref(request.event_id, self._tenant_key)
         try:
-            outcome = train_and_decide(
-                rows,
-                request,
-                self._training,
-                champion,
-                request_ref=request_ref(request.event_id, self._tenant_key),
-            )
+            trained = train(rows, self._training)
         except DatasetError as exc:
             return self._failed(request, exc.reason.value, exc.detail)
+        outcome = judge(trained, request, self._training, champion, request_ref=ref)
         self._check_cancelled(request)
-        if outcome.artifacts is None:  # the champion, or a baseline, was better
-            log.info(
-                "tenant=%s event_id=%s not published (%s): challenger %.4f vs champion %s; %s",
-                request.tenant,
-                request.event_id,
-                outcome.decision.verdict,
-                outcome.decision.challenger_score,
-                "none"
-                if outcome.decision.champion_score is None
-                else f"{outcome.decision.champion_score:.4f}",
-                outcome.decision.detail,
-            )
-            kept = ChampionKept(
-                request_event_id=request.event_id,
-                tenant=request.tenant,
-                reason=request.reason,
-                decision=outcome.decision,
-                challenger_metrics=outcome.metrics,
-                champion_revision=champion.revision if champion is not None else None,
-                decided_at=datetime.now(UTC),
-            )
-            return Outcome("kept", [(self._decisions_topic, key, kept)])
-        # Another member may have served it meanwhile (a rebalance): look once more.
-        messages = self.store.revision_messages(hashed)
-        served = self._served_revision(request, hashed, messages)
-        if served is not None:
-            return served
+        for race in range(1, MAX_TENANT_RACES + 1):
+            if outcome.artifacts is None:  # the champion, or a baseline, was better
+                return self._kept(request, outcome, champion)
+            try:
+                return self._publish(request, hashed, head, outcome)
+            except StoreConflict as exc:
+                if race == MAX_TENANT_RACES:
+                    raise
+                # Another writer published this tenant meanwhile: look again, and judge
+                # the challenger already trained against what is now the champion.
+                log.info(
+                    "tenant=%s event_id=%s: the tenant moved while publishing (%s); "
+                    "judging again without a new search",
+                    request.tenant,
+                    request.event_id,
+                    exc,
+                )
+                head = self.store.head(hashed)
+                served = self._served_revision(request, hashed, head)
+                if served is not None:
+                    return served
+                champion = self._load_champion(request, head)
+                outcome = judge(trained, request, self._training, champion, request_ref=ref)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- pieces ---------------------------------------------------------------------
+    def _publish(
+        self,
+        request: RetrainRequested,
+        hashed: str,
+        head: TenantHead | None,
+        outcome: TrainingOutcome,
+    ) -> Outcome:
+        """Publish on top of `head` (the champion it was judged against) and announce it."""
         artifacts = outcome.artifacts
+        assert artifacts is not None  # noqa: S101 - the caller publishes only a winner
         files = {"safetensors": artifacts.safetensors, "pt": artifacts.pt, "card": artifacts.card}
         report = report_files(artifacts.card, hashed)  # {} if it failed: publish anyway
         published = self.store.publish(
-            hashed, {**files, **report}, message=commit_message(request, self._tenant_key)
+            hashed,
+            {**files, **report},
+            message=commit_message(request, self._tenant_key),
+            parent=head.revision if head is not None else None,
         )
         sha256 = {kind: sha256_hex(data) for kind, data in files.items()}
+        version = head.version + 1 if head is not None else 1
         event = self._announcement(
-            request, hashed, published, artifacts.card_model, sha256, version=len(messages) + 1
+            request, hashed, published, artifacts.card_model, sha256, version=version
         )
         log.info(
             "tenant=%s event_id=%s published version=%d revision=%s holdout f1=%.3f log_loss=%.4f",
@@ -180,36 +199,72 @@ class RequestHandler:
             event.metrics.get("f1", float("nan")),
             event.metrics.get("log_loss", float("nan")),
         )
-        return Outcome("published", [(self._models_topic, key, event)])
+        return Outcome("published", [(self._models_topic, request.tenant.encode(), event)])
 
-    # -- pieces ---------------------------------------------------------------------
+    def _kept(
+        self, request: RetrainRequested, outcome: TrainingOutcome, champion: Champion | None
+    ) -> Outcome:
+        log.info(
+            "tenant=%s event_id=%s not published (%s): challenger %.4f vs champion %s; %s",
+            request.tenant,
+            request.event_id,
+            outcome.decision.verdict,
+            outcome.decision.challenger_score,
+            "none"
+            if outcome.decision.champion_score is None
+            else f"{outcome.decision.champion_score:.4f}",
+            outcome.decision.detail,
+        )
+        kept = ChampionKept(
+            request_event_id=request.event_id,
+            tenant=request.tenant,
+            reason=request.reason,
+            decision=outcome.decision,
+            challenger_metrics=outcome.metrics,
+            champion_revision=champion.revision if champion is not None else None,
+            decided_at=datetime.now(UTC),
+        )
+        return Outcome("kept", [(self._decisions_topic, request.tenant.encode(), kept)])
+
     def _served_revision(
-        self, request: RetrainRequested, hashed: str, messages: list[str]
+        self, request: RetrainRequested, hashed: str, head: TenantHead | None
     ) -> Outcome | None:
-        """If the store already holds this request's model, the (re-)announcement."""
+        """If the store already holds this request's model, the (re-)announcement.
+
+        The head's recent messages say whether it was served; for the newest version
+        the card decides (its lineage names the request it serves), not the message.
+        """
         needle = commit_message(request, self._tenant_key)
-        if needle not in messages:
+        if head is None or needle not in head.recent:
             return None
-        if messages[0] != needle:
+        if head.recent[0] != needle:
             log.info(
                 "tenant=%s event_id=%s already served and superseded",
                 request.tenant,
                 request.event_id,
             )
             return Outcome("duplicates", [])
-        latest = self.store.latest(hashed)
-        if latest is None:  # pragma: no cover - the store listed it a moment ago
-            return None
-        card_bytes = self.store.read(latest.paths["card"], revision=latest.revision)
+        card_bytes = self.store.read(head.files.paths["card"], revision=head.revision)
         card = ModelCard.model_validate_json(card_bytes)
+        ref = request_ref(request.event_id, self._tenant_key)
+        if card.lineage.get("request_ref") != ref:
+            log.warning(
+                "tenant=%s event_id=%s: the newest version's message names this request "
+                "but its card does not; serving the request",
+                request.tenant,
+                request.event_id,
+            )
+            return None
         files_sha = {**card.files, "card": sha256_hex(card_bytes)}
         log.info(
             "tenant=%s event_id=%s already published as %s: announcing it again",
             request.tenant,
             request.event_id,
-            latest.revision,
+            head.revision,
         )
-        event = self._announcement(request, hashed, latest, card, files_sha, version=len(messages))
+        event = self._announcement(
+            request, hashed, head.files, card, files_sha, version=head.version
+        )
         return Outcome("duplicates", [(self._models_topic, request.tenant.encode(), event)])
 
     def _announcement(
@@ -241,10 +296,10 @@ class RequestHandler:
             strict=False,
         )
 
-    def _load_champion(self, request: RetrainRequested, hashed: str) -> Champion | None:
-        latest = self.store.latest(hashed)
-        if latest is None:
+    def _load_champion(self, request: RetrainRequested, head: TenantHead | None) -> Champion | None:
+        if head is None:
             return None
+        latest = head.files
         try:
             card = self.store.read(latest.paths["card"], revision=latest.revision)
             weights = self.store.read(latest.paths["safetensors"], revision=latest.revision)

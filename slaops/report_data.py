@@ -290,10 +290,10 @@ def build_reports(read: TopicRead, store: ModelStore, key: SecretStr | None) -> 
 
 def live_model(store: ModelStore, hashed: str) -> LiveModel | None:
     """The store's newest version of `hashed`, its card and its plots (checked)."""
-    latest = store.latest(hashed)
-    if latest is None:
+    head = store.head(hashed)  # bounded: the same few reads whatever the store holds
+    if head is None:
         return None
-    version = len(store.revision_messages(hashed))
+    latest, version = head.files, head.version
     try:
         card_bytes = store.read(
             latest.paths["card"], revision=latest.revision, max_bytes=MAX_CARD_BYTES

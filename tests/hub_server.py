@@ -4,17 +4,24 @@ It implements just what ``huggingface_hub`` 2.4's ``HfApi`` calls for our store:
 
 - ``POST /api/repos/create`` (409 with ``url`` in the body when the repo exists,
   which ``create_repo(exist_ok=True)`` needs),
-- ``GET /api/models/{repo}[/revision/{rev}]`` (``model_info``: ``id``, ``sha``, ...),
+- ``GET /api/models/{repo}[/revision/{rev}]`` (``model_info``: ``id``, ``sha``, ...;
+  with ``expand=...`` only those fields, as the Hub answers ``model_info(expand=)``),
 - ``POST /api/models/{repo}/preupload/{rev}`` (every file answered ``regular``, so
   content goes inline and no LFS/Xet upload happens),
 - ``POST /api/models/{repo}/commit/{rev}`` (NDJSON: a ``header`` line, then
   ``file`` lines with base64 content; ``parentCommit`` must be the head, else 412,
   as the real Hub answers),
 - ``GET /api/models/{repo}/commits/{rev}`` (``list_repo_commits``, newest first),
+- ``POST /api/models/{repo}/paths-info/{rev}`` (``get_paths_info``: form fields
+  ``paths`` (repeated) and ``expand``; each existing file's ``oid`` (git blob id),
+  ``size`` and, expanded, its ``lastCommit`` at that revision; unknown paths are
+  left out, as the Hub does),
 - ``GET``/``HEAD /{repo}/resolve/{rev}/{path}`` (downloads, with ``ETag``,
   ``X-Repo-Commit`` and ``Content-Length``).
 
-Every request needs ``Authorization: Bearer <token>``; otherwise 401. Like the Hub,
+Every request needs ``Authorization: Bearer <token>``; otherwise 401. ``requests``
+records each request's method and path, so a test can count what a lookup costs;
+:meth:`HubServer.push_commit` seeds a repo directly (one commit of any size). Like the Hub,
 a new repo starts with a system "initial commit" holding ``.gitattributes``.
 
 Fault injection (thread-safe, consumed in order by matching requests):
@@ -36,7 +43,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
@@ -51,6 +58,7 @@ class Commit:
     files: dict[str, bytes]  # full snapshot of the tree after this commit
     date: str
     author: str
+    changed: frozenset[str] = frozenset()  # the paths this commit wrote
 
 
 @dataclass
@@ -91,6 +99,7 @@ class HubServer:
         self._counter = itertools.count(1)
         self._stopping = threading.Event()
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request seen
+        self.statuses: list[int] = []  # the status of every answer sent, in order
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._httpd.daemon_threads = True
         self._httpd.block_on_close = False
@@ -209,8 +218,17 @@ class HubServer:
         ).encode()
         oid = hashlib.sha1(material, usedforsecurity=False).hexdigest()
         date = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        repo.commits.append(Commit(oid, title, description, files, date, author))
+        repo.commits.append(
+            Commit(oid, title, description, files, date, author, frozenset(changes))
+        )
         return oid
+
+    def _last_commit_locked(self, repo: _Repo, index: int, path: str) -> Commit:
+        """The newest commit at or before ``index`` that wrote ``path``."""
+        for commit in reversed(repo.commits[: index + 1]):
+            if path in commit.changed:
+                return commit
+        raise AssertionError(f"{path} exists but no commit wrote it")  # pragma: no cover
 
     def _resolve_locked(self, repo: _Repo, revision: str) -> tuple[int, Commit]:
         if revision == "main":
@@ -316,6 +334,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(
         self, status: int, headers: dict[str, str], payload: bytes, *, head: bool = False
     ) -> None:
+        with self.hub._lock:
+            self.hub.statuses.append(status)
         try:
             self.send_response(status)
             for name, value in headers.items():
@@ -345,13 +365,18 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._commit(repo_id, unquote(rest[1]), body)
             if method == "GET" and len(rest) == 2 and rest[0] == "commits":
                 return self._list_commits(repo_id, unquote(rest[1]))
+            if method == "POST" and len(rest) == 2 and rest[0] == "paths-info":
+                return self._paths_info(repo_id, unquote(rest[1]), body)
         if method in ("GET", "HEAD") and len(parts) >= 5 and parts[2] == "resolve":
             repo_id = f"{unquote(parts[0])}/{unquote(parts[1])}"
             return self._resolve(repo_id, unquote(parts[3]), unquote("/".join(parts[4:])))
         raise _HttpError(404, f"no route for {method} {path}")
 
-    def _json(self, obj: Any, status: int = 200) -> tuple[int, dict[str, str], bytes]:
-        return status, {"Content-Type": "application/json"}, json.dumps(obj).encode()
+    def _json(
+        self, obj: Any, status: int = 200, *, extra: dict[str, Any] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        body = {**obj, **extra} if extra else obj
+        return status, {"Content-Type": "application/json"}, json.dumps(body).encode()
 
     def _create_repo(self, body: bytes) -> tuple[int, dict[str, str], bytes]:
         payload = json.loads(body or b"{}")
@@ -370,25 +395,30 @@ class _Handler(BaseHTTPRequestHandler):
         return self._json({"url": url, "name": repo_id, "id": repo_id})
 
     def _model_info(self, repo_id: str, revision: str) -> tuple[int, dict[str, str], bytes]:
+        expand = parse_qs(urlsplit(self.path).query).get("expand")
         with self.hub._lock:
             repo = self.hub._repo_locked(repo_id)
             _, commit = self.hub._resolve_locked(repo, revision)
             private = repo.private
-        return self._json(
-            {
-                "id": repo_id,
-                "_id": hashlib.sha1(repo_id.encode(), usedforsecurity=False).hexdigest()[:24],
-                "modelId": repo_id,
-                "author": repo_id.split("/")[0],
-                "sha": commit.oid,
-                "lastModified": commit.date,
-                "private": private,
-                "disabled": False,
-                "gated": False,
-                "tags": [],
-                "siblings": [{"rfilename": name} for name in sorted(commit.files)],
-            }
-        )
+            # Like the Hub: every sibling by default, only the fields asked for with expand.
+            siblings = None if expand and "siblings" not in expand else sorted(commit.files)
+        info: dict[str, Any] = {
+            "author": repo_id.split("/")[0],
+            "sha": commit.oid,
+            "lastModified": commit.date,
+            "private": private,
+            "disabled": False,
+            "gated": False,
+            "tags": [],
+            "siblings": [{"rfilename": name} for name in siblings or ()],
+        }
+        if expand:
+            info = {name: value for name, value in info.items() if name in expand}
+        ids = {
+            "id": repo_id,
+            "_id": hashlib.sha1(repo_id.encode(), usedforsecurity=False).hexdigest()[:24],
+        }
+        return self._json(ids if expand else {**ids, "modelId": repo_id}, extra=info)
 
     def _preupload(self, repo_id: str, revision: str, body: bytes) -> tuple[int, dict, bytes]:
         payload = json.loads(body)
@@ -460,6 +490,40 @@ class _Handler(BaseHTTPRequestHandler):
             ]
         )
 
+    def _paths_info(self, repo_id: str, revision: str, body: bytes) -> tuple[int, dict, bytes]:
+        content_type = self.headers.get("Content-Type", "").split(";")[0]
+        if content_type != "application/x-www-form-urlencoded":
+            raise _HttpError(400, "expected a form")
+        form = parse_qs(body.decode(), keep_blank_values=True)
+        paths = form.get("paths", [])
+        expand = form.get("expand", ["false"])[-1].lower() in ("true", "1")
+        if not paths:
+            raise _HttpError(400, "paths is required")
+        answer = []
+        with self.hub._lock:
+            repo = self.hub._repo_locked(repo_id)
+            index, commit = self.hub._resolve_locked(repo, revision)
+            for path in dict.fromkeys(paths):
+                content = commit.files.get(path)
+                if content is None:
+                    continue
+                item: dict[str, Any] = {
+                    "type": "file",
+                    "oid": _blob_id(content),
+                    "size": len(content),
+                    "path": path,
+                }
+                if expand:
+                    last = self.hub._last_commit_locked(repo, index, path)
+                    item["lastCommit"] = {"id": last.oid, "title": last.title, "date": last.date}
+                    item["securityFileStatus"] = {
+                        "status": "unscanned",
+                        "avScan": {"virusFound": False},
+                        "pickleImportScan": None,
+                    }
+                answer.append(item)
+        return self._json(answer)
+
     def _resolve(self, repo_id: str, revision: str, filename: str) -> tuple[int, dict, bytes]:
         with self.hub._lock:
             repo = self.hub._repo_locked(repo_id)
@@ -471,17 +535,21 @@ class _Handler(BaseHTTPRequestHandler):
                 "Entry not found",
                 {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": commit.oid},
             )
-        etag = hashlib.sha1(b"blob %d\0" % len(content) + content, usedforsecurity=False)
         return (
             200,
             {
                 "Content-Type": "application/octet-stream",
-                "ETag": f'"{etag.hexdigest()}"',
+                "ETag": f'"{_blob_id(content)}"',
                 "X-Repo-Commit": commit.oid,
                 "Accept-Ranges": "none",
             },
             content,
         )
+
+
+def _blob_id(content: bytes) -> str:
+    """The git blob id of ``content`` (what the Hub calls a regular file's oid)."""
+    return hashlib.sha1(b"blob %d\0" % len(content) + content, usedforsecurity=False).hexdigest()
 
 
 @contextmanager

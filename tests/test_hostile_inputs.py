@@ -36,7 +36,16 @@ from kernel.errors import ConfigError
 from kernel.kafka import base_config
 from kernel.model_follower import ModelAuthority
 from kernel.settings import load_settings
-from kernel.store import FileStore, ModelStore, PublishedFiles, model_paths, open_store
+from kernel.store import (
+    ANY_PARENT,
+    AnyParent,
+    FileStore,
+    ModelStore,
+    PublishedFiles,
+    TenantHead,
+    model_paths,
+    open_store,
+)
 from kernel.tenant_hash import tenant_hash
 from retrainer.settings import RetrainerSettings
 from schemas import ModelPublished
@@ -66,9 +75,18 @@ class SpyStore:
         return self.inner.read(path, revision=revision)
 
     def publish(
-        self, tenant_hash: str, files: Mapping[str, bytes], *, message: str
+        self,
+        tenant_hash: str,
+        files: Mapping[str, bytes],
+        *,
+        message: str,
+        parent: str | None | AnyParent = ANY_PARENT,
     ) -> PublishedFiles:
-        return self.inner.publish(tenant_hash, files, message=message)
+        return self.inner.publish(tenant_hash, files, message=message, parent=parent)
+
+    def head(self, tenant_hash: str) -> TenantHead | None:
+        self.listings += 1
+        return self.inner.head(tenant_hash)
 
     def latest(self, tenant_hash: str) -> PublishedFiles | None:
         self.listings += 1

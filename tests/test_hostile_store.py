@@ -1,14 +1,17 @@
-"""Hostile readers and writers of the model store (issue 11, items 3, 5 and 6).
+"""Hostile readers and writers of the model store (issue 11, items 3, 5 and 6; issue 12).
 
 Each test performs the attack, with nothing but what that attacker holds, and asserts
 the outcome: a store reader with a guess list confirms no slug; a store writer's
 symlinked, endless, FIFO or oversized file is refused without being read whole; a
-NaN or inconsistent model is refused at load and never blocks the tenant's retrains.
+NaN or inconsistent model is refused at load and never blocks the tenant's retrains;
+a forged, foreign or oversized tenant index never names the newest version (the
+card's last commit does) and never blocks a publish.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -26,7 +29,9 @@ from pydantic import SecretStr
 from kernel.artifacts import ArtifactError, ModelCard, load_model, serialize_model
 from kernel.errors import StoreError
 from kernel.mlp import SlaMLP
-from kernel.store import FileStore, HubStore, PublishedFiles, open_store
+from kernel.store import FileStore, HubStore, PublishedFiles, model_paths, open_store
+from kernel.store.index import MAX_INDEX_BYTES, next_index
+from kernel.store.paths import index_path
 from kernel.tenant_hash import tenant_hash
 from retrainer.pipeline import TrainingConfig
 from retrainer.publisher import RequestHandler
@@ -259,3 +264,78 @@ def test_a_nan_newest_version_is_no_champion_and_the_next_retrain_publishes(
     assert f"champion {nan_version.revision} cannot be loaded" in caplog.text
     assert "non-finite" in caplog.text
     assert store.latest(hashed) == PublishedFiles(event.revision, event.paths)
+
+
+# --- issue 12: the tenant index is read back from a store anyone may write -------------
+def _index_for(thash: str, message: str, version: int = 1) -> bytes:
+    data = json.loads(next_index(None, thash, message, "0" * 32))
+    return json.dumps({**data, "version": version}).encode()
+
+
+HOSTILE_INDEX_WRITES: dict[str, Callable[[str, dict[str, str]], tuple[dict[str, bytes], str]]] = {
+    # (files written, commit title); the card is rewritten where the writer forges a version
+    "index-only commit after the version": lambda h, p: (
+        {index_path(h): _index_for(h, "forged", version=999)},
+        "forged",
+    ),
+    "a version without an index": lambda h, p: ({p["card"]: b"{}"}, "foreign"),
+    "an index naming another tenant": lambda h, p: (
+        {p["card"]: b"{}", index_path(h): _index_for("ab" * 32, "other")},
+        "other",
+    ),
+    "an oversized index": lambda h, p: (
+        {p["card"]: b"{}", index_path(h): b" " * (MAX_INDEX_BYTES + 1)},
+        "big",
+    ),
+    "a malformed index": lambda h, p: (
+        {p["card"]: b"{}", index_path(h): b'{"format": 1, "version": -1}'},
+        "bad",
+    ),
+}
+#: What the lookup then says: which commit is newest ("v2" or the forger's), the count.
+EXPECTED_HEAD = {
+    "index-only commit after the version": ("v2", 2, ("m2", "m1")),
+    "a version without an index": ("forger", 3, ("foreign", "m2", "m1")),
+    "an index naming another tenant": ("forger", 1, ("other",)),
+    "an oversized index": ("forger", 1, ("big",)),
+    "a malformed index": ("forger", 1, ("bad",)),
+}
+
+
+@pytest.mark.parametrize("attack", list(HOSTILE_INDEX_WRITES))
+def test_a_hostile_index_never_names_the_newest_version_nor_blocks_a_publish(
+    attack: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with running_hub_server() as hub:
+        store = open_store(
+            "hf://slaops-test/models",
+            token=SecretStr(hub.token),
+            endpoint=hub.endpoint,
+            backoff_s=0.01,
+        )
+        hashed = tenant_hash("acme", KEY)
+        files = {"safetensors": b"w", "pt": b"p", "card": b"{}"}
+        v1 = store.publish(hashed, files, message="m1")
+        v2 = store.publish(hashed, files, message="m2", parent=v1.revision)
+        written, title = HOSTILE_INDEX_WRITES[attack](hashed, model_paths(hashed))
+        forger = hub.push_commit("slaops-test/models", written, title)
+
+        before = len(hub.requests)
+        with caplog.at_level(logging.WARNING, logger="kernel.store"):
+            head = store.head(hashed)
+        looked_up = hub.requests[before:]
+
+        newest, version, recent = EXPECTED_HEAD[attack]
+        assert head is not None
+        assert head.revision == (v2.revision if newest == "v2" else forger)
+        assert (head.version, head.recent) == (version, recent)
+        assert len(looked_up) <= 4  # bounded whatever was planted
+        if attack == "an oversized index":  # refused by its size, never downloaded
+            assert not any(m == "GET" and "index" in path for m, path in looked_up)
+        if attack not in ("index-only commit after the version",):
+            assert "index" in caplog.text  # every ignored index is logged
+        # The tenant's next publish goes on top of whatever the store says is newest.
+        v_next = store.publish(hashed, files, message="m-next", parent=head.revision)
+        after = store.head(hashed)
+        assert after is not None and after.revision == v_next.revision
+        assert (after.version, after.recent[0]) == (version + 1, "m-next")

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pydantic import SecretStr
 
+import retrainer.publisher as publisher
 from kernel.artifacts import load_model, predict_proba
-from kernel.store import ModelStore, open_store
+from kernel.limits import MAX_ARTIFACT_BYTES
+from kernel.store import ANY_PARENT, AnyParent, ModelStore, PublishedFiles, TenantHead, open_store
 from kernel.tenant_hash import request_ref, tenant_hash
 from retrainer.dataset import build_pairs
-from retrainer.pipeline import TrainingConfig, decide
-from retrainer.publisher import RequestHandler, commit_message
+from retrainer.pipeline import Trained, TrainingConfig, decide
+from retrainer.publisher import Outcome, RequestHandler, commit_message
 from retrainer.replay import ReplayError, TenantRows
 from retrainer.search import SearchConfig
 from schemas import ChampionKept, ModelPublished, RetrainFailed, RetrainRequested
@@ -47,12 +50,18 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFixtu
 
 
 def handler(
-    store: StoreFixture, rows: dict[str, TenantRows] | None = None, **training: object
+    store: StoreFixture,
+    rows: dict[str, TenantRows] | None = None,
+    replays: list[str] | None = None,
+    **training: object,
 ) -> RequestHandler:
+    """A retrainer member over `store`; each replay it does is appended to `replays`."""
     uri, model_store = store
     data = rows or {}
 
     def replay(request: RetrainRequested) -> TenantRows:
+        if replays is not None:
+            replays.append(request.tenant)
         if request.tenant == "gone":
             raise ReplayError("offsets 0..600 are no longer in the topic")
         return data.get(request.tenant) or tenant_rows()
@@ -207,3 +216,165 @@ def test_a_challenger_without_skill_over_a_baseline_is_never_published(
     assert not decision.published
     assert (decision.verdict, decision.baseline) == ("baseline_better", baseline)
     assert baseline in decision.detail and "must be > 0" in decision.detail
+
+
+# -- many retrainers, one store ------------------------------------------------------------
+
+
+class RacingStore:
+    """The real store; another writer's work runs just before our first publish.
+
+    Fault injection, not a mock: every call reaches the real store, and the other
+    writer publishes through it too, so the conflict is the store's own answer.
+    """
+
+    def __init__(self, inner: ModelStore, before_publish: Callable[[], object]) -> None:
+        self.inner = inner
+        self.uri = inner.uri
+        self._before: Callable[[], object] | None = before_publish
+
+    def publish(
+        self,
+        tenant_hash: str,
+        files: Mapping[str, bytes],
+        *,
+        message: str,
+        parent: str | None | AnyParent = ANY_PARENT,
+    ) -> PublishedFiles:
+        before, self._before = self._before, None
+        if before is not None:
+            before()
+        return self.inner.publish(tenant_hash, files, message=message, parent=parent)
+
+    def read(self, path: str, *, revision: str, max_bytes: int = MAX_ARTIFACT_BYTES) -> bytes:
+        return self.inner.read(path, revision=revision, max_bytes=max_bytes)
+
+    def head(self, tenant_hash: str) -> TenantHead | None:
+        return self.inner.head(tenant_hash)
+
+    def latest(self, tenant_hash: str) -> PublishedFiles | None:
+        return self.inner.latest(tenant_hash)
+
+    def revision_messages(self, tenant_hash: str) -> list[str]:
+        return self.inner.revision_messages(tenant_hash)
+
+
+@pytest.fixture
+def searches(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tenant of every search the handlers run (the real search, counted)."""
+    seen: list[str] = []
+    lock = threading.Lock()
+    real = publisher.train
+
+    def counted(rows: TenantRows, config: TrainingConfig) -> Trained:
+        with lock:
+            seen.append(threading.current_thread().name)
+        return real(rows, config)
+
+    monkeypatch.setattr(publisher, "train", counted)
+    return seen
+
+
+def test_a_request_another_member_published_meanwhile_is_deduped_not_searched_again(
+    store: StoreFixture, searches: list[str]
+) -> None:
+    uri, model_store = store
+    theirs: list[str] = []
+    mine: list[str] = []
+    other_member = handler(store, replays=theirs)  # e.g. the partition's previous owner
+    result: dict[str, ModelPublished] = {}
+
+    def other_member_serves_it() -> None:
+        event = other_member.handle(request_for("acme")).events[0][2]
+        assert isinstance(event, ModelPublished)
+        result["theirs"] = event
+
+    me = handler((uri, RacingStore(model_store, other_member_serves_it)), replays=mine)
+    outcome = me.handle(request_for("acme"))
+
+    assert outcome.kind == "duplicates"
+    (event,) = [e for _t, _k, e in outcome.events]
+    assert isinstance(event, ModelPublished)
+    assert (event.revision, event.sha256) == (result["theirs"].revision, result["theirs"].sha256)
+    assert event.model_version == 1
+    assert (mine, theirs, len(searches)) == (["acme"], ["acme"], 2)  # one search each
+    assert len(model_store.revision_messages(tenant_hash("acme", KEY))) == 1
+
+
+def test_a_tenant_published_meanwhile_is_judged_again_against_the_new_champion(
+    store: StoreFixture, searches: list[str]
+) -> None:
+    uri, model_store = store
+    mine: list[str] = []
+    other_member = handler(store)
+    result: dict[str, ModelPublished] = {}
+
+    def another_request_is_published() -> None:
+        # Another request of the same tenant on the same window: an equal model.
+        event = other_member.handle(request_for("acme", offset=598)).events[0][2]
+        assert isinstance(event, ModelPublished)
+        result["theirs"] = event
+
+    me = handler((uri, RacingStore(model_store, another_request_is_published)), replays=mine)
+    outcome = me.handle(request_for("acme"))
+
+    # Judged again, without a new search, against the model that landed meanwhile: a
+    # tie, so the champion stays.
+    assert outcome.kind == "kept"
+    (event,) = [e for _t, _k, e in outcome.events]
+    assert isinstance(event, ChampionKept)
+    assert event.champion_revision == result["theirs"].revision
+    assert event.decision.champion_score is not None
+    assert event.decision.challenger_score >= event.decision.champion_score
+    assert (mine, len(searches)) == (["acme"], 2)  # one search each
+    assert len(model_store.revision_messages(tenant_hash("acme", KEY))) == 1
+
+
+def test_two_retrainers_publish_different_tenants_to_one_hub_repo_with_one_search_each(
+    searches: list[str],
+) -> None:
+    with running_hub_server() as hub:
+        uri = "hf://slaops-test/models"
+
+        def member() -> tuple[StoreFixture, list[str]]:
+            client = open_store(uri, token=SecretStr(hub.token), endpoint=hub.endpoint)
+            replays: list[str] = []
+            return (uri, client), replays
+
+        (store_a, replays_a), (store_b, replays_b) = member(), member()
+        a = handler(store_a, replays=replays_a)
+        b = handler(store_b, {"globex": tenant_rows(seed=2)}, replays=replays_b)
+        a_at_commit, b_done = threading.Event(), threading.Event()
+        outcomes: dict[str, Outcome] = {}
+
+        def hold_a_until_b_published() -> None:  # runs in the Hub, before A's commit
+            a_at_commit.set()
+            assert b_done.wait(120), "B never finished"
+
+        def run_b() -> None:
+            try:
+                assert a_at_commit.wait(120), "A never reached its commit"
+                outcomes["b"] = b.handle(request_for("globex"))
+            finally:
+                b_done.set()
+
+        hub.before_next(hold_a_until_b_published, path_contains="/commit/")
+        thread_b = threading.Thread(target=run_b, name="member-b")
+        thread_b.start()
+        outcomes["a"] = a.handle(request_for("acme"))
+        thread_b.join(timeout=120)
+
+        assert hub.statuses.count(412) == 1  # B's commit moved the head under A's
+        assert (outcomes["a"].kind, outcomes["b"].kind) == ("published", "published")
+        assert (replays_a, replays_b) == (["acme"], ["globex"])
+        assert sorted(searches) == ["MainThread", "member-b"]  # exactly one search each
+        titles = [c.title for c in hub.user_commits("slaops-test/models")]
+        assert titles == [
+            commit_message(request_for("acme"), KEY),
+            commit_message(request_for("globex"), KEY),
+        ]
+        for tenant, outcome in outcomes.items():
+            event = outcome.events[0][2]
+            assert isinstance(event, ModelPublished) and event.model_version == 1
+            head = store_a[1].head(event.tenant_hash)
+            assert head is not None and head.revision == event.revision, tenant

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +32,10 @@ from kernel.store import (
     model_paths,
     open_store,
 )
+from kernel.store.index import MAX_SERVED, TenantIndex
+from kernel.store.paths import index_path
 from tests.hub_server import HubServer, running_hub_server
+from tests.store_seed import seed_tenants, seeded_hash
 
 TENANT = "3a" * 32
 OTHER = "7f" * 32
@@ -135,7 +138,7 @@ def test_tenants_have_separate_histories(case: Case) -> None:
     assert store.revision_messages(OTHER) == ["event=other"]
 
 
-def test_one_publish_is_one_commit_with_all_files(case: Case) -> None:
+def test_one_publish_is_one_commit_with_all_files_and_the_index(case: Case) -> None:
     published = case.store.publish(TENANT, files("v1"), message="event=one")
     expected = {published.paths[kind]: data for kind, data in files("v1").items()}
     if case.hub is not None:
@@ -143,15 +146,19 @@ def test_one_publish_is_one_commit_with_all_files(case: Case) -> None:
         assert commit.oid == published.revision
         assert commit.title == "event=one"
         changed = {p: d for p, d in commit.files.items() if p.startswith("sla_models/")}
+        index = TenantIndex.model_validate_json(changed.pop(index_path(TENANT)))
         assert changed == expected
     else:
         assert case.root is not None
         versions = [p for p in (case.root / ".revisions" / TENANT).iterdir() if p.is_dir()]
         assert [v.name for v in versions] == [published.revision]
         names = {p.name for p in versions[0].iterdir()}
-        assert names == {Path(p).name for p in expected} | {"meta.json"}
+        assert names == {Path(p).name for p in expected} | {"meta.json", "index.json"}
+        index = TenantIndex.model_validate_json((versions[0] / "index.json").read_bytes())
         for path, data in expected.items():  # the human-facing mirror
             assert (case.root / path).read_bytes() == data
+    assert (index.tenant_hash, index.version, index.parent) == (TENANT, 1, None)
+    assert index.served == ("event=one",)
 
 
 @pytest.mark.parametrize(
@@ -319,25 +326,101 @@ def test_hub_always_failing_raises_unavailable_and_commits_nothing(hub: HubServe
     assert hub.user_commits(REPO) == []
 
 
-def test_hub_concurrent_writer_raises_conflict_and_a_retry_succeeds(hub: HubServer) -> None:
+def test_hub_another_tenants_commit_is_settled_by_committing_again(hub: HubServer) -> None:
     sleeps: list[float] = []
     store = hub_store(hub, sleeps)
     store.publish(OTHER, files("first"), message="event=first")
 
-    # Another writer commits after our head read (model_info), before our commit.
+    # Another writer commits after our head read (model_info), before our commit: the
+    # Hub answers 412; this tenant did not move, so the store commits again.
     hub.before_next(
         lambda: hub.push_commit(REPO, {"README.md": b"hi"}, "someone else"),
         path_contains="/preupload/",
     )
-    with pytest.raises(StoreConflict):
-        store.publish(TENANT, files("v1"), message="event=raced")
-    assert [c.title for c in hub.user_commits(REPO)] == ["someone else", "event=first"]
-    assert store.latest(TENANT) is None
+    published = store.publish(TENANT, files("v1"), message="event=raced", parent=None)
 
-    # The documented caller policy: publish again (it re-reads the head).
-    published = store.publish(TENANT, files("v1"), message="event=raced")
+    assert hub.statuses.count(412) == 1
+    assert [c.title for c in hub.user_commits(REPO)] == [
+        "event=raced",
+        "someone else",
+        "event=first",
+    ]
     assert hub.user_commits(REPO)[0].oid == published.revision
+    head = store.head(TENANT)
+    assert head is not None and (head.revision, head.version) == (published.revision, 1)
     assert store.revision_messages(TENANT) == ["event=raced"]
+
+
+def test_hub_same_tenant_published_meanwhile_is_a_conflict_for_the_caller(hub: HubServer) -> None:
+    store = hub_store(hub, [])
+    other_writer = hub_store(hub, [])
+    v1 = store.publish(TENANT, files("v1"), message="event=1")
+
+    # Another retrainer publishes this very tenant between our head read and commit.
+    hub.before_next(
+        lambda: other_writer.publish(TENANT, files("theirs"), message="event=theirs"),
+        path_contains="/preupload/",
+    )
+    with pytest.raises(StoreConflict, match="another writer published it"):
+        store.publish(TENANT, files("v2"), message="event=2", parent=v1.revision)
+
+    assert store.revision_messages(TENANT) == ["event=theirs", "event=1"]
+    head = store.head(TENANT)
+    assert head is not None and head.version == 2
+
+
+def test_a_stale_parent_is_a_conflict_and_the_current_one_publishes(case: Case) -> None:
+    store = case.store
+    with pytest.raises(ValueError, match="parent"):
+        store.publish(TENANT, files("x"), message="event=x", parent="../main")
+    v1 = store.publish(TENANT, files("v1"), message="event=1", parent=None)
+    v2 = store.publish(TENANT, files("v2"), message="event=2", parent=v1.revision)
+
+    for stale in (None, v1.revision):
+        with pytest.raises(StoreConflict):
+            store.publish(TENANT, files("v3"), message="event=3", parent=stale)
+    store.publish(OTHER, files("o"), message="event=o", parent=None)  # another tenant: no effect
+    v3 = store.publish(TENANT, files("v3"), message="event=3", parent=v2.revision)
+
+    head = store.head(TENANT)
+    assert head is not None
+    assert (head.files, head.version, head.parent) == (v3, 3, v2.revision)
+    assert head.recent == ("event=3", "event=2", "event=1")
+    assert store.revision_messages(TENANT) == ["event=3", "event=2", "event=1"]
+
+
+def test_two_hub_clients_publish_different_tenants_concurrently(hub: HubServer) -> None:
+    tenants = {0: [f"{i:02x}" * 32 for i in (1, 2, 3)], 1: [f"{i:02x}" * 32 for i in (4, 5, 6)]}
+    stores = [hub_store(hub, []), hub_store(hub, [])]
+    store_for_setup = hub_store(hub, [])
+    store_for_setup.publish(OTHER, files("warm"), message="event=warm")  # the repo exists
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            barrier.wait(timeout=10)
+            for round_ in range(3):
+                for thash in tenants[n]:
+                    head = stores[n].head(thash)
+                    parent = head.revision if head is not None else None
+                    stores[n].publish(
+                        thash, files(f"{n}-{round_}"), message=f"r{round_}", parent=parent
+                    )
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert errors == []
+    assert len(hub.user_commits(REPO)) == 1 + 2 * 3 * 3  # every publish landed once
+    for thash in tenants[0] + tenants[1]:
+        head = store_for_setup.head(thash)
+        assert head is not None and head.version == 3 and head.recent == ("r2", "r1", "r0")
 
 
 def test_hub_lost_commit_response_is_recognised_not_duplicated(hub: HubServer) -> None:
@@ -457,3 +540,69 @@ def test_file_store_concurrent_publishers_keep_a_linear_history(tmp_path: Path) 
     assert messages[0] == f"event={card['tag'][1:]}"
     for published in results:
         assert store.read(published.paths["pt"], revision=published.revision).startswith(b"pt-v")
+
+
+# -- bounded lookups ---------------------------------------------------------------------
+
+
+def requests_of(hub: HubServer, call: Callable[[], object]) -> list[tuple[str, str]]:
+    before = len(hub.requests)
+    call()
+    return hub.requests[before:]
+
+
+def test_hub_lookup_requests_do_not_grow_from_10_to_200_tenants(hub: HubServer) -> None:
+    store = hub_store(hub, [])
+    seed_tenants(hub, REPO, 10)
+    store.publish(TENANT, files("v1"), message="event=1")
+    store.publish(TENANT, files("v2"), message="event=2")
+    store.publish(OTHER, files("o0"), message="event=o0")
+    few_head = requests_of(hub, lambda: store.head(TENANT))
+    few_publish = requests_of(hub, lambda: store.publish(OTHER, files("o1"), message="event=o1"))
+
+    seed_tenants(hub, REPO, 190, start=10, per_commit=10)  # 200 tenants, 24 more commits
+    store.publish(TENANT, files("v3"), message="event=3")
+    many_head = requests_of(hub, lambda: store.head(TENANT))
+    many_publish = requests_of(hub, lambda: store.publish(OTHER, files("o2"), message="event=o2"))
+
+    # paths-info (each path's last commit), then the index: its metadata and its body
+    assert len(many_head) == len(few_head) == 3
+    assert [m for m, _ in many_head] == ["POST", "HEAD", "GET"]
+    assert "/paths-info/" in many_head[0][1]
+    assert len(many_publish) == len(few_publish) == 6  # head sha, tenant (3), preupload, commit
+    assert not any("/commits/" in path for _, path in hub.requests)  # no history listing
+    head = store.head(TENANT)
+    assert head is not None and head.version == 3 and head.recent[0] == "event=3"
+    seeded = store.head(seeded_hash(150))
+    assert seeded is not None and seeded.version == 1
+
+
+def test_file_lookup_reads_do_not_grow_with_versions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FileStore(tmp_path)
+    reads: list[str] = []
+    real = store_file._read_regular
+
+    def counting(path: Path, max_bytes: int, *, what: str) -> bytes:
+        reads.append(what)
+        return real(path, max_bytes, what=what)
+
+    monkeypatch.setattr(store_file, "_read_regular", counting)
+    counts = []
+    for version in range(1, 31):
+        store.publish(TENANT, files(f"v{version}"), message=f"event={version}")
+        reads.clear()
+        head = store.head(TENANT)
+        assert head is not None and head.version == version
+        counts.append(len(reads))
+    assert set(counts) == {3}  # HEAD, meta.json, index.json
+
+
+def test_the_index_keeps_the_newest_served_messages_only(case: Case) -> None:
+    store = case.store
+    for version in range(1, MAX_SERVED + 6):
+        store.publish(TENANT, files("v"), message=f"event={version}")
+    head = store.head(TENANT)
+    assert head is not None and head.version == MAX_SERVED + 5
+    assert head.recent == tuple(f"event={v}" for v in range(MAX_SERVED + 5, 5, -1))

@@ -9,6 +9,12 @@ the same layout, one atomic version per publish::
     sla_models/{tenant_hash}_sla_model.json          kind "card"
     sla_models/{tenant_hash}_sla_model.md            kind "report" (optional, with the
     sla_models/{tenant_hash}_sla_model.*.png         "plot_*" kinds: ``REPORT_KINDS``)
+    sla_models/{tenant_hash}_sla_index.json          the tenant's index (Hub; see below)
+
+Each version also carries the tenant's index (``kernel.store.index``): its version
+count, its parent and its newest served commit messages, so that finding a tenant's
+newest version and whether a request was served cost a fixed number of reads,
+however many tenants and versions the store holds.
 
 FileStore on disk (``DIR``)::
 
@@ -18,18 +24,24 @@ FileStore on disk (``DIR``)::
                                         this is the commit point
     .revisions/{tenant_hash}/{rev}/     immutable copy of one version: the three
                                         files + meta.json (message, parent revision)
-    .revisions/{tenant_hash}/.lock      flock held while publishing
+                                        + index.json
+    .revisions/{tenant_hash}/.lock      flock held while publishing: the tenant's own
+                                        compare-and-swap (``publish(parent=...)``)
 
 A version directory is written under a temporary name, fsynced, then renamed, and
 only then does HEAD move, so a reader never sees a card without its weights.
 
-HubStore: one ``create_commit`` per publish with all three files and
-``parent_commit`` = the head read just before (the Hub answers 412 if it moved:
-:class:`StoreConflict`, the caller may simply publish again). The commit title is
-the caller's message; the description carries ``slaops-tenant:`` and
-``slaops-publish:`` trailers, which is how :meth:`HubStore.latest` and
-:meth:`HubStore.revision_messages` find a tenant's versions in the commit list, and
-how a retry after a lost response recognises that its commit already landed.
+HubStore: one ``create_commit`` per publish with the three files and the index, and
+``parent_commit`` = the repo head the tenant was read at. The Hub answers 412 when
+any writer moved the head; the store then reads the tenant again and, if only other
+tenants moved, commits again on the new head (bounded), so retrainers of different
+tenants share one repo without failing each other. If the tenant itself moved past
+the caller's ``parent``, :class:`StoreConflict`. A tenant's newest version is its
+card's last commit (``get_paths_info(..., expand=True)``, one request); the index
+beside it gives the count and the served messages. The commit title is the caller's
+message; the description carries ``slaops-tenant:`` and ``slaops-publish:`` trailers
+for humans, and the index carries the publish id, which is how a retry after a lost
+response recognises that its commit already landed.
 Transient failures (429, 5xx, connection errors, timeouts) are retried with capped,
 jittered exponential backoff; then :class:`StoreUnavailable`. Note that
 ``huggingface_hub`` itself retries some calls (preupload, commit listing,
@@ -60,12 +72,14 @@ from kernel.store.paths import (
     model_paths,
     report_paths,
 )
-from kernel.store.protocol import ModelStore, PublishedFiles
+from kernel.store.protocol import ANY_PARENT, AnyParent, ModelStore, PublishedFiles, TenantHead
 
 __all__ = [
+    "ANY_PARENT",
     "KINDS",
     "MODEL_DIR",
     "FileStore",
+    "AnyParent",
     "HubStore",
     "ModelStore",
     "PublishedFiles",
@@ -74,6 +88,7 @@ __all__ = [
     "StoreError",
     "StoreNotFound",
     "StoreUnavailable",
+    "TenantHead",
     "configure_hub_http",
     "model_paths",
     "open_store",

@@ -14,14 +14,16 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kernel.errors import StoreError, StoreNotFound
+from kernel.errors import StoreConflict, StoreError, StoreNotFound
 from kernel.limits import MAX_ARTIFACT_BYTES
+from kernel.store.index import MAX_INDEX_BYTES, MAX_SERVED, head_from, next_index, parse_index
 from kernel.store.paths import (
     _FILE_REVISION_RE,
     _MODEL_PATH_RE,
     MODEL_DIR,
     _check_files,
     _check_message,
+    _check_parent,
     _check_repo_path,
     _check_revision,
     _check_tenant_hash,
@@ -29,13 +31,14 @@ from kernel.store.paths import (
     publish_paths,
     report_paths,
 )
-from kernel.store.protocol import PublishedFiles
+from kernel.store.protocol import ANY_PARENT, AnyParent, PublishedFiles, TenantHead
 
 logger = logging.getLogger(__name__)
 
 #: HEAD holds one revision id; meta.json a revision, its parent, a message <= 1000 chars.
 _MAX_HEAD_BYTES = 4096
 _MAX_META_BYTES = 64 * 1024
+_INDEX = "index.json"
 
 
 class FileStore:
@@ -46,25 +49,44 @@ class FileStore:
         self.uri = f"file://{self.root}"
 
     def publish(
-        self, tenant_hash: str, files: Mapping[str, bytes], *, message: str
+        self,
+        tenant_hash: str,
+        files: Mapping[str, bytes],
+        *,
+        message: str,
+        parent: str | None | AnyParent = ANY_PARENT,
     ) -> PublishedFiles:
+        """One version, committed by moving the tenant's ``HEAD`` under its lock.
+
+        The compare-and-swap is the tenant's own (``HEAD`` under ``.lock``): other
+        tenants' publishes never conflict with this one.
+        """
         _check_files(files)
         _check_message(message)
+        _check_parent(parent)
         paths = publish_paths(tenant_hash, files)
         tenant_dir = self.root / ".revisions" / tenant_hash
         try:
             tenant_dir.mkdir(parents=True, exist_ok=True)
             with _flock(tenant_dir / ".lock"):
-                parent = self._head(tenant_hash)
+                head = self.head(tenant_hash)
+                current = head.revision if head is not None else None
+                if parent is not ANY_PARENT and parent != current:
+                    raise StoreConflict(
+                        f"tenant_hash={tenant_hash} is at {current}, not {parent}: "
+                        "another writer published it"
+                    )
                 revision = secrets.token_hex(20)
                 staging = tenant_dir / f".tmp-{revision}"
                 staging.mkdir()
                 try:
                     for kind, path in paths.items():
                         _write_durable(staging / Path(path).name, bytes(files[kind]))
+                    index = next_index(head, tenant_hash, message, secrets.token_hex(16))
+                    _write_durable(staging / _INDEX, index)
                     meta = {
                         "revision": revision,
-                        "parent": parent,
+                        "parent": current,
                         "message": message,
                         "paths": paths,
                         "created_at": datetime.now(UTC).isoformat(),
@@ -108,6 +130,39 @@ class FileStore:
         except OSError as exc:
             raise StoreError(f"could not read {path} from {self.uri}: {exc.strerror}") from exc
 
+    def head(self, tenant_hash: str) -> TenantHead | None:
+        """``HEAD``, then that version's index: three small reads whatever the store holds.
+
+        A version without a valid index (written before indexes existed, or damaged) is
+        counted by walking its tenant's history instead.
+        """
+        paths = model_paths(tenant_hash)
+        revision = self._head(tenant_hash)
+        if revision is None:
+            return None
+        files = PublishedFiles(revision, paths)
+        version_dir = self.root / ".revisions" / tenant_hash / revision
+        meta = self._meta(tenant_hash, revision)
+        parent = meta.get("parent")
+        try:
+            data = _read_regular(version_dir / _INDEX, MAX_INDEX_BYTES, what=_INDEX)
+        except FileNotFoundError:
+            index = None
+        except (OSError, StoreError) as exc:
+            logger.warning("ignoring the index of tenant_hash=%s: %s", tenant_hash, exc)
+            index = None
+        else:
+            index = parse_index(data, tenant_hash)
+        if index is not None and index.served[0] == meta["message"] and index.parent == parent:
+            return head_from(files, index.served[0], index)
+        messages = self.revision_messages(tenant_hash)
+        return TenantHead(
+            files,
+            len(messages),
+            tuple(messages[:MAX_SERVED]),
+            parent if isinstance(parent, str) else None,
+        )
+
     def latest(self, tenant_hash: str) -> PublishedFiles | None:
         paths = model_paths(tenant_hash)
         head = self._head(tenant_hash)
@@ -120,15 +175,21 @@ class FileStore:
         revision = self._head(tenant_hash)
         while revision is not None and revision not in seen:
             seen.add(revision)
-            meta_path = self.root / ".revisions" / tenant_hash / revision / "meta.json"
-            try:
-                meta = json.loads(_read_regular(meta_path, _MAX_META_BYTES, what="meta.json"))
-                messages.append(str(meta["message"]))
-            except (OSError, ValueError, TypeError, KeyError, StoreError) as exc:
-                raise StoreError(f"corrupt version history for {tenant_hash}: {exc}") from exc
+            meta = self._meta(tenant_hash, revision)
+            messages.append(str(meta["message"]))
             parent = meta.get("parent")
             revision = parent if isinstance(parent, str) else None
         return messages
+
+    def _meta(self, tenant_hash: str, revision: str) -> dict[str, object]:
+        meta_path = self.root / ".revisions" / tenant_hash / revision / "meta.json"
+        try:
+            meta = json.loads(_read_regular(meta_path, _MAX_META_BYTES, what="meta.json"))
+            if not isinstance(meta, dict) or not isinstance(meta["message"], str):
+                raise TypeError("meta.json is not an object with a message")
+        except (OSError, ValueError, TypeError, KeyError, StoreError) as exc:
+            raise StoreError(f"corrupt version history for {tenant_hash}: {exc}") from exc
+        return meta
 
     def _head(self, tenant_hash: str) -> str | None:
         path = self.root / ".revisions" / tenant_hash / "HEAD"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
-import re
 import secrets
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -22,30 +23,62 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.hf_api import RepoFile
 
 from kernel.errors import StoreConflict, StoreError, StoreNotFound, StoreUnavailable
 from kernel.limits import MAX_ARTIFACT_BYTES
+from kernel.store.index import (
+    MAX_INDEX_BYTES,
+    TenantIndex,
+    head_from,
+    next_index,
+    parse_index,
+)
 from kernel.store.paths import (
     _PUBLISH_TRAILER,
     _RETRY_STATUSES,
     _TENANT_TRAILER,
     _check_files,
     _check_message,
+    _check_parent,
     _check_repo_id,
     _check_repo_path,
     _check_revision,
     _check_tenant_hash,
+    index_path,
     model_paths,
     publish_paths,
 )
-from kernel.store.protocol import PublishedFiles
+from kernel.store.protocol import ANY_PARENT, AnyParent, PublishedFiles, TenantHead
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class _TenantMoved(StoreConflict):
+    """The tenant's own newest version moved: the caller must look again."""
+
+
+@dataclass(frozen=True)
+class _TenantState:
+    """A tenant at one repo revision: its head, and the index beside it if current."""
+
+    head: TenantHead | None
+    index: TenantIndex | None = None
+
+
 class HubStore:
-    """Hugging Face Hub model repo through an injected ``HfApi``."""
+    """Hugging Face Hub model repo through an injected ``HfApi``.
+
+    A publish is one ``create_commit`` of the three model files and the tenant's index
+    with ``parent_commit`` = the repo head it read the tenant's state at. When another
+    writer's commit lands first (412) the tenant's own newest version is checked again:
+    unchanged (another tenant moved the repo) it commits again on the new head, at
+    most ``max_conflicts`` times; moved, it raises ``StoreConflict`` for the caller.
+    ``head`` costs three requests (``paths-info`` with each path's last commit, then
+    the index download: metadata and body) whatever the repo holds; nothing lists the
+    commit history.
+    """
 
     def __init__(
         self,
@@ -58,15 +91,17 @@ class HubStore:
         max_backoff_s: float = 8.0,
         sleep: Callable[[float], None] = time.sleep,
         request_timeout_s: float | None = 60.0,
+        max_conflicts: int = 8,
     ) -> None:
         _check_repo_id(repo_id)
-        if max_attempts < 1:
-            raise ValueError("max_attempts must be >= 1")
+        if max_attempts < 1 or max_conflicts < 1:
+            raise ValueError("max_attempts and max_conflicts must be >= 1")
         self.uri = f"hf://{repo_id}"
         self._api = api
         self._repo_id = repo_id
         self._private = private
         self._max_attempts = max_attempts
+        self._max_conflicts = max_conflicts
         self._backoff_s = backoff_s
         self._max_backoff_s = max_backoff_s
         self._sleep = sleep
@@ -75,28 +110,46 @@ class HubStore:
         self._rng = random.Random()  # noqa: S311 - backoff jitter, not security
 
     def publish(
-        self, tenant_hash: str, files: Mapping[str, bytes], *, message: str
+        self,
+        tenant_hash: str,
+        files: Mapping[str, bytes],
+        *,
+        message: str,
+        parent: str | None | AnyParent = ANY_PARENT,
     ) -> PublishedFiles:
         _check_files(files)
         _check_message(message)
+        _check_parent(parent)
         paths = publish_paths(tenant_hash, files)
         publish_id = secrets.token_hex(16)
         description = f"{_TENANT_TRAILER}: {tenant_hash}\n{_PUBLISH_TRAILER}: {publish_id}"
-        maybe_landed = False  # an earlier attempt may have committed before failing
 
         def attempt() -> str:
-            nonlocal maybe_landed
-            if maybe_landed and (landed := self._find_publish(publish_id)) is not None:
-                return landed
             if not self._repo_ready:
                 self._api.create_repo(self._repo_id, private=self._private, exist_ok=True)
                 self._repo_ready = True
-            head = self._api.model_info(self._repo_id, timeout=self._timeout_s).sha
+            # Only the head sha: the default answer lists every file of the repo.
+            head = self._api.model_info(self._repo_id, timeout=self._timeout_s, expand=["sha"]).sha
+            if head is None:
+                raise StoreError(f"{self.uri}: the hub named no head revision")
+            state = self._state(tenant_hash, revision=head)
+            if state.index is not None and state.index.publish_id == publish_id:
+                assert state.head is not None  # noqa: S101 - an index is only read beside one
+                return state.head.revision  # an earlier attempt landed; its answer was lost
+            current = state.head.revision if state.head is not None else None
+            if parent is not ANY_PARENT and parent != current:
+                raise _TenantMoved(
+                    f"tenant_hash={tenant_hash} is at {current}, not {parent}: "
+                    "another writer published it"
+                )
+            index = next_index(state.head, tenant_hash, message, publish_id)
             operations = [
                 CommitOperationAdd(path_in_repo=path, path_or_fileobj=bytes(files[kind]))
                 for kind, path in paths.items()
             ]
-            maybe_landed = True
+            operations.append(
+                CommitOperationAdd(path_in_repo=index_path(tenant_hash), path_or_fileobj=index)
+            )
             info = self._api.create_commit(
                 self._repo_id,
                 operations=operations,
@@ -108,13 +161,27 @@ class HubStore:
                 logger.warning("hub skipped an unchanged commit tenant_hash=%s", tenant_hash)
             return str(info.oid)
 
-        try:
-            revision = self._retry("publish", attempt)
-        except StoreConflict:
-            landed = self._find_publish_quietly(publish_id) if maybe_landed else None
-            if landed is None:
+        for race in range(1, self._max_conflicts + 1):
+            try:
+                revision = self._retry("publish", attempt)
+                break
+            except _TenantMoved:
                 raise
-            revision = landed
+            except StoreConflict:
+                # Another writer moved the repo head (most often: another tenant's
+                # version). The next attempt re-reads this tenant at the new head.
+                if race == self._max_conflicts:
+                    raise StoreConflict(
+                        f"hub publish on {self.uri} lost {race} races for the repo head"
+                    ) from None
+                delay = self._rng.random() * min(self._max_backoff_s, self._backoff_s * race)
+                logger.info(
+                    "hub head moved under tenant_hash=%s; committing again race=%d delay_s=%.2f",
+                    tenant_hash,
+                    race,
+                    delay,
+                )
+                self._sleep(delay)
         logger.info(
             "published tenant_hash=%s revision=%s store=%s", tenant_hash, revision, self.uri
         )
@@ -123,13 +190,22 @@ class HubStore:
     def read(self, path: str, *, revision: str, max_bytes: int = MAX_ARTIFACT_BYTES) -> bytes:
         _check_repo_path(path)
         _check_revision(revision)
+        return self._retry("read", lambda: self._download(path, revision, max_bytes))
 
-        def attempt() -> bytes:
-            with tempfile.TemporaryDirectory(prefix="slaops-hub-") as tmp:
-                cache_dir, local_dir = Path(tmp) / "cache", Path(tmp) / "files"
-                etag_timeout = self._timeout_s or 10.0
-                # The size from the file's metadata first: an oversized file is refused
-                # before a byte of it is downloaded.
+    def _download(
+        self, path: str, revision: str, max_bytes: int, *, known_size: int | None = None
+    ) -> bytes:
+        """One file at one revision, refused by its size before a byte is downloaded.
+
+        ``known_size`` (from ``paths-info``) saves the metadata request.
+        """
+        _check_repo_path(path)
+        _check_revision(revision)
+        with tempfile.TemporaryDirectory(prefix="slaops-hub-") as tmp:
+            cache_dir, local_dir = Path(tmp) / "cache", Path(tmp) / "files"
+            etag_timeout = self._timeout_s or 10.0
+            size = known_size
+            if size is None:
                 info = self._api.hf_hub_download(
                     self._repo_id,
                     path,
@@ -140,59 +216,103 @@ class HubStore:
                     dry_run=True,
                 )
                 size = info.file_size
-                if not isinstance(size, int) or isinstance(size, bool):
-                    raise StoreError(f"refusing {path}: the hub did not say how large it is")
-                if size > max_bytes:
-                    raise StoreError(f"refusing {path}: {size} bytes, over {max_bytes}")
-                # huggingface_hub checks the body against that size; we check the file
-                # on disk again before reading it into memory.
-                local = Path(
-                    self._api.hf_hub_download(
-                        self._repo_id,
-                        path,
-                        revision=revision,
-                        cache_dir=cache_dir,
-                        local_dir=local_dir,
-                        etag_timeout=etag_timeout,
-                    )
+            if not isinstance(size, int) or isinstance(size, bool):
+                raise StoreError(f"refusing {path}: the hub did not say how large it is")
+            if size > max_bytes:
+                raise StoreError(f"refusing {path}: {size} bytes, over {max_bytes}")
+            # huggingface_hub checks the body against the size it is told; we check the
+            # file on disk again before reading it into memory.
+            local = Path(
+                self._api.hf_hub_download(
+                    self._repo_id,
+                    path,
+                    revision=revision,
+                    cache_dir=cache_dir,
+                    local_dir=local_dir,
+                    etag_timeout=etag_timeout,
                 )
-                on_disk = local.stat().st_size
-                if on_disk > max_bytes:
-                    raise StoreError(f"refusing {path}: {on_disk} bytes, over {max_bytes}")
-                return local.read_bytes()
+            )
+            on_disk = local.stat().st_size
+            if on_disk > max_bytes:
+                raise StoreError(f"refusing {path}: {on_disk} bytes, over {max_bytes}")
+            return local.read_bytes()
 
-        return self._retry("read", attempt)
+    def head(self, tenant_hash: str) -> TenantHead | None:
+        _check_tenant_hash(tenant_hash)
+        try:
+            state = self._retry("lookup", lambda: self._state(tenant_hash, revision="main"))
+        except StoreNotFound:
+            return None  # no repo yet: nothing published
+        return state.head
 
     def latest(self, tenant_hash: str) -> PublishedFiles | None:
-        paths = model_paths(tenant_hash)
-        commits = self._tenant_commits(tenant_hash)
-        return PublishedFiles(commits[0][0], paths) if commits else None
+        head = self.head(tenant_hash)
+        return head.files if head is not None else None
 
     def revision_messages(self, tenant_hash: str) -> list[str]:
+        """The tenant's messages, newest first: three requests per version of this tenant."""
         _check_tenant_hash(tenant_hash)
-        return [title for _, title in self._tenant_commits(tenant_hash)]
+        messages: list[str] = []
+        seen: set[str] = set()
+        revision: str | None = "main"
+        while revision is not None and revision not in seen:
+            seen.add(revision)
+            try:
+                at = functools.partial(self._state, tenant_hash, revision=revision)
+                state = self._retry("lookup", at)
+            except StoreNotFound:
+                break
+            if state.head is None:
+                break
+            messages.append(state.head.recent[0])
+            revision = state.head.parent
+        return messages
 
-    def _tenant_commits(self, tenant_hash: str) -> list[tuple[str, str]]:
-        """(commit id, title) of the commits that published ``tenant_hash``, newest first."""
-        trailer = re.compile(rf"^{_TENANT_TRAILER}: {tenant_hash}$", re.MULTILINE)
-        try:
-            commits = self._retry("list", lambda: self._api.list_repo_commits(self._repo_id))
-        except StoreNotFound:
-            return []  # no repo yet: nothing published
-        return [(c.commit_id, c.title) for c in commits if trailer.search(c.message or "")]
+    def _state(self, tenant_hash: str, *, revision: str) -> _TenantState:
+        """The tenant at ``revision``: its card's last commit is its newest version.
 
-    def _find_publish(self, publish_id: str) -> str | None:
-        marker = f"{_PUBLISH_TRAILER}: {publish_id}"
-        for commit in self._api.list_repo_commits(self._repo_id):
-            if marker in (commit.message or "").splitlines():
-                return str(commit.commit_id)
-        return None
-
-    def _find_publish_quietly(self, publish_id: str) -> str | None:
-        try:
-            return self._retry("list", lambda: self._find_publish(publish_id))
-        except StoreError:
-            return None
+        One ``paths-info`` request names the last commit of the card and of the index;
+        one download reads the index (at its own last commit). Nothing here grows with
+        the repo.
+        """
+        paths = model_paths(tenant_hash)
+        where = index_path(tenant_hash)
+        found = self._api.get_paths_info(
+            self._repo_id, [paths["card"], where], expand=True, revision=revision
+        )
+        infos = {f.path: f for f in found if isinstance(f, RepoFile)}
+        card = infos.get(paths["card"])
+        if card is None:
+            return _TenantState(None)
+        if card.last_commit is None:
+            raise StoreError(f"{self.uri}: the hub did not name the last commit of {card.path}")
+        newest = str(card.last_commit.oid)
+        _check_revision(newest)
+        title = str(card.last_commit.title or "")
+        files = PublishedFiles(newest, paths)
+        stored = infos.get(where)
+        index: TenantIndex | None = None
+        if stored is not None:
+            # The index as of the newest version: when its last commit is the card's
+            # (always, unless another writer skipped or rewrote it) paths-info gave its
+            # size; otherwise it is read at the card's revision, size checked first.
+            beside = stored.last_commit is not None and stored.last_commit.oid == newest
+            try:
+                data = self._download(
+                    where, newest, MAX_INDEX_BYTES, known_size=stored.size if beside else None
+                )
+            except StoreError as exc:  # refused: over the size cap
+                logger.warning("ignoring the index of tenant_hash=%s: %s", tenant_hash, exc)
+                data = None
+            except Exception as exc:
+                translated = _translate(exc, self._redact)
+                if translated is None or not isinstance(translated[0], StoreNotFound):
+                    raise  # the retry loop translates and retries it
+                data = None  # no index as of that version
+            index = parse_index(data, tenant_hash) if data is not None else None
+        head = head_from(files, title, index)
+        current = index is not None and index.served[0] == title
+        return _TenantState(head, index if current else None)
 
     def _retry(self, operation: str, fn: Callable[[], T]) -> T:
         for attempt in range(1, self._max_attempts + 1):

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from kernel.errors import StoreError
+from kernel.store.protocol import AnyParent
 
 MODEL_DIR = "sla_models"
 KINDS: dict[str, str] = {"safetensors": "safetensors", "pt": "pt", "card": "json"}  # kind -> ext
@@ -52,6 +53,19 @@ def publish_paths(tenant_hash: str, files: Mapping[str, bytes]) -> dict[str, str
     """kind -> path of every file of one publish: the model kinds and the report kinds given."""
     reports = report_paths(tenant_hash)
     return {**model_paths(tenant_hash), **{k: reports[k] for k in files if k in reports}}
+
+
+def index_path(tenant_hash: str) -> str:
+    """``sla_models/{tenant_hash}_sla_index.json``: see ``kernel.store.index``."""
+    _check_tenant_hash(tenant_hash)
+    return f"{MODEL_DIR}/{tenant_hash}_sla_index.json"
+
+
+def _check_parent(parent: object) -> None:
+    if parent is None or isinstance(parent, AnyParent):
+        return
+    if not isinstance(parent, str) or _REVISION_RE.fullmatch(parent) is None:
+        raise ValueError("parent must be a revision, None or ANY_PARENT")
 
 
 def _check_tenant_hash(tenant_hash: str) -> None:
