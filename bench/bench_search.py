@@ -11,7 +11,7 @@ Then the default grid again with its fits on a Dask `LocalCluster` (`search_back
 of 1 and of 2 single-threaded worker processes on loopback (`--dask-workers`), each
 warmed first, beside the local figure; each line says how many fits each worker ran.
 
-Targets: default grid (18 candidates x 5 folds = 90 fits) under 60 s on 2 cores;
+Targets: default grid (15 candidates x 5 folds = 75 fits) under 60 s on 2 cores;
 search within 1.5x of the plain loop; halving at least 3x faster than grid with
 holdout log loss within 2%.
 
