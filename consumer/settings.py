@@ -168,8 +168,9 @@ class ConsumerSettings(StoreSettings, TopicSettings):
     )
     request_timeout_s: float = Field(
         default=_CORE.request_timeout_s,
-        gt=0,
-        description="Event time after which an unanswered request no longer blocks a new one.",
+        ge=0,
+        description="Wall-clock seconds after which an unanswered request no longer blocks "
+        "its tenant's next one (0: requests are never held in flight).",
     )
 
     @model_validator(mode="after")
