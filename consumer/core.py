@@ -425,11 +425,9 @@ class IngestCore:
             cold = (
                 self._cold_start_index(state, ts, labels, done, index, now) if cold_start else None
             )
+            follow_up = state.follow_up
             follow = self._follow_up_index(state, ts, done, index, now)
-            follow_up = None
-            if follow is not None and (cold is None or follow <= cold):
-                follow_up = state.follow_up
-                assert follow_up is not None
+            if follow_up is not None and follow is not None and (cold is None or follow <= cold):
                 trigger: tuple[int, RetrainReason, str, DriftSignal | None] = (
                     follow,
                     follow_up.reason,
@@ -437,6 +435,7 @@ class IngestCore:
                     follow_up.signal,
                 )
             elif cold is not None:
+                follow_up = None
                 trigger = (
                     cold,
                     "cold_start",
@@ -444,6 +443,7 @@ class IngestCore:
                     None,
                 )
             elif triggers:
+                follow_up = None
                 trigger = triggers.pop(0)
             else:
                 break
@@ -649,7 +649,8 @@ class IngestCore:
         origin, detected = (
             (trigger, float(ts)) if follow_up is None else (follow_up.offset, follow_up.ts)
         )
-        event_id = retrain_event_id(state.tenant, reason, self.config.topic, state.partition, origin)
+        topic, partition = self.config.topic, state.partition
+        event_id = retrain_event_id(state.tenant, reason, topic, partition, origin)
         if not state.gate.allows(float(ts), now):
             waits = state.gate.busy(now)
             if waits:

@@ -110,9 +110,9 @@ class RequestHandler:
         try:
             rows = self._replay(request)
         except RequestRefused as exc:
-            return self._failed(request, "invalid_request", str(exc))
+            return self.failed(request, "invalid_request", str(exc))
         except ReplayError as exc:
-            return self._failed(request, "range_unavailable", str(exc))
+            return self.failed(request, "range_unavailable", str(exc))
         log.info(
             "tenant=%s event_id=%s replayed rows=%d (skipped other tenants=%d, invalid=%d)",
             request.tenant,
@@ -131,7 +131,7 @@ class RequestHandler:
                 request_ref=request_ref(request.event_id, self._tenant_key),
             )
         except DatasetError as exc:
-            return self._failed(request, exc.reason.value, exc.detail)
+            return self.failed(request, exc.reason.value, exc.detail)
         self._check_cancelled(request)
         if outcome.artifacts is None:  # the champion, or a baseline, was better
             log.info(
@@ -266,7 +266,8 @@ class RequestHandler:
         )
         return None
 
-    def _failed(self, request: RetrainRequested, reason: str, detail: str) -> Outcome:
+    def failed(self, request: RetrainRequested, reason: str, detail: str) -> Outcome:
+        """The `RetrainFailed` that ends `request` for good, with its reason."""
         log.warning(
             "tenant=%s event_id=%s failed: %s: %s", request.tenant, request.event_id, reason, detail
         )

@@ -158,9 +158,7 @@ def test_requests_do_not_depend_on_where_batches_are_cut() -> None:
     recs = [
         RawRecord(key, value, 0, i) for i, (key, value, _m) in enumerate(simulator.events(1_200))
     ]
-    cfg = config(
-        cold_start=True, request_timeout_s=0.0, window_max_events=2_000, window_span_s=1e7
-    )
+    cfg = config(cold_start=True, request_timeout_s=0.0, window_max_events=2_000, window_span_s=1e7)
     runs = {
         batch: sorted(run(IngestCore(cfg), recs, batch), key=lambda r: r.source[0].end_offset)
         for batch in (len(recs), 997, 64, 1)

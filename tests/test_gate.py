@@ -93,8 +93,10 @@ def test_drift_while_the_first_model_is_built_becomes_one_follow_up_after_the_an
     core.resolve("drifty", drifty_cold.event_id)  # its first model is answered
     (follow_up,) = run(core, recs[cut:], batch=500)
     # The drift's own id and detection time, on the window as it is when it goes out.
-    assert follow_up.event_id == drift.event_id == retrain_event_id(
-        "drifty", "data_drift", TOPIC, 0, drift_offset
+    assert (
+        follow_up.event_id
+        == drift.event_id
+        == retrain_event_id("drifty", "data_drift", TOPIC, 0, drift_offset)
     )
     assert follow_up.detected_at == drift.detected_at and follow_up.reason == "data_drift"
     assert follow_up.source[0].end_offset > cut
