@@ -166,6 +166,13 @@ class ConsumerSettings(StoreSettings, TopicSettings):
     cooldown_s: float = Field(
         default=_CORE.cooldown_s, ge=0, description="Event-time pause between a tenant's requests."
     )
+    delivery_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Wait for the broker to acknowledge a batch's records before logging and "
+        "waiting again (the consumer never gives up on an unreachable broker: it keeps its "
+        "state and resumes when the broker returns).",
+    )
     request_timeout_s: float = Field(
         default=_CORE.request_timeout_s,
         ge=0,
