@@ -7,6 +7,7 @@ care of publishing and announcing.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import math
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from kernel.artifacts import ModelArtifacts, ModelCard, predict_proba, serialize
 from kernel.features import FeatureSpec
 from kernel.mlp import SlaMLP
 from retrainer.baselines import BaselineForecasts, as_card, losing_baseline, score_baselines, skill
+from retrainer.cancel import CancelToken
 from retrainer.dataset import DEFAULT_MIN_ROWS, SupervisedSet, build_pairs
 from retrainer.metrics import evaluate, reliability_table
 from retrainer.replay import TenantRows
@@ -150,6 +152,7 @@ def train_and_decide(
     champion: Champion | None,
     *,
     request_ref: str | None = None,
+    cancel: CancelToken | None = None,
 ) -> TrainingOutcome:
     """Raises `DatasetError` when the rows cannot make a usable training set.
 
@@ -165,7 +168,8 @@ def train_and_decide(
         spec=config.features,
         min_rows=config.min_rows,
     )
-    result = run_search(data, config.search)
+    search = config.search if cancel is None else dataclasses.replace(config.search, cancel=cancel)
+    result = run_search(data, search)
     baselines = score_baselines(data, result.train_idx, result.holdout_idx, seed=config.search.seed)
     skills = skill(result.holdout_metrics, baselines.metrics)
     champion_metrics = score_champion(champion, data, result)

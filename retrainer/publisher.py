@@ -15,7 +15,6 @@ under the tenant key) instead, and the dedupe looks for that.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,10 +26,13 @@ from kernel.artifacts import ArtifactError, ModelCard, load_model, sha256_hex
 from kernel.errors import StoreError, StoreNotFound
 from kernel.store import ModelStore, PublishedFiles
 from kernel.tenant_hash import request_ref, tenant_hash
+from retrainer.cancel import Cancelled, CancelToken
 from retrainer.dataset import DatasetError
 from retrainer.pipeline import Champion, TrainingConfig, finite, train_and_decide
 from retrainer.replay import ReplayError, RequestRefused, TenantRows
 from schemas import ChampionKept, ModelPublished, RetrainFailed, RetrainRequested
+
+__all__ = ["Cancelled", "Outcome", "RequestHandler", "commit_message"]
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +43,6 @@ OutcomeKind = Literal["published", "kept", "failed", "duplicates"]
 class Outcome:
     kind: OutcomeKind
     events: list[tuple[str, bytes, BaseModel]]
-
-
-class Cancelled(Exception):
-    """The request's partition moved to another member while it was being served."""
 
 
 def commit_message(request: RetrainRequested, tenant_key: SecretStr | bytes) -> str:
@@ -62,8 +60,9 @@ class RequestHandler:
     `handle` returns an `Outcome` whose events the caller produces (`ModelPublished`,
     `ChampionKept` or `RetrainFailed`); unusable data or a replay range that is gone
     becomes a `RetrainFailed`, not an exception. A request whose model the store
-    already holds is re-announced, never retrained. Raises `Cancelled` when `cancel`
-    was called for the request (its partition moved); store errors propagate. Never
+    already holds is re-announced, never retrained. Raises `Cancelled` once the run's
+    `cancel` token is cancelled (its partition moved): between phases, and within an
+    epoch inside the search; store errors propagate. Never
     produces to Kafka or commits offsets.
     """
 
@@ -87,26 +86,16 @@ class RequestHandler:
         self._models_topic = models_topic
         self._failures_topic = failures_topic
         self._decisions_topic = decisions_topic
-        self._cancelled: set[str] = set()
-        self._lock = threading.Lock()
 
-    def cancel(self, event_id: str) -> None:
-        with self._lock:
-            self._cancelled.add(event_id)
-
-    def _check_cancelled(self, request: RetrainRequested) -> None:
-        with self._lock:
-            if request.event_id in self._cancelled:
-                self._cancelled.discard(request.event_id)
-                raise Cancelled(request.event_id)
-
-    def handle(self, request: RetrainRequested) -> Outcome:
+    def handle(self, request: RetrainRequested, cancel: CancelToken | None = None) -> Outcome:
+        cancel = cancel or CancelToken()
         key = request.tenant.encode()
         hashed = tenant_hash(request.tenant, self._tenant_key)
         messages = self.store.revision_messages(hashed)
         served = self._served_revision(request, hashed, messages)
         if served is not None:
             return served
+        cancel.check()
         try:
             rows = self._replay(request)
         except RequestRefused as exc:
@@ -122,6 +111,7 @@ class RequestHandler:
             rows.invalid,
         )
         champion = self._load_champion(request, hashed)
+        cancel.check()
         try:
             outcome = train_and_decide(
                 rows,
@@ -129,10 +119,11 @@ class RequestHandler:
                 self._training,
                 champion,
                 request_ref=request_ref(request.event_id, self._tenant_key),
+                cancel=cancel,
             )
         except DatasetError as exc:
             return self.failed(request, exc.reason.value, exc.detail)
-        self._check_cancelled(request)
+        cancel.check()
         if outcome.artifacts is None:  # the champion, or a baseline, was better
             log.info(
                 "tenant=%s event_id=%s not published (%s): challenger %.4f vs champion %s; %s",

@@ -51,6 +51,7 @@ from sklearn.model_selection import (
 from kernel.artifacts import predict_proba
 from kernel.mlp import SlaMLP
 from retrainer.calibration import PlattMap, fit_platt, fold_into
+from retrainer.cancel import CancelToken
 from retrainer.dataset import (
     DEFAULT_HOLDOUT_FRACTION,
     DatasetError,
@@ -148,6 +149,8 @@ class SearchConfig:
     weight_decay: float = 1e-4
     persistence_offset: bool = True
     calibration: Calibration = "none"
+    #: Every fit stops after its epoch once this is cancelled (a revocation).
+    cancel: CancelToken | None = None
 
     def __post_init__(self) -> None:
         if self.strategy not in ("grid", "random", "halving"):
@@ -201,6 +204,7 @@ class SearchConfig:
             patience=self.patience,
             optimizer__fused=True,
             optimizer__weight_decay=self.weight_decay,
+            cancel=self.cancel,
         )
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -29,6 +29,7 @@ from pydantic import BaseModel, ValidationError
 from kernel.backoff import Backoff
 from kernel.errors import StoreError, is_transient
 from kernel.kafka import DeliveryTracker, is_record, position
+from retrainer.cancel import CancelToken
 from retrainer.offsets import OffsetBook
 from retrainer.publisher import Outcome, RequestHandler
 from schemas import RetrainFailed, RetrainRequested
@@ -50,6 +51,8 @@ class Job:
     offsets: list[tuple[int, int]]
     future: Future[Outcome]
     attempts: int
+    #: This run's own cancel flag: a later run of the same request gets a fresh one.
+    cancel: CancelToken = field(default_factory=CancelToken)
     abandoned: bool = False
 
 
@@ -69,6 +72,8 @@ class RetrainerStats:
 
 #: Pause before a failed request is tried again: 5 s, doubling, at most 5 minutes.
 DEFAULT_RETRY = Backoff(5.0, 300.0)
+#: How long a revocation waits for the cancelled search to stop (fits check each epoch).
+_CANCEL_WAIT_S = 30.0
 #: Tries of a request that keeps failing with an error that is not transient.
 DEFAULT_MAX_ATTEMPTS = 3
 
@@ -129,10 +134,24 @@ class RetrainerService:
                 del self._pending[tenant]
         job = self._job
         if job is not None and any(p in numbers for p, _ in job.offsets):
-            # Its partition's new owner serves the request; this result must not publish.
-            job.abandoned = True
-            self.handler.cancel(job.request.event_id)
+            # Its partition's new owner serves the request: stop the search before this
+            # member rejoins, so two members never train one tenant at once.
+            self._abandon(job)
         log.info("revoked partitions=%s", sorted(numbers))
+
+    def _abandon(self, job: Job) -> None:
+        """Cancel the job and wait (bounded) for its search to stop; its result is dropped."""
+        job.abandoned = True
+        job.cancel.cancel()
+        if not wait([job.future], timeout=_CANCEL_WAIT_S).done:
+            log.warning(
+                "tenant=%s event_id=%s still searching %.0fs after its cancel",
+                job.tenant,
+                job.request.event_id,
+                _CANCEL_WAIT_S,
+            )
+        else:
+            log.info("tenant=%s event_id=%s cancelled", job.tenant, job.request.event_id)
 
     # -- the loop -------------------------------------------------------------------
     def run(self, stop: threading.Event) -> RetrainerStats:
@@ -150,9 +169,10 @@ class RetrainerService:
                 self._start_job()
         finally:
             if self._job is not None:
-                self._job.abandoned = True
-                self.handler.cancel(self._job.request.event_id)
+                self._abandon(self._job)
             self._executor.shutdown(wait=True, cancel_futures=True)
+            if self._job is not None:
+                self._job.cancel.close()
             self._tracker.wait()
             self._consumer.close()
         return self.stats
@@ -204,14 +224,16 @@ class RetrainerService:
                 request.event_id,
             )
         offsets = [(p, o) for p, o, _r in pending.requests]
-        future = self._executor.submit(self.handler.handle, request)
-        self._job = Job(tenant, request, offsets, future, pending.attempts)
+        cancel = CancelToken()
+        future = self._executor.submit(self.handler.handle, request, cancel)
+        self._job = Job(tenant, request, offsets, future, pending.attempts, cancel)
 
     def _finish_job(self) -> None:
         job = self._job
         if job is None or not job.future.done():
             return
         self._job = None
+        job.cancel.close()
         if job.abandoned:
             return
         try:
