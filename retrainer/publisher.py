@@ -30,6 +30,7 @@ from retrainer.cancel import Cancelled, CancelToken
 from retrainer.dataset import DatasetError
 from retrainer.pipeline import Champion, TrainingConfig, finite, train_and_decide
 from retrainer.replay import ReplayError, RequestRefused, TenantRows
+from retrainer.report import report_files
 from schemas import ChampionKept, ModelPublished, RetrainFailed, RetrainRequested
 
 __all__ = ["Cancelled", "Outcome", "RequestHandler", "commit_message"]
@@ -153,8 +154,9 @@ class RequestHandler:
             return served
         artifacts = outcome.artifacts
         files = {"safetensors": artifacts.safetensors, "pt": artifacts.pt, "card": artifacts.card}
+        report = report_files(artifacts.card, hashed)  # {} if it failed: publish anyway
         published = self.store.publish(
-            hashed, files, message=commit_message(request, self._tenant_key)
+            hashed, {**files, **report}, message=commit_message(request, self._tenant_key)
         )
         sha256 = {kind: sha256_hex(data) for kind, data in files.items()}
         event = self._announcement(
