@@ -106,7 +106,7 @@ def live_run(
             data_drift=False,
             cold_start=False,
             cooldown_s=0.0,
-            request_timeout_s=1e-9,
+            request_timeout_s=0.0,
             publish_forecasts=True,
         )
     )

@@ -154,13 +154,22 @@ class CheckpointLog:
             if previous is None
             else (previous.committed_offset, previous.replay_from),
         )
+        self._produce(checkpoint)
+        self._last[(topic, partition)] = checkpoint
+
+    def rewrite(self, topic: str, partition: int) -> None:
+        """Queue the newest checkpoint of `partition` again: its delivery failed."""
+        checkpoint = self._last.get((topic, partition))
+        if checkpoint is not None:
+            self._produce(checkpoint)
+
+    def _produce(self, checkpoint: PartitionCheckpoint) -> None:
         self._tracker.produce(
             self.topic,
-            key=checkpoint_key(self.group_id, topic, partition),
+            key=checkpoint_key(self.group_id, checkpoint.topic, checkpoint.partition),
             value=checkpoint.model_dump_json().encode(),
             partition=0,
         )
-        self._last[(topic, partition)] = checkpoint
 
     def forget(self, topic: str, partitions: Iterable[int]) -> None:
         for partition in partitions:

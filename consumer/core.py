@@ -69,12 +69,30 @@ class CoreConfig:
     cold_start: bool = True
     cold_start_min_events: int = 500
     cold_start_min_per_class: int = 10
+    #: Event time between a tenant's requests.
     cooldown_s: float = 3_600.0
+    #: Wall-clock time (the `now` of `process`) an unanswered request holds its tenant.
     request_timeout_s: float = 7_200.0
     performance: PerformanceConfig = field(default_factory=PerformanceConfig)
     publish_forecasts: bool = False
     #: Event times later than the caller's clock plus this are dead-lettered (`future_ts`).
     max_future_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUp:
+    """A drift that arrived while the tenant's request was in flight.
+
+    It is not lost: once that request is answered (or times out) and the cooldown has
+    passed, ONE follow-up request goes out on the then newest window. Its `event_id` is
+    the drift's own (its offset), so a replay that meets the drift after the answer
+    makes the same id. A newer drift while one waits replaces it (coalesced)."""
+
+    reason: RetrainReason
+    detector: str
+    signal: DriftSignal | None
+    offset: int
+    ts: float
 
 
 @dataclass(slots=True)
@@ -91,6 +109,7 @@ class TenantState:
     #: A performance alarm waiting out its settle period, and the events still to wait.
     alarm: DriftSignal | None = None
     alarm_wait: int = 0
+    follow_up: FollowUp | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,12 +163,20 @@ class IngestCore:
         return self._models.get(tenant)
 
     def resolve(self, tenant: str, event_id: str) -> None:
-        """A request was answered: its tenant may ask again (after the cooldown)."""
+        """A request was answered: its tenant may ask again (after the cooldown).
+
+        The answer frees the gate of the request it names, and also any other request
+        of the tenant in flight if this answer is new: a retrainer just served the
+        tenant on its newest window. (A replay after a restart can rebuild a request in
+        flight under an id that was never sent, when answers had come at other points
+        of the stream; it must not wait out the whole timeout.)
+        """
+        fresh = event_id not in self._resolved
         self._resolved[event_id] = None
         while len(self._resolved) > _RESOLVED_KEPT:
             self._resolved.popitem(last=False)
         state = self._tenants.get(tenant)
-        if state is not None and state.gate.request_id == event_id:
+        if state is not None and (fresh or state.gate.request_id == event_id):
             state.gate.resolve()
 
     def _attach(self, state: TenantState, model: LiveModel) -> None:
@@ -255,8 +282,10 @@ class IngestCore:
 
         `now` is the caller's clock (epoch seconds; the core never reads one): events
         stamped more than `max_future_s` after it are dead-lettered as `future_ts`, and
-        no window's time moves past that bound. The service always passes it; None (unit
-        tests of other parts) bounds nothing.
+        no window's time moves past that bound, and a request in flight for longer than
+        `request_timeout_s` by it no longer holds its tenant back. The service always
+        passes it; None (unit tests of other parts) bounds nothing and only answers end
+        a request in flight.
         """
         replay_below = replay_below or {}
         result = BatchResult()
@@ -284,7 +313,7 @@ class IngestCore:
             offsets.append(offset)
         result.valid = len(rows)
         if rows:
-            self._ingest_rows(rows, partitions, offsets, replay_below, result, not_after)
+            self._ingest_rows(rows, partitions, offsets, replay_below, result, now)
         return result
 
     def _dead_letter(
@@ -321,7 +350,7 @@ class IngestCore:
         offsets: list[int],
         replay_below: Mapping[int, int],
         result: BatchResult,
-        not_after: float | None = None,
+        now: float | None = None,
     ) -> None:
         """Columns for the whole batch at once, regrouped by tenant into contiguous views."""
         tenants, stamps, *metrics = zip(*rows, strict=True)
@@ -353,7 +382,7 @@ class IngestCore:
                 offs[span],
                 replay_limit,
                 result,
-                not_after,
+                now,
             )
 
     def _ingest_block(
@@ -365,7 +394,7 @@ class IngestCore:
         offsets: np.ndarray,
         replay_limit: int,
         result: BatchResult,
-        not_after: float | None = None,
+        now: float | None = None,
     ) -> None:
         """Window a tenant's block and raise its requests, as if event by event.
 
@@ -375,6 +404,7 @@ class IngestCore:
         """
         window = state.window
         cfg = self.config
+        not_after = None if now is None else now + cfg.max_future_s
         triggers: list[tuple[int, RetrainReason, str, DriftSignal | None]] = []
         if state.model is not None:
             alarms = self._forecast(state, ts, features, labels, offsets, replay_limit, result)
@@ -392,15 +422,28 @@ class IngestCore:
         done = 0
         while True:
             index = triggers[0][0] if triggers else len(labels)
-            cold = self._cold_start_index(state, ts, labels, done, index) if cold_start else None
-            if cold is not None:
+            cold = (
+                self._cold_start_index(state, ts, labels, done, index, now) if cold_start else None
+            )
+            follow_up = state.follow_up
+            follow = self._follow_up_index(state, ts, done, index, now)
+            if follow_up is not None and follow is not None and (cold is None or follow <= cold):
                 trigger: tuple[int, RetrainReason, str, DriftSignal | None] = (
+                    follow,
+                    follow_up.reason,
+                    follow_up.detector,
+                    follow_up.signal,
+                )
+            elif cold is not None:
+                follow_up = None
+                trigger = (
                     cold,
                     "cold_start",
                     "cold_start",
                     None,
                 )
             elif triggers:
+                follow_up = None
                 trigger = triggers.pop(0)
             else:
                 break
@@ -416,7 +459,17 @@ class IngestCore:
             )
             done = cut
             self._request(
-                state, reason, detector, signal, ts[index], offsets, index, replay_limit, result
+                state,
+                reason,
+                detector,
+                signal,
+                ts[index],
+                offsets,
+                index,
+                replay_limit,
+                result,
+                now,
+                follow_up,
             )
         window.extend(
             ts[done:],
@@ -529,8 +582,23 @@ class IngestCore:
             value = f'{head}{stamp}", "probability": {probability!r}, "breach_expected": {tail}'
             out.append((key, value.encode()))
 
+    def _follow_up_index(
+        self, state: TenantState, ts: np.ndarray, start: int, stop: int, now: float | None
+    ) -> int | None:
+        """First event in `[start, stop)` at which the tenant's waiting follow-up is due."""
+        if state.follow_up is None or stop <= start:
+            return None
+        ready = state.gate.allows_many(ts[start:stop], now)
+        return start + int(np.argmax(ready)) if ready.any() else None
+
     def _cold_start_index(
-        self, state: TenantState, ts: np.ndarray, labels: np.ndarray, start: int, stop: int
+        self,
+        state: TenantState,
+        ts: np.ndarray,
+        labels: np.ndarray,
+        start: int,
+        stop: int,
+        now: float | None = None,
     ) -> int | None:
         """First event in `[start, stop)` of the block at which a cold start is due.
 
@@ -552,7 +620,7 @@ class IngestCore:
             & (pos >= cfg.cold_start_min_per_class)
             & (total - pos >= cfg.cold_start_min_per_class)
         )
-        ready &= state.gate.allows_many(ts[start:stop])
+        ready &= state.gate.allows_many(ts[start:stop], now)
         if not ready.any():
             return None
         return start + int(np.argmax(ready))
@@ -568,21 +636,36 @@ class IngestCore:
         index: int,
         replay_limit: int,
         result: BatchResult,
+        now: float | None = None,
+        follow_up: FollowUp | None = None,
     ) -> None:
+        """Ask for a retrain at event `index`, if the gate lets it through.
+
+        Held back by a request in flight, the trigger waits as the tenant's follow-up;
+        held back by the cooldown alone, it is dropped. A follow-up keeps the id and
+        detection time of its drift, and names the window as it is now.
+        """
         trigger = int(offsets[index])
-        event_id = retrain_event_id(
-            state.tenant, reason, self.config.topic, state.partition, trigger
+        origin, detected = (
+            (trigger, float(ts)) if follow_up is None else (follow_up.offset, follow_up.ts)
         )
-        if not state.gate.allows(float(ts)):
+        topic, partition = self.config.topic, state.partition
+        event_id = retrain_event_id(state.tenant, reason, topic, partition, origin)
+        if not state.gate.allows(float(ts), now):
+            waits = state.gate.busy(now)
+            if waits:
+                state.follow_up = FollowUp(reason, detector, signal, origin, detected)
             log.debug(
-                "tenant=%s partition=%d offset=%d %s held back by cooldown or a request in flight",
+                "tenant=%s partition=%d offset=%d %s %s",
                 state.tenant,
                 state.partition,
                 trigger,
                 reason,
+                "waits for the request in flight" if waits else "dropped in the cooldown",
             )
             return
-        state.gate.record_request(float(ts), event_id)
+        state.gate.record_request(float(ts), event_id, now)
+        state.follow_up = None  # this request trains on the newest window: it covers it
         if event_id in self._resolved:  # answered before this replay reached it
             state.gate.resolve()
         if trigger < replay_limit:
@@ -603,7 +686,7 @@ class IngestCore:
                     "n_positive": float(state.window.n_positive),
                 },
             ),
-            detected_at=datetime.fromtimestamp(float(ts), UTC),
+            detected_at=datetime.fromtimestamp(detected, UTC),
             source=[
                 OffsetRange(
                     topic=self.config.topic,

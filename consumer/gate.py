@@ -1,7 +1,13 @@
 """Keeps retraining from storming: a per-tenant cooldown and one request in flight.
 
-Time here is event time (the `ts` of the triggering event), so a replay after a restart
-reaches the same decisions as the first pass did.
+Two clocks, each for what it measures:
+
+- the cooldown runs on event time (the `ts` of the triggering events), so a replay
+  after a restart reaches the same decisions as the first pass did;
+- a request stays in flight until it is answered, or until `request_timeout_s` of the
+  caller's wall clock (`now`, injected: the gate reads no clock) has passed since it was
+  sent. Event time cannot measure this: a consumer catching up on a backlog covers
+  hours of event time in seconds, and would re-ask while the first search still runs.
 """
 
 from __future__ import annotations
@@ -13,35 +19,49 @@ import numpy as np
 
 @dataclass(slots=True)
 class RequestGate:
+    """One tenant's gate. `request_timeout_s` 0: no request is ever held in flight."""
+
     cooldown_s: float
     request_timeout_s: float
     last_request_ts: float | None = None
     in_flight: bool = False
     request_id: str | None = None
+    #: The caller's wall clock when the request in flight was sent (None: no clock).
+    sent_at: float | None = None
 
-    def allows(self, ts: float) -> bool:
-        if self.last_request_ts is None:
-            return True
-        elapsed = ts - self.last_request_ts
-        if self.in_flight and elapsed < self.request_timeout_s:
+    def busy(self, now: float | None) -> bool:
+        """A request is in flight: unanswered, and (with a clock) not yet timed out.
+
+        Without a clock (`now` None, or a request recorded without one) only an answer
+        ends it.
+        """
+        if not self.in_flight or self.request_timeout_s <= 0:
             return False
-        return elapsed >= self.cooldown_s
+        if now is None or self.sent_at is None:
+            return True
+        return now - self.sent_at < self.request_timeout_s
 
-    def allows_many(self, ts: np.ndarray) -> np.ndarray:
+    def allows(self, ts: float, now: float | None = None) -> bool:
+        if self.busy(now):
+            return False
+        return self.last_request_ts is None or ts - self.last_request_ts >= self.cooldown_s
+
+    def allows_many(self, ts: np.ndarray, now: float | None = None) -> np.ndarray:
         """`allows` for each of many event times at once (the gate as it is now)."""
+        if self.busy(now):
+            return np.zeros(len(ts), dtype=bool)
         if self.last_request_ts is None:
             return np.ones(len(ts), dtype=bool)
-        elapsed = ts - self.last_request_ts
-        allowed = elapsed >= self.cooldown_s
-        if self.in_flight:
-            allowed &= elapsed >= self.request_timeout_s
-        return allowed
+        return np.asarray(ts - self.last_request_ts >= self.cooldown_s)
 
-    def record_request(self, ts: float, request_id: str | None = None) -> None:
+    def record_request(
+        self, ts: float, request_id: str | None = None, now: float | None = None
+    ) -> None:
         self.last_request_ts = ts
         self.in_flight = True
         self.request_id = request_id
+        self.sent_at = now
 
     def resolve(self) -> None:
-        """The request was answered (a model was published or it failed for good)."""
+        """The request was answered (a model was published, kept, or it failed for good)."""
         self.in_flight = False

@@ -101,7 +101,10 @@ def build_service(
     # Forecasts are many tiny forward calls: one intra-op thread is fastest, and idle
     # OpenMP workers spinning beside the poll loop cost more than they ever give back.
     torch.set_num_threads(1)
-    tracker = DeliveryTracker(make_producer(settings))
+    # Records never time out in the producer: through a broker outage of any length
+    # they wait there, in order, and the service waits for them (a timed-out record of
+    # an idempotent producer would have to be produced again, out of order).
+    tracker = DeliveryTracker(make_producer(settings, **{"message.timeout.ms": 0}))
     consumer = make_group_consumer(
         settings, settings.group_id, **{"max.poll.interval.ms": settings.max_poll_interval_ms}
     )
@@ -132,4 +135,5 @@ def build_service(
         follower=follower,
         batch_size=settings.batch_size,
         poll_timeout_s=settings.poll_timeout_s,
+        delivery_timeout_s=settings.delivery_timeout_s,
     )

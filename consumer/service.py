@@ -11,15 +11,23 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from consumer.checkpoint import CheckpointLog, choose_replay_from
 from consumer.core import BatchResult, IngestCore
 from consumer.follower import ModelFollower
+from kernel.backoff import Backoff
+from kernel.errors import BrokerError
 from kernel.kafka import DeliveryTracker, KafkaRecord, is_record, position
 
 log = logging.getLogger(__name__)
+
+#: A record a batch caused: topic, key, value, headers.
+_Output = tuple[str, bytes | None, bytes | None, Any]
+#: Pause before a batch whose delivery failed is produced again: 1 s, doubling, at most 30 s.
+_REDELIVERY = Backoff(1.0, 30.0)
 
 
 @dataclass(slots=True)
@@ -54,7 +62,10 @@ class ConsumerService:
     Promises at-least-once: a batch's offsets are committed only after every dead
     letter, forecast, retrain request and checkpoint it caused was acknowledged; a
     failed commit is logged and the batch is simply seen again (request ids are
-    deterministic, so repeats dedupe downstream). `run` returns when `stop` is set,
+    deterministic, so repeats dedupe downstream). A broker that does not acknowledge
+    (down, frozen, unreachable) is waited for, however long, keeping every window: each
+    `delivery_timeout_s` without acknowledgement is logged, and records whose delivery
+    failed are produced again after a jittered pause. `run` returns when `stop` is set,
     closing the consumer; raises `KafkaException` only for a fatal client error.
     Never validates, windows or detects itself: that is the core's work.
     """
@@ -75,6 +86,8 @@ class ConsumerService:
         follower: ModelFollower | None = None,
         follower_catch_up_s: float = 30.0,
         clock: Callable[[], float] = time.time,
+        delivery_timeout_s: float = 60.0,
+        redelivery: Backoff = _REDELIVERY,
     ) -> None:
         self.core = core
         self.stats = ConsumerStats()
@@ -91,6 +104,9 @@ class ConsumerService:
         self._poll_timeout_s = poll_timeout_s
         #: Wall-clock epoch seconds, the bound of accepted event time (tests inject one).
         self._clock = clock
+        self._delivery_timeout_s = delivery_timeout_s
+        self._redelivery = redelivery
+        self._stop = threading.Event()
         #: Per partition: offsets below this were processed by an earlier owner.
         self._resume_at: dict[int, int] = {}
         self.assigned: set[int] = set()
@@ -139,6 +155,7 @@ class ConsumerService:
                 self.core.resolve(answer.tenant, answer.request_event_id)
 
     def run(self, stop: threading.Event, *, max_batches: int | None = None) -> ConsumerStats:
+        self._stop = stop
         if self._follower is not None:
             self._follower.start()
             # Learn the models that exist before ingesting, or a tenant with a model
@@ -175,19 +192,18 @@ class ConsumerService:
     def handle_batch(self, records: Sequence[KafkaRecord]) -> BatchResult:
         result = self.core.process(records, self._resume_at, now=self._clock())
         self.stats.add(result)
-        for letter in result.dead_letters:
-            self._tracker.produce(
-                self._dlq_topic, key=letter.key, value=letter.value, headers=letter.headers
-            )
+        outputs: list[_Output] = [
+            (self._dlq_topic, letter.key, letter.value, letter.headers)
+            for letter in result.dead_letters
+        ]
         if self._forecasts_topic is not None:
-            for key, value in result.forecasts:
-                self._tracker.produce(self._forecasts_topic, key=key, value=value)
-        for request in result.requests:
-            self._tracker.produce(
-                self._retrain_topic,
-                key=request.tenant.encode(),
-                value=request.model_dump_json().encode(),
-            )
+            outputs += [(self._forecasts_topic, k, v, None) for k, v in result.forecasts]
+        outputs += [
+            (self._retrain_topic, r.tenant.encode(), r.model_dump_json().encode(), None)
+            for r in result.requests
+        ]
+        for topic, key, value, headers in outputs:
+            self._tracker.produce(topic, key=key, value=value, headers=headers)
         next_offsets: dict[int, int] = {}
         for record in records:
             partition, offset = position(record)
@@ -201,10 +217,45 @@ class ConsumerService:
                 next_offset,
                 next_offset if replay_from is None else min(replay_from, next_offset),
             )
-        self._tracker.wait()
+        if not self._delivered(outputs, next_offsets):
+            return result  # stopping with the broker away: the batch is seen again
         if next_offsets:
             self._commit(next_offsets)
         return result
+
+    def _delivered(
+        self,
+        outputs: list[_Output],
+        next_offsets: dict[int, int],
+    ) -> bool:
+        """Wait until the batch's records are acknowledged, through any broker outage.
+
+        The state stays as it is meanwhile. A record whose delivery failed (librdkafka
+        gave up after `message.timeout.ms`) is produced again with the whole batch:
+        repeats are harmless downstream (at least once, deterministic ids). False only
+        when `stop` is set before the broker came back: nothing is committed then.
+        """
+        attempt = 0
+        while True:
+            try:
+                self._tracker.wait(self._delivery_timeout_s)
+                return True
+            except BrokerError as exc:
+                failed = self._tracker.pending == 0  # no record left in flight: lost ones
+                log.warning(
+                    "broker did not acknowledge the batch (%s); %s, attempt=%d",
+                    exc,
+                    "producing it again" if failed else "still waiting",
+                    attempt + 1,
+                )
+            if self._stop.wait(self._redelivery.jittered_s(attempt) if failed else 0.0):
+                return False
+            attempt += 1
+            if failed:
+                for topic, key, value, headers in outputs:
+                    self._tracker.produce(topic, key=key, value=value, headers=headers)
+                for partition in next_offsets:
+                    self._checkpoints.rewrite(self._topic, partition)
 
     def _commit(self, next_offsets: dict[int, int]) -> None:
         offsets = [TopicPartition(self._topic, p, o) for p, o in next_offsets.items()]

@@ -166,10 +166,18 @@ class ConsumerSettings(StoreSettings, TopicSettings):
     cooldown_s: float = Field(
         default=_CORE.cooldown_s, ge=0, description="Event-time pause between a tenant's requests."
     )
+    delivery_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Wait for the broker to acknowledge a batch's records before logging and "
+        "waiting again (the consumer never gives up on an unreachable broker: it keeps its "
+        "state and resumes when the broker returns).",
+    )
     request_timeout_s: float = Field(
         default=_CORE.request_timeout_s,
-        gt=0,
-        description="Event time after which an unanswered request no longer blocks a new one.",
+        ge=0,
+        description="Wall-clock seconds after which an unanswered request no longer blocks "
+        "its tenant's next one (0: requests are never held in flight).",
     )
 
     @model_validator(mode="after")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 
@@ -23,3 +24,16 @@ class Backoff:
     def delay_s(self, attempt: int) -> float:
         """The pause after `attempt` earlier failures (0: the first retry)."""
         return min(self.max_s, self.base_s * 2.0 ** min(attempt, 64))
+
+    def jittered_s(self, attempt: int, rng: random.Random | None = None) -> float:
+        """`delay_s` times a uniform draw from [0.5, 1): members that failed together
+        (one outage) do not all come back at the same instant.
+
+        >>> 2.5 <= Backoff(5.0, 300.0).jittered_s(0) < 5.0
+        True
+        """
+        draw = (rng or _RNG).random()
+        return self.delay_s(attempt) * (0.5 + 0.5 * draw)
+
+
+_RNG = random.Random()  # noqa: S311 - backoff jitter, not security

@@ -16,7 +16,25 @@ __all__ = [
     "StoreError",
     "StoreNotFound",
     "StoreUnavailable",
+    "is_transient",
 ]
+
+
+def is_transient(exc: BaseException) -> bool:
+    """THE failure policy's one question: may the same operation succeed if tried again?
+
+    Yes for an error slaops marks `transient` (a broker or store outage, 429, 5xx, a
+    concurrent writer) and for the built-in connection and timeout errors that escaped
+    an adapter unwrapped. No for everything else: a refusal (401/403, a repo that may
+    not be created), data that cannot train, a bug. Callers retry transient errors in
+    place with backoff and give up on the others after a bounded number of attempts.
+
+    >>> is_transient(StoreUnavailable("503")), is_transient(StoreError("403"))
+    (True, False)
+    """
+    if isinstance(exc, SlaopsError):
+        return exc.transient
+    return isinstance(exc, ConnectionError | TimeoutError)
 
 
 class ConfigError(SlaopsError, ValueError):

@@ -10,11 +10,12 @@ from typing import Any, Final
 import numpy as np
 import torch
 from skorch import NeuralNetBinaryClassifier
-from skorch.callbacks import EarlyStopping, EpochTimer, PassthroughScoring, PrintLog
+from skorch.callbacks import Callback, EarlyStopping, EpochTimer, PassthroughScoring, PrintLog
 from skorch.utils import is_dataset
 
 from kernel.mlp import SlaMLP
 from retrainer.baselines import persistence_proba
+from retrainer.cancel import CancelToken
 
 #: Rows per forward pass when predicting (training uses `batch_size`).
 _PREDICT_CHUNK: Final = 65_536
@@ -121,6 +122,17 @@ def _torch_threads(n_threads: int | None) -> Iterator[None]:
             torch.set_num_threads(previous)
 
 
+class _CancelCheck(Callback):
+    """Raises `Cancelled` after an epoch once the job's token was cancelled: a search
+    stops within an epoch of a revocation (`error_score="raise"` ends the search)."""
+
+    def __init__(self, token: CancelToken) -> None:
+        self.token = token
+
+    def on_epoch_end(self, net: Any, **kwargs: Any) -> None:
+        self.token.check()
+
+
 class _BestEpoch(EarlyStopping):
     """Early stopping on the validation tail, restoring the best epoch; silent, and a
     no-op when a fit has no validation rows."""
@@ -190,6 +202,7 @@ class SlaNet(NeuralNetBinaryClassifier):
         valid_fraction: float = 0.15,
         patience: int = 8,
         offset_column: int | None = None,
+        cancel: CancelToken | None = None,
         **kwargs: Any,
     ) -> None:
         if train_split is None and valid_fraction > 0:
@@ -211,6 +224,7 @@ class SlaNet(NeuralNetBinaryClassifier):
         self.valid_fraction = valid_fraction
         self.patience = patience
         self.offset_column = offset_column
+        self.cancel = cancel
 
     @property
     def _default_callbacks(self) -> list[tuple[str, Any]]:
@@ -222,6 +236,7 @@ class SlaNet(NeuralNetBinaryClassifier):
             ("valid_loss", PassthroughScoring(name="valid_loss")),
             ("early_stopping", _BestEpoch(patience=self.patience)),
             ("print_log", PrintLog()),
+            *([("cancel", _CancelCheck(self.cancel))] if self.cancel is not None else []),
         ]
 
     def fit(self, X: Any, y: Any = None, **fit_params: Any) -> SlaNet:

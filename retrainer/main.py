@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from pydantic import SecretStr
 
+from kernel.backoff import Backoff
 from kernel.errors import ConfigError
 from kernel.features import FeatureSpec
 from kernel.kafka import (
@@ -145,6 +146,8 @@ def build_service(
         tracker=DeliveryTracker(make_producer(settings)),
         retrain_topic=settings.retrain_topic,
         failures_topic=settings.failures_topic,
+        backoff=Backoff(settings.retry_backoff_s, settings.retry_max_backoff_s),
+        max_attempts=settings.max_attempts,
     )
 
 

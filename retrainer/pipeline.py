@@ -7,6 +7,7 @@ care of publishing and announcing.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import math
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from kernel.artifacts import ModelArtifacts, ModelCard, predict_proba, serialize
 from kernel.features import FeatureSpec
 from kernel.mlp import SlaMLP
 from retrainer.baselines import BaselineForecasts, as_card, losing_baseline, score_baselines, skill
+from retrainer.cancel import CancelToken
 from retrainer.curves import pr_curve
 from retrainer.dataset import DEFAULT_MIN_ROWS, SupervisedSet, build_pairs
 from retrainer.metrics import evaluate, reliability_table
@@ -154,10 +156,13 @@ class Trained:
     skill: dict[str, float]
 
 
-def train(rows: TenantRows, config: TrainingConfig) -> Trained:
+def train(
+    rows: TenantRows, config: TrainingConfig, *, cancel: CancelToken | None = None
+) -> Trained:
     """Dataset, search and baselines: the costly part, run once per request.
 
-    Raises `DatasetError` when the rows cannot make a usable training set.
+    Raises `DatasetError` when the rows cannot make a usable training set, and
+    `Cancelled` once `cancel` is (every fit checks it after each epoch).
     """
     data = build_pairs(
         rows.ts,
@@ -167,7 +172,8 @@ def train(rows: TenantRows, config: TrainingConfig) -> Trained:
         spec=config.features,
         min_rows=config.min_rows,
     )
-    result = run_search(data, config.search)
+    search = config.search if cancel is None else dataclasses.replace(config.search, cancel=cancel)
+    result = run_search(data, search)
     baselines = score_baselines(data, result.train_idx, result.holdout_idx, seed=config.search.seed)
     return Trained(data, result, baselines, skill(result.holdout_metrics, baselines.metrics))
 
@@ -179,9 +185,11 @@ def train_and_decide(
     champion: Champion | None,
     *,
     request_ref: str | None = None,
+    cancel: CancelToken | None = None,
 ) -> TrainingOutcome:
     """`train`, then `judge` against `champion`. Raises `DatasetError` (see `train`)."""
-    return judge(train(rows, config), request, config, champion, request_ref=request_ref)
+    trained = train(rows, config, cancel=cancel)
+    return judge(trained, request, config, champion, request_ref=request_ref)
 
 
 def judge(

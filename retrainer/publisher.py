@@ -23,7 +23,6 @@ under the tenant key) instead, and the dedupe looks for that.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,11 +34,14 @@ from kernel.artifacts import ArtifactError, ModelCard, load_model, sha256_hex
 from kernel.errors import StoreConflict, StoreError, StoreNotFound
 from kernel.store import ModelStore, PublishedFiles, TenantHead
 from kernel.tenant_hash import request_ref, tenant_hash
+from retrainer.cancel import Cancelled, CancelToken
 from retrainer.dataset import DatasetError
 from retrainer.pipeline import Champion, TrainingConfig, TrainingOutcome, finite, judge, train
 from retrainer.replay import ReplayError, RequestRefused, TenantRows
 from retrainer.report import report_files
 from schemas import ChampionKept, ModelPublished, RetrainFailed, RetrainRequested
+
+__all__ = ["Cancelled", "Outcome", "RequestHandler", "commit_message"]
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +56,6 @@ MAX_TENANT_RACES = 3
 class Outcome:
     kind: OutcomeKind
     events: list[tuple[str, bytes, BaseModel]]
-
-
-class Cancelled(Exception):
-    """The request's partition moved to another member while it was being served."""
 
 
 def commit_message(request: RetrainRequested, tenant_key: SecretStr | bytes) -> str:
@@ -75,8 +73,9 @@ class RequestHandler:
     `handle` returns an `Outcome` whose events the caller produces (`ModelPublished`,
     `ChampionKept` or `RetrainFailed`); unusable data or a replay range that is gone
     becomes a `RetrainFailed`, not an exception. A request whose model the store
-    already holds is re-announced, never retrained. Raises `Cancelled` when `cancel`
-    was called for the request (its partition moved); store errors propagate. Never
+    already holds is re-announced, never retrained. Raises `Cancelled` once the run's
+    `cancel` token is cancelled (its partition moved): between phases, and within an
+    epoch inside the search; store errors propagate. Never
     produces to Kafka or commits offsets.
     """
 
@@ -100,31 +99,21 @@ class RequestHandler:
         self._models_topic = models_topic
         self._failures_topic = failures_topic
         self._decisions_topic = decisions_topic
-        self._cancelled: set[str] = set()
-        self._lock = threading.Lock()
 
-    def cancel(self, event_id: str) -> None:
-        with self._lock:
-            self._cancelled.add(event_id)
-
-    def _check_cancelled(self, request: RetrainRequested) -> None:
-        with self._lock:
-            if request.event_id in self._cancelled:
-                self._cancelled.discard(request.event_id)
-                raise Cancelled(request.event_id)
-
-    def handle(self, request: RetrainRequested) -> Outcome:
+    def handle(self, request: RetrainRequested, cancel: CancelToken | None = None) -> Outcome:
+        cancel = cancel or CancelToken()
         hashed = tenant_hash(request.tenant, self._tenant_key)
         head = self.store.head(hashed)
         served = self._served_revision(request, hashed, head)
         if served is not None:
             return served
+        cancel.check()
         try:
             rows = self._replay(request)
         except RequestRefused as exc:
-            return self._failed(request, "invalid_request", str(exc))
+            return self.failed(request, "invalid_request", str(exc))
         except ReplayError as exc:
-            return self._failed(request, "range_unavailable", str(exc))
+            return self.failed(request, "range_unavailable", str(exc))
         log.info(
             "tenant=%s event_id=%s replayed rows=%d (skipped other tenants=%d, invalid=%d)",
             request.tenant,
@@ -135,12 +124,13 @@ class RequestHandler:
         )
         champion = self._load_champion(request, head)
         ref = request_ref(request.event_id, self._tenant_key)
+        cancel.check()
         try:
-            trained = train(rows, self._training)
+            trained = train(rows, self._training, cancel=cancel)
         except DatasetError as exc:
-            return self._failed(request, exc.reason.value, exc.detail)
+            return self.failed(request, exc.reason.value, exc.detail)
+        cancel.check()
         outcome = judge(trained, request, self._training, champion, request_ref=ref)
-        self._check_cancelled(request)
         for race in range(1, MAX_TENANT_RACES + 1):
             if outcome.artifacts is None:  # the champion, or a baseline, was better
                 return self._kept(request, outcome, champion)
@@ -323,7 +313,8 @@ class RequestHandler:
         )
         return None
 
-    def _failed(self, request: RetrainRequested, reason: str, detail: str) -> Outcome:
+    def failed(self, request: RetrainRequested, reason: str, detail: str) -> Outcome:
+        """The `RetrainFailed` that ends `request` for good, with its reason."""
         log.warning(
             "tenant=%s event_id=%s failed: %s: %s", request.tenant, request.event_id, reason, detail
         )

@@ -51,6 +51,7 @@ from sklearn.model_selection import (
 from kernel.artifacts import predict_proba
 from kernel.mlp import SlaMLP
 from retrainer.calibration import PlattMap, fit_platt, fold_into
+from retrainer.cancel import CancelToken
 from retrainer.curves import learning_curve
 from retrainer.dataset import (
     DEFAULT_HOLDOUT_FRACTION,
@@ -152,6 +153,8 @@ class SearchConfig:
     persistence_offset: bool = True
     calibration: Calibration = "none"
     fits: FitBackend = field(default_factory=LocalFits)
+    #: Every fit stops after its epoch once this is cancelled (a revocation).
+    cancel: CancelToken | None = None
 
     def __post_init__(self) -> None:
         if self.strategy not in ("grid", "random", "halving"):
@@ -205,6 +208,7 @@ class SearchConfig:
             patience=self.patience,
             optimizer__fused=True,
             optimizer__weight_decay=self.weight_decay,
+            cancel=self.cancel,
         )
 
 

@@ -5,6 +5,13 @@ loop keeps calling `consume`, so the group never loses this member however long 
 search takes. Requests of one tenant that arrive meanwhile are coalesced into one run
 on the newest window. A request's offset is committed only after its outcome
 (`ModelPublished`, `ChampionKept` or `RetrainFailed`) has been acknowledged.
+
+The failure policy: an error that may pass (`kernel.errors.is_transient`: the store
+or the broker down, 429, 5xx, timeouts) is retried without limit, after capped and
+jittered pauses, and keeps the request (and the partition's later commits) waiting;
+any other error is retried `max_attempts` times in all and then ends the request with
+a `RetrainFailed` naming the error, so one request that can never be served does not
+hold back every later commit of its partition.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -20,7 +27,9 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from pydantic import BaseModel, ValidationError
 
 from kernel.backoff import Backoff
+from kernel.errors import StoreError, is_transient
 from kernel.kafka import DeliveryTracker, is_record, position
+from retrainer.cancel import CancelToken
 from retrainer.offsets import OffsetBook
 from retrainer.publisher import Outcome, RequestHandler
 from schemas import RetrainFailed, RetrainRequested
@@ -42,6 +51,8 @@ class Job:
     offsets: list[tuple[int, int]]
     future: Future[Outcome]
     attempts: int
+    #: This run's own cancel flag: a later run of the same request gets a fresh one.
+    cancel: CancelToken = field(default_factory=CancelToken)
     abandoned: bool = False
 
 
@@ -60,7 +71,11 @@ class RetrainerStats:
 
 
 #: Pause before a failed request is tried again: 5 s, doubling, at most 5 minutes.
-_RETRY = Backoff(5.0, 300.0)
+DEFAULT_RETRY = Backoff(5.0, 300.0)
+#: How long a revocation waits for the cancelled search to stop (fits check each epoch).
+_CANCEL_WAIT_S = 30.0
+#: Tries of a request that keeps failing with an error that is not transient.
+DEFAULT_MAX_ATTEMPTS = 3
 
 
 class RetrainerService:
@@ -69,9 +84,10 @@ class RetrainerService:
     Searches run in a worker thread while the loop keeps polling, so a long search
     never costs the group its membership; a tenant's requests that arrive meanwhile
     are coalesced. A request's offset is committed only after its outcome was
-    acknowledged; a failed search or delivery leaves it uncommitted and retries it
-    after a growing pause (`backoff`). `run` returns when
-    `stop` is set. Never trains on the poll thread.
+    acknowledged. A failed search or delivery leaves it uncommitted and retries it
+    after a growing, jittered pause (`backoff`): without limit while the error is
+    transient, else up to `max_attempts` tries in all, after which a `RetrainFailed`
+    ends it. `run` returns when `stop` is set. Never trains on the poll thread.
     """
 
     def __init__(
@@ -82,8 +98,11 @@ class RetrainerService:
         tracker: DeliveryTracker,
         retrain_topic: str,
         failures_topic: str,
-        backoff: Backoff = _RETRY,
+        backoff: Backoff = DEFAULT_RETRY,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> None:
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         self.handler = handler
         self.stats = RetrainerStats()
         self._consumer = consumer
@@ -91,6 +110,7 @@ class RetrainerService:
         self._retrain_topic = retrain_topic
         self._failures_topic = failures_topic
         self._backoff = backoff
+        self._max_attempts = max_attempts
         self._book = OffsetBook()
         self._pending: dict[str, PendingTenant] = {}
         self._job: Job | None = None
@@ -114,10 +134,24 @@ class RetrainerService:
                 del self._pending[tenant]
         job = self._job
         if job is not None and any(p in numbers for p, _ in job.offsets):
-            # Its partition's new owner serves the request; this result must not publish.
-            job.abandoned = True
-            self.handler.cancel(job.request.event_id)
+            # Its partition's new owner serves the request: stop the search before this
+            # member rejoins, so two members never train one tenant at once.
+            self._abandon(job)
         log.info("revoked partitions=%s", sorted(numbers))
+
+    def _abandon(self, job: Job) -> None:
+        """Cancel the job and wait (bounded) for its search to stop; its result is dropped."""
+        job.abandoned = True
+        job.cancel.cancel()
+        if not wait([job.future], timeout=_CANCEL_WAIT_S).done:
+            log.warning(
+                "tenant=%s event_id=%s still searching %.0fs after its cancel",
+                job.tenant,
+                job.request.event_id,
+                _CANCEL_WAIT_S,
+            )
+        else:
+            log.info("tenant=%s event_id=%s cancelled", job.tenant, job.request.event_id)
 
     # -- the loop -------------------------------------------------------------------
     def run(self, stop: threading.Event) -> RetrainerStats:
@@ -135,9 +169,10 @@ class RetrainerService:
                 self._start_job()
         finally:
             if self._job is not None:
-                self._job.abandoned = True
-                self.handler.cancel(self._job.request.event_id)
+                self._abandon(self._job)
             self._executor.shutdown(wait=True, cancel_futures=True)
+            if self._job is not None:
+                self._job.cancel.close()
             self._tracker.wait()
             self._consumer.close()
         return self.stats
@@ -189,21 +224,43 @@ class RetrainerService:
                 request.event_id,
             )
         offsets = [(p, o) for p, o, _r in pending.requests]
-        future = self._executor.submit(self.handler.handle, request)
-        self._job = Job(tenant, request, offsets, future, pending.attempts)
+        cancel = CancelToken()
+        future = self._executor.submit(self.handler.handle, request, cancel)
+        self._job = Job(tenant, request, offsets, future, pending.attempts, cancel)
 
     def _finish_job(self) -> None:
         job = self._job
         if job is None or not job.future.done():
             return
         self._job = None
+        job.cancel.close()
         if job.abandoned:
             return
         try:
             outcome = job.future.result()
         except Exception as exc:
-            self._retry_later(job, exc)
-            return
+            if is_transient(exc) or job.attempts + 1 < self._max_attempts:
+                self._retry_later(job, exc)
+                return
+            outcome = self._give_up(job, exc)
+        self._deliver(job, outcome)
+
+    def _give_up(self, job: Job, exc: Exception) -> Outcome:
+        """The `RetrainFailed` that ends a request whose error is not transient."""
+        reason = "store_refused" if isinstance(exc, StoreError) else "unexpected_error"
+        log.error(
+            "tenant=%s event_id=%s failed %d times (%s: %s); giving up",
+            job.tenant,
+            job.request.event_id,
+            job.attempts + 1,
+            type(exc).__name__,
+            exc,
+        )
+        detail = f"{type(exc).__name__} after {job.attempts + 1} attempts: {exc}"
+        return self.handler.failed(job.request, reason, detail)
+
+    def _deliver(self, job: Job, outcome: Outcome) -> None:
+        """Produce the outcome's events; once acknowledged, commit the job's requests."""
         for topic, key, event in outcome.events:
             self._tracker.produce(topic, key=key, value=event.model_dump_json().encode())
         try:
@@ -219,13 +276,14 @@ class RetrainerService:
     def _retry_later(self, job: Job, exc: Exception) -> None:
         """Keep the request uncommitted and try again after a growing pause."""
         self.stats.retries += 1
-        delay = self._backoff.delay_s(job.attempts)
+        delay = self._backoff.jittered_s(job.attempts)
         log.warning(
-            "tenant=%s event_id=%s failed (%s: %s); retrying in %.0fs",
+            "tenant=%s event_id=%s failed (%s: %s, %s); retrying in %.0fs",
             job.tenant,
             job.request.event_id,
             type(exc).__name__,
             exc,
+            "transient" if is_transient(exc) else f"attempt {job.attempts + 1}",
             delay,
         )
         pending = self._pending.setdefault(job.tenant, PendingTenant())

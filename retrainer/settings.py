@@ -14,6 +14,7 @@ from kernel.settings import StoreSettings, TopicName, TopicSettings
 from retrainer.dataset import DEFAULT_HOLDOUT_FRACTION, DEFAULT_MIN_ROWS
 from retrainer.replay import ReplayLimits
 from retrainer.search import SearchConfig
+from retrainer.service import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY
 from schemas import topics
 from schemas.telemetry import DEFAULT_MAX_MESSAGE_BYTES
 
@@ -149,6 +150,24 @@ class RetrainerSettings(StoreSettings, TopicSettings):
     max_message_bytes: int = Field(
         default=DEFAULT_MAX_MESSAGE_BYTES, ge=256, description="Telemetry size limit on replay."
     )
+    max_attempts: int = Field(
+        default=DEFAULT_MAX_ATTEMPTS,
+        ge=1,
+        description="Tries of a request whose error is not transient (401/403, unusable "
+        "data, a bug) before a RetrainFailed ends it; transient errors (broker or store "
+        "down, 429, 5xx, timeouts) are retried without limit.",
+    )
+    retry_backoff_s: float = Field(
+        default=DEFAULT_RETRY.base_s,
+        gt=0,
+        description="First pause before a failed request is tried again; doubles per try, "
+        "jittered.",
+    )
+    retry_max_backoff_s: float = Field(
+        default=DEFAULT_RETRY.max_s,
+        gt=0,
+        description="Longest pause between tries of a failed request.",
+    )
 
     @field_validator("grid")
     @classmethod
@@ -184,6 +203,12 @@ class RetrainerSettings(StoreSettings, TopicSettings):
                 "search_backend=dask needs dask_scheduler (SLAOPS_DASK_SCHEDULER or "
                 "--dask-scheduler), e.g. tcp://dask-scheduler:8786"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_backoff(self) -> RetrainerSettings:
+        if self.retry_backoff_s > self.retry_max_backoff_s:
+            raise ValueError("retry_backoff_s must not exceed retry_max_backoff_s")
         return self
 
     @model_validator(mode="after")

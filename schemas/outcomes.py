@@ -1,7 +1,8 @@
 """What became of a retrain request that published no model.
 
 `RetrainFailed` (`sla.retrain.failures`): the request could not be served (its data
-left the topic, too few rows, one class, ...); it is committed and not retried.
+left the topic, too few rows, one class, the store refused the publish, ...); it is
+committed and not retried.
 `ChampionKept` (`sla.retrain.decisions`): a challenger was trained but did not beat the
 current model, or a trivial baseline, on the same holdout, so nothing was published
 (`decision.verdict` says which; `champion_revision` is None for a tenant that has no
@@ -27,6 +28,9 @@ FailureReason = Literal[
     "single_class",
     "non_finite",
     "shape",
+    # The failure policy gave up after `max_attempts` (see kernel.errors.is_transient):
+    "store_refused",  # the model store refused for good: 401/403, a repo it may not create
+    "unexpected_error",  # any other error that is not transient, e.g. a bug
 ]
 
 

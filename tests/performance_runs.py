@@ -115,7 +115,7 @@ def performance_runs(
             data_drift=False,
             cold_start=False,
             cooldown_s=0.0,
-            request_timeout_s=1e-9,
+            request_timeout_s=0.0,
             performance=performance or PerformanceConfig(),
         )
     )

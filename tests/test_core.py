@@ -6,7 +6,6 @@ import pytest
 
 from consumer.core import CoreConfig, IngestCore
 from consumer.detectors import DriftConfig
-from consumer.gate import RequestGate
 from consumer.main import core_config
 from consumer.settings import ConsumerSettings
 from schemas import DeadLetter, RejectReason
@@ -148,20 +147,9 @@ def test_drop_partitions_forgets_their_tenants() -> None:
     assert core.replay_start(0) is None and core.replay_start(1) == 0
 
 
-def test_gate_cooldown_and_single_request_in_flight() -> None:
-    gate = RequestGate(cooldown_s=100.0, request_timeout_s=1_000.0)
-    assert gate.allows(0.0)
-    gate.record_request(0.0)
-    assert not gate.allows(50.0)  # cooldown
-    assert not gate.allows(500.0)  # in flight
-    assert gate.allows(1_000.0)  # unanswered for too long
-    gate.resolve()
-    assert gate.allows(100.0) and not gate.allows(99.0)
-
-
 def test_requests_do_not_depend_on_where_batches_are_cut() -> None:
-    """Repeated cold starts (no retrainer answers), data drift, several per tenant block:
-    the same requests, ids and windows whatever the batching, down to one event a batch."""
+    """Repeated cold starts (no request held in flight), data drift, several per tenant
+    block: the same requests, ids and windows whatever the batching, down to one event."""
     from simulator.model import DriftPlan, TelemetrySimulator
 
     simulator = TelemetrySimulator(
@@ -170,9 +158,7 @@ def test_requests_do_not_depend_on_where_batches_are_cut() -> None:
     recs = [
         RawRecord(key, value, 0, i) for i, (key, value, _m) in enumerate(simulator.events(1_200))
     ]
-    cfg = config(
-        cold_start=True, request_timeout_s=7_200.0, window_max_events=2_000, window_span_s=1e7
-    )
+    cfg = config(cold_start=True, request_timeout_s=0.0, window_max_events=2_000, window_span_s=1e7)
     runs = {
         batch: sorted(run(IngestCore(cfg), recs, batch), key=lambda r: r.source[0].end_offset)
         for batch in (len(recs), 997, 64, 1)
@@ -193,7 +179,6 @@ def test_default_settings_give_a_first_model_at_common_telemetry_intervals(
     sim = TelemetrySimulator(1, seed=3, interval_s=interval_s)
     recs = [RawRecord(key, value, 0, meta.position) for key, value, meta in sim.events(800)]
     cold = [r for r in run(core, recs, batch=200) if r.reason == "cold_start"]
-    # Unanswered (no retrainer here), it is asked again after request_timeout_s.
     assert cold and cold[0].n_events == settings.cold_start_min_events
     held = core.tenant(sim.tenants[0])
     # A week of 15-minute events (673) is under 800: the span binds there, not below.

@@ -314,3 +314,85 @@ def test_broker_frozen_mid_search_and_mid_ingest_both_services_recover(tmp_path:
         f"duplicates={duplicates} revocations={rebalances} rejoined={rejoined_s:.0f}s "
         f"after the resume; elapsed={elapsed:.0f}s"
     )
+
+
+@pytest.mark.skipif(
+    bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS")),
+    reason="freezes an embedded broker of its own; an external broker cannot be SIGSTOPped",
+)
+def test_a_consumer_outlives_a_broker_away_longer_than_its_delivery_timeout(
+    tmp_path: Path,
+) -> None:
+    """The broker frozen mid-stream for 8 s against a delivery timeout of 1 s (a stand-in
+    for the 60 s default, after which `slaops consume` used to exit): the consumer waits,
+    keeps its state and commits the rest of the stream when the broker returns, as the
+    same process."""
+    names = {
+        "telemetry_topic": "outage.telemetry",
+        "dlq_topic": "outage.dlq",
+        "retrain_topic": "outage.retrain",
+        "checkpoint_topic": "outage.checkpoints",
+        "group_id": "outage-consumer",
+    }
+    tuning = {
+        "telemetry_partitions": PARTITIONS,
+        "session_timeout_ms": SESSION_TIMEOUT_MS,
+        "batch_size": 10,  # many batches, each with records to deliver: one meets the freeze
+        "poll_timeout_s": 0.05,
+        "follow_models": False,
+        "cold_start": False,
+        "data_drift": False,
+        "delivery_timeout_s": 1.0,
+    }
+    simulator = TelemetrySimulator(3, SEED, interval_s=600.0, malformed_rate=0.03)
+    stream = list(simulator.events(2_000))
+    records = [(k, v) for k, v, _m in stream]
+    malformed = sum(m.malformed is not None for _k, _v, m in stream)
+    with embedded_broker() as (bootstrap, broker_pid):
+        settings = ConsumerSettings.model_validate(
+            {"bootstrap_servers": bootstrap, **names, **tuning}
+        )
+        ensure_topics(settings, consumer_topics(settings))
+        produce_all(bootstrap, names["telemetry_topic"], records)
+        consumer = ServiceProcess(
+            "consume", env_for({"KAFKA_BOOTSTRAP_SERVERS": bootstrap, **names, **tuning}), tmp_path
+        )
+
+        def progress() -> int:
+            offsets = committed(bootstrap, names["group_id"], names["telemetry_topic"], PARTITIONS)
+            return sum(offsets.values())
+
+        with services(consumer):
+            consumer.start()
+            # A freeze meets a delivery or a commit, at random: freeze again (at most
+            # three times) until one met a delivery.
+            freezes = 0
+            while freezes < 3:
+                freezes += 1
+                mark = progress()
+                wait_for(lambda m=mark: progress() >= m + 150, timeout_s=90, what="progress")  # type: ignore[misc]
+                with frozen(broker_pid):
+                    time.sleep(8.0)
+                if "broker did not acknowledge the batch" in consumer.log():
+                    break
+            wait_for(
+                lambda: progress() == len(records),
+                timeout_s=90,
+                what="the whole stream committed after the broker returned",
+            )
+            log = consumer.log()
+            assert consumer.alive() and consumer.starts == 1, "the outage ended the consumer"
+            assert "broker did not acknowledge the batch" in log, "the freeze missed a delivery"
+            assert consumer.stop() == 0
+        letters = read_topic(bootstrap, names["dlq_topic"], expect=malformed, partitions=PARTITIONS)
+    lettered = {
+        (d.source_partition, d.source_offset)
+        for d in (DeadLetter.from_headers(m.headers()) for m in letters)
+    }
+    assert len(lettered) == malformed  # every malformed record, some perhaps twice
+    print(
+        f"broker frozen 8 s x{freezes} (delivery timeout 1 s): "
+        f"waits logged={log.count('still waiting')}, batches produced again="
+        f"{log.count('producing it again')}, records={len(records)}, "
+        f"dead letters={len(letters)} (distinct {len(lettered)})"
+    )

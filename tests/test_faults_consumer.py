@@ -54,8 +54,11 @@ def test_sigkilled_consumer_loses_nothing_and_repeats_requests_with_their_event_
         "follow_models": False,
         "window_max_events": 2_000,  # the whole stream: restarts replay all a detector saw
         "window_span_s": 30 * 86_400.0,
-        # Without a retrainer a cold start stays in flight and holds drift requests back.
+        # Without a retrainer a request stays in flight (until the wall-clock timeout) and
+        # holds the tenant's next drift back as a follow-up: no cold starts, and no
+        # request held in flight, so every drift past the cooldown is a request.
         "cold_start": False,
+        "request_timeout_s": 0.0,
     }
     settings = ConsumerSettings(bootstrap_servers=bootstrap, **names, **tuning)  # type: ignore[arg-type]
     ensure_topics(settings, topic_specs(settings))

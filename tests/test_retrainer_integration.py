@@ -14,6 +14,7 @@ from pydantic import SecretStr
 from kernel.artifacts import ModelCard
 from kernel.kafka import TopicSpec, ensure_topics
 from kernel.tenant_hash import tenant_hash
+from retrainer.cancel import CancelToken
 from retrainer.dataset import build_pairs
 from retrainer.main import build_service, topic_specs
 from retrainer.publisher import Outcome
@@ -151,9 +152,9 @@ def test_a_search_longer_than_max_poll_interval_costs_no_rebalance(
     service = build_service(settings)
     handle = service.handler.handle
 
-    def slow_handle(job: RetrainRequested) -> Outcome:
+    def slow_handle(job: RetrainRequested, cancel: CancelToken | None = None) -> Outcome:
         time.sleep(settings.max_poll_interval_ms / 1000 + 3)  # a search this long
-        return handle(job)
+        return handle(job, cancel)
 
     service.handler.handle = slow_handle  # type: ignore[method-assign]
     with running(service):
