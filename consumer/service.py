@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from consumer.checkpoint import CheckpointLog, choose_replay_from
 from consumer.core import BatchResult, IngestCore
 from consumer.follower import ModelFollower
+from consumer.observability import ConsumerHooks
 from kernel.kafka import DeliveryTracker, KafkaRecord, is_record, position
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,11 @@ class ConsumerService:
         follower: ModelFollower | None = None,
         follower_catch_up_s: float = 30.0,
         clock: Callable[[], float] = time.time,
+        hooks: ConsumerHooks | None = None,
     ) -> None:
         self.core = core
+        #: Metrics and health (`consumer.observability`); the default records nothing.
+        self.hooks = hooks if hooks is not None else ConsumerHooks()
         self.stats = ConsumerStats()
         self._consumer = consumer
         self._tracker = tracker
@@ -114,6 +118,7 @@ class ConsumerService:
             else:
                 log.info("assigned partition=%d with no committed offset", tp.partition)
         self.assigned.update(tp.partition for tp in committed)
+        self.hooks.assigned(committed, self._resume_at)
         consumer.assign(committed)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -123,6 +128,7 @@ class ConsumerService:
         for number in numbers:
             self._resume_at.pop(number, None)
         self.assigned.difference_update(numbers)
+        self.hooks.revoked(numbers)
         log.info("revoked partitions=%s, dropped %d tenants", numbers, dropped)
 
     # -- the loop -------------------------------------------------------------------
@@ -135,6 +141,7 @@ class ConsumerService:
             if answer.model is not None:
                 self.core.apply_model(answer.model)
                 self.stats.models += 1
+                self.hooks.model_swapped()
             else:
                 self.core.resolve(answer.tenant, answer.request_event_id)
 
@@ -157,6 +164,7 @@ class ConsumerService:
         try:
             while not stop.is_set() and (max_batches is None or batches < max_batches):
                 messages = self._consumer.consume(self._batch_size, self._poll_timeout_s)
+                self.hooks.polled()
                 self.apply_answers()
                 records = [m for m in messages if is_record(m)]
                 if records:
@@ -166,6 +174,7 @@ class ConsumerService:
                     last_report = time.monotonic()
                     log.info("progress %s tenants=%d", self.stats, len(self.core))
         finally:
+            self.hooks.stopped()
             if self._follower is not None:
                 self._follower.stop()
             self._tracker.wait()
@@ -173,6 +182,7 @@ class ConsumerService:
         return self.stats
 
     def handle_batch(self, records: Sequence[KafkaRecord]) -> BatchResult:
+        started = time.perf_counter()
         result = self.core.process(records, self._resume_at, now=self._clock())
         self.stats.add(result)
         for letter in result.dead_letters:
@@ -204,6 +214,7 @@ class ConsumerService:
         self._tracker.wait()
         if next_offsets:
             self._commit(next_offsets)
+        self.hooks.batch(records, result, time.perf_counter() - started)
         return result
 
     def _commit(self, next_offsets: dict[int, int]) -> None:
@@ -216,5 +227,6 @@ class ConsumerService:
             log.warning("commit of %s failed: %s", next_offsets, exc)
             return
         self.stats.commits += 1
+        self.hooks.committed()
         for partition, offset in next_offsets.items():
             self._resume_at[partition] = offset
