@@ -20,6 +20,7 @@ from kernel.kafka import (
     slaops_topics,
 )
 from kernel.store import ModelStore
+from retrainer.observability import RetrainerMetrics
 from retrainer.pipeline import TrainingConfig
 from retrainer.publisher import RequestHandler
 from retrainer.replay import ReplayLimits, TenantRows, plan_replay, replay_ranges
@@ -60,13 +61,19 @@ class RetrainerParts:
     training: TrainingConfig
     store: ModelStore
     tenant_key: SecretStr
+    #: The service's metrics and health (None with metrics_port 0).
+    metrics: RetrainerMetrics | None = None
 
 
 def prepare(settings: RetrainerSettings) -> RetrainerParts:
     """Build the configs and open the store; bad settings raise `SlaopsError` here."""
     training = training_config(settings)
     key = settings.tenant_secret()
-    return RetrainerParts(training, settings.open_model_store(), key)
+    if not settings.metrics_port:
+        return RetrainerParts(training, settings.open_model_store(), key)
+    metrics = RetrainerMetrics(liveness_timeout_s=settings.liveness_timeout_s)
+    store = metrics.observed_store(settings.open_model_store(sleep=metrics.store_sleep))
+    return RetrainerParts(training, store, key, metrics)
 
 
 def build_service(
@@ -82,7 +89,7 @@ def build_service(
         max_offsets=settings.max_request_offsets,
     )
 
-    def replay(request: RetrainRequested) -> TenantRows:
+    def replay_request(request: RetrainRequested) -> TenantRows:
         return replay_ranges(
             client,
             plan_replay(request.source, limits),
@@ -96,7 +103,9 @@ def build_service(
         store_uri=settings.store_uri(),
         tenant_key=parts.tenant_key,
         training=parts.training,
-        replay=replay,
+        replay=replay_request
+        if parts.metrics is None
+        else parts.metrics.timed_replay(replay_request),
         models_topic=settings.models_topic,
         failures_topic=settings.failures_topic,
         decisions_topic=settings.decisions_topic,
@@ -110,6 +119,7 @@ def build_service(
         tracker=DeliveryTracker(make_producer(settings)),
         retrain_topic=settings.retrain_topic,
         failures_topic=settings.failures_topic,
+        hooks=parts.metrics,
     )
 
 

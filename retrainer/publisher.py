@@ -28,7 +28,13 @@ from kernel.errors import StoreError, StoreNotFound
 from kernel.store import ModelStore, PublishedFiles
 from kernel.tenant_hash import request_ref, tenant_hash
 from retrainer.dataset import DatasetError
-from retrainer.pipeline import Champion, TrainingConfig, finite, train_and_decide
+from retrainer.pipeline import (
+    Champion,
+    TrainingConfig,
+    TrainingOutcome,
+    finite,
+    train_and_decide,
+)
 from retrainer.replay import ReplayError, RequestRefused, TenantRows
 from schemas import ChampionKept, ModelPublished, RetrainFailed, RetrainRequested
 
@@ -41,6 +47,8 @@ OutcomeKind = Literal["published", "kept", "failed", "duplicates"]
 class Outcome:
     kind: OutcomeKind
     events: list[tuple[str, bytes, BaseModel]]
+    #: The search and decision, when a model was trained (for metrics: time, fits).
+    training: TrainingOutcome | None = None
 
 
 class Cancelled(Exception):
@@ -154,7 +162,7 @@ class RequestHandler:
                 champion_revision=champion.revision if champion is not None else None,
                 decided_at=datetime.now(UTC),
             )
-            return Outcome("kept", [(self._decisions_topic, key, kept)])
+            return Outcome("kept", [(self._decisions_topic, key, kept)], outcome)
         # Another member may have served it meanwhile (a rebalance): look once more.
         messages = self.store.revision_messages(hashed)
         served = self._served_revision(request, hashed, messages)
@@ -178,7 +186,7 @@ class RequestHandler:
             event.metrics.get("f1", float("nan")),
             event.metrics.get("log_loss", float("nan")),
         )
-        return Outcome("published", [(self._models_topic, key, event)])
+        return Outcome("published", [(self._models_topic, key, event)], outcome)
 
     # -- pieces ---------------------------------------------------------------------
     def _served_revision(
