@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
+from consumer.core import BatchResult as BatchResultForTest
 from consumer.core import CoreConfig, IngestCore
 from consumer.detectors import DriftConfig
 from consumer.observability import ConsumerMetrics
@@ -384,3 +385,25 @@ def test_json_logs_never_show_a_secret() -> None:
     line = JsonFormatter().format(record)
     assert password not in line and "k" * 64 not in line
     json.loads(line)
+
+
+def test_ready_once_joined_and_every_replayed_partition_caught_up() -> None:
+    from confluent_kafka import TopicPartition
+
+    positions = {0: -1001, 1: -1001}
+    metrics = ConsumerMetrics(
+        core=IngestCore(CoreConfig()),
+        telemetry_topic="t",
+        positions=lambda numbers: {p: positions[p] for p in numbers},
+    )
+    assert metrics.health.readiness()[1]["checks"]["group_joined"] is False
+    # Partition 0 replays from 10 up to its committed 50; partition 1 has nothing to replay.
+    metrics.assigned([TopicPartition("t", 0, 10), TopicPartition("t", 1, 7)], {0: 50, 1: 7})
+    ready, detail = metrics.health.readiness()
+    assert not ready and detail["checks"] == {"group_joined": True, "state_rebuilt": False}
+    positions[0] = 40
+    metrics.batch([], BatchResultForTest(), 0.0)
+    assert not metrics.health.readiness()[0]
+    positions[0] = 50
+    metrics.batch([], BatchResultForTest(), 0.0)
+    assert metrics.health.readiness()[0]
