@@ -72,7 +72,7 @@ def prepare(settings: RetrainerSettings) -> RetrainerParts:
     if not settings.metrics_port:
         return RetrainerParts(training, settings.open_model_store(), key)
     metrics = RetrainerMetrics(liveness_timeout_s=settings.liveness_timeout_s)
-    store = metrics.observed_store(settings.open_model_store(sleep=metrics.store_sleep))
+    store = settings.open_model_store(sleep=metrics.store_sleep)  # its retries are counted
     return RetrainerParts(training, store, key, metrics)
 
 
@@ -98,14 +98,13 @@ def build_service(
             timeout_s=settings.replay_timeout_s,
         )
 
+    metrics = parts.metrics
     handler = RequestHandler(
-        store=parts.store,
+        store=parts.store if metrics is None else metrics.observed_store(parts.store),
         store_uri=settings.store_uri(),
         tenant_key=parts.tenant_key,
         training=parts.training,
-        replay=replay_request
-        if parts.metrics is None
-        else parts.metrics.timed_replay(replay_request),
+        replay=replay_request if metrics is None else metrics.timed_replay(replay_request),
         models_topic=settings.models_topic,
         failures_topic=settings.failures_topic,
         decisions_topic=settings.decisions_topic,
@@ -119,7 +118,7 @@ def build_service(
         tracker=DeliveryTracker(make_producer(settings)),
         retrain_topic=settings.retrain_topic,
         failures_topic=settings.failures_topic,
-        hooks=parts.metrics,
+        hooks=metrics,
     )
 
 
