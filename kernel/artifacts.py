@@ -37,6 +37,9 @@ WEIGHT_FORMATS: tuple[str, ...] = get_args(WeightFormat)
 CARD_FORMAT_VERSION = 2
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+#: Bounds of the card's report fields: a card stays small whatever the search did.
+MAX_LEARNING_EPOCHS = 1000
+MAX_PR_POINTS = 201
 
 
 def sha256_hex(data: bytes) -> str:
@@ -44,8 +47,35 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+class LearningPoint(BaseModel):
+    """One epoch of the winner's training: loss on its rows and on its validation tail."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
+
+    epoch: int = Field(ge=1)
+    train_loss: float = Field(ge=0.0)
+    valid_loss: float | None = Field(default=None, ge=0.0)
+
+
+class PRPoint(BaseModel):
+    """One point of the holdout precision-recall curve: predict breach at ``>= threshold``."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
+
+    threshold: float = Field(ge=0.0, le=1.0)
+    precision: float = Field(ge=0.0, le=1.0)
+    recall: float = Field(ge=0.0, le=1.0)
+
+
 class ModelCard(BaseModel):
-    """The JSON card published beside the weights; enough to rebuild the module."""
+    """The JSON card published beside the weights; enough to rebuild the module.
+
+    It is also the one source of the version's report (plots and Markdown card are
+    rendered from it): ``cv_table`` (the search), ``learning_curve`` (the winner's
+    epochs), ``pr_curve``, ``calibration`` and the confusion counts in ``metrics``.
+    ``learning_curve`` and ``pr_curve`` came later in format 2 and default to empty,
+    so earlier cards still load.
+    """
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -60,6 +90,10 @@ class ModelCard(BaseModel):
     skill: dict[str, float] = Field(default_factory=dict)
     calibration: list[dict[str, float]] = Field(default_factory=list)
     cv_table: list[dict[str, Any]]
+    learning_curve: list[LearningPoint] = Field(
+        default_factory=list, max_length=MAX_LEARNING_EPOCHS
+    )
+    pr_curve: list[PRPoint] = Field(default_factory=list, max_length=MAX_PR_POINTS)
     lineage: dict[str, Any]
     files: dict[str, str]
 

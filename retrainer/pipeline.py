@@ -16,6 +16,7 @@ from kernel.artifacts import ModelArtifacts, ModelCard, predict_proba, serialize
 from kernel.features import FeatureSpec
 from kernel.mlp import SlaMLP
 from retrainer.baselines import BaselineForecasts, as_card, losing_baseline, score_baselines, skill
+from retrainer.curves import pr_curve
 from retrainer.dataset import DEFAULT_MIN_ROWS, SupervisedSet, build_pairs
 from retrainer.metrics import evaluate, reliability_table
 from retrainer.replay import TenantRows
@@ -212,6 +213,8 @@ def train_and_decide(
                 "skill": finite(skills),
                 "calibration": reliability_table(data.y[holdout], proba),
                 "cv_table": _jsonable_rows(result.cv_table),
+                "learning_curve": result.learning_curve,
+                "pr_curve": pr_curve(data.y[holdout], proba),
                 "lineage": lineage,
             },
         )

@@ -36,6 +36,7 @@ from retrainer.pipeline import (
     train_and_decide,
 )
 from retrainer.replay import ReplayError, RequestRefused, TenantRows
+from retrainer.report import report_files
 from schemas import ChampionKept, ModelPublished, RetrainFailed, RetrainRequested
 
 log = logging.getLogger(__name__)
@@ -170,8 +171,9 @@ class RequestHandler:
             return served
         artifacts = outcome.artifacts
         files = {"safetensors": artifacts.safetensors, "pt": artifacts.pt, "card": artifacts.card}
+        report = report_files(artifacts.card, hashed)  # {} if it failed: publish anyway
         published = self.store.publish(
-            hashed, files, message=commit_message(request, self._tenant_key)
+            hashed, {**files, **report}, message=commit_message(request, self._tenant_key)
         )
         sha256 = {kind: sha256_hex(data) for kind, data in files.items()}
         event = self._announcement(

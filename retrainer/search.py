@@ -51,6 +51,7 @@ from sklearn.model_selection import (
 from kernel.artifacts import predict_proba
 from kernel.mlp import SlaMLP
 from retrainer.calibration import PlattMap, fit_platt, fold_into
+from retrainer.curves import learning_curve
 from retrainer.dataset import (
     DEFAULT_HOLDOUT_FRACTION,
     DatasetError,
@@ -220,6 +221,8 @@ class SearchResult:
     holdout_idx: NDArray[np.int64]
     n_fits: int
     calibration: PlattMap = PlattMap()
+    #: The winner's epochs (train and validation-tail loss) before its refit on every row.
+    learning_curve: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _log_loss_scorer() -> Any:
@@ -389,6 +392,7 @@ def run_search(data: SupervisedSet, config: SearchConfig | None = None) -> Searc
     search_seconds = time.perf_counter() - started
 
     best: SlaNet = search.best_estimator_
+    curve = learning_curve(best.history)
     calibration, threshold = _calibrate_and_threshold(best, X_train, y_train, cv, config)
     best = _refit_on_every_row(best, X_train, y_train)
     module = best.module_
@@ -418,4 +422,5 @@ def run_search(data: SupervisedSet, config: SearchConfig | None = None) -> Searc
         holdout_idx=holdout_idx,
         n_fits=n_fits,
         calibration=calibration,
+        learning_curve=curve,
     )

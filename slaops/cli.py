@@ -111,11 +111,18 @@ def _watch(settings: Any) -> int:
     return run_watch(settings)
 
 
+def _report(settings: Any) -> int:
+    from slaops.report import run_report
+
+    return run_report(settings)
+
+
 def commands() -> dict[str, tuple[str, type[BaseSettings], Runner]]:
     from consumer.settings import ConsumerSettings
     from retrainer.settings import RetrainerSettings
     from simulator.settings import SimulatorSettings
     from slaops.demo import DemoSettings
+    from slaops.report import ReportSettings
     from slaops.watch import WatchSettings
 
     return {
@@ -143,6 +150,11 @@ def commands() -> dict[str, tuple[str, type[BaseSettings], Runner]]:
             "print model events (and, with --requests, requests and outcomes)",
             WatchSettings,
             _watch,
+        ),
+        "report": (
+            "write the fleet as one self-contained HTML page (or serve it with --serve)",
+            ReportSettings,
+            _report,
         ),
     }
 

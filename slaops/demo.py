@@ -42,6 +42,7 @@ from retrainer.main import topic_specs as retrainer_topics
 from retrainer.settings import RetrainerSettings
 from simulator.model import DriftPlan, EventMeta, TelemetrySimulator
 from slaops.demo_view import DemoState, dashboard, summary_rows, summary_table
+from slaops.report import ReportSettings, generate, write_page
 from slaops.watch import WatchSettings, watch
 
 log = logging.getLogger(__name__)
@@ -192,6 +193,14 @@ class DemoRun:
             malformed_rate=0.01,
         )
         self.state = DemoState(list(self.simulator.tenants))
+        self.report_settings = ReportSettings(
+            bootstrap_servers=bootstrap,
+            store=common["store"],
+            local_mode=True,
+            data_dir=settings.data_dir,
+            output=workdir / "report.html",
+            **{k: v for k, v in topics.items() if k in ReportSettings.model_fields},
+        )
 
     def _story(
         self, stop: threading.Event
@@ -275,9 +284,19 @@ class DemoRun:
         self.console.print(summary_table(rows))
         if self.settings.summary_json is not None:
             self.settings.summary_json.write_text(json.dumps(rows, indent=2) + "\n")
+        self._report()
         if not ok:
             self.console.print("[red]the demo did not complete its story in time[/red]")
         return 0 if ok else 1
+
+    def _report(self) -> None:
+        """The story ends with the fleet report (`slaops report`), written and named."""
+        try:
+            path = write_page(self.report_settings, generate(self.report_settings))
+        except Exception:  # a picture must not hide the summary above it
+            log.exception("the fleet report could not be written")
+            return
+        self.console.print(f"fleet report: {path.resolve()}", soft_wrap=True)
 
     def _send(self, events: list[tuple[bytes, bytes, EventMeta]]) -> int:
         """Produce and wait for the broker's acks; the number of valid events sent."""

@@ -69,6 +69,12 @@ def test_quick_demo_retrains_only_the_drifted_tenant_and_the_new_model_wins(
 
     rows = {row["tenant"]: row for row in json.loads(summary.read_text())}
     assert sorted(rows) == ["tenant-000", "tenant-001", "tenant-002"]
+    # It ends with the fleet report: written, named, every tenant on it.
+    report = re.search(r"^fleet report: (\S+)$", out, re.M)
+    assert report is not None, out[-2000:]
+    page = Path(report.group(1)).read_text()
+    for tenant in rows:
+        assert f'data-tenant="{tenant}"' in page, tenant
     for tenant, row in rows.items():
         assert row["models"] >= 1 and row["cold_start_f1"] is not None, tenant
     drifted = rows.pop(DRIFTED)

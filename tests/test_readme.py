@@ -13,6 +13,7 @@ from kernel.settings import setting_sources
 from retrainer.settings import RetrainerSettings
 from simulator.settings import SimulatorSettings
 from slaops.demo import DemoSettings
+from slaops.report import ReportSettings
 from slaops.settings_doc import render
 from slaops.watch import WatchSettings
 
@@ -26,7 +27,14 @@ def test_settings_tables_are_current() -> None:
 
 @pytest.mark.parametrize(
     "settings",
-    [ConsumerSettings, RetrainerSettings, SimulatorSettings, WatchSettings, DemoSettings],
+    [
+        ConsumerSettings,
+        RetrainerSettings,
+        SimulatorSettings,
+        WatchSettings,
+        DemoSettings,
+        ReportSettings,
+    ],
 )
 def test_every_setting_is_in_the_readme_table(settings: type[BaseSettings]) -> None:
     for name in settings.model_fields:

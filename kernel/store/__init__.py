@@ -7,6 +7,8 @@ the same layout, one atomic version per publish::
     sla_models/{tenant_hash}_sla_model.safetensors   kind "safetensors"
     sla_models/{tenant_hash}_sla_model.pt            kind "pt"
     sla_models/{tenant_hash}_sla_model.json          kind "card"
+    sla_models/{tenant_hash}_sla_model.md            kind "report" (optional, with the
+    sla_models/{tenant_hash}_sla_model.*.png         "plot_*" kinds: ``REPORT_KINDS``)
 
 FileStore on disk (``DIR``)::
 
@@ -52,9 +54,11 @@ from kernel.store.paths import (
     _URI_SCHEME_RE,
     KINDS,
     MODEL_DIR,
+    REPORT_KINDS,
     _check_endpoint,
     _check_repo_id,
     model_paths,
+    report_paths,
 )
 from kernel.store.protocol import ModelStore, PublishedFiles
 
@@ -65,6 +69,7 @@ __all__ = [
     "HubStore",
     "ModelStore",
     "PublishedFiles",
+    "REPORT_KINDS",
     "StoreConflict",
     "StoreError",
     "StoreNotFound",
@@ -72,6 +77,7 @@ __all__ = [
     "configure_hub_http",
     "model_paths",
     "open_store",
+    "report_paths",
 ]
 
 

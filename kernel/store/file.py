@@ -26,6 +26,8 @@ from kernel.store.paths import (
     _check_revision,
     _check_tenant_hash,
     model_paths,
+    publish_paths,
+    report_paths,
 )
 from kernel.store.protocol import PublishedFiles
 
@@ -46,9 +48,9 @@ class FileStore:
     def publish(
         self, tenant_hash: str, files: Mapping[str, bytes], *, message: str
     ) -> PublishedFiles:
-        paths = model_paths(tenant_hash)
         _check_files(files)
         _check_message(message)
+        paths = publish_paths(tenant_hash, files)
         tenant_dir = self.root / ".revisions" / tenant_hash
         try:
             tenant_dir.mkdir(parents=True, exist_ok=True)
@@ -78,12 +80,15 @@ class FileStore:
                 (self.root / MODEL_DIR).mkdir(exist_ok=True)
                 for kind, path in paths.items():  # convenience mirror, after the commit
                     _atomic_write(self.root / path, bytes(files[kind]))
+                for kind, path in report_paths(tenant_hash).items():  # no stale report
+                    if kind not in files:
+                        (self.root / path).unlink(missing_ok=True)
         except OSError as exc:
             raise StoreError(f"could not publish to {self.uri}: {exc.strerror or exc}") from exc
         logger.info(
             "published tenant_hash=%s revision=%s store=%s", tenant_hash, revision, self.uri
         )
-        return PublishedFiles(revision, paths)
+        return PublishedFiles(revision, model_paths(tenant_hash))
 
     def read(self, path: str, *, revision: str, max_bytes: int = MAX_ARTIFACT_BYTES) -> bytes:
         _check_repo_path(path)

@@ -29,7 +29,6 @@ from kernel.store.paths import (
     _PUBLISH_TRAILER,
     _RETRY_STATUSES,
     _TENANT_TRAILER,
-    KINDS,
     _check_files,
     _check_message,
     _check_repo_id,
@@ -37,6 +36,7 @@ from kernel.store.paths import (
     _check_revision,
     _check_tenant_hash,
     model_paths,
+    publish_paths,
 )
 from kernel.store.protocol import PublishedFiles
 
@@ -77,9 +77,9 @@ class HubStore:
     def publish(
         self, tenant_hash: str, files: Mapping[str, bytes], *, message: str
     ) -> PublishedFiles:
-        paths = model_paths(tenant_hash)
         _check_files(files)
         _check_message(message)
+        paths = publish_paths(tenant_hash, files)
         publish_id = secrets.token_hex(16)
         description = f"{_TENANT_TRAILER}: {tenant_hash}\n{_PUBLISH_TRAILER}: {publish_id}"
         maybe_landed = False  # an earlier attempt may have committed before failing
@@ -93,8 +93,8 @@ class HubStore:
                 self._repo_ready = True
             head = self._api.model_info(self._repo_id, timeout=self._timeout_s).sha
             operations = [
-                CommitOperationAdd(path_in_repo=paths[kind], path_or_fileobj=bytes(files[kind]))
-                for kind in KINDS
+                CommitOperationAdd(path_in_repo=path, path_or_fileobj=bytes(files[kind]))
+                for kind, path in paths.items()
             ]
             maybe_landed = True
             info = self._api.create_commit(
@@ -118,7 +118,7 @@ class HubStore:
         logger.info(
             "published tenant_hash=%s revision=%s store=%s", tenant_hash, revision, self.uri
         )
-        return PublishedFiles(revision, paths)
+        return PublishedFiles(revision, model_paths(tenant_hash))
 
     def read(self, path: str, *, revision: str, max_bytes: int = MAX_ARTIFACT_BYTES) -> bytes:
         _check_repo_path(path)

@@ -10,10 +10,22 @@ from kernel.errors import StoreError
 
 MODEL_DIR = "sla_models"
 KINDS: dict[str, str] = {"safetensors": "safetensors", "pt": "pt", "card": "json"}  # kind -> ext
+#: The version's report, published in the same commit when it could be rendered (each
+#: optional): kind -> suffix of ``sla_models/{tenant_hash}_sla_model.{suffix}``.
+REPORT_KINDS: dict[str, str] = {
+    "report": "md",
+    "plot_search": "search.png",
+    "plot_learning": "learning.png",
+    "plot_pr": "pr.png",
+    "plot_reliability": "reliability.png",
+    "plot_confusion": "confusion.png",
+    "plot_baselines": "baselines.png",
+}
 MAX_MESSAGE_LEN = 1000
 _TENANT_HASH_RE = re.compile(r"[0-9a-f]{64}")
 _REPO_PATH_RE = re.compile(r"[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*")
-_MODEL_PATH_RE = re.compile(rf"{MODEL_DIR}/([0-9a-f]{{64}})_sla_model\.(safetensors|pt|json)")
+_SUFFIXES = "|".join(re.escape(x) for x in [*KINDS.values(), *REPORT_KINDS.values()])
+_MODEL_PATH_RE = re.compile(rf"{MODEL_DIR}/([0-9a-f]{{64}})_sla_model\.({_SUFFIXES})")
 _REVISION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _FILE_REVISION_RE = re.compile(r"[0-9a-f]{40}")
 _REPO_PART_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?")
@@ -30,14 +42,30 @@ def model_paths(tenant_hash: str) -> dict[str, str]:
     return {kind: f"{MODEL_DIR}/{tenant_hash}_sla_model.{ext}" for kind, ext in KINDS.items()}
 
 
+def report_paths(tenant_hash: str) -> dict[str, str]:
+    """report kind -> ``sla_models/{tenant_hash}_sla_model.{suffix}`` (beside the model)."""
+    _check_tenant_hash(tenant_hash)
+    return {kind: f"{MODEL_DIR}/{tenant_hash}_sla_model.{s}" for kind, s in REPORT_KINDS.items()}
+
+
+def publish_paths(tenant_hash: str, files: Mapping[str, bytes]) -> dict[str, str]:
+    """kind -> path of every file of one publish: the model kinds and the report kinds given."""
+    reports = report_paths(tenant_hash)
+    return {**model_paths(tenant_hash), **{k: reports[k] for k in files if k in reports}}
+
+
 def _check_tenant_hash(tenant_hash: str) -> None:
     if not isinstance(tenant_hash, str) or _TENANT_HASH_RE.fullmatch(tenant_hash) is None:
         raise ValueError("tenant_hash must be 64 lowercase hex characters")
 
 
 def _check_files(files: Mapping[str, bytes]) -> None:
-    if set(files) != set(KINDS):
-        raise ValueError(f"publish needs exactly the kinds {sorted(KINDS)}, got {sorted(files)}")
+    kinds = set(files)
+    if not set(KINDS) <= kinds or not kinds <= set(KINDS) | set(REPORT_KINDS):
+        raise ValueError(
+            f"publish needs the kinds {sorted(KINDS)} and optionally report kinds "
+            f"{sorted(REPORT_KINDS)}, got {sorted(files)}"
+        )
     for kind, data in files.items():
         if not isinstance(data, bytes | bytearray):
             raise TypeError(f"files[{kind!r}] must be bytes")

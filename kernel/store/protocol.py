@@ -21,7 +21,11 @@ class ModelStore(Protocol):
     Promises:
 
     * **Atomicity.** ``publish`` writes the three kinds (``safetensors``, ``pt``,
-      ``card``) as ONE version: a reader sees all of a version or none of it.
+      ``card``), and any report kinds given (``REPORT_KINDS``: the Markdown card and
+      plots), as ONE version: a reader sees all of a version or none of it. The
+      returned paths are the three model paths. A version published without report
+      files may still show an older version's at its revision on the Hub (a commit
+      keeps untouched files), so a reader checks a report against its card.
     * **Ordering.** Versions of one tenant form a chain; ``latest`` names the newest
       and ``revision_messages`` lists the commit messages newest first. The store,
       not any event, decides which version is newest.

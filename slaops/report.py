@@ -1,0 +1,211 @@
+"""`slaops report`: the fleet as one self-contained HTML page, written or served.
+
+Reads the topics (`slaops.report_data`, bounded and validated) and the store, then
+renders the page (`slaops.report_html`). `--serve` keeps it fresh on a loopback port:
+a thread regenerates it every `refresh_s` and the page reloads itself as often.
+Tenants are named by slug only when the tenant key is configured; otherwise by hash.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
+
+from kernel.errors import ConfigError
+from kernel.settings import StoreSettings, TopicName
+from kernel.tenant_hash import KEY_FILE_NAME, load_or_create_local_key
+from schemas import topics
+from schemas.telemetry import DEFAULT_MAX_MESSAGE_BYTES
+from slaops.report_data import ReadLimits, build_reports, read_topics
+from slaops.report_html import render_page
+
+log = logging.getLogger(__name__)
+
+
+class ReportSettings(StoreSettings):
+    telemetry_topic: TopicName = Field(default=topics.TELEMETRY, description="Telemetry.")
+    retrain_topic: TopicName = Field(default=topics.RETRAIN, description="RetrainRequested.")
+    models_topic: TopicName = Field(default=topics.MODELS, description="ModelPublished.")
+    failures_topic: TopicName = Field(default=topics.RETRAIN_FAILURES, description="Failures.")
+    decisions_topic: TopicName = Field(
+        default=topics.RETRAIN_DECISIONS, description="Kept champions."
+    )
+    output: Path = Field(
+        default=Path("slaops-report.html"), description="Where the page is written."
+    )
+    serve: bool = Field(default=False, description="Serve the page and keep it fresh.")
+    host: str = Field(default="127.0.0.1", description="Loopback address to serve on.")
+    port: int = Field(default=8765, ge=0, le=65_535, description="Port to serve on (0: any).")
+    refresh_s: float = Field(
+        default=60.0, ge=5.0, description="Regenerate (and reload) the served page this often."
+    )
+    read_timeout_s: float = Field(
+        default=30.0, gt=0, description="Longest time spent reading the topics per page."
+    )
+    idle_s: float = Field(
+        default=2.0, gt=0, description="Reading stops when the topics are quiet this long."
+    )
+    max_records: int = Field(
+        default=500_000, ge=1, description="Most records read from the topics per page."
+    )
+    max_tenants: int = Field(default=100, ge=1, le=10_000, description="Most tenants shown.")
+    points: int = Field(
+        default=300, ge=10, le=5_000, description="Telemetry points per tenant timeline."
+    )
+    max_message_bytes: int = Field(
+        default=DEFAULT_MAX_MESSAGE_BYTES, ge=1, description="Telemetry size limit."
+    )
+
+    @field_validator("host")
+    @classmethod
+    def _loopback(cls, value: str) -> str:
+        """The page names tenants: it is served to this machine only."""
+        try:
+            loopback = value == "localhost" or ipaddress.ip_address(value).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ValueError("serve on a loopback address (127.0.0.1, ::1 or localhost)")
+        return value
+
+    def display_key(self) -> SecretStr | None:
+        """The tenant key if one is configured (or kept in local mode); never made here."""
+        if self.tenant_key is not None:
+            return self.tenant_secret()
+        if self.local_mode and (self.data_dir / KEY_FILE_NAME).is_file():
+            return load_or_create_local_key(self.data_dir)
+        return None
+
+
+def generate(settings: ReportSettings, *, refresh_s: float | None = None) -> str:
+    """Read the topics and the store once; the page."""
+    started = time.perf_counter()
+    store = settings.open_model_store()
+    key = settings.display_key()
+    read = read_topics(
+        settings,
+        {
+            "telemetry": settings.telemetry_topic,
+            "retrain": settings.retrain_topic,
+            "models": settings.models_topic,
+            "decisions": settings.decisions_topic,
+            "failures": settings.failures_topic,
+        },
+        ReadLimits(
+            timeout_s=settings.read_timeout_s,
+            idle_s=settings.idle_s,
+            max_records=settings.max_records,
+            max_tenants=settings.max_tenants,
+            max_message_bytes=settings.max_message_bytes,
+        ),
+    )
+    reports = build_reports(read, store, key)
+    source = {
+        "bootstrap": settings.require_bootstrap(),
+        "store": store.uri,
+        "tenants named by": "slug (tenant key configured)" if key else "hash (no tenant key)",
+    }
+    page = render_page(
+        reports,
+        read,
+        source=source,
+        generated_at=datetime.now(UTC),
+        points=settings.points,
+        refresh_s=refresh_s,
+    )
+    log.info(
+        "report tenants=%d records=%d bytes=%d seconds=%.1f",
+        len(reports),
+        sum(read.records.values()),
+        len(page),
+        time.perf_counter() - started,
+    )
+    return page
+
+
+def write_page(settings: ReportSettings, page: str) -> Path:
+    """Write atomically: a reader (or the browser) never sees half a page."""
+    path = settings.output
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+class _Page:
+    def __init__(self, page: str) -> None:
+        self.lock = threading.Lock()
+        self.body = page.encode("utf-8")
+
+
+def _handler(current: _Page) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            if self.path not in ("/", "/index.html"):
+                self.send_error(404)
+                return
+            with current.lock:
+                body = current.body
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            log.debug("report %s", format % args)
+
+    return Handler
+
+
+def serve(settings: ReportSettings, stop: threading.Event) -> int:
+    """Serve the page until `stop`; regenerate it every `refresh_s` (a failure keeps the
+    previous page and is logged)."""
+    current = _Page(generate(settings, refresh_s=settings.refresh_s))
+    write_page(settings, current.body.decode("utf-8"))
+    server = ThreadingHTTPServer((settings.host, settings.port), _handler(current))
+    print(f"serving the fleet report on http://{settings.host}:{server.server_port}/", flush=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5})
+    thread.start()
+    try:
+        while not stop.wait(settings.refresh_s):
+            try:
+                page = generate(settings, refresh_s=settings.refresh_s)
+            except Exception:
+                log.exception("report not regenerated; serving the previous page")
+                continue
+            with current.lock:
+                current.body = page.encode("utf-8")
+            write_page(settings, page)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    return 0
+
+
+def run_report(settings: ReportSettings, stop: threading.Event | None = None) -> int:
+    settings.require_bootstrap()
+    settings.store_uri()  # a missing store stops here, with the setting named
+    if not settings.serve:
+        path = write_page(settings, generate(settings))
+        print(f"wrote the fleet report to {path.resolve()}", flush=True)
+        return 0
+    stop = stop or threading.Event()
+    try:
+        return serve(settings, stop)
+    except KeyboardInterrupt:
+        stop.set()
+        return 0
+    except OSError as exc:
+        raise ConfigError(f"cannot serve on {settings.host}:{settings.port}: {exc}") from exc

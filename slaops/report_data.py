@@ -1,0 +1,317 @@
+"""What `slaops report` shows, read back from the topics and the store, validated and bounded.
+
+Topics are read from the beginning by one reader outside any group (it never commits),
+until they have been quiet for `idle_s`, `timeout_s` has passed or `max_records`
+records were read, whichever comes first (watermarks are not trusted: tansu's are
+wrong). Every record is validated by its schema (telemetry through the consumer's own
+`parse_telemetry`); anything else is counted and skipped. Telemetry is kept as a few
+columns per tenant and downsampled. The store is the authority on each tenant's live
+version: its newest revision and card (validated, size-capped), and the plots
+published with it, used only if they name that card's sha256.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
+from pydantic import BaseModel, SecretStr, ValidationError
+
+from kernel.artifacts import ModelCard, sha256_hex
+from kernel.errors import StoreError
+from kernel.kafka import base_config, is_record, make_reader
+from kernel.settings import ServiceSettings
+from kernel.store import ModelStore, report_paths
+from kernel.tenant_hash import tenant_hash
+from retrainer.plots import render_plots
+from retrainer.report import PLOT_KINDS, report_card_digest
+from schemas import (
+    ChampionKept,
+    InvalidTelemetry,
+    ModelPublished,
+    RetrainFailed,
+    RetrainRequested,
+    parse_telemetry,
+)
+
+log = logging.getLogger(__name__)
+
+#: Largest card and plot read back from the store.
+MAX_CARD_BYTES = 4 * 1024 * 1024
+MAX_PLOT_BYTES = 2 * 1024 * 1024
+_EVENT_BYTES = 256 * 1024
+_DRIFT = ("data_drift", "performance_drift")
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    timeout_s: float = 30.0
+    idle_s: float = 2.0
+    max_records: int = 500_000
+    max_tenants: int = 100
+    max_message_bytes: int = 65_536
+
+
+@dataclass
+class TenantEvents:
+    """One tenant's records, in topic order (per partition: a tenant has one)."""
+
+    ts: list[float] = field(default_factory=list)
+    p99: list[float] = field(default_factory=list)
+    breached: list[bool] = field(default_factory=list)
+    requests: list[RetrainRequested] = field(default_factory=list)
+    models: list[ModelPublished] = field(default_factory=list)
+    kept: list[ChampionKept] = field(default_factory=list)
+    failed: list[RetrainFailed] = field(default_factory=list)
+
+
+@dataclass
+class TopicRead:
+    tenants: dict[str, TenantEvents] = field(default_factory=dict)
+    records: dict[str, int] = field(default_factory=dict)
+    unreadable: int = 0
+    tenants_dropped: int = 0
+    stopped_by: str = "quiet"
+
+
+def read_topics(settings: ServiceSettings, topics: dict[str, str], limits: ReadLimits) -> TopicRead:
+    """Every record of the named topics (role -> topic), as validated events per tenant.
+
+    Roles: telemetry, retrain, models, decisions, failures. A missing topic reads as empty.
+    """
+    kinds: dict[str, type[BaseModel]] = {
+        topics["retrain"]: RetrainRequested,
+        topics["models"]: ModelPublished,
+        topics["decisions"]: ChampionKept,
+        topics["failures"]: RetrainFailed,
+    }
+    telemetry = topics["telemetry"]
+    out = TopicRead(records=dict.fromkeys(topics.values(), 0))
+    reader = make_reader(base_config(settings), "slaops-report")
+    try:
+        metadata = reader.list_topics(timeout=min(limits.timeout_s, 15.0))
+        assignment = [
+            TopicPartition(topic, partition, OFFSET_BEGINNING)
+            for topic in topics.values()
+            if topic in metadata.topics
+            for partition in metadata.topics[topic].partitions
+        ]
+        if assignment:
+            reader.assign(assignment)
+        started = last = time.monotonic()
+        total = 0
+        while assignment:
+            now = time.monotonic()
+            if now - last > limits.idle_s:
+                break
+            if now - started > limits.timeout_s:
+                out.stopped_by = f"timeout ({limits.timeout_s:g} s)"
+                break
+            if total >= limits.max_records:
+                out.stopped_by = f"max_records ({limits.max_records})"
+                break
+            batch = reader.consume(min(10_000, limits.max_records - total), 0.2)
+            if batch:
+                last = time.monotonic()
+            for message in batch:
+                if not is_record(message):
+                    continue
+                total += 1
+                topic = message.topic() or ""
+                out.records[topic] = out.records.get(topic, 0) + 1
+                _take(out, topic, message, telemetry, kinds, limits)
+    except KafkaException as exc:
+        out.stopped_by = f"broker error: {exc}"
+    finally:
+        reader.close()
+    return out
+
+
+def _tenant(out: TopicRead, slug: str | None, limits: ReadLimits) -> TenantEvents | None:
+    if slug is None:
+        return None
+    events = out.tenants.get(slug)
+    if events is None:
+        if len(out.tenants) >= limits.max_tenants:
+            out.tenants_dropped += 1
+            return None
+        events = out.tenants[slug] = TenantEvents()
+    return events
+
+
+def _take(
+    out: TopicRead,
+    topic: str,
+    message: Any,
+    telemetry: str,
+    kinds: dict[str, type[BaseModel]],
+    limits: ReadLimits,
+) -> None:
+    value = message.value() or b""
+    if topic == telemetry:
+        try:
+            event = parse_telemetry(message.key(), value, max_bytes=limits.max_message_bytes)
+        except InvalidTelemetry:
+            out.unreadable += 1
+            return
+        target = _tenant(out, event.tenant, limits)
+        if target is not None:
+            target.ts.append(event.ts.timestamp())
+            target.p99.append(event.latency_p99_ms)
+            target.breached.append(event.sla_breached)
+        return
+    kind = kinds.get(topic)
+    try:
+        if kind is None or len(value) > _EVENT_BYTES:
+            raise ValueError("unknown topic or oversize record")
+        parsed = kind.model_validate_json(value)
+    except (ValidationError, ValueError):
+        out.unreadable += 1
+        return
+    target = _tenant(out, getattr(parsed, "tenant", None), limits)
+    if target is None:
+        return
+    if isinstance(parsed, RetrainRequested):
+        target.requests.append(parsed)
+    elif isinstance(parsed, ModelPublished):
+        target.models.append(parsed)
+    elif isinstance(parsed, ChampionKept):
+        target.kept.append(parsed)
+    elif isinstance(parsed, RetrainFailed):
+        target.failed.append(parsed)
+
+
+def downsample(
+    ts: list[float], values: list[float], breached: list[bool], points: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(time, mean value, breach rate) over at most `points` equal-count buckets, by time.
+
+    >>> t, v, b = downsample([3.0, 1.0, 2.0, 4.0], [30, 10, 20, 40], [True, False, False, True], 2)
+    >>> t.tolist(), v.tolist(), b.tolist()
+    ([1.5, 3.5], [15.0, 35.0], [0.0, 1.0])
+    """
+    if not ts:
+        empty = np.zeros(0)
+        return empty, empty, empty
+    order = np.argsort(np.asarray(ts, dtype=np.float64), kind="stable")
+    t = np.asarray(ts, dtype=np.float64)[order]
+    v = np.asarray(values, dtype=np.float64)[order]
+    b = np.asarray(breached, dtype=np.float64)[order]
+    chunks = np.array_split(np.arange(t.shape[0]), min(points, t.shape[0]))
+    return (
+        np.array([t[c].mean() for c in chunks]),
+        np.array([v[c].mean() for c in chunks]),
+        np.array([b[c].mean() for c in chunks]),
+    )
+
+
+@dataclass
+class LiveModel:
+    """A tenant's live version as the store says, with its report's plots."""
+
+    revision: str
+    version: int
+    card: ModelCard | None
+    plots: dict[str, bytes] = field(default_factory=dict)
+    plots_from_store: bool = False
+    problem: str | None = None
+
+
+@dataclass
+class TenantReport:
+    label: str
+    tenant_hash: str | None
+    events: TenantEvents
+    live: LiveModel | None
+    problem: str | None = None
+
+    @property
+    def last_alarm(self) -> RetrainRequested | None:
+        alarms = [r for r in self.events.requests if r.reason in _DRIFT]
+        return max(alarms, key=lambda r: r.detected_at) if alarms else None
+
+    @property
+    def open_request(self) -> RetrainRequested | None:
+        """The newest request, if nothing answered it yet."""
+        if not self.events.requests:
+            return None
+        newest = self.events.requests[-1]
+        answered: set[str | None] = {m.request_event_id for m in self.events.models}
+        answered |= {k.request_event_id for k in self.events.kept}
+        answered |= {f.request_event_id for f in self.events.failed}
+        return None if newest.event_id in answered else newest
+
+    @property
+    def trained_at(self) -> datetime | None:
+        if self.live is None:
+            return None
+        for event in self.events.models:
+            if event.revision == self.live.revision:
+                return event.published_at
+        return None
+
+
+def tenant_label(slug: str, key: SecretStr | None, announced_hash: str | None, n: int) -> str:
+    """The slug only for someone holding the key; otherwise the hash, or a number."""
+    if key is not None:
+        return slug
+    return announced_hash[:16] if announced_hash else f"tenant without a model #{n}"
+
+
+def build_reports(read: TopicRead, store: ModelStore, key: SecretStr | None) -> list[TenantReport]:
+    """One report per tenant seen, its live version from the store."""
+    reports = []
+    unnamed = 0
+    for slug in sorted(read.tenants):
+        events = read.tenants[slug]
+        if key is not None:
+            hashed: str | None = tenant_hash(slug, key)
+            events.models = [m for m in events.models if m.tenant_hash == hashed]
+        else:  # without the key, the announcements' hash (one per tenant) names it
+            hashes = {m.tenant_hash for m in events.models}
+            hashed = hashes.pop() if len(hashes) == 1 else None
+        if hashed is None and key is None:
+            unnamed += 1
+        label = tenant_label(slug, key, hashed, unnamed)
+        report = TenantReport(label=label, tenant_hash=hashed, events=events, live=None)
+        if hashed is not None:
+            try:
+                report.live = live_model(store, hashed)
+            except StoreError as exc:
+                report.problem = f"store unreadable: {exc}"
+        reports.append(report)
+    return reports
+
+
+def live_model(store: ModelStore, hashed: str) -> LiveModel | None:
+    """The store's newest version of `hashed`, its card and its plots (checked)."""
+    latest = store.latest(hashed)
+    if latest is None:
+        return None
+    version = len(store.revision_messages(hashed))
+    try:
+        card_bytes = store.read(
+            latest.paths["card"], revision=latest.revision, max_bytes=MAX_CARD_BYTES
+        )
+        card = ModelCard.model_validate_json(card_bytes)
+    except (StoreError, ValidationError) as exc:
+        return LiveModel(latest.revision, version, None, problem=f"card unreadable: {exc}")
+    digest = sha256_hex(card_bytes)
+    plots: dict[str, bytes] = {}
+    paths = report_paths(hashed)
+    for kind in PLOT_KINDS:
+        try:
+            data = store.read(paths[kind], revision=latest.revision, max_bytes=MAX_PLOT_BYTES)
+        except StoreError:
+            break
+        if report_card_digest(kind, data) != digest:
+            break  # not this card's plot (an older version's, or not ours)
+        plots[kind] = data
+    if len(plots) == len(PLOT_KINDS):
+        return LiveModel(latest.revision, version, card, plots, plots_from_store=True)
+    return LiveModel(latest.revision, version, card, render_plots(card, digest))
