@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,20 +32,19 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import pydantic_core  # noqa: E402
-import torch  # noqa: E402
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition  # noqa: E402
 
 from consumer.core import CoreConfig, IngestCore  # noqa: E402
 from consumer.live_model import LiveModel  # noqa: E402
 from consumer.main import build_service, topic_specs  # noqa: E402
+from consumer.observability import ConsumerHooks, ConsumerMetrics  # noqa: E402
 from consumer.settings import ConsumerSettings  # noqa: E402
-from kernel.artifacts import ModelCard  # noqa: E402
 from kernel.kafka import ensure_topics  # noqa: E402
-from kernel.mlp import SlaMLP  # noqa: E402
-from schemas import FEATURES, TelemetryEvent  # noqa: E402
+from schemas import TelemetryEvent  # noqa: E402
 from tests.broker import kafka_bootstrap  # noqa: E402
 from tests.kafka_helpers import produce_all  # noqa: E402
 from tests.streams import telemetry_bytes  # noqa: E402
+from tests.tiny_models import tiny_live_model  # noqa: E402
 
 
 def rate(n: int, seconds: float) -> float:
@@ -95,27 +95,68 @@ def live_models(data: list[tuple[bytes, bytes]]) -> list[LiveModel]:
 
     The weights are untrained: forecasting costs the same whatever they are.
     """
-    torch.manual_seed(0)
-    module = SlaMLP(n_features=len(FEATURES), hidden_layers=2, width=64).eval()
-    rows = np.array(
-        [[json.loads(v)[name] for name in FEATURES] for _k, v in data[:2_000]], np.float32
-    )
-    module.set_normalization(rows.mean(axis=0), rows.std(axis=0))
-    card = ModelCard(
-        architecture=module.architecture(),
-        feature_order=list(FEATURES),
-        lags=0,
-        horizon=1,
-        threshold=0.5,
-        metrics={},
-        cv_table=[],
-        lineage={},
-        files={},
-    )
     tenants = sorted({k.decode() for k, _v in data})
-    return [
-        LiveModel(tenant, "0" * 40, 1, "0" * 32, module=module, card=card) for tenant in tenants
+    model = tiny_live_model("x", hidden_layers=2, width=64)
+    return [replace(model, tenant=tenant) for tenant in tenants]
+
+
+def bench_metrics_overhead(
+    data: list[tuple[bytes, bytes]], batch: int, repeats: int = 3
+) -> dict[str, float]:
+    """The core with the consumer's metrics hook after every batch, and without.
+
+    After one discarded warm-up run, runs alternate (off, on, on, off, ...) and the
+    best of each counts, so that other load on the machine hits both alike; CPU time of
+    this process, not wall time. With and without live models (the forecast counts
+    are the core's either way); with live models on a fifth of the events (forecasting
+    is slow).
+    """
+    records = [
+        Message(topic="sla.telemetry", partition=0, offset=i, key=k, value=v)
+        for i, (k, v) in enumerate(data)
     ]
+    models = live_models(data)
+    figures: dict[str, float] = {}
+    for name, forecasting in (("ingest", False), ("forecast", True)):
+        chunks = records[: len(records) // 5] if forecasting else records
+        best = {False: float("inf"), True: float("inf")}
+        hook_share = float("inf")
+        order = [False] + [
+            on for r in range(repeats) for on in ((False, True), (True, False))[r % 2]
+        ]
+        for run, metrics_on in enumerate(order):
+            core = IngestCore(CoreConfig(topic="sla.telemetry"))
+            if forecasting:
+                for model in models:
+                    core.apply_model(model)
+            hooks = (
+                ConsumerMetrics(core=core, telemetry_topic="sla.telemetry")
+                if metrics_on
+                else ConsumerHooks()
+            )
+            gc.collect()
+            start = time.process_time()
+            in_core = in_hooks = 0.0
+            for i in range(0, len(chunks), batch):
+                chunk = chunks[i : i + batch]
+                began = time.perf_counter()
+                result = core.process(chunk)
+                processed = time.perf_counter()
+                hooks.batch(chunk, result, processed - began)
+                in_core += processed - began
+                in_hooks += time.perf_counter() - processed
+            if run > 0:  # the first run only warms up
+                best[metrics_on] = min(best[metrics_on], time.process_time() - start)
+                if metrics_on:
+                    hook_share = min(hook_share, in_hooks / in_core)
+        off, on = rate(len(chunks), best[False]), rate(len(chunks), best[True])
+        # The hook's own time against the core's in the same runs: what the metrics cost,
+        # free of the noise between two runs on a shared machine.
+        figures[f"metrics_{name}_hook_share"] = hook_share
+        figures[f"metrics_{name}_off_per_s"] = off
+        figures[f"metrics_{name}_on_per_s"] = on
+        figures[f"metrics_{name}_overhead"] = 1.0 - on / off
+    return figures
 
 
 def bench_forecasting(data: list[tuple[bytes, bytes]], batch: int) -> dict[str, float]:
@@ -275,16 +316,26 @@ def main() -> None:
     parser.add_argument("--memory-tenants", type=int, default=10_000)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--metrics-only",
+        action="store_true",
+        help="only the metrics on/off comparison of the core (no broker, no memory child)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.events, args.e2e_events, args.memory_tenants = 100_000, 50_000, 1_000
     batch = args.batch or ConsumerSettings.model_fields["batch_size"].default
     data = telemetry_bytes(args.events, args.tenants)
     figures: dict[str, float] = {"events": args.events, "tenants": args.tenants, "batch": batch}
+    if args.metrics_only:
+        figures |= bench_metrics_overhead(data, batch)
+        print(json.dumps(figures) if args.json else metrics_lines(figures))
+        return
     figures |= bench_floor(data)
     figures |= bench_core(data, batch)
     figures["core_to_floor_ratio"] = figures["core_per_s"] / figures["parse_floor_per_s"]
     figures |= bench_forecasting(data, batch)
+    figures |= bench_metrics_overhead(data, batch)
     for name in ("forecast", "forecast_publish"):
         figures[f"{name}_cost"] = 1.0 - figures[f"core_{name}_per_s"] / figures["core_per_s"]
     with kafka_bootstrap() as bootstrap:
@@ -339,7 +390,21 @@ def main() -> None:
     ]
     for name, value in rows:
         print(f"  {name:<44} {value}")
+    print(metrics_lines(figures))
     assert np.isfinite(figures["core_per_s"])
+
+
+def metrics_lines(figures: dict[str, float]) -> str:
+    lines = ["metrics on/off (core, CPU time, best of 3 alternating runs)"]
+    for name, label in (("ingest", "core"), ("forecast", "core + live models")):
+        lines.append(
+            f"  {label + ', metrics off / on':<44} "
+            f"{figures[f'metrics_{name}_off_per_s']:,.0f} / "
+            f"{figures[f'metrics_{name}_on_per_s']:,.0f} ev/s  "
+            f"(difference {figures[f'metrics_{name}_overhead']:.1%}; the hook's own time "
+            f"{figures[f'metrics_{name}_hook_share']:.2%} of the core's, target <= 5%)"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -127,6 +127,17 @@ class BatchResult:
     valid: int = 0
     invalid: int = 0
     replayed: int = 0
+    #: Fresh (not replayed) detector alarms as (reason, detector), and the reasons of
+    #: requests the gate held back (cooldown, or a request in flight). Both rare.
+    alarms: list[tuple[str, str]] = field(default_factory=list)
+    held_back: list[str] = field(default_factory=list)
+    #: Live forecasts of fresh events; those scored against their interval's label, and
+    #: of these the ones whose decision (at the model's threshold) was wrong.
+    forecasts_made: int = 0
+    forecasts_scored: int = 0
+    forecast_errors: int = 0
+    #: Forecasts that were not finite: neither published nor scored.
+    forecasts_non_finite: int = 0
 
 
 class IngestCore:
@@ -146,6 +157,8 @@ class IngestCore:
         self._models: dict[str, LiveModel] = {}
         #: Requests already answered (published, kept or failed), newest last.
         self._resolved: OrderedDict[str, None] = OrderedDict()
+        #: Tenants evicted to stay within `max_tenants`, since the start.
+        self.evicted = 0
 
     # -- models and answers (from the model follower) -------------------------------
     def apply_model(self, model: LiveModel) -> None:
@@ -257,6 +270,7 @@ class IngestCore:
             victim = next(t for t in self._tenants if t != keep)
         log.debug("tenant=%s evicted", victim)
         self._forget(victim)
+        self.evicted += 1
 
     def _forget(self, tenant: str) -> None:
         self._probation.pop(tenant, None)
@@ -408,14 +422,18 @@ class IngestCore:
         triggers: list[tuple[int, RetrainReason, str, DriftSignal | None]] = []
         if state.model is not None:
             alarms = self._forecast(state, ts, features, labels, offsets, replay_limit, result)
+            _count_alarms(
+                result, "performance_drift", cfg.performance.detector, alarms, offsets, replay_limit
+            )
             triggers += [
                 (due.index, "performance_drift", cfg.performance.detector, due)
                 for due in self._settled(state, alarms, ts, len(labels))
             ]
         if cfg.data_drift:
+            signals = state.drift.update(features)
+            _count_alarms(result, "data_drift", cfg.drift.detector, signals, offsets, replay_limit)
             triggers += [
-                (signal.index, "data_drift", cfg.drift.detector, signal)
-                for signal in state.drift.update(features)
+                (signal.index, "data_drift", cfg.drift.detector, signal) for signal in signals
             ]
         triggers.sort(key=lambda t: t[0])
         cold_start = cfg.cold_start and state.model is None
@@ -541,9 +559,41 @@ class IngestCore:
         made = combined[len(pending) + scored - horizon]
         outcomes = np.column_stack((made[:, 0], labels[scored], made[:, 1]))
         state.pending_proba = combined[-horizon:]
+        # A non-finite forecast is no forecast: never scored, never published.
+        usable = np.isfinite(outcomes[:, 0])
+        if not usable.all():
+            scored, outcomes = scored[usable], outcomes[usable]
+        self._count_forecasts(model, proba, outcomes, scored, offsets, replay_limit, result)
         if self.config.publish_forecasts:
             self._emit_forecasts(state, model, ts, proba, offsets, replay_limit, result)
         return [replace(a, index=int(scored[a.index])) for a in monitor.update(outcomes)]
+
+    @staticmethod
+    def _count_forecasts(
+        model: LiveModel,
+        proba: np.ndarray,
+        outcomes: np.ndarray,
+        scored: np.ndarray,
+        offsets: np.ndarray,
+        replay_limit: int,
+        result: BatchResult,
+    ) -> None:
+        """Forecasts made, scored and wrong in a block, of fresh events only (vectorised)."""
+        wrong = (outcomes[:, 0] >= model.threshold) != (outcomes[:, 1] >= 0.5)
+        finite = int(np.count_nonzero(np.isfinite(proba)))
+        if replay_limit <= int(offsets[0]):  # nothing replayed: the common case
+            result.forecasts_made += finite
+            result.forecasts_non_finite += len(proba) - finite
+            result.forecasts_scored += len(scored)
+            result.forecast_errors += int(np.count_nonzero(wrong))
+            return
+        fresh = offsets >= replay_limit
+        made = int(np.count_nonzero(fresh & np.isfinite(proba)))
+        result.forecasts_made += made
+        result.forecasts_non_finite += int(np.count_nonzero(fresh)) - made
+        judged = fresh[scored]
+        result.forecasts_scored += int(np.count_nonzero(judged))
+        result.forecast_errors += int(np.count_nonzero(wrong & judged))
 
     def _emit_forecasts(
         self,
@@ -555,7 +605,7 @@ class IngestCore:
         replay_limit: int,
         result: BatchResult,
     ) -> None:
-        fresh = offsets >= replay_limit
+        fresh = (offsets >= replay_limit) & np.isfinite(proba)
         if not fresh.any():
             return
         key = state.tenant.encode()
@@ -655,6 +705,8 @@ class IngestCore:
             waits = state.gate.busy(now)
             if waits:
                 state.follow_up = FollowUp(reason, detector, signal, origin, detected)
+            if trigger >= replay_limit:
+                result.held_back.append(reason)
             log.debug(
                 "tenant=%s partition=%d offset=%d %s %s",
                 state.tenant,
@@ -706,3 +758,17 @@ class IngestCore:
             request.event_id,
         )
         result.requests.append(request)
+
+
+def _count_alarms(
+    result: BatchResult,
+    reason: str,
+    detector: str,
+    signals: Sequence[DriftSignal],
+    offsets: np.ndarray,
+    replay_limit: int,
+) -> None:
+    """Note the fresh alarms of a block (replayed ones were counted the first time)."""
+    for signal in signals:
+        if int(offsets[signal.index]) >= replay_limit:
+            result.alarms.append((reason, detector))

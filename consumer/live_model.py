@@ -115,9 +115,10 @@ def load_live_model(
     authority.check(event)
     verified = authority.newest(event.tenant, announced=event)
     if verified is None:  # pragma: no cover - newest() refuses an announced empty tenant
-        raise ModelRefused("the store holds no version of this tenant")
+        raise ModelRefused("the store holds no version of this tenant", "not_in_store")
     if verified.revision != event.revision:
         raise ModelRefused(
-            f"revision {event.revision!r} is not the store's newest ({verified.revision})"
+            f"revision {event.revision!r} is not the store's newest ({verified.revision})",
+            "not_newest",
         )
     return LiveModel.from_verified(verified, event.request_event_id)

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from confluent_kafka import Consumer, TopicPartition
 
 from consumer.checkpoint import CheckpointLog
 from consumer.core import CoreConfig, IngestCore
 from consumer.detectors import DriftConfig
 from consumer.follower import ModelFollower
+from consumer.observability import ConsumerHooks, ConsumerMetrics
 from consumer.performance import PerformanceConfig
 from consumer.service import ConsumerService
 from consumer.settings import ConsumerSettings
@@ -105,15 +107,6 @@ def build_service(
     # they wait there, in order, and the service waits for them (a timed-out record of
     # an idempotent producer would have to be produced again, out of order).
     tracker = DeliveryTracker(make_producer(settings, **{"message.timeout.ms": 0}))
-    consumer = make_group_consumer(
-        settings, settings.group_id, **{"max.poll.interval.ms": settings.max_poll_interval_ms}
-    )
-    checkpoints = CheckpointLog(
-        topic=settings.checkpoint_topic,
-        group_id=settings.group_id,
-        tracker=tracker,
-        reader_config=base_config(settings),
-    )
     follower = None
     if parts.models is not None:
         follower = ModelFollower(
@@ -123,8 +116,31 @@ def build_service(
             decisions_topic=settings.decisions_topic,
             authority=parts.models,
         )
+    core = IngestCore(parts.core)
+    hooks: ConsumerHooks = ConsumerHooks()
+    extra: dict[str, Any] = {"max.poll.interval.ms": settings.max_poll_interval_ms}
+    if settings.metrics_port:
+        metrics = ConsumerMetrics(
+            core=core,
+            telemetry_topic=settings.telemetry_topic,
+            liveness_timeout_s=settings.liveness_timeout_s,
+            follower=follower,
+            positions=lambda numbers: _positions(consumer, settings.telemetry_topic, numbers),
+        )
+        extra |= {
+            "statistics.interval.ms": round(settings.lag_interval_s * 1000),
+            "stats_cb": metrics.on_stats,
+        }
+        hooks = metrics
+    consumer = make_group_consumer(settings, settings.group_id, **extra)
+    checkpoints = CheckpointLog(
+        topic=settings.checkpoint_topic,
+        group_id=settings.group_id,
+        tracker=tracker,
+        reader_config=base_config(settings),
+    )
     return ConsumerService(
-        core=IngestCore(parts.core),
+        core=core,
         consumer=consumer,
         tracker=tracker,
         checkpoints=checkpoints,
@@ -136,4 +152,11 @@ def build_service(
         batch_size=settings.batch_size,
         poll_timeout_s=settings.poll_timeout_s,
         delivery_timeout_s=settings.delivery_timeout_s,
+        hooks=hooks,
     )
+
+
+def _positions(consumer: Consumer, topic: str, partitions: list[int]) -> dict[int, int]:
+    """The consumer's next offset of each partition (a local call, no network)."""
+    found = consumer.position([TopicPartition(topic, p) for p in partitions])
+    return {tp.partition: tp.offset for tp in found}

@@ -18,6 +18,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from consumer.checkpoint import CheckpointLog, choose_replay_from
 from consumer.core import BatchResult, IngestCore
 from consumer.follower import ModelFollower
+from consumer.observability import ConsumerHooks
 from kernel.backoff import Backoff
 from kernel.errors import BrokerError
 from kernel.kafka import DeliveryTracker, KafkaRecord, is_record, position
@@ -88,8 +89,11 @@ class ConsumerService:
         clock: Callable[[], float] = time.time,
         delivery_timeout_s: float = 60.0,
         redelivery: Backoff = _REDELIVERY,
+        hooks: ConsumerHooks | None = None,
     ) -> None:
         self.core = core
+        #: Metrics and health (`consumer.observability`); the default records nothing.
+        self.hooks = hooks if hooks is not None else ConsumerHooks()
         self.stats = ConsumerStats()
         self._consumer = consumer
         self._tracker = tracker
@@ -130,6 +134,7 @@ class ConsumerService:
             else:
                 log.info("assigned partition=%d with no committed offset", tp.partition)
         self.assigned.update(tp.partition for tp in committed)
+        self.hooks.assigned(committed, self._resume_at)
         consumer.assign(committed)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -139,6 +144,7 @@ class ConsumerService:
         for number in numbers:
             self._resume_at.pop(number, None)
         self.assigned.difference_update(numbers)
+        self.hooks.revoked(numbers)
         log.info("revoked partitions=%s, dropped %d tenants", numbers, dropped)
 
     # -- the loop -------------------------------------------------------------------
@@ -151,6 +157,7 @@ class ConsumerService:
             if answer.model is not None:
                 self.core.apply_model(answer.model)
                 self.stats.models += 1
+                self.hooks.model_swapped()
             else:
                 self.core.resolve(answer.tenant, answer.request_event_id)
 
@@ -174,6 +181,7 @@ class ConsumerService:
         try:
             while not stop.is_set() and (max_batches is None or batches < max_batches):
                 messages = self._consumer.consume(self._batch_size, self._poll_timeout_s)
+                self.hooks.polled()
                 self.apply_answers()
                 records = [m for m in messages if is_record(m)]
                 if records:
@@ -183,6 +191,7 @@ class ConsumerService:
                     last_report = time.monotonic()
                     log.info("progress %s tenants=%d", self.stats, len(self.core))
         finally:
+            self.hooks.stopped()
             if self._follower is not None:
                 self._follower.stop()
             self._tracker.wait()
@@ -190,6 +199,7 @@ class ConsumerService:
         return self.stats
 
     def handle_batch(self, records: Sequence[KafkaRecord]) -> BatchResult:
+        started = time.perf_counter()
         result = self.core.process(records, self._resume_at, now=self._clock())
         self.stats.add(result)
         outputs: list[_Output] = [
@@ -221,6 +231,7 @@ class ConsumerService:
             return result  # stopping with the broker away: the batch is seen again
         if next_offsets:
             self._commit(next_offsets)
+        self.hooks.batch(records, result, time.perf_counter() - started)
         return result
 
     def _delivered(
@@ -267,5 +278,6 @@ class ConsumerService:
             log.warning("commit of %s failed: %s", next_offsets, exc)
             return
         self.stats.commits += 1
+        self.hooks.committed()
         for partition, offset in next_offsets.items():
             self._resume_at[partition] = offset

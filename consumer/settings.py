@@ -9,7 +9,7 @@ from pydantic import AfterValidator, Field, model_validator
 from consumer.core import CoreConfig
 from consumer.detectors import DETECTORS, DriftConfig, detector_spec
 from consumer.performance import PerformanceConfig
-from kernel.settings import StoreSettings, TopicName, TopicSettings
+from kernel.settings import ObservabilitySettings, StoreSettings, TopicName, TopicSettings
 from schemas import topics
 
 #: The defaults below are the core's: one source (`CoreConfig` and the configs in it).
@@ -27,7 +27,7 @@ def _known_detector(kind: str) -> str:
 DetectorName = Annotated[str, AfterValidator(_known_detector)]
 
 
-class ConsumerSettings(StoreSettings, TopicSettings):
+class ConsumerSettings(StoreSettings, TopicSettings, ObservabilitySettings):
     telemetry_topic: TopicName = Field(default=topics.TELEMETRY, description="Telemetry input.")
     dlq_topic: TopicName = Field(default=topics.TELEMETRY_DLQ, description="Dead letters.")
     retrain_topic: TopicName = Field(default=topics.RETRAIN, description="Retrain requests.")
@@ -178,6 +178,13 @@ class ConsumerSettings(StoreSettings, TopicSettings):
         ge=0,
         description="Wall-clock seconds after which an unanswered request no longer blocks "
         "its tenant's next one (0: requests are never held in flight).",
+    )
+    lag_interval_s: float = Field(
+        default=5.0,
+        ge=0.1,
+        le=3_600,
+        description="How often librdkafka reports statistics, whence the per-partition "
+        "consumer lag metric (with metrics_port on).",
     )
 
     @model_validator(mode="after")

@@ -59,8 +59,29 @@ log = logging.getLogger(__name__)
 _JUDGED_KEPT = 64
 
 
+#: Why an announced model was refused, in few words (a bounded metric label).
+REFUSAL_KINDS = (
+    "foreign_store",
+    "foreign_tenant",
+    "foreign_paths",
+    "not_in_store",
+    "not_newest",
+    "sha256_mismatch",
+    "unloadable",
+    "older_version",
+    "other",
+)
+
+
 class ModelRefused(SlaopsError):
-    """An announced model that will not be loaded; the message says why (one line)."""
+    """An announced model that will not be loaded; the message says why (one line).
+
+    `kind` is one of `REFUSAL_KINDS`: the reason in few words, for counting.
+    """
+
+    def __init__(self, message: str, kind: str = "other") -> None:
+        super().__init__(message)
+        self.kind = kind if kind in REFUSAL_KINDS else "other"
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,12 +112,12 @@ class ModelAuthority:
         paths that are not the tenant's own.
         """
         if event.store_uri != self.store_uri:
-            raise ModelRefused(f"names store {event.store_uri!r}, not ours")
+            raise ModelRefused(f"names store {event.store_uri!r}, not ours", "foreign_store")
         expected = tenant_hash(event.tenant, self.tenant_key)
         if not hmac.compare_digest(event.tenant_hash, expected):
-            raise ModelRefused("tenant_hash is not this tenant's")
+            raise ModelRefused("tenant_hash is not this tenant's", "foreign_tenant")
         if dict(event.paths) != model_paths(expected):
-            raise ModelRefused("paths are not this tenant's model paths")
+            raise ModelRefused("paths are not this tenant's model paths", "foreign_paths")
         return expected
 
     def newest(
@@ -124,31 +145,37 @@ class ModelAuthority:
                     return None
                 raise ModelRefused(
                     f"revision {announced.revision!r} is not in the store: "
-                    "it holds no version of this tenant"
+                    "it holds no version of this tenant",
+                    "not_in_store",
                 )
             if head.revision == live_revision:
                 if announced is not None and announced.revision != head.revision:
                     raise ModelRefused(
                         f"revision {announced.revision!r} is not the store's newest "
-                        f"({head.revision}, live already)"
+                        f"({head.revision}, live already)",
+                        "not_newest",
                     )
                 return None
             version = newest.version
             card_bytes = self.store.read(paths["card"], revision=head.revision)
             if announced is not None and announced.revision == head.revision:
                 if sha256_hex(card_bytes) != announced.sha256.get("card"):
-                    raise ModelRefused("card does not match its announced sha256")
+                    raise ModelRefused(
+                        "card does not match its announced sha256", "sha256_mismatch"
+                    )
             weights = self.store.read(paths["safetensors"], revision=head.revision)
             if announced is not None and announced.revision == head.revision:
                 if sha256_hex(weights) != announced.sha256.get("safetensors"):
-                    raise ModelRefused("weights do not match their announced sha256")
+                    raise ModelRefused(
+                        "weights do not match their announced sha256", "sha256_mismatch"
+                    )
             module, card = load_model(card_bytes, weights, "safetensors")
         except ModelRefused:
             raise
         except (StoreError, ArtifactError, ValueError) as exc:
             named = head.revision if head is not None else "newest"
             detail = " ".join(str(exc).split())[:300]
-            raise ModelRefused(f"cannot load revision {named!r}: {detail}") from exc
+            raise ModelRefused(f"cannot load revision {named!r}: {detail}", "unloadable") from exc
         return VerifiedModel(tenant, thash, head.revision, max(version, 1), module, card)
 
 
@@ -160,6 +187,8 @@ class Outcome:
     hints: list[ModelPublished]
     model: VerifiedModel | None = None
     refused: str | None = None
+    #: One of `REFUSAL_KINDS` when refused.
+    refused_kind: str | None = None
 
 
 @dataclass
@@ -220,6 +249,8 @@ class ModelFollower:
         self.last_progress = clock()
         self.loaded = 0
         self.refused = 0
+        #: Refusals by `ModelRefused.kind`, since the start.
+        self.refused_by_kind: dict[str, int] = {}
         self.lookups = 0
         self.record_errors = 0
         self.restarts = 0
@@ -355,7 +386,7 @@ class ModelFollower:
         try:
             self.authority.check(event)
         except ModelRefused as exc:
-            self._refuse(Outcome(event.tenant, [event], refused=str(exc)))
+            self._refuse(Outcome(event.tenant, [event], refused=str(exc), refused_kind=exc.kind))
             return
         with self._lock:
             state = self._tenants.setdefault(event.tenant, _Tenant())
@@ -394,7 +425,7 @@ class ModelFollower:
         except ModelRefused as exc:
             for hint in fresh:
                 self._judge(state, hint.revision)
-            self._refuse(Outcome(tenant, hints, refused=str(exc)))
+            self._refuse(Outcome(tenant, hints, refused=str(exc), refused_kind=exc.kind))
             return
         if model is None:
             self._emit(Outcome(tenant, hints))
@@ -407,6 +438,7 @@ class ModelFollower:
                     hints,
                     refused=f"the store's newest {model.revision} is version {model.version}, "
                     f"not newer than the live version {state.live.version}",
+                    refused_kind="older_version",
                 )
             )
             return
@@ -431,6 +463,8 @@ class ModelFollower:
 
     def _refuse(self, outcome: Outcome) -> None:
         self.refused += 1
+        kind = outcome.refused_kind or "other"
+        self.refused_by_kind[kind] = self.refused_by_kind.get(kind, 0) + 1
         hint = outcome.hints[-1]
         log.warning(
             "refused model tenant=%r revision=%r: %s; keeping the previous one",

@@ -8,6 +8,8 @@ Core code never reads `os.environ`.
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -22,6 +24,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from kernel.errors import ConfigError
+from kernel.logs import LogFormat
 from kernel.store import ModelStore, open_store
 from kernel.tenant_hash import load_or_create_local_key, weak_key_problem
 from schemas.topics import TOPIC_NAME_PATTERN
@@ -69,6 +72,11 @@ class ServiceSettings(BaseSettings):
         default=45_000, ge=1_000, le=3_600_000, description="Consumer group session timeout."
     )
     log_level: LogLevel = Field(default="INFO", description="Log level.")
+    log_format: LogFormat = Field(
+        default="text",
+        description="Log lines as text, or json: one object a line with ts, level, logger, "
+        "message and the tenant, partition, offset, event_id, revision they name.",
+    )
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -190,7 +198,8 @@ class StoreSettings(ServiceSettings):
             "or pass --local-mode for a store in the local data directory"
         )
 
-    def open_model_store(self) -> ModelStore:
+    def open_model_store(self, *, sleep: Callable[[float], None] = time.sleep) -> ModelStore:
+        """The configured store; `sleep` is its pause between retries (metrics count them)."""
         try:
             return open_store(
                 self.store_uri(),
@@ -198,6 +207,7 @@ class StoreSettings(ServiceSettings):
                 endpoint=self.hf_endpoint,
                 private=self.hf_private,
                 http_timeout_s=self.hub_timeout_s,
+                sleep=sleep,
             )
         except ValueError as exc:
             raise ConfigError(f"store (SLAOPS_STORE or --store): {exc}") from exc
@@ -215,3 +225,32 @@ class StoreSettings(ServiceSettings):
             "slugs in store paths), or pass --local-mode to generate one in the local data "
             "directory"
         )
+
+
+class ObservabilitySettings(ServiceSettings):
+    """Settings of services that serve metrics and health on a port (consumer, retrainer).
+
+    Each service sets its own default port (`ConsumerSettings`, `RetrainerSettings`).
+    """
+
+    metrics_port: int = Field(
+        default=9464,
+        ge=0,
+        le=65_535,
+        description="Port of /metrics (Prometheus), /healthz and /readyz; 0 turns them off.",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[A-Za-z0-9.\-]+$",
+        description="Host name or IPv4 address the metrics port listens on: loopback by "
+        "default; 0.0.0.0 to be scraped from other hosts or containers.",
+    )
+    liveness_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        le=86_400,
+        description="/healthz fails once the poll loop (or the consumer's model follower) "
+        "has made no progress for this long.",
+    )

@@ -24,6 +24,7 @@ from kernel.kafka import (
 )
 from kernel.store import ModelStore
 from retrainer.fits import FitBackend, LocalFits
+from retrainer.observability import RetrainerMetrics
 from retrainer.pipeline import TrainingConfig
 from retrainer.publisher import RequestHandler
 from retrainer.replay import ReplayLimits, TenantRows, plan_replay, replay_ranges
@@ -96,13 +97,19 @@ class RetrainerParts:
     training: TrainingConfig
     store: ModelStore
     tenant_key: SecretStr
+    #: The service's metrics and health (None with metrics_port 0).
+    metrics: RetrainerMetrics | None = None
 
 
 def prepare(settings: RetrainerSettings) -> RetrainerParts:
     """Build the configs and open the store; bad settings raise `SlaopsError` here."""
     training = training_config(settings)
     key = settings.tenant_secret()
-    return RetrainerParts(training, settings.open_model_store(), key)
+    if not settings.metrics_port:
+        return RetrainerParts(training, settings.open_model_store(), key)
+    metrics = RetrainerMetrics(liveness_timeout_s=settings.liveness_timeout_s)
+    store = settings.open_model_store(sleep=metrics.store_sleep)  # its retries are counted
+    return RetrainerParts(training, store, key, metrics)
 
 
 def build_service(
@@ -118,7 +125,7 @@ def build_service(
         max_offsets=settings.max_request_offsets,
     )
 
-    def replay(request: RetrainRequested) -> TenantRows:
+    def replay_request(request: RetrainRequested) -> TenantRows:
         return replay_ranges(
             client,
             plan_replay(request.source, limits),
@@ -127,12 +134,13 @@ def build_service(
             timeout_s=settings.replay_timeout_s,
         )
 
+    metrics = parts.metrics
     handler = RequestHandler(
-        store=parts.store,
+        store=parts.store if metrics is None else metrics.observed_store(parts.store),
         store_uri=settings.store_uri(),
         tenant_key=parts.tenant_key,
         training=parts.training,
-        replay=replay,
+        replay=replay_request if metrics is None else metrics.timed_replay(replay_request),
         models_topic=settings.models_topic,
         failures_topic=settings.failures_topic,
         decisions_topic=settings.decisions_topic,
@@ -148,6 +156,7 @@ def build_service(
         failures_topic=settings.failures_topic,
         backoff=Backoff(settings.retry_backoff_s, settings.retry_max_backoff_s),
         max_attempts=settings.max_attempts,
+        hooks=metrics,
     )
 
 

@@ -56,6 +56,8 @@ MAX_TENANT_RACES = 3
 class Outcome:
     kind: OutcomeKind
     events: list[tuple[str, bytes, BaseModel]]
+    #: The search and decision, when a model was trained (for metrics: time, fits).
+    training: TrainingOutcome | None = None
 
 
 def commit_message(request: RetrainRequested, tenant_key: SecretStr | bytes) -> str:
@@ -189,7 +191,7 @@ class RequestHandler:
             event.metrics.get("f1", float("nan")),
             event.metrics.get("log_loss", float("nan")),
         )
-        return Outcome("published", [(self._models_topic, request.tenant.encode(), event)])
+        return Outcome("published", [(self._models_topic, request.tenant.encode(), event)], outcome)
 
     def _kept(
         self, request: RetrainRequested, outcome: TrainingOutcome, champion: Champion | None
@@ -214,7 +216,7 @@ class RequestHandler:
             champion_revision=champion.revision if champion is not None else None,
             decided_at=datetime.now(UTC),
         )
-        return Outcome("kept", [(self._decisions_topic, request.tenant.encode(), kept)])
+        return Outcome("kept", [(self._decisions_topic, request.tenant.encode(), kept)], outcome)
 
     def _served_revision(
         self, request: RetrainRequested, hashed: str, head: TenantHead | None

@@ -23,13 +23,20 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 from pydantic import BaseModel, ValidationError
 
 from kernel.backoff import Backoff
 from kernel.errors import StoreError, is_transient
 from kernel.kafka import DeliveryTracker, is_record, position
 from retrainer.cancel import CancelToken
+from retrainer.observability import RetrainerHooks
 from retrainer.offsets import OffsetBook
 from retrainer.publisher import Outcome, RequestHandler
 from schemas import RetrainFailed, RetrainRequested
@@ -100,10 +107,13 @@ class RetrainerService:
         failures_topic: str,
         backoff: Backoff = DEFAULT_RETRY,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        hooks: RetrainerHooks | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         self.handler = handler
+        #: Metrics and health (`retrainer.observability`); the default records nothing.
+        self.hooks = hooks if hooks is not None else RetrainerHooks()
         self.stats = RetrainerStats()
         self._consumer = consumer
         self._tracker = tracker
@@ -120,6 +130,7 @@ class RetrainerService:
     # -- rebalance ------------------------------------------------------------------
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned.update(tp.partition for tp in partitions)
+        self.hooks.assigned()
         log.info("assigned partitions=%s", sorted(tp.partition for tp in partitions))
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -163,11 +174,14 @@ class RetrainerService:
         )
         try:
             while not stop.is_set():
-                for message in self._consumer.consume(500, 0.2):
+                messages = self._consumer.consume(500, 0.2)
+                self.hooks.polled()
+                for message in messages:
                     self._receive(message)
                 self._finish_job()
                 self._start_job()
         finally:
+            self.hooks.stopped()
             if self._job is not None:
                 self._abandon(self._job)
             self._executor.shutdown(wait=True, cancel_futures=True)
@@ -183,6 +197,7 @@ class RetrainerService:
         partition, offset = position(message)
         self._book.received(partition, offset)
         self.stats.requests += 1
+        self.hooks.received(partition, offset, _timestamp_ms(message))
         try:
             request = RetrainRequested.model_validate_json(message.value() or b"")
         except ValidationError as exc:
@@ -199,6 +214,7 @@ class RetrainerService:
                 ),
             )
             self._book.done(partition, offset)
+            self.hooks.invalid(partition, offset)
             self._commit()
             return
         pending = self._pending.setdefault(request.tenant, PendingTenant())
@@ -217,6 +233,7 @@ class RetrainerService:
         request = newest[2]
         if len(pending.requests) > 1:
             self.stats.coalesced += len(pending.requests) - 1
+            self.hooks.coalesced(len(pending.requests) - 1)
             log.info(
                 "tenant=%s coalesced %d requests into event_id=%s",
                 tenant,
@@ -269,6 +286,7 @@ class RetrainerService:
             self._retry_later(job, exc)
             return
         setattr(self.stats, outcome.kind, getattr(self.stats, outcome.kind) + 1)
+        self.hooks.finished(outcome, job.offsets)
         for partition, offset in job.offsets:
             self._book.done(partition, offset)
         self._commit()
@@ -276,6 +294,7 @@ class RetrainerService:
     def _retry_later(self, job: Job, exc: Exception) -> None:
         """Keep the request uncommitted and try again after a growing pause."""
         self.stats.retries += 1
+        self.hooks.retried(exc)
         delay = self._backoff.jittered_s(job.attempts)
         log.warning(
             "tenant=%s event_id=%s failed (%s: %s, %s); retrying in %.0fs",
@@ -307,3 +326,9 @@ class RetrainerService:
             self._consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             log.warning("commit failed: %s", exc)
+
+
+def _timestamp_ms(message: Message) -> int | None:
+    """When the record reached the topic (its producer's or the broker's clock), if known."""
+    kind, value = message.timestamp()
+    return value if kind != TIMESTAMP_NOT_AVAILABLE else None

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from kernel.features import FeatureSpec
-from kernel.settings import StoreSettings, TopicName, TopicSettings
+from kernel.settings import ObservabilitySettings, StoreSettings, TopicName, TopicSettings
 from retrainer.dataset import DEFAULT_HOLDOUT_FRACTION, DEFAULT_MIN_ROWS
 from retrainer.replay import ReplayLimits
 from retrainer.search import SearchConfig
@@ -39,7 +39,7 @@ _DASK_ADDRESS = re.compile(
 )
 
 
-class RetrainerSettings(StoreSettings, TopicSettings):
+class RetrainerSettings(StoreSettings, TopicSettings, ObservabilitySettings):
     retrain_topic: TopicName = Field(default=topics.RETRAIN, description="Retrain requests in.")
     telemetry_topic: TopicName = Field(
         default=topics.TELEMETRY, description="Telemetry the requests' offset ranges point into."
@@ -167,6 +167,12 @@ class RetrainerSettings(StoreSettings, TopicSettings):
         default=DEFAULT_RETRY.max_s,
         gt=0,
         description="Longest pause between tries of a failed request.",
+    )
+    metrics_port: int = Field(
+        default=9465,
+        ge=0,
+        le=65_535,
+        description="Port of /metrics (Prometheus), /healthz and /readyz; 0 turns them off.",
     )
 
     @field_validator("grid")

@@ -3,6 +3,7 @@
 from pydantic import BaseModel
 
 from schemas.dead_letter import DeadLetter
+from schemas.forecast import Forecast
 from schemas.model_events import ChampionDecision, ModelPublished
 from schemas.outcomes import ChampionKept, RetrainFailed
 from schemas.retrain import (
@@ -28,6 +29,7 @@ EXPORTED: dict[str, type[BaseModel]] = {
     "dead_letter": DeadLetter,
     "retrain_failed": RetrainFailed,
     "champion_kept": ChampionKept,
+    "forecast": Forecast,
 }
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "ChampionKept",
     "DeadLetter",
     "DetectorDetails",
+    "Forecast",
     "InvalidTelemetry",
     "ModelPublished",
     "OffsetRange",

@@ -19,6 +19,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
 from kernel.errors import ConfigError, SlaopsError
+from kernel.logs import configure_logging
 from kernel.settings import load_settings, setting_sources
 
 Runner = Callable[[Any], int]
@@ -78,15 +79,6 @@ def settings_from_args(cls: type[BaseSettings], namespace: argparse.Namespace) -
                 raise ConfigError(f"{name} ({setting_sources(name)}): not valid JSON") from exc
         overrides[name] = value
     return load_settings(cls, overrides)
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("httpx2").setLevel(logging.WARNING)  # huggingface_hub's client
 
 
 def _consume(settings: Any) -> int:
@@ -187,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"slaops {args.command}: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     try:
         return run(settings)
     except ConfigError as exc:

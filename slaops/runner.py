@@ -11,7 +11,8 @@ order they run in, and what every service shares, is here:
 4. the service's topics, created if missing (existing ones are left as they are);
 5. `build_service`, handed what `prepare` built (the store is opened once);
 6. SIGTERM/SIGINT as a stop request (unless the caller passes its own `stop`);
-7. the loop, until stopped, and one closing log line with what it returns.
+7. the metrics and health port (`metrics_port`, unless 0), before the loop starts;
+8. the loop, until stopped, and one closing log line with what it returns.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 from kernel.embedded import embedded_broker
 from kernel.errors import ConfigError, SlaopsError
 from kernel.kafka import TopicSpec, ensure_topics
-from kernel.settings import ServiceSettings
+from kernel.observability import ObservabilityServer, Observable
+from kernel.settings import ObservabilitySettings, ServiceSettings
 from kernel.signals import stop_on_signals
 
 if TYPE_CHECKING:
@@ -83,10 +85,29 @@ def _serve(main: ServiceMain[S, P], settings: S, parts: P, stop: threading.Event
     if stop is None:
         stop = threading.Event()
         stop_on_signals(stop)
+    server = _observability_server(settings, service)
     log.info("%s", main.describe(settings))
-    outcome = service.run(stop)
+    try:
+        outcome = service.run(stop)
+    finally:
+        if server is not None:
+            server.close()
     log.info("stopped: %s", outcome)
     return 0
+
+
+def _observability_server(
+    settings: ServiceSettings, service: Service
+) -> ObservabilityServer | None:
+    """The service's `/metrics`, `/healthz` and `/readyz`, when it has them and a port."""
+    hooks = getattr(service, "hooks", None)
+    if not isinstance(settings, ObservabilitySettings) or not settings.metrics_port:
+        return None
+    if not isinstance(hooks, Observable):
+        return None
+    return ObservabilityServer(
+        hooks.registry, hooks.health, host=settings.metrics_host, port=settings.metrics_port
+    )
 
 
 # A service's modules are imported when it runs, so one command loads only its own.

@@ -391,3 +391,128 @@ def test_dask_workers_have_one_thread_and_the_retrainer_uses_their_scheduler(
     assert _default(env["SLAOPS_SEARCH_BACKEND"]) == "dask"
     assert _default(env["SLAOPS_DASK_SCHEDULER"]) == address
     assert retrainer["depends_on"]["dask-scheduler"]["condition"] == "service_started"
+
+
+# -- observability: Prometheus, Grafana, health checks -------------------------------
+DEPLOY = ROOT / "deploy"
+PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
+DASHBOARDS = DEPLOY / "grafana" / "dashboards"
+#: Compose service → the settings class whose metrics port it serves.
+OBSERVED = {"consumer": "consume", "retrainer": "retrain"}
+
+
+def _exposed_series() -> set[str]:
+    """Every series the two services' registries expose (the follower's ones included)."""
+    from pydantic import SecretStr
+
+    from consumer.core import CoreConfig, IngestCore
+    from consumer.follower import ModelFollower
+    from consumer.observability import ConsumerMetrics
+    from kernel.model_follower import ModelAuthority
+    from kernel.observability import series_names
+    from kernel.store import open_store
+    from retrainer.observability import RetrainerMetrics
+
+    store = "file:///nonexistent"
+    follower = ModelFollower(  # built, never started: no connection
+        client_config={"bootstrap.servers": "127.0.0.1:9"},
+        models_topic=topics.MODELS,
+        failures_topic=topics.RETRAIN_FAILURES,
+        decisions_topic=topics.RETRAIN_DECISIONS,
+        authority=ModelAuthority(open_store(store), store, SecretStr("k7Q2x9Lm" * 8)),
+    )
+    consumer = ConsumerMetrics(
+        core=IngestCore(CoreConfig()), telemetry_topic="t", follower=follower
+    )
+    return series_names(consumer.registry) | series_names(RetrainerMetrics().registry)
+
+
+def _dashboard_queries() -> list[str]:
+    queries = []
+    for path in sorted(DASHBOARDS.glob("*.json")):
+        for panel in json.loads(path.read_text())["panels"]:
+            queries += [target["expr"] for target in panel["targets"]]
+    return queries
+
+
+def test_prometheus_and_grafana_are_services(services: dict[str, dict[str, Any]]) -> None:
+    assert {"prometheus", "grafana"} <= set(services)
+    assert services["prometheus"]["image"].startswith("prom/prometheus:")
+    assert services["grafana"]["image"].startswith("grafana/grafana:")
+    for name in ("prometheus", "grafana"):
+        for volume in services[name]["volumes"]:
+            source = volume.split(":", 1)[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{name} mounts a missing {source}"
+
+
+def test_prometheus_scrapes_both_services_on_their_metrics_ports(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    targets = {
+        target
+        for job in config["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    }
+    for name, subcommand in OBSERVED.items():
+        env = _environment(services[name])
+        port = int(env.get("SLAOPS_METRICS_PORT") or 0) or (
+            _settings_class(subcommand).model_fields["metrics_port"].default
+        )
+        assert f"{name}:{port}" in targets, name
+        assert env["SLAOPS_METRICS_HOST"] == "0.0.0.0", f"{name} must listen beyond loopback"  # noqa: S104
+
+
+@pytest.mark.parametrize("name", OBSERVED)
+def test_app_healthchecks_ask_healthz_with_python_not_curl(
+    services: dict[str, dict[str, Any]], name: str
+) -> None:
+    test = services[name]["healthcheck"]["test"]
+    command = " ".join(test)
+    port = _environment(services[name])["SLAOPS_METRICS_PORT"]
+    assert test[:3] == ["CMD", "python", "-c"] and "curl" not in command
+    assert f"http://127.0.0.1:{port}/healthz" in command and "urllib.request" in command
+
+
+def test_grafana_provisions_the_datasource_and_the_dashboard(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    provisioning = DEPLOY / "grafana" / "provisioning"
+    sources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    (source,) = sources["datasources"]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    providers = yaml.safe_load((provisioning / "dashboards" / "slaops.yml").read_text())
+    mounted = {v.split(":")[1] for v in services["grafana"]["volumes"]}
+    assert {p["options"]["path"] for p in providers["providers"]} <= mounted
+    dashboards = sorted(DASHBOARDS.glob("*.json"))
+    assert dashboards
+    for path in dashboards:
+        for panel in json.loads(path.read_text())["panels"]:
+            assert panel["datasource"]["uid"] == source["uid"], panel["title"]
+
+
+def test_the_dashboard_shows_what_the_issue_asks_for() -> None:
+    text = " ".join(_dashboard_queries())
+    for needed in (
+        "slaops_consumer_records_consumed_total",  # throughput
+        "slaops_consumer_lag_records",  # lag
+        "slaops_consumer_dead_letters_total",  # dead-letter rate
+        "slaops_consumer_drift_alarms_total",  # drift rate
+        "slaops_retrainer_requests_total",  # retrain rate, models published
+        "slaops_retrainer_search_duration_seconds_bucket",  # search time
+        "slaops_retrainer_request_to_announcement_seconds_bucket",  # request to model
+        "slaops_consumer_models_refused_total",  # models refused
+        "slaops_consumer_forecast_errors_total",  # live error rate
+    ):
+        assert needed in text, needed
+
+
+def test_every_metric_the_dashboard_queries_is_exposed() -> None:
+    referenced = {
+        name for query in _dashboard_queries() for name in re.findall(r"\bslaops_\w+", query)
+    }
+    assert referenced
+    missing = sorted(referenced - _exposed_series())
+    assert not missing, f"the dashboard queries series no service exposes: {missing}"

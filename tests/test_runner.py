@@ -44,8 +44,8 @@ def test_start_up_opens_the_store_once_and_hands_it_to_the_service(
     opened: list[object] = []
     real_open = StoreSettings.open_model_store
 
-    def counting_open(self: StoreSettings) -> Any:
-        store = real_open(self)
+    def counting_open(self: StoreSettings, **kwargs: Any) -> Any:
+        store = real_open(self, **kwargs)
         opened.append(store)
         return store
 
