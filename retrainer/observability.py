@@ -239,9 +239,9 @@ class _ObservedStore:
         self._inner = inner
         self._metrics = metrics
 
-    def publish(self, tenant_hash: str, files: Any, *, message: str) -> Any:
+    def publish(self, tenant_hash: str, files: Any, **kwargs: Any) -> Any:
         with self._metrics.publish_seconds.time():
-            return self._call(self._inner.publish, tenant_hash, files, message=message)
+            return self._call(self._inner.publish, tenant_hash, files, **kwargs)
 
     def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:

@@ -16,6 +16,7 @@ from kernel.artifacts import load_model, predict_proba
 from kernel.limits import MAX_ARTIFACT_BYTES
 from kernel.store import ANY_PARENT, AnyParent, ModelStore, PublishedFiles, TenantHead, open_store
 from kernel.tenant_hash import request_ref, tenant_hash
+from retrainer.cancel import CancelToken
 from retrainer.dataset import build_pairs
 from retrainer.pipeline import Trained, TrainingConfig, decide
 from retrainer.publisher import Outcome, RequestHandler, commit_message
@@ -266,10 +267,12 @@ def searches(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     lock = threading.Lock()
     real = publisher.train
 
-    def counted(rows: TenantRows, config: TrainingConfig) -> Trained:
+    def counted(
+        rows: TenantRows, config: TrainingConfig, *, cancel: CancelToken | None = None
+    ) -> Trained:
         with lock:
             seen.append(threading.current_thread().name)
-        return real(rows, config)
+        return real(rows, config, cancel=cancel)
 
     monkeypatch.setattr(publisher, "train", counted)
     return seen
