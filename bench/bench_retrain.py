@@ -5,7 +5,7 @@ tenant's telemetry window (`tests/retrain_data.py`: breaches follow p99 latency)
 one-partition topic, then for each strategy runs the retrainer service (`build_service`,
 in a thread, as `slaops retrain` does) on fresh topics, a fresh group and a fresh file
 store, with one `RetrainRequested` whose source covers the window. Default grid
-(18 candidates x 5 folds = 90 fits for `grid`), `n_jobs=2`.
+(15 candidates x 5 folds = 75 fits for `grid`), `n_jobs=2`.
 
 Per strategy it prints the wall time from the moment the handler starts on the request
 to the moment the `ModelPublished` is acknowledged by the broker and the request's

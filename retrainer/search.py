@@ -116,7 +116,7 @@ class SearchConfig:
     final round on whole folds) or `max_epochs` (up to `max_epochs`; the winner is
     refit with the epochs of its last round, which may be fewer).
 
-    With 18 candidates and factor 3, halving runs 3 rounds that each cost about a
+    With 15 candidates and factor 3, halving runs 3 rounds that each cost about a
     ninth of the grid, so it is at most ~3x cheaper by construction; small rounds cost
     more than their share (a batch step costs about the same for 80 rows as for 256).
     Each fit trains up to `max_epochs` in batches of `batch_size`, stopping early

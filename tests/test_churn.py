@@ -103,6 +103,7 @@ def test_groups_under_churn_answer_every_request_once_and_match_one_member(
         "window_span_s": 60 * 86_400.0,
         "cold_start_min_events": 150,
         "request_timeout_s": 1e9,
+        "metrics_port": 0,  # four members on one host: no shared metrics port
     }
     retrainer_tuning: dict[str, object] = {
         "group_id": retrainer_group,
@@ -113,6 +114,7 @@ def test_groups_under_churn_answer_every_request_once_and_match_one_member(
         "n_splits": 3,
         "max_epochs": 30,
         "min_rows": 100,
+        "metrics_port": 0,
     }
     consumer_settings = ConsumerSettings.model_validate(
         {"bootstrap_servers": bootstrap, **names, **consumer_tuning}

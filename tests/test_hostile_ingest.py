@@ -140,7 +140,7 @@ def test_the_service_bounds_event_time_by_its_injected_clock() -> None:
         def produce(self, topic: str, **kwargs: Any) -> None:
             produced.append((topic, kwargs))
 
-        def wait(self) -> None:
+        def wait(self, timeout_s: float | None = None) -> None:
             pass
 
     class Checkpoints:
