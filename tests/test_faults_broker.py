@@ -323,10 +323,11 @@ def test_broker_frozen_mid_search_and_mid_ingest_both_services_recover(tmp_path:
 def test_a_consumer_outlives_a_broker_away_longer_than_its_delivery_timeout(
     tmp_path: Path,
 ) -> None:
-    """The broker frozen mid-stream for 8 s against a delivery timeout of 1 s (a stand-in
+    """The broker frozen mid-stream for 4 s against a delivery timeout of 1 s (a stand-in
     for the 60 s default, after which `slaops consume` used to exit): the consumer waits,
     keeps its state and commits the rest of the stream when the broker returns, as the
-    same process."""
+    same process. (Shorter than the session timeout: the group survives, and what is
+    tested is the wait for deliveries, not the rejoin the other freeze test covers.)"""
     names = {
         "telemetry_topic": "outage.telemetry",
         "dlq_topic": "outage.dlq",
@@ -365,14 +366,14 @@ def test_a_consumer_outlives_a_broker_away_longer_than_its_delivery_timeout(
         with services(consumer):
             consumer.start()
             # A freeze meets a delivery or a commit, at random: freeze again (at most
-            # three times) until one met a delivery.
+            # eight times) until one met a delivery.
             freezes = 0
-            while freezes < 3:
+            while freezes < 8:
                 freezes += 1
                 mark = progress()
                 wait_for(lambda m=mark: progress() >= m + 150, timeout_s=90, what="progress")  # type: ignore[misc]
                 with frozen(broker_pid):
-                    time.sleep(8.0)
+                    time.sleep(4.0)
                 if "broker did not acknowledge the batch" in consumer.log():
                     break
             wait_for(
@@ -391,7 +392,7 @@ def test_a_consumer_outlives_a_broker_away_longer_than_its_delivery_timeout(
     }
     assert len(lettered) == malformed  # every malformed record, some perhaps twice
     print(
-        f"broker frozen 8 s x{freezes} (delivery timeout 1 s): "
+        f"broker frozen 4 s x{freezes} (delivery timeout 1 s): "
         f"waits logged={log.count('still waiting')}, batches produced again="
         f"{log.count('producing it again')}, records={len(records)}, "
         f"dead letters={len(letters)} (distinct {len(lettered)})"
