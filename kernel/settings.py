@@ -115,8 +115,11 @@ def load_settings(cls: type[S], overrides: dict[str, Any]) -> S:
     except ValidationError as exc:
         problems = []
         for err in exc.errors(include_url=False, include_input=False):
-            name = str(err["loc"][0]) if err["loc"] else "settings"
-            problems.append(f"{name} ({setting_sources(name)}): {err['msg']}")
+            if err["loc"]:
+                name = str(err["loc"][0])
+                problems.append(f"{name} ({setting_sources(name)}): {err['msg']}")
+            else:  # a rule across settings: its message names them
+                problems.append(str(err["msg"]))
         raise ConfigError("invalid settings: " + "; ".join(problems)) from exc
     except SettingsError as exc:  # a JSON-valued environment variable that does not parse
         match = re.search(r'field "(\w+)"', str(exc))
