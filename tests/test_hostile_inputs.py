@@ -557,8 +557,8 @@ def test_a_dead_or_stuck_follower_is_visible_and_restarted(
         assert follower.ensure_running() and follower.restarts == 2
         assert follower.alive and not follower.health()["stalled"]
     finally:
+        release.set()  # first: the stuck consume returns, so stop need not wait it out
         follower.stop()
-        release.set()
 
 
 # --- hostile settings ------------------------------------------------------------------
