@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterable
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 
+from schemas import ChampionKept, ModelPublished, RetrainFailed
+
 
 def produce_all(
     bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None]]
@@ -57,6 +59,39 @@ def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[i
     finally:
         consumer.close()
     return {tp.partition: max(tp.offset, 0) for tp in offsets}
+
+
+def read_all(bootstrap: str, topic: str, partitions: int = 6) -> list[Message]:
+    """Everything on `topic` now (short: the caller polls)."""
+    return read_topic(bootstrap, topic, expect=10**9, partitions=partitions, timeout_s=0.5)
+
+
+def end_offsets(messages: list[Message], partitions: int) -> dict[int, int]:
+    """Per partition, the offset after the last record read (0 for an empty one). tansu's
+    high watermark lags behind the last batch, so the ends are read, not asked for."""
+    ends = dict.fromkeys(range(partitions), 0)
+    for m in messages:
+        partition, offset = m.partition() or 0, m.offset() or 0
+        ends[partition] = max(ends[partition], offset + 1)
+    return ends
+
+
+def answers_by_request(
+    bootstrap: str, topics: dict[str, str], partitions: int = 6
+) -> dict[str, list[str]]:
+    """Request `event_id` -> the kinds of answer it got, from the models, decisions and
+    failures topics named in `topics` (`models_topic`, `decisions_topic`, `failures_topic`)."""
+    out: dict[str, list[str]] = {}
+    for topic, kind in (
+        ("models_topic", ModelPublished),
+        ("decisions_topic", ChampionKept),
+        ("failures_topic", RetrainFailed),
+    ):
+        for m in read_all(bootstrap, topics[topic], partitions):
+            event = kind.model_validate_json(m.value() or b"")
+            if event.request_event_id is not None:
+                out.setdefault(event.request_event_id, []).append(kind.__name__)
+    return out
 
 
 def wait_for(condition: Callable[[], bool], *, timeout_s: float, what: str) -> None:

@@ -31,10 +31,18 @@ from kernel.store import open_store
 from kernel.tenant_hash import request_ref, tenant_hash
 from retrainer.main import topic_specs as retrainer_topics
 from retrainer.settings import RetrainerSettings
-from schemas import ChampionKept, DeadLetter, ModelPublished, RetrainFailed, RetrainRequested
+from schemas import DeadLetter, RetrainRequested
 from simulator.model import DriftPlan, TelemetrySimulator
 from tests.hub_server import HubServer
-from tests.kafka_helpers import committed, produce_all, read_topic, wait_for
+from tests.kafka_helpers import (
+    answers_by_request,
+    committed,
+    end_offsets,
+    produce_all,
+    read_all,
+    read_topic,
+    wait_for,
+)
 from tests.processes import ServiceProcess, env_for, services
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
@@ -57,17 +65,6 @@ def hub() -> Iterator[HubServer]:
         yield server
     finally:
         server.stop()
-
-
-def read_all(bootstrap: str, topic: str) -> list:  # type: ignore[type-arg]
-    return read_topic(bootstrap, topic, expect=10**9, partitions=PARTITIONS, timeout_s=0.5)
-
-
-def end_offsets(messages: list) -> dict[int, int]:  # type: ignore[type-arg]
-    ends = dict.fromkeys(range(PARTITIONS), 0)
-    for m in messages:
-        ends[m.partition()] = max(ends[m.partition()], m.offset() + 1)
-    return ends
 
 
 @pytest.mark.parametrize("store_kind", ["file", "hub"])
@@ -191,7 +188,7 @@ def test_groups_under_churn_answer_every_request_once_and_match_one_member(
             bootstrap, names["telemetry_topic"], expect=len(records), partitions=PARTITIONS
         )
         assert len(stored) == len(records)
-        ends = end_offsets(stored)
+        ends = end_offsets(stored, PARTITIONS)
         wait_for(
             lambda: consumer_offsets() == ends,
             timeout_s=120,
@@ -205,24 +202,16 @@ def test_groups_under_churn_answer_every_request_once_and_match_one_member(
         assert len({r.tenant for r in expected_requests.values()}) == TENANTS
 
         def answers() -> dict[str, list[str]]:
-            out: dict[str, list[str]] = {}
-            for topic, kind in (
-                ("models_topic", ModelPublished),
-                ("decisions_topic", ChampionKept),
-                ("failures_topic", RetrainFailed),
-            ):
-                for m in read_all(bootstrap, names[topic]):
-                    event = kind.model_validate_json(m.value() or b"")
-                    if event.request_event_id is not None:
-                        out.setdefault(event.request_event_id, []).append(kind.__name__)
-            return out
+            return answers_by_request(bootstrap, names, PARTITIONS)
 
         wait_for(
             lambda: set(expected_requests) <= set(answers()),
             timeout_s=180,
             what="every request to be answered",
         )
-        retrain_ends = end_offsets(read_all(bootstrap, names["retrain_topic"]))
+        retrain_ends = end_offsets(
+            read_all(bootstrap, names["retrain_topic"], PARTITIONS), PARTITIONS
+        )
         wait_for(
             lambda: (
                 committed(bootstrap, retrainer_group, names["retrain_topic"], PARTITIONS)
@@ -236,7 +225,7 @@ def test_groups_under_churn_answer_every_request_once_and_match_one_member(
                 assert proc.stop() == 0, proc.log()[-3000:]
 
     # The dead letters and the requests are exactly the single member's.
-    letters = read_all(bootstrap, names["dlq_topic"])
+    letters = read_all(bootstrap, names["dlq_topic"], PARTITIONS)
     lettered = {
         (d.source_partition, d.source_offset)
         for d in (DeadLetter.from_headers(m.headers()) for m in letters)
@@ -247,7 +236,7 @@ def test_groups_under_churn_answer_every_request_once_and_match_one_member(
     }
     requests = [
         RetrainRequested.model_validate_json(m.value() or b"")
-        for m in read_all(bootstrap, names["retrain_topic"])
+        for m in read_all(bootstrap, names["retrain_topic"], PARTITIONS)
     ]
     assert {r.event_id for r in requests} == set(expected_requests)
 

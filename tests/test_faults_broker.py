@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Message, Producer
+from confluent_kafka import Producer
 from pydantic import SecretStr
 
 from consumer.core import IngestCore
@@ -35,9 +35,17 @@ from kernel.store import open_store
 from kernel.tenant_hash import request_ref, tenant_hash
 from retrainer.main import topic_specs as retrainer_topics
 from retrainer.settings import RetrainerSettings
-from schemas import ChampionKept, DeadLetter, ModelPublished, RetrainFailed, RetrainRequested
+from schemas import DeadLetter, ModelPublished, RetrainRequested
 from simulator.model import DriftPlan, TelemetrySimulator
-from tests.kafka_helpers import committed, produce_all, read_topic, wait_for
+from tests.kafka_helpers import (
+    answers_by_request,
+    committed,
+    end_offsets,
+    produce_all,
+    read_all,
+    read_topic,
+    wait_for,
+)
 from tests.processes import ServiceProcess, env_for, frozen, services
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
@@ -56,21 +64,6 @@ SLICE, SLICE_PAUSE_S = 10, 0.05
 #: Retrainer log lines: a search starts after the replay; each outcome ends one.
 SEARCH_STARTED = r"replayed rows="
 SEARCH_ENDED = r"published version=|not published \(|event_id=\S+ failed: "
-
-
-def end_offsets(messages: list[Message]) -> dict[int, int]:
-    """Per partition, the offset after the last record read. (tansu's high watermark
-    lags behind the last batch, so the ends are read, not asked for.)"""
-    ends: dict[int, int] = {}
-    for m in messages:
-        partition, offset = m.partition() or 0, m.offset() or 0
-        ends[partition] = max(ends.get(partition, 0), offset + 1)
-    return ends
-
-
-def read_all(bootstrap: str, topic: str, partitions: int = 6) -> list[Message]:
-    """Everything on `topic` now (short: the caller polls)."""
-    return read_topic(bootstrap, topic, expect=10**9, partitions=partitions, timeout_s=0.5)
 
 
 @pytest.mark.skipif(
@@ -204,9 +197,8 @@ def test_broker_frozen_mid_search_and_mid_ingest_both_services_recover(tmp_path:
                 bootstrap, names["telemetry_topic"], expect=len(records), partitions=PARTITIONS
             )
             assert len(stored) == len(records)
-            ends = end_offsets(stored)
+            ends = end_offsets(stored, PARTITIONS)
             assert sum(ends.values()) == len(records)
-            ends = {p: ends.get(p, 0) for p in range(PARTITIONS)}
             wait_for(
                 lambda: consumer_offsets() == ends,
                 timeout_s=60,
@@ -219,26 +211,14 @@ def test_broker_frozen_mid_search_and_mid_ingest_both_services_recover(tmp_path:
             asked = {r.event_id for r in requests}
 
             def answers() -> dict[str, list[str]]:
-                """event_id -> the kinds of answer it got."""
-                out: dict[str, list[str]] = {}
-                for topic, kind in (
-                    ("models_topic", ModelPublished),
-                    ("decisions_topic", ChampionKept),
-                    ("failures_topic", RetrainFailed),
-                ):
-                    for m in read_all(bootstrap, names[topic]):
-                        event = kind.model_validate_json(m.value() or b"")
-                        if event.request_event_id is not None:
-                            out.setdefault(event.request_event_id, []).append(kind.__name__)
-                return out
+                return answers_by_request(bootstrap, names)
 
             wait_for(
                 lambda: asked <= set(answers()),
                 timeout_s=60,
                 what="every retrain request to be answered",
             )
-            retrain_ends = end_offsets(read_all(bootstrap, names["retrain_topic"]))
-            retrain_ends = {p: retrain_ends.get(p, 0) for p in range(6)}
+            retrain_ends = end_offsets(read_all(bootstrap, names["retrain_topic"]), 6)
             wait_for(
                 lambda: retrainer_offsets() == retrain_ends,
                 timeout_s=30,

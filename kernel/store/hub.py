@@ -25,6 +25,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.hf_api import RepoFile
 
+from kernel.backoff import Backoff
 from kernel.errors import StoreConflict, StoreError, StoreNotFound, StoreUnavailable
 from kernel.limits import MAX_ARTIFACT_BYTES
 from kernel.store.index import (
@@ -329,8 +330,9 @@ class HubStore:
                     raise StoreUnavailable(
                         f"hub {operation} on {self.uri} failed after {attempt} attempts: {error}"
                     ) from exc
-                delay = min(self._max_backoff_s, self._backoff_s * 2 ** (attempt - 1))
-                delay *= 0.5 + 0.5 * self._rng.random()
+                delay = Backoff(self._backoff_s, self._max_backoff_s).jittered_s(
+                    attempt - 1, self._rng
+                )
                 if retry_after is not None:
                     delay = max(delay, min(retry_after, self._max_backoff_s))
                 logger.warning(
