@@ -16,8 +16,14 @@ Columns, in order (:meth:`FeatureSpec.names`):
   ``breach_rate_{w}`` over the last ``w`` events for each of ``breach_windows``, and
   ``breach_run``: how long the current state (breach or not) has lasted, as a fraction
   of :attr:`FeatureSpec.history` (episodes end with a hazard that grows with age);
-* the rolling mean and standard deviation over ``rolling_window`` events of the
-  p95 and p99 latency (``log1p``) and the error rate;
+* version 2: ``quiet`` (no breach in the last 12 events: a breach now would be a new
+  incident), and for every metric its rolling mean and standard deviation over
+  ``rolling_window`` events, the least-squares slope over each of ``trend_windows``
+  and where that line reaches ``trend_ahead`` events on (``predict_linear``), and its
+  distance from the rolling median over ``level_window`` events (a level shift);
+  once the data spans days, each metric's highest value one day before the next
+  ``trend_ahead`` events (``{metric}_day_before``: daily cycles repeat);
+  version 1 had rolling statistics of the p95 and p99 latency and the error rate only;
 * time of day and day of week (UTC) as sine/cosine pairs: load is diurnal. Each pair
   is in the spec only when the training data covers seven periods of it
   (:meth:`FeatureSpec.supported_by`): a model trained on one day has never seen the
@@ -29,17 +35,17 @@ live forecast with that much history computes exactly what training computed.
 
 >>> spec = FeatureSpec()
 >>> len(spec.names()), spec.history
-(32, 24)
+(88, 144)
 >>> spec.supported_by(86_400.0).names()[-1]  # one day of data: no time features
-'error_rate_std_12'
->>> spec.supported_by(8 * 86_400.0).names()[-2:]  # eight days: time of day, not week
-('tod_sin', 'tod_cos')
->>> ts = np.arange(30) * 60.0
->>> metrics = np.ones((30, 6), np.float32)
->>> labels = np.arange(30) % 3 == 0
+'log1p_rps_from_median_144'
+>>> spec.supported_by(8 * 86_400.0, 300.0).names()[-3:]  # eight days of 5-minute data
+('log1p_rps_day_before', 'tod_sin', 'tod_cos')
+>>> ts = np.arange(200) * 60.0
+>>> metrics = np.random.default_rng(0).random((200, 6)).astype(np.float32)
+>>> labels = np.arange(200) % 3 == 0
 >>> X = spec.transform(ts, metrics, labels)
 >>> X.shape
-(30, 32)
+(200, 88)
 >>> online = spec.transform(ts[-spec.history :], metrics[-spec.history :], labels[-spec.history :])
 >>> bool(np.array_equal(online[-1], X[-1]))
 True
@@ -52,12 +58,12 @@ from typing import Final, Literal
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import ArrayLike, NDArray
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.telemetry import FEATURES
 
 #: The pipeline's version; a card naming another version cannot be served.
-FEATURE_VERSION: Final = 1
+FEATURE_VERSION: Final = 2
 #: Metrics taken as log1p (heavy-tailed, non-negative).
 LOG_METRICS: Final = frozenset({"latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "rps"})
 #: Metrics whose rolling mean and std are features.
@@ -67,6 +73,14 @@ _WEEK_S: Final = 7 * _DAY_S
 #: 1970-01-01 was a Thursday: shift so that a week starts on Monday 00:00 UTC.
 _EPOCH_WEEKDAY_S: Final = 3 * _DAY_S
 _MAX_WINDOW: Final = 1_440
+#: The longest seasonal lag (events in a day) a live forecast may read: a day at
+#: intervals of 90 s or more fits the consumer's default window with room to spare.
+_MAX_SEASON: Final = 1_000
+#: Days the data must span before the seasonal lag is a feature: a day of history for
+#: the first row, and a day of rows to learn from.
+MIN_SEASON_DAYS: Final = 2
+#: Intervals without a breach that make a tenant "quiet" (`kernel.early_warning.QUIET`).
+QUIET_EVENTS: Final = 12
 #: Periods of time the training data must cover for a periodic feature to be learnable:
 #: with fewer, networks fitted the hours of the few days seen and lost to persistence
 #: on the next (bench/bench_quality.py, the demo's five days of ten-minute telemetry).
@@ -76,6 +90,14 @@ MIN_PERIODS: Final = 7
 class FeatureSpec(BaseModel):
     """What the pipeline computes; recorded in every model card, checked by the consumer.
 
+    Version 2 (the default) adds the context early warning needs: more lags, 24-event
+    rolling statistics of every metric, breach rates up to 72 events, each metric's
+    least-squares trend and its projection `trend_ahead` events on (what
+    ``predict_linear`` sees), its distance from a long rolling median (level shifts),
+    how quiet the tenant has been, and once the data holds days, each metric one day
+    before the target (`season_events`). Version 1 cards are still served as they were
+    trained (their fields keep version 1's meaning).
+
     Raises pydantic's ``ValidationError`` (a ``ValueError``) for a version this code
     does not know or parameters out of range, which is how a card with features the
     consumer cannot compute is refused.
@@ -83,38 +105,67 @@ class FeatureSpec(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
-    version: Literal[1] = FEATURE_VERSION
-    lags: int = Field(default=1, ge=0, le=8)
-    breach_windows: tuple[int, ...] = (6, 24)
-    rolling_window: int = Field(default=12, ge=2, le=_MAX_WINDOW)
+    version: Literal[1, 2] = FEATURE_VERSION
+    lags: int = Field(default=4, ge=0, le=8)
+    breach_windows: tuple[int, ...] = (6, 24, 72)
+    rolling_window: int = Field(default=24, ge=2, le=_MAX_WINDOW)
     time_of_day: bool = True
     day_of_week: bool = True
+    #: Version 2: least-squares windows (events) of each metric's trend, and how far
+    #: ahead (events) its projection reads.
+    trend_windows: tuple[int, ...] = (6, 24)
+    trend_ahead: int = Field(default=6, ge=1, le=_MAX_WINDOW)
+    #: Version 2: the rolling median each metric's level is measured from (events).
+    level_window: int = Field(default=144, ge=2, le=_MAX_WINDOW)
+    #: Version 2: events in a day (0: no seasonal lag). Set from the data's interval by
+    #: `supported_by` once the data spans `MIN_SEASON_DAYS` days.
+    season_events: int = Field(default=0, ge=0, le=_MAX_SEASON)
 
-    @field_validator("breach_windows")
+    @field_validator("breach_windows", "trend_windows")
     @classmethod
     def _windows(cls, value: tuple[int, ...]) -> tuple[int, ...]:
         if len(value) > 4 or len(set(value)) != len(value):
-            raise ValueError("breach_windows: at most 4 distinct window lengths")
+            raise ValueError("at most 4 distinct window lengths")
         if any(not 2 <= w <= _MAX_WINDOW for w in value):
-            raise ValueError(f"breach_windows must each be in [2, {_MAX_WINDOW}]")
+            raise ValueError(f"windows must each be in [2, {_MAX_WINDOW}]")
         return value
+
+    @model_validator(mode="after")
+    def _season_in_the_past(self) -> FeatureSpec:
+        if self.season_events and self.season_events <= self.trend_ahead:
+            raise ValueError(
+                f"season_events ({self.season_events}) must exceed trend_ahead "
+                f"({self.trend_ahead}): the day-before values would read the future"
+            )
+        return self
 
     @property
     def history(self) -> int:
         """Events (the current one included) a row needs for full-length windows."""
-        return max(self.lags + 1, self.rolling_window, *self.breach_windows, 1)
+        needed = [self.lags + 1, self.rolling_window, *self.breach_windows, 1]
+        if self.version >= 2:
+            needed += [*self.trend_windows, self.level_window, QUIET_EVENTS]
+            if self.season_events:
+                needed.append(self.season_events)
+        return max(needed)
 
-    def supported_by(self, span_s: float) -> FeatureSpec:
+    def supported_by(self, span_s: float, interval_s: float | None = None) -> FeatureSpec:
         """This spec less the periodic features that `span_s` of data cannot teach.
 
-        A periodic pair stays only if the data spans `MIN_PERIODS` of its periods.
+        A periodic pair stays only if the data spans `MIN_PERIODS` of its periods. With
+        the data's typical `interval_s`, version 2 adds the seasonal lag (a day in
+        events) when the data spans `MIN_SEASON_DAYS` days and a day fits the history
+        a live forecast may read.
         """
-        return self.model_copy(
-            update={
-                "time_of_day": self.time_of_day and span_s >= MIN_PERIODS * _DAY_S,
-                "day_of_week": self.day_of_week and span_s >= MIN_PERIODS * _WEEK_S,
-            }
-        )
+        update: dict[str, object] = {
+            "time_of_day": self.time_of_day and span_s >= MIN_PERIODS * _DAY_S,
+            "day_of_week": self.day_of_week and span_s >= MIN_PERIODS * _WEEK_S,
+        }
+        if self.version >= 2 and interval_s is not None and interval_s > 0:
+            day = int(round(_DAY_S / interval_s))
+            seasonal = span_s >= MIN_SEASON_DAYS * _DAY_S and 2 <= day <= _MAX_SEASON
+            update["season_events"] = day if seasonal else 0
+        return self.model_copy(update=update)
 
     def names(self) -> tuple[str, ...]:
         base = [f"log1p_{m}" if m in LOG_METRICS else m for m in FEATURES]
@@ -125,9 +176,21 @@ class FeatureSpec(BaseModel):
         names.append("breach")
         names += [f"breach_rate_{w}" for w in self.breach_windows]
         names.append("breach_run")
-        for metric in ROLLING_METRICS:
-            name = f"log1p_{metric}" if metric in LOG_METRICS else metric
-            names += [f"{name}_mean_{self.rolling_window}", f"{name}_std_{self.rolling_window}"]
+        if self.version == 1:
+            for metric in ROLLING_METRICS:
+                name = f"log1p_{metric}" if metric in LOG_METRICS else metric
+                w = self.rolling_window
+                names += [f"{name}_mean_{w}", f"{name}_std_{w}"]
+        else:
+            names.append("quiet")
+            for name in base:
+                w = self.rolling_window
+                names += [f"{name}_mean_{w}", f"{name}_std_{w}"]
+                for k in self.trend_windows:
+                    names += [f"{name}_slope_{k}", f"{name}_projected_{k}_{self.trend_ahead}"]
+                names.append(f"{name}_from_median_{self.level_window}")
+            if self.season_events:
+                names += [f"{name}_day_before" for name in base]
         if self.time_of_day:
             names += ["tod_sin", "tod_cos"]
         if self.day_of_week:
@@ -162,12 +225,16 @@ class FeatureSpec(BaseModel):
         columns.append(flags[:, None])
         columns += [_rolling_mean(flags, w)[:, None] for w in self.breach_windows]
         columns.append((_run_length(flags, self.history) / self.history)[:, None])
-        for metric in ROLLING_METRICS:
-            values = base[:, FEATURES.index(metric)]
-            mean = _rolling_mean(values, self.rolling_window)
-            mean_sq = _rolling_mean(values * values, self.rolling_window)
-            std = np.sqrt(np.maximum(mean_sq - mean * mean, 0.0))
-            columns += [mean[:, None], std[:, None]]
+        if self.version == 1:
+            for metric in ROLLING_METRICS:
+                values = base[:, FEATURES.index(metric)]
+                columns += _mean_std(values, self.rolling_window)
+        else:
+            columns.append(_quiet(flags)[:, None])
+            for j in range(len(FEATURES)):
+                columns += self._context(base[:, j])
+            if self.season_events:
+                columns.append(_day_before(base, self.season_events, self.trend_ahead))
         if self.time_of_day:
             day = 2 * np.pi * np.mod(ts_arr, _DAY_S) / _DAY_S
             columns.append(np.stack([np.sin(day), np.cos(day)], axis=1))
@@ -175,6 +242,15 @@ class FeatureSpec(BaseModel):
             week = 2 * np.pi * np.mod(ts_arr - _EPOCH_WEEKDAY_S, _WEEK_S) / _WEEK_S
             columns.append(np.stack([np.sin(week), np.cos(week)], axis=1))
         return np.ascontiguousarray(np.concatenate(columns, axis=1), dtype=np.float32)
+
+    def _context(self, values: NDArray[np.float64]) -> list[NDArray[np.float64]]:
+        """Version 2's columns of one metric: spread, trends, distance from its level."""
+        out = _mean_std(values, self.rolling_window)
+        for k in self.trend_windows:
+            level, slope = _trend(values, k)
+            out += [slope[:, None], (level + slope * ((k - 1) / 2.0 + self.trend_ahead))[:, None]]
+        out.append((values - _rolling_median(values, self.level_window))[:, None])
+        return out
 
 
 def _shift(values: NDArray[np.float64], lag: int) -> NDArray[np.float64]:
@@ -214,3 +290,65 @@ def _rolling_mean(values: NDArray[np.float64], window: int) -> NDArray[np.float6
     counts = np.minimum(np.arange(1, n + 1), window)
     result: NDArray[np.float64] = sums / counts
     return result
+
+
+def _mean_std(values: NDArray[np.float64], window: int) -> list[NDArray[np.float64]]:
+    mean = _rolling_mean(values, window)
+    mean_sq = _rolling_mean(values * values, window)
+    std = np.sqrt(np.maximum(mean_sq - mean * mean, 0.0))
+    return [mean[:, None], std[:, None]]
+
+
+def _windows(values: NDArray[np.float64], window: int) -> NDArray[np.float64]:
+    """The last `window` values at each row; the first rows repeat the first value."""
+    pad = np.full(window - 1, values[0] if len(values) else 0.0)
+    return sliding_window_view(np.concatenate((pad, values)), window)
+
+
+def _trend(values: NDArray[np.float64], window: int) -> tuple[NDArray[np.float64], ...]:
+    """The least-squares line through each row's last `window` values: (mean, slope).
+
+    The line's value at the newest row is ``mean + slope * (window - 1) / 2``.
+    """
+    if len(values) == 0:
+        return values.copy(), values.copy()
+    view = _windows(values, window)
+    x = np.arange(window, dtype=np.float64) - (window - 1) / 2.0
+    # Row-wise sums, not a matrix product: a row's value then depends on its window
+    # alone (BLAS may block rows differently by count), so online and offline agree.
+    slope: NDArray[np.float64] = (view * x).sum(axis=1) / float(x @ x)
+    mean: NDArray[np.float64] = view.mean(axis=1)
+    return mean, slope
+
+
+def _rolling_median(values: NDArray[np.float64], window: int) -> NDArray[np.float64]:
+    if len(values) == 0:
+        return values.copy()
+    median: NDArray[np.float64] = np.median(_windows(values, window), axis=1)
+    return median
+
+
+def _quiet(flags: NDArray[np.float64]) -> NDArray[np.float64]:
+    """1 where no breach was seen in the last `QUIET_EVENTS` events (this one included)."""
+    quiet: NDArray[np.float64] = (_rolling_mean(flags, QUIET_EVENTS) == 0).astype(np.float64)
+    return quiet
+
+
+def _day_before(base: NDArray[np.float64], day: int, ahead: int) -> NDArray[np.float64]:
+    """Each metric's highest value one day before the next `ahead` events.
+
+    Row t reads rows ``t + 1 - day ... t + ahead - day`` (clipped to the rows there are),
+    all in the past while `ahead` < `day`.
+    """
+    n = len(base)
+    out = np.empty_like(base)
+    if n == 0:
+        return out
+    index = np.arange(n)
+    for j in range(base.shape[1]):
+        column = base[:, j]
+        best = np.full(n, -np.inf)
+        for step in range(1, ahead + 1):
+            best = np.maximum(best, column[np.clip(index + step - day, 0, n - 1)])
+        out[:, j] = best
+    return out

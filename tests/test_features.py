@@ -78,7 +78,7 @@ def oracle_row(
 def test_transform_matches_a_per_row_oracle(
     n: int, lags: int, windows: list[int], rolling: int, seed: int
 ) -> None:
-    spec = FeatureSpec(lags=lags, breach_windows=tuple(windows), rolling_window=rolling)
+    spec = FeatureSpec(version=1, lags=lags, breach_windows=tuple(windows), rolling_window=rolling)
     rng = np.random.default_rng(seed)
     ts = 1.7e9 + np.cumsum(rng.integers(1, 3_600, n)).astype(np.float64)
     metrics = rng.lognormal(3.0, 1.0, (n, len(FEATURES))).astype(np.float32)
@@ -88,6 +88,68 @@ def test_transform_matches_a_per_row_oracle(
     assert X.shape == (n, len(spec.names()))
     expected = np.array([oracle_row(spec, ts, metrics, labels, i) for i in range(n)])
     np.testing.assert_allclose(X, expected.astype(np.float32), rtol=2e-5, atol=2e-6)
+
+
+def oracle_context(values: list[float], i: int, spec: FeatureSpec) -> list[float]:
+    """Version 2's columns of one metric at row i, the slow way (windows padded at the start)."""
+
+    def window(w: int) -> list[float]:
+        return [values[max(j, 0)] for j in range(i - w + 1, i + 1)]
+
+    seen = [values[j] for j in range(max(0, i - spec.rolling_window + 1), i + 1)]
+    mean = sum(seen) / len(seen)
+    out = [mean, math.sqrt(max(sum(v * v for v in seen) / len(seen) - mean**2, 0.0))]
+    for k in spec.trend_windows:
+        ys = window(k)
+        xs = [x - (k - 1) / 2 for x in range(k)]
+        slope = sum(x * y for x, y in zip(xs, ys, strict=True)) / sum(x * x for x in xs)
+        out += [slope, sum(ys) / k + slope * ((k - 1) / 2 + spec.trend_ahead)]
+    out.append(values[i] - float(np.median(window(spec.level_window))))
+    return out
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    n=st.integers(1, 80),
+    trend=st.lists(st.integers(2, 10), min_size=1, max_size=2, unique=True),
+    level=st.integers(2, 30),
+    season=st.sampled_from([0, 5, 17]),
+    seed=st.integers(0, 2**16),
+)
+def test_version_2_matches_a_per_row_oracle(
+    n: int, trend: list[int], level: int, season: int, seed: int
+) -> None:
+    spec = FeatureSpec(
+        lags=1,
+        breach_windows=(3,),
+        rolling_window=4,
+        trend_windows=tuple(trend),
+        trend_ahead=3,
+        level_window=level,
+        season_events=season,
+        time_of_day=False,
+        day_of_week=False,
+    )
+    rng = np.random.default_rng(seed)
+    ts = 1.7e9 + 60.0 * np.arange(n)
+    metrics = rng.lognormal(3.0, 1.0, (n, len(FEATURES))).astype(np.float32)
+    metrics[:, 3:5] = rng.random((n, 2))
+    labels = rng.random(n) < 0.2
+    X = spec.transform(ts, metrics, labels)
+    names = spec.names()
+    assert X.shape == (n, len(names))
+    v1 = FeatureSpec(version=1, lags=1, breach_windows=(3,), rolling_window=4)
+    base = [[oracle_row(v1, ts, metrics, labels, i)[c] for c in range(6)] for i in range(n)]
+    for i in range(n):
+        expected = [float(labels[max(0, i - 11) : i + 1].sum() == 0)]
+        for c in range(6):
+            expected += oracle_context([row[c] for row in base], i, spec)
+        if season:
+            for c in range(6):
+                past = [base[min(max(i + s - season, 0), n - 1)][c] for s in range(1, 4)]
+                expected.append(max(past))
+        got = X[i, names.index("quiet") :]
+        np.testing.assert_allclose(got, np.array(expected, np.float32), rtol=2e-5, atol=2e-5)
 
 
 def test_a_row_depends_only_on_its_history() -> None:
