@@ -32,6 +32,11 @@ MIN_STD = 1e-6
 MAX_Z = 6.0
 
 ARCHITECTURE_KEYS = frozenset({"n_features", "hidden_layers", "width", "dropout", "activation"})
+#: Keys a card may leave out (it was written before them); absent, they are False.
+OPTIONAL_ARCHITECTURE_KEYS = frozenset({"gated"})
+#: Shrinkage toward the prior is complete this many training standard deviations
+#: beyond the range a watched input took in training.
+OOD_WIDTH = 3.0
 
 
 def _check_int(name: str, value: object, bounds: tuple[int, int]) -> int:
@@ -50,6 +55,12 @@ def _check_dropout(value: object) -> float:
     if not (math.isfinite(p) and 0.0 <= p < 1.0):
         raise ValueError(f"dropout must be in [0, 1), got {value}")
     return p
+
+
+def _check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {type(value).__name__} {value!r}")
+    return value
 
 
 def _check_activation(value: object) -> str:
@@ -76,6 +87,11 @@ class SlaMLP(nn.Module):
     feature_std: torch.Tensor
     offset_column: torch.Tensor
     offset_logit: torch.Tensor
+    gate_column: torch.Tensor
+    feature_low: torch.Tensor
+    feature_high: torch.Tensor
+    ood_watch: torch.Tensor
+    prior_logit: torch.Tensor
 
     def __init__(
         self,
@@ -84,6 +100,7 @@ class SlaMLP(nn.Module):
         width: int = 32,
         dropout: float = 0.0,
         activation: str = "relu",
+        gated: bool = False,
     ) -> None:
         super().__init__()
         self.n_features = _check_int("n_features", n_features, N_FEATURES_RANGE)
@@ -91,6 +108,7 @@ class SlaMLP(nn.Module):
         self.width = _check_int("width", width, WIDTH_RANGE)
         self.dropout = _check_dropout(dropout)
         self.activation = _check_activation(activation)
+        self.gated = _check_bool("gated", gated)
 
         self.register_buffer("feature_mean", torch.zeros(self.n_features, dtype=torch.float32))
         self.register_buffer("feature_std", torch.ones(self.n_features, dtype=torch.float32))
@@ -115,6 +133,22 @@ class SlaMLP(nn.Module):
             in_dim = self.width
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(in_dim, 1)
+        if self.gated:
+            # A gated forecaster is two: the network above speaks while the tenant is
+            # quiet (input `gate_column` >= 0.5: no recent breach, where early warning
+            # lives), a logistic map of the inputs (`incident`) during and just after an
+            # incident. Inputs outside the range training saw (`ood_watch` columns past
+            # `feature_low`/`feature_high`) shrink the forecast toward `prior_logit`.
+            self.incident = nn.Linear(self.n_features, 1)
+            self.register_buffer("gate_column", torch.tensor(-1, dtype=torch.int64))
+            self.register_buffer(
+                "feature_low", torch.full((self.n_features,), -torch.inf, dtype=torch.float32)
+            )
+            self.register_buffer(
+                "feature_high", torch.full((self.n_features,), torch.inf, dtype=torch.float32)
+            )
+            self.register_buffer("ood_watch", torch.zeros(self.n_features, dtype=torch.float32))
+            self.register_buffer("prior_logit", torch.zeros((), dtype=torch.float32))
 
     def set_normalization(
         self, mean: np.ndarray | torch.Tensor, std: np.ndarray | torch.Tensor
@@ -150,6 +184,29 @@ class SlaMLP(nn.Module):
             self.offset_column.fill_(column)
             self.offset_logit.copy_(values)
 
+    def set_gate(self, column: int, low: np.ndarray, high: np.ndarray, watch: np.ndarray) -> None:
+        """Gate on input `column`; shrink to the prior outside [low, high] of `watch` columns.
+
+        Raises ``ValueError`` on a module built without ``gated`` or wrong shapes.
+        """
+        if not self.gated:
+            raise ValueError("set_gate needs a module built with gated=True")
+        if not 0 <= column < self.n_features:
+            raise ValueError(f"gate column must be in [0, {self.n_features}), got {column}")
+        with torch.no_grad():
+            self.gate_column.fill_(column)
+            for buffer, values in (
+                (self.feature_low, low),
+                (self.feature_high, high),
+                (self.ood_watch, watch),
+            ):
+                tensor = torch.as_tensor(np.asarray(values, dtype=np.float32))
+                if tuple(tensor.shape) != (self.n_features,):
+                    raise ValueError(
+                        f"expected {self.n_features} values, got {tuple(tensor.shape)}"
+                    )
+                buffer.copy_(tensor)
+
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ValueError(
@@ -163,17 +220,45 @@ class SlaMLP(nn.Module):
         column = int(self.offset_column)
         if column >= 0:
             out = out + self.offset_logit[(X[:, column] >= 0.5).long()]
+        if self.gated:
+            out = self._gated(X, z, out)
         return out
 
-    def architecture(self) -> dict[str, int | float | str]:
+    def _gated(self, X: torch.Tensor, z: torch.Tensor, quiet_logit: torch.Tensor) -> torch.Tensor:
+        gate = int(self.gate_column)
+        out = quiet_logit
+        if gate >= 0:
+            out = torch.where(X[:, gate] >= 0.5, quiet_logit, self.incident(z).squeeze(-1))
+        weight = self.ood_score(X)
+        if bool((weight > 0).any()):
+            p = torch.sigmoid(out) * (1 - weight) + torch.sigmoid(self.prior_logit) * weight
+            p = p.clamp(1e-7, 1 - 1e-7)
+            out = torch.log(p) - torch.log1p(-p)
+        return out
+
+    def ood_score(self, X: torch.Tensor) -> torch.Tensor:
+        """How far each row's watched inputs lie outside training's range, in [0, 1].
+
+        0 for a module that is not gated (it watches nothing).
+        """
+        if not self.gated:
+            return torch.zeros(X.shape[0])
+        beyond = torch.maximum(X - self.feature_high, self.feature_low - X).clamp(min=0.0)
+        excess = (beyond / self.feature_std * self.ood_watch).amax(dim=1) / OOD_WIDTH
+        return excess.clamp(0.0, 1.0)
+
+    def architecture(self) -> dict[str, int | float | str | bool]:
         """The constructor kwargs, JSON-friendly; ``build_module`` accepts them back."""
-        return {
+        out: dict[str, int | float | str | bool] = {
             "n_features": self.n_features,
             "hidden_layers": self.hidden_layers,
             "width": self.width,
             "dropout": self.dropout,
             "activation": self.activation,
         }
+        if self.gated:
+            out["gated"] = True
+        return out
 
 
 def build_module(architecture: Mapping[str, object]) -> SlaMLP:
@@ -186,7 +271,7 @@ def build_module(architecture: Mapping[str, object]) -> SlaMLP:
     if not isinstance(architecture, Mapping):
         raise ValueError(f"architecture must be a mapping, got {type(architecture).__name__}")
     keys = set(architecture)
-    unknown = keys - ARCHITECTURE_KEYS
+    unknown = keys - ARCHITECTURE_KEYS - OPTIONAL_ARCHITECTURE_KEYS
     if unknown:
         raise ValueError(f"unknown architecture keys: {sorted(map(str, unknown))}")
     missing = ARCHITECTURE_KEYS - keys
@@ -200,4 +285,5 @@ def build_module(architecture: Mapping[str, object]) -> SlaMLP:
         width=_check_int("width", architecture["width"], WIDTH_RANGE),
         dropout=_check_dropout(architecture["dropout"]),
         activation=_check_activation(architecture["activation"]),
+        gated=_check_bool("gated", architecture.get("gated", False)),
     )
