@@ -252,6 +252,65 @@ def candidate_thresholds(scores: ArrayLike, most: int = 256) -> NDArray[np.float
     return np.append(distinct, np.inf)
 
 
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    """Warning counts at each of many thresholds (`choose_threshold`'s work, vectorised)."""
+
+    thresholds: NDArray[np.float64]
+    warned_1: NDArray[np.int64]
+    warned_3: NDArray[np.int64]
+    false_warnings: NDArray[np.int64]
+    days: float
+
+
+def sweep(
+    scores: ArrayLike, labels: ArrayLike, ts: ArrayLike, segments: ArrayLike | None = None
+) -> Sweep:
+    """What ``scores >= threshold`` warns of, at every threshold worth trying at once.
+
+    The same counts as `score_segments` (a test holds them equal): an onset is warned
+    at lead >= L exactly when the highest score at its non-breaching intervals in
+    ``[onset - QUIET, onset - L]`` reaches the threshold, and whether a notification is
+    false does not depend on the threshold at all.
+    """
+    values = np.asarray(scores, dtype=np.float64).reshape(-1)
+    flags = _flags(labels)
+    stamps = np.asarray(ts, dtype=np.float64).reshape(-1)
+    n = len(values)
+    ids = np.zeros(n, np.int64) if segments is None else np.asarray(segments).reshape(-1)
+    first = np.ones(n, bool)
+    first[1:] = ids[1:] != ids[:-1]
+    index = np.arange(n)
+    start = np.maximum.accumulate(np.where(first, index, 0))
+    # Per segment: fresh onsets, the best score before each, and the clean notifications.
+    peak_1, peak_3, clean, days = [], [], np.zeros(n, bool), 0.0
+    for lo, hi in _bounds(first):
+        part = flags[lo:hi]
+        days += span_days(stamps[lo:hi])
+        clean[lo:hi] = false_warnings(np.ones(hi - lo, bool), part)
+        masked = np.where(part, -np.inf, values[lo:hi])
+        for onset in fresh_onsets(part).tolist():
+            peak_1.append(masked[max(onset - QUIET, 0) : onset].max(initial=-np.inf))
+            peak_3.append(masked[max(onset - QUIET, 0) : max(onset - 2, 0)].max(initial=-np.inf))
+    thresholds = candidate_thresholds(values)
+    sorted_1, sorted_3 = np.sort(peak_1), np.sort(peak_3)
+    warned_1 = len(sorted_1) - np.searchsorted(sorted_1, thresholds, side="left")
+    warned_3 = len(sorted_3) - np.searchsorted(sorted_3, thresholds, side="left")
+    false = np.empty(len(thresholds), np.int64)
+    for k, threshold in enumerate(thresholds.tolist()):
+        on = values >= threshold
+        rise = on & (first | ~np.roll(on, 1))
+        run_start = np.maximum.accumulate(np.where(rise, index, 0))
+        sent = on & ((index - np.maximum(run_start, start)) % REPEAT == 0)
+        false[k] = int(np.count_nonzero(sent & clean))
+    return Sweep(thresholds, warned_1.astype(np.int64), warned_3.astype(np.int64), false, days)
+
+
+def _bounds(first: Flags) -> list[tuple[int, int]]:
+    starts = np.flatnonzero(first).tolist()
+    return list(zip(starts, [*starts[1:], len(first)], strict=True))
+
+
 def choose_threshold(
     scores: ArrayLike,
     labels: ArrayLike,
@@ -267,15 +326,32 @@ def choose_threshold(
     """
     values = np.asarray(scores, dtype=np.float64).reshape(-1)
     ids = np.zeros(len(values), np.int64) if segments is None else np.asarray(segments)
-    best: tuple[tuple[float, ...], float, WarningRecord] | None = None
-    for threshold in candidate_thresholds(values)[::-1]:
-        record = score_segments(values >= threshold, labels, ts, ids)
-        if record.false_per_day > budget_per_day:
-            continue
-        key = (record.warned_1, record.warned_3, -record.false_warnings)
-        if best is None or key > best[0]:
-            best = (key, float(threshold), record)
-    if best is None:
+    found = sweep(values, labels, ts, ids)
+    per_day = found.false_warnings / found.days if found.days > 0 else found.false_warnings * 0.0
+    within = np.flatnonzero(per_day <= budget_per_day)
+    if not len(within):
         never = score_segments(np.zeros(len(values), bool), labels, ts, ids)
         return WarningPolicy(float("inf"), budget_per_day, never, within_budget=False)
-    return WarningPolicy(best[1], budget_per_day, best[2], within_budget=True)
+    # lexsort: the last key is the primary one; a higher threshold wins the last ties.
+    order = np.lexsort(
+        (
+            found.thresholds[within],
+            -found.false_warnings[within],
+            found.warned_3[within],
+            found.warned_1[within],
+        )
+    )
+    threshold = float(found.thresholds[within[order[-1]]])
+    record = score_segments(values >= threshold, labels, ts, ids)
+    return WarningPolicy(threshold, budget_per_day, record, within_budget=True)
+
+
+def warning_on(proba: ArrayLike, quiet: ArrayLike, threshold: float) -> Flags:
+    """Where the warning is on: the tenant is quiet and the forecast reaches `threshold`.
+
+    During and just after an incident (not quiet) there is nothing early to warn of:
+    the breach itself pages, and a warning left on past it would only re-notify.
+    """
+    p = np.asarray(proba, dtype=np.float64).reshape(-1)
+    out: Flags = _flags(quiet) & (p >= threshold)
+    return out

@@ -34,8 +34,9 @@ MAX_Z = 6.0
 ARCHITECTURE_KEYS = frozenset({"n_features", "hidden_layers", "width", "dropout", "activation"})
 #: Keys a card may leave out (it was written before them); absent, they are False.
 OPTIONAL_ARCHITECTURE_KEYS = frozenset({"gated"})
-#: Shrinkage toward the prior is complete this many training standard deviations
-#: beyond the range a watched input took in training.
+#: Shrinkage toward the prior starts this many training standard deviations beyond the
+#: range a watched input took in training, and is complete `OOD_WIDTH` further out.
+OOD_MARGIN = 1.0
 OOD_WIDTH = 3.0
 
 
@@ -244,8 +245,8 @@ class SlaMLP(nn.Module):
         if not self.gated:
             return torch.zeros(X.shape[0])
         beyond = torch.maximum(X - self.feature_high, self.feature_low - X).clamp(min=0.0)
-        excess = (beyond / self.feature_std * self.ood_watch).amax(dim=1) / OOD_WIDTH
-        return excess.clamp(0.0, 1.0)
+        excess = (beyond / self.feature_std * self.ood_watch).amax(dim=1)
+        return ((excess - OOD_MARGIN) / OOD_WIDTH).clamp(0.0, 1.0)
 
     def architecture(self) -> dict[str, int | float | str | bool]:
         """The constructor kwargs, JSON-friendly; ``build_module`` accepts them back."""

@@ -1,13 +1,13 @@
-"""Supervised pairs from one tenant's telemetry: features at t -> breach at t + horizon.
+"""Supervised pairs from one tenant's telemetry: features at t -> a breach within the horizon.
 
 Pure numpy. The rows handed in are ONE tenant's valid events (the retrainer
 replays them from `sla.telemetry` by offset range); `build_pairs` orders them by
 timestamp (stable, so equal timestamps keep their replay order), computes each
 event's features with the one pipeline (`kernel.features.FeatureSpec.transform`, the
 consumer's too), drops the first events whose windows are not yet full, and pairs
-each row with the label `horizon` events later.
+each row with whether a breach follows within the next `horizon` events.
 
->>> spec = FeatureSpec(lags=1, breach_windows=(2,), rolling_window=2)
+>>> spec = FeatureSpec(version=1, lags=1, breach_windows=(2,), rolling_window=2)
 >>> ts = np.array([3.0, 1.0, 2.0, 4.0, 5.0])
 >>> feats = np.arange(5, dtype=np.float32).reshape(5, 1) * np.ones((1, 6), np.float32)
 >>> labels = np.array([1, 0, 0, 1, 0], dtype=bool)
@@ -167,7 +167,7 @@ def build_pairs(
 
     rows = np.arange(first, n - horizon)  # the t of every pair
     X = np.ascontiguousarray(X_all[rows])
-    y = np.ascontiguousarray(y_sorted[rows + horizon])
+    y = np.ascontiguousarray(within_horizon(y_sorted, horizon)[rows])
     ts_out = np.ascontiguousarray(ts_sorted[rows])
     if not np.isfinite(X).all():
         raise DatasetError(DatasetReason.NON_FINITE, "features overflowed float32")
@@ -190,6 +190,23 @@ def build_pairs(
         spec=spec,
         sha256=dataset_sha256(X, y),
     )
+
+
+def within_horizon(labels: ArrayLike, horizon: int) -> NDArray[np.float32]:
+    """1 where a breach follows within the next `horizon` events (t+1 ... t+horizon).
+
+    The last rows look past the end: what is there counts (training drops them).
+
+    >>> within_horizon(np.array([0, 0, 0, 1, 0, 0]), 2).tolist()
+    [0.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+    """
+    flags = np.asarray(labels).astype(bool)
+    n = len(flags)
+    seen = np.concatenate(([0], np.cumsum(flags, dtype=np.int64)))
+    index = np.arange(n)
+    ahead = seen[np.minimum(index + 1 + horizon, n)] - seen[np.minimum(index + 1, n)]
+    out: NDArray[np.float32] = (ahead > 0).astype(np.float32)
+    return out
 
 
 def time_split(
