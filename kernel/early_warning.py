@@ -308,6 +308,8 @@ def sweep(
 
 def _bounds(first: Flags) -> list[tuple[int, int]]:
     starts = np.flatnonzero(first).tolist()
+    if not starts:
+        return []
     return list(zip(starts, [*starts[1:], len(first)], strict=True))
 
 
