@@ -23,38 +23,19 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Final
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from kernel.errors import SlaopsError
 from kernel.features import FeatureSpec
+from retrainer.errors import DatasetError, DatasetReason
 from schemas.telemetry import FEATURES
 
 #: Fewest supervised pairs worth a search unless the caller says otherwise.
 DEFAULT_MIN_ROWS: Final = 200
 #: Share of the newest pairs kept away from the search and used to judge the winner.
 DEFAULT_HOLDOUT_FRACTION: Final = 0.15
-
-
-class DatasetReason(StrEnum):
-    """Why a training set could not be built (stable codes for logs and events)."""
-
-    SHAPE = "shape"
-    NON_FINITE = "non_finite"
-    TOO_FEW_ROWS = "too_few_rows"
-    SINGLE_CLASS = "single_class"
-
-
-class DatasetError(SlaopsError, ValueError):
-    """The replayed rows cannot make a usable supervised set; `reason` says why."""
-
-    def __init__(self, reason: DatasetReason, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True, eq=False)

@@ -34,14 +34,14 @@ from kernel.artifacts import ArtifactError, ModelCard, load_model, sha256_hex
 from kernel.errors import StoreConflict, StoreError, StoreNotFound
 from kernel.store import ModelStore, PublishedFiles, TenantHead
 from kernel.tenant_hash import request_ref, tenant_hash
-from retrainer.cancel import Cancelled, CancelToken
-from retrainer.dataset import DatasetError
+from retrainer.cancel import CancelToken
+from retrainer.errors import DatasetError, ReplayError, RequestRefused
 from retrainer.pipeline import Champion, TrainingConfig, TrainingOutcome, finite, judge, train
-from retrainer.replay import ReplayError, RequestRefused, TenantRows
+from retrainer.replay import TenantRows
 from retrainer.report import report_files
 from schemas import ChampionKept, ModelPublished, RetrainFailed, RetrainRequested
 
-__all__ = ["Cancelled", "Outcome", "RequestHandler", "commit_message"]
+__all__ = ["Outcome", "RequestHandler", "commit_message"]
 
 log = logging.getLogger(__name__)
 

@@ -53,13 +53,8 @@ from kernel.mlp import SlaMLP
 from retrainer.calibration import PlattMap, fit_platt, fold_into
 from retrainer.cancel import CancelToken
 from retrainer.curves import learning_curve
-from retrainer.dataset import (
-    DEFAULT_HOLDOUT_FRACTION,
-    DatasetError,
-    DatasetReason,
-    SupervisedSet,
-    time_split,
-)
+from retrainer.dataset import DEFAULT_HOLDOUT_FRACTION, SupervisedSet, time_split
+from retrainer.errors import DatasetError, DatasetReason
 from retrainer.estimator import SlaNet
 from retrainer.fits import FitBackend, LocalFits
 from retrainer.metrics import evaluate, f1_threshold, half_f1_threshold
@@ -385,6 +380,7 @@ def run_search(data: SupervisedSet, config: SearchConfig | None = None) -> Searc
         raise DatasetError(
             DatasetReason.TOO_FEW_ROWS,
             f"{y_train.shape[0]} training rows for {config.n_splits} time-series folds",
+            hint="wait for more of the tenant's telemetry or lower n_splits (SLAOPS_N_SPLITS)",
         )
 
     cv = TimeSeriesSplit(n_splits=config.n_splits)

@@ -252,6 +252,8 @@ class RetrainerService:
         self._job = None
         job.cancel.close()
         if job.abandoned:
+            # Its partition moved: whatever it ended in (`Cancelled` mostly) is dropped,
+            # never counted as a failed attempt; the partition's new owner serves it.
             return
         try:
             outcome = job.future.result()

@@ -14,7 +14,8 @@ from rich.table import Table
 
 from kernel.artifacts import load_model
 from kernel.store import ModelStore
-from retrainer.dataset import DatasetError, build_pairs
+from retrainer.dataset import build_pairs
+from retrainer.errors import DatasetError
 from retrainer.metrics import evaluate
 from schemas import (
     FEATURES,

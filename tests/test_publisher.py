@@ -18,9 +18,10 @@ from kernel.store import ANY_PARENT, AnyParent, ModelStore, PublishedFiles, Tena
 from kernel.tenant_hash import request_ref, tenant_hash
 from retrainer.cancel import CancelToken
 from retrainer.dataset import build_pairs
+from retrainer.errors import ReplayError
 from retrainer.pipeline import Trained, TrainingConfig, decide
 from retrainer.publisher import Outcome, RequestHandler, commit_message
-from retrainer.replay import ReplayError, TenantRows
+from retrainer.replay import TenantRows
 from retrainer.search import SearchConfig
 from schemas import ChampionKept, ModelPublished, RetrainFailed, RetrainRequested
 from tests.hub_server import running_hub_server
