@@ -23,6 +23,7 @@ under the tenant key) instead, and the dedupe looks for that.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,13 +33,13 @@ from pydantic import BaseModel, SecretStr
 
 from kernel.artifacts import ArtifactError, ModelCard, load_model, sha256_hex
 from kernel.errors import StoreConflict, StoreError, StoreNotFound
+from kernel.model_report import build_report
 from kernel.store import ModelStore, PublishedFiles, TenantHead
 from kernel.tenant_hash import request_ref, tenant_hash
 from retrainer.cancel import CancelToken
 from retrainer.errors import DatasetError, ReplayError, RequestRefused
 from retrainer.pipeline import Champion, TrainingConfig, TrainingOutcome, finite, judge, train
 from retrainer.replay import TenantRows
-from retrainer.report import report_files
 from schemas import ChampionKept, ModelPublished, RetrainFailed, RetrainRequested
 
 __all__ = ["Outcome", "RequestHandler", "commit_message"]
@@ -58,6 +59,33 @@ class Outcome:
     events: list[tuple[str, bytes, BaseModel]]
     #: The search and decision, when a model was trained (for metrics: time, fits).
     training: TrainingOutcome | None = None
+
+
+def report_files(card_bytes: bytes, tenant_hash: str) -> dict[str, bytes]:
+    """The report files to publish with a version, or ``{}`` if rendering failed (logged).
+
+    Rendering can never cost a version: the report is rendered before the store commit
+    so that it lands in the SAME commit as the weights and card, and if anything in it
+    raises, the version is published without it (a missing picture is a cosmetic loss;
+    a lost or delayed model is not). Never raises.
+    """
+    started = time.perf_counter()
+    try:
+        files = build_report(card_bytes, tenant_hash)
+    except Exception:
+        log.exception(
+            "tenant_hash=%s report not rendered: the version is published without it",
+            tenant_hash,
+        )
+        return {}
+    log.info(
+        "tenant_hash=%s report rendered files=%d bytes=%d seconds=%.2f",
+        tenant_hash,
+        len(files),
+        sum(len(data) for data in files.values()),
+        time.perf_counter() - started,
+    )
+    return files
 
 
 def commit_message(request: RetrainRequested, tenant_key: SecretStr | bytes) -> str:

@@ -25,11 +25,11 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from kernel.artifacts import ModelCard, sha256_hex
 from kernel.errors import StoreError
 from kernel.kafka import base_config, is_record, make_reader
+from kernel.model_report import PLOT_KINDS, report_card_digest
+from kernel.model_report.plots import render_plots
 from kernel.settings import ServiceSettings
 from kernel.store import ModelStore, report_paths
 from kernel.tenant_hash import tenant_hash
-from retrainer.plots import render_plots
-from retrainer.report import PLOT_KINDS, report_card_digest
 from schemas import (
     ChampionKept,
     InvalidTelemetry,

@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter, date2num
 from matplotlib.figure import Figure
 
-from retrainer.report import PLOT_KINDS, PLOT_TITLES
+from kernel.model_report import PLOT_KINDS, PLOT_TITLES
 from slaops.report_data import TenantReport, TopicRead, downsample
 
 _CSS = """

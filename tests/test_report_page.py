@@ -27,11 +27,11 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
+from kernel.model_report import PLOT_KINDS
 from kernel.store import open_store
 from kernel.tenant_hash import tenant_hash
 from retrainer.pipeline import TrainingConfig
 from retrainer.publisher import RequestHandler
-from retrainer.report import PLOT_KINDS
 from retrainer.search import SearchConfig
 from schemas import ChampionKept, RetrainFailed, RetrainRequested
 from simulator.model import TelemetrySimulator
