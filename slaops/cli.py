@@ -112,7 +112,7 @@ def _watch(settings: Any) -> int:
 
 
 def _report(settings: Any) -> int:
-    from slaops.report import run_report
+    from slaops.fleet_report import run_report
 
     return run_report(settings)
 
@@ -122,7 +122,7 @@ def commands() -> dict[str, tuple[str, type[BaseSettings], Runner]]:
     from retrainer.settings import RetrainerSettings
     from simulator.settings import SimulatorSettings
     from slaops.demo import DemoSettings
-    from slaops.report import ReportSettings
+    from slaops.fleet_report import ReportSettings
     from slaops.watch import WatchSettings
 
     return {

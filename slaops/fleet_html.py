@@ -18,7 +18,7 @@ from matplotlib.dates import AutoDateLocator, ConciseDateFormatter, date2num
 from matplotlib.figure import Figure
 
 from kernel.model_report import PLOT_KINDS, PLOT_TITLES
-from slaops.report_data import TenantReport, TopicRead, downsample
+from slaops.fleet_data import TenantReport, TopicRead, downsample
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1f2328;
