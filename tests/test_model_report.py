@@ -24,7 +24,7 @@ from kernel.model_report import PLOT_KINDS, build_report, report_card_digest
 from kernel.store import REPORT_KINDS, ModelStore, StoreNotFound, open_store, report_paths
 from kernel.tenant_hash import tenant_hash
 from retrainer.pipeline import TrainingConfig
-from retrainer.publisher import RequestHandler
+from retrainer.publisher import OutcomeTopics, RequestHandler
 from retrainer.search import SearchConfig
 from schemas import ModelPublished
 from tests.hub_server import running_hub_server
@@ -64,9 +64,7 @@ def publish(store: StoreFixture) -> ModelPublished:
         tenant_key=KEY,
         training=TrainingConfig(search=SEARCH, min_rows=100),
         replay=lambda request: tenant_rows(900, seed=5),
-        models_topic="m",
-        failures_topic="f",
-        decisions_topic="d",
+        topics=OutcomeTopics(models="m", failures="f", decisions="d"),
     )
     event = handler.handle(request_for(SLUG)).events[0][2]
     assert isinstance(event, ModelPublished)
