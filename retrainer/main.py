@@ -49,7 +49,10 @@ def _dask_fits(settings: RetrainerSettings) -> FitBackend:
             "or set search_backend=local"
         ) from exc
     if settings.dask_scheduler is None:  # the settings refuse this; mypy does not know
-        raise ConfigError("search_backend=dask needs dask_scheduler (SLAOPS_DASK_SCHEDULER)")
+        raise ConfigError(
+            "search_backend=dask needs dask_scheduler (SLAOPS_DASK_SCHEDULER or "
+            "--dask-scheduler), e.g. tcp://dask-scheduler:8786"
+        )
     return DaskFits(settings.dask_scheduler)
 
 

@@ -76,7 +76,10 @@ def settings_from_args(cls: type[BaseSettings], namespace: argparse.Namespace) -
             try:
                 value = json.loads(value)
             except json.JSONDecodeError as exc:
-                raise ConfigError(f"{name} ({setting_sources(name)}): not valid JSON") from exc
+                raise ConfigError(
+                    f"{name} ({setting_sources(name)}): not valid JSON; pass one quoted JSON "
+                    """value, e.g. --grid '{"lr": [0.01, 0.001]}'"""
+                ) from exc
         overrides[name] = value
     return load_settings(cls, overrides)
 

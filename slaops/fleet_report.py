@@ -208,4 +208,7 @@ def run_report(settings: ReportSettings, stop: threading.Event | None = None) ->
         stop.set()
         return 0
     except OSError as exc:
-        raise ConfigError(f"cannot serve on {settings.host}:{settings.port}: {exc}") from exc
+        raise ConfigError(
+            f"cannot serve on {settings.host}:{settings.port}: {exc}; pick another --port "
+            "(SLAOPS_PORT; 0 takes any free one) or stop what holds it"
+        ) from exc
