@@ -121,7 +121,8 @@ class RequestHandler:
     `handle` returns a `RequestOutcome` whose events the caller produces (`ModelPublished`,
     `ChampionKept` or `RetrainFailed`); unusable data or a replay range that is gone
     becomes a `RetrainFailed`, not an exception. A request whose model the store
-    already holds is re-announced, never retrained. Raises `Cancelled` once the run's
+    already holds is re-announced, never retrained. A version is published with its
+    report (`report_files`) in the same store commit. Raises `Cancelled` once the run's
     `cancel` token is cancelled (its partition moved): between phases, and within an
     epoch inside the search; store errors propagate. Never
     produces to Kafka or commits offsets.
