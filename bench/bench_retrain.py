@@ -46,7 +46,7 @@ import retrainer.pipeline as pipeline  # noqa: E402
 from bench._measure import cpu_seconds  # noqa: E402
 from kernel.kafka import TopicSpec, ensure_topics  # noqa: E402
 from retrainer.main import build_service, topic_specs  # noqa: E402
-from retrainer.publisher import Outcome  # noqa: E402
+from retrainer.publisher import RequestOutcome  # noqa: E402
 from retrainer.search import SearchResult  # noqa: E402
 from retrainer.settings import RetrainerSettings  # noqa: E402
 from schemas import ModelPublished, RetrainRequested, retrain_event_id  # noqa: E402
@@ -163,7 +163,7 @@ def run_strategy(
     handle = service.handler.handle
     commit = service._commit  # called right after the outcome's events are acknowledged
 
-    def timed_handle(request: RetrainRequested) -> Outcome:
+    def timed_handle(request: RetrainRequested) -> RequestOutcome:
         run.cpu_started = cpu_seconds()
         run.handle_started = time.perf_counter()
         try:

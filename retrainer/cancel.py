@@ -14,9 +14,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-
-class Cancelled(Exception):
-    """The request's partition moved to another member while it was being served."""
+from retrainer.errors import Cancelled
 
 
 class CancelToken:
@@ -41,7 +39,10 @@ class CancelToken:
 
     def check(self) -> None:
         if self.cancelled:
-            raise Cancelled(self.path)
+            raise Cancelled(
+                f"cancelled ({self.path}): the request's partition moved to another member, "
+                "which serves it; nothing to do"
+            )
 
     def close(self) -> None:
         """Remove the flag's file (the job is over)."""

@@ -23,38 +23,19 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Final
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from kernel.errors import SlaopsError
 from kernel.features import FeatureSpec
+from retrainer.errors import DatasetError, DatasetReason
 from schemas.telemetry import FEATURES
 
 #: Fewest supervised pairs worth a search unless the caller says otherwise.
 DEFAULT_MIN_ROWS: Final = 200
 #: Share of the newest pairs kept away from the search and used to judge the winner.
 DEFAULT_HOLDOUT_FRACTION: Final = 0.15
-
-
-class DatasetReason(StrEnum):
-    """Why a training set could not be built (stable codes for logs and events)."""
-
-    SHAPE = "shape"
-    NON_FINITE = "non_finite"
-    TOO_FEW_ROWS = "too_few_rows"
-    SINGLE_CLASS = "single_class"
-
-
-class DatasetError(SlaopsError, ValueError):
-    """The replayed rows cannot make a usable supervised set; `reason` says why."""
-
-    def __init__(self, reason: DatasetReason, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,20 +87,48 @@ def build_pairs(
     horizon: int = 1,
     spec: FeatureSpec | None = None,
     min_rows: int = DEFAULT_MIN_ROWS,
-    exact_spec: bool = False,
 ) -> SupervisedSet:
     """Pair the pipeline's features at each event with the label `horizon` events on.
 
     `features` are the raw telemetry metrics (`FEATURES` order). Periodic features the
     rows' time span cannot teach are left out of `spec` (`FeatureSpec.supported_by`);
-    the returned set's `spec` is the one to serve with. `exact_spec` keeps `spec` as
-    given: for scoring a published model on new rows with the features it was trained
-    on. The first
-    `spec.history - 1` events (windows not yet full) and the last `horizon` events (no
-    future label) make no pair. Raises `DatasetError` when the inputs disagree in
-    shape, hold non-finite values, yield fewer than `min_rows` pairs, or only one class.
+    the returned set's `spec` is the one to serve with. The first `spec.history - 1`
+    events (windows not yet full) and the last `horizon` events (no future label) make
+    no pair. Raises `DatasetError` when the inputs disagree in shape, hold non-finite
+    values, yield fewer than `min_rows` pairs, or only one class.
     """
-    spec = spec or FeatureSpec()
+    return _pairs(ts, features, labels, _Pairing(horizon, spec or FeatureSpec(), min_rows))
+
+
+def pairs_for_model(
+    ts: ArrayLike,
+    features: ArrayLike,
+    labels: ArrayLike,
+    *,
+    spec: FeatureSpec,
+    horizon: int = 1,
+    min_rows: int = DEFAULT_MIN_ROWS,
+) -> SupervisedSet:
+    """`build_pairs` with exactly `spec`, never trimmed to what the rows' span supports.
+
+    For scoring a published model on new rows with the features it was trained on (its
+    card's `features` and `horizon`). Raises `DatasetError` like `build_pairs`.
+    """
+    return _pairs(ts, features, labels, _Pairing(horizon, spec, min_rows, exact_spec=True))
+
+
+@dataclass(frozen=True)
+class _Pairing:
+    """How rows become pairs: `build_pairs`'s keywords, and whether `spec` is kept as is."""
+
+    horizon: int
+    spec: FeatureSpec
+    min_rows: int
+    exact_spec: bool = False
+
+
+def _pairs(ts: ArrayLike, features: ArrayLike, labels: ArrayLike, how: _Pairing) -> SupervisedSet:
+    spec, horizon, min_rows = how.spec, how.horizon, how.min_rows
     if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
         raise ValueError(f"horizon must be an int >= 1, got {horizon!r}")
     if min_rows < 1:
@@ -160,7 +169,7 @@ def build_pairs(
 
     order = np.argsort(ts_arr, kind="stable")
     ts_sorted = ts_arr[order]
-    if not exact_spec:
+    if not how.exact_spec:
         spec = spec.supported_by(float(ts_sorted[-1] - ts_sorted[0]))
     y_sorted = label_arr[order].astype(np.float32)
     X_all = spec.transform(ts_sorted, feat_arr[order], y_sorted)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from typing import Any, Final
 
 import numpy as np
@@ -150,6 +151,34 @@ def _quiet(*_: Any) -> None:
     """Sink for skorch's early-stopping message."""
 
 
+#: skorch parameters whose defaults SlaNet changes (skorch's: lr 0.01, 10 epochs, 128 rows).
+SKORCH_DEFAULTS: Final[Mapping[str, Any]] = {
+    "criterion": torch.nn.BCEWithLogitsLoss,
+    "optimizer": torch.optim.Adam,
+    "lr": 1e-3,
+    "max_epochs": 100,
+    "batch_size": 64,
+    "verbose": 0,
+}
+
+
+@dataclass(frozen=True)
+class NetParams:
+    """`SlaNet`'s own parameters beyond skorch's, with their defaults (`SlaNet` says what
+    each does). `SlaNet` takes them as keywords and keeps them as plain attributes."""
+
+    seed: int = 0
+    balance_classes: bool = False
+    num_threads: int | None = 1
+    valid_fraction: float = 0.15
+    patience: int = 8
+    offset_column: int | None = None
+    cancel: CancelToken | None = None
+
+
+_NET_PARAMS: Final = tuple(f.name for f in fields(NetParams))
+
+
 class SlaNet(NeuralNetBinaryClassifier):
     """skorch binary classifier around `SlaMLP`, made for cross-validated search.
 
@@ -182,49 +211,26 @@ class SlaNet(NeuralNetBinaryClassifier):
 
     Parameters route the skorch way: `lr`, `max_epochs`, `batch_size`,
     `module__hidden_layers`, `module__width`, `module__dropout`, `module__activation`,
-    `optimizer__weight_decay`, ...
+    `optimizer__weight_decay`, ... Every parameter, skorch's and SlaNet's own
+    (`NetParams`), is a keyword of its own, as scikit-learn's estimator contract wants:
+    `clone`, `set_params` and the searches set them by name. So they are declared in
+    `NetParams` and `SKORCH_DEFAULTS` (the skorch defaults SlaNet changes) rather than
+    one by one in the signature.
     """
 
     def __init__(
         self,
         module: type[torch.nn.Module] | torch.nn.Module = SlaMLP,
         *,
-        criterion: type[torch.nn.Module] = torch.nn.BCEWithLogitsLoss,
-        optimizer: type[torch.optim.Optimizer] = torch.optim.Adam,
-        lr: float = 1e-3,
-        max_epochs: int = 100,
-        batch_size: int = 64,
         train_split: Any = None,
-        verbose: int = 0,
-        seed: int = 0,
-        balance_classes: bool = False,
-        num_threads: int | None = 1,
-        valid_fraction: float = 0.15,
-        patience: int = 8,
-        offset_column: int | None = None,
-        cancel: CancelToken | None = None,
-        **kwargs: Any,
+        **params: Any,
     ) -> None:
-        if train_split is None and valid_fraction > 0:
-            train_split = TailSplit(valid_fraction)
-        super().__init__(
-            module,
-            criterion=criterion,
-            optimizer=optimizer,
-            lr=lr,
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            train_split=train_split,
-            verbose=verbose,
-            **kwargs,
-        )
-        self.seed = seed
-        self.balance_classes = balance_classes
-        self.num_threads = num_threads
-        self.valid_fraction = valid_fraction
-        self.patience = patience
-        self.offset_column = offset_column
-        self.cancel = cancel
+        own = NetParams(**{name: params.pop(name) for name in _NET_PARAMS if name in params})
+        if train_split is None and own.valid_fraction > 0:
+            train_split = TailSplit(own.valid_fraction)
+        super().__init__(module, train_split=train_split, **{**SKORCH_DEFAULTS, **params})
+        for name in _NET_PARAMS:  # plain attributes: skorch's get_params lists them
+            setattr(self, name, getattr(own, name))
 
     @property
     def _default_callbacks(self) -> list[tuple[str, Any]]:

@@ -4,7 +4,7 @@
 step (the CV search and the threshold's out-of-fold fits), so scikit-learn's joblib
 calls inside run where the backend says. The refits of the winner run in the calling
 process whatever the backend. Another backend is one class here or in a leaf module
-(`retrainer.dask_fits`) and one branch in `retrainer.main.fit_backend`.
+(`retrainer.dask_fits`) and one entry in `retrainer.main.FIT_BACKENDS`.
 """
 
 from __future__ import annotations

@@ -26,10 +26,10 @@ from kernel.store import ModelStore
 from retrainer.fits import FitBackend, LocalFits
 from retrainer.observability import RetrainerMetrics
 from retrainer.pipeline import TrainingConfig
-from retrainer.publisher import RequestHandler
+from retrainer.publisher import OutcomeTopics, RequestHandler
 from retrainer.replay import ReplayLimits, TenantRows, plan_replay, replay_ranges
 from retrainer.search import SearchConfig, default_grid
-from retrainer.service import RetrainerService
+from retrainer.service import RetrainerService, RetryPolicy
 from retrainer.settings import RetrainerSettings
 from schemas import RetrainRequested
 
@@ -49,7 +49,10 @@ def _dask_fits(settings: RetrainerSettings) -> FitBackend:
             "or set search_backend=local"
         ) from exc
     if settings.dask_scheduler is None:  # the settings refuse this; mypy does not know
-        raise ConfigError("search_backend=dask needs dask_scheduler (SLAOPS_DASK_SCHEDULER)")
+        raise ConfigError(
+            "search_backend=dask needs dask_scheduler (SLAOPS_DASK_SCHEDULER or "
+            "--dask-scheduler), e.g. tcp://dask-scheduler:8786"
+        )
     return DaskFits(settings.dask_scheduler)
 
 
@@ -141,9 +144,11 @@ def build_service(
         tenant_key=parts.tenant_key,
         training=parts.training,
         replay=replay_request if metrics is None else metrics.timed_replay(replay_request),
-        models_topic=settings.models_topic,
-        failures_topic=settings.failures_topic,
-        decisions_topic=settings.decisions_topic,
+        topics=OutcomeTopics(
+            models=settings.models_topic,
+            failures=settings.failures_topic,
+            decisions=settings.decisions_topic,
+        ),
     )
     consumer = make_group_consumer(
         settings, settings.group_id, **{"max.poll.interval.ms": settings.max_poll_interval_ms}
@@ -153,9 +158,10 @@ def build_service(
         consumer=consumer,
         tracker=DeliveryTracker(make_producer(settings)),
         retrain_topic=settings.retrain_topic,
-        failures_topic=settings.failures_topic,
-        backoff=Backoff(settings.retry_backoff_s, settings.retry_max_backoff_s),
-        max_attempts=settings.max_attempts,
+        retry=RetryPolicy(
+            Backoff(settings.retry_backoff_s, settings.retry_max_backoff_s),
+            settings.max_attempts,
+        ),
         hooks=metrics,
     )
 

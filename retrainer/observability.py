@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from kernel.errors import StoreConflict, StoreError, StoreNotFound, StoreUnavailable
 from kernel.observability import FAST_BUCKETS, SLOW_BUCKETS, Health
 from kernel.store import ModelStore
-from retrainer.publisher import Outcome
+from retrainer.publisher import RequestOutcome
 from schemas import RetrainFailed
 from schemas.outcomes import FailureReason
 
@@ -68,7 +68,7 @@ class RetrainerHooks:
     def coalesced(self, count: int) -> None:
         """`count` waiting requests were folded into a newer one of the same tenant."""
 
-    def finished(self, outcome: Outcome, offsets: Iterable[tuple[int, int]]) -> None:
+    def finished(self, outcome: RequestOutcome, offsets: Iterable[tuple[int, int]]) -> None:
         """A request's outcome was acknowledged; `offsets` are the requests it answered."""
 
     def retried(self, exc: BaseException) -> None:
@@ -211,7 +211,7 @@ class RetrainerMetrics(RetrainerHooks):
     def coalesced(self, count: int) -> None:
         self.requests.labels("coalesced").inc(count)
 
-    def finished(self, outcome: Outcome, offsets: Iterable[tuple[int, int]]) -> None:
+    def finished(self, outcome: RequestOutcome, offsets: Iterable[tuple[int, int]]) -> None:
         arrivals = [self._arrivals.pop(position, None) for position in offsets]
         self.requests.labels(_KIND_LABEL.get(outcome.kind, outcome.kind)).inc()
         if outcome.kind == "failed":

@@ -2,7 +2,8 @@
 
 Dataset → search → the current champion scored on the same holdout → decision →
 artifacts. The service feeds it replayed rows and the champion it loaded, and takes
-care of publishing and announcing.
+care of publishing and announcing. `train_and_decide` is the one-call form, for
+offline use (benchmarks, evaluations); the service calls `train` and `judge` apart.
 """
 
 from __future__ import annotations
@@ -187,7 +188,16 @@ def train_and_decide(
     request_ref: str | None = None,
     cancel: CancelToken | None = None,
 ) -> TrainingOutcome:
-    """`train`, then `judge` against `champion`. Raises `DatasetError` (see `train`)."""
+    """One retrain in one call: `train`, then `judge` against `champion`.
+
+    The public entry point for running the retrainer's own decision offline, without
+    Kafka or a store: rows and the request in, the decided (and, if published,
+    serialised) challenger out. The quality benchmark (`bench/bench_quality.py`) and
+    the performance monitor's seeded runs use it, so what they measure is exactly what
+    the service decides. The service itself calls `train` and `judge` apart: after a
+    store race it judges the same trained challenger again without a second search.
+    Raises `DatasetError` and `Cancelled` (see `train`).
+    """
     trained = train(rows, config, cancel=cancel)
     return judge(trained, request, config, champion, request_ref=request_ref)
 

@@ -23,6 +23,7 @@ under the tenant key) instead, and the dedupe looks for that.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,16 +33,17 @@ from pydantic import BaseModel, SecretStr
 
 from kernel.artifacts import ArtifactError, ModelCard, load_model, sha256_hex
 from kernel.errors import StoreConflict, StoreError, StoreNotFound
+from kernel.model_report import build_report
 from kernel.store import ModelStore, PublishedFiles, TenantHead
 from kernel.tenant_hash import request_ref, tenant_hash
-from retrainer.cancel import Cancelled, CancelToken
-from retrainer.dataset import DatasetError
+from retrainer.cancel import CancelToken
+from retrainer.errors import DatasetError, ReplayError, RequestRefused
 from retrainer.pipeline import Champion, TrainingConfig, TrainingOutcome, finite, judge, train
-from retrainer.replay import ReplayError, RequestRefused, TenantRows
-from retrainer.report import report_files
+from retrainer.replay import TenantRows
 from schemas import ChampionKept, ModelPublished, RetrainFailed, RetrainRequested
+from schemas.topics import MODELS, RETRAIN_DECISIONS, RETRAIN_FAILURES
 
-__all__ = ["Cancelled", "Outcome", "RequestHandler", "commit_message"]
+__all__ = ["OutcomeTopics", "RequestHandler", "RequestOutcome", "commit_message", "report_files"]
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +55,55 @@ MAX_TENANT_RACES = 3
 
 
 @dataclass(frozen=True)
-class Outcome:
+class RequestOutcome:
+    """What serving one request came to: its kind and the events that answer it.
+
+    The caller produces `events` (topic, key, event) and only then commits the request.
+    """
+
     kind: OutcomeKind
     events: list[tuple[str, bytes, BaseModel]]
     #: The search and decision, when a model was trained (for metrics: time, fits).
     training: TrainingOutcome | None = None
+
+
+@dataclass(frozen=True)
+class OutcomeTopics:
+    """Where a request's answers go: one topic per kind of answer."""
+
+    #: `ModelPublished` (a new version, or a served request announced again).
+    models: str = MODELS
+    #: `RetrainFailed` (the request can never be served).
+    failures: str = RETRAIN_FAILURES
+    #: `ChampionKept` (the challenger lost to the champion or a baseline).
+    decisions: str = RETRAIN_DECISIONS
+
+
+def report_files(card_bytes: bytes, tenant_hash: str) -> dict[str, bytes]:
+    """The report files to publish with a version, or ``{}`` if rendering failed (logged).
+
+    Rendering can never cost a version: the report is rendered before the store commit
+    so that it lands in the SAME commit as the weights and card, and if anything in it
+    raises, the version is published without it (a missing picture is a cosmetic loss;
+    a lost or delayed model is not). Never raises.
+    """
+    started = time.perf_counter()
+    try:
+        files = build_report(card_bytes, tenant_hash)
+    except Exception:
+        log.exception(
+            "tenant_hash=%s report not rendered: the version is published without it",
+            tenant_hash,
+        )
+        return {}
+    log.info(
+        "tenant_hash=%s report rendered files=%d bytes=%d seconds=%.2f",
+        tenant_hash,
+        len(files),
+        sum(len(data) for data in files.values()),
+        time.perf_counter() - started,
+    )
+    return files
 
 
 def commit_message(request: RetrainRequested, tenant_key: SecretStr | bytes) -> str:
@@ -72,10 +118,11 @@ def commit_message(request: RetrainRequested, tenant_key: SecretStr | bytes) -> 
 class RequestHandler:
     """Serves one `RetrainRequested`: dedupe, replay, train, decide, publish.
 
-    `handle` returns an `Outcome` whose events the caller produces (`ModelPublished`,
+    `handle` returns a `RequestOutcome` whose events the caller produces (`ModelPublished`,
     `ChampionKept` or `RetrainFailed`); unusable data or a replay range that is gone
     becomes a `RetrainFailed`, not an exception. A request whose model the store
-    already holds is re-announced, never retrained. Raises `Cancelled` once the run's
+    already holds is re-announced, never retrained. A version is published with its
+    report (`report_files`) in the same store commit. Raises `Cancelled` once the run's
     `cancel` token is cancelled (its partition moved): between phases, and within an
     epoch inside the search; store errors propagate. Never
     produces to Kafka or commits offsets.
@@ -89,20 +136,19 @@ class RequestHandler:
         tenant_key: SecretStr,
         training: TrainingConfig,
         replay: Callable[[RetrainRequested], TenantRows],
-        models_topic: str,
-        failures_topic: str,
-        decisions_topic: str,
+        topics: OutcomeTopics,
     ) -> None:
         self.store = store
         self._store_uri = store_uri
         self._tenant_key = tenant_key
         self._training = training
         self._replay = replay
-        self._models_topic = models_topic
-        self._failures_topic = failures_topic
-        self._decisions_topic = decisions_topic
+        #: Where the events of each `RequestOutcome` go.
+        self.topics = topics
 
-    def handle(self, request: RetrainRequested, cancel: CancelToken | None = None) -> Outcome:
+    def handle(
+        self, request: RetrainRequested, cancel: CancelToken | None = None
+    ) -> RequestOutcome:
         cancel = cancel or CancelToken()
         hashed = tenant_hash(request.tenant, self._tenant_key)
         head = self.store.head(hashed)
@@ -165,7 +211,7 @@ class RequestHandler:
         hashed: str,
         head: TenantHead | None,
         outcome: TrainingOutcome,
-    ) -> Outcome:
+    ) -> RequestOutcome:
         """Publish on top of `head` (the champion it was judged against) and announce it."""
         artifacts = outcome.artifacts
         assert artifacts is not None  # noqa: S101 - the caller publishes only a winner
@@ -191,11 +237,13 @@ class RequestHandler:
             event.metrics.get("f1", float("nan")),
             event.metrics.get("log_loss", float("nan")),
         )
-        return Outcome("published", [(self._models_topic, request.tenant.encode(), event)], outcome)
+        return RequestOutcome(
+            "published", [(self.topics.models, request.tenant.encode(), event)], outcome
+        )
 
     def _kept(
         self, request: RetrainRequested, outcome: TrainingOutcome, champion: Champion | None
-    ) -> Outcome:
+    ) -> RequestOutcome:
         log.info(
             "tenant=%s event_id=%s not published (%s): challenger %.4f vs champion %s; %s",
             request.tenant,
@@ -216,11 +264,13 @@ class RequestHandler:
             champion_revision=champion.revision if champion is not None else None,
             decided_at=datetime.now(UTC),
         )
-        return Outcome("kept", [(self._decisions_topic, request.tenant.encode(), kept)], outcome)
+        return RequestOutcome(
+            "kept", [(self.topics.decisions, request.tenant.encode(), kept)], outcome
+        )
 
     def _served_revision(
         self, request: RetrainRequested, hashed: str, head: TenantHead | None
-    ) -> Outcome | None:
+    ) -> RequestOutcome | None:
         """If the store already holds this request's model, the (re-)announcement.
 
         The head's recent messages say whether it was served; for the newest version
@@ -235,7 +285,7 @@ class RequestHandler:
                 request.tenant,
                 request.event_id,
             )
-            return Outcome("duplicates", [])
+            return RequestOutcome("duplicates", [])
         card_bytes = self.store.read(head.files.paths["card"], revision=head.revision)
         card = ModelCard.model_validate_json(card_bytes)
         ref = request_ref(request.event_id, self._tenant_key)
@@ -257,7 +307,7 @@ class RequestHandler:
         event = self._announcement(
             request, hashed, head.files, card, files_sha, version=head.version
         )
-        return Outcome("duplicates", [(self._models_topic, request.tenant.encode(), event)])
+        return RequestOutcome("duplicates", [(self.topics.models, request.tenant.encode(), event)])
 
     def _announcement(
         self,
@@ -315,7 +365,7 @@ class RequestHandler:
         )
         return None
 
-    def failed(self, request: RetrainRequested, reason: str, detail: str) -> Outcome:
+    def failed(self, request: RetrainRequested, reason: str, detail: str) -> RequestOutcome:
         """The `RetrainFailed` that ends `request` for good, with its reason."""
         log.warning(
             "tenant=%s event_id=%s failed: %s: %s", request.tenant, request.event_id, reason, detail
@@ -331,4 +381,4 @@ class RequestHandler:
             },
             strict=False,
         )
-        return Outcome("failed", [(self._failures_topic, request.tenant.encode(), failed)])
+        return RequestOutcome("failed", [(self.topics.failures, request.tenant.encode(), failed)])

@@ -16,20 +16,11 @@ from typing import Any
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from kernel.errors import SlaopsError
 from kernel.kafka import make_reader, position
+from retrainer.errors import ReplayError, RequestRefused
 from schemas import FEATURES, InvalidTelemetry, OffsetRange, parse_telemetry
 
 log = logging.getLogger(__name__)
-
-
-class ReplayError(SlaopsError):
-    """The offset ranges cannot be read back (they left the topic, or never existed)."""
-
-
-class RequestRefused(ReplayError):
-    """A request names training data it may not have: another topic, too many ranges, or
-    more offsets than any window spans. Never retried: the request itself is invalid."""
 
 
 @dataclass(frozen=True)
@@ -56,10 +47,16 @@ def plan_replay(ranges: Sequence[OffsetRange], limits: ReplayLimits) -> list[Off
     [(0, 0, 12), (1, 3, 4)]
     """
     if len(ranges) > limits.max_ranges:
-        raise RequestRefused(f"{len(ranges)} offset ranges; at most {limits.max_ranges}")
+        raise RequestRefused(
+            f"{len(ranges)} offset ranges; at most {limits.max_ranges} (raise "
+            "max_request_ranges, SLAOPS_MAX_REQUEST_RANGES, if such requests are genuine)"
+        )
     foreign = sorted({span.topic for span in ranges if span.topic != limits.topic})
     if foreign:
-        raise RequestRefused(f"ranges name {foreign!r}; only {limits.topic!r} is replayed")
+        raise RequestRefused(
+            f"ranges name {foreign!r}; only {limits.topic!r} is replayed (the retrainer's "
+            "telemetry_topic: point both services at the same telemetry topic)"
+        )
     merged: list[OffsetRange] = []
     for span in sorted(ranges, key=lambda x: (x.partition, x.start_offset)):
         if span.end_offset <= span.start_offset:
@@ -76,7 +73,10 @@ def plan_replay(ranges: Sequence[OffsetRange], limits: ReplayLimits) -> list[Off
             merged.append(span)
     total = sum(span.end_offset - span.start_offset for span in merged)
     if total > limits.max_offsets:
-        raise RequestRefused(f"ranges span {total} offsets; at most {limits.max_offsets}")
+        raise RequestRefused(
+            f"ranges span {total} offsets; at most {limits.max_offsets} (raise "
+            "max_request_offsets, SLAOPS_MAX_REQUEST_OFFSETS, if windows are that long)"
+        )
     return merged
 
 
@@ -146,7 +146,9 @@ def _read_range(consumer: Consumer, span: OffsetRange, timeout_s: float) -> list
                 if error.code() == KafkaError._AUTO_OFFSET_RESET or "out of range" in str(error):
                     raise ReplayError(
                         f"{span.topic}[{span.partition}] offsets {span.start_offset}.."
-                        f"{span.end_offset} are no longer in the topic: {error}"
+                        f"{span.end_offset} are no longer in the topic ({error}): the next "
+                        "request names the current window; keep the telemetry topic's "
+                        "retention longer than a window if this recurs"
                     )
                 log.warning("replay error on %s[%d]: %s", span.topic, span.partition, error)
                 continue
@@ -158,5 +160,6 @@ def _read_range(consumer: Consumer, span: OffsetRange, timeout_s: float) -> list
         if time.monotonic() > deadline:
             raise ReplayError(
                 f"{span.topic}[{span.partition}] offsets {span.start_offset}..{span.end_offset} "
-                f"not readable within {timeout_s:.0f}s (read up to {reached.offset})"
+                f"not readable within {timeout_s:.0f}s (read up to {reached.offset}): check "
+                "the broker, or raise replay_timeout_s (SLAOPS_REPLAY_TIMEOUT_S)"
             )

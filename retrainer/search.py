@@ -1,12 +1,13 @@
 """Hyper-parameter search for one tenant's SLA-breach model, and its holdout evaluation.
 
 `run_search` holds out the newest slice of the pairs (`time_split`), searches the
-rest with scikit-learn (`GridSearchCV`, `RandomizedSearchCV` or
-`HalvingGridSearchCV`) over :class:`SlaNet`, a skorch `NeuralNetBinaryClassifier`
-around :class:`~kernel.mlp.SlaMLP`, cross-validated with `TimeSeriesSplit` (never
-shuffled, so every validation row is newer than every row trained on), picks the
-decision threshold on the validation folds, and measures the refit winner on the
-holdout with `evaluate` -- the same function the champion is measured with.
+rest with the strategy's scikit-learn search (`retrainer.strategies`: `GridSearchCV`,
+`RandomizedSearchCV` or `HalvingGridSearchCV`) over :class:`SlaNet`, a skorch
+`NeuralNetBinaryClassifier` around :class:`~kernel.mlp.SlaMLP`, cross-validated with
+`TimeSeriesSplit` (never shuffled, so every validation row is newer than every row
+trained on), picks the decision threshold on the validation folds, and measures the
+refit winner on the holdout with `evaluate` -- the same function the champion is
+measured with.
 
 Decision threshold (``SearchConfig.threshold_strategy``): the best parameters are
 re-fitted on every CV training fold, and their predictions on the matching validation
@@ -34,39 +35,26 @@ from typing import Any, Final, Literal
 import numpy as np
 from numpy.typing import NDArray
 from sklearn.base import clone
-from sklearn.experimental import enable_halving_search_cv  # noqa: F401
 from sklearn.metrics import (
     log_loss,
     make_scorer,
 )
-from sklearn.model_selection import (
-    GridSearchCV,
-    HalvingGridSearchCV,
-    ParameterGrid,
-    RandomizedSearchCV,
-    TimeSeriesSplit,
-    cross_validate,
-)
+from sklearn.model_selection import ParameterGrid, TimeSeriesSplit, cross_validate
 
 from kernel.artifacts import predict_proba
 from kernel.mlp import SlaMLP
 from retrainer.calibration import PlattMap, fit_platt, fold_into
 from retrainer.cancel import CancelToken
 from retrainer.curves import learning_curve
-from retrainer.dataset import (
-    DEFAULT_HOLDOUT_FRACTION,
-    DatasetError,
-    DatasetReason,
-    SupervisedSet,
-    time_split,
-)
+from retrainer.dataset import DEFAULT_HOLDOUT_FRACTION, SupervisedSet, time_split
+from retrainer.errors import DatasetError, DatasetReason
 from retrainer.estimator import SlaNet
 from retrainer.fits import FitBackend, LocalFits
 from retrainer.metrics import evaluate, f1_threshold, half_f1_threshold
+from retrainer.strategies import SearchSetup, StrategyName, strategy_builder
 
 log = logging.getLogger(__name__)
 
-Strategy = Literal["grid", "random", "halving"]
 ThresholdStrategy = Literal["oof_f1", "last_fold_f1", "half_f1"]
 Calibration = Literal["platt", "none"]
 HalvingResource = Literal["n_samples", "max_epochs"]
@@ -132,7 +120,8 @@ class SearchConfig:
     `fits` says where the fits run (`LocalFits`: `n_jobs` local processes).
     """
 
-    strategy: Strategy = "grid"
+    #: A key of `retrainer.strategies.STRATEGIES`.
+    strategy: StrategyName = "grid"
     grid: Mapping[str, Sequence[Any]] = field(default_factory=default_grid)
     n_splits: int = 5
     scoring: str = "neg_log_loss"
@@ -157,8 +146,7 @@ class SearchConfig:
     cancel: CancelToken | None = None
 
     def __post_init__(self) -> None:
-        if self.strategy not in ("grid", "random", "halving"):
-            raise ValueError(f"strategy must be grid, random or halving, got {self.strategy!r}")
+        strategy_builder(self.strategy)  # raises ValueError naming the known strategies
         if self.halving_resource not in ("n_samples", "max_epochs"):
             raise ValueError(f"unknown halving_resource {self.halving_resource!r}")
         if self.calibration not in ("platt", "none"):
@@ -216,7 +204,7 @@ class SearchConfig:
 class SearchResult:
     """The refit winner, how it was chosen, and how it did on the unseen holdout."""
 
-    strategy: Strategy
+    strategy: StrategyName
     best_params: dict[str, Any]
     module: SlaMLP
     threshold: float
@@ -243,7 +231,6 @@ def _make_search(
     config: SearchConfig, cv: TimeSeriesSplit, offset_column: int | None, n_jobs: int
 ) -> Any:
     scoring = _log_loss_scorer() if config.scoring == "neg_log_loss" else config.scoring
-    grid: Any = expand_grid(config.grid)
     common: dict[str, Any] = {
         "scoring": scoring,
         "cv": cv,
@@ -253,31 +240,8 @@ def _make_search(
         "return_train_score": False,
     }
     estimator = config.estimator().set_params(offset_column=offset_column)
-    if config.strategy == "grid":
-        return GridSearchCV(estimator, grid, **common)
-    if config.strategy == "random":
-        return RandomizedSearchCV(
-            estimator,
-            grid,
-            n_iter=min(config.n_iter, config.n_candidates),
-            random_state=config.seed,
-            **common,
-        )
-    if config.halving_resource == "max_epochs":
-        for sub in grid:
-            sub.pop("max_epochs", None)
-        return HalvingGridSearchCV(
-            estimator,
-            grid,
-            factor=config.halving_factor,
-            resource="max_epochs",
-            max_resources=config.max_epochs,
-            random_state=config.seed,
-            **common,
-        )
-    return HalvingGridSearchCV(
-        estimator, grid, factor=config.halving_factor, random_state=config.seed, **common
-    )
+    setup = SearchSetup(estimator, expand_grid(config.grid), common, config)
+    return strategy_builder(config.strategy)(setup)
 
 
 def _jsonable(value: Any) -> Any:
@@ -385,6 +349,7 @@ def run_search(data: SupervisedSet, config: SearchConfig | None = None) -> Searc
         raise DatasetError(
             DatasetReason.TOO_FEW_ROWS,
             f"{y_train.shape[0]} training rows for {config.n_splits} time-series folds",
+            hint="wait for more of the tenant's telemetry or lower n_splits (SLAOPS_N_SPLITS)",
         )
 
     cv = TimeSeriesSplit(n_splits=config.n_splits)

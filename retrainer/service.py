@@ -38,7 +38,7 @@ from kernel.kafka import DeliveryTracker, is_record, position
 from retrainer.cancel import CancelToken
 from retrainer.observability import RetrainerHooks
 from retrainer.offsets import OffsetBook
-from retrainer.publisher import Outcome, RequestHandler
+from retrainer.publisher import RequestHandler, RequestOutcome
 from schemas import RetrainFailed, RetrainRequested
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class Job:
     tenant: str
     request: RetrainRequested
     offsets: list[tuple[int, int]]
-    future: Future[Outcome]
+    future: Future[RequestOutcome]
     attempts: int
     #: This run's own cancel flag: a later run of the same request gets a fresh one.
     cancel: CancelToken = field(default_factory=CancelToken)
@@ -85,6 +85,29 @@ _CANCEL_WAIT_S = 30.0
 DEFAULT_MAX_ATTEMPTS = 3
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a request whose run failed is tried again (the module doc's failure policy).
+
+    Every failed run waits `backoff.jittered_s(attempts)` before the next; a transient
+    error (`kernel.errors.is_transient`) is retried without limit, any other one until
+    `max_attempts` runs in all have failed. Raises `ValueError` for `max_attempts` < 1.
+    """
+
+    backoff: Backoff = DEFAULT_RETRY
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(
+                f"max_attempts must be >= 1, got {self.max_attempts} (1: one run, no retry)"
+            )
+
+    def retries(self, exc: BaseException, attempts: int) -> bool:
+        """Whether a request whose run number `attempts + 1` failed with `exc` runs again."""
+        return is_transient(exc) or attempts + 1 < self.max_attempts
+
+
 class RetrainerService:
     """Drives a `RequestHandler` from a Kafka consumer, one search at a time.
 
@@ -92,8 +115,9 @@ class RetrainerService:
     never costs the group its membership; a tenant's requests that arrive meanwhile
     are coalesced. A request's offset is committed only after its outcome was
     acknowledged. A failed search or delivery leaves it uncommitted and retries it
-    after a growing, jittered pause (`backoff`): without limit while the error is
-    transient, else up to `max_attempts` tries in all, after which a `RetrainFailed`
+    after a growing, jittered pause (`retry`): without limit while the error is
+    transient, else up to `retry.max_attempts` tries in all, after which a
+    `RetrainFailed` (on the handler's `topics.failures`, like every unreadable request)
     ends it. `run` returns when `stop` is set. Never trains on the poll thread.
     """
 
@@ -104,13 +128,9 @@ class RetrainerService:
         consumer: Consumer,
         tracker: DeliveryTracker,
         retrain_topic: str,
-        failures_topic: str,
-        backoff: Backoff = DEFAULT_RETRY,
-        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        retry: RetryPolicy = RetryPolicy(),
         hooks: RetrainerHooks | None = None,
     ) -> None:
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         self.handler = handler
         #: Metrics and health (`retrainer.observability`); the default records nothing.
         self.hooks = hooks if hooks is not None else RetrainerHooks()
@@ -118,9 +138,7 @@ class RetrainerService:
         self._consumer = consumer
         self._tracker = tracker
         self._retrain_topic = retrain_topic
-        self._failures_topic = failures_topic
-        self._backoff = backoff
-        self._max_attempts = max_attempts
+        self._retry = retry
         self._book = OffsetBook()
         self._pending: dict[str, PendingTenant] = {}
         self._job: Job | None = None
@@ -203,7 +221,7 @@ class RetrainerService:
         except ValidationError as exc:
             log.warning("unreadable retrain request partition=%d offset=%d", partition, offset)
             self._emit_now(
-                self._failures_topic,
+                self.handler.topics.failures,
                 message.key(),
                 RetrainFailed(
                     request_event_id=None,
@@ -252,17 +270,19 @@ class RetrainerService:
         self._job = None
         job.cancel.close()
         if job.abandoned:
+            # Its partition moved: whatever it ended in (`Cancelled` mostly) is dropped,
+            # never counted as a failed attempt; the partition's new owner serves it.
             return
         try:
             outcome = job.future.result()
         except Exception as exc:
-            if is_transient(exc) or job.attempts + 1 < self._max_attempts:
+            if self._retry.retries(exc, job.attempts):
                 self._retry_later(job, exc)
                 return
             outcome = self._give_up(job, exc)
         self._deliver(job, outcome)
 
-    def _give_up(self, job: Job, exc: Exception) -> Outcome:
+    def _give_up(self, job: Job, exc: Exception) -> RequestOutcome:
         """The `RetrainFailed` that ends a request whose error is not transient."""
         reason = "store_refused" if isinstance(exc, StoreError) else "unexpected_error"
         log.error(
@@ -276,7 +296,7 @@ class RetrainerService:
         detail = f"{type(exc).__name__} after {job.attempts + 1} attempts: {exc}"
         return self.handler.failed(job.request, reason, detail)
 
-    def _deliver(self, job: Job, outcome: Outcome) -> None:
+    def _deliver(self, job: Job, outcome: RequestOutcome) -> None:
         """Produce the outcome's events; once acknowledged, commit the job's requests."""
         for topic, key, event in outcome.events:
             self._tracker.produce(topic, key=key, value=event.model_dump_json().encode())
@@ -295,7 +315,7 @@ class RetrainerService:
         """Keep the request uncommitted and try again after a growing pause."""
         self.stats.retries += 1
         self.hooks.retried(exc)
-        delay = self._backoff.jittered_s(job.attempts)
+        delay = self._retry.backoff.jittered_s(job.attempts)
         log.warning(
             "tenant=%s event_id=%s failed (%s: %s, %s); retrying in %.0fs",
             job.tenant,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from kernel.features import FeatureSpec
 from kernel.settings import ObservabilitySettings, StoreSettings, TopicName, TopicSettings
@@ -15,6 +15,7 @@ from retrainer.dataset import DEFAULT_HOLDOUT_FRACTION, DEFAULT_MIN_ROWS
 from retrainer.replay import ReplayLimits
 from retrainer.search import SearchConfig
 from retrainer.service import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY
+from retrainer.strategies import STRATEGIES, StrategyName, strategy_builder
 from schemas import topics
 from schemas.telemetry import DEFAULT_MAX_MESSAGE_BYTES
 
@@ -33,6 +34,16 @@ GRID_KEYS = frozenset(
 
 
 _FEATURES = FeatureSpec()
+_STRATEGIES: Final = ", ".join(STRATEGIES)
+
+
+def _known_strategy(name: StrategyName) -> StrategyName:
+    strategy_builder(name)  # raises ValueError naming the known strategies
+    return name
+
+
+#: A key of `retrainer.strategies.STRATEGIES`, checked against it.
+StrategyChoice = Annotated[str, AfterValidator(_known_strategy)]
 #: A dask.distributed scheduler address: tcp or tls, a host name, IPv4 or [IPv6], a port.
 _DASK_ADDRESS = re.compile(
     r"(tcp|tls)://([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]):(?P<port>\d{1,5})"
@@ -60,8 +71,8 @@ class RetrainerSettings(StoreSettings, TopicSettings, ObservabilitySettings):
         ge=1_000,
         description="librdkafka max.poll.interval.ms (searches run beside the poll loop).",
     )
-    strategy: Literal["grid", "random", "halving"] = Field(
-        default="grid", description="Search strategy."
+    strategy: StrategyChoice = Field(
+        default=SearchConfig.strategy, description=f"Search strategy: {_STRATEGIES}."
     )
     grid: dict[str, list[Any]] | None = Field(
         default=None,

@@ -20,6 +20,13 @@ from schemas.telemetry import (
     TelemetryEvent,
     parse_telemetry,
 )
+from schemas.warnings import (
+    WARNINGS_CONTRACT_VERSION,
+    WarningCleared,
+    WarningPolicyFacts,
+    WarningRaised,
+    warning_event_id,
+)
 
 #: Every contract with a JSON Schema file beside it, by file stem.
 EXPORTED: dict[str, type[BaseModel]] = {
@@ -30,6 +37,8 @@ EXPORTED: dict[str, type[BaseModel]] = {
     "retrain_failed": RetrainFailed,
     "champion_kept": ChampionKept,
     "forecast": Forecast,
+    "warning_raised": WarningRaised,
+    "warning_cleared": WarningCleared,
 }
 
 __all__ = [
@@ -48,6 +57,11 @@ __all__ = [
     "RetrainReason",
     "RetrainRequested",
     "TelemetryEvent",
+    "WARNINGS_CONTRACT_VERSION",
+    "WarningCleared",
+    "WarningPolicyFacts",
+    "WarningRaised",
+    "warning_event_id",
     "parse_telemetry",
     "retrain_event_id",
 ]

@@ -14,14 +14,23 @@ from schemas.telemetry import TenantSlug
 
 
 class Forecast(BaseModel):
-    """P(breach) `horizon` intervals after the event at `ts`, from the tenant's live model."""
+    """P(a breach within the next `horizon` intervals after the event at `ts`).
+
+    From the tenant's live forecaster (contract version `WARNINGS_CONTRACT_VERSION`:
+    version 1 forecast the breach of the one interval `horizon` ahead).
+    """
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
     tenant: TenantSlug
     ts: AwareDatetime = Field(description="Event time of the event the forecast was made at.")
-    horizon: int = Field(ge=1, description="Intervals ahead the forecast is for.")
+    horizon: int = Field(
+        ge=1, description="The forecast is for a breach within the next `horizon` intervals."
+    )
     probability: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
-    breach_expected: bool = Field(description="probability >= the model's threshold.")
+    breach_expected: bool = Field(
+        description="The tenant's warning is on: it is quiet (no breach in the last 12 "
+        "intervals) and probability >= the warning policy's threshold."
+    )
     model_revision: str = Field(max_length=128, description="Store revision of the model.")
     model_version: int = Field(ge=1, description="The store's count of the tenant's versions.")

@@ -7,6 +7,7 @@ RETRAIN_FAILURES = "sla.retrain.failures"
 RETRAIN_DECISIONS = "sla.retrain.decisions"
 MODELS = "sla.models"
 FORECASTS = "sla.forecasts"
+WARNINGS = "sla.warnings"
 CONSUMER_CHECKPOINTS = "slaops.consumer.checkpoints"
 
 #: Kafka's own limit on topic names: legal characters and length.

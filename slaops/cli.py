@@ -76,7 +76,10 @@ def settings_from_args(cls: type[BaseSettings], namespace: argparse.Namespace) -
             try:
                 value = json.loads(value)
             except json.JSONDecodeError as exc:
-                raise ConfigError(f"{name} ({setting_sources(name)}): not valid JSON") from exc
+                raise ConfigError(
+                    f"{name} ({setting_sources(name)}): not valid JSON; pass one quoted JSON "
+                    """value, e.g. --grid '{"lr": [0.01, 0.001]}'"""
+                ) from exc
         overrides[name] = value
     return load_settings(cls, overrides)
 
@@ -112,7 +115,7 @@ def _watch(settings: Any) -> int:
 
 
 def _report(settings: Any) -> int:
-    from slaops.report import run_report
+    from slaops.fleet_report import run_report
 
     return run_report(settings)
 
@@ -122,7 +125,7 @@ def commands() -> dict[str, tuple[str, type[BaseSettings], Runner]]:
     from retrainer.settings import RetrainerSettings
     from simulator.settings import SimulatorSettings
     from slaops.demo import DemoSettings
-    from slaops.report import ReportSettings
+    from slaops.fleet_report import ReportSettings
     from slaops.watch import WatchSettings
 
     return {

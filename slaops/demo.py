@@ -42,7 +42,7 @@ from retrainer.main import topic_specs as retrainer_topics
 from retrainer.settings import RetrainerSettings
 from simulator.model import DriftPlan, EventMeta, TelemetrySimulator
 from slaops.demo_view import DemoState, dashboard, summary_rows, summary_table
-from slaops.report import ReportSettings, generate, write_page
+from slaops.fleet_report import ReportSettings, generate, write_page
 from slaops.watch import WatchSettings, watch
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,8 @@ from rich.table import Table
 
 from kernel.artifacts import load_model
 from kernel.store import ModelStore
-from retrainer.dataset import DatasetError, build_pairs
+from retrainer.dataset import pairs_for_model
+from retrainer.errors import DatasetError
 from retrainer.metrics import evaluate
 from schemas import (
     FEATURES,
@@ -133,14 +134,13 @@ def _f1_on(
     module, loaded = load_model(card, weights, "safetensors")
     try:
         ts, features, labels = events
-        data = build_pairs(
+        data = pairs_for_model(
             ts,
             features,
             labels,
             horizon=loaded.horizon,
             spec=loaded.features,
             min_rows=50,
-            exact_spec=True,
         )
     except DatasetError:
         return None

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from kernel.store import open_store
-from retrainer.cancel import Cancelled, CancelToken
+from retrainer.cancel import CancelToken
 from retrainer.dataset import build_pairs
+from retrainer.errors import Cancelled
 from retrainer.search import SearchConfig, run_search
 from schemas import ModelPublished
 from tests.retrain_data import request_for, tenant_rows

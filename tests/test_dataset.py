@@ -11,14 +11,8 @@ from sklearn.model_selection import TimeSeriesSplit
 import retrainer.dataset
 from kernel.errors import SlaopsError
 from kernel.features import LOG_METRICS, FeatureSpec
-from retrainer.dataset import (
-    DatasetError,
-    DatasetReason,
-    SupervisedSet,
-    build_pairs,
-    dataset_sha256,
-    time_split,
-)
+from retrainer.dataset import SupervisedSet, build_pairs, dataset_sha256, time_split
+from retrainer.errors import DatasetError, DatasetReason
 from schemas.telemetry import FEATURES
 
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from consumer.live_model import LiveModel
 from kernel.features import LOG_METRICS, FeatureSpec
-from retrainer.dataset import build_pairs
+from retrainer.dataset import pairs_for_model
 from schemas.telemetry import FEATURES
 from tests.retrain_data import tenant_rows
 from tests.test_live_models import core_with, load, messages
@@ -190,9 +190,7 @@ def test_online_inputs_equal_the_training_rows_across_batches(
     model = load(published)
     stream = messages(3, 150.0, N)
     rows = tenant_rows(N, seed=3, threshold_ms=150.0)
-    offline = build_pairs(
-        rows.ts, rows.features, rows.labels, spec=model.features, min_rows=1, exact_spec=True
-    )
+    offline = pairs_for_model(rows.ts, rows.features, rows.labels, spec=model.features, min_rows=1)
     core = core_with(model)
     with captured_inputs(model) as seen:
         for start, stop in zip((0, *cuts), (*cuts, N), strict=True):
@@ -207,9 +205,7 @@ def test_online_inputs_equal_the_training_rows_after_a_restart(published) -> Non
     model = load(published)
     stream = messages(3, 150.0, N)
     rows = tenant_rows(N, seed=3, threshold_ms=150.0)
-    offline = build_pairs(
-        rows.ts, rows.features, rows.labels, spec=model.features, min_rows=1, exact_spec=True
-    )
+    offline = pairs_for_model(rows.ts, rows.features, rows.labels, spec=model.features, min_rows=1)
     before = core_with(model)
     before.process(stream[:400])
     # A new process: the window is rebuilt by replaying what the first one committed

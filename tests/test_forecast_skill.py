@@ -20,7 +20,7 @@ from consumer.settings import ConsumerSettings
 from kernel.kafka import ensure_topics
 from kernel.store import ModelStore
 from retrainer.pipeline import TrainingConfig
-from retrainer.publisher import RequestHandler
+from retrainer.publisher import OutcomeTopics, RequestHandler
 from schemas import ModelPublished
 from tests.factories import consumer_names
 from tests.kafka_helpers import produce_all, read_topic, wait_for
@@ -70,9 +70,7 @@ def test_published_forecasts_after_the_training_window_beat_the_prior(
         tenant_key=KEY,
         training=TrainingConfig(search=SEARCH),
         replay=lambda _request: training,
-        models_topic=settings.models_topic,
-        failures_topic="f",
-        decisions_topic="d",
+        topics=OutcomeTopics(models=settings.models_topic, failures="f", decisions="d"),
     )
     event = handler.handle(request_for("acme", offset=TRAIN - 1)).events[0][2]
     assert isinstance(event, ModelPublished), "the model did not pass the skill gate"

@@ -34,7 +34,7 @@ from kernel.store.index import MAX_INDEX_BYTES, next_index
 from kernel.store.paths import index_path
 from kernel.tenant_hash import tenant_hash
 from retrainer.pipeline import TrainingConfig
-from retrainer.publisher import RequestHandler
+from retrainer.publisher import OutcomeTopics, RequestHandler
 from retrainer.replay import TenantRows
 from retrainer.search import SearchConfig
 from schemas import ModelPublished, RetrainRequested
@@ -64,9 +64,9 @@ def handler(store: FileStore) -> RequestHandler:
         tenant_key=KEY,
         training=TrainingConfig(search=SMALL_SEARCH),
         replay=replay,
-        models_topic="sla.models",
-        failures_topic="sla.retrain.failed",
-        decisions_topic="sla.retrain.decisions",
+        topics=OutcomeTopics(
+            models="sla.models", failures="sla.retrain.failed", decisions="sla.retrain.decisions"
+        ),
     )
 
 

@@ -16,7 +16,7 @@ from consumer.settings import ConsumerSettings
 from kernel.kafka import ensure_topics
 from kernel.store import ModelStore
 from retrainer.pipeline import TrainingConfig
-from retrainer.publisher import RequestHandler
+from retrainer.publisher import OutcomeTopics, RequestHandler
 from schemas import ModelPublished
 from tests.factories import consumer_names
 from tests.kafka_helpers import produce_all, read_topic, wait_for
@@ -62,9 +62,7 @@ def test_a_model_announced_mid_stream_takes_over_with_no_gap(
         tenant_key=KEY,
         training=TrainingConfig(search=SEARCH, min_rows=100, champion_margin=-10.0),
         replay=lambda request: tenant_rows(1_500, seed=request.source[0].end_offset % 97),
-        models_topic=settings.models_topic,
-        failures_topic="f",
-        decisions_topic="d",
+        topics=OutcomeTopics(models=settings.models_topic, failures="f", decisions="d"),
     )
     first = publish(handler, 599)
     assert first.model_version == 1

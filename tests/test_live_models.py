@@ -19,7 +19,7 @@ from consumer.performance import PerformanceConfig
 from kernel.store import ModelStore, open_store
 from kernel.tenant_hash import tenant_hash
 from retrainer.pipeline import TrainingConfig
-from retrainer.publisher import RequestHandler
+from retrainer.publisher import OutcomeTopics, RequestHandler
 from retrainer.search import SearchConfig
 from schemas import ModelPublished
 from tests.retrain_data import request_for, telemetry_messages, tenant_rows
@@ -44,9 +44,7 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, ModelStore
         tenant_key=KEY,
         training=TrainingConfig(search=SEARCH, min_rows=100),
         replay=lambda request: tenant_rows(1_500, seed=3),
-        models_topic="m",
-        failures_topic="f",
-        decisions_topic="d",
+        topics=OutcomeTopics(models="m", failures="f", decisions="d"),
     )
     event = handler.handle(request_for("acme")).events[0][2]
     assert isinstance(event, ModelPublished)

@@ -25,7 +25,7 @@ from kernel.logs import JsonFormatter
 from kernel.observability import Health, ObservabilityServer, consumer_lags, series_names
 from kernel.settings import load_settings
 from retrainer.observability import RetrainerMetrics
-from retrainer.publisher import Outcome
+from retrainer.publisher import RequestOutcome
 from retrainer.settings import RetrainerSettings
 from schemas import RejectReason, RetrainFailed
 from tests.streams import RawRecord, interleave, telemetry_values
@@ -278,12 +278,12 @@ def test_retrainer_metrics_count_outcomes_failures_and_store_errors() -> None:
     metrics.received(0, 2, 1_000_000)
     metrics.coalesced(1)
     clock.now = 1_012.5
-    metrics.finished(Outcome("published", []), [(0, 1), (0, 2)])
+    metrics.finished(RequestOutcome("published", []), [(0, 1), (0, 2)])
     metrics.received(0, 3, None)
-    metrics.finished(Outcome("failed", [("f", b"k", failed)]), [(0, 3)])
+    metrics.finished(RequestOutcome("failed", [("f", b"k", failed)]), [(0, 3)])
     metrics.received(0, 4, None)
     metrics.invalid(0, 4)
-    metrics.finished(Outcome("duplicates", []), [])
+    metrics.finished(RequestOutcome("duplicates", []), [])
 
     class Flaky:
         def publish(self, tenant_hash: str, files: Any, *, message: str) -> Any:

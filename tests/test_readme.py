@@ -13,7 +13,7 @@ from kernel.settings import setting_sources
 from retrainer.settings import RetrainerSettings
 from simulator.settings import SimulatorSettings
 from slaops.demo import DemoSettings
-from slaops.report import ReportSettings
+from slaops.fleet_report import ReportSettings
 from slaops.settings_doc import render
 from slaops.watch import WatchSettings
 

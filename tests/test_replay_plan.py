@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from retrainer.replay import ReplayLimits, RequestRefused, plan_replay
+from retrainer.errors import RequestRefused
+from retrainer.replay import ReplayLimits, plan_replay
 from schemas import OffsetRange
 
 LIMITS = ReplayLimits(topic="sla.telemetry", max_ranges=64, max_offsets=100_000)

@@ -27,11 +27,11 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
+from kernel.model_report import PLOT_KINDS
 from kernel.store import open_store
 from kernel.tenant_hash import tenant_hash
 from retrainer.pipeline import TrainingConfig
-from retrainer.publisher import RequestHandler
-from retrainer.report import PLOT_KINDS
+from retrainer.publisher import OutcomeTopics, RequestHandler
 from retrainer.search import SearchConfig
 from schemas import ChampionKept, RetrainFailed, RetrainRequested
 from simulator.model import TelemetrySimulator
@@ -86,9 +86,9 @@ def fleet(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
         tenant_key=KEY,
         training=TrainingConfig(search=SEARCH, min_rows=100),
         replay=lambda request: tenant_rows(ROWS[request.tenant][0], seed=ROWS[request.tenant][1]),
-        models_topic=topics["models"],
-        failures_topic=topics["failures"],
-        decisions_topic=topics["decisions"],
+        topics=OutcomeTopics(
+            models=topics["models"], failures=topics["failures"], decisions=topics["decisions"]
+        ),
     )
     requests: list[RetrainRequested] = []
     answers: list[tuple[str, bytes, bytes]] = []

@@ -17,7 +17,7 @@ from kernel.tenant_hash import tenant_hash
 from retrainer.cancel import CancelToken
 from retrainer.dataset import build_pairs
 from retrainer.main import build_service, topic_specs
-from retrainer.publisher import Outcome
+from retrainer.publisher import RequestOutcome
 from retrainer.service import RetrainerService
 from retrainer.settings import RetrainerSettings
 from schemas import ModelPublished, RetrainFailed, RetrainRequested, retrain_event_id
@@ -152,7 +152,7 @@ def test_a_search_longer_than_max_poll_interval_costs_no_rebalance(
     service = build_service(settings)
     handle = service.handler.handle
 
-    def slow_handle(job: RetrainRequested, cancel: CancelToken | None = None) -> Outcome:
+    def slow_handle(job: RetrainRequested, cancel: CancelToken | None = None) -> RequestOutcome:
         time.sleep(settings.max_poll_interval_ms / 1000 + 3)  # a search this long
         return handle(job, cancel)
 

@@ -15,7 +15,8 @@ from sklearn.model_selection import GridSearchCV, TimeSeriesSplit
 
 from kernel.features import FeatureSpec
 from kernel.mlp import SlaMLP, build_module
-from retrainer.dataset import DatasetError, DatasetReason, SupervisedSet, build_pairs
+from retrainer.dataset import SupervisedSet, build_pairs
+from retrainer.errors import DatasetError, DatasetReason
 from retrainer.estimator import SlaNet, TailSplit
 from retrainer.metrics import evaluate, f1_threshold
 from retrainer.search import (

@@ -14,7 +14,7 @@ import pytest
 
 from kernel.store import open_store
 from retrainer.pipeline import TrainingConfig
-from retrainer.publisher import RequestHandler
+from retrainer.publisher import OutcomeTopics, RequestHandler
 from schemas import ChampionKept, ModelPublished, RetrainRequested
 from slaops.watch import WatchSettings, describe
 from tests.factories import answer_names
@@ -39,9 +39,11 @@ def topics(bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path) ->
         tenant_key=KEY,
         training=TrainingConfig(search=SEARCH, min_rows=100),
         replay=lambda request: tenant_rows(1_000, seed=3),
-        models_topic=settings.models_topic,
-        failures_topic=settings.failures_topic,
-        decisions_topic=settings.decisions_topic,
+        topics=OutcomeTopics(
+            models=settings.models_topic,
+            failures=settings.failures_topic,
+            decisions=settings.decisions_topic,
+        ),
     )
     request = request_for("acme")
     model = handler.handle(request).events[0][2]

@@ -1,4 +1,4 @@
-"""What `slaops report` shows, read back from the topics and the store, validated and bounded.
+"""The fleet report's data, read back from the topics and the store, validated and bounded.
 
 Topics are read from the beginning by one reader outside any group (it never commits),
 until they have been quiet for `idle_s`, `timeout_s` has passed or `max_records`
@@ -25,11 +25,11 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from kernel.artifacts import ModelCard, sha256_hex
 from kernel.errors import StoreError
 from kernel.kafka import base_config, is_record, make_reader
+from kernel.model_report import PLOT_KINDS, report_card_digest
+from kernel.model_report.plots import render_plots
 from kernel.settings import ServiceSettings
 from kernel.store import ModelStore, report_paths
 from kernel.tenant_hash import tenant_hash
-from retrainer.plots import render_plots
-from retrainer.report import PLOT_KINDS, report_card_digest
 from schemas import (
     ChampionKept,
     InvalidTelemetry,
@@ -211,8 +211,12 @@ def downsample(
 
 
 @dataclass
-class LiveModel:
-    """A tenant's live version as the store says, with its report's plots."""
+class LiveVersion:
+    """A tenant's live version as the store says, with its report's plots (or the problem).
+
+    What the fleet report shows of a version: metadata and pictures, never a loaded
+    module (the model a consumer serves is `consumer.live_model.LiveModel`).
+    """
 
     revision: str
     version: int
@@ -227,7 +231,7 @@ class TenantReport:
     label: str
     tenant_hash: str | None
     events: TenantEvents
-    live: LiveModel | None
+    live: LiveVersion | None
     problem: str | None = None
 
     @property
@@ -281,14 +285,14 @@ def build_reports(read: TopicRead, store: ModelStore, key: SecretStr | None) -> 
         report = TenantReport(label=label, tenant_hash=hashed, events=events, live=None)
         if hashed is not None:
             try:
-                report.live = live_model(store, hashed)
+                report.live = live_version(store, hashed)
             except StoreError as exc:
                 report.problem = f"store unreadable: {exc}"
         reports.append(report)
     return reports
 
 
-def live_model(store: ModelStore, hashed: str) -> LiveModel | None:
+def live_version(store: ModelStore, hashed: str) -> LiveVersion | None:
     """The store's newest version of `hashed`, its card and its plots (checked)."""
     head = store.head(hashed)  # bounded: the same few reads whatever the store holds
     if head is None:
@@ -300,7 +304,7 @@ def live_model(store: ModelStore, hashed: str) -> LiveModel | None:
         )
         card = ModelCard.model_validate_json(card_bytes)
     except (StoreError, ValidationError) as exc:
-        return LiveModel(latest.revision, version, None, problem=f"card unreadable: {exc}")
+        return LiveVersion(latest.revision, version, None, problem=f"card unreadable: {exc}")
     digest = sha256_hex(card_bytes)
     plots: dict[str, bytes] = {}
     paths = report_paths(hashed)
@@ -313,5 +317,5 @@ def live_model(store: ModelStore, hashed: str) -> LiveModel | None:
             break  # not this card's plot (an older version's, or not ours)
         plots[kind] = data
     if len(plots) == len(PLOT_KINDS):
-        return LiveModel(latest.revision, version, card, plots, plots_from_store=True)
-    return LiveModel(latest.revision, version, card, render_plots(card, digest))
+        return LiveVersion(latest.revision, version, card, plots, plots_from_store=True)
+    return LiveVersion(latest.revision, version, card, render_plots(card, digest))

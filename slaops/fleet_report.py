@@ -1,7 +1,7 @@
 """`slaops report`: the fleet as one self-contained HTML page, written or served.
 
-Reads the topics (`slaops.report_data`, bounded and validated) and the store, then
-renders the page (`slaops.report_html`). `--serve` keeps it fresh on a loopback port:
+Reads the topics (`slaops.fleet_data`, bounded and validated) and the store, then
+renders the page (`slaops.fleet_html`). `--serve` keeps it fresh on a loopback port:
 a thread regenerates it every `refresh_s` and the page reloads itself as often.
 Tenants are named by slug only when the tenant key is configured; otherwise by hash.
 """
@@ -24,8 +24,8 @@ from kernel.settings import StoreSettings, TopicName
 from kernel.tenant_hash import KEY_FILE_NAME, load_or_create_local_key
 from schemas import topics
 from schemas.telemetry import DEFAULT_MAX_MESSAGE_BYTES
-from slaops.report_data import ReadLimits, build_reports, read_topics
-from slaops.report_html import render_page
+from slaops.fleet_data import ReadLimits, build_reports, read_topics
+from slaops.fleet_html import render_page
 
 log = logging.getLogger(__name__)
 
@@ -208,4 +208,7 @@ def run_report(settings: ReportSettings, stop: threading.Event | None = None) ->
         stop.set()
         return 0
     except OSError as exc:
-        raise ConfigError(f"cannot serve on {settings.host}:{settings.port}: {exc}") from exc
+        raise ConfigError(
+            f"cannot serve on {settings.host}:{settings.port}: {exc}; pick another --port "
+            "(SLAOPS_PORT; 0 takes any free one) or stop what holds it"
+        ) from exc

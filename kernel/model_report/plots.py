@@ -1,10 +1,12 @@
 """The plots of a version's report, drawn from its JSON card only (so they never disagree).
 
 matplotlib's object API on the Agg canvas: no pyplot, hence no global figure state and
-no display, safe in the retrainer's worker thread. Each plot is a small PNG (about
-400 x 280 pixels) whose bytes depend only on the card and the matplotlib version: no
-timestamp, no "Software" tag; a ``Description`` text chunk names the sha256 of the card
-it was drawn from, so a reader can tell a plot of this version from a stale one.
+no display, safe in a worker thread (the retrainer's, the report server's). A leaf
+module: the kernel's one importer of matplotlib, imported only to draw. Each plot is a
+small PNG (about 400 x 280 pixels) whose bytes depend only on the card and the
+matplotlib version: no timestamp, no "Software" tag; a ``Description`` text chunk names
+the sha256 of the card it was drawn from (`kernel.model_report.digests` reads it), so a
+reader can tell a plot of this version from a stale one.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from kernel.artifacts import ModelCard
+from kernel.model_report import PLOT_KINDS
+from kernel.model_report.digests import DIGEST_PREFIX
 
 matplotlib.use("Agg")  # no display, whoever imports pyplot later in this process
 
-#: Text chunk of every plot: this prefix, then the card's sha256.
-DIGEST_PREFIX: Final = "slaops-card-sha256:"
 _SIZE: Final = (5.0, 3.5)
 _DPI: Final = 80
 _MODEL, _PRIOR, _PERSIST, _LOGISTIC = "#1f6feb", "#8c959f", "#bf8700", "#8250df"
@@ -259,42 +261,17 @@ def beside_baselines(card: ModelCard, digest: str) -> bytes:
     return _png(fig, digest)
 
 
-#: report kind -> what draws it (the kinds of `kernel.store.REPORT_KINDS`).
-PLOTS: Final[dict[str, tuple[str, Callable[[ModelCard, str], bytes]]]] = {
-    "plot_search": ("Search landscape", search_landscape),
-    "plot_learning": ("Learning curves", learning_curves),
-    "plot_pr": ("Precision-recall curve", precision_recall),
-    "plot_reliability": ("Reliability diagram", reliability),
-    "plot_confusion": ("Confusion matrix", confusion),
-    "plot_baselines": ("Beside the baselines", beside_baselines),
+#: Plot kind -> what draws it (the kinds of `kernel.model_report.PLOT_TITLES`).
+DRAW: Final[dict[str, Callable[[ModelCard, str], bytes]]] = {
+    "plot_search": search_landscape,
+    "plot_learning": learning_curves,
+    "plot_pr": precision_recall,
+    "plot_reliability": reliability,
+    "plot_confusion": confusion,
+    "plot_baselines": beside_baselines,
 }
 
 
 def render_plots(card: ModelCard, digest: str) -> dict[str, bytes]:
     """Every plot of the card's report, by report kind, as PNG bytes."""
-    return {kind: draw(card, digest) for kind, (_title, draw) in PLOTS.items()}
-
-
-def png_card_digest(data: bytes) -> str | None:
-    """The card sha256 a PNG of ours names in its text chunk; None for anything else.
-
-    Reads at most the chunks before the image data, each bounded by the file's size.
-    """
-    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return None
-    at = 8
-    for _ in range(64):
-        if at + 8 > len(data):
-            return None
-        length = int.from_bytes(data[at : at + 4], "big")
-        kind = data[at + 4 : at + 8]
-        body = data[at + 8 : at + 8 + length]
-        if kind == b"IDAT" or len(body) != length:
-            return None
-        if kind == b"tEXt":
-            key, _sep, text = body.partition(b"\x00")
-            value = text.decode("latin-1")
-            if key == b"Description" and value.startswith(DIGEST_PREFIX):
-                return value[len(DIGEST_PREFIX) :]
-        at += 12 + length
-    return None
+    return {kind: DRAW[kind](card, digest) for kind in PLOT_KINDS}

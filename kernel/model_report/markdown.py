@@ -16,9 +16,8 @@ from typing import Any
 import yaml
 
 from kernel.artifacts import ModelCard
+from kernel.model_report.digests import DIGEST_KEY
 
-#: The YAML key naming the sha256 of the JSON card this Markdown was rendered from.
-DIGEST_KEY = "slaops_card_sha256"
 _METRIC_NAMES = {
     "log_loss": "log loss",
     "brier": "Brier score",
@@ -168,19 +167,3 @@ def render_markdown(
         "",
     ]
     return "\n".join(lines).encode("utf-8")
-
-
-def markdown_card_digest(text: bytes) -> str | None:
-    """The card sha256 a Markdown card of ours names in its front matter, or None."""
-    try:
-        head = text.decode("utf-8").split("\n---\n", 1)[0]
-    except UnicodeDecodeError:
-        return None
-    if not head.startswith("---\n"):
-        return None
-    try:
-        meta = yaml.safe_load(head[4:])
-    except yaml.YAMLError:
-        return None
-    value = meta.get(DIGEST_KEY) if isinstance(meta, dict) else None
-    return value if isinstance(value, str) else None

@@ -17,8 +17,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter, date2num
 from matplotlib.figure import Figure
 
-from retrainer.report import PLOT_KINDS, PLOT_TITLES
-from slaops.report_data import TenantReport, TopicRead, downsample
+from kernel.model_report import PLOT_KINDS, PLOT_TITLES
+from slaops.fleet_data import TenantReport, TopicRead, downsample
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1f2328;
