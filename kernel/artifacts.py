@@ -34,7 +34,13 @@ from kernel.mlp import SlaMLP, build_module
 WeightFormat = Literal["safetensors", "pt"]
 WEIGHT_FORMATS: tuple[str, ...] = get_args(WeightFormat)
 #: 2: the feature pipeline's spec replaces `lags`; baselines, skill and calibration.
-CARD_FORMAT_VERSION = 2
+#: 3: a breach within the horizon; the forecaster's kind, its warning policy, the rules
+#: beside it and the evidence, all out of fold. Format 2 cards still load and serve.
+CARD_FORMAT_VERSION = 3
+READABLE_CARD_FORMATS = (2, 3)
+ForecasterKind = Literal["mlp", "linear_trend", "seasonal_naive", "level", "prior"]
+#: What `horizon` means: the one interval that far ahead (format 2), or any within it.
+Target = Literal["at", "within"]
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 #: Bounds of the card's report fields: a card stays small whatever the search did.
@@ -96,17 +102,33 @@ class ModelCard(BaseModel):
     pr_curve: list[PRPoint] = Field(default_factory=list, max_length=MAX_PR_POINTS)
     lineage: dict[str, Any]
     files: dict[str, str]
+    #: Format 3: what is forecast, by which kind of forecaster (on which input column for
+    #: a rule), the warning policy (threshold, budget, out-of-fold record), the rules
+    #: judged beside it, and the evidence (n, positives, fresh onsets).
+    target: Target = "at"
+    horizon_s: float | None = Field(default=None, ge=0.0)
+    forecaster: ForecasterKind = "mlp"
+    forecaster_input: str | None = Field(default=None, max_length=128)
+    warning: dict[str, Any] = Field(default_factory=dict)
+    rules: dict[str, dict[str, Any]] = Field(default_factory=dict, max_length=8)
+    evidence: dict[str, Any] = Field(default_factory=dict, max_length=16)
 
     @property
     def lags(self) -> int:
         return self.features.lags
 
+    @property
+    def warns(self) -> bool:
+        """Whether the policy ever warns (a threshold of 1 means never)."""
+        return self.threshold < 1.0
+
     @field_validator("format_version")
     @classmethod
     def _known_version(cls, value: int) -> int:
-        if value != CARD_FORMAT_VERSION:
+        if value not in READABLE_CARD_FORMATS:
             raise ValueError(
-                f"unsupported card format_version {value} (expected {CARD_FORMAT_VERSION})"
+                f"unsupported card format_version {value} (this code reads "
+                f"{', '.join(map(str, READABLE_CARD_FORMATS))}; upgrade slaops to read newer)"
             )
         return value
 
@@ -133,6 +155,8 @@ class ModelCard(BaseModel):
     def _features_match_architecture(self) -> ModelCard:
         if tuple(self.feature_order) != self.features.names():
             raise ValueError("feature_order is not what the card's feature spec computes")
+        if self.forecaster_input is not None and self.forecaster_input not in self.feature_order:
+            raise ValueError(f"forecaster_input {self.forecaster_input!r} is not a feature")
         n_features = self.architecture.get("n_features")
         if isinstance(n_features, int) and n_features != len(self.feature_order):
             raise ValueError(
@@ -315,12 +339,14 @@ def _check_usable(module: SlaMLP) -> None:
             f"tensor 'feature_std' has {int((std <= 0).sum())} value(s) <= 0 "
             f"(min {float(std.min())}): normalisation would divide by zero or flip a feature"
         )
-    column = int(module.offset_column)
-    if not (column == -1 or 0 <= column < module.n_features):
-        raise ArtifactError(
-            f"tensor 'offset_column' is {column}: expected -1 or a column in "
-            f"[0, {module.n_features})"
-        )
+    columns = {"offset_column": int(module.offset_column)}
+    if module.gated:
+        columns["gate_column"] = int(module.gate_column)
+    for name, column in columns.items():
+        if not (column == -1 or 0 <= column < module.n_features):
+            raise ArtifactError(
+                f"tensor {name!r} is {column}: expected -1 or a column in [0, {module.n_features})"
+            )
 
 
 def predict_proba(module: SlaMLP, X: np.ndarray) -> np.ndarray:

@@ -1,10 +1,10 @@
-"""Forecasts that need no network, fitted on the same training rows and scored on the
-same holdout as the challenger: what a model must beat to be worth publishing.
+"""Forecasts that need no network, fitted on each fold's training rows and scored on the
+same out-of-fold rows as every candidate: what a forecaster is set beside.
 
-* ``prior``: the tenant's breach rate on the training rows, for every interval.
+* ``prior``: the tenant's rate of "a breach within the horizon" on the training rows.
 * ``persistence``: "this interval's breach" -- the hard forecast is the breach flag
-  at t; its probabilities are P(breach at t+h | breach at t) counted on the training
-  rows (Laplace-smoothed), so that log loss and Brier are defined.
+  at t; its probabilities are P(breach within the horizon | breach at t) counted on the
+  training rows (Laplace-smoothed), so that log loss and Brier are defined.
 * ``logistic``: a logistic regression on the same features (standardised).
 
 Skill over a baseline is ``1 - score / baseline_score`` for log loss and Brier
@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 from numpy.typing import NDArray
@@ -24,8 +24,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from retrainer.dataset import SupervisedSet
-from retrainer.metrics import evaluate_proba, f1_threshold
+from retrainer.metrics import evaluate_proba
+
+if TYPE_CHECKING:  # the forecasters import the estimator, which imports this module
+    from retrainer.forecasters import Folds, TenantRows
 
 BASELINES: Final = ("prior", "persistence", "logistic")
 #: The baselines a challenger must beat (probabilistic skill > 0) to go live.
@@ -54,44 +56,38 @@ def persistence_proba(flags: Any, y: Any) -> NDArray[np.float64]:
     )
 
 
-def _breach_now(data: SupervisedSet, rows: NDArray[np.int64]) -> NDArray[np.bool_]:
-    column = data.feature_names.index("breach")
-    flags: NDArray[np.bool_] = data.X[rows, column] >= 0.5
-    return flags
+def oof_baselines(rows: TenantRows, folds: Folds, *, seed: int = 0) -> BaselineForecasts:
+    """Every baseline fitted on each fold's training rows, scored on its validation rows.
 
-
-def score_baselines(
-    data: SupervisedSet,
-    train_idx: NDArray[np.int64],
-    holdout_idx: NDArray[np.int64],
-    *,
-    seed: int = 0,
-) -> BaselineForecasts:
-    """Fit every baseline on `train_idx` and score it on `holdout_idx`."""
-    y_train = data.y[train_idx].astype(np.float64)
-    y_hold = data.y[holdout_idx]
-    n_hold = len(holdout_idx)
-    metrics: dict[str, dict[str, float]] = {}
-    proba: dict[str, NDArray[np.float64]] = {}
-
-    rate = float(np.clip(y_train.mean(), _EPS, 1 - _EPS))
-    proba["prior"] = np.full(n_hold, rate)
-    metrics["prior"] = evaluate_proba(y_hold, proba["prior"], 0.5)
-
-    now_train = _breach_now(data, train_idx)
-    now_hold = _breach_now(data, holdout_idx)
-    given = persistence_proba(now_train, y_train)
-    proba["persistence"] = np.where(now_hold, given[1], given[0]).astype(np.float64)
-    metrics["persistence"] = evaluate_proba(y_hold, proba["persistence"], 0.5, y_pred=now_hold)
-
-    logistic = make_pipeline(
-        StandardScaler(), LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
-    )
-    logistic.fit(data.X[train_idx], data.y[train_idx].astype(np.int64))
-    fitted = logistic.predict_proba(data.X[train_idx])[:, 1]
-    threshold = f1_threshold(y_train, fitted)
-    proba["logistic"] = logistic.predict_proba(data.X[holdout_idx])[:, 1].astype(np.float64)
-    metrics["logistic"] = evaluate_proba(y_hold, proba["logistic"], threshold)
+    The same out-of-fold rows every candidate is judged on (`Folds.valid`), so a card's
+    baselines and its forecaster answer the same question on the same data.
+    """
+    valid = folds.valid
+    y = rows.y[valid]
+    parts: dict[str, list[NDArray[np.float64]]] = {name: [] for name in BASELINES}
+    for train, check in folds.splits:
+        y_train = rows.y[train]
+        rate = float(np.clip(y_train.mean(), _EPS, 1 - _EPS))
+        parts["prior"].append(np.full(len(check), rate))
+        given = persistence_proba(rows.breach[train], y_train)
+        parts["persistence"].append(np.where(rows.breach[check], given[1], given[0]))
+        if 0 < y_train.sum() < len(y_train):
+            logistic = make_pipeline(
+                StandardScaler(), LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
+            )
+            logistic.fit(rows.X[train], y_train.astype(np.int64))
+            parts["logistic"].append(logistic.predict_proba(rows.X[check])[:, 1])
+        else:
+            parts["logistic"].append(np.full(len(check), rate))
+    proba = {
+        name: np.concatenate(p).astype(np.float64) if p else np.zeros(0)
+        for name, p in parts.items()
+    }
+    metrics = {
+        "prior": evaluate_proba(y, proba["prior"], 0.5),
+        "persistence": evaluate_proba(y, proba["persistence"], 0.5, y_pred=rows.breach[valid]),
+        "logistic": evaluate_proba(y, proba["logistic"], 0.5),
+    }
     return BaselineForecasts(metrics=metrics, proba=proba)
 
 

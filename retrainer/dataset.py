@@ -158,6 +158,12 @@ def _pairs(ts: ArrayLike, features: ArrayLike, labels: ArrayLike, how: _Pairing)
     if label_arr.dtype != np.bool_ and not np.isin(label_arr, (0, 1)).all():
         raise DatasetError(DatasetReason.SHAPE, "labels must be boolean or 0/1")
 
+    order = np.argsort(ts_arr, kind="stable")
+    ts_sorted = ts_arr[order]
+    if not how.exact_spec and n >= 2:
+        spec = spec.supported_by(
+            float(ts_sorted[-1] - ts_sorted[0]), float(np.median(np.diff(ts_sorted)))
+        )
     first = spec.history - 1
     n_pairs = n - first - horizon
     if n_pairs < min_rows:
@@ -166,11 +172,6 @@ def _pairs(ts: ArrayLike, features: ArrayLike, labels: ArrayLike, how: _Pairing)
             f"{max(n_pairs, 0)} pairs from {n} rows (history={spec.history}, "
             f"horizon={horizon}); need >= {min_rows}",
         )
-
-    order = np.argsort(ts_arr, kind="stable")
-    ts_sorted = ts_arr[order]
-    if not how.exact_spec:
-        spec = spec.supported_by(float(ts_sorted[-1] - ts_sorted[0]))
     y_sorted = label_arr[order].astype(np.float32)
     X_all = spec.transform(ts_sorted, feat_arr[order], y_sorted)
 

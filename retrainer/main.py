@@ -29,6 +29,7 @@ from retrainer.pipeline import TrainingConfig
 from retrainer.publisher import OutcomeTopics, RequestHandler
 from retrainer.replay import ReplayLimits, TenantRows, plan_replay, replay_ranges
 from retrainer.search import SearchConfig, default_grid
+from retrainer.selection import EvidenceRule
 from retrainer.service import RetrainerService, RetryPolicy
 from retrainer.settings import RetrainerSettings
 from schemas import RetrainRequested
@@ -78,9 +79,7 @@ def training_config(settings: RetrainerSettings) -> TrainingConfig:
         max_epochs=settings.max_epochs,
         batch_size=settings.batch_size,
         patience=settings.patience,
-        calibration=settings.calibration,
         n_iter=settings.n_iter,
-        holdout_fraction=settings.holdout_fraction,
         grid=grid if grid is not None else default_grid(),
         fits=fit_backend(settings),
     )
@@ -89,7 +88,13 @@ def training_config(settings: RetrainerSettings) -> TrainingConfig:
         horizon=settings.horizon,
         features=FeatureSpec(lags=settings.lags, rolling_window=settings.rolling_window),
         min_rows=settings.min_rows,
-        champion_margin=settings.champion_margin,
+        evidence=EvidenceRule(
+            budget_per_day=settings.warning_budget_per_day,
+            min_positives=settings.min_positives,
+            min_fresh_onsets=settings.min_fresh_onsets,
+            confidence=settings.champion_confidence,
+            seed=settings.seed,
+        ),
     )
 
 

@@ -218,7 +218,7 @@ class RetrainerMetrics(RetrainerHooks):
             for _topic, _key, event in outcome.events:
                 if isinstance(event, RetrainFailed):
                     self.failed.labels(event.reason).inc()
-        if outcome.training is not None:
+        if outcome.training is not None and outcome.training.result is not None:
             self.search_seconds.observe(outcome.training.result.search_seconds)
             self.fits.inc(outcome.training.result.n_fits)
         known = [a for a in arrivals if a is not None]

@@ -1,9 +1,12 @@
-"""One retrain, without Kafka or a store: rows in, a decided and serialised model out.
+"""One retrain, without Kafka or a store: rows in, a decided and serialised forecaster out.
 
-Dataset → search → the current champion scored on the same holdout → decision →
-artifacts. The service feeds it replayed rows and the champion it loaded, and takes
-care of publishing and announcing. `train_and_decide` is the one-call form, for
-offline use (benchmarks, evaluations); the service calls `train` and `judge` apart.
+Dataset (a breach within the horizon) → blocked time folds → the candidates (the
+searched network and the learned rules, `retrainer.forecasters`) out of fold → each
+one's warning policy → the gate (`retrainer.selection`) → the champion judged on the
+same folds → decision → artifacts. The service feeds it replayed rows and the champion
+it loaded, and takes care of publishing and announcing. `train_and_decide` is the
+one-call form, for offline use (benchmarks, evaluations, backtests); the service calls
+`train` and `judge` apart.
 """
 
 from __future__ import annotations
@@ -14,29 +17,46 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from kernel.artifacts import ModelArtifacts, ModelCard, predict_proba, serialize_model
 from kernel.features import FeatureSpec
 from kernel.mlp import SlaMLP
-from retrainer.baselines import BaselineForecasts, as_card, losing_baseline, score_baselines, skill
+from retrainer.baselines import BaselineForecasts, as_card, oof_baselines, skill
 from retrainer.cancel import CancelToken
 from retrainer.curves import pr_curve
-from retrainer.dataset import DEFAULT_MIN_ROWS, SupervisedSet, build_pairs
-from retrainer.metrics import evaluate, reliability_table
-from retrainer.replay import TenantRows
+from retrainer.dataset import DEFAULT_MIN_ROWS, SupervisedSet, build_pairs, pairs_for_model
+from retrainer.errors import DatasetError, DatasetReason
+from retrainer.forecasters import (
+    MIN_FOLD_POSITIVES,
+    MIN_FOLD_ROWS,
+    Candidate,
+    Folds,
+    TenantRows,
+    blocked_folds,
+    calibrate,
+    network_candidate,
+    rule_candidates,
+)
+from retrainer.metrics import evaluate_proba, reliability_table
+from retrainer.replay import TenantRows as ReplayedRows
 from retrainer.search import SearchConfig, SearchResult, run_search
+from retrainer.selection import Choice, EvidenceRule, choose, paired_confidence
+from retrainer.warning_policy import warnings_of
 from schemas import ChampionDecision, RetrainRequested
 
-CHAMPION_RULE = "holdout_log_loss"
+CHAMPION_RULE = "fresh onsets warned at lead >= 1 within budget, out of fold"
 _VERSIONED = ("slaops", "torch", "scikit-learn", "skorch", "numpy")
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
     search: SearchConfig
-    horizon: int = 1
+    #: A breach within the next `horizon` intervals is what is forecast.
+    horizon: int = 6
     features: FeatureSpec = FeatureSpec()
     min_rows: int = DEFAULT_MIN_ROWS
-    champion_margin: float = 0.0
+    evidence: EvidenceRule = EvidenceRule()
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,22 +69,45 @@ class Champion:
 
 
 @dataclass(frozen=True, eq=False)
-class TrainingOutcome:
+class Trained:
+    """A finished training: every candidate judged out of fold, before any champion."""
+
     data: SupervisedSet
-    result: SearchResult
-    decision: ChampionDecision
-    champion_metrics: dict[str, float] | None
+    #: The replayed events the pairs were built from (the champion is scored on them).
+    replayed: ReplayedRows
+    rows: TenantRows
+    folds: Folds
+    choice: Choice
+    #: The network search (None when the evidence did not justify one).
+    result: SearchResult | None
     baselines: BaselineForecasts
     skill: dict[str, float]
+    #: The evidence was sufficient, so a network was searched and may be published.
+    sufficient: bool
+
+
+@dataclass(frozen=True, eq=False)
+class TrainingOutcome:
+    trained: Trained
+    decision: ChampionDecision
+    champion_metrics: dict[str, float] | None
     artifacts: ModelArtifacts | None  # only when the challenger is to be published
 
     @property
+    def data(self) -> SupervisedSet:
+        return self.trained.data
+
+    @property
+    def result(self) -> SearchResult | None:
+        return self.trained.result
+
+    @property
     def metrics(self) -> dict[str, float]:
-        return finite(self.result.holdout_metrics)
+        return finite(self.trained.choice.best.metrics)
 
 
 def finite(metrics: dict[str, float]) -> dict[str, float]:
-    """Metrics as strict JSON can carry them (ROC-AUC is NaN on a one-class holdout)."""
+    """Metrics as strict JSON can carry them (ROC-AUC is NaN on one class)."""
     return {k: float(v) for k, v in metrics.items() if math.isfinite(v)}
 
 
@@ -78,109 +121,92 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def _jsonable_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    def clean(value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [clean(v) for v in value]
-        return value
-
-    return [clean(row) for row in rows]
-
-
-def score_champion(
-    champion: Champion | None, data: SupervisedSet, result: SearchResult
-) -> dict[str, float] | None:
-    """The champion's holdout metrics on the challenger's holdout, if it is comparable.
-
-    A champion trained with other features or horizon answers another question, so
-    it is not compared (and the challenger wins unless a baseline beats it).
-    """
-    if champion is None:
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
         return None
-    card = champion.card
-    if (card.features, card.horizon, tuple(card.feature_order)) != (
-        data.spec,
-        data.horizon,
-        data.feature_names,
-    ):
-        return None
-    holdout = result.holdout_idx
-    return evaluate(champion.module, data.X[holdout], data.y[holdout], card.threshold)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
-def decide(
-    challenger: dict[str, float],
-    champion: dict[str, float] | None,
-    margin: float,
-    skills: dict[str, float],
-) -> ChampionDecision:
-    """Publish only a challenger with skill over the gated baselines that beats the champion."""
-    score = float(challenger["log_loss"])
-    best = None if champion is None else float(champion["log_loss"])
-    rule = CHAMPION_RULE if margin == 0 else f"{CHAMPION_RULE} margin={margin:g}"
-    lost = losing_baseline(skills)
-    if lost is not None:
-        baseline, why = lost
-        return ChampionDecision(
-            published=False,
-            rule=f"{rule}; skill over prior and persistence",
-            challenger_score=score,
-            champion_score=best,
-            verdict="baseline_better",
-            baseline=baseline,  # type: ignore[arg-type]
-            detail=why,
-        )
-    if best is None:
-        return ChampionDecision(published=True, rule=rule, challenger_score=score)
-    won = score < best * (1.0 - margin)
-    return ChampionDecision(
-        published=won,
-        rule=rule,
-        challenger_score=score,
-        champion_score=best,
-        verdict="published" if won else "champion_better",
-        detail="" if won else f"champion log_loss {best:.4f} <= challenger {score:.4f}",
-    )
-
-
-@dataclass(frozen=True, eq=False)
-class Trained:
-    """A finished search: the challenger and what it is judged by, before any champion."""
-
-    data: SupervisedSet
-    result: SearchResult
-    baselines: BaselineForecasts
-    skill: dict[str, float]
+def _network(
+    data: SupervisedSet, rows: TenantRows, folds: Folds, config: TrainingConfig
+) -> tuple[SearchResult | None, Candidate | None]:
+    """The search on the quiet rows, on the same folds, and its out-of-fold candidate."""
+    quiet = np.flatnonzero(rows.quiet)
+    position = np.full(len(rows), -1, np.int64)
+    position[quiet] = np.arange(len(quiet))
+    splits = []
+    for train, valid in folds.splits:
+        t, v = position[train[rows.quiet[train]]], position[valid[rows.quiet[valid]]]
+        if len(t) and len(v):
+            splits.append((t, v))
+    if len(splits) < 2:
+        return None, None
+    try:
+        result = run_search(data, config.search, rows=quiet, splits=splits)
+    except DatasetError:
+        return None, None
+    return result, network_candidate(rows, folds, result.best, result.module)
 
 
 def train(
-    rows: TenantRows, config: TrainingConfig, *, cancel: CancelToken | None = None
+    replayed: ReplayedRows, config: TrainingConfig, *, cancel: CancelToken | None = None
 ) -> Trained:
-    """Dataset, search and baselines: the costly part, run once per request.
+    """Dataset, candidates and their out-of-fold judgement: the costly part, run once.
 
-    Raises `DatasetError` when the rows cannot make a usable training set, and
-    `Cancelled` once `cancel` is (every fit checks it after each epoch).
+    The network is searched only when the rules' evidence is sufficient (below it, no
+    network may be published anyway). Raises `DatasetError` when the rows cannot make a
+    usable training set, and `Cancelled` once `cancel` is (every fit checks it).
     """
     data = build_pairs(
-        rows.ts,
-        rows.features,
-        rows.labels,
+        replayed.ts,
+        replayed.features,
+        replayed.labels,
         horizon=config.horizon,
         spec=config.features,
         min_rows=config.min_rows,
     )
-    search = config.search if cancel is None else dataclasses.replace(config.search, cancel=cancel)
-    result = run_search(data, search)
-    baselines = score_baselines(data, result.train_idx, result.holdout_idx, seed=config.search.seed)
-    return Trained(data, result, baselines, skill(result.holdout_metrics, baselines.metrics))
+    rows = TenantRows.of(data)
+    folds = blocked_folds(rows, config.search.n_splits, data.spec.history + config.horizon)
+    if not folds.splits:
+        raise DatasetError(
+            DatasetReason.TOO_FEW_ROWS,
+            f"{len(data)} pairs make no time fold with {MIN_FOLD_ROWS} quiet rows and "
+            f"{MIN_FOLD_POSITIVES} breaches to learn from",
+        )
+    candidates = [calibrate(c, rows, folds) for c in rule_candidates(rows, folds)]
+    choice = choose(candidates, rows, folds, config.evidence)
+    sufficient = choice.evidence.sufficient(config.evidence)
+    result = None
+    if sufficient:
+        search = (
+            config.search if cancel is None else dataclasses.replace(config.search, cancel=cancel)
+        )
+        result, network = _network(data, rows, folds, dataclasses.replace(config, search=search))
+        if network is not None:
+            candidates.append(calibrate(network, rows, folds))
+            choice = choose(candidates, rows, folds, config.evidence)
+    baselines = oof_baselines(rows, folds, seed=config.search.seed)
+    return Trained(
+        data=data,
+        replayed=replayed,
+        rows=rows,
+        folds=folds,
+        choice=choice,
+        result=result,
+        baselines=baselines,
+        skill=skill(choice.best.metrics, baselines.metrics),
+        sufficient=sufficient,
+    )
 
 
 def train_and_decide(
-    rows: TenantRows,
+    rows: ReplayedRows,
     request: RetrainRequested,
     config: TrainingConfig,
     champion: Champion | None,
@@ -188,18 +214,109 @@ def train_and_decide(
     request_ref: str | None = None,
     cancel: CancelToken | None = None,
 ) -> TrainingOutcome:
-    """One retrain in one call: `train`, then `judge` against `champion`.
+    """`train`, then `judge` against `champion`. Raises `DatasetError` (see `train`).
 
-    The public entry point for running the retrainer's own decision offline, without
-    Kafka or a store: rows and the request in, the decided (and, if published,
-    serialised) challenger out. The quality benchmark (`bench/bench_quality.py`) and
-    the performance monitor's seeded runs use it, so what they measure is exactly what
-    the service decides. The service itself calls `train` and `judge` apart: after a
-    store race it judges the same trained challenger again without a second search.
-    Raises `DatasetError` and `Cancelled` (see `train`).
+    The documented one-call form for offline use; the service calls the two apart, so
+    that a champion published meanwhile is judged without a second search.
     """
     trained = train(rows, config, cancel=cancel)
     return judge(trained, request, config, champion, request_ref=request_ref)
+
+
+def champion_view(champion: Champion, trained: Trained) -> tuple[np.ndarray, np.ndarray] | None:
+    """The champion's probabilities and warnings on the folds' rows, or None if it has none.
+
+    It is scored with its own features (an older spec too) on the same events; rows it
+    cannot forecast (a longer history than the challenger's) get the base rate and no
+    warning.
+    """
+    card = champion.card
+    valid = trained.folds.valid
+    events = trained.replayed
+    try:
+        own = pairs_for_model(
+            events.ts, events.features, events.labels, spec=card.features, horizon=card.horizon
+        )
+    except (DatasetError, ValueError):
+        return None
+    at = {float(t): i for i, t in enumerate(own.ts.tolist())}
+    index = np.array([at.get(float(t), -1) for t in trained.rows.ts[valid].tolist()])
+    p = np.full(len(valid), float(trained.rows.y[valid].mean()))
+    known = index >= 0
+    if known.any():
+        p[known] = predict_proba(champion.module, own.X[index[known]]).astype(np.float64)
+    on = warnings_of(p, trained.rows, valid, card.threshold if card.threshold < 1.0 else math.inf)
+    on &= known
+    return p, on
+
+
+def _decision(
+    trained: Trained, champion: Champion | None, config: TrainingConfig
+) -> tuple[ChampionDecision, dict[str, float] | None]:
+    choice = trained.choice
+    best = choice.best
+    proof = choice.evidence
+    facts: dict[str, float] = {k: float(v) for k, v in proof.as_card().items()}
+    score = best.log_loss
+    if not trained.sufficient:
+        detail = (
+            f"{proof.positives} positives and {proof.fresh_onsets} fresh onsets out of fold; "
+            f"{config.evidence.min_positives} and {config.evidence.min_fresh_onsets} needed"
+        )
+        return (
+            _decision_of(
+                published=champion is None,
+                rule=CHAMPION_RULE,
+                challenger_score=score,
+                verdict="insufficient_evidence",
+                forecaster=best.kind,
+                evidence=facts,
+                detail=detail + ("; the best rule goes live" if champion is None else ""),
+            ),
+            None,
+        )
+    if champion is None:
+        return (
+            _decision_of(
+                published=True,
+                rule=CHAMPION_RULE,
+                challenger_score=score,
+                forecaster=best.kind,
+                evidence=facts,
+            ),
+            None,
+        )
+    view = champion_view(champion, trained)
+    if view is None:
+        gain, confidence = math.inf, 1.0  # a champion that cannot forecast these rows
+        champion_metrics = None
+    else:
+        p, on = view
+        gain, confidence = paired_confidence(
+            best, on, p, trained.rows, trained.folds, config.evidence
+        )
+        valid = trained.folds.valid
+        champion_metrics = evaluate_proba(trained.rows.y[valid], p, 0.5)
+    won = confidence >= config.evidence.confidence and gain > 0
+    facts.update({"gain": gain if math.isfinite(gain) else 1e9, "confidence": confidence})
+    return (
+        _decision_of(
+            published=won,
+            rule=f"{CHAMPION_RULE}; paired block bootstrap >= {config.evidence.confidence:g}",
+            challenger_score=score,
+            champion_score=None if champion_metrics is None else champion_metrics["log_loss"],
+            verdict="published" if won else "champion_better",
+            forecaster=best.kind,
+            evidence=facts,
+            detail="" if won else f"gain {gain:+.3g} at confidence {confidence:.2f}",
+        ),
+        champion_metrics,
+    )
+
+
+def _decision_of(**fields: Any) -> ChampionDecision:
+    """A decision from plain values (the kind and evidence keys are checked here)."""
+    return ChampionDecision.model_validate(fields)
 
 
 def judge(
@@ -210,7 +327,7 @@ def judge(
     *,
     request_ref: str | None = None,
 ) -> TrainingOutcome:
-    """Decide a trained challenger against `champion`; serialise it if it is published.
+    """Decide the tenant's best forecaster against `champion`; serialise it if published.
 
     Cheap: no search. Called again, with the same `trained`, when another writer
     published a new champion meanwhile.
@@ -219,14 +336,7 @@ def judge(
     may hold, `kernel.tenant_hash.request_ref`), never by its `event_id`, which is an
     unkeyed hash of the slug; without `request_ref` it names no request at all.
     """
-    data, result, baselines, skills = (
-        trained.data,
-        trained.result,
-        trained.baselines,
-        trained.skill,
-    )
-    champion_metrics = score_champion(champion, data, result)
-    decision = decide(result.holdout_metrics, champion_metrics, config.champion_margin, skills)
+    decision, champion_metrics = _decision(trained, champion, config)
     artifacts = None
     if decision.published:
         lineage = {
@@ -234,52 +344,66 @@ def judge(
             "reason": request.reason,
             "detector": request.detector,
             "source": [r.model_dump() for r in request.source],
-            "data_sha256": data.sha256,
-            "n_rows": len(data),
-            "n_train": int(len(result.train_idx)),
-            "n_holdout": int(len(result.holdout_idx)),
+            "data_sha256": trained.data.sha256,
+            "n_rows": len(trained.data),
             "seed": config.search.seed,
-            "strategy": result.strategy,
-            "best_params": result.best_params,
-            "calibration": {
-                "method": "platt" if not result.calibration.identity else "none",
-                "slope": result.calibration.slope,
-                "intercept": result.calibration.intercept,
-            },
             "decision": decision.model_dump(),
             "champion": None
             if champion is None
             else {
                 "revision": champion.revision,
-                "holdout_metrics": None if champion_metrics is None else finite(champion_metrics),
+                "metrics": None if champion_metrics is None else finite(champion_metrics),
             },
             "libraries": library_versions(),
         }
-        holdout = result.holdout_idx
-        proba = predict_proba(result.module, data.X[holdout])
+        if trained.result is not None:
+            lineage.update(strategy=trained.result.strategy, best_params=trained.result.best_params)
         artifacts = serialize_model(
-            result.module,
-            {
-                "features": data.spec,
-                "feature_order": list(data.feature_names),
-                "horizon": data.horizon,
-                "threshold": float(result.threshold),
-                "metrics": finite(result.holdout_metrics),
-                "baselines": as_card(baselines),
-                "skill": finite(skills),
-                "calibration": reliability_table(data.y[holdout], proba),
-                "cv_table": _jsonable_rows(result.cv_table),
-                "learning_curve": result.learning_curve,
-                "pr_curve": pr_curve(data.y[holdout], proba),
-                "lineage": lineage,
-            },
+            trained.choice.best.candidate.module, card_fields(trained, lineage)
         )
     return TrainingOutcome(
-        data=data,
-        result=result,
+        trained=trained,
         decision=decision,
         champion_metrics=champion_metrics,
-        baselines=baselines,
-        skill=skills,
         artifacts=artifacts,
     )
+
+
+def card_fields(trained: Trained, lineage: dict[str, Any]) -> dict[str, Any]:
+    """Every card field of the chosen forecaster but those the serialiser derives."""
+    data, choice = trained.data, trained.choice
+    best = choice.best
+    valid = trained.folds.valid
+    y, oof = trained.rows.y[valid], best.candidate.oof
+    step = float(np.median(np.diff(data.ts))) if len(data.ts) > 1 else 0.0
+    threshold = best.policy.threshold
+    return {
+        "features": data.spec,
+        "feature_order": list(data.feature_names),
+        "horizon": data.horizon,
+        "horizon_s": data.horizon * step if step > 0 else None,
+        "target": "within",
+        "threshold": min(threshold, 1.0) if math.isfinite(threshold) else 1.0,
+        "forecaster": best.kind,
+        "forecaster_input": best.candidate.column,
+        "metrics": finite(best.metrics),
+        "baselines": as_card(trained.baselines),
+        "skill": finite(trained.skill),
+        "warning": _jsonable(best.policy.as_card()),
+        "rules": {
+            kind: _jsonable(
+                {
+                    "input": j.candidate.column,
+                    "log_loss": j.log_loss,
+                    "out_of_fold": j.policy.record.as_dict(),
+                }
+            )
+            for kind, j in choice.by_kind.items()
+        },
+        "evidence": _jsonable({**choice.evidence.as_card(), "sufficient": trained.sufficient}),
+        "calibration": reliability_table(y, oof),
+        "cv_table": _jsonable([] if trained.result is None else trained.result.cv_table),
+        "learning_curve": [] if trained.result is None else trained.result.learning_curve,
+        "pr_curve": pr_curve(y, oof),
+        "lineage": lineage,
+    }

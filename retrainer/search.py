@@ -1,27 +1,14 @@
-"""Hyper-parameter search for one tenant's SLA-breach model, and its holdout evaluation.
+"""Hyper-parameter search for the network candidate of one tenant's forecaster.
 
-`run_search` holds out the newest slice of the pairs (`time_split`), searches the
-rest with the strategy's scikit-learn search (`retrainer.strategies`: `GridSearchCV`,
-`RandomizedSearchCV` or `HalvingGridSearchCV`) over :class:`SlaNet`, a skorch
-`NeuralNetBinaryClassifier` around :class:`~kernel.mlp.SlaMLP`, cross-validated with
-`TimeSeriesSplit` (never shuffled, so every validation row is newer than every row
-trained on), picks the decision threshold on the validation folds, and measures the
-refit winner on the holdout with `evaluate` -- the same function the champion is
-measured with.
-
-Decision threshold (``SearchConfig.threshold_strategy``): the best parameters are
-re-fitted on every CV training fold, and their predictions on the matching validation
-folds (out-of-fold, each from a model that saw only older rows) are pooled.
-
-* ``"half_f1"`` (default): half the best F1 reachable on them. For calibrated
-  probabilities the F1-optimal threshold is half the optimal F1 (Lipton, Elkan and
-  Naryanaswamy, 2014); on the quality benchmark's streams it matched persistence's and
-  the logistic regression's F1 on 13 of 20 streams where the argmax did on 9, because an
-  argmax over a few hundred pooled rows is noisy.
-* ``"oof_f1"``: the threshold maximising F1 on them.
-* ``"last_fold_f1"``: the same on the last (newest) fold only: one extra fit.
-
-In every case the holdout is never looked at before the final evaluation.
+`run_search` searches the given rows (the tenant's quiet rows: where early warning
+lives; see `retrainer.forecasters`) with the strategy's scikit-learn search
+(`retrainer.strategies`: `GridSearchCV`, `RandomizedSearchCV` or `HalvingGridSearchCV`)
+over :class:`SlaNet`, a skorch `NeuralNetBinaryClassifier` around
+:class:`~kernel.mlp.SlaMLP`, cross-validated on the caller's blocked time folds (never
+shuffled, a purge gap between training and validation rows), scored by log loss, and
+refits the winner on every row searched. It holds nothing out: the winner is judged
+beside the other candidates on out-of-fold predictions over the whole training window
+(`retrainer.selection`), not on one tail.
 """
 
 from __future__ import annotations
@@ -39,24 +26,19 @@ from sklearn.metrics import (
     log_loss,
     make_scorer,
 )
-from sklearn.model_selection import ParameterGrid, TimeSeriesSplit, cross_validate
+from sklearn.model_selection import ParameterGrid, TimeSeriesSplit
 
-from kernel.artifacts import predict_proba
 from kernel.mlp import SlaMLP
-from retrainer.calibration import PlattMap, fit_platt, fold_into
 from retrainer.cancel import CancelToken
 from retrainer.curves import learning_curve
-from retrainer.dataset import DEFAULT_HOLDOUT_FRACTION, SupervisedSet, time_split
+from retrainer.dataset import SupervisedSet
 from retrainer.errors import DatasetError, DatasetReason
 from retrainer.estimator import SlaNet
 from retrainer.fits import FitBackend, LocalFits
-from retrainer.metrics import evaluate, f1_threshold, half_f1_threshold
 from retrainer.strategies import SearchSetup, StrategyName, strategy_builder
 
 log = logging.getLogger(__name__)
 
-ThresholdStrategy = Literal["oof_f1", "last_fold_f1", "half_f1"]
-Calibration = Literal["platt", "none"]
 HalvingResource = Literal["n_samples", "max_epochs"]
 
 #: Learning rate x depth x width: 15 candidates (depth 0, a logistic regression on the
@@ -112,12 +94,10 @@ class SearchConfig:
     for `patience` epochs. `balance_classes` (off by default) weights breaches by
     n_neg / n_pos in the loss: probabilities then lean towards breach, so every
     consumer of them (selection, champion/challenger, downstream users) would read
-    them wrong; the decision threshold is tuned instead. `calibration="platt"` also
-    fits a Platt map on the out-of-fold forecasts and folds it into the network (off by
-    default: measured on the quality benchmark's streams, a network early-stopped on
-    log loss was as well calibrated without it, and the map fitted on the small early
-    folds' forecasts over-corrected the network refit on all rows).
-    `fits` says where the fits run (`LocalFits`: `n_jobs` local processes).
+    them wrong; the warning threshold is tuned instead. `persistence_offset` starts
+    the network from "this interval's breach" (off by default: on quiet rows, where the
+    network speaks, that flag is always 0). `fits` says where the fits run
+    (`LocalFits`: `n_jobs` local processes).
     """
 
     #: A key of `retrainer.strategies.STRATEGIES`.
@@ -133,14 +113,11 @@ class SearchConfig:
     n_iter: int = 6
     halving_factor: int = 3
     halving_resource: HalvingResource = "n_samples"
-    holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION
-    threshold_strategy: ThresholdStrategy = "half_f1"
     balance_classes: bool = False
     valid_fraction: float = 0.15
     patience: int = 8
     weight_decay: float = 1e-4
-    persistence_offset: bool = True
-    calibration: Calibration = "none"
+    persistence_offset: bool = False
     fits: FitBackend = field(default_factory=LocalFits)
     #: Every fit stops after its epoch once this is cancelled (a revocation).
     cancel: CancelToken | None = None
@@ -149,10 +126,6 @@ class SearchConfig:
         strategy_builder(self.strategy)  # raises ValueError naming the known strategies
         if self.halving_resource not in ("n_samples", "max_epochs"):
             raise ValueError(f"unknown halving_resource {self.halving_resource!r}")
-        if self.calibration not in ("platt", "none"):
-            raise ValueError(f"unknown calibration {self.calibration!r}")
-        if self.threshold_strategy not in ("oof_f1", "last_fold_f1", "half_f1"):
-            raise ValueError(f"unknown threshold_strategy {self.threshold_strategy!r}")
         if not self.grid or any(
             isinstance(v, str) or not isinstance(v, Sequence) or len(v) == 0
             for v in self.grid.values()
@@ -173,8 +146,6 @@ class SearchConfig:
             raise ValueError("n_jobs must not be 0")
         if not 0.0 <= self.valid_fraction < 1.0:
             raise ValueError(f"valid_fraction must be in [0, 1), got {self.valid_fraction!r}")
-        if not 0.0 < self.holdout_fraction < 1.0:
-            raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction!r}")
 
     @property
     def n_candidates(self) -> int:
@@ -202,20 +173,20 @@ class SearchConfig:
 
 @dataclass(frozen=True, eq=False)
 class SearchResult:
-    """The refit winner, how it was chosen, and how it did on the unseen holdout."""
+    """The refit winner and how it was chosen."""
 
     strategy: StrategyName
     best_params: dict[str, Any]
+    #: The winner as the search fitted it (clone it to fit again with its parameters).
+    best: SlaNet
+    #: The winner refit on every searched row.
     module: SlaMLP
-    threshold: float
-    holdout_metrics: dict[str, float]
     cv_table: list[dict[str, Any]]
     fit_seconds: float
     search_seconds: float
-    train_idx: NDArray[np.int64]
-    holdout_idx: NDArray[np.int64]
+    #: The rows searched (indices into the `SupervisedSet`).
+    rows: NDArray[np.int64]
     n_fits: int
-    calibration: PlattMap = PlattMap()
     #: The winner's epochs (train and validation-tail loss) before its refit on every row.
     learning_curve: list[dict[str, Any]] = field(default_factory=list)
 
@@ -227,9 +198,7 @@ def _log_loss_scorer() -> Any:
     )
 
 
-def _make_search(
-    config: SearchConfig, cv: TimeSeriesSplit, offset_column: int | None, n_jobs: int
-) -> Any:
+def _make_search(config: SearchConfig, cv: Any, offset_column: int | None, n_jobs: int) -> Any:
     scoring = _log_loss_scorer() if config.scoring == "neg_log_loss" else config.scoring
     common: dict[str, Any] = {
         "scoring": scoring,
@@ -281,44 +250,6 @@ def _cv_table(cv_results: Mapping[str, Any], scoring: str) -> list[dict[str, Any
     return rows
 
 
-def _calibrate_and_threshold(
-    best: SlaNet,
-    X: NDArray[np.float32],
-    y: NDArray[np.float32],
-    cv: TimeSeriesSplit,
-    config: SearchConfig,
-    n_jobs: int,
-) -> tuple[PlattMap, float]:
-    """The calibration map and the F1 threshold, both from out-of-fold forecasts."""
-    splits = list(cv.split(X))
-    if config.threshold_strategy == "last_fold_f1":
-        splits = splits[-1:]
-    result = cross_validate(
-        clone(best),
-        X,
-        y,
-        cv=splits,
-        scoring=_log_loss_scorer(),
-        n_jobs=n_jobs,
-        return_estimator=True,
-        return_indices=True,
-        error_score="raise",
-    )
-    val_idx = result["indices"]["test"]
-    proba = np.concatenate(
-        [
-            predict_proba(est.module_, X[idx])
-            for est, idx in zip(result["estimator"], val_idx, strict=True)
-        ]
-    )
-    y_oof = y[np.concatenate(val_idx)]
-    mapping = fit_platt(y_oof, proba) if config.calibration == "platt" else PlattMap()
-    calibrated = mapping.apply(proba)
-    if config.threshold_strategy == "half_f1":
-        return mapping, half_f1_threshold(y_oof, calibrated)
-    return mapping, f1_threshold(y_oof, calibrated)
-
-
 def _refit_on_every_row(best: SlaNet, X: NDArray[np.float32], y: NDArray[np.float32]) -> SlaNet:
     """The winner again, on ALL training rows for the epochs early stopping chose.
 
@@ -334,72 +265,72 @@ def _refit_on_every_row(best: SlaNet, X: NDArray[np.float32], y: NDArray[np.floa
     return final
 
 
-def run_search(data: SupervisedSet, config: SearchConfig | None = None) -> SearchResult:
-    """Search on all but the newest `holdout_fraction` of `data`; judge the winner on the rest."""
+Splits = list[tuple[NDArray[np.int64], NDArray[np.int64]]]
+
+
+def run_search(
+    data: SupervisedSet,
+    config: SearchConfig | None = None,
+    *,
+    rows: NDArray[np.int64] | None = None,
+    splits: Splits | None = None,
+) -> SearchResult:
+    """Search `data`'s `rows` (all by default) on `splits` (indices into those rows).
+
+    Without `splits`, scikit-learn's `TimeSeriesSplit` with `n_splits`. Raises
+    `DatasetError` when the rows hold one class or too few rows for the folds.
+    """
     config = config or SearchConfig()
     started = time.perf_counter()
-    train_idx, holdout_idx = time_split(len(data), config.holdout_fraction)
-    X_train, y_train = data.X[train_idx], data.y[train_idx]
-    n_pos = int(np.count_nonzero(y_train))
-    if n_pos in (0, y_train.shape[0]):
+    chosen = np.arange(len(data), dtype=np.int64) if rows is None else np.asarray(rows)
+    X, y = data.X[chosen], data.y[chosen]
+    n_pos = int(np.count_nonzero(y))
+    if n_pos in (0, y.shape[0]):
         raise DatasetError(
-            DatasetReason.SINGLE_CLASS, f"training part ({y_train.shape[0]} rows) has one class"
+            DatasetReason.SINGLE_CLASS, f"the {y.shape[0]} rows to search have one class"
         )
-    if y_train.shape[0] < 2 * (config.n_splits + 1):
+    if y.shape[0] < 2 * (config.n_splits + 1):
         raise DatasetError(
             DatasetReason.TOO_FEW_ROWS,
-            f"{y_train.shape[0]} training rows for {config.n_splits} time-series folds",
+            f"{y.shape[0]} rows to search for {config.n_splits} time-series folds",
             hint="wait for more of the tenant's telemetry or lower n_splits (SLAOPS_N_SPLITS)",
         )
-
-    cv = TimeSeriesSplit(n_splits=config.n_splits)
+    cv: Any = splits if splits else TimeSeriesSplit(n_splits=config.n_splits)
     offset = data.feature_names.index("breach") if config.persistence_offset else None
     log.info(
-        "search strategy=%s candidates=%d rows=%d holdout=%d sha256=%s fits=%s",
+        "search strategy=%s candidates=%d rows=%d sha256=%s fits=%s",
         config.strategy,
         config.n_candidates,
-        len(train_idx),
-        len(holdout_idx),
+        len(chosen),
         data.sha256[:12],
         config.fits.describe(),
     )
-    # One backend context for both parallel steps: a cluster gets the rows once.
-    with config.fits.fits(X_train, y_train, config.n_jobs) as n_jobs:
+    with config.fits.fits(X, y, config.n_jobs) as n_jobs:
         search = _make_search(config, cv, offset, n_jobs)
-        search.fit(X_train, y_train)
-        search_seconds = time.perf_counter() - started
-        best: SlaNet = search.best_estimator_
-        curve = learning_curve(best.history)
-        calibration, threshold = _calibrate_and_threshold(
-            best, X_train, y_train, cv, config, n_jobs
-        )
-    best = _refit_on_every_row(best, X_train, y_train)
-    module = best.module_
-    fold_into(module, calibration)
+        search.fit(X, y)
+    search_seconds = time.perf_counter() - started
+    best: SlaNet = search.best_estimator_
+    curve = learning_curve(best.history)
+    final = _refit_on_every_row(best, X, y)
+    module = final.module_
     module.eval()
-    metrics = evaluate(module, data.X[holdout_idx], data.y[holdout_idx], threshold)
-    fit_seconds = time.perf_counter() - started
-    n_fits = len(search.cv_results_["params"]) * config.n_splits
+    n_folds = len(splits) if splits else config.n_splits
+    n_fits = len(search.cv_results_["params"]) * n_folds
     log.info(
-        "search done strategy=%s best=%s holdout_log_loss=%.4f f1=%.3f seconds=%.1f",
+        "search done strategy=%s best=%s seconds=%.1f",
         config.strategy,
         search.best_params_,
-        metrics["log_loss"],
-        metrics["f1"],
-        fit_seconds,
+        time.perf_counter() - started,
     )
     return SearchResult(
         strategy=config.strategy,
         best_params={k: _jsonable(v) for k, v in search.best_params_.items()},
+        best=best,
         module=module,
-        threshold=threshold,
-        holdout_metrics=metrics,
         cv_table=_cv_table(search.cv_results_, config.scoring),
-        fit_seconds=fit_seconds,
+        fit_seconds=time.perf_counter() - started,
         search_seconds=search_seconds,
-        train_idx=train_idx,
-        holdout_idx=holdout_idx,
+        rows=chosen,
         n_fits=n_fits,
-        calibration=calibration,
         learning_curve=curve,
     )

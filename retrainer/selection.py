@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 
 from kernel.early_warning import fresh_onsets, leads, score_segments, warning_on
 from retrainer.forecasters import Candidate, Folds, TenantRows
+from retrainer.metrics import evaluate_proba
 from retrainer.warning_policy import TunedPolicy, tune_policy
 
 #: Contiguous blocks the paired bootstrap resamples, and how many resamples it draws.
@@ -48,6 +49,9 @@ class Judged:
     policy: TunedPolicy
     log_loss: float
     quiet_log_loss: float
+    #: Out-of-fold probability metrics (`retrainer.metrics.evaluate_proba`) at the
+    #: policy's out-of-fold threshold, and its warning record.
+    metrics: dict[str, float]
 
     @property
     def kind(self) -> str:
@@ -118,11 +122,25 @@ def evidence(rows: TenantRows, folds: Folds, prior: Candidate) -> Evidence:
 def judge(candidate: Candidate, rows: TenantRows, folds: Folds, budget: float) -> Judged:
     valid = folds.valid
     y, quiet = rows.y[valid], rows.quiet[valid]
+    policy = tune_policy(candidate, rows, folds, budget)
+    warned = warning_on(candidate.oof, quiet, policy.oof_threshold)
+    metrics = evaluate_proba(y, candidate.oof, 0.5, y_pred=warned)
+    metrics["threshold"] = policy.threshold if math.isfinite(policy.threshold) else 1.0
+    record = policy.record
+    metrics.update(
+        {
+            "warning_recall_lead_1": record.recall_1 if record.recall_1 is not None else math.nan,
+            "warning_recall_lead_3": record.recall_3 if record.recall_3 is not None else math.nan,
+            "false_warnings_per_day": record.false_per_day,
+            "median_lead": record.median_lead if record.median_lead is not None else math.nan,
+        }
+    )
     return Judged(
         candidate=candidate,
-        policy=tune_policy(candidate, rows, folds, budget),
+        policy=policy,
         log_loss=_log_loss(y, candidate.oof),
         quiet_log_loss=_log_loss(y[quiet], candidate.oof[quiet]),
+        metrics=metrics,
     )
 
 

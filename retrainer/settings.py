@@ -11,9 +11,11 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from kernel.features import FeatureSpec
 from kernel.settings import ObservabilitySettings, StoreSettings, TopicName, TopicSettings
-from retrainer.dataset import DEFAULT_HOLDOUT_FRACTION, DEFAULT_MIN_ROWS
+from retrainer.dataset import DEFAULT_MIN_ROWS
+from retrainer.pipeline import TrainingConfig
 from retrainer.replay import ReplayLimits
 from retrainer.search import SearchConfig
+from retrainer.selection import EvidenceRule
 from retrainer.service import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY
 from retrainer.strategies import STRATEGIES, StrategyName, strategy_builder
 from schemas import topics
@@ -34,6 +36,8 @@ GRID_KEYS = frozenset(
 
 
 _FEATURES = FeatureSpec()
+_TRAINING = TrainingConfig(search=SearchConfig())
+_EVIDENCE = EvidenceRule()
 _STRATEGIES: Final = ", ".join(STRATEGIES)
 
 
@@ -114,11 +118,12 @@ class RetrainerSettings(StoreSettings, TopicSettings, ObservabilitySettings):
         le=1_000,
         description="Stop a fit after this many epochs without a better validation log loss.",
     )
-    calibration: Literal["none", "platt"] = Field(
-        default=SearchConfig.calibration,
-        description="Platt-scale the winner on its out-of-fold forecasts (none: no map).",
+    horizon: int = Field(
+        default=_TRAINING.horizon,
+        ge=1,
+        le=1_000,
+        description="Forecast a breach within the next h intervals (and warn of it).",
     )
-    horizon: int = Field(default=1, ge=1, le=1_000, description="Forecast breach h steps ahead.")
     lags: int = Field(
         default=_FEATURES.lags, ge=0, le=8, description="Previous events' metrics as features."
     )
@@ -128,20 +133,30 @@ class RetrainerSettings(StoreSettings, TopicSettings, ObservabilitySettings):
         le=1_440,
         description="Events in the rolling mean and std of latency and error rate.",
     )
-    holdout_fraction: float = Field(
-        default=DEFAULT_HOLDOUT_FRACTION,
-        gt=0,
-        lt=0.5,
-        description="Newest share of rows kept from the search.",
-    )
     min_rows: int = Field(
         default=DEFAULT_MIN_ROWS, ge=20, description="Fewer usable rows fail the request."
     )
-    champion_margin: float = Field(
-        default=0.0,
-        ge=0,
+    warning_budget_per_day: float = Field(
+        default=_EVIDENCE.budget_per_day,
+        gt=0,
+        le=1_000,
+        description="False warnings a tenant-day the warning policy may cost.",
+    )
+    min_positives: int = Field(
+        default=_EVIDENCE.min_positives,
+        ge=1,
+        description="Fewer out-of-fold rows followed by a breach: insufficient evidence.",
+    )
+    min_fresh_onsets: int = Field(
+        default=_EVIDENCE.min_fresh_onsets,
+        ge=1,
+        description="Fewer new incidents out of fold: insufficient evidence.",
+    )
+    champion_confidence: float = Field(
+        default=_EVIDENCE.confidence,
+        gt=0,
         lt=1,
-        description="A challenger must beat the champion's holdout log loss by this fraction.",
+        description="Bootstrap confidence a challenger's gain needs to replace a champion.",
     )
     max_request_ranges: int = Field(
         default=ReplayLimits.max_ranges,

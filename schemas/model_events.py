@@ -18,7 +18,19 @@ ArtifactKind = Literal["safetensors", "pt", "card"]
 
 
 #: Why a challenger was or was not published.
-Verdict = Literal["published", "champion_better", "baseline_better"]
+Verdict = Literal["published", "champion_better", "baseline_better", "insufficient_evidence"]
+#: The kinds of forecaster a tenant can get (see `retrainer.forecasters`).
+ForecasterKind = Literal["mlp", "linear_trend", "seasonal_naive", "level", "prior"]
+#: What a decision's evidence may report.
+EvidenceKey = Literal[
+    "n",
+    "positives",
+    "fresh_onsets",
+    "base_log_loss",
+    "quiet_base_log_loss",
+    "gain",
+    "confidence",
+]
 #: The trivial forecasts a challenger must beat (see `retrainer.baselines`).
 BaselineName = Literal["prior", "persistence", "logistic"]
 
@@ -29,6 +41,11 @@ class ChampionDecision(BaseModel):
     `verdict` is `baseline_better` when the challenger has no skill over a trivial
     forecast (`baseline` names it, `detail` says by how much): the tenant keeps what it
     has, and a tenant without a model is told its data does not support one.
+    `insufficient_evidence`: too few positives or fresh onsets out of fold to judge; no
+    network is published and no champion replaced (a tenant with no forecaster gets the
+    best rule). `forecaster` names the kind that was judged (mlp, linear_trend, ...) and
+    `evidence` what it was judged on (n, positives, fresh_onsets, and against a champion
+    the paired gain and its bootstrap confidence).
     """
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
@@ -40,6 +57,8 @@ class ChampionDecision(BaseModel):
     verdict: Verdict = "published"
     baseline: BaselineName | None = None
     detail: str = Field(default="", max_length=500)
+    forecaster: ForecasterKind | None = None
+    evidence: dict[EvidenceKey, float] = Field(default_factory=dict, max_length=16)
 
 
 class ModelPublished(BaseModel):
