@@ -1,12 +1,15 @@
-"""Follows `sla.models` and the retrain outcome topics in a background thread.
+"""Follows the answers to the consumer's retrain requests in a background thread.
 
-Built on `kernel.model_follower.ModelFollower`: an announcement is only a hint, the
-store decides each tenant's newest model (revision and version), so a forged event
-cannot roll a tenant back or pin it, also after a restart. Loaded models go to the
-main loop, which swaps them in between two batches; failures and kept champions only
-answer a tenant's request, so the tenant may ask again. Every error of one record is
-caught; a dead or stuck follower is logged and restarted (`ensure_running`), and
-`health()` says how it is doing.
+An answer is a new live model (`sla.models`), a failure (`sla.retrain.failures`) or a
+kept champion (`sla.retrain.decisions`). `AnswerFollower` is built on
+`kernel.model_follower.ModelFollower`: an announcement is only a hint, the store
+decides each tenant's newest model (revision and version), so a forged event cannot
+roll a tenant back or pin it, also after a restart. Loaded models go to the main loop,
+which swaps them in between two batches; failures and kept champions only answer a
+tenant's request, so the tenant may ask again. Every error of one record is caught; a
+dead or stuck follower is logged and restarted (`ensure_running`), and `health()` says
+how it is doing. `inner.handle(topic, value)` hands it one record in the caller's own
+thread (the store follower's public entry; nothing else of it is needed for that).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ class Answer:
     model: LiveModel | None = None
 
 
-class ModelFollower:
+class AnswerFollower:
     """Each tenant's newest store-verified model and the answers to its requests, in a thread.
 
     Reads the models, failures and decisions topics from the beginning; `caught_up`
@@ -102,10 +105,6 @@ class ModelFollower:
         with self._lock:
             answers, self._inbox = self._inbox, []
         return answers
-
-    def _handle(self, topic: str, value: bytes) -> None:
-        """One record, looked at right away (the thread batches its store lookups)."""
-        self.inner.handle(topic, value)
 
     def _on_outcome(self, kind: type[RetrainFailed] | type[ChampionKept], value: bytes) -> None:
         try:

@@ -17,11 +17,11 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from consumer.checkpoint import CheckpointLog, choose_replay_from
 from consumer.core import BatchResult, IngestCore
-from consumer.follower import ModelFollower
+from consumer.follower import AnswerFollower
 from consumer.observability import ConsumerHooks
 from kernel.backoff import Backoff
 from kernel.errors import BrokerError
-from kernel.kafka import DeliveryTracker, KafkaRecord, is_record, position
+from kernel.kafka import DeliveryTracker, KafkaRecord, is_record
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class ConsumerService:
         batch_size: int,
         poll_timeout_s: float,
         forecasts_topic: str | None = None,
-        follower: ModelFollower | None = None,
+        follower: AnswerFollower | None = None,
         follower_catch_up_s: float = 30.0,
         clock: Callable[[], float] = time.time,
         delivery_timeout_s: float = 60.0,
@@ -214,18 +214,10 @@ class ConsumerService:
         ]
         for topic, key, value, headers in outputs:
             self._tracker.produce(topic, key=key, value=value, headers=headers)
-        next_offsets: dict[int, int] = {}
-        for record in records:
-            partition, offset = position(record)
-            if offset >= self._resume_at.get(partition, -1):
-                next_offsets[partition] = max(next_offsets.get(partition, 0), offset + 1)
+        next_offsets = result.next_offsets
         for partition, next_offset in next_offsets.items():
-            replay_from = self.core.replay_start(partition)
             self._checkpoints.write(
-                self._topic,
-                partition,
-                next_offset,
-                next_offset if replay_from is None else min(replay_from, next_offset),
+                self._topic, partition, next_offset, result.replay_from[partition]
             )
         if not self._delivered(outputs, next_offsets):
             return result  # stopping with the broker away: the batch is seen again

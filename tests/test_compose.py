@@ -406,7 +406,7 @@ def _exposed_series() -> set[str]:
     from pydantic import SecretStr
 
     from consumer.core import CoreConfig, IngestCore
-    from consumer.follower import ModelFollower
+    from consumer.follower import AnswerFollower
     from consumer.observability import ConsumerMetrics
     from kernel.model_follower import ModelAuthority
     from kernel.observability import series_names
@@ -414,7 +414,7 @@ def _exposed_series() -> set[str]:
     from retrainer.observability import RetrainerMetrics
 
     store = "file:///nonexistent"
-    follower = ModelFollower(  # built, never started: no connection
+    follower = AnswerFollower(  # built, never started: no connection
         client_config={"bootstrap.servers": "127.0.0.1:9"},
         models_topic=topics.MODELS,
         failures_topic=topics.RETRAIN_FAILURES,
