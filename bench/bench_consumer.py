@@ -129,11 +129,7 @@ def bench_metrics_overhead(
             if forecasting:
                 for model in models:
                     core.apply_model(model)
-            hooks = (
-                ConsumerMetrics(core=core, telemetry_topic="sla.telemetry")
-                if metrics_on
-                else ConsumerHooks()
-            )
+            hooks = ConsumerMetrics(core=core) if metrics_on else ConsumerHooks()
             gc.collect()
             start = time.process_time()
             in_core = in_hooks = 0.0

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from consumer.live_model import LiveModel
 from kernel.model_follower import ModelAuthority, Outcome
 from kernel.model_follower import ModelFollower as StoreFollower
-from schemas import ChampionKept, RetrainFailed
+from schemas import ChampionKept, RetrainFailed, topics
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,15 @@ class Answer:
     tenant: str
     request_event_id: str
     model: LiveModel | None = None
+
+
+@dataclass(frozen=True)
+class AnswerTopics:
+    """Where answers come from (fields named as the settings); the defaults are ours."""
+
+    models_topic: str = topics.MODELS
+    failures_topic: str = topics.RETRAIN_FAILURES
+    decisions_topic: str = topics.RETRAIN_DECISIONS
 
 
 class AnswerFollower:
@@ -50,9 +59,7 @@ class AnswerFollower:
         self,
         *,
         client_config: dict[str, Any],
-        models_topic: str,
-        failures_topic: str,
-        decisions_topic: str,
+        topics: AnswerTopics,
         authority: ModelAuthority,
         idle_s: float = 1.0,
         min_lookup_interval_s: float = 1.0,
@@ -62,11 +69,11 @@ class AnswerFollower:
         self._inbox: list[Answer] = []
         self.inner = StoreFollower(
             client_config=client_config,
-            models_topic=models_topic,
+            models_topic=topics.models_topic,
             authority=authority,
             extra_topics={
-                failures_topic: lambda value: self._on_outcome(RetrainFailed, value),
-                decisions_topic: lambda value: self._on_outcome(ChampionKept, value),
+                topics.failures_topic: lambda value: self._on_outcome(RetrainFailed, value),
+                topics.decisions_topic: lambda value: self._on_outcome(ChampionKept, value),
             },
             on_outcome=self._on_model,
             reader_name="slaops-consumer-model-follower",
@@ -75,7 +82,6 @@ class AnswerFollower:
             stall_s=stall_s,
         )
         self.caught_up = self.inner.caught_up
-        self._models_topic = models_topic
 
     @property
     def loaded(self) -> int:

@@ -16,10 +16,10 @@ from confluent_kafka import Consumer, TopicPartition
 from consumer.checkpoint import CheckpointLog
 from consumer.core import CoreConfig, IngestCore
 from consumer.detectors import DriftConfig
-from consumer.follower import AnswerFollower
+from consumer.follower import AnswerFollower, AnswerTopics
 from consumer.observability import ConsumerHooks, ConsumerMetrics
 from consumer.performance import PerformanceConfig
-from consumer.service import ConsumerService
+from consumer.service import ConsumerService, ServiceClients, ServiceConfig
 from consumer.settings import ConsumerSettings
 from kernel.kafka import (
     DeliveryTracker,
@@ -31,11 +31,13 @@ from kernel.kafka import (
 )
 from kernel.model_follower import ModelAuthority
 
-C = TypeVar("C", CoreConfig, DriftConfig, PerformanceConfig)
+C = TypeVar("C", CoreConfig, DriftConfig, PerformanceConfig, ServiceConfig, AnswerTopics)
 
 
 #: Config fields that are not settings: the nested configs, and fixed choices.
-_NOT_SETTINGS: Final = frozenset({"drift", "performance", "features", "clip"})
+_NOT_SETTINGS: Final = frozenset(
+    {"drift", "performance", "features", "clip", "follower_catch_up_s", "redelivery"}
+)
 
 
 def core_config(settings: ConsumerSettings) -> CoreConfig:
@@ -53,6 +55,7 @@ def core_config(settings: ConsumerSettings) -> CoreConfig:
 
 
 def _by_name(kind: type[C], settings: ConsumerSettings, **nested: Any) -> C:
+    """A `kind` whose every field is the setting of the same name (or given in `nested`)."""
     values = dict(nested)
     for name in (f.name for f in dataclasses.fields(kind)):
         if name in type(settings).model_fields:
@@ -116,9 +119,7 @@ def build_service(
     if parts.models is not None:
         follower = AnswerFollower(
             client_config=base_config(settings),
-            models_topic=settings.models_topic,
-            failures_topic=settings.failures_topic,
-            decisions_topic=settings.decisions_topic,
+            topics=_by_name(AnswerTopics, settings),
             authority=parts.models,
         )
     core = IngestCore(parts.core)
@@ -127,7 +128,6 @@ def build_service(
     if settings.metrics_port:
         metrics = ConsumerMetrics(
             core=core,
-            telemetry_topic=settings.telemetry_topic,
             liveness_timeout_s=settings.liveness_timeout_s,
             follower=follower,
             positions=lambda numbers: _positions(consumer, settings.telemetry_topic, numbers),
@@ -146,17 +146,9 @@ def build_service(
     )
     return ConsumerService(
         core=core,
-        consumer=consumer,
-        tracker=tracker,
-        checkpoints=checkpoints,
-        telemetry_topic=settings.telemetry_topic,
-        dlq_topic=settings.dlq_topic,
-        retrain_topic=settings.retrain_topic,
-        forecasts_topic=settings.forecasts_topic,
+        clients=ServiceClients(consumer, tracker, checkpoints),
+        config=_by_name(ServiceConfig, settings),
         follower=follower,
-        batch_size=settings.batch_size,
-        poll_timeout_s=settings.poll_timeout_s,
-        delivery_timeout_s=settings.delivery_timeout_s,
         hooks=hooks,
     )
 

@@ -68,26 +68,25 @@ class ConsumerMetrics(ConsumerHooks):
     """The consumer's series in their own registry, and its `Health`.
 
     `core` and `follower` are read at scrape time (counts the follower keeps itself)
-    or per batch; `positions` (partition numbers → the consumer's next offsets, a
-    local call) tells when a replayed partition has caught up, for readiness.
+    or per batch (the lag is of the core's `telemetry_topic`); `positions` (partition
+    numbers → the consumer's next offsets, a local call) tells when a replayed
+    partition has caught up, for readiness.
     """
 
     def __init__(
         self,
         *,
         core: IngestCore,
-        telemetry_topic: str,
         liveness_timeout_s: float = 300.0,
         follower: AnswerFollower | None = None,
         positions: Callable[[list[int]], dict[int, int]] | None = None,
         refresh_s: float = 5.0,
-        registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
+        self.registry = CollectorRegistry()
         self.health = Health(liveness_timeout_s, clock=clock)
         self._core = core
-        self._topic = telemetry_topic
+        self._topic = core.config.telemetry_topic
         self._positions = positions
         self._refresh_s = refresh_s
         self._clock = clock

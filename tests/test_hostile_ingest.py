@@ -27,7 +27,7 @@ from consumer.checkpoint import (
 )
 from consumer.core import CoreConfig, IngestCore
 from consumer.main import core_config
-from consumer.service import ConsumerService
+from consumer.service import ConsumerService, ServiceClients, ServiceConfig
 from consumer.settings import ConsumerSettings
 from consumer.window import TenantWindow
 from kernel.errors import ConfigError
@@ -154,14 +154,18 @@ def test_the_service_bounds_event_time_by_its_injected_clock() -> None:
     produced: list[tuple[str, dict[str, Any]]] = []
     service = ConsumerService(
         core=IngestCore(CoreConfig(telemetry_topic=TOPIC, cold_start=False)),
-        consumer=Consumer(),  # type: ignore[arg-type]
-        tracker=Tracker(),  # type: ignore[arg-type]
-        checkpoints=Checkpoints(),  # type: ignore[arg-type]
-        telemetry_topic=TOPIC,
-        dlq_topic="dlq",
-        retrain_topic="retrain",
-        batch_size=10,
-        poll_timeout_s=0.1,
+        clients=ServiceClients(
+            consumer=Consumer(),  # type: ignore[arg-type]
+            tracker=Tracker(),  # type: ignore[arg-type]
+            checkpoints=Checkpoints(),  # type: ignore[arg-type]
+        ),
+        config=ServiceConfig(
+            telemetry_topic=TOPIC,
+            dlq_topic="dlq",
+            retrain_topic="retrain",
+            batch_size=10,
+            poll_timeout_s=0.1,
+        ),
         clock=lambda: START.timestamp(),
     )
     ahead = (START + timedelta(hours=1)).isoformat()

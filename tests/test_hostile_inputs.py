@@ -27,7 +27,7 @@ import safetensors.torch
 import torch
 
 from consumer.core import IngestCore
-from consumer.follower import AnswerFollower
+from consumer.follower import AnswerFollower, AnswerTopics
 from consumer.live_model import LiveModel
 from consumer.settings import ConsumerSettings
 from kernel import model_follower as kernel_follower
@@ -190,9 +190,11 @@ def scene(
 def new_follower(store: ModelStore, uri: str) -> AnswerFollower:
     return AnswerFollower(
         client_config={},  # never started: records are handed to it directly
-        models_topic=MODELS_TOPIC,
-        failures_topic="sla.retrain.failures",
-        decisions_topic="sla.retrain.decisions",
+        topics=AnswerTopics(
+            models_topic=MODELS_TOPIC,
+            failures_topic="sla.retrain.failures",
+            decisions_topic="sla.retrain.decisions",
+        ),
         authority=ModelAuthority(store, uri, KEY),
         min_lookup_interval_s=0.0,
     )
