@@ -36,7 +36,7 @@ class CoreConfig:
     """What the core needs to know. THE defaults: `ConsumerSettings` takes its own from here.
 
     Every field is the `slaops consume` setting of the same name, and so are the fields
-    of `drift` and `performance`: `ConsumerSettings.core_config` builds this by name.
+    of `drift` and `performance`: `consumer.main.core_config` builds this by name.
     The defaults suit 1-, 5- and 15-minute telemetry alike: a tenant's first
     `cold_start_min_events` fit in the window at each (see `consumer.window`).
     """

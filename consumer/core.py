@@ -135,7 +135,7 @@ class IngestCore:
             offsets.append(offset)
         result.valid = len(rows)
         if rows:
-            blocks = self._blocks(rows, partitions, offsets, replay_below, now)
+            blocks = self._blocks(rows, partitions, offsets, replay_below, now, not_after)
             for block in blocks:
                 if block.replay_limit > 0:
                     result.replayed += int(np.count_nonzero(block.offsets < block.replay_limit))
@@ -179,6 +179,7 @@ class IngestCore:
         offsets: list[int],
         replay_below: Mapping[int, int],
         now: float | None,
+        not_after: float | None,
     ) -> Iterable[Block]:
         """Columns for the whole batch at once, regrouped by tenant into contiguous views.
 
@@ -194,7 +195,6 @@ class IngestCore:
         labels = np.array(metrics[-1], dtype=np.bool_)[order]
         offs = np.array(offsets, dtype=np.int64)[order]
         parts = np.array(partitions, dtype=np.int64)[order]
-        not_after = None if now is None else now + self.config.max_future_s
         # Codes number tenants by first appearance, so after the stable sort tenant
         # `code` occupies rows [ends[code] - counts[code], ends[code]).
         counts = np.bincount(codes)
