@@ -145,5 +145,6 @@ class TenantRegistry:
         for partition in partitions:
             for tenant in self._by_partition.pop(partition, set()):
                 del self._tenants[tenant]
+                self._probation.pop(tenant, None)
                 dropped += 1
         return dropped
