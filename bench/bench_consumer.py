@@ -74,7 +74,7 @@ def bench_core(data: list[tuple[bytes, bytes]], batch: int) -> dict[str, float]:
         Message(topic="sla.telemetry", partition=0, offset=i, key=k, value=v)
         for i, (k, v) in enumerate(data)
     ]
-    core = IngestCore(CoreConfig(topic="sla.telemetry"))
+    core = IngestCore(CoreConfig(telemetry_topic="sla.telemetry"))
     before = rss_mib()
     start = time.perf_counter()
     requests = 0
@@ -125,15 +125,11 @@ def bench_metrics_overhead(
             on for r in range(repeats) for on in ((False, True), (True, False))[r % 2]
         ]
         for run, metrics_on in enumerate(order):
-            core = IngestCore(CoreConfig(topic="sla.telemetry"))
+            core = IngestCore(CoreConfig(telemetry_topic="sla.telemetry"))
             if forecasting:
                 for model in models:
                     core.apply_model(model)
-            hooks = (
-                ConsumerMetrics(core=core, telemetry_topic="sla.telemetry")
-                if metrics_on
-                else ConsumerHooks()
-            )
+            hooks = ConsumerMetrics(core=core) if metrics_on else ConsumerHooks()
             gc.collect()
             start = time.process_time()
             in_core = in_hooks = 0.0
@@ -168,7 +164,7 @@ def bench_forecasting(data: list[tuple[bytes, bytes]], batch: int) -> dict[str, 
     models = live_models(data)
     figures = {}
     for name, publish in (("forecast", False), ("forecast_publish", True)):
-        core = IngestCore(CoreConfig(topic="sla.telemetry", publish_forecasts=publish))
+        core = IngestCore(CoreConfig(telemetry_topic="sla.telemetry", publish_forecasts=publish))
         for model in models:
             core.apply_model(model)
         forecasts = 0
@@ -284,9 +280,9 @@ offsets = np.arange(n, dtype=np.int64)
 base = rng.normal(1.0, 0.1, size=(n, 6)).astype(np.float32)
 start = time.perf_counter()
 for i in range(tenants):
-    state = core._state_for(f"tenant-{{i:05d}}", i % 6)
+    state = core.registry.admit(f"tenant-{{i:05d}}", i % 6)
     features = base * np.float32(1 + (i % 7) / 10)
-    state.drift.update_block(features)
+    state.drift.update(features)
     state.window.extend(ts, features, labels, offsets)
 held = sum(len(s.window) for s in core.tenants())
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, held, time.perf_counter() - start)

@@ -31,28 +31,28 @@ COST_BUDGET_S = 2.0
 
 CONFIGS = {
     "adwin": DriftConfig("adwin"),
-    "adwin stride=1": DriftConfig("adwin", stride=1, params={"clock": 32}),
+    "adwin stride=1": DriftConfig("adwin", detector_stride=1, detector_params={"clock": 32}),
     "page_hinkley": DriftConfig("page_hinkley"),
     "kswin": DriftConfig("kswin"),
 }
 
 
 def us_per_event(config: DriftConfig, block: int, tenants: int) -> float:
-    """Mean cost of `update_block` over `tenants` monitors, past warmup and window fill."""
-    history = config.warmup + config.effective_stride * int(
+    """Mean cost of `update` over `tenants` monitors, past warmup and window fill."""
+    history = config.drift_warmup_events + config.effective_stride * int(
         config.river_params().get("window_size", 0)
     )
     monitors = [DataDriftMonitor(config) for _ in range(tenants)]
     blocks = []
     for seed, monitor in enumerate(monitors):
         events = telemetry(history + block, seed)
-        monitor.update_block(events[:history])
+        monitor.update(events[:history])
         blocks.append(events[history:])
     fed = 0
     start = time.perf_counter()
     while time.perf_counter() - start < COST_BUDGET_S:
         for monitor, events in zip(monitors, blocks, strict=True):
-            monitor.update_block(events)
+            monitor.update(events)
         fed += block * tenants
     return (time.perf_counter() - start) / fed * 1e6
 

@@ -102,7 +102,7 @@ def live_run(
     core = IngestCore(
         replace(
             CoreConfig(),
-            topic=TOPIC,
+            telemetry_topic=TOPIC,
             data_drift=False,
             cold_start=False,
             cooldown_s=0.0,

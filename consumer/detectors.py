@@ -3,7 +3,7 @@
 Why z-scores: the metrics live on scales five orders of magnitude apart (rps ~200,
 error_rate ~0.01), and River's defaults assume roughly unit-scale inputs; on raw
 features PageHinkley alarmed on ~2% of updates. So each monitor first learns a
-per-feature reference mean/std from `warmup` events, then feeds its detectors
+per-feature reference mean/std from `drift_warmup_events` events, then feeds its detectors
 z-scores, clipped to +-`Z_CLIP` so that one spike is not a drift.
 
 Why agreement: a single feature's detector alarms now and then on stationary data
@@ -11,7 +11,7 @@ Why agreement: a single feature's detector alarms now and then on stationary dat
 several metrics at once. A drift is confirmed only when `min_agreeing_features`
 detectors alarm within `agreement_window` events of each other.
 
-Why a stride: detectors see means of `stride` consecutive z-scores, not events.
+Why a stride: detectors see means of `detector_stride` consecutive z-scores, not events.
 Telemetry is autocorrelated (a slow minute is followed by another), and every River
 detector here assumes independent inputs: fed event by event, ADWIN confirmed a false
 drift every ~500 events on an AR(1) stream with phi=0.7; fed stride-8 means, none in
@@ -37,6 +37,7 @@ import numpy as np
 from river import drift
 
 from consumer.cusum import Cusum
+from consumer.strides import stride_means
 from schemas.telemetry import FEATURES
 
 #: A detector kind: a key of `DETECTORS` (settings and configs check it against them).
@@ -171,27 +172,32 @@ def _whole(name: str, value: object, minimum: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class DriftConfig:
-    """How one tenant's data-drift monitor is built; validated on construction."""
+    """How one tenant's data-drift monitor is built; validated on construction.
+
+    Each field but `features` is the `slaops consume` setting of the same name.
+    """
 
     detector: DetectorKind = "adwin"
     #: Detector constructor kwargs, over `DETECTORS[detector].data_params`.
-    params: Mapping[str, float] = field(default_factory=dict)
+    detector_params: Mapping[str, float] = field(default_factory=dict)
+    #: Events averaged per detector update; None means `DETECTORS[detector].data_stride`.
+    detector_stride: int | None = None
     #: How many watched features must alarm ...
     min_agreeing_features: int = 2
     #: ... within this many events of each other for a confirmed drift.
     agreement_window: int = 200
     #: Events that estimate the reference mean/std; detectors see z-scores after them.
-    warmup: int = 200
+    drift_warmup_events: int = 200
     #: Watched columns, as indices into `FEATURES`.
     features: tuple[int, ...] = tuple(range(len(FEATURES)))
-    #: Events averaged per detector update; None means `DETECTORS[detector].data_stride`.
-    stride: int | None = None
 
     def __post_init__(self) -> None:
         detector_spec(self.detector)
-        if not isinstance(self.params, Mapping):
-            raise ValueError(f"params must be a mapping, got {type(self.params).__name__}")
-        object.__setattr__(self, "params", dict(self.params))
+        if not isinstance(self.detector_params, Mapping):
+            raise ValueError(
+                f"detector_params must be a mapping, got {type(self.detector_params).__name__}"
+            )
+        object.__setattr__(self, "detector_params", dict(self.detector_params))
         if isinstance(self.features, str | bytes) or not isinstance(self.features, Sequence):
             raise ValueError(f"features must be a tuple of column indices, got {self.features!r}")
         object.__setattr__(self, "features", tuple(self.features))
@@ -209,30 +215,32 @@ class DriftConfig:
                 f"{len(self.features)} watched features"
             )
         _whole("agreement_window", self.agreement_window, 1)
-        _whole("warmup", self.warmup, 2)
-        if self.stride is not None:
-            _whole("stride", self.stride, 1)
+        _whole("drift_warmup_events", self.drift_warmup_events, 2)
+        if self.detector_stride is not None:
+            _whole("detector_stride", self.detector_stride, 1)
         self.make_detector()  # River itself judges the params, once, here
 
     @property
     def effective_stride(self) -> int:
-        """`stride`, or the default for this detector kind."""
-        return detector_spec(self.detector).data_stride if self.stride is None else self.stride
+        """`detector_stride`, or the default for this detector kind."""
+        if self.detector_stride is None:
+            return detector_spec(self.detector).data_stride
+        return self.detector_stride
 
     def river_params(self) -> dict[str, float | int]:
-        """The detector's kwargs: the registry's tuned defaults, then `params`."""
-        return detector_spec(self.detector).params("data", self.params)
+        """The detector's kwargs: the registry's tuned defaults, then `detector_params`."""
+        return detector_spec(self.detector).params("data", self.detector_params)
 
     def make_detector(self) -> Detector:
         """A fresh detector for one feature."""
-        return make_detector(self.detector, "data", self.params)
+        return make_detector(self.detector, "data", self.detector_params)
 
 
 @dataclass(frozen=True, slots=True)
 class DriftSignal:
     """A confirmed drift: where in the block, which features, and by how much."""
 
-    #: Index, within the block given to `update_block`, of the confirming event.
+    #: Index, within the block given to `update`, of the confirming event.
     index: int
     #: Names of the agreeing features, in `FEATURES` order.
     features: tuple[str, ...]
@@ -293,7 +301,7 @@ class DataDriftMonitor:
         self._all_cols = config.features == tuple(range(len(FEATURES)))
         self._stride = config.effective_stride
         self._make: Callable[[], Any] = partial(
-            make_detector, config.detector, "data", config.params
+            make_detector, config.detector, "data", config.detector_params
         )
         self._fast_adwin = config.detector == "adwin" and _adwin_helper_reports_drift()
         self.reset()
@@ -301,7 +309,7 @@ class DataDriftMonitor:
     def reset(self) -> None:
         """Forget everything: a new warmup, a new reference, fresh detectors."""
         width = len(self._cols)
-        self._warm: np.ndarray | None = np.empty((self.config.warmup, width))
+        self._warm: np.ndarray | None = np.empty((self.config.drift_warmup_events, width))
         self._warm_n = 0
         self._mean = np.zeros(width)
         self._std = np.ones(width)
@@ -314,11 +322,6 @@ class DataDriftMonitor:
         self._tail = np.empty((0, width), dtype=np.float32)
         #: Events fed to detectors since the reference was set.
         self._seen = 0
-
-    def update_block(self, features: np.ndarray) -> DriftSignal | None:
-        """Consume events (n, 6), oldest first; return the block's first confirmed drift."""
-        signals = self.update(features)
-        return signals[0] if signals else None
 
     def update(self, features: np.ndarray) -> list[DriftSignal]:
         """Consume events (n, 6), oldest first; every confirmed drift, in event order.
@@ -372,13 +375,8 @@ class DataDriftMonitor:
         # Block row of update u's (last) event: offset + (u + 1) * stride - 1.
         offset = start
         if stride > 1:
-            if len(self._pending):
-                z = np.concatenate((self._pending, z))
             offset = start - len(self._pending)
-            groups = len(z) // stride
-            self._pending = z[groups * stride :].copy()
-            z = np.add.reduce(z[: groups * stride].reshape(groups, stride, len(self._cols)), axis=1)
-            z /= stride
+            z, self._pending = stride_means(self._pending, z, stride)
         feed = self._feed_adwin if self._fast_adwin else self._feed
         alarms = [
             (offset + (u + 1) * stride - 1, slot)

@@ -1,12 +1,15 @@
-"""Follows `sla.models` and the retrain outcome topics in a background thread.
+"""Follows the answers to the consumer's retrain requests in a background thread.
 
-Built on `kernel.model_follower.ModelFollower`: an announcement is only a hint, the
-store decides each tenant's newest model (revision and version), so a forged event
-cannot roll a tenant back or pin it, also after a restart. Loaded models go to the
-main loop, which swaps them in between two batches; failures and kept champions only
-answer a tenant's request, so the tenant may ask again. Every error of one record is
-caught; a dead or stuck follower is logged and restarted (`ensure_running`), and
-`health()` says how it is doing.
+An answer is a new live model (`sla.models`), a failure (`sla.retrain.failures`) or a
+kept champion (`sla.retrain.decisions`). `AnswerFollower` is built on
+`kernel.model_follower.ModelFollower`: an announcement is only a hint, the store
+decides each tenant's newest model (revision and version), so a forged event cannot
+roll a tenant back or pin it, also after a restart. Loaded models go to the main loop,
+which swaps them in between two batches; failures and kept champions only answer a
+tenant's request, so the tenant may ask again. Every error of one record is caught; a
+dead or stuck follower is logged and restarted (`ensure_running`), and `health()` says
+how it is doing. `inner.handle(topic, value)` hands it one record in the caller's own
+thread (the store follower's public entry; nothing else of it is needed for that).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pydantic import ValidationError
 from consumer.live_model import LiveModel
 from kernel.model_follower import ModelAuthority, Outcome
 from kernel.model_follower import ModelFollower as StoreFollower
-from schemas import ChampionKept, RetrainFailed
+from schemas import ChampionKept, RetrainFailed, topics
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,16 @@ class Answer:
     model: LiveModel | None = None
 
 
-class ModelFollower:
+@dataclass(frozen=True)
+class AnswerTopics:
+    """Where answers come from (fields named as the settings); the defaults are ours."""
+
+    models_topic: str = topics.MODELS
+    failures_topic: str = topics.RETRAIN_FAILURES
+    decisions_topic: str = topics.RETRAIN_DECISIONS
+
+
+class AnswerFollower:
     """Each tenant's newest store-verified model and the answers to its requests, in a thread.
 
     Reads the models, failures and decisions topics from the beginning; `caught_up`
@@ -47,9 +59,7 @@ class ModelFollower:
         self,
         *,
         client_config: dict[str, Any],
-        models_topic: str,
-        failures_topic: str,
-        decisions_topic: str,
+        topics: AnswerTopics,
         authority: ModelAuthority,
         idle_s: float = 1.0,
         min_lookup_interval_s: float = 1.0,
@@ -59,11 +69,11 @@ class ModelFollower:
         self._inbox: list[Answer] = []
         self.inner = StoreFollower(
             client_config=client_config,
-            models_topic=models_topic,
+            models_topic=topics.models_topic,
             authority=authority,
             extra_topics={
-                failures_topic: lambda value: self._on_outcome(RetrainFailed, value),
-                decisions_topic: lambda value: self._on_outcome(ChampionKept, value),
+                topics.failures_topic: lambda value: self._on_outcome(RetrainFailed, value),
+                topics.decisions_topic: lambda value: self._on_outcome(ChampionKept, value),
             },
             on_outcome=self._on_model,
             reader_name="slaops-consumer-model-follower",
@@ -72,7 +82,6 @@ class ModelFollower:
             stall_s=stall_s,
         )
         self.caught_up = self.inner.caught_up
-        self._models_topic = models_topic
 
     @property
     def loaded(self) -> int:
@@ -102,10 +111,6 @@ class ModelFollower:
         with self._lock:
             answers, self._inbox = self._inbox, []
         return answers
-
-    def _handle(self, topic: str, value: bytes) -> None:
-        """One record, looked at right away (the thread batches its store lookups)."""
-        self.inner.handle(topic, value)
 
     def _on_outcome(self, kind: type[RetrainFailed] | type[ChampionKept], value: bytes) -> None:
         try:

@@ -13,16 +13,13 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import SecretStr
 
 from kernel.artifacts import ModelCard, predict_proba
 from kernel.features import FeatureSpec
 from kernel.mlp import SlaMLP
-from kernel.model_follower import ModelAuthority, ModelRefused, VerifiedModel
-from kernel.store import ModelStore
-from schemas import ModelPublished
+from kernel.model_follower import VerifiedModel
 
-__all__ = ["Events", "LiveModel", "ModelRefused", "load_live_model"]
+__all__ = ["Events", "LiveModel"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +30,12 @@ Events = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 @dataclass(frozen=True, eq=False)
 class LiveModel:
+    """A tenant's live model as the core holds it: the module, its card, the answer it is.
+
+    `version` is the store's count of the tenant's versions (newer wins), and
+    `request_event_id` the request it answered (the tenant's gate opens with it).
+    """
+
     tenant: str
     revision: str
     version: int
@@ -98,27 +101,3 @@ class LiveModel:
     def forecast(self, history: Events, block: Events) -> np.ndarray:
         """P(breach `horizon` events later) for each event of `block`, in one call."""
         return predict_proba(self.module, self.inputs(history, block))
-
-
-def load_live_model(
-    event: ModelPublished, *, store: ModelStore, store_uri: str, tenant_key: SecretStr
-) -> LiveModel:
-    """The store's newest model of the announced tenant, or raise `ModelRefused`.
-
-    The announcement is only a hint: it must pass the cheap checks (our store, the
-    tenant's own HMAC hash and paths); the store's newest revision is read and verified
-    against the store's card and the announced sha256s, and refused unless it is the
-    announced revision. (The follower instead loads the store's newest whatever
-    revision the hint names.)
-    """
-    authority = ModelAuthority(store, store_uri, tenant_key)
-    authority.check(event)
-    verified = authority.newest(event.tenant, announced=event)
-    if verified is None:  # pragma: no cover - newest() refuses an announced empty tenant
-        raise ModelRefused("the store holds no version of this tenant", "not_in_store")
-    if verified.revision != event.revision:
-        raise ModelRefused(
-            f"revision {event.revision!r} is not the store's newest ({verified.revision})",
-            "not_newest",
-        )
-    return LiveModel.from_verified(verified, event.request_event_id)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, TypeVar
 
 import torch
 from confluent_kafka import Consumer, TopicPartition
@@ -16,10 +16,10 @@ from confluent_kafka import Consumer, TopicPartition
 from consumer.checkpoint import CheckpointLog
 from consumer.core import CoreConfig, IngestCore
 from consumer.detectors import DriftConfig
-from consumer.follower import ModelFollower
+from consumer.follower import AnswerFollower, AnswerTopics
 from consumer.observability import ConsumerHooks, ConsumerMetrics
 from consumer.performance import PerformanceConfig
-from consumer.service import ConsumerService
+from consumer.service import ConsumerService, ServiceClients, ServiceConfig
 from consumer.settings import ConsumerSettings
 from kernel.kafka import (
     DeliveryTracker,
@@ -31,30 +31,38 @@ from kernel.kafka import (
 )
 from kernel.model_follower import ModelAuthority
 
+C = TypeVar("C", CoreConfig, DriftConfig, PerformanceConfig, ServiceConfig, AnswerTopics)
+
+
+#: Config fields that are not settings: the nested configs, and fixed choices.
+_NOT_SETTINGS: Final = frozenset(
+    {"drift", "performance", "features", "clip", "follower_catch_up_s", "redelivery"}
+)
+
 
 def core_config(settings: ConsumerSettings) -> CoreConfig:
-    """The core's config; invalid detector settings raise here, before any connection."""
-    same_named = {f.name for f in dataclasses.fields(CoreConfig)} & set(type(settings).model_fields)
-    copied: dict[str, Any] = {name: getattr(settings, name) for name in same_named}
-    return CoreConfig(
-        topic=settings.telemetry_topic,
-        drift=DriftConfig(
-            detector=settings.detector,
-            params=dict(settings.detector_params),
-            min_agreeing_features=settings.drift_min_features,
-            agreement_window=settings.drift_agreement_events,
-            warmup=settings.drift_warmup_events,
-            stride=settings.detector_stride,
-        ),
-        performance=PerformanceConfig(
-            detector=settings.performance_detector,
-            params=dict(settings.performance_params),
-            stride=settings.performance_stride,
-            warmup=settings.performance_warmup,
-            settle_events=settings.performance_settle_events,
-        ),
-        **copied,
+    """The core's config, each field from the setting of the same name.
+
+    The configs validate their fields here (before any connection): a bad value raises
+    ValueError naming its setting.
+    """
+    return _by_name(
+        CoreConfig,
+        settings,
+        drift=_by_name(DriftConfig, settings),
+        performance=_by_name(PerformanceConfig, settings),
     )
+
+
+def _by_name(kind: type[C], settings: ConsumerSettings, **nested: Any) -> C:
+    """A `kind` whose every field is the setting of the same name (or given in `nested`)."""
+    values = dict(nested)
+    for name in (f.name for f in dataclasses.fields(kind)):
+        if name in type(settings).model_fields:
+            values[name] = getattr(settings, name)
+        elif name not in _NOT_SETTINGS:  # a field renamed on one side only
+            raise TypeError(f"{kind.__name__}.{name} has no setting of the same name")
+    return kind(**values)
 
 
 @dataclass(frozen=True)
@@ -109,11 +117,9 @@ def build_service(
     tracker = DeliveryTracker(make_producer(settings, **{"message.timeout.ms": 0}))
     follower = None
     if parts.models is not None:
-        follower = ModelFollower(
+        follower = AnswerFollower(
             client_config=base_config(settings),
-            models_topic=settings.models_topic,
-            failures_topic=settings.failures_topic,
-            decisions_topic=settings.decisions_topic,
+            topics=_by_name(AnswerTopics, settings),
             authority=parts.models,
         )
     core = IngestCore(parts.core)
@@ -122,7 +128,6 @@ def build_service(
     if settings.metrics_port:
         metrics = ConsumerMetrics(
             core=core,
-            telemetry_topic=settings.telemetry_topic,
             liveness_timeout_s=settings.liveness_timeout_s,
             follower=follower,
             positions=lambda numbers: _positions(consumer, settings.telemetry_topic, numbers),
@@ -141,17 +146,9 @@ def build_service(
     )
     return ConsumerService(
         core=core,
-        consumer=consumer,
-        tracker=tracker,
-        checkpoints=checkpoints,
-        telemetry_topic=settings.telemetry_topic,
-        dlq_topic=settings.dlq_topic,
-        retrain_topic=settings.retrain_topic,
-        forecasts_topic=settings.forecasts_topic,
+        clients=ServiceClients(consumer, tracker, checkpoints),
+        config=_by_name(ServiceConfig, settings),
         follower=follower,
-        batch_size=settings.batch_size,
-        poll_timeout_s=settings.poll_timeout_s,
-        delivery_timeout_s=settings.delivery_timeout_s,
         hooks=hooks,
     )
 

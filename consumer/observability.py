@@ -29,12 +29,10 @@ from kernel.kafka import KafkaRecord
 from kernel.model_follower import REFUSAL_KINDS
 from kernel.observability import FAST_BUCKETS, Health, consumer_lags
 from schemas import RejectReason
-from schemas.dead_letter import HEADER_PREFIX
 
 if TYPE_CHECKING:
-    from consumer.follower import ModelFollower
+    from consumer.follower import AnswerFollower
 
-_REASON_HEADER = HEADER_PREFIX + "reason"
 _RETRAIN_REASONS = ("cold_start", "data_drift", "performance_drift")
 
 
@@ -70,26 +68,25 @@ class ConsumerMetrics(ConsumerHooks):
     """The consumer's series in their own registry, and its `Health`.
 
     `core` and `follower` are read at scrape time (counts the follower keeps itself)
-    or per batch; `positions` (partition numbers → the consumer's next offsets, a
-    local call) tells when a replayed partition has caught up, for readiness.
+    or per batch (the lag is of the core's `telemetry_topic`); `positions` (partition
+    numbers → the consumer's next offsets, a local call) tells when a replayed
+    partition has caught up, for readiness.
     """
 
     def __init__(
         self,
         *,
         core: IngestCore,
-        telemetry_topic: str,
         liveness_timeout_s: float = 300.0,
-        follower: ModelFollower | None = None,
+        follower: AnswerFollower | None = None,
         positions: Callable[[list[int]], dict[int, int]] | None = None,
         refresh_s: float = 5.0,
-        registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
+        self.registry = CollectorRegistry()
         self.health = Health(liveness_timeout_s, clock=clock)
         self._core = core
-        self._topic = telemetry_topic
+        self._topic = core.config.telemetry_topic
         self._positions = positions
         self._refresh_s = refresh_s
         self._clock = clock
@@ -249,11 +246,7 @@ class ConsumerMetrics(ConsumerHooks):
         if result.replayed:
             self.records_replayed.inc(result.replayed)
         for letter in result.dead_letters:
-            reason = next(
-                (value for name, value in letter.headers if name == _REASON_HEADER), b"unknown"
-            )
-            text = reason.decode() if isinstance(reason, bytes) else str(reason)
-            self.dead_letters.labels(text).inc()
+            self.dead_letters.labels(letter.reason.value).inc()
         for request in result.requests:
             self.requests.labels(request.reason, request.detector).inc()
         for reason, detector in result.alarms:
@@ -308,7 +301,7 @@ class ConsumerMetrics(ConsumerHooks):
 class _FollowerCollector(Collector):
     """The model follower's own counts, read at scrape time (it runs in its own thread)."""
 
-    def __init__(self, follower: ModelFollower) -> None:
+    def __init__(self, follower: AnswerFollower) -> None:
         self._follower = follower
 
     def collect(self) -> Iterable[Metric]:

@@ -24,7 +24,7 @@ arrives, with outcome y. Two design choices keep the monitor from crying wolf:
   whole days was 2 to 3 times it. It travels in the signal (`card_log_loss`) for the
   operator.
 - **Blocks, not events.** Misses are autocorrelated (a breach episode spans several
-  intervals), so the detector sees means of `stride` consecutive excesses, as the data
+  intervals), so the detector sees means of `performance_stride` consecutive excesses, as the data
   monitor does. Probabilities are clipped to [`clip`, 1 - `clip`], so one flipped label
   under a confident forecast costs at most -log(`clip`).
 
@@ -43,6 +43,7 @@ from typing import Final
 import numpy as np
 
 from consumer.detectors import Detector, DetectorKind, DriftSignal, detector_spec, make_detector
+from consumer.strides import stride_means
 
 #: Block means kept for a signal's recent statistics.
 _RECENT_BLOCKS: Final = 8
@@ -52,39 +53,46 @@ _DIGITS: Final = 6
 
 @dataclass(frozen=True, slots=True)
 class PerformanceConfig:
-    """How each live model's performance monitor is built; validated on construction."""
+    """How each live model's performance monitor is built; validated on construction.
 
-    #: A kind of `consumer.detectors.DETECTORS`, tuned by its `performance_params`.
-    detector: DetectorKind = "cusum"
-    params: Mapping[str, float] = field(default_factory=dict)
+    Each field but `clip` is the `slaops consume` setting of the same name.
+    """
+
+    #: A kind of `consumer.detectors.DETECTORS`, tuned by its `performance_params` there.
+    performance_detector: DetectorKind = "cusum"
+    #: Detector constructor kwargs, over the registry's tuned ones.
+    performance_params: Mapping[str, float] = field(default_factory=dict)
     #: Scored forecasts per detector update (their excesses are averaged).
-    stride: int = 16
+    performance_stride: int = 16
     #: Scored forecasts of a new model before any is fed to the detector.
-    warmup: int = 100
+    performance_warmup: int = 100
     #: Events between an alarm and its request: a window cut right at the alarm would
     #: hold almost only pre-change rows, and the retrained model would learn the past.
-    settle_events: int = 240
+    performance_settle_events: int = 240
     #: Probabilities are clipped to [clip, 1 - clip] before scoring.
     clip: float = 0.01
 
     def __post_init__(self) -> None:
         try:
-            detector_spec(self.detector)
+            detector_spec(self.performance_detector)
         except ValueError as exc:
-            raise ValueError(f"performance {exc}") from None
-        if isinstance(self.stride, bool) or not isinstance(self.stride, int) or self.stride < 1:
-            raise ValueError(f"performance stride must be an int >= 1, got {self.stride!r}")
-        if self.warmup < 0:
-            raise ValueError("performance warmup must be >= 0")
-        if self.settle_events < 0:
-            raise ValueError("performance settle_events must be >= 0")
+            raise ValueError(f"performance_{exc}") from None
+        stride = self.performance_stride
+        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+            raise ValueError(f"performance_stride must be an int >= 1, got {stride!r}")
+        if self.performance_warmup < 0:
+            raise ValueError(f"performance_warmup must be >= 0, got {self.performance_warmup!r}")
+        if self.performance_settle_events < 0:
+            raise ValueError(
+                f"performance_settle_events must be >= 0, got {self.performance_settle_events!r}"
+            )
         if not 0.0 < self.clip < 0.5:
             raise ValueError(f"performance clip must be in (0, 0.5), got {self.clip!r}")
-        object.__setattr__(self, "params", dict(self.params))
+        object.__setattr__(self, "performance_params", dict(self.performance_params))
         self.make()
 
     def make(self) -> Detector:
-        return make_detector(self.detector, "performance", self.params)
+        return make_detector(self.performance_detector, "performance", self.performance_params)
 
 
 def log_loss_excess(proba: np.ndarray, outcome: np.ndarray, clip: float) -> np.ndarray:
@@ -138,7 +146,7 @@ class PerformanceMonitor:
     ) -> None:
         self.config = config
         self.promised = dict(promised or {})
-        self._absolute = detector_spec(config.detector).absolute
+        self._absolute = detector_spec(config.performance_detector).absolute
         self.reset()
 
     def reset(self) -> None:
@@ -175,14 +183,12 @@ class PerformanceMonitor:
         return signals
 
     def _feed(self, values: np.ndarray, offset: int) -> DriftSignal | None:
-        skip = min(len(values), max(0, self.config.warmup - self._seen))
+        skip = min(len(values), max(0, self.config.performance_warmup - self._seen))
         self._seen += skip
         values, offset = values[skip:], offset + skip
-        stride = self.config.stride
+        stride = self.config.performance_stride
         pending = len(self._pending)
-        merged = np.concatenate((self._pending, values)) if pending else values
-        groups = len(merged) // stride
-        means = merged[: groups * stride].reshape(groups, stride, 2).mean(axis=1)
+        means, rest = stride_means(self._pending, values, stride)
         for g, (block_excess, block_loss) in enumerate(means.tolist()):
             self._detector.update(block_excess)
             self._fed += stride
@@ -193,7 +199,7 @@ class PerformanceMonitor:
                 index = offset + (g + 1) * stride - pending - 1
                 self._seen += index - offset + 1
                 return self._signal(index)
-        self._pending = merged[groups * stride :].copy()
+        self._pending = rest
         self._seen += len(values)
         return None
 

@@ -17,11 +17,11 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from consumer.checkpoint import CheckpointLog, choose_replay_from
 from consumer.core import BatchResult, IngestCore
-from consumer.follower import ModelFollower
+from consumer.follower import AnswerFollower
 from consumer.observability import ConsumerHooks
 from kernel.backoff import Backoff
 from kernel.errors import BrokerError
-from kernel.kafka import DeliveryTracker, KafkaRecord, is_record, position
+from kernel.kafka import DeliveryTracker, KafkaRecord, is_record
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,32 @@ class ConsumerStats:
         self.forecasts += len(result.forecasts)
 
 
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """How the loop runs: its topics, batches and waits (fields named as the settings)."""
+
+    telemetry_topic: str
+    dlq_topic: str
+    retrain_topic: str
+    batch_size: int
+    poll_timeout_s: float
+    #: Where the core's forecasts go; None: nowhere.
+    forecasts_topic: str | None = None
+    delivery_timeout_s: float = 60.0
+    #: How long `run` waits for the follower to read every model before ingesting.
+    follower_catch_up_s: float = 30.0
+    redelivery: Backoff = _REDELIVERY
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceClients:
+    """The service's Kafka side: the group consumer, the producer's tracker, checkpoints."""
+
+    consumer: Consumer
+    tracker: DeliveryTracker
+    checkpoints: CheckpointLog
+
+
 class ConsumerService:
     """Drives an `IngestCore` from a Kafka consumer: poll, process, deliver, commit.
 
@@ -75,41 +101,24 @@ class ConsumerService:
         self,
         *,
         core: IngestCore,
-        consumer: Consumer,
-        tracker: DeliveryTracker,
-        checkpoints: CheckpointLog,
-        telemetry_topic: str,
-        dlq_topic: str,
-        retrain_topic: str,
-        batch_size: int,
-        poll_timeout_s: float,
-        forecasts_topic: str | None = None,
-        follower: ModelFollower | None = None,
-        follower_catch_up_s: float = 30.0,
-        clock: Callable[[], float] = time.time,
-        delivery_timeout_s: float = 60.0,
-        redelivery: Backoff = _REDELIVERY,
+        clients: ServiceClients,
+        config: ServiceConfig,
+        follower: AnswerFollower | None = None,
         hooks: ConsumerHooks | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.core = core
+        self.config = config
         #: Metrics and health (`consumer.observability`); the default records nothing.
         self.hooks = hooks if hooks is not None else ConsumerHooks()
         self.stats = ConsumerStats()
-        self._consumer = consumer
-        self._tracker = tracker
-        self._checkpoints = checkpoints
-        self._topic = telemetry_topic
-        self._dlq_topic = dlq_topic
-        self._retrain_topic = retrain_topic
-        self._forecasts_topic = forecasts_topic
+        self._consumer = clients.consumer
+        self._tracker = clients.tracker
+        self._checkpoints = clients.checkpoints
+        self._topic = config.telemetry_topic
         self._follower = follower
-        self._follower_catch_up_s = follower_catch_up_s
-        self._batch_size = batch_size
-        self._poll_timeout_s = poll_timeout_s
         #: Wall-clock epoch seconds, the bound of accepted event time (tests inject one).
         self._clock = clock
-        self._delivery_timeout_s = delivery_timeout_s
-        self._redelivery = redelivery
         self._stop = threading.Event()
         #: Per partition: offsets below this were processed by an earlier owner.
         self._resume_at: dict[int, int] = {}
@@ -167,7 +176,7 @@ class ConsumerService:
             self._follower.start()
             # Learn the models that exist before ingesting, or a tenant with a model
             # would look like a cold start.
-            if not self._follower.caught_up.wait(self._follower_catch_up_s):
+            if not self._follower.caught_up.wait(self.config.follower_catch_up_s):
                 log.warning("model follower still catching up; ingesting anyway")
             self.apply_answers()
         self._consumer.subscribe(
@@ -180,7 +189,9 @@ class ConsumerService:
         last_report = time.monotonic()
         try:
             while not stop.is_set() and (max_batches is None or batches < max_batches):
-                messages = self._consumer.consume(self._batch_size, self._poll_timeout_s)
+                messages = self._consumer.consume(
+                    self.config.batch_size, self.config.poll_timeout_s
+                )
                 self.hooks.polled()
                 self.apply_answers()
                 records = [m for m in messages if is_record(m)]
@@ -203,29 +214,22 @@ class ConsumerService:
         result = self.core.process(records, self._resume_at, now=self._clock())
         self.stats.add(result)
         outputs: list[_Output] = [
-            (self._dlq_topic, letter.key, letter.value, letter.headers)
+            (self.config.dlq_topic, letter.key, letter.value, letter.headers)
             for letter in result.dead_letters
         ]
-        if self._forecasts_topic is not None:
-            outputs += [(self._forecasts_topic, k, v, None) for k, v in result.forecasts]
+        forecasts_topic = self.config.forecasts_topic
+        if forecasts_topic is not None:
+            outputs += [(forecasts_topic, k, v, None) for k, v in result.forecasts]
         outputs += [
-            (self._retrain_topic, r.tenant.encode(), r.model_dump_json().encode(), None)
+            (self.config.retrain_topic, r.tenant.encode(), r.model_dump_json().encode(), None)
             for r in result.requests
         ]
         for topic, key, value, headers in outputs:
             self._tracker.produce(topic, key=key, value=value, headers=headers)
-        next_offsets: dict[int, int] = {}
-        for record in records:
-            partition, offset = position(record)
-            if offset >= self._resume_at.get(partition, -1):
-                next_offsets[partition] = max(next_offsets.get(partition, 0), offset + 1)
+        next_offsets = result.next_offsets
         for partition, next_offset in next_offsets.items():
-            replay_from = self.core.replay_start(partition)
             self._checkpoints.write(
-                self._topic,
-                partition,
-                next_offset,
-                next_offset if replay_from is None else min(replay_from, next_offset),
+                self._topic, partition, next_offset, result.replay_from[partition]
             )
         if not self._delivered(outputs, next_offsets):
             return result  # stopping with the broker away: the batch is seen again
@@ -249,7 +253,7 @@ class ConsumerService:
         attempt = 0
         while True:
             try:
-                self._tracker.wait(self._delivery_timeout_s)
+                self._tracker.wait(self.config.delivery_timeout_s)
                 return True
             except BrokerError as exc:
                 failed = self._tracker.pending == 0  # no record left in flight: lost ones
@@ -259,7 +263,7 @@ class ConsumerService:
                     "producing it again" if failed else "still waiting",
                     attempt + 1,
                 )
-            if self._stop.wait(self._redelivery.jittered_s(attempt) if failed else 0.0):
+            if self._stop.wait(self.config.redelivery.jittered_s(attempt) if failed else 0.0):
                 return False
             attempt += 1
             if failed:

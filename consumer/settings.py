@@ -1,4 +1,12 @@
-"""Settings of `slaops consume` (env `SLAOPS_*`, each also a CLI flag)."""
+"""Settings of `slaops consume` (env `SLAOPS_*`, each also a CLI flag).
+
+A setting the core reads has the name of its field in `CoreConfig` (or in the
+`DriftConfig` and `PerformanceConfig` inside it), and the default from there:
+`consumer.main.core_config` builds the core's config by name. Those configs check
+their own fields when built (at start-up, before any connection), so the settings do
+not check them again; the settings check what no single config can (the topics, and
+rules across them).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +14,7 @@ from typing import Annotated, Final
 
 from pydantic import AfterValidator, Field, model_validator
 
-from consumer.core import CoreConfig
+from consumer.batch import CoreConfig
 from consumer.detectors import DETECTORS, DriftConfig, detector_spec
 from consumer.performance import PerformanceConfig
 from kernel.settings import ObservabilitySettings, StoreSettings, TopicName, TopicSettings
@@ -52,7 +60,7 @@ class ConsumerSettings(StoreSettings, TopicSettings, ObservabilitySettings):
         description="Publish every live forecast to forecasts_topic.",
     )
     performance_detector: DetectorName = Field(
-        default=_PERF.detector,
+        default=_PERF.performance_detector,
         description=f"Detector ({_KINDS}) on block means of a live model's log loss minus "
         "persistence's on the same events (cusum compares them with 0 itself).",
     )
@@ -60,16 +68,15 @@ class ConsumerSettings(StoreSettings, TopicSettings, ObservabilitySettings):
         default_factory=dict, description="Parameters of the performance detector as JSON."
     )
     performance_stride: int = Field(
-        default=_PERF.stride, ge=1, description="Scored forecasts averaged per detector update."
+        default=_PERF.performance_stride,
+        description="Scored forecasts averaged per detector update.",
     )
     performance_warmup: int = Field(
-        default=_PERF.warmup,
-        ge=0,
+        default=_PERF.performance_warmup,
         description="Scored forecasts of a new model before alarms count.",
     )
     performance_settle_events: int = Field(
-        default=_PERF.settle_events,
-        ge=0,
+        default=_PERF.performance_settle_events,
         description="Events after a performance alarm before the request, so the "
         "retraining window holds post-change data.",
     )
@@ -124,23 +131,20 @@ class ConsumerSettings(StoreSettings, TopicSettings, ObservabilitySettings):
         description='Detector parameters as JSON, e.g. {"delta": 0.002} for ADWIN.',
     )
     detector_stride: int | None = Field(
-        default=None,
-        ge=1,
+        default=_DRIFT.detector_stride,
         description="Feed the detector means of this many events (default: per detector).",
     )
-    drift_min_features: int = Field(
+    min_agreeing_features: int = Field(
         default=_DRIFT.min_agreeing_features,
-        ge=1,
-        le=6,
-        description="Features that must agree before drift is declared.",
+        description="Features whose detectors must agree before data drift is declared.",
     )
-    drift_agreement_events: int = Field(
+    agreement_window: int = Field(
         default=_DRIFT.agreement_window,
-        ge=1,
         description="Agreeing features must fire within this many events.",
     )
     drift_warmup_events: int = Field(
-        default=_DRIFT.warmup, ge=10, description="Events that set a tenant's reference mean/std."
+        default=_DRIFT.drift_warmup_events,
+        description="Events that set a tenant's reference mean/std.",
     )
     cold_start: bool = Field(
         default=_CORE.cold_start,

@@ -111,7 +111,7 @@ def performance_runs(
         records.append((meta.index, RawRecord(key, value, 0, meta.position)))
     core = IngestCore(
         CoreConfig(
-            topic=TOPIC,
+            telemetry_topic=TOPIC,
             data_drift=False,
             cold_start=False,
             cooldown_s=0.0,

@@ -1,7 +1,8 @@
 """Seeded telemetry for tests and benchmarks (`bench/` imports this module too).
 
 Raw bytes as producers send them (`telemetry_values`, `telemetry_bytes`) and metric
-matrices as a window stores them (`telemetry_matrix`), all seeded.
+matrices as a window stores them (`telemetry_matrix`), all seeded; `first_drift` feeds
+a matrix to a data-drift monitor.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 from scipy.signal import lfilter
 
+from consumer.detectors import DataDriftMonitor, DriftSignal
 from schemas.telemetry import FEATURES
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
@@ -136,3 +138,9 @@ def telemetry_matrix(n: int, seed: int, phi: float = 0.0) -> np.ndarray:
     if phi:
         noise = lfilter([np.sqrt(1 - phi**2)], [1.0, -phi], noise, axis=0)
     return np.clip(MEANS + SDS * noise, 0.0, None).astype(np.float32)
+
+
+def first_drift(monitor: DataDriftMonitor, features: np.ndarray) -> DriftSignal | None:
+    """Feed `features` (n, 6) to `monitor`; the first confirmed drift in them, if any."""
+    signals = monitor.update(features)
+    return signals[0] if signals else None

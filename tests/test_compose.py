@@ -406,7 +406,7 @@ def _exposed_series() -> set[str]:
     from pydantic import SecretStr
 
     from consumer.core import CoreConfig, IngestCore
-    from consumer.follower import ModelFollower
+    from consumer.follower import AnswerFollower, AnswerTopics
     from consumer.observability import ConsumerMetrics
     from kernel.model_follower import ModelAuthority
     from kernel.observability import series_names
@@ -414,16 +414,16 @@ def _exposed_series() -> set[str]:
     from retrainer.observability import RetrainerMetrics
 
     store = "file:///nonexistent"
-    follower = ModelFollower(  # built, never started: no connection
+    follower = AnswerFollower(  # built, never started: no connection
         client_config={"bootstrap.servers": "127.0.0.1:9"},
-        models_topic=topics.MODELS,
-        failures_topic=topics.RETRAIN_FAILURES,
-        decisions_topic=topics.RETRAIN_DECISIONS,
+        topics=AnswerTopics(
+            models_topic=topics.MODELS,
+            failures_topic=topics.RETRAIN_FAILURES,
+            decisions_topic=topics.RETRAIN_DECISIONS,
+        ),
         authority=ModelAuthority(open_store(store), store, SecretStr("k7Q2x9Lm" * 8)),
     )
-    consumer = ConsumerMetrics(
-        core=IngestCore(CoreConfig()), telemetry_topic="t", follower=follower
-    )
+    consumer = ConsumerMetrics(core=IngestCore(CoreConfig(telemetry_topic="t")), follower=follower)
     return series_names(consumer.registry) | series_names(RetrainerMetrics().registry)
 
 

@@ -17,7 +17,7 @@ TOPIC = "sla.telemetry"
 
 def config(**changes: object) -> CoreConfig:
     base: dict[str, object] = {
-        "topic": TOPIC,
+        "telemetry_topic": TOPIC,
         "window_max_events": 1_000,
         "cold_start": False,
         "cold_start_min_events": 200,
@@ -145,6 +145,18 @@ def test_drop_partitions_forgets_their_tenants() -> None:
     assert core.drop_partitions([0]) == 1
     assert core.tenant("a") is None and core.tenant("b") is not None
     assert core.replay_start(0) is None and core.replay_start(1) == 0
+
+
+def test_a_dropped_tenant_on_probation_is_never_chosen_for_eviction() -> None:
+    core = IngestCore(config(max_tenants=2))
+    core.process([RawRecord(b"gone", telemetry_values("gone", 1, seed=0)[0], 0, 0)])
+    core.drop_partitions([0])
+    for n, tenant in enumerate(["n1", "n2", "n3"], start=1):
+        result = core.process(
+            [RawRecord(tenant.encode(), telemetry_values(tenant, 1, seed=n)[0], 1, n)]
+        )
+        assert result.valid == 1  # eviction found a tenant it holds: nothing raised
+    assert len(core) == 2 and core.tenant("n3") is not None and core.tenant("gone") is None
 
 
 def test_requests_do_not_depend_on_where_batches_are_cut() -> None:

@@ -537,7 +537,7 @@ def fuzz_core() -> IngestCore:
     start requests on early, so the request path sees hostile timestamps too."""
     return IngestCore(
         CoreConfig(
-            topic=TOPIC,
+            telemetry_topic=TOPIC,
             window_max_events=100_000,
             window_span_s=1e13,
             cold_start=True,
@@ -710,7 +710,7 @@ def test_event_times_at_the_edge_of_datetime_are_dead_lettered(ts: str) -> None:
     with pytest.raises(InvalidTelemetry) as caught:
         parse_telemetry(b"acme", edge_event(ts, False))
     assert caught.value.reason is RejectReason.OUT_OF_RANGE
-    core = IngestCore(CoreConfig(topic=TOPIC, cold_start_min_events=20, data_drift=False))
+    core = IngestCore(CoreConfig(telemetry_topic=TOPIC, cold_start_min_events=20, data_drift=False))
     messages = [message(i, b"acme", edge_event(ts, i % 2 == 0)) for i in range(40)]
     result = core.process(messages)
     assert (result.valid, result.invalid, result.requests) == (0, 40, [])
@@ -720,7 +720,7 @@ def test_event_times_at_the_edge_of_datetime_are_dead_lettered(ts: str) -> None:
     "ts", ["9999-12-30T00:00:00+00:00", "0001-01-02T00:00:00+00:00", "9999-12-29T00:00:00-23:59"]
 )
 def test_event_times_just_inside_the_edge_are_accepted_and_requested(ts: str) -> None:
-    core = IngestCore(CoreConfig(topic=TOPIC, cold_start_min_events=20, data_drift=False))
+    core = IngestCore(CoreConfig(telemetry_topic=TOPIC, cold_start_min_events=20, data_drift=False))
     messages = [message(i, b"acme", edge_event(ts, i % 2 == 0)) for i in range(40)]
     result = core.process(messages)
     assert (result.valid, result.invalid) == (40, 0)

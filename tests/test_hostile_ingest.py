@@ -27,7 +27,7 @@ from consumer.checkpoint import (
 )
 from consumer.core import CoreConfig, IngestCore
 from consumer.main import core_config
-from consumer.service import ConsumerService
+from consumer.service import ConsumerService, ServiceClients, ServiceConfig
 from consumer.settings import ConsumerSettings
 from consumer.window import TenantWindow
 from kernel.errors import ConfigError
@@ -72,7 +72,7 @@ def _event(tenant: str, ts: Any) -> bytes:
 def _cold_start_core() -> IngestCore:
     return IngestCore(
         CoreConfig(
-            topic=TOPIC,
+            telemetry_topic=TOPIC,
             window_max_events=1_000,
             cold_start=True,
             cold_start_min_events=100,
@@ -153,15 +153,19 @@ def test_the_service_bounds_event_time_by_its_injected_clock() -> None:
 
     produced: list[tuple[str, dict[str, Any]]] = []
     service = ConsumerService(
-        core=IngestCore(CoreConfig(topic=TOPIC, cold_start=False)),
-        consumer=Consumer(),  # type: ignore[arg-type]
-        tracker=Tracker(),  # type: ignore[arg-type]
-        checkpoints=Checkpoints(),  # type: ignore[arg-type]
-        telemetry_topic=TOPIC,
-        dlq_topic="dlq",
-        retrain_topic="retrain",
-        batch_size=10,
-        poll_timeout_s=0.1,
+        core=IngestCore(CoreConfig(telemetry_topic=TOPIC, cold_start=False)),
+        clients=ServiceClients(
+            consumer=Consumer(),  # type: ignore[arg-type]
+            tracker=Tracker(),  # type: ignore[arg-type]
+            checkpoints=Checkpoints(),  # type: ignore[arg-type]
+        ),
+        config=ServiceConfig(
+            telemetry_topic=TOPIC,
+            dlq_topic="dlq",
+            retrain_topic="retrain",
+            batch_size=10,
+            poll_timeout_s=0.1,
+        ),
         clock=lambda: START.timestamp(),
     )
     ahead = (START + timedelta(hours=1)).isoformat()
@@ -424,7 +428,7 @@ def test_watch_escapes_control_characters_of_a_forged_event(
 
 
 def test_producer_supplied_dlq_headers_are_dropped_when_dead_lettering() -> None:
-    core = IngestCore(CoreConfig(topic=TOPIC, cold_start=False))
+    core = IngestCore(CoreConfig(telemetry_topic=TOPIC, cold_start=False))
     record = HeaderRecord(
         b"acme",
         b"{oops",
@@ -463,7 +467,7 @@ def test_rfc3339_timestamps_still_parse() -> None:
 
 
 def test_a_flood_of_one_event_tenants_cannot_evict_a_real_tenants_window() -> None:
-    core = IngestCore(CoreConfig(topic="sla.telemetry", max_tenants=50, cold_start=False))
+    core = IngestCore(CoreConfig(telemetry_topic="sla.telemetry", max_tenants=50, cold_start=False))
     real = telemetry_values("real", 200, seed=1)
     core.process([RawRecord(b"real", value, 0, i) for i, value in enumerate(real)])
     junk = [

@@ -27,14 +27,14 @@ import safetensors.torch
 import torch
 
 from consumer.core import IngestCore
-from consumer.follower import ModelFollower
-from consumer.live_model import LiveModel, ModelRefused, load_live_model
+from consumer.follower import AnswerFollower, AnswerTopics
+from consumer.live_model import LiveModel
 from consumer.settings import ConsumerSettings
 from kernel import model_follower as kernel_follower
 from kernel.artifacts import load_model, sha256_hex
 from kernel.errors import ConfigError
 from kernel.kafka import base_config
-from kernel.model_follower import ModelAuthority
+from kernel.model_follower import ModelAuthority, ModelRefused
 from kernel.settings import load_settings
 from kernel.store import (
     ANY_PARENT,
@@ -53,6 +53,7 @@ from slaops.cli import main
 from tests.test_artifacts import _SystemOnUnpickle, _torch_saved, _TouchOnUnpickle
 from tests.test_live_models import KEY, core_with, messages
 from tests.test_live_models import published as published  # the module's trained model
+from tests.tiny_models import load_live_model
 
 MODELS_TOPIC = "sla.models"
 ACME = tenant_hash("acme", KEY)
@@ -105,7 +106,7 @@ class Scene:
     spy: SpyStore
     legit: dict[str, bytes]  # kind -> bytes of the real model
     v1: ModelPublished
-    follower: ModelFollower
+    follower: AnswerFollower
     core: IngestCore
     marker: pathlib.Path  # a pickle payload would create it
     limit: int  # MAX_ARTIFACT_BYTES during the test (the real one is 64 MiB)
@@ -123,7 +124,7 @@ class Scene:
 
     def announce(self, event: ModelPublished) -> None:
         """The follower reads the record; the main loop applies its answers (as the service)."""
-        self.follower._handle(MODELS_TOPIC, event.model_dump_json().encode())
+        self.follower.inner.handle(MODELS_TOPIC, event.model_dump_json().encode())
         for answer in self.follower.drain():
             if answer.model is not None:
                 self.core.apply_model(answer.model)
@@ -186,12 +187,14 @@ def scene(
     assert not scene.marker.exists(), "a pickle payload ran"
 
 
-def new_follower(store: ModelStore, uri: str) -> ModelFollower:
-    return ModelFollower(
+def new_follower(store: ModelStore, uri: str) -> AnswerFollower:
+    return AnswerFollower(
         client_config={},  # never started: records are handed to it directly
-        models_topic=MODELS_TOPIC,
-        failures_topic="sla.retrain.failures",
-        decisions_topic="sla.retrain.decisions",
+        topics=AnswerTopics(
+            models_topic=MODELS_TOPIC,
+            failures_topic="sla.retrain.failures",
+            decisions_topic="sla.retrain.decisions",
+        ),
         authority=ModelAuthority(store, uri, KEY),
         min_lookup_interval_s=0.0,
     )

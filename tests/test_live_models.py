@@ -14,8 +14,9 @@ from confluent_kafka import Message
 from pydantic import SecretStr
 
 from consumer.core import CoreConfig, IngestCore
-from consumer.live_model import LiveModel, ModelRefused, load_live_model
+from consumer.live_model import LiveModel
 from consumer.performance import PerformanceConfig
+from kernel.model_follower import ModelRefused
 from kernel.store import ModelStore, open_store
 from kernel.tenant_hash import tenant_hash
 from retrainer.pipeline import TrainingConfig
@@ -23,6 +24,7 @@ from retrainer.publisher import OutcomeTopics, RequestHandler
 from retrainer.search import SearchConfig
 from schemas import ModelPublished
 from tests.retrain_data import request_for, telemetry_messages, tenant_rows
+from tests.tiny_models import load_live_model
 
 NO_EVENTS = (np.empty(0), np.empty((0, 6), np.float32), np.empty(0, bool))
 KEY = SecretStr("live-model-tenant-key-0123456789")
@@ -111,8 +113,8 @@ def stream_ts(message: Message) -> float:
 
 def core_with(model: LiveModel | None, **changes: object) -> IngestCore:
     # No retrainer answers here: a request stays in flight for the whole test.
-    changes.setdefault("performance", PerformanceConfig(warmup=100))
-    config = CoreConfig(topic="sla.telemetry", request_timeout_s=1e9, **changes)  # type: ignore[arg-type]
+    changes.setdefault("performance", PerformanceConfig(performance_warmup=100))
+    config = CoreConfig(telemetry_topic="sla.telemetry", request_timeout_s=1e9, **changes)  # type: ignore[arg-type]
     core = IngestCore(config)
     if model is not None:
         core.apply_model(model)
@@ -191,7 +193,9 @@ def test_performance_request_waits_settle_events_after_the_alarm_whatever_the_ba
     stream = messages(4, 150.0, 1_500) + messages(5, 90.0, 1_500, start=1_500)
     runs = []
     for size in (700, 137):
-        core = core_with(load(published), performance=PerformanceConfig(settle_events=settle))
+        core = core_with(
+            load(published), performance=PerformanceConfig(performance_settle_events=settle)
+        )
         runs.append(
             [
                 r

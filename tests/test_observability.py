@@ -190,7 +190,7 @@ def test_consumer_metrics_equal_what_the_core_did_and_name_no_tenant() -> None:
             drift=DriftConfig(detector="adwin"),
         )
     )
-    metrics = ConsumerMetrics(core=core, telemetry_topic="sla.telemetry", refresh_s=0.0)
+    metrics = ConsumerMetrics(core=core, refresh_s=0.0)
     streams = {
         f"tenant-{i:03d}": telemetry_values(f"tenant-{i:03d}", 400, seed=i, shift_at=250)
         for i in range(6)
@@ -241,7 +241,7 @@ def metrics_text(registry: CollectorRegistry) -> str:
 
 
 def test_lag_is_kept_for_assigned_partitions_only() -> None:
-    metrics = ConsumerMetrics(core=IngestCore(CoreConfig()), telemetry_topic="t")
+    metrics = ConsumerMetrics(core=IngestCore(CoreConfig(telemetry_topic="t")))
     stats = json.dumps(
         {
             "topics": {
@@ -392,8 +392,7 @@ def test_ready_once_joined_and_every_replayed_partition_caught_up() -> None:
 
     positions = {0: -1001, 1: -1001}
     metrics = ConsumerMetrics(
-        core=IngestCore(CoreConfig()),
-        telemetry_topic="t",
+        core=IngestCore(CoreConfig(telemetry_topic="t")),
         positions=lambda numbers: {p: positions[p] for p in numbers},
     )
     assert metrics.health.readiness()[1]["checks"]["group_joined"] is False

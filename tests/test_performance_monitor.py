@@ -57,7 +57,7 @@ def test_forecasts_wrong_from_the_first_event_alarm_soon_after_the_warmup() -> N
     found = indices(config, forecasts(5_000, seed=3, wrong_from=0), [])
     # Near p = 0.5 an inverted outcome costs what was promised: it takes the first hours'
     # confident forecasts to show the inversion.
-    assert found and config.warmup <= found[0] < 500
+    assert found and config.performance_warmup <= found[0] < 500
 
 
 def test_a_model_getting_better_is_no_alarm() -> None:
@@ -73,7 +73,7 @@ def test_a_model_getting_better_is_no_alarm() -> None:
 @given(sizes=st.lists(st.integers(min_value=0, max_value=700), max_size=10))
 def test_any_split_into_blocks_gives_the_same_alarms(sizes: list[int]) -> None:
     rows = forecasts(4_000, seed=5, wrong_from=2_000)
-    config = PerformanceConfig(warmup=50)
+    config = PerformanceConfig(performance_warmup=50)
     assert indices(config, rows, sizes) == indices(config, rows, [])
 
 

@@ -2,17 +2,22 @@
 
 Forecasting costs the same whatever the weights are; `poisoned` gives a model whose
 every forecast is NaN (what a model with finite but absurd weights can do).
+`load_live_model` loads an announced model from a store, for tests of the refusals.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from pydantic import SecretStr
 
 from consumer.live_model import LiveModel
 from kernel.artifacts import ModelCard
 from kernel.features import FeatureSpec
 from kernel.mlp import SlaMLP
+from kernel.model_follower import ModelAuthority, ModelRefused
+from kernel.store import ModelStore
+from schemas import ModelPublished
 
 
 def tiny_live_model(
@@ -45,3 +50,27 @@ def tiny_live_model(
         files={},
     )
     return LiveModel(tenant, f"{version:040x}", version, "0" * 32, module=module, card=card)
+
+
+def load_live_model(
+    event: ModelPublished, *, store: ModelStore, store_uri: str, tenant_key: SecretStr
+) -> LiveModel:
+    """The store's newest model of the announced tenant, or raise `ModelRefused`.
+
+    The announcement is only a hint: it must pass the cheap checks (our store, the
+    tenant's own HMAC hash and paths); the store's newest revision is read and verified
+    against the store's card and the announced sha256s, and refused unless it is the
+    announced revision. (The consumer's follower instead loads the store's newest
+    whatever revision the hint names.)
+    """
+    authority = ModelAuthority(store, store_uri, tenant_key)
+    authority.check(event)
+    verified = authority.newest(event.tenant, announced=event)
+    if verified is None:  # pragma: no cover - newest() refuses an announced empty tenant
+        raise ModelRefused("the store holds no version of this tenant", "not_in_store")
+    if verified.revision != event.revision:
+        raise ModelRefused(
+            f"revision {event.revision!r} is not the store's newest ({verified.revision})",
+            "not_newest",
+        )
+    return LiveModel.from_verified(verified, event.request_event_id)

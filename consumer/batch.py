@@ -1,0 +1,192 @@
+"""The types the consumer core shares: its config, a tenant's state, a block, a batch's result.
+
+Plain data, no behaviour beyond small accessors: the modules of the core
+(`consumer.tenants`, `consumer.triggers`, `consumer.forecasting`, `consumer.core`) all
+import them from here, and none imports another's internals.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+
+from consumer.detectors import DataDriftMonitor, DriftConfig, DriftSignal
+from consumer.gate import RequestGate
+from consumer.live_model import Events, LiveModel
+from consumer.performance import PerformanceConfig, PerformanceMonitor
+from consumer.window import DEFAULT_CAPACITY, DEFAULT_SPAN_S, TenantWindow
+from schemas import RejectReason, RetrainReason, RetrainRequested, topics
+from schemas.telemetry import DEFAULT_MAX_MESSAGE_BYTES, FEATURES
+
+#: Reads one validated event's columns straight from the model's field dict: one C call
+#: per event instead of nine attribute lookups.
+ROW: Final = operator.itemgetter("tenant", "ts", *FEATURES, "sla_breached")
+NO_PROBA: Final = np.empty((0, 2), dtype=np.float64)
+#: Events a tenant's window must hold before it is protected from probation eviction.
+PROTECTED_EVENTS: Final = 16
+#: Answered request ids remembered, so that a replay does not re-open them.
+RESOLVED_KEPT: Final = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class CoreConfig:
+    """What the core needs to know. THE defaults: `ConsumerSettings` takes its own from here.
+
+    Every field is the `slaops consume` setting of the same name, and so are the fields
+    of `drift` and `performance`: `consumer.main.core_config` builds this by name.
+    The defaults suit 1-, 5- and 15-minute telemetry alike: a tenant's first
+    `cold_start_min_events` fit in the window at each (see `consumer.window`).
+    """
+
+    telemetry_topic: str = topics.TELEMETRY
+    window_max_events: int = DEFAULT_CAPACITY
+    window_span_s: float = DEFAULT_SPAN_S
+    max_tenants: int = 10_000
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    drift: DriftConfig = field(default_factory=DriftConfig)
+    data_drift: bool = True
+    cold_start: bool = True
+    cold_start_min_events: int = 500
+    cold_start_min_per_class: int = 10
+    #: Event time between a tenant's requests.
+    cooldown_s: float = 3_600.0
+    #: Wall-clock time (the `now` of `process`) an unanswered request holds its tenant.
+    request_timeout_s: float = 7_200.0
+    performance: PerformanceConfig = field(default_factory=PerformanceConfig)
+    publish_forecasts: bool = False
+    #: Event times later than the caller's clock plus this are dead-lettered (`future_ts`).
+    max_future_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUp:
+    """A drift that arrived while the tenant's request was in flight.
+
+    It is not lost: once that request is answered (or times out) and the cooldown has
+    passed, ONE follow-up request goes out on the then newest window. Its `event_id` is
+    the drift's own (its offset), so a replay that meets the drift after the answer
+    makes the same id. A newer drift while one waits replaces it (coalesced)."""
+
+    reason: RetrainReason
+    detector: str
+    signal: DriftSignal | None
+    offset: int
+    ts: float
+
+
+@dataclass(slots=True)
+class TenantState:
+    """Everything the core holds for one tenant: its window, monitors, gate and model."""
+
+    tenant: str
+    partition: int
+    window: TenantWindow
+    drift: DataDriftMonitor
+    gate: RequestGate
+    model: LiveModel | None = None
+    performance: PerformanceMonitor | None = None
+    #: Forecasts not yet scored: the last `horizon` probabilities of the live model.
+    pending_proba: np.ndarray = field(default_factory=lambda: NO_PROBA)
+    #: A performance alarm waiting out its settle period, and the events still to wait.
+    alarm: DriftSignal | None = None
+    alarm_wait: int = 0
+    follow_up: FollowUp | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """One tenant's slice of a batch, oldest first: its columns and where they came from.
+
+    The columns are views into the batch's arrays: `ts` (n,) epoch seconds, `features`
+    (n, 6) float32, `labels` (n,) bool, `offsets` (n,) int64 of the tenant's partition.
+    Events below `replay_limit` were processed before a restart or rebalance: they
+    rebuild state and emit nothing again. `now` is the caller's clock (None: no clock)
+    and `not_after` the latest event time a window may reach (None: no bound).
+    """
+
+    state: TenantState
+    ts: np.ndarray
+    features: np.ndarray
+    labels: np.ndarray
+    offsets: np.ndarray
+    replay_limit: int
+    now: float | None = None
+    not_after: float | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def events(self) -> Events:
+        """The block's (ts, features, labels) columns, as the live model takes them."""
+        return self.ts, self.features, self.labels
+
+    def fresh(self, index: int) -> bool:
+        """Whether event `index` is seen for the first time (not replayed)."""
+        return int(self.offsets[index]) >= self.replay_limit
+
+    def extend_window(self, start: int, stop: int | None = None) -> None:
+        """Append events [start, stop) of the block to the tenant's window."""
+        self.state.window.extend(
+            self.ts[start:stop],
+            self.features[start:stop],
+            self.labels[start:stop],
+            self.offsets[start:stop],
+            checked=False,
+            max_ts=self.not_after,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """A reason to ask for a retrain at event `index` of a block."""
+
+    index: int
+    reason: RetrainReason
+    detector: str
+    signal: DriftSignal | None
+    #: Set when this is the tenant's waiting follow-up coming due.
+    follow_up: FollowUp | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterOut:
+    """A record for the dead-letter topic: the original bytes, and headers that say why."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, Any]]
+    #: The reason the headers carry, for whoever counts dead letters by reason.
+    reason: RejectReason
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What one batch did, and what the caller must produce and commit for it."""
+
+    dead_letters: list[DeadLetterOut] = field(default_factory=list)
+    requests: list[RetrainRequested] = field(default_factory=list)
+    forecasts: list[tuple[bytes, bytes]] = field(default_factory=list)
+    valid: int = 0
+    invalid: int = 0
+    replayed: int = 0
+    #: Fresh (not replayed) detector alarms as (reason, detector), and the reasons of
+    #: requests the gate held back (cooldown, or a request in flight). Both rare.
+    alarms: list[tuple[str, str]] = field(default_factory=list)
+    held_back: list[str] = field(default_factory=list)
+    #: Live forecasts of fresh events; those scored against their interval's label, and
+    #: of these the ones whose decision (at the model's threshold) was wrong.
+    forecasts_made: int = 0
+    forecasts_scored: int = 0
+    forecast_errors: int = 0
+    #: Forecasts that were not finite: neither published nor scored.
+    forecasts_non_finite: int = 0
+    #: Per partition with fresh records: the offset to commit once the outputs are
+    #: delivered (one past the batch's last record of it) ...
+    next_offsets: dict[int, int] = field(default_factory=dict)
+    #: ... and the offset a restart must replay from to rebuild its windows (at most
+    #: that next offset): what the partition's checkpoint records.
+    replay_from: dict[int, int] = field(default_factory=dict)

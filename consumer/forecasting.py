@@ -1,0 +1,119 @@
+"""Live forecasts of a block: one model call, scoring of earlier forecasts, emission.
+
+The forecast made at event t is for event t + horizon; it is scored when that event's
+label arrives, in this block or a later one (the tenant's `pending_proba` carries the
+last `horizon` forecasts across blocks). Scored forecasts feed the tenant's
+performance monitor, whose alarms come back to the core as triggers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+
+from consumer.batch import BatchResult, Block, CoreConfig
+from consumer.detectors import DriftSignal
+from consumer.live_model import LiveModel
+
+
+class Forecaster:
+    """Forecasts, scores and (with `publish_forecasts`) emits a block's live forecasts.
+
+    Holds no state of its own: each tenant's model, monitor and pending forecasts are
+    in its `TenantState`. A non-finite forecast is neither scored nor published.
+    """
+
+    def __init__(self, config: CoreConfig) -> None:
+        self.config = config
+
+    def forecast(self, block: Block, result: BatchResult) -> list[DriftSignal]:
+        """Forecast the block with one model call, and score earlier forecasts.
+
+        Returns the performance monitor's alarms, each `index` an event of the block.
+        """
+        state = block.state
+        model = state.model
+        monitor = state.performance
+        if model is None or monitor is None:
+            return []
+        labels = block.labels
+        history = state.window.tail(model.features.history - 1)
+        proba = model.forecast(history, block.events)
+        # Beside each forecast, what persistence forecast for the same event: the monitor
+        # watches the model's loss against it (both suffer the same hard hours).
+        pair = np.column_stack((proba, model.persistence(labels)))
+        horizon = model.horizon
+        pending = state.pending_proba
+        combined = np.concatenate((pending, pair)) if len(pending) else pair
+        scored = np.arange(max(0, horizon - len(pending)), len(labels))
+        made = combined[len(pending) + scored - horizon]
+        outcomes = np.column_stack((made[:, 0], labels[scored], made[:, 1]))
+        state.pending_proba = combined[-horizon:]
+        # A non-finite forecast is no forecast: never scored, never published.
+        usable = np.isfinite(outcomes[:, 0])
+        if not usable.all():
+            scored, outcomes = scored[usable], outcomes[usable]
+        _count(block, model, proba, outcomes, scored, result)
+        if self.config.publish_forecasts:
+            _emit(block, model, proba, result)
+        return [replace(a, index=int(scored[a.index])) for a in monitor.update(outcomes)]
+
+
+def _count(
+    block: Block,
+    model: LiveModel,
+    proba: np.ndarray,
+    outcomes: np.ndarray,
+    scored: np.ndarray,
+    result: BatchResult,
+) -> None:
+    """Forecasts made, scored and wrong in a block, of fresh events only (vectorised)."""
+    offsets, replay_limit = block.offsets, block.replay_limit
+    wrong = (outcomes[:, 0] >= model.threshold) != (outcomes[:, 1] >= 0.5)
+    finite = int(np.count_nonzero(np.isfinite(proba)))
+    if replay_limit <= int(offsets[0]):  # nothing replayed: the common case
+        result.forecasts_made += finite
+        result.forecasts_non_finite += len(proba) - finite
+        result.forecasts_scored += len(scored)
+        result.forecast_errors += int(np.count_nonzero(wrong))
+        return
+    fresh = offsets >= replay_limit
+    made = int(np.count_nonzero(fresh & np.isfinite(proba)))
+    result.forecasts_made += made
+    result.forecasts_non_finite += int(np.count_nonzero(fresh)) - made
+    judged = fresh[scored]
+    result.forecasts_scored += int(np.count_nonzero(judged))
+    result.forecast_errors += int(np.count_nonzero(wrong & judged))
+
+
+def _emit(block: Block, model: LiveModel, proba: np.ndarray, result: BatchResult) -> None:
+    """One `sla.forecasts` record per fresh, finite forecast of the block."""
+    fresh = (block.offsets >= block.replay_limit) & np.isfinite(proba)
+    if not fresh.any():
+        return
+    tenant = block.state.tenant
+    key = tenant.encode()
+    # One JSON object per event, built from a per-block prefix and vectorised time
+    # formatting: json.dumps and datetime per event would cost more than the forecast.
+    head = (
+        f'{{"tenant": {json.dumps(tenant)}, "horizon": {model.horizon}, '
+        f'"model_revision": {json.dumps(model.revision)}, '
+        f'"model_version": {model.version}, "ts": "'
+    )
+    micros = np.round(block.ts[fresh] * 1e6).astype("datetime64[us]")
+    whole = not (micros.astype(np.int64) % 1_000_000).any()
+    stamps = np.datetime_as_string(
+        micros,
+        unit="s" if whole else "us",
+        timezone="UTC",
+    ).tolist()
+    chosen = proba[fresh]
+    expected = (chosen >= model.threshold).tolist()
+    probabilities = np.round(chosen.astype(np.float64), 6).tolist()
+    out = result.forecasts
+    for stamp, probability, breach in zip(stamps, probabilities, expected, strict=True):
+        tail = "true}" if breach else "false}"
+        value = f'{head}{stamp}", "probability": {probability!r}, "breach_expected": {tail}'
+        out.append((key, value.encode()))

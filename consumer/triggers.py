@@ -1,0 +1,246 @@
+"""When a tenant asks for a retrain: cold start, drift, follow-ups, the cooldown, answers.
+
+A block's triggers are taken in event order, with the window and the gate exactly as
+they were at each one, so requests (and their ids) do not depend on where the poll cut
+the stream: a replay after a crash, with other batches, makes the same. Ids are
+deterministic (`schemas.retrain_event_id`), and a request names its training data by
+an offset range of the telemetry topic.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import numpy as np
+
+from consumer.batch import (
+    RESOLVED_KEPT,
+    BatchResult,
+    Block,
+    CoreConfig,
+    FollowUp,
+    TenantState,
+    Trigger,
+)
+from consumer.detectors import DriftSignal
+from schemas import DetectorDetails, OffsetRange, RetrainRequested, retrain_event_id
+
+log = logging.getLogger(__name__)
+
+
+class RetrainTriggers:
+    """Turns a block's alarms, and its tenant's readiness, into retrain requests.
+
+    Holds the ids of requests already answered (the newest `RESOLVED_KEPT`), so that a
+    replay does not re-open them; everything else lives in each tenant's state (its
+    gate, its waiting follow-up). Produces nothing itself: requests go to the result.
+    """
+
+    def __init__(self, config: CoreConfig) -> None:
+        self.config = config
+        #: Requests already answered (published, kept or failed), newest last.
+        self._resolved: OrderedDict[str, None] = OrderedDict()
+
+    def resolve(self, state: TenantState | None, event_id: str) -> None:
+        """A request was answered: its tenant (`state`, if held) may ask again.
+
+        The answer frees the gate of the request it names, and also any other request
+        of the tenant in flight if this answer is new: a retrainer just served the
+        tenant on its newest window. (A replay after a restart can rebuild a request in
+        flight under an id that was never sent, when answers had come at other points
+        of the stream; it must not wait out the whole timeout.)
+        """
+        fresh = event_id not in self._resolved
+        self._resolved[event_id] = None
+        while len(self._resolved) > RESOLVED_KEPT:
+            self._resolved.popitem(last=False)
+        if state is not None and (fresh or state.gate.request_id == event_id):
+            state.gate.resolve()
+
+    def run(self, block: Block, triggers: list[Trigger], result: BatchResult) -> None:
+        """Window the whole block, raising each request at the event that triggers it.
+
+        `triggers` are the block's drift triggers; cold starts and the tenant's waiting
+        follow-up are found here, between them.
+        """
+        state = block.state
+        pending = sorted(triggers, key=lambda t: t.index)
+        cold_start = self.config.cold_start and state.model is None
+        done = 0
+        while True:
+            index = pending[0].index if pending else len(block)
+            cold = self._cold_start_index(block, done, index) if cold_start else None
+            follow_up = state.follow_up
+            follow = self._follow_up_index(block, done, index)
+            if follow_up is not None and follow is not None and (cold is None or follow <= cold):
+                trigger = Trigger(
+                    follow, follow_up.reason, follow_up.detector, follow_up.signal, follow_up
+                )
+            elif cold is not None:
+                trigger = Trigger(cold, "cold_start", "cold_start", None)
+            elif pending:
+                trigger = pending.pop(0)
+            else:
+                break
+            cut = trigger.index + 1
+            block.extend_window(done, cut)
+            done = cut
+            self._request(block, trigger, result)
+        block.extend_window(done)
+
+    def _follow_up_index(self, block: Block, start: int, stop: int) -> int | None:
+        """First event in `[start, stop)` at which the tenant's waiting follow-up is due."""
+        state = block.state
+        if state.follow_up is None or stop <= start:
+            return None
+        ready = state.gate.allows_many(block.ts[start:stop], block.now)
+        return start + int(np.argmax(ready)) if ready.any() else None
+
+    def _cold_start_index(self, block: Block, start: int, stop: int) -> int | None:
+        """First event in `[start, stop)` of the block at which a cold start is due.
+
+        Due: the window (as extended up to `start`) has become trainable and the gate lets
+        a request through. Evictions inside the block are ignored, which can only make a
+        trigger a few events later than exact.
+        """
+        if stop <= start:
+            return None
+        cfg = self.config
+        window = block.state.window
+        if len(window) + (stop - start) < cfg.cold_start_min_events:
+            return None
+        part = block.labels[start:stop]
+        pos = window.n_positive + np.cumsum(part)
+        total = np.minimum(len(window) + np.arange(1, len(part) + 1), window.capacity)
+        ready = (
+            (total >= cfg.cold_start_min_events)
+            & (pos >= cfg.cold_start_min_per_class)
+            & (total - pos >= cfg.cold_start_min_per_class)
+        )
+        ready &= block.state.gate.allows_many(block.ts[start:stop], block.now)
+        if not ready.any():
+            return None
+        return start + int(np.argmax(ready))
+
+    def _request(self, block: Block, trigger: Trigger, result: BatchResult) -> None:
+        """Ask for a retrain at the trigger's event, if the gate lets it through.
+
+        Held back by a request in flight, the trigger waits as the tenant's follow-up;
+        held back by the cooldown alone, it is dropped. A follow-up keeps the id and
+        detection time of its drift, and names the window as it is now.
+        """
+        state, now = block.state, block.now
+        ts = float(block.ts[trigger.index])
+        at = int(block.offsets[trigger.index])
+        follow_up = trigger.follow_up
+        origin, detected = (at, ts) if follow_up is None else (follow_up.offset, follow_up.ts)
+        reason = trigger.reason
+        topic, partition = self.config.telemetry_topic, state.partition
+        event_id = retrain_event_id(state.tenant, reason, topic, partition, origin)
+        if not state.gate.allows(ts, now):
+            waits = state.gate.busy(now)
+            if waits:
+                state.follow_up = FollowUp(
+                    reason, trigger.detector, trigger.signal, origin, detected
+                )
+            if at >= block.replay_limit:
+                result.held_back.append(reason)
+            log.debug(
+                "tenant=%s partition=%d offset=%d %s %s",
+                state.tenant,
+                state.partition,
+                at,
+                reason,
+                "waits for the request in flight" if waits else "dropped in the cooldown",
+            )
+            return
+        state.gate.record_request(ts, event_id, now)
+        state.follow_up = None  # this request trains on the newest window: it covers it
+        if event_id in self._resolved:  # answered before this replay reached it
+            state.gate.resolve()
+        if at < block.replay_limit:
+            return
+        request = self._retrain_requested(state, trigger, event_id, at, detected)
+        log.info(
+            "retrain requested tenant=%s partition=%d offset=%d reason=%s event_id=%s",
+            state.tenant,
+            state.partition,
+            at,
+            reason,
+            request.event_id,
+        )
+        result.requests.append(request)
+
+    def _retrain_requested(
+        self, state: TenantState, trigger: Trigger, event_id: str, at: int, detected: float
+    ) -> RetrainRequested:
+        """The request event: what triggered it, and the window up to offset `at`."""
+        held = state.window.offsets()
+        held = held[held <= at]
+        signal = trigger.signal
+        return RetrainRequested(
+            event_id=event_id,
+            tenant=state.tenant,
+            reason=trigger.reason,
+            detector=trigger.detector,
+            details=DetectorDetails(
+                features=list(signal.features) if signal else [],
+                statistic=dict(signal.statistic)
+                if signal
+                else {
+                    "n_events": float(len(state.window)),
+                    "n_positive": float(state.window.n_positive),
+                },
+            ),
+            detected_at=datetime.fromtimestamp(detected, UTC),
+            source=[
+                OffsetRange(
+                    topic=self.config.telemetry_topic,
+                    partition=state.partition,
+                    start_offset=int(held.min()) if len(held) else at,
+                    end_offset=at + 1,
+                )
+            ],
+            n_events=max(len(held), 1),
+        )
+
+
+def settled(block: Block, alarms: list[DriftSignal], settle: int) -> list[DriftSignal]:
+    """Performance alarms that fall due in this block, `settle` events after each.
+
+    An alarm while another waits (in the block's tenant state) is dropped; the wait
+    runs across blocks.
+    """
+    state, n = block.state, len(block)
+    due: list[DriftSignal] = []
+    for alarm in [*alarms, None]:
+        limit = n if alarm is None else alarm.index
+        if state.alarm is not None and state.alarm_wait < limit:
+            due.append(replace(state.alarm, index=state.alarm_wait))
+            state.alarm = None
+        if alarm is None:
+            break
+        if state.alarm is None:
+            statistic = {
+                **alarm.statistic,
+                "alarm_ts": float(block.ts[alarm.index]),
+                "settle_events": float(settle),
+            }
+            state.alarm = replace(alarm, statistic=statistic)
+            state.alarm_wait = alarm.index + settle
+    if state.alarm is not None:
+        state.alarm_wait -= n
+    return due
+
+
+def count_alarms(
+    block: Block, reason: str, detector: str, signals: Sequence[DriftSignal], result: BatchResult
+) -> None:
+    """Note the fresh alarms of a block (replayed ones were counted the first time)."""
+    for signal in signals:
+        if block.fresh(signal.index):
+            result.alarms.append((reason, detector))
