@@ -35,9 +35,9 @@ live forecast with that much history computes exactly what training computed.
 
 >>> spec = FeatureSpec()
 >>> len(spec.names()), spec.history
-(88, 144)
+(88, 72)
 >>> spec.supported_by(86_400.0).names()[-1]  # one day of data: no time features
-'log1p_rps_from_median_144'
+'log1p_rps_from_median_72'
 >>> spec.supported_by(8 * 86_400.0, 300.0).names()[-3:]  # eight days of 5-minute data
 ('log1p_rps_day_before', 'tod_sin', 'tod_cos')
 >>> ts = np.arange(200) * 60.0
@@ -116,7 +116,7 @@ class FeatureSpec(BaseModel):
     trend_windows: tuple[int, ...] = (6, 24)
     trend_ahead: int = Field(default=6, ge=1, le=_MAX_WINDOW)
     #: Version 2: the rolling median each metric's level is measured from (events).
-    level_window: int = Field(default=144, ge=2, le=_MAX_WINDOW)
+    level_window: int = Field(default=72, ge=2, le=_MAX_WINDOW)
     #: Version 2: events in a day (0: no seasonal lag). Set from the data's interval by
     #: `supported_by` once the data spans `MIN_SEASON_DAYS` days.
     season_events: int = Field(default=0, ge=0, le=_MAX_SEASON)

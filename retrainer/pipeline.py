@@ -26,10 +26,8 @@ from retrainer.baselines import BaselineForecasts, as_card, oof_baselines, skill
 from retrainer.cancel import CancelToken
 from retrainer.curves import pr_curve
 from retrainer.dataset import DEFAULT_MIN_ROWS, SupervisedSet, build_pairs, pairs_for_model
-from retrainer.errors import DatasetError, DatasetReason
+from retrainer.errors import DatasetError
 from retrainer.forecasters import (
-    MIN_FOLD_POSITIVES,
-    MIN_FOLD_ROWS,
     Candidate,
     Folds,
     TenantRows,
@@ -173,15 +171,16 @@ def train(
     )
     rows = TenantRows.of(data)
     folds = blocked_folds(rows, config.search.n_splits, data.spec.history + config.horizon)
-    if not folds.splits:
-        raise DatasetError(
-            DatasetReason.TOO_FEW_ROWS,
-            f"{len(data)} pairs make no time fold with {MIN_FOLD_ROWS} quiet rows and "
-            f"{MIN_FOLD_POSITIVES} breaches to learn from",
-        )
+    out_of_fold = bool(folds.splits)
+    if not out_of_fold:
+        # Too few quiet rows to hold any back (a tenant that is nearly always breaching):
+        # the rules are fitted and judged on every row, which is no evidence, so only
+        # a rule can go live, and the tenant still gets a forecaster.
+        everything = np.arange(len(rows), dtype=np.int64)
+        folds = Folds(((everything, everything),))
     candidates = [calibrate(c, rows, folds) for c in rule_candidates(rows, folds)]
     choice = choose(candidates, rows, folds, config.evidence)
-    sufficient = choice.evidence.sufficient(config.evidence)
+    sufficient = out_of_fold and choice.evidence.sufficient(config.evidence)
     result = None
     if sufficient:
         search = (
