@@ -15,7 +15,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from kernel.errors import BrokerError, ConfigError
@@ -105,6 +112,28 @@ def make_reader(config: Mapping[str, Any], name: str, **overrides: Any) -> Consu
     }
     reader.update(overrides)
     return _client(Consumer, reader)
+
+
+def assign_all(
+    reader: Consumer, topics: Iterable[str], *, timeout_s: float
+) -> list[TopicPartition]:
+    """Assign `reader` every partition of `topics`, each from its beginning.
+
+    For readers that read whole topics (followers, reports, the checkpoint log). A
+    topic the broker does not know yet is skipped, not created. Returns the assignment;
+    when it is empty nothing is assigned. Raises `KafkaException` when the broker does
+    not answer the metadata request within `timeout_s`.
+    """
+    metadata = reader.list_topics(timeout=timeout_s)
+    assignment = [
+        TopicPartition(topic, partition, OFFSET_BEGINNING)
+        for topic in topics
+        if topic in metadata.topics
+        for partition in metadata.topics[topic].partitions
+    ]
+    if assignment:
+        reader.assign(assignment)
+    return assignment
 
 
 def position(record: KafkaRecord) -> tuple[int, int]:
