@@ -25,7 +25,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from kernel.errors import ConfigError
 from kernel.logs import LogFormat
-from kernel.store import ModelStore, open_store
+from kernel.store import ModelStore, StoreOptions, open_store
 from kernel.tenant_hash import load_or_create_local_key, weak_key_problem
 from schemas.topics import TOPIC_NAME_PATTERN
 
@@ -204,14 +204,14 @@ class StoreSettings(ServiceSettings):
     def open_model_store(self, *, sleep: Callable[[float], None] = time.sleep) -> ModelStore:
         """The configured store; `sleep` is its pause between retries (metrics count them)."""
         try:
-            return open_store(
-                self.store_uri(),
+            options = StoreOptions(
                 token=self.hf_token,
                 endpoint=self.hf_endpoint,
                 private=self.hf_private,
                 http_timeout_s=self.hub_timeout_s,
                 sleep=sleep,
             )
+            return open_store(self.store_uri(), options)
         except ValueError as exc:
             raise ConfigError(f"store (SLAOPS_STORE or --store): {exc}") from exc
 
