@@ -51,7 +51,8 @@ def _client(factory: Callable[[dict[str, Any]], _C], config: dict[str, Any]) -> 
         problem = "unknown property" if "No such configuration property" in text else "refused"
         message = (
             f"kafka_properties (SLAOPS_KAFKA_PROPERTIES): librdkafka {problem}: {name!r} "
-            "(the value is not shown: these properties may hold secrets)"
+            "(the value is not shown: these properties may hold secrets); check the name "
+            "and value against librdkafka's CONFIGURATION.md"
         )
     raise ConfigError(message) from None
 
@@ -215,7 +216,10 @@ def ensure_topics(
     try:
         existing = set(admin.list_topics(timeout=timeout_s).topics)
     except KafkaException as exc:
-        raise BrokerError(f"cannot reach the Kafka broker: {exc}") from exc
+        raise BrokerError(
+            f"cannot reach the Kafka broker: {exc}; check that it is up and that "
+            "KAFKA_BOOTSTRAP_SERVERS (or --bootstrap-servers) names it"
+        ) from exc
     wanted = [
         NewTopic(s.name, num_partitions=s.partitions, replication_factor=-1, config=dict(s.config))
         for s in specs
@@ -229,7 +233,10 @@ def ensure_topics(
             log.info("created topic %s", name)
         except KafkaException as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise BrokerError(f"cannot create topic {name}: {exc}") from exc
+                raise BrokerError(
+                    f"cannot create topic {name}: {exc}; create it yourself, or let this "
+                    "client create topics on the broker"
+                ) from exc
 
 
 class DeliveryTracker:
@@ -261,7 +268,10 @@ class DeliveryTracker:
     def wait(self, timeout_s: float = 60.0) -> None:
         remaining = self.producer.flush(timeout_s)
         if remaining or self.pending:
-            raise BrokerError(f"{max(remaining, self.pending)} records not acknowledged in time")
+            raise BrokerError(
+                f"{max(remaining, self.pending)} records not acknowledged in time: "
+                "the broker is slow or unreachable"
+            )
         if self.error is not None:
             error, self.error = self.error, None
             raise BrokerError(f"a record was not delivered: {error}")
