@@ -126,12 +126,27 @@ def assign_all(
     not answer the metadata request within `timeout_s`.
     """
     metadata = reader.list_topics(timeout=timeout_s)
-    assignment = [
-        TopicPartition(topic, partition, OFFSET_BEGINNING)
-        for topic in topics
-        if topic in metadata.topics
-        for partition in metadata.topics[topic].partitions
-    ]
+    return assign_from_start(
+        reader,
+        (
+            (topic, partition)
+            for topic in topics
+            if topic in metadata.topics
+            for partition in metadata.topics[topic].partitions
+        ),
+    )
+
+
+def assign_from_start(
+    reader: Consumer, partitions: Iterable[tuple[str, int]]
+) -> list[TopicPartition]:
+    """Assign `reader` the (topic, partition) pairs given, each from its beginning.
+
+    Without a metadata request, for a reader that knows its partitions (the
+    checkpoint log has one). Returns the assignment; when it is empty nothing is
+    assigned.
+    """
+    assignment = [TopicPartition(topic, p, OFFSET_BEGINNING) for topic, p in partitions]
     if assignment:
         reader.assign(assignment)
     return assignment
