@@ -197,7 +197,10 @@ class FileStore:
             if not isinstance(meta, dict) or not isinstance(meta["message"], str):
                 raise TypeError("meta.json is not an object with a message")
         except (OSError, ValueError, TypeError, KeyError, StoreError) as exc:
-            raise StoreError(f"corrupt version history for {tenant_hash}: {exc}") from exc
+            raise StoreError(
+                f"corrupt version history for {tenant_hash}: {exc}; restore "
+                f".revisions/{tenant_hash} in {self.uri} from a backup"
+            ) from exc
         return meta
 
     def _head(self, tenant_hash: str) -> str | None:
@@ -209,7 +212,10 @@ class FileStore:
         except (OSError, UnicodeDecodeError) as exc:
             raise StoreError(f"could not read the head of {tenant_hash}: {exc}") from exc
         if _FILE_REVISION_RE.fullmatch(head) is None:
-            raise StoreError(f"corrupt HEAD for {tenant_hash} in {self.uri}")
+            raise StoreError(
+                f"corrupt HEAD for {tenant_hash} in {self.uri}: restore "
+                f".revisions/{tenant_hash}/HEAD from a backup (it names one revision directory)"
+            )
         return head
 
 

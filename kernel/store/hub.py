@@ -183,7 +183,8 @@ class HubStore:
                 # version). The next attempt re-reads this tenant at the new head.
                 if race == self._max_conflicts:
                     raise StoreConflict(
-                        f"hub publish on {self.uri} lost {race} races for the repo head"
+                        f"hub publish on {self.uri} lost {race} races for the repo head: "
+                        "too many writers at once; publish again"
                     ) from None
                 delay = self._rng.random() * min(self._max_backoff_s, self._backoff_s * race)
                 logger.info(
@@ -338,7 +339,8 @@ class HubStore:
                     raise error from exc
                 if attempt == self._max_attempts:
                     raise StoreUnavailable(
-                        f"hub {operation} on {self.uri} failed after {attempt} attempts: {error}"
+                        f"hub {operation} on {self.uri} failed after {attempt} attempts: {error}; "
+                        "the Hub is unreachable or overloaded, try again later"
                     ) from exc
                 delay = Backoff(self._backoff_s, self._max_backoff_s).jittered_s(
                     attempt - 1, self._rng
@@ -387,11 +389,16 @@ def _translate(
         cause = exc.__cause__
         if cause is not None and (inner := _translate(cause, redact)) is not None:
             return inner
-        return StoreError("hub download failed: the file metadata could not be fetched"), None
+        return StoreError(
+            "hub download failed: the file metadata could not be fetched; "
+            "check HF_ENDPOINT and that the Hub is reachable"
+        ), None
     if isinstance(exc, httpx2.TooManyRedirects):
-        return StoreError(redact(f"hub redirected too many times: {exc}")), None
+        return StoreError(redact(f"hub redirected too many times: {exc}; check HF_ENDPOINT")), None
     if isinstance(exc, OfflineModeIsEnabled):
-        return StoreError("huggingface_hub offline mode is enabled (HF_HUB_OFFLINE)"), None
+        return StoreError(
+            "huggingface_hub offline mode is enabled (HF_HUB_OFFLINE): unset it to use hf://"
+        ), None
     if isinstance(
         exc,
         httpx2.TimeoutException
