@@ -146,4 +146,7 @@ def _check_endpoint(endpoint: str) -> None:
         or parts.query
         or parts.fragment
     ):
-        raise ValueError("hub endpoint must be an http(s) URL without credentials or query")
+        raise ValueError(
+            "hub endpoint (HF_ENDPOINT) must be an http(s) URL without credentials or query, "
+            "e.g. https://huggingface.co; pass the token as HF_TOKEN"
+        )
