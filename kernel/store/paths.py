@@ -147,6 +147,6 @@ def _check_endpoint(endpoint: str) -> None:
         or parts.fragment
     ):
         raise ValueError(
-            "hub endpoint (HF_ENDPOINT) must be an http(s) URL without credentials or query, "
+            "hub endpoint must be an http(s) URL without credentials or query (HF_ENDPOINT), "
             "e.g. https://huggingface.co; pass the token as HF_TOKEN"
         )
