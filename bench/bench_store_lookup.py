@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from pydantic import SecretStr  # noqa: E402
 
-from kernel.store import HubStore, open_store  # noqa: E402
+from kernel.store import HubStore, StoreOptions, open_store  # noqa: E402
 from tests.hub_server import running_hub_server  # noqa: E402
 from tests.store_seed import seed_tenants  # noqa: E402
 
@@ -45,7 +45,8 @@ def measure(tenants: int, lookups: int) -> dict[str, float]:
         seed_tenants(hub, REPO, tenants, per_commit=100)
         seed_s = time.perf_counter() - started
         store = open_store(
-            f"hf://{REPO}", token=SecretStr(hub.token), endpoint=hub.endpoint, backoff_s=0.01
+            f"hf://{REPO}",
+            StoreOptions(token=SecretStr(hub.token), endpoint=hub.endpoint, backoff_s=0.01),
         )
         assert isinstance(store, HubStore)
         first = store.publish(MEASURED, FILES, message="bench v1", parent=None)

@@ -16,11 +16,11 @@ import uuid
 from collections.abc import Iterable
 from typing import Annotated, Final
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
+from confluent_kafka import KafkaException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kernel.errors import BrokerError
-from kernel.kafka import DeliveryTracker, is_record, make_reader, position
+from kernel.kafka import DeliveryTracker, assign_from_start, is_record, make_reader, position
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class CheckpointLog:
         reader = make_reader(self._reader_config, f"{self.group_id}.checkpoint-reader")
         found: dict[int, PartitionCheckpoint] = {}
         try:
-            reader.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])
+            assign_from_start(reader, [(self.topic, 0)])
             deadline = time.monotonic() + self._read_timeout_s
             read_to = -1
             while read_to < end:

@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from consumer.live_model import LiveModel
-from kernel.model_follower import ModelAuthority, Outcome
+from kernel.model_follower import FollowerOptions, ModelAuthority, StoreLook
 from kernel.model_follower import ModelFollower as StoreFollower
 from schemas import ChampionKept, RetrainFailed, topics
 
@@ -75,11 +75,13 @@ class AnswerFollower:
                 topics.failures_topic: lambda value: self._on_outcome(RetrainFailed, value),
                 topics.decisions_topic: lambda value: self._on_outcome(ChampionKept, value),
             },
-            on_outcome=self._on_model,
-            reader_name="slaops-consumer-model-follower",
-            idle_s=idle_s,
-            min_lookup_interval_s=min_lookup_interval_s,
-            stall_s=stall_s,
+            on_look=self._on_model,
+            options=FollowerOptions(
+                reader_name="slaops-consumer-model-follower",
+                idle_s=idle_s,
+                min_lookup_interval_s=min_lookup_interval_s,
+                stall_s=stall_s,
+            ),
         )
         self.caught_up = self.inner.caught_up
 
@@ -121,7 +123,7 @@ class AnswerFollower:
         if outcome.tenant is not None and outcome.request_event_id is not None:
             self._post(Answer(outcome.tenant, outcome.request_event_id))
 
-    def _on_model(self, outcome: Outcome) -> None:
+    def _on_model(self, outcome: StoreLook) -> None:
         model = outcome.model
         answers = [Answer(hint.tenant, hint.request_event_id) for hint in outcome.hints]
         if model is not None:

@@ -35,7 +35,10 @@ def wait_until_ready(bootstrap: str, timeout_s: float = 30.0) -> None:
             return
         except Exception as exc:
             if time.monotonic() > deadline:
-                raise BrokerError(f"broker at {bootstrap} not ready: {exc}") from exc
+                raise BrokerError(
+                    f"broker at {bootstrap} not ready after {timeout_s:g} s: {exc}; "
+                    "check that the broker started and listens there"
+                ) from exc
             time.sleep(0.2)
 
 

@@ -1,6 +1,9 @@
-"""One root exception for slaops (``SlaopsError``); one small subclass per area.
+"""The kernel's errors: one small subclass of the root ``SlaopsError`` per area.
 
-Each inherits the matching built-in too, so callers may catch either.
+The root lives in ``schemas.errors`` (the contracts raise ``InvalidTelemetry``); each
+service has its own module beside these (``consumer.errors``, ``retrainer.errors``).
+Each inherits the matching built-in too, so callers may catch either, and each
+message a user can meet says what to do about it.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ __all__ = [
     "ArtifactError",
     "BrokerError",
     "ConfigError",
+    "ModelRefused",
+    "REFUSAL_KINDS",
     "SlaopsError",
     "StoreConflict",
     "StoreError",
@@ -69,3 +74,29 @@ class StoreUnavailable(StoreError, ConnectionError):
 
 class StoreNotFound(StoreError, LookupError):
     """No such repository, revision or file."""
+
+
+#: Why an announced model was refused, in few words (a bounded metric label).
+REFUSAL_KINDS = (
+    "foreign_store",
+    "foreign_tenant",
+    "foreign_paths",
+    "not_in_store",
+    "not_newest",
+    "sha256_mismatch",
+    "unloadable",
+    "older_version",
+    "other",
+)
+
+
+class ModelRefused(SlaopsError):
+    """An announced model that will not be loaded; the message says why (one line).
+
+    `kind` is one of `REFUSAL_KINDS`: the reason in few words, for counting. The
+    tenant keeps the model it had: a refusal is logged and counted, never fatal.
+    """
+
+    def __init__(self, message: str, kind: str = "other") -> None:
+        super().__init__(message)
+        self.kind = kind if kind in REFUSAL_KINDS else "other"

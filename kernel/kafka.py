@@ -15,7 +15,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from kernel.errors import BrokerError, ConfigError
@@ -44,7 +51,8 @@ def _client(factory: Callable[[dict[str, Any]], _C], config: dict[str, Any]) -> 
         problem = "unknown property" if "No such configuration property" in text else "refused"
         message = (
             f"kafka_properties (SLAOPS_KAFKA_PROPERTIES): librdkafka {problem}: {name!r} "
-            "(the value is not shown: these properties may hold secrets)"
+            "(the value is not shown: these properties may hold secrets); check the name "
+            "and value against librdkafka's CONFIGURATION.md"
         )
     raise ConfigError(message) from None
 
@@ -105,6 +113,43 @@ def make_reader(config: Mapping[str, Any], name: str, **overrides: Any) -> Consu
     }
     reader.update(overrides)
     return _client(Consumer, reader)
+
+
+def assign_all(
+    reader: Consumer, topics: Iterable[str], *, timeout_s: float
+) -> list[TopicPartition]:
+    """Assign `reader` every partition of `topics`, each from its beginning.
+
+    For readers that read whole topics (followers, reports, the checkpoint log). A
+    topic the broker does not know yet is skipped, not created. Returns the assignment;
+    when it is empty nothing is assigned. Raises `KafkaException` when the broker does
+    not answer the metadata request within `timeout_s`.
+    """
+    metadata = reader.list_topics(timeout=timeout_s)
+    return assign_from_start(
+        reader,
+        (
+            (topic, partition)
+            for topic in topics
+            if topic in metadata.topics
+            for partition in metadata.topics[topic].partitions
+        ),
+    )
+
+
+def assign_from_start(
+    reader: Consumer, partitions: Iterable[tuple[str, int]]
+) -> list[TopicPartition]:
+    """Assign `reader` the (topic, partition) pairs given, each from its beginning.
+
+    Without a metadata request, for a reader that knows its partitions (the
+    checkpoint log has one). Returns the assignment; when it is empty nothing is
+    assigned.
+    """
+    assignment = [TopicPartition(topic, p, OFFSET_BEGINNING) for topic, p in partitions]
+    if assignment:
+        reader.assign(assignment)
+    return assignment
 
 
 def position(record: KafkaRecord) -> tuple[int, int]:
@@ -186,7 +231,10 @@ def ensure_topics(
     try:
         existing = set(admin.list_topics(timeout=timeout_s).topics)
     except KafkaException as exc:
-        raise BrokerError(f"cannot reach the Kafka broker: {exc}") from exc
+        raise BrokerError(
+            f"cannot reach the Kafka broker: {exc}; check that it is up and that "
+            "KAFKA_BOOTSTRAP_SERVERS (or --bootstrap-servers) names it"
+        ) from exc
     wanted = [
         NewTopic(s.name, num_partitions=s.partitions, replication_factor=-1, config=dict(s.config))
         for s in specs
@@ -200,7 +248,10 @@ def ensure_topics(
             log.info("created topic %s", name)
         except KafkaException as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise BrokerError(f"cannot create topic {name}: {exc}") from exc
+                raise BrokerError(
+                    f"cannot create topic {name}: {exc}; create it yourself, or let this "
+                    "client create topics on the broker"
+                ) from exc
 
 
 class DeliveryTracker:
@@ -232,7 +283,10 @@ class DeliveryTracker:
     def wait(self, timeout_s: float = 60.0) -> None:
         remaining = self.producer.flush(timeout_s)
         if remaining or self.pending:
-            raise BrokerError(f"{max(remaining, self.pending)} records not acknowledged in time")
+            raise BrokerError(
+                f"{max(remaining, self.pending)} records not acknowledged in time: "
+                "the broker is slow or unreachable"
+            )
         if self.error is not None:
             error, self.error = self.error, None
             raise BrokerError(f"a record was not delivered: {error}")

@@ -28,12 +28,12 @@ Use it::
     model = follower.model("acme")   # a VerifiedModel, or None
     follower.ensure_running()        # from your own loop: restarts a dead/stuck thread
 
-or, one tenant at a time without Kafka, :meth:`ModelAuthority.newest`.
+or, one tenant at a time without Kafka, :meth:`ModelAuthority.newest`
+(``kernel.model_authority``; importable from here too).
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
 import time
@@ -42,16 +42,22 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
-from pydantic import SecretStr, ValidationError
+from pydantic import ValidationError
 
-from kernel.artifacts import ArtifactError, ModelCard, load_model, sha256_hex
-from kernel.errors import SlaopsError, StoreError
-from kernel.kafka import make_reader
-from kernel.mlp import SlaMLP
-from kernel.store import ModelStore, model_paths
-from kernel.tenant_hash import tenant_hash
+from kernel.errors import REFUSAL_KINDS, ModelRefused
+from kernel.kafka import assign_all, make_reader
+from kernel.model_authority import ModelAuthority, VerifiedModel
 from schemas import ModelPublished
+
+__all__ = [
+    "REFUSAL_KINDS",
+    "FollowerOptions",
+    "ModelAuthority",
+    "ModelFollower",
+    "ModelRefused",
+    "StoreLook",
+    "VerifiedModel",
+]
 
 log = logging.getLogger(__name__)
 
@@ -59,128 +65,8 @@ log = logging.getLogger(__name__)
 _JUDGED_KEPT = 64
 
 
-#: Why an announced model was refused, in few words (a bounded metric label).
-REFUSAL_KINDS = (
-    "foreign_store",
-    "foreign_tenant",
-    "foreign_paths",
-    "not_in_store",
-    "not_newest",
-    "sha256_mismatch",
-    "unloadable",
-    "older_version",
-    "other",
-)
-
-
-class ModelRefused(SlaopsError):
-    """An announced model that will not be loaded; the message says why (one line).
-
-    `kind` is one of `REFUSAL_KINDS`: the reason in few words, for counting.
-    """
-
-    def __init__(self, message: str, kind: str = "other") -> None:
-        super().__init__(message)
-        self.kind = kind if kind in REFUSAL_KINDS else "other"
-
-
-@dataclass(frozen=True, eq=False)
-class VerifiedModel:
-    """A tenant's model as the store has it: its newest revision, verified, loaded."""
-
-    tenant: str
-    tenant_hash: str
-    revision: str
-    #: The store's count of this tenant's versions (1 = the first).
-    version: int
-    module: SlaMLP
-    card: ModelCard
-
-
-@dataclass(frozen=True)
-class ModelAuthority:
-    """The store as the one authority on each tenant's newest model."""
-
-    store: ModelStore
-    store_uri: str
-    tenant_key: SecretStr
-
-    def check(self, event: ModelPublished) -> str:
-        """Cheap checks of an announcement, without touching the store: its tenant hash.
-
-        Raises `ModelRefused` when it names another store, another tenant's hash, or
-        paths that are not the tenant's own.
-        """
-        if event.store_uri != self.store_uri:
-            raise ModelRefused(f"names store {event.store_uri!r}, not ours", "foreign_store")
-        expected = tenant_hash(event.tenant, self.tenant_key)
-        if not hmac.compare_digest(event.tenant_hash, expected):
-            raise ModelRefused("tenant_hash is not this tenant's", "foreign_tenant")
-        if dict(event.paths) != model_paths(expected):
-            raise ModelRefused("paths are not this tenant's model paths", "foreign_paths")
-        return expected
-
-    def newest(
-        self,
-        tenant: str,
-        *,
-        announced: ModelPublished | None = None,
-        live_revision: str | None = None,
-    ) -> VerifiedModel | None:
-        """The store's newest version of `tenant`, verified and loaded.
-
-        None when the store holds nothing for the tenant (and nothing was announced)
-        or its newest is `live_revision` already (nothing is read then). Raises
-        `ModelRefused` when the announcement is not the store's newest, or the newest
-        fails verification; the reason is one line.
-        """
-        thash = tenant_hash(tenant, self.tenant_key)
-        paths = model_paths(thash)
-        head = None
-        try:
-            newest = self.store.head(thash)
-            head = newest.files if newest is not None else None
-            if newest is None or head is None:
-                if announced is None:
-                    return None
-                raise ModelRefused(
-                    f"revision {announced.revision!r} is not in the store: "
-                    "it holds no version of this tenant",
-                    "not_in_store",
-                )
-            if head.revision == live_revision:
-                if announced is not None and announced.revision != head.revision:
-                    raise ModelRefused(
-                        f"revision {announced.revision!r} is not the store's newest "
-                        f"({head.revision}, live already)",
-                        "not_newest",
-                    )
-                return None
-            version = newest.version
-            card_bytes = self.store.read(paths["card"], revision=head.revision)
-            if announced is not None and announced.revision == head.revision:
-                if sha256_hex(card_bytes) != announced.sha256.get("card"):
-                    raise ModelRefused(
-                        "card does not match its announced sha256", "sha256_mismatch"
-                    )
-            weights = self.store.read(paths["safetensors"], revision=head.revision)
-            if announced is not None and announced.revision == head.revision:
-                if sha256_hex(weights) != announced.sha256.get("safetensors"):
-                    raise ModelRefused(
-                        "weights do not match their announced sha256", "sha256_mismatch"
-                    )
-            module, card = load_model(card_bytes, weights, "safetensors")
-        except ModelRefused:
-            raise
-        except (StoreError, ArtifactError, ValueError) as exc:
-            named = head.revision if head is not None else "newest"
-            detail = " ".join(str(exc).split())[:300]
-            raise ModelRefused(f"cannot load revision {named!r}: {detail}", "unloadable") from exc
-        return VerifiedModel(tenant, thash, head.revision, max(version, 1), module, card)
-
-
 @dataclass
-class Outcome:
+class StoreLook:
     """What one look at the store gave for a tenant: a new model, or why not."""
 
     tenant: str
@@ -189,6 +75,24 @@ class Outcome:
     refused: str | None = None
     #: One of `REFUSAL_KINDS` when refused.
     refused_kind: str | None = None
+
+
+@dataclass(frozen=True)
+class FollowerOptions:
+    """How a `ModelFollower` reads and paces itself; the defaults suit a service.
+
+    `reader_name` fills the reader's `group.id` (it never joins or commits);
+    `idle_s` of quiet marks it caught up; the store is asked about a tenant at most
+    once per `min_lookup_interval_s`; a failed thread restarts after `restart_s`, and
+    one without progress for `stall_s` counts as stuck. `clock` is monotonic seconds.
+    """
+
+    reader_name: str = "slaops-model-follower"
+    idle_s: float = 1.0
+    min_lookup_interval_s: float = 1.0
+    restart_s: float = 5.0
+    stall_s: float = 300.0
+    clock: Callable[[], float] = time.monotonic
 
 
 @dataclass
@@ -210,8 +114,8 @@ class ModelFollower:
     thread when it died or made no progress for `stall_s`.
 
     `extra_topics` maps other topics to a handler of their raw values (the consumer
-    follows retrain outcomes this way); `on_outcome` is called, in the follower's
-    thread, with each look at the store.
+    follows retrain outcomes this way); `on_look` is called, in the follower's
+    thread, with each `StoreLook`. `options` paces it (`FollowerOptions`).
     """
 
     def __init__(
@@ -221,25 +125,21 @@ class ModelFollower:
         models_topic: str,
         authority: ModelAuthority,
         extra_topics: Mapping[str, Callable[[bytes], None]] | None = None,
-        on_outcome: Callable[[Outcome], None] | None = None,
-        reader_name: str = "slaops-model-follower",
-        idle_s: float = 1.0,
-        min_lookup_interval_s: float = 1.0,
-        restart_s: float = 5.0,
-        stall_s: float = 300.0,
-        clock: Callable[[], float] = time.monotonic,
+        on_look: Callable[[StoreLook], None] | None = None,
+        options: FollowerOptions | None = None,
     ) -> None:
+        options = options if options is not None else FollowerOptions()
         self._config = dict(client_config)
         self._models_topic = models_topic
         self.authority = authority
         self._extra = dict(extra_topics or {})
-        self._on_outcome = on_outcome
-        self._reader_name = reader_name
-        self._idle_s = idle_s
-        self._min_lookup_s = min_lookup_interval_s
-        self._restart_s = restart_s
-        self._stall_s = stall_s
-        self._clock = clock
+        self._on_look = on_look
+        self._reader_name = options.reader_name
+        self._idle_s = options.idle_s
+        self._min_lookup_s = options.min_lookup_interval_s
+        self._restart_s = options.restart_s
+        self._stall_s = options.stall_s
+        self._clock = clock = options.clock
         self._lock = threading.RLock()
         self._tenants: dict[str, _Tenant] = {}
         self._stop = threading.Event()
@@ -339,16 +239,7 @@ class ModelFollower:
     def _follow(self, generation: int) -> None:
         consumer = make_reader(self._config, self._reader_name)
         try:
-            topics = [self._models_topic, *self._extra]
-            metadata = consumer.list_topics(timeout=30)
-            consumer.assign(
-                [
-                    TopicPartition(topic, partition, OFFSET_BEGINNING)
-                    for topic in topics
-                    if topic in metadata.topics
-                    for partition in metadata.topics[topic].partitions
-                ]
-            )
+            assign_all(consumer, [self._models_topic, *self._extra], timeout_s=30.0)
             last_message = self._clock()
             while self._current(generation):
                 messages = consumer.consume(500, 0.2)
@@ -386,7 +277,7 @@ class ModelFollower:
         try:
             self.authority.check(event)
         except ModelRefused as exc:
-            self._refuse(Outcome(event.tenant, [event], refused=str(exc), refused_kind=exc.kind))
+            self._refuse(StoreLook(event.tenant, [event], refused=str(exc), refused_kind=exc.kind))
             return
         with self._lock:
             state = self._tenants.setdefault(event.tenant, _Tenant())
@@ -415,7 +306,7 @@ class ModelFollower:
         live = state.live.revision if state.live is not None else None
         fresh = [h for h in hints if h.revision != live and h.revision not in state.judged]
         if not fresh:  # nothing could be new: answer without asking the store
-            self._emit(Outcome(tenant, hints))
+            self._emit(StoreLook(tenant, hints))
             return
         state.next_lookup = now + self._min_lookup_s
         self.lookups += 1
@@ -425,15 +316,15 @@ class ModelFollower:
         except ModelRefused as exc:
             for hint in fresh:
                 self._judge(state, hint.revision)
-            self._refuse(Outcome(tenant, hints, refused=str(exc), refused_kind=exc.kind))
+            self._refuse(StoreLook(tenant, hints, refused=str(exc), refused_kind=exc.kind))
             return
         if model is None:
-            self._emit(Outcome(tenant, hints))
+            self._emit(StoreLook(tenant, hints))
             return
         if state.live is not None and model.version <= state.live.version:
             self._judge(state, model.revision)  # the store's history moved back: never follow
             self._refuse(
-                Outcome(
+                StoreLook(
                     tenant,
                     hints,
                     refused=f"the store's newest {model.revision} is version {model.version}, "
@@ -454,29 +345,29 @@ class ModelFollower:
             model.version,
             model.revision,
         )
-        self._emit(Outcome(tenant, hints, model=model))
+        self._emit(StoreLook(tenant, hints, model=model))
 
     def _judge(self, state: _Tenant, revision: str) -> None:
         state.judged[revision] = None
         while len(state.judged) > _JUDGED_KEPT:
             state.judged.popitem(last=False)
 
-    def _refuse(self, outcome: Outcome) -> None:
+    def _refuse(self, look: StoreLook) -> None:
         self.refused += 1
-        kind = outcome.refused_kind or "other"
+        kind = look.refused_kind or "other"
         self.refused_by_kind[kind] = self.refused_by_kind.get(kind, 0) + 1
-        hint = outcome.hints[-1]
+        hint = look.hints[-1]
         log.warning(
             "refused model tenant=%r revision=%r: %s; keeping the previous one",
             hint.tenant,
             hint.revision,
-            outcome.refused,
+            look.refused,
         )
-        self._emit(outcome)
+        self._emit(look)
 
-    def _emit(self, outcome: Outcome) -> None:
-        if self._on_outcome is not None:
-            self._on_outcome(outcome)
+    def _emit(self, look: StoreLook) -> None:
+        if self._on_look is not None:
+            self._on_look(look)
 
 
 def _line(exc: BaseException) -> str:

@@ -25,14 +25,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from kernel.errors import ConfigError
 from kernel.logs import LogFormat
-from kernel.store import ModelStore, open_store
+from kernel.store import ModelStore, StoreOptions, open_store
 from kernel.tenant_hash import load_or_create_local_key, weak_key_problem
 from schemas.topics import TOPIC_NAME_PATTERN
 
 
 def _kafka_topic_name(value: str) -> str:
     if value in (".", ".."):  # the pattern allows them; Kafka does not
-        raise ValueError("a topic may not be named '.' or '..'")
+        raise ValueError("a topic may not be named '.' or '..': choose another name")
     return value
 
 
@@ -85,7 +85,7 @@ class ServiceSettings(BaseSettings):
             return None
         servers = [s.strip() for s in value.split(",") if s.strip()]
         if not servers or not all(_HOST_PORT.match(s) for s in servers):
-            raise ValueError("expected host:port[,host:port]")
+            raise ValueError("expected host:port[,host:port], e.g. 127.0.0.1:9092")
         return ",".join(servers)
 
     @field_validator("kafka_properties")
@@ -96,7 +96,10 @@ class ServiceSettings(BaseSettings):
             raise ValueError(f"slaops sets {', '.join(reserved)} itself; remove them")
         bad = [k for k in value if not re.fullmatch(r"[a-z0-9._]{1,100}", k)]
         if bad:
-            raise ValueError(f"not a librdkafka property name: {bad[0]!r}")
+            raise ValueError(
+                f"not a librdkafka property name: {bad[0]!r} (names are lower-case letters, "
+                "digits, '.' and '_', e.g. security.protocol)"
+            )
         return value
 
     def require_bootstrap(self) -> str:
@@ -204,14 +207,14 @@ class StoreSettings(ServiceSettings):
     def open_model_store(self, *, sleep: Callable[[float], None] = time.sleep) -> ModelStore:
         """The configured store; `sleep` is its pause between retries (metrics count them)."""
         try:
-            return open_store(
-                self.store_uri(),
+            options = StoreOptions(
                 token=self.hf_token,
                 endpoint=self.hf_endpoint,
                 private=self.hf_private,
                 http_timeout_s=self.hub_timeout_s,
                 sleep=sleep,
             )
+            return open_store(self.store_uri(), options)
         except ValueError as exc:
             raise ConfigError(f"store (SLAOPS_STORE or --store): {exc}") from exc
 

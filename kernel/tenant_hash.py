@@ -35,6 +35,8 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from kernel.durable import fsync_dir, write_durable
+
 logger = logging.getLogger(__name__)
 
 KEY_FILE_NAME = "tenant.key"
@@ -110,12 +112,8 @@ def load_or_create_local_key(data_dir: Path) -> SecretStr:
         pass
     key = secrets.token_hex(_KEY_BYTES)
     tmp = data_dir / f".{KEY_FILE_NAME}.{secrets.token_hex(8)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with os.fdopen(fd, "w", encoding="ascii") as fh:
-            fh.write(key + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        write_durable(tmp, f"{key}\n".encode("ascii"), mode=0o600)
         try:
             # link() fails if the key exists: the first creator wins, atomically.
             os.link(tmp, path)
@@ -124,7 +122,7 @@ def load_or_create_local_key(data_dir: Path) -> SecretStr:
             created = False
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(data_dir)
+    fsync_dir(data_dir)
     if created:
         logger.info("created local tenant-hash key path=%s", path)
     return _read_key(path)
@@ -133,16 +131,14 @@ def load_or_create_local_key(data_dir: Path) -> SecretStr:
 def _read_key(path: Path) -> SecretStr:
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
-        raise PermissionError(f"{path} must be readable by its owner only (mode {mode:o})")
+        raise PermissionError(
+            f"{path} must be readable by its owner only (mode {mode:o}): run `chmod 600 {path}`"
+        )
     text = path.read_text(encoding="ascii").strip()
     if len(text) != 2 * _KEY_BYTES or any(c not in "0123456789abcdef" for c in text):
-        raise ValueError(f"{path} does not hold a {_KEY_BYTES}-byte hex key")
+        raise ValueError(
+            f"{path} does not hold a {_KEY_BYTES}-byte hex key: restore it from a backup, or "
+            "delete it to make a new one (models published under the old key are then not "
+            "found again)"
+        )
     return SecretStr(text)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -31,8 +31,9 @@ from typing import Literal
 
 from pydantic import BaseModel, SecretStr
 
-from kernel.artifacts import ArtifactError, ModelCard, load_model, sha256_hex
+from kernel.artifacts import ArtifactError, ModelCard, sha256_hex
 from kernel.errors import StoreConflict, StoreError, StoreNotFound
+from kernel.model_authority import load_version
 from kernel.model_report import build_report
 from kernel.store import ModelStore, PublishedFiles, TenantHead
 from kernel.tenant_hash import request_ref, tenant_hash
@@ -343,9 +344,7 @@ class RequestHandler:
             return None
         latest = head.files
         try:
-            card = self.store.read(latest.paths["card"], revision=latest.revision)
-            weights = self.store.read(latest.paths["safetensors"], revision=latest.revision)
-            module, model_card = load_model(card, weights, "safetensors")
+            module, model_card = load_version(self.store, latest)
         except (ArtifactError, StoreNotFound) as exc:
             unusable: Exception = exc
         except StoreError as exc:

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from kernel.columns import telemetry_columns
 from kernel.kafka import make_reader, position
 from retrainer.errors import ReplayError, RequestRefused
-from schemas import FEATURES, InvalidTelemetry, OffsetRange, parse_telemetry
+from schemas import InvalidTelemetry, OffsetRange, TelemetryEvent, parse_telemetry
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +101,10 @@ def replay_ranges(
     max_bytes: int,
     timeout_s: float,
 ) -> TenantRows:
-    ts: list[float] = []
-    features: list[tuple[float, ...]] = []
-    labels: list[bool] = []
     other = invalid = 0
-    # A range that has left the topic must fail the request, not read from elsewhere.
-    consumer = make_reader(config, "slaops-retrainer-replay", **{"auto.offset.reset": "error"})
-    try:
+
+    def tenant_events(consumer: Consumer) -> Iterator[TelemetryEvent]:
+        nonlocal other, invalid
         for span in ranges:
             if span.end_offset <= span.start_offset:
                 continue
@@ -119,15 +117,18 @@ def replay_ranges(
                 if event.tenant != tenant:
                     other += 1
                     continue
-                ts.append(event.ts.timestamp())
-                features.append(tuple(getattr(event, name) for name in FEATURES))
-                labels.append(event.sla_breached)
+                yield event
+
+    # A range that has left the topic must fail the request, not read from elsewhere.
+    consumer = make_reader(config, "slaops-retrainer-replay", **{"auto.offset.reset": "error"})
+    try:
+        columns = telemetry_columns(tenant_events(consumer))
     finally:
         consumer.close()
     return TenantRows(
-        ts=np.array(ts, dtype=np.float64),
-        features=np.array(features, dtype=np.float32).reshape(-1, len(FEATURES)),
-        labels=np.array(labels, dtype=np.bool_),
+        ts=columns.ts,
+        features=columns.features,
+        labels=columns.labels,
         other_tenants=other,
         invalid=invalid,
     )

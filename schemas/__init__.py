@@ -3,6 +3,7 @@
 from pydantic import BaseModel
 
 from schemas.dead_letter import DeadLetter
+from schemas.errors import InvalidTelemetry, SlaopsError
 from schemas.forecast import Forecast
 from schemas.model_events import ChampionDecision, ModelPublished
 from schemas.outcomes import ChampionKept, RetrainFailed
@@ -15,7 +16,6 @@ from schemas.retrain import (
 )
 from schemas.telemetry import (
     FEATURES,
-    InvalidTelemetry,
     RejectReason,
     TelemetryEvent,
     parse_telemetry,
@@ -56,6 +56,7 @@ __all__ = [
     "RetrainFailed",
     "RetrainReason",
     "RetrainRequested",
+    "SlaopsError",
     "TelemetryEvent",
     "WARNINGS_CONTRACT_VERSION",
     "WarningCleared",

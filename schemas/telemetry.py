@@ -2,7 +2,8 @@
 
 The decoder is the only door from raw Kafka bytes to a `TelemetryEvent`: it checks
 size, encoding and key before pydantic sees the value, and turns every failure into
-an `InvalidTelemetry` with a stable machine-readable reason for the dead-letter topic.
+an `InvalidTelemetry` (``schemas.errors``; importable from here too) with a stable
+machine-readable reason for the dead-letter topic.
 """
 
 from __future__ import annotations
@@ -22,7 +23,25 @@ from pydantic import (
     ValidationError,
 )
 
-from schemas.errors import SlaopsError
+from schemas.errors import InvalidTelemetry
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "FEATURES",
+    "MAX_LATENCY_MS",
+    "MAX_RPS",
+    "MAX_SERVICE_LEN",
+    "MAX_TS",
+    "MIN_TS",
+    "TENANT_PATTERN",
+    "InvalidTelemetry",
+    "LatencyMs",
+    "RejectReason",
+    "TelemetryEvent",
+    "TenantSlug",
+    "UnitFraction",
+    "parse_telemetry",
+]
 
 #: Slug of a tenant: also the Kafka message key.
 TENANT_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -104,15 +123,6 @@ class RejectReason(StrEnum):
     OUT_OF_RANGE = "out_of_range"
     KEY_MISMATCH = "key_mismatch"
     FUTURE_TS = "future_ts"
-
-
-class InvalidTelemetry(SlaopsError, ValueError):
-    """A raw message that is not a valid `TelemetryEvent`."""
-
-    def __init__(self, reason: RejectReason, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 _RANGE_ERRORS: Final = frozenset(

@@ -90,16 +90,19 @@ class SimulatorSettings(TopicSettings):
             if isinstance(spec.tenant, str) and spec.tenant not in names:
                 raise ValueError(
                     f"drift names tenant {spec.tenant!r}; the tenants are "
-                    f"{tenant_name(0)}..{tenant_name(tenants - 1)}"
+                    f"{tenant_name(0)}..{tenant_name(tenants - 1)}: name one of them, or "
+                    "raise tenants"
                 )
             if isinstance(spec.tenant, int) and not 0 <= spec.tenant < tenants:
                 raise ValueError(
-                    f"drift names tenant {spec.tenant}; the tenants are 0..{tenants - 1}"
+                    f"drift names tenant {spec.tenant}; the tenants are 0..{tenants - 1}: "
+                    "name one of them, or raise tenants"
                 )
             if spec.at_event >= events:
                 raise ValueError(
                     f"drift at_event {spec.at_event} never happens: each tenant sends "
-                    f"{events} events (events_per_tenant)"
+                    f"{events} events (events_per_tenant); lower at_event or raise "
+                    "events_per_tenant"
                 )
         return drift
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,18 +13,19 @@ from pydantic import BaseModel
 from rich.console import Group
 from rich.table import Table
 
-from kernel.artifacts import load_model
-from kernel.store import ModelStore
+from kernel.columns import telemetry_columns
+from kernel.model_authority import load_version
+from kernel.store import ModelStore, PublishedFiles
 from retrainer.dataset import pairs_for_model
 from retrainer.errors import DatasetError
 from retrainer.metrics import evaluate
 from schemas import (
-    FEATURES,
     ChampionKept,
     InvalidTelemetry,
     ModelPublished,
     RetrainFailed,
     RetrainRequested,
+    TelemetryEvent,
     parse_telemetry,
 )
 from simulator.model import EventMeta, TelemetrySimulator
@@ -113,25 +115,23 @@ def dashboard(state: DemoState, stats: dict[str, object], phase: str) -> Group:
 
 
 def _columns(events: list[tuple[bytes, bytes, EventMeta]]) -> tuple[np.ndarray, ...]:
-    ts, rows, labels = [], [], []
-    for key, value, _meta in events:
-        try:
-            event = parse_telemetry(key, value)
-        except InvalidTelemetry:
-            continue
-        ts.append(event.ts.timestamp())
-        rows.append([getattr(event, name) for name in FEATURES])
-        labels.append(event.sla_breached)
-    return np.array(ts), np.array(rows, dtype=np.float32), np.array(labels, dtype=bool)
+    def valid() -> Iterator[TelemetryEvent]:
+        for key, value, _meta in events:
+            try:
+                yield parse_telemetry(key, value)
+            except InvalidTelemetry:
+                continue
+
+    columns = telemetry_columns(valid())
+    return columns.ts, columns.features, columns.labels
 
 
 def _f1_on(
     store: ModelStore, model: ModelPublished, events: tuple[np.ndarray, ...]
 ) -> float | None:
     """F1 of a published model on `events`, its inputs computed with ITS feature spec."""
-    card = store.read(model.paths["card"], revision=model.revision)
-    weights = store.read(model.paths["safetensors"], revision=model.revision)
-    module, loaded = load_model(card, weights, "safetensors")
+    paths: dict[str, str] = {kind: path for kind, path in model.paths.items()}
+    module, loaded = load_version(store, PublishedFiles(model.revision, paths))
     try:
         ts, features, labels = events
         data = pairs_for_model(

@@ -19,12 +19,12 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
+from confluent_kafka import KafkaException
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from kernel.artifacts import ModelCard, sha256_hex
 from kernel.errors import StoreError
-from kernel.kafka import base_config, is_record, make_reader
+from kernel.kafka import assign_all, base_config, is_record, make_reader
 from kernel.model_report import PLOT_KINDS, report_card_digest
 from kernel.model_report.plots import render_plots
 from kernel.settings import ServiceSettings
@@ -94,15 +94,7 @@ def read_topics(settings: ServiceSettings, topics: dict[str, str], limits: ReadL
     out = TopicRead(records=dict.fromkeys(topics.values(), 0))
     reader = make_reader(base_config(settings), "slaops-report")
     try:
-        metadata = reader.list_topics(timeout=min(limits.timeout_s, 15.0))
-        assignment = [
-            TopicPartition(topic, partition, OFFSET_BEGINNING)
-            for topic in topics.values()
-            if topic in metadata.topics
-            for partition in metadata.topics[topic].partitions
-        ]
-        if assignment:
-            reader.assign(assignment)
+        assignment = assign_all(reader, topics.values(), timeout_s=min(limits.timeout_s, 15.0))
         started = last = time.monotonic()
         total = 0
         while assignment:

@@ -27,7 +27,7 @@ from consumer.main import core_config
 from consumer.main import topic_specs as consumer_topics
 from consumer.settings import ConsumerSettings
 from kernel.kafka import ensure_topics
-from kernel.store import open_store
+from kernel.store import StoreOptions, open_store
 from kernel.tenant_hash import request_ref, tenant_hash
 from retrainer.main import topic_specs as retrainer_topics
 from retrainer.settings import RetrainerSettings
@@ -249,8 +249,10 @@ def test_groups_under_churn_answer_every_request_once_and_match_one_member(
     assert all("RetrainFailed" not in kinds for kinds in answered.values()), answered
     store = open_store(
         str(store_env["store"]),
-        token=SecretStr(hub.token) if store_kind == "hub" else None,
-        endpoint=hub.endpoint if store_kind == "hub" else None,
+        StoreOptions(
+            token=SecretStr(hub.token) if store_kind == "hub" else None,
+            endpoint=hub.endpoint if store_kind == "hub" else None,
+        ),
     )
     for event_id, request in expected_requests.items():
         ref = request_ref(event_id, SecretStr(KEY))

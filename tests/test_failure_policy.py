@@ -14,7 +14,7 @@ import pytest
 from pydantic import SecretStr
 
 from kernel.kafka import TopicSpec, ensure_topics
-from kernel.store import open_store
+from kernel.store import StoreOptions, open_store
 from retrainer.main import build_service, prepare, topic_specs
 from retrainer.service import RetrainerService
 from retrainer.settings import RetrainerSettings
@@ -72,10 +72,9 @@ def service_for(settings: RetrainerSettings, hub: HubServer) -> RetrainerService
     """The real service; its store tries each Hub call once, so faults reach the policy."""
     store = open_store(
         settings.store_uri(),
-        token=SecretStr(hub.token),
-        endpoint=hub.endpoint,
-        max_attempts=1,
-        http_timeout_s=5.0,
+        StoreOptions(
+            token=SecretStr(hub.token), endpoint=hub.endpoint, max_attempts=1, http_timeout_s=5.0
+        ),
     )
     return build_service(settings, dataclasses.replace(prepare(settings), store=store))
 

@@ -489,7 +489,7 @@ def test_a_record_that_makes_the_loader_raise_unexpectedly_does_not_stop_the_fol
     def explode(*args: object, **kwargs: object) -> None:
         raise RecursionError("a hostile store made the loader blow up")
 
-    monkeypatch.setattr(kernel_follower, "load_model", explode)
+    monkeypatch.setattr("kernel.model_authority.load_model", explode)
     with caplog.at_level(logging.ERROR, logger="kernel.model_follower"):
         scene.announce(scene.publish_genuine())  # would have killed the thread before
     assert scene.follower.inner.record_errors == 1
@@ -543,9 +543,7 @@ def test_a_dead_or_stuck_follower_is_visible_and_restarted(
         client_config={},
         models_topic=MODELS_TOPIC,
         authority=ModelAuthority(scene.spy, scene.v1.store_uri, KEY),
-        restart_s=0.01,
-        stall_s=60.0,
-        clock=lambda: now[0],
+        options=kernel_follower.FollowerOptions(restart_s=0.01, stall_s=60.0, clock=lambda: now[0]),
     )
     try:
         follower.start()

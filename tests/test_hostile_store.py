@@ -29,7 +29,7 @@ from pydantic import SecretStr
 from kernel.artifacts import ArtifactError, ModelCard, load_model, serialize_model
 from kernel.errors import StoreError
 from kernel.mlp import SlaMLP
-from kernel.store import FileStore, HubStore, PublishedFiles, model_paths, open_store
+from kernel.store import FileStore, HubStore, PublishedFiles, StoreOptions, model_paths, open_store
 from kernel.store.index import MAX_INDEX_BYTES, next_index
 from kernel.store.paths import index_path
 from kernel.tenant_hash import tenant_hash
@@ -221,9 +221,7 @@ def test_an_oversized_file_on_the_hub_is_refused_before_it_is_downloaded() -> No
     with running_hub_server() as hub:
         store = open_store(
             "hf://slaops-test/models",
-            token=SecretStr(hub.token),
-            endpoint=hub.endpoint,
-            backoff_s=0.01,
+            StoreOptions(token=SecretStr(hub.token), endpoint=hub.endpoint, backoff_s=0.01),
         )
         hashed = tenant_hash("acme", KEY)
         big = b"x" * 4096
@@ -309,9 +307,7 @@ def test_a_hostile_index_never_names_the_newest_version_nor_blocks_a_publish(
     with running_hub_server() as hub:
         store = open_store(
             "hf://slaops-test/models",
-            token=SecretStr(hub.token),
-            endpoint=hub.endpoint,
-            backoff_s=0.01,
+            StoreOptions(token=SecretStr(hub.token), endpoint=hub.endpoint, backoff_s=0.01),
         )
         hashed = tenant_hash("acme", KEY)
         files = {"safetensors": b"w", "pt": b"p", "card": b"{}"}

@@ -21,7 +21,14 @@ from pydantic import SecretStr
 import retrainer.publisher as publisher
 from kernel.artifacts import ModelCard, sha256_hex
 from kernel.model_report import PLOT_KINDS, build_report, report_card_digest
-from kernel.store import REPORT_KINDS, ModelStore, StoreNotFound, open_store, report_paths
+from kernel.store import (
+    REPORT_KINDS,
+    ModelStore,
+    StoreNotFound,
+    StoreOptions,
+    open_store,
+    report_paths,
+)
 from kernel.tenant_hash import tenant_hash
 from retrainer.pipeline import TrainingConfig
 from retrainer.publisher import OutcomeTopics, RequestHandler
@@ -52,7 +59,9 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFixtu
         uri = "hf://slaops-test/reports"
         yield (
             uri,
-            open_store(uri, token=SecretStr(hub.token), endpoint=hub.endpoint, backoff_s=0.01),
+            open_store(
+                uri, StoreOptions(token=SecretStr(hub.token), endpoint=hub.endpoint, backoff_s=0.01)
+            ),
         )
 
 

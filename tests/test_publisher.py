@@ -14,7 +14,15 @@ from pydantic import SecretStr
 import retrainer.publisher as publisher
 from kernel.artifacts import load_model, predict_proba
 from kernel.limits import MAX_ARTIFACT_BYTES
-from kernel.store import ANY_PARENT, AnyParent, ModelStore, PublishedFiles, TenantHead, open_store
+from kernel.store import (
+    ANY_PARENT,
+    AnyParent,
+    ModelStore,
+    PublishedFiles,
+    StoreOptions,
+    TenantHead,
+    open_store,
+)
 from kernel.tenant_hash import request_ref, tenant_hash
 from retrainer.cancel import CancelToken
 from retrainer.dataset import pairs_for_model
@@ -47,7 +55,9 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFixtu
         uri = "hf://slaops-test/models"
         yield (
             uri,
-            open_store(uri, token=SecretStr(hub.token), endpoint=hub.endpoint, backoff_s=0.01),
+            open_store(
+                uri, StoreOptions(token=SecretStr(hub.token), endpoint=hub.endpoint, backoff_s=0.01)
+            ),
         )
 
 
@@ -339,7 +349,9 @@ def test_two_retrainers_publish_different_tenants_to_one_hub_repo_with_one_searc
         uri = "hf://slaops-test/models"
 
         def member() -> tuple[StoreFixture, list[str]]:
-            client = open_store(uri, token=SecretStr(hub.token), endpoint=hub.endpoint)
+            client = open_store(
+                uri, StoreOptions(token=SecretStr(hub.token), endpoint=hub.endpoint)
+            )
             replays: list[str] = []
             return (uri, client), replays
 

@@ -28,6 +28,7 @@ from kernel.store import (
     StoreConflict,
     StoreError,
     StoreNotFound,
+    StoreOptions,
     StoreUnavailable,
     model_paths,
     open_store,
@@ -78,7 +79,8 @@ class Case:
 def hub_store(server: HubServer, sleeps: list[float], **kwargs: object) -> ModelStore:
     options: dict = {"sleep": sleeps.append, "http_timeout_s": 5.0, **kwargs}
     return open_store(
-        f"hf://{REPO}", token=SecretStr(server.token), endpoint=server.endpoint, **options
+        f"hf://{REPO}",
+        StoreOptions(token=SecretStr(server.token), endpoint=server.endpoint, **options),
     )
 
 
@@ -224,7 +226,9 @@ def test_open_store_picks_the_backend(tmp_path: Path) -> None:
     local = open_store(f"file://{tmp_path}/models")
     assert isinstance(local, FileStore)
     assert local.uri == f"file://{tmp_path}/models"
-    hub = open_store("hf://acme-org/sla.models_v2", hf_api=HfApi(endpoint="http://127.0.0.1:9"))
+    hub = open_store(
+        "hf://acme-org/sla.models_v2", StoreOptions(hf_api=HfApi(endpoint="http://127.0.0.1:9"))
+    )
     assert isinstance(hub, HubStore)
     assert hub.uri == "hf://acme-org/sla.models_v2"
 
@@ -263,7 +267,7 @@ def test_open_store_picks_the_backend(tmp_path: Path) -> None:
 )
 def test_open_store_rejects_bad_uris(uri: str) -> None:
     with pytest.raises(ValueError):
-        open_store(uri, hf_api=HfApi(endpoint="http://127.0.0.1:9"))
+        open_store(uri, StoreOptions(hf_api=HfApi(endpoint="http://127.0.0.1:9")))
 
 
 @pytest.mark.parametrize(
@@ -277,9 +281,9 @@ def test_open_store_rejects_tokens_in_the_uri_without_echoing_them(uri: str) -> 
 
 def test_open_store_rejects_ambiguous_client_options() -> None:
     with pytest.raises(ValueError, match="either"):
-        open_store("hf://acme/models", hf_api=HfApi(), token=SecretStr("hf_x"))
+        open_store("hf://acme/models", StoreOptions(hf_api=HfApi(), token=SecretStr("hf_x")))
     with pytest.raises(ValueError, match="endpoint"):
-        open_store("hf://acme/models", endpoint="http://user:pw@127.0.0.1:9")
+        open_store("hf://acme/models", StoreOptions(endpoint="http://user:pw@127.0.0.1:9"))
 
 
 # -- Hub failure modes ------------------------------------------------------------------------
@@ -454,7 +458,8 @@ def test_hub_bad_token_is_a_plain_store_error_without_the_token(
     sleeps: list[float] = []
     wrong = "hf_wrong_" + "x" * 20
     store = open_store(
-        f"hf://{REPO}", token=SecretStr(wrong), endpoint=hub.endpoint, sleep=sleeps.append
+        f"hf://{REPO}",
+        StoreOptions(token=SecretStr(wrong), endpoint=hub.endpoint, sleep=sleeps.append),
     )
     with caplog.at_level(logging.DEBUG), pytest.raises(StoreError) as info:
         store.publish(TENANT, files("v1"), message="event=auth")
@@ -497,14 +502,14 @@ def test_hub_read_of_a_missing_repo_is_not_found(hub: HubServer) -> None:
 def test_file_store_head_moves_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = FileStore(tmp_path)
     first = store.publish(TENANT, files("v1"), message="event=1")
-    real_write = store_file._atomic_write
+    real_write = store_file.atomic_write
 
     def crash_on_head(path: Path, data: bytes) -> None:
         if path.name == "HEAD":
             raise OSError(28, "No space left on device")
         real_write(path, data)
 
-    monkeypatch.setattr(store_file, "_atomic_write", crash_on_head)
+    monkeypatch.setattr(store_file, "atomic_write", crash_on_head)
     with pytest.raises(StoreError, match="No space left"):
         store.publish(TENANT, files("v2"), message="event=2")
     monkeypatch.undo()

@@ -1,8 +1,8 @@
 """The model store: where published model files live, chosen by URI.
 
-``hf://OWNER/REPO`` -> :class:`HubStore` (Hugging Face Hub through an injected
-``HfApi``); ``file://DIR`` -> :class:`FileStore` (the embedded default). Both keep
-the same layout, one atomic version per publish::
+``hf://OWNER/REPO`` -> :class:`HubStore` (Hugging Face Hub through an ``HfApi``,
+injected or built from :class:`StoreOptions`); ``file://DIR`` -> :class:`FileStore`
+(the embedded default). Both keep the same layout, one atomic version per publish::
 
     sla_models/{tenant_hash}_sla_model.safetensors   kind "safetensors"
     sla_models/{tenant_hash}_sla_model.pt            kind "pt"
@@ -46,29 +46,27 @@ Transient failures (429, 5xx, connection errors, timeouts) are retried with capp
 jittered exponential backoff; then :class:`StoreUnavailable`. Note that
 ``huggingface_hub`` itself retries some calls (preupload, commit listing,
 download metadata) with real sleeps before our own retry loop sees an error.
+
+Backends are chosen by the URI's scheme in :data:`SCHEMES`; a new backend is one
+module with a class keeping the ``ModelStore`` contract and an opener
+``(rest of the URI, StoreOptions) -> store``, plus one line in that table.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from pathlib import Path
-
-from huggingface_hub import HfApi
-from pydantic import SecretStr
 
 from kernel.errors import StoreConflict, StoreError, StoreNotFound, StoreUnavailable
-from kernel.store.file import FileStore
-from kernel.store.hub import HubStore
+from kernel.store.file import FileStore, open_file_store
+from kernel.store.hub import HubStore, open_hub_store
 from kernel.store.hub_http import configure_hub_http
+from kernel.store.options import StoreOptions
 from kernel.store.paths import (
     _URI_FORBIDDEN,
     _URI_SCHEME_RE,
     KINDS,
     MODEL_DIR,
     REPORT_KINDS,
-    _check_endpoint,
-    _check_repo_id,
     model_paths,
     report_paths,
 )
@@ -78,6 +76,7 @@ __all__ = [
     "ANY_PARENT",
     "KINDS",
     "MODEL_DIR",
+    "SCHEMES",
     "FileStore",
     "AnyParent",
     "HubStore",
@@ -87,6 +86,7 @@ __all__ = [
     "StoreConflict",
     "StoreError",
     "StoreNotFound",
+    "StoreOptions",
     "StoreUnavailable",
     "TenantHead",
     "configure_hub_http",
@@ -95,29 +95,28 @@ __all__ = [
     "report_paths",
 ]
 
+#: Opens a store from what follows ``SCHEME://`` in its URI; raises ``ValueError``.
+StoreOpener = Callable[[str, StoreOptions], ModelStore]
 
-def open_store(
-    uri: str,
-    *,
-    hf_api: HfApi | None = None,
-    token: SecretStr | None = None,
-    endpoint: str | None = None,
-    private: bool = True,
-    max_attempts: int = 5,
-    backoff_s: float = 0.5,
-    max_backoff_s: float = 8.0,
-    http_timeout_s: float | None = 60.0,
-    sleep: Callable[[float], None] = time.sleep,
-) -> ModelStore:
-    """Build the store a URI names: ``file://DIR`` or ``hf://OWNER/REPO``.
+#: URI scheme -> its backend's opener: the one place a backend is registered.
+SCHEMES: dict[str, StoreOpener] = {
+    "file": open_file_store,
+    "hf": open_hub_store,
+}
 
-    For ``hf://`` the token and endpoint go to ``HfApi`` only (``None`` leaves
-    huggingface_hub's own defaults); ``http_timeout_s`` bounds every
-    huggingface_hub request process-wide (see :func:`configure_hub_http`).
-    Raises ``ValueError`` for anything else, without echoing credentials.
+
+def open_store(uri: str, options: StoreOptions | None = None) -> ModelStore:
+    """Build the store a URI names: ``file://DIR`` or ``hf://OWNER/REPO`` (``SCHEMES``).
+
+    ``options`` (client, credentials, retries: :class:`StoreOptions`) go to the
+    backend. Raises ``ValueError`` for anything else, saying what a valid URI looks
+    like, without echoing credentials.
     """
+    known = " or ".join(f"{scheme}://" for scheme in SCHEMES)
     if not isinstance(uri, str) or not uri:
-        raise ValueError("model store URI must be a non-empty string")
+        raise ValueError(
+            "model store URI must be a non-empty string: file://DIR or hf://OWNER/REPO"
+        )
     scheme, sep, rest = uri.partition("://")
     if not sep:
         raise ValueError("model store URI must look like file://DIR or hf://OWNER/REPO")
@@ -127,34 +126,14 @@ def open_store(
             "pass the token separately (HF_TOKEN / settings)"
         )
     if _URI_SCHEME_RE.fullmatch(scheme) is None:
-        raise ValueError("unsupported model store scheme: use file:// or hf://")
+        raise ValueError(f"unsupported model store scheme: use {known}")
     bad = sorted({c for c in rest if c in _URI_FORBIDDEN or c.isspace() or not c.isprintable()})
     if bad:
-        raise ValueError(f"model store URI contains forbidden character(s): {bad!r}")
-    if scheme == "file":
-        if not rest or ".." in rest.split("/"):
-            raise ValueError("file:// store URI needs a directory without '..' segments")
-        return FileStore(Path(rest))
-    if scheme == "hf":
-        repo_id = rest
-        _check_repo_id(repo_id)
-        if hf_api is None:
-            if endpoint is not None:
-                _check_endpoint(endpoint)
-            secret = token.get_secret_value() if token is not None else None
-            hf_api = HfApi(endpoint=endpoint, token=secret, library_name="slaops")
-        elif token is not None or endpoint is not None:
-            raise ValueError("pass either hf_api or token/endpoint, not both")
-        if http_timeout_s is not None:
-            configure_hub_http(http_timeout_s)
-        return HubStore(
-            hf_api,
-            repo_id,
-            private=private,
-            max_attempts=max_attempts,
-            backoff_s=backoff_s,
-            max_backoff_s=max_backoff_s,
-            sleep=sleep,
-            request_timeout_s=http_timeout_s,
+        raise ValueError(
+            f"model store URI contains forbidden character(s): {bad!r}; "
+            "use letters, digits, '-', '_', '.' and '/'"
         )
-    raise ValueError(f"unsupported model store scheme {scheme!r}: use file:// or hf://")
+    opener = SCHEMES.get(scheme)
+    if opener is None:
+        raise ValueError(f"unsupported model store scheme {scheme!r}: use {known}")
+    return opener(rest, options if options is not None else StoreOptions())

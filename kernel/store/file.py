@@ -14,21 +14,20 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from kernel.durable import atomic_write, fsync_dir, write_durable
 from kernel.errors import StoreConflict, StoreError, StoreNotFound
 from kernel.limits import MAX_ARTIFACT_BYTES
 from kernel.store.index import MAX_INDEX_BYTES, MAX_SERVED, head_from, next_index, parse_index
+from kernel.store.options import StoreOptions
 from kernel.store.paths import (
     _FILE_REVISION_RE,
     _MODEL_PATH_RE,
     MODEL_DIR,
-    _check_files,
-    _check_message,
-    _check_parent,
     _check_repo_path,
     _check_revision,
     _check_tenant_hash,
+    check_publish,
     model_paths,
-    publish_paths,
     report_paths,
 )
 from kernel.store.protocol import ANY_PARENT, AnyParent, PublishedFiles, TenantHead
@@ -39,6 +38,16 @@ logger = logging.getLogger(__name__)
 _MAX_HEAD_BYTES = 4096
 _MAX_META_BYTES = 64 * 1024
 _INDEX = "index.json"
+
+
+def open_file_store(directory: str, options: StoreOptions) -> FileStore:
+    """``file://DIR``: the store in ``DIR`` (made on the first publish); needs no options."""
+    if not directory or ".." in directory.split("/"):
+        raise ValueError(
+            "file:// store URI needs a directory without '..' segments, "
+            "e.g. file:///var/lib/slaops/models"
+        )
+    return FileStore(Path(directory))
 
 
 class FileStore:
@@ -61,10 +70,7 @@ class FileStore:
         The compare-and-swap is the tenant's own (``HEAD`` under ``.lock``): other
         tenants' publishes never conflict with this one.
         """
-        _check_files(files)
-        _check_message(message)
-        _check_parent(parent)
-        paths = publish_paths(tenant_hash, files)
+        paths = check_publish(tenant_hash, files, message=message, parent=parent)
         tenant_dir = self.root / ".revisions" / tenant_hash
         try:
             tenant_dir.mkdir(parents=True, exist_ok=True)
@@ -81,9 +87,9 @@ class FileStore:
                 staging.mkdir()
                 try:
                     for kind, path in paths.items():
-                        _write_durable(staging / Path(path).name, bytes(files[kind]))
+                        write_durable(staging / Path(path).name, bytes(files[kind]))
                     index = next_index(head, tenant_hash, message, secrets.token_hex(16))
-                    _write_durable(staging / _INDEX, index)
+                    write_durable(staging / _INDEX, index)
                     meta = {
                         "revision": revision,
                         "parent": current,
@@ -91,22 +97,25 @@ class FileStore:
                         "paths": paths,
                         "created_at": datetime.now(UTC).isoformat(),
                     }
-                    _write_durable(staging / "meta.json", json.dumps(meta).encode())
-                    _fsync_dir(staging)
+                    write_durable(staging / "meta.json", json.dumps(meta).encode())
+                    fsync_dir(staging)
                     os.rename(staging, tenant_dir / revision)
-                    _fsync_dir(tenant_dir)
+                    fsync_dir(tenant_dir)
                 except BaseException:
                     shutil.rmtree(staging, ignore_errors=True)
                     raise
-                _atomic_write(tenant_dir / "HEAD", f"{revision}\n".encode())  # commit point
+                atomic_write(tenant_dir / "HEAD", f"{revision}\n".encode())  # commit point
                 (self.root / MODEL_DIR).mkdir(exist_ok=True)
                 for kind, path in paths.items():  # convenience mirror, after the commit
-                    _atomic_write(self.root / path, bytes(files[kind]))
+                    atomic_write(self.root / path, bytes(files[kind]))
                 for kind, path in report_paths(tenant_hash).items():  # no stale report
                     if kind not in files:
                         (self.root / path).unlink(missing_ok=True)
         except OSError as exc:
-            raise StoreError(f"could not publish to {self.uri}: {exc.strerror or exc}") from exc
+            raise StoreError(
+                f"could not publish to {self.uri}: {exc.strerror or exc} "
+                "(the store directory must be writable by this user, on a disk with room)"
+            ) from exc
         logger.info(
             "published tenant_hash=%s revision=%s store=%s", tenant_hash, revision, self.uri
         )
@@ -188,7 +197,10 @@ class FileStore:
             if not isinstance(meta, dict) or not isinstance(meta["message"], str):
                 raise TypeError("meta.json is not an object with a message")
         except (OSError, ValueError, TypeError, KeyError, StoreError) as exc:
-            raise StoreError(f"corrupt version history for {tenant_hash}: {exc}") from exc
+            raise StoreError(
+                f"corrupt version history for {tenant_hash}: {exc}; restore "
+                f".revisions/{tenant_hash} in {self.uri} from a backup"
+            ) from exc
         return meta
 
     def _head(self, tenant_hash: str) -> str | None:
@@ -200,7 +212,10 @@ class FileStore:
         except (OSError, UnicodeDecodeError) as exc:
             raise StoreError(f"could not read the head of {tenant_hash}: {exc}") from exc
         if _FILE_REVISION_RE.fullmatch(head) is None:
-            raise StoreError(f"corrupt HEAD for {tenant_hash} in {self.uri}")
+            raise StoreError(
+                f"corrupt HEAD for {tenant_hash} in {self.uri}: restore "
+                f".revisions/{tenant_hash}/HEAD from a backup (it names one revision directory)"
+            )
         return head
 
 
@@ -255,30 +270,3 @@ def _flock(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
-
-
-def _write_durable(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    try:
-        _write_durable(tmp, data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -7,7 +7,6 @@ import logging
 import random
 import secrets
 import tempfile
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from huggingface_hub.hf_api import RepoFile
 from kernel.backoff import Backoff
 from kernel.errors import StoreConflict, StoreError, StoreNotFound, StoreUnavailable
 from kernel.limits import MAX_ARTIFACT_BYTES
+from kernel.store.hub_http import configure_hub_http
 from kernel.store.index import (
     MAX_INDEX_BYTES,
     TenantIndex,
@@ -35,25 +35,49 @@ from kernel.store.index import (
     next_index,
     parse_index,
 )
+from kernel.store.options import StoreOptions
 from kernel.store.paths import (
     _PUBLISH_TRAILER,
     _RETRY_STATUSES,
     _TENANT_TRAILER,
-    _check_files,
-    _check_message,
-    _check_parent,
+    _check_endpoint,
     _check_repo_id,
     _check_repo_path,
     _check_revision,
     _check_tenant_hash,
+    check_publish,
     index_path,
     model_paths,
-    publish_paths,
 )
 from kernel.store.protocol import ANY_PARENT, AnyParent, PublishedFiles, TenantHead
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+def open_hub_store(repo_id: str, options: StoreOptions) -> HubStore:
+    """``hf://OWNER/REPO``: the Hub repo ``repo_id``, through ``options.hf_api`` or a new client.
+
+    The token and endpoint go to ``HfApi`` only, never into a message; with
+    ``http_timeout_s`` every huggingface_hub request is bounded process-wide (see
+    :func:`configure_hub_http`). Raises ``ValueError`` for a malformed repo id or
+    endpoint, or for a client given together with a token or endpoint.
+    """
+    _check_repo_id(repo_id)
+    api = options.hf_api
+    if api is None:
+        if options.endpoint is not None:
+            _check_endpoint(options.endpoint)
+        token = options.token
+        secret = token.get_secret_value() if token is not None else None
+        api = HfApi(endpoint=options.endpoint, token=secret, library_name="slaops")
+    elif options.token is not None or options.endpoint is not None:
+        raise ValueError(
+            "pass either hf_api or token/endpoint, not both: a given client keeps its own"
+        )
+    if options.http_timeout_s is not None:
+        configure_hub_http(options.http_timeout_s)
+    return HubStore(api, repo_id, options)
 
 
 class _TenantMoved(StoreConflict):
@@ -81,32 +105,21 @@ class HubStore:
     commit history.
     """
 
-    def __init__(
-        self,
-        api: HfApi,
-        repo_id: str,
-        *,
-        private: bool = True,
-        max_attempts: int = 5,
-        backoff_s: float = 0.5,
-        max_backoff_s: float = 8.0,
-        sleep: Callable[[float], None] = time.sleep,
-        request_timeout_s: float | None = 60.0,
-        max_conflicts: int = 8,
-    ) -> None:
+    def __init__(self, api: HfApi, repo_id: str, options: StoreOptions | None = None) -> None:
+        options = options if options is not None else StoreOptions()
         _check_repo_id(repo_id)
-        if max_attempts < 1 or max_conflicts < 1:
+        if options.max_attempts < 1 or options.max_conflicts < 1:
             raise ValueError("max_attempts and max_conflicts must be >= 1")
         self.uri = f"hf://{repo_id}"
         self._api = api
         self._repo_id = repo_id
-        self._private = private
-        self._max_attempts = max_attempts
-        self._max_conflicts = max_conflicts
-        self._backoff_s = backoff_s
-        self._max_backoff_s = max_backoff_s
-        self._sleep = sleep
-        self._timeout_s = request_timeout_s
+        self._private = options.private
+        self._max_attempts = options.max_attempts
+        self._max_conflicts = options.max_conflicts
+        self._backoff_s = options.backoff_s
+        self._max_backoff_s = options.max_backoff_s
+        self._sleep = options.sleep
+        self._timeout_s = options.http_timeout_s
         self._repo_ready = False
         self._rng = random.Random()  # noqa: S311 - backoff jitter, not security
 
@@ -118,10 +131,7 @@ class HubStore:
         message: str,
         parent: str | None | AnyParent = ANY_PARENT,
     ) -> PublishedFiles:
-        _check_files(files)
-        _check_message(message)
-        _check_parent(parent)
-        paths = publish_paths(tenant_hash, files)
+        paths = check_publish(tenant_hash, files, message=message, parent=parent)
         publish_id = secrets.token_hex(16)
         description = f"{_TENANT_TRAILER}: {tenant_hash}\n{_PUBLISH_TRAILER}: {publish_id}"
 
@@ -173,7 +183,8 @@ class HubStore:
                 # version). The next attempt re-reads this tenant at the new head.
                 if race == self._max_conflicts:
                     raise StoreConflict(
-                        f"hub publish on {self.uri} lost {race} races for the repo head"
+                        f"hub publish on {self.uri} lost {race} races for the repo head: "
+                        "too many writers at once; publish again"
                     ) from None
                 delay = self._rng.random() * min(self._max_backoff_s, self._backoff_s * race)
                 logger.info(
@@ -328,7 +339,8 @@ class HubStore:
                     raise error from exc
                 if attempt == self._max_attempts:
                     raise StoreUnavailable(
-                        f"hub {operation} on {self.uri} failed after {attempt} attempts: {error}"
+                        f"hub {operation} on {self.uri} failed after {attempt} attempts: {error}; "
+                        "the Hub is unreachable or overloaded, try again later"
                     ) from exc
                 delay = Backoff(self._backoff_s, self._max_backoff_s).jittered_s(
                     attempt - 1, self._rng
@@ -377,11 +389,16 @@ def _translate(
         cause = exc.__cause__
         if cause is not None and (inner := _translate(cause, redact)) is not None:
             return inner
-        return StoreError("hub download failed: the file metadata could not be fetched"), None
+        return StoreError(
+            "hub download failed: the file metadata could not be fetched; "
+            "check HF_ENDPOINT and that the Hub is reachable"
+        ), None
     if isinstance(exc, httpx2.TooManyRedirects):
-        return StoreError(redact(f"hub redirected too many times: {exc}")), None
+        return StoreError(redact(f"hub redirected too many times: {exc}; check HF_ENDPOINT")), None
     if isinstance(exc, OfflineModeIsEnabled):
-        return StoreError("huggingface_hub offline mode is enabled (HF_HUB_OFFLINE)"), None
+        return StoreError(
+            "huggingface_hub offline mode is enabled (HF_HUB_OFFLINE): unset it to use hf://"
+        ), None
     if isinstance(
         exc,
         httpx2.TimeoutException

@@ -55,6 +55,19 @@ def publish_paths(tenant_hash: str, files: Mapping[str, bytes]) -> dict[str, str
     return {**model_paths(tenant_hash), **{k: reports[k] for k in files if k in reports}}
 
 
+def check_publish(
+    tenant_hash: str, files: Mapping[str, bytes], *, message: str, parent: object
+) -> dict[str, str]:
+    """Every backend's checks before a publish; kind -> path of each file it writes.
+
+    Raises ``ValueError``/``TypeError`` (see ``ModelStore``) before anything is written.
+    """
+    _check_files(files)
+    _check_message(message)
+    _check_parent(parent)
+    return publish_paths(tenant_hash, files)
+
+
 def index_path(tenant_hash: str) -> str:
     """``sla_models/{tenant_hash}_sla_index.json``: see ``kernel.store.index``."""
     _check_tenant_hash(tenant_hash)
@@ -133,4 +146,7 @@ def _check_endpoint(endpoint: str) -> None:
         or parts.query
         or parts.fragment
     ):
-        raise ValueError("hub endpoint must be an http(s) URL without credentials or query")
+        raise ValueError(
+            "hub endpoint must be an http(s) URL without credentials or query (HF_ENDPOINT), "
+            "e.g. https://huggingface.co; pass the token as HF_TOKEN"
+        )
