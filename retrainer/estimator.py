@@ -111,7 +111,7 @@ class TailSplit:
 
 
 @contextmanager
-def _torch_threads(n_threads: int | None) -> Iterator[None]:
+def torch_threads(n_threads: int | None) -> Iterator[None]:
     """Run with `n_threads` intra-op threads, restoring the previous count afterwards."""
     previous = torch.get_num_threads()
     if n_threads is not None and n_threads != previous:
@@ -264,7 +264,7 @@ class SlaNet(NeuralNetBinaryClassifier):
                     p = persistence_proba(X_arr[:, self.offset_column], y_arr)
                     self.offset_logit_ = np.log(p / (1.0 - p)).astype(np.float32)
             X = X_arr
-        with _torch_threads(self.num_threads), torch.random.fork_rng(devices=[]):
+        with torch_threads(self.num_threads), torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             super().fit(X, y, **fit_params)
         return self

@@ -27,6 +27,7 @@ from retrainer.cancel import CancelToken
 from retrainer.curves import pr_curve
 from retrainer.dataset import DEFAULT_MIN_ROWS, SupervisedSet, build_pairs, pairs_for_model
 from retrainer.errors import DatasetError
+from retrainer.estimator import torch_threads
 from retrainer.forecasters import (
     Candidate,
     Folds,
@@ -161,6 +162,13 @@ def train(
     network may be published anyway). Raises `DatasetError` when the rows cannot make a
     usable training set, and `Cancelled` once `cancel` is (every fit checks it).
     """
+    # Hundreds of small forwards: one intra-op thread each (more only contend, tenfold
+    # slower on a busy machine); the fits run in their own worker processes.
+    with torch_threads(1):
+        return _train(replayed, config, cancel)
+
+
+def _train(replayed: ReplayedRows, config: TrainingConfig, cancel: CancelToken | None) -> Trained:
     data = build_pairs(
         replayed.ts,
         replayed.features,

@@ -41,14 +41,18 @@ log = logging.getLogger(__name__)
 
 HalvingResource = Literal["n_samples", "max_epochs"]
 
-#: Learning rate x depth x width: 15 candidates (depth 0, a logistic regression on the
-#: same normalised features, has no width to search), 75 fits under 5-fold CV. Depth 0
-#: is in the grid so that a tenant whose data supports no more than a linear model gets
-#: one, instead of an over-fitted network that loses to the baselines.
+#: Learning rate x depth: 4 candidates, at most 20 fits under 5 folds. Depth 0 (a
+#: logistic regression on the same normalised features) is in the grid so that a tenant
+#: whose data supports no more than a linear model gets one. Small on purpose: the
+#: network competes with the learned rules (`retrainer.forecasters`), which won on most
+#: streams of `bench/bench_early_warning.py`, and every tenant's retrains must fit a
+#: backtest of 17 tenants in 10 minutes on 2 cores; the 3 x 3 x 2 grid of earlier rounds
+#: (15 candidates) took 50 to 90 s a retrain there, this one 8 s. Wider grids are a
+#: setting away (`grid`, `grid_file`).
 DEFAULT_GRID: Final[Mapping[str, tuple[Any, ...]]] = {
-    "lr": (1e-2, 1e-3, 1e-4),
-    "module__hidden_layers": (0, 1, 2),
-    "module__width": (32, 64),
+    "lr": (1e-2, 1e-3),
+    "module__hidden_layers": (0, 1),
+    "module__width": (32,),
 }
 
 
@@ -61,6 +65,9 @@ def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, list[Any]]]
     """`grid` as scikit-learn parameter grids, searching width once for depth 0.
 
     >>> [len(list(ParameterGrid(g))) for g in expand_grid(DEFAULT_GRID)]
+    [4]
+    >>> grid = {"lr": [1e-2, 1e-3, 1e-4], "module__hidden_layers": [0, 1, 2], "module__width": [32, 64]}
+    >>> [len(list(ParameterGrid(g))) for g in expand_grid(grid)]
     [3, 12]
     """
     plain = {name: list(values) for name, values in grid.items()}
