@@ -263,7 +263,7 @@ def _decision(
     choice = trained.choice
     best = choice.best
     proof = choice.evidence
-    facts: dict[str, float] = {k: float(v) for k, v in proof.as_card().items()}
+    facts = finite({k: float(v) for k, v in proof.as_card().items()})
     score = best.log_loss
     if not trained.sufficient:
         detail = (
