@@ -45,8 +45,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import pytest
-
 _GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
 
 
@@ -562,11 +560,4 @@ def running_hub_server(token: str | None = None) -> Iterator[HubServer]:
         server.stop()
 
 
-@pytest.fixture
-def hub_server() -> Iterator[HubServer]:
-    """A fresh in-memory Hub per test (``.endpoint``, ``.token``, fault injection)."""
-    with running_hub_server() as server:
-        yield server
-
-
-__all__ = ["Commit", "HubServer", "hub_server", "running_hub_server"]
+__all__ = ["Commit", "HubServer", "running_hub_server"]

@@ -4,7 +4,7 @@ Measures the performance monitor as the product runs it: each tenant's model is 
 by the retrainer's own pipeline on the tenant's first `train_events`, goes live after
 `live_at` events (the events before it are processed without a model, as a backlog is),
 and every `performance_drift` request the core makes is counted. Used by
-tests/test_performance_monitor.py and meant for bench/ (a quality benchmark can print
+tests/consumer/test_performance_monitor.py and meant for bench/ (a quality benchmark can print
 `performance_runs(...)` per stream).
 """
 
@@ -26,10 +26,10 @@ from retrainer.replay import TenantRows
 from retrainer.search import SearchConfig
 from schemas import FEATURES, RetrainRequested
 from simulator.model import DriftPlan, TelemetrySimulator
-from tests.retrain_data import request_for
-from tests.streams import RawRecord
+from testkit.retrain_data import request_for
+from testkit.streams import RawRecord
 
-#: A small, fast search: one candidate, as tests/test_live_models.py trains.
+#: A small, fast search: one candidate, as tests/consumer/test_live_models.py trains.
 SMALL_SEARCH = SearchConfig(
     grid={"lr": [1e-2], "module__hidden_layers": [0, 1], "module__width": [16]},
     n_jobs=1,

@@ -21,7 +21,7 @@ predictable from what is known at t. Three families:
   first half of the events used (the SLO is set on history, then applied going forward).
 
 `all_streams()` returns the benchmark set; `simulator_streams()`, `river_streams()` and
-`nab_streams()` return one family each. ``python -m bench.quality_streams`` prints the set
+`nab_streams()` return one family each. ``python -m testkit.quality_streams`` prints the set
 as a table.
 """
 

@@ -13,7 +13,7 @@ import secrets
 
 from kernel.store.index import next_index
 from kernel.store.paths import index_path, model_paths
-from tests.hub_server import HubServer
+from testkit.hub_server import HubServer
 
 
 def seeded_hash(i: int) -> str:

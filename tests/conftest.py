@@ -1,7 +1,8 @@
-"""Fixtures every test module may use: the session's broker and settings factories on it.
+"""Fixtures every test folder may use: the session's broker, settings on it, stores, the Hub.
 
-The factories live in `tests/factories.py` (plain functions, shared with `bench/`);
-the fixtures here only bind them to the broker and to the test's temporary directory.
+The factories live in `testkit/` (plain functions, shared with `bench/`); the fixtures
+here only bind them to the broker and to the test's temporary directory. Under
+pytest-xdist each worker is a session of its own, so each starts its own broker.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import pytest
 from consumer.settings import ConsumerSettings
 from kernel.store import ModelStore, open_store
 from retrainer.settings import RetrainerSettings
-from tests import factories
-from tests.broker import kafka_bootstrap
+from testkit import factories
+from testkit.broker import kafka_bootstrap
+from testkit.hub_server import HubServer, running_hub_server
+from testkit.live_models import Published, published_model
 
 
 @pytest.fixture(scope="session")
@@ -56,3 +59,16 @@ def file_store(tmp_path: Path) -> tuple[str, ModelStore]:
     """`(uri, store)`: an empty file store in the test's temporary directory."""
     uri = f"file://{tmp_path / 'models'}"
     return uri, open_store(uri)
+
+
+@pytest.fixture
+def hub() -> Iterator[HubServer]:
+    """A fresh in-memory Hub per test on loopback (`.endpoint`, `.token`, fault injection)."""
+    with running_hub_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> Published:
+    """acme's model, trained and published once per module into a file store."""
+    return published_model(tmp_path_factory.mktemp("store"))

@@ -35,13 +35,13 @@ from retrainer.report import PLOT_KINDS
 from retrainer.search import SearchConfig
 from schemas import ChampionKept, RetrainFailed, RetrainRequested
 from simulator.model import TelemetrySimulator
-from tests.factories import unique_name
-from tests.kafka_helpers import produce_all
-from tests.retrain_data import request_for, tenant_rows
+from testkit.factories import unique_name
+from testkit.kafka_helpers import produce_all
+from testkit.paths import ROOT
+from testkit.retrain_data import request_for, tenant_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOT = ROOT / "docs" / "report.png"
 KEY = SecretStr("report-page-key-0123456789abcdef")
 SEARCH = SearchConfig(

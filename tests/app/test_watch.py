@@ -17,10 +17,10 @@ from retrainer.pipeline import TrainingConfig
 from retrainer.publisher import RequestHandler
 from schemas import ChampionKept, ModelPublished, RetrainRequested
 from slaops.watch import WatchSettings, describe
-from tests.factories import answer_names
-from tests.kafka_helpers import produce_all
-from tests.retrain_data import request_for, tenant_rows
-from tests.test_live_models import KEY, SEARCH
+from testkit.factories import answer_names
+from testkit.kafka_helpers import produce_all
+from testkit.live_models import KEY, SEARCH
+from testkit.retrain_data import request_for, tenant_rows
 
 pytestmark = pytest.mark.integration
 

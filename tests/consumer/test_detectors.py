@@ -18,8 +18,9 @@ from consumer.detectors import (
     DriftSignal,
 )
 from schemas.telemetry import FEATURES
-from tests.streams import SDS
-from tests.streams import telemetry_matrix as telemetry
+from testkit.drift_signals import signals
+from testkit.streams import SDS
+from testkit.streams import telemetry_matrix as telemetry
 
 KINDS: tuple[DetectorKind, ...] = tuple(DETECTORS)
 LATENCIES = (0, 1, 2)
@@ -37,17 +38,6 @@ def shifted(
     events = telemetry(n, seed)
     events[at:, list(columns)] += 2.0 * SDS[list(columns)]
     return events
-
-
-def signals(config: DriftConfig, events: np.ndarray, block: int = 1_000) -> list[int]:
-    """Stream indices of every signal, feeding `events` in blocks of `block`."""
-    monitor = DataDriftMonitor(config)
-    found = []
-    for start in range(0, len(events), block):
-        signal = monitor.update_block(events[start : start + block])
-        if signal is not None:
-            found.append(start + signal.index)
-    return found
 
 
 def split_signals(config: DriftConfig, events: np.ndarray, sizes: list[int]) -> list[int]:

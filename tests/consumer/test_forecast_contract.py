@@ -19,8 +19,8 @@ import pytest
 from consumer.core import BatchResult, CoreConfig, IngestCore
 from schemas import Forecast
 from schemas.export import SCHEMA_DIR
-from tests.streams import RawRecord, telemetry_values
-from tests.tiny_models import tiny_live_model
+from testkit.streams import RawRecord, telemetry_values
+from testkit.tiny_models import tiny_live_model
 
 SCHEMA = json.loads((SCHEMA_DIR / "forecast.schema.json").read_text())
 _JSON_TYPES: dict[str, Any] = {

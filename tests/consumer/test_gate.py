@@ -12,8 +12,8 @@ from consumer.main import core_config
 from consumer.settings import ConsumerSettings
 from schemas import RetrainRequested, retrain_event_id
 from simulator.model import TelemetrySimulator
-from tests.streams import RawRecord
-from tests.test_core import TOPIC, config, mixed_stream, run
+from testkit.core_runs import TOPIC, config, mixed_stream, run
+from testkit.streams import RawRecord
 
 
 def test_gate_cooldown_runs_on_event_time_and_the_timeout_on_the_wall_clock() -> None:

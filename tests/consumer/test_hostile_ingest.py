@@ -36,7 +36,7 @@ from kernel.settings import ServiceSettings, StoreSettings
 from schemas import DeadLetter, InvalidTelemetry, RejectReason, RetrainFailed, parse_telemetry
 from slaops import watch as watch_module
 from slaops.cli import main
-from tests.streams import START, RawRecord, telemetry_values
+from testkit.streams import START, RawRecord, telemetry_values
 
 TOPIC = "sla.telemetry"
 STRONG_KEY = "k7Q2x9Lm" * 4

@@ -1,11 +1,12 @@
 """Hostile input: announcements the consumer must refuse, settings start-up must refuse,
 and secrets that must never show.
 
-Complements tests/test_live_models.py (refusals at the loader) and tests/test_artifacts.py
-(the loader on its own): here each hostile `ModelPublished` goes through the model
-follower into an `IngestCore`, the way `slaops consume` handles it, and the tenant keeps
-forecasting with its previous model. Some announcements come from a store an attacker
-could write to, so every file they name is planted for real.
+Complements tests/consumer/test_live_models.py (refusals at the loader) and
+tests/kernel/test_artifacts.py (the loader on its own): here each hostile
+`ModelPublished` goes through the model follower into an `IngestCore`, the way
+`slaops consume` handles it, and the tenant keeps forecasting with its previous model.
+Some announcements come from a store an attacker could write to, so every file they
+name is planted for real.
 """
 
 from __future__ import annotations
@@ -50,9 +51,8 @@ from kernel.tenant_hash import tenant_hash
 from retrainer.settings import RetrainerSettings
 from schemas import ModelPublished
 from slaops.cli import main
-from tests.test_artifacts import _SystemOnUnpickle, _torch_saved, _TouchOnUnpickle
-from tests.test_live_models import KEY, core_with, messages
-from tests.test_live_models import published as published  # the module's trained model
+from testkit.live_models import KEY, core_with, messages
+from testkit.pickles import SystemOnUnpickle, TouchOnUnpickle, torch_saved
 
 MODELS_TOPIC = "sla.models"
 ACME = tenant_hash("acme", KEY)
@@ -207,7 +207,7 @@ def flipped(data: bytes) -> bytes:
 
 def evil_pt(scene: Scene, payload: type) -> bytes:
     """A torch.save archive whose unpickling runs `payload` (creates scene.marker)."""
-    return _torch_saved(payload(scene.marker))
+    return torch_saved(payload(scene.marker))
 
 
 # Each case: what the attacker announces (and plants), the refusal's reason, and whether
@@ -226,7 +226,7 @@ def _absolute_path_to_the_real_file(scene: Scene) -> ModelPublished:
 
 
 def _pt_only(scene: Scene) -> ModelPublished:
-    evil = evil_pt(scene, _TouchOnUnpickle)
+    evil = evil_pt(scene, TouchOnUnpickle)
     card = edited_card(scene.legit["card"], files={"pt": sha256_hex(evil)})
     planted = scene.plant({"safetensors": b"", "pt": evil, "card": card})
     return planted.model_copy(
@@ -238,13 +238,13 @@ def _pt_only(scene: Scene) -> ModelPublished:
 
 
 def _pickle_in_both_slots_card_names_pt_only(scene: Scene) -> ModelPublished:
-    evil = evil_pt(scene, _SystemOnUnpickle)
+    evil = evil_pt(scene, SystemOnUnpickle)
     card = edited_card(scene.legit["card"], files={"pt": sha256_hex(evil)})
     return scene.plant({"safetensors": evil, "pt": evil, "card": card})
 
 
 def _pickle_as_safetensors_with_matching_hashes(scene: Scene) -> ModelPublished:
-    evil = evil_pt(scene, _TouchOnUnpickle)
+    evil = evil_pt(scene, TouchOnUnpickle)
     card = edited_card(
         scene.legit["card"], files={"safetensors": sha256_hex(evil), "pt": sha256_hex(evil)}
     )

@@ -4,63 +4,24 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 from confluent_kafka import Message
-from pydantic import SecretStr
 
-from consumer.core import CoreConfig, IngestCore
-from consumer.live_model import LiveModel, ModelRefused, load_live_model
+from consumer.live_model import LiveModel, ModelRefused
 from consumer.performance import PerformanceConfig
-from kernel.store import ModelStore, open_store
 from kernel.tenant_hash import tenant_hash
-from retrainer.pipeline import TrainingConfig
-from retrainer.publisher import RequestHandler
-from retrainer.search import SearchConfig
-from schemas import ModelPublished
-from tests.retrain_data import request_for, telemetry_messages, tenant_rows
+from testkit.live_models import KEY, Published, core_with, load, messages
+from testkit.paths import ROOT
+from testkit.retrain_data import tenant_rows
 
 NO_EVENTS = (np.empty(0), np.empty((0, 6), np.float32), np.empty(0, bool))
-KEY = SecretStr("live-model-tenant-key-0123456789")
-SEARCH = SearchConfig(
-    grid={"lr": [1e-2], "module__hidden_layers": [1], "module__width": [16]},
-    n_jobs=1,
-    max_epochs=15,
-    n_splits=3,
-)
 
 
-@pytest.fixture(scope="module")
-def published(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, ModelStore, ModelPublished]:
-    uri = f"file://{tmp_path_factory.mktemp('store') / 'models'}"
-    store = open_store(uri)
-    handler = RequestHandler(
-        store=store,
-        store_uri=uri,
-        tenant_key=KEY,
-        training=TrainingConfig(search=SEARCH, min_rows=100),
-        replay=lambda request: tenant_rows(1_500, seed=3),
-        models_topic="m",
-        failures_topic="f",
-        decisions_topic="d",
-    )
-    event = handler.handle(request_for("acme")).events[0][2]
-    assert isinstance(event, ModelPublished)
-    return uri, store, event
-
-
-def load(published: tuple[str, ModelStore, ModelPublished], **changes: object) -> LiveModel:
-    uri, store, event = published
-    return load_live_model(
-        event.model_copy(update=changes), store=store, store_uri=uri, tenant_key=KEY
-    )
-
-
-def test_an_announced_model_loads_and_forecasts_like_its_card_says(published) -> None:  # type: ignore[no-untyped-def]
+def test_an_announced_model_loads_and_forecasts_like_its_card_says(published: Published) -> None:
     model = load(published)
     assert (model.tenant, model.version, model.horizon) == ("acme", 1, 1)
     rows = tenant_rows(50)
@@ -80,12 +41,14 @@ def test_an_announced_model_loads_and_forecasts_like_its_card_says(published) ->
         ({"revision": "0" * 40, "model_version": 2**62}, "is not the store's newest"),
     ],
 )
-def test_hostile_announcements_are_refused(published, changes: dict, reason: str) -> None:  # type: ignore[no-untyped-def]
+def test_hostile_announcements_are_refused(
+    published: Published, changes: dict, reason: str
+) -> None:
     with pytest.raises(ModelRefused, match=reason):
         load(published, **changes)
 
 
-def test_tampered_weights_are_refused(published, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_tampered_weights_are_refused(published: Published, tmp_path: Path) -> None:
     uri, store, event = published
     root = Path(uri.removeprefix("file://"))
     (weights,) = root.glob(f".revisions/*/{event.revision}/*.safetensors")
@@ -98,30 +61,11 @@ def test_tampered_weights_are_refused(published, tmp_path: Path) -> None:  # typ
         weights.write_bytes(original)
 
 
-def messages(rows_seed: int, threshold_ms: float, n: int, start: int = 0) -> list[Message]:
-    rows = tenant_rows(n, seed=rows_seed, threshold_ms=threshold_ms)
-    rows = replace(rows, ts=rows.ts + 60.0 * start)  # event time goes on across calls
-    return [
-        Message(topic="sla.telemetry", partition=0, offset=start + i, key=k, value=v)
-        for i, (k, v) in enumerate(telemetry_messages("acme", rows))
-    ]
-
-
 def stream_ts(message: Message) -> float:
     return datetime.fromisoformat(json.loads(message.value() or b"")["ts"]).timestamp()
 
 
-def core_with(model: LiveModel | None, **changes: object) -> IngestCore:
-    # No retrainer answers here: a request stays in flight for the whole test.
-    changes.setdefault("performance", PerformanceConfig(warmup=100))
-    config = CoreConfig(topic="sla.telemetry", request_timeout_s=1e9, **changes)  # type: ignore[arg-type]
-    core = IngestCore(config)
-    if model is not None:
-        core.apply_model(model)
-    return core
-
-
-def test_concept_drift_raises_one_performance_drift_request(published) -> None:  # type: ignore[no-untyped-def]
+def test_concept_drift_raises_one_performance_drift_request(published: Published) -> None:
     core = core_with(load(published))
     before = messages(4, 150.0, 1_500)  # the rule the model learnt
     after = messages(5, 90.0, 1_500, start=1_500)  # the same metrics now breach more often
@@ -139,7 +83,9 @@ def test_concept_drift_raises_one_performance_drift_request(published) -> None: 
     assert stats["log_loss_recent"] > stats["card_log_loss"]
 
 
-def test_a_tenant_with_a_model_gets_no_cold_start_and_stable_data_no_request(published) -> None:  # type: ignore[no-untyped-def]
+def test_a_tenant_with_a_model_gets_no_cold_start_and_stable_data_no_request(
+    published: Published,
+) -> None:
     core = core_with(load(published), cold_start=True, cold_start_min_events=100)
     stream = messages(6, 150.0, 2_000)
     requests = [r for i in range(0, 2_000, 500) for r in core.process(stream[i : i + 500]).requests]
@@ -148,7 +94,7 @@ def test_a_tenant_with_a_model_gets_no_cold_start_and_stable_data_no_request(pub
     assert [r.reason for r in cold.process(stream).requests] == ["cold_start"]
 
 
-def test_hot_swap_switches_forecasts_between_batches(published) -> None:  # type: ignore[no-untyped-def]
+def test_hot_swap_switches_forecasts_between_batches(published: Published) -> None:
     model = load(published)
     core = core_with(model, publish_forecasts=True)
     stream = messages(7, 150.0, 400)
@@ -187,7 +133,7 @@ def test_hot_swap_switches_forecasts_between_batches(published) -> None:  # type
 
 @pytest.mark.parametrize("settle", [0, 240])
 def test_performance_request_waits_settle_events_after_the_alarm_whatever_the_batching(
-    published,  # type: ignore[no-untyped-def]
+    published: Published,
     settle: int,
 ) -> None:
     stream = messages(4, 150.0, 1_500) + messages(5, 90.0, 1_500, start=1_500)
@@ -209,7 +155,7 @@ def test_performance_request_waits_settle_events_after_the_alarm_whatever_the_ba
 
 
 def readme_snippet(name: str) -> str:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     match = re.search(
         rf"<!-- snippet:{name} -->\n```python\n(.+?)```\n<!-- /snippet:{name} -->", readme, re.S
     )
@@ -217,7 +163,9 @@ def readme_snippet(name: str) -> str:
     return match.group(1)
 
 
-def test_the_readme_loading_snippets_give_the_live_models_probabilities(published) -> None:  # type: ignore[no-untyped-def]
+def test_the_readme_loading_snippets_give_the_live_models_probabilities(
+    published: Published,
+) -> None:
     _uri, store, event = published
     events = tenant_rows(40, seed=9)
     model = load(published)

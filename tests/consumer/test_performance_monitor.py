@@ -15,7 +15,7 @@ from consumer.detectors import DETECTORS, DetectorSpec, DriftConfig
 from consumer.performance import PerformanceConfig, PerformanceMonitor, log_loss_excess
 from consumer.settings import ConsumerSettings
 from simulator.model import DriftPlan
-from tests.performance_runs import MonitorRun, performance_runs
+from testkit.performance_runs import MonitorRun, performance_runs
 
 
 def forecasts(n: int, seed: int, *, wrong_from: int | None = None) -> np.ndarray:

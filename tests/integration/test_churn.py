@@ -16,7 +16,7 @@ import json
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,8 +33,8 @@ from retrainer.main import topic_specs as retrainer_topics
 from retrainer.settings import RetrainerSettings
 from schemas import DeadLetter, RetrainRequested
 from simulator.model import DriftPlan, TelemetrySimulator
-from tests.hub_server import HubServer
-from tests.kafka_helpers import (
+from testkit.hub_server import HubServer
+from testkit.kafka_helpers import (
     answers_by_request,
     committed,
     end_offsets,
@@ -43,7 +43,7 @@ from tests.kafka_helpers import (
     read_topic,
     wait_for,
 )
-from tests.processes import ServiceProcess, env_for, services
+from testkit.processes import ServiceProcess, env_for, services
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
 
@@ -56,15 +56,6 @@ SEED = 20261129
 #: Four candidates: a search of a second or two, long enough to be killed in.
 GRID = {"lr": [0.01, 0.003], "module__hidden_layers": [1], "module__width": [16, 32]}
 SEARCH_STARTED = r"search strategy=grid"
-
-
-@pytest.fixture
-def hub() -> Iterator[HubServer]:
-    server = HubServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.parametrize("store_kind", ["file", "hub"])

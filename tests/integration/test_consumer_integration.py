@@ -6,35 +6,20 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import pytest
 
-from consumer.main import build_service, topic_specs
-from consumer.service import ConsumerService
+from consumer.main import topic_specs
 from consumer.settings import ConsumerSettings
 from kernel.kafka import ensure_topics
-from schemas import DeadLetter, RejectReason, RetrainRequested
-from tests.kafka_helpers import committed as kafka_committed
-from tests.kafka_helpers import produce_all, read_topic, wait_for
-from tests.streams import interleave, telemetry_values
+from schemas import DeadLetter, RetrainRequested
+from testkit.consumer_runs import BAD_RECORDS, running, telemetry
+from testkit.kafka_helpers import committed as kafka_committed
+from testkit.kafka_helpers import produce_all, read_topic, wait_for
 
 pytestmark = pytest.mark.integration
 PARTITIONS = 2
-BAD_RECORDS: list[tuple[bytes | None, bytes | None, RejectReason]] = [
-    (b"stable-a", b"{not json", RejectReason.NOT_JSON),
-    (b"stable-a", b"\xc3\x28", RejectReason.NOT_UTF8),
-    (b"stable-b", b"", RejectReason.EMPTY),
-    (b"stable-b", b"x" * 70_000, RejectReason.OVERSIZE),
-    (b"someone-else", telemetry_values("drifty", 1, seed=9)[0], RejectReason.KEY_MISMATCH),
-    (
-        b"drifty",
-        telemetry_values("drifty", 1, seed=9)[0].replace(b'"rps": ', b'"rps": -'),
-        RejectReason.OUT_OF_RANGE,
-    ),
-]
 
 
 @pytest.fixture
@@ -50,29 +35,6 @@ def settings(consumer_settings: Callable[..., ConsumerSettings]) -> ConsumerSett
     )
     ensure_topics(settings, topic_specs(settings))
     return settings
-
-
-@contextmanager
-def running(settings: ConsumerSettings) -> Iterator[ConsumerService]:
-    service = build_service(settings)
-    stop = threading.Event()
-    thread = threading.Thread(target=service.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        yield service
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-        assert not thread.is_alive(), "consumer did not stop"
-
-
-def telemetry(n: int, start: int = 0) -> list[tuple[bytes, bytes]]:
-    streams = {
-        "stable-a": telemetry_values("stable-a", n, seed=1, start_index=start),
-        "drifty": telemetry_values("drifty", n, seed=2, shift_at=1_200, start_index=start),
-        "stable-b": telemetry_values("stable-b", n, seed=3, start_index=start),
-    }
-    return [(t.encode(), v) for t, v in interleave(streams)]
 
 
 def requests_in(settings: ConsumerSettings, expect: int) -> list[RetrainRequested]:

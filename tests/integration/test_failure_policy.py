@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,25 +19,16 @@ from retrainer.main import build_service, prepare, topic_specs
 from retrainer.service import RetrainerService
 from retrainer.settings import RetrainerSettings
 from schemas import ModelPublished, RetrainFailed
-from tests.hub_server import HubServer
-from tests.kafka_helpers import produce_all, read_topic, wait_for
-from tests.retrain_data import telemetry_messages, tenant_rows
-from tests.test_retrainer_integration import committed, request, running
+from testkit.hub_server import HubServer
+from testkit.kafka_helpers import produce_all, read_topic, wait_for
+from testkit.retrain_data import telemetry_messages, tenant_rows
+from testkit.retrainer_runs import committed, request, running
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 REPO = "acme-org/policy-models"
 KEY = "policy-tenant-key-0123456789abcdef"
 ROWS = 600
-
-
-@pytest.fixture
-def hub() -> Iterator[HubServer]:
-    server = HubServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def hub_settings(

@@ -29,7 +29,6 @@ from consumer.core import IngestCore
 from consumer.main import core_config
 from consumer.main import topic_specs as consumer_topics
 from consumer.settings import ConsumerSettings
-from kernel.embedded import embedded_broker
 from kernel.kafka import ensure_topics
 from kernel.store import open_store
 from kernel.tenant_hash import request_ref, tenant_hash
@@ -37,7 +36,8 @@ from retrainer.main import topic_specs as retrainer_topics
 from retrainer.settings import RetrainerSettings
 from schemas import DeadLetter, ModelPublished, RetrainRequested
 from simulator.model import DriftPlan, TelemetrySimulator
-from tests.kafka_helpers import (
+from testkit.broker import dedicated_broker
+from testkit.kafka_helpers import (
     answers_by_request,
     committed,
     end_offsets,
@@ -46,7 +46,7 @@ from tests.kafka_helpers import (
     read_topic,
     wait_for,
 )
-from tests.processes import ServiceProcess, env_for, frozen, services
+from testkit.processes import ServiceProcess, env_for, frozen, services
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
 
@@ -121,7 +121,7 @@ def test_broker_frozen_mid_search_and_mid_ingest_both_services_recover(tmp_path:
     first = 300 * TENANTS  # past cold_start_min_events: cold starts go out
     middle = 450 * TENANTS  # sent across the start of the freeze
 
-    with embedded_broker() as (bootstrap, broker_pid):
+    with dedicated_broker() as (bootstrap, broker_pid):
         consumer_settings = ConsumerSettings.model_validate(
             {"bootstrap_servers": bootstrap, **names, **consumer_tuning, **common}
         )
@@ -329,7 +329,7 @@ def test_a_consumer_outlives_a_broker_away_longer_than_its_delivery_timeout(
     stream = list(simulator.events(2_000))
     records = [(k, v) for k, v, _m in stream]
     malformed = sum(m.malformed is not None for _k, _v, m in stream)
-    with embedded_broker() as (bootstrap, broker_pid):
+    with dedicated_broker() as (bootstrap, broker_pid):
         settings = ConsumerSettings.model_validate(
             {"bootstrap_servers": bootstrap, **names, **tuning}
         )

@@ -22,10 +22,10 @@ from consumer.settings import ConsumerSettings
 from kernel.kafka import ensure_topics
 from schemas import DeadLetter, RetrainRequested
 from simulator.model import DriftPlan, TelemetrySimulator
-from tests.factories import consumer_names
-from tests.kafka_helpers import committed as kafka_committed
-from tests.kafka_helpers import produce_all, read_topic, wait_for
-from tests.processes import ServiceProcess, env_for, services
+from testkit.consumer_runs import committed_by_partition
+from testkit.factories import consumer_names
+from testkit.kafka_helpers import produce_all, read_topic, wait_for
+from testkit.processes import ServiceProcess, env_for, services
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
 
@@ -34,12 +34,6 @@ TENANTS = 4
 EVENTS_PER_TENANT = 1_500
 SEED = 20261122
 KILLS = 3
-
-
-def committed(settings: ConsumerSettings) -> dict[int, int]:
-    return kafka_committed(
-        settings.bootstrap_servers or "", settings.group_id, settings.telemetry_topic, PARTITIONS
-    )
 
 
 def test_sigkilled_consumer_loses_nothing_and_repeats_requests_with_their_event_id(
@@ -90,16 +84,16 @@ def test_sigkilled_consumer_loses_nothing_and_repeats_requests_with_their_event_
                 consumer.wait_log(r"retrain requested", timeout_s=90)
             else:
                 wait_for(
-                    lambda t=threshold: sum(committed(settings).values()) >= t,  # type: ignore[misc]
+                    lambda t=threshold: sum(committed_by_partition(settings).values()) >= t,  # type: ignore[misc]
                     timeout_s=90,
                     what=f"{threshold:.0f} records committed",
                 )
             consumer.kill()
-            kill_points.append(sum(committed(settings).values()))
+            kill_points.append(sum(committed_by_partition(settings).values()))
         consumer.start()
         consumer.wait_log(r"assigned partition", timeout_s=60)
         wait_for(
-            lambda: sum(committed(settings).values()) == len(records),
+            lambda: sum(committed_by_partition(settings).values()) == len(records),
             timeout_s=120,
             what="the restarted consumer to commit the whole stream",
         )

@@ -6,7 +6,7 @@ request ends as exactly one complete model version in the store, announced."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,13 +20,13 @@ from kernel.tenant_hash import request_ref, tenant_hash
 from retrainer.main import topic_specs
 from retrainer.settings import RetrainerSettings
 from schemas import ModelPublished
-from tests.factories import consumer_names, retrainer_names
-from tests.hub_server import HubServer
-from tests.kafka_helpers import produce_all, read_topic, wait_for
-from tests.processes import ServiceProcess, env_for, services
-from tests.retrain_data import telemetry_messages, tenant_rows
-from tests.test_faults_consumer import committed
-from tests.test_retrainer_integration import request
+from testkit.consumer_runs import committed_by_partition
+from testkit.factories import consumer_names, retrainer_names
+from testkit.hub_server import HubServer
+from testkit.kafka_helpers import produce_all, read_topic, wait_for
+from testkit.processes import ServiceProcess, env_for, services
+from testkit.retrain_data import telemetry_messages, tenant_rows
+from testkit.retrainer_runs import request
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
 
@@ -45,15 +45,6 @@ class Setup:
     env: dict[str, str]
     request: bytes
     event_id: str
-
-
-@pytest.fixture
-def hub() -> Iterator[HubServer]:
-    server = HubServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def setup_for(
@@ -192,7 +183,7 @@ def test_a_hub_outage_delays_the_publish_but_loses_and_duplicates_nothing(
         produce_all(bootstrap, setup.settings.retrain_topic, [(b"acme", setup.request)])
         produce_all(bootstrap, ingest.telemetry_topic, stream)
         wait_for(
-            lambda: sum(committed(ingest).values()) == len(stream),
+            lambda: sum(committed_by_partition(ingest).values()) == len(stream),
             timeout_s=90,
             what="ingest to commit everything during the outage",
         )

@@ -22,11 +22,11 @@ from kernel.store import ModelStore
 from retrainer.pipeline import TrainingConfig
 from retrainer.publisher import RequestHandler
 from schemas import ModelPublished
-from tests.factories import consumer_names
-from tests.kafka_helpers import produce_all, read_topic, wait_for
-from tests.retrain_data import request_for, telemetry_messages, tenant_rows
-from tests.test_consumer_integration import running
-from tests.test_live_models import KEY, SEARCH
+from testkit.consumer_runs import running
+from testkit.factories import consumer_names
+from testkit.kafka_helpers import produce_all, read_topic, wait_for
+from testkit.live_models import KEY, SEARCH
+from testkit.retrain_data import request_for, telemetry_messages, tenant_rows
 
 pytestmark = pytest.mark.integration
 TRAIN = 1_500

@@ -16,11 +16,11 @@ import pytest
 from consumer.main import topic_specs
 from consumer.settings import ConsumerSettings
 from kernel.kafka import ensure_topics
-from tests.factories import consumer_names
-from tests.kafka_helpers import produce_all, wait_for
-from tests.processes import ServiceProcess, env_for, services
-from tests.streams import telemetry_bytes
-from tests.test_faults_consumer import committed
+from testkit.consumer_runs import committed_by_partition
+from testkit.factories import consumer_names
+from testkit.kafka_helpers import produce_all, wait_for
+from testkit.processes import ServiceProcess, env_for, services
+from testkit.streams import telemetry_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
 
@@ -71,7 +71,7 @@ def test_a_million_event_burst_drains_within_the_memory_bound(
         produce_all(bootstrap, settings.telemetry_topic, records)
         produced_s = time.perf_counter() - started
         wait_for(
-            lambda: sum(committed(settings).values()) == EVENTS,
+            lambda: sum(committed_by_partition(settings).values()) == EVENTS,
             timeout_s=240,
             what="the consumer to drain the burst",
         )

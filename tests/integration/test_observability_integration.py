@@ -26,10 +26,11 @@ from retrainer.main import topic_specs as retrainer_topics
 from retrainer.settings import RetrainerSettings
 from schemas import DeadLetter, RetrainFailed, RetrainRequested
 from slaops.runner import run_consumer, run_retrainer
-from tests.kafka_helpers import produce_all, read_topic, wait_for
-from tests.test_consumer_integration import BAD_RECORDS, telemetry
-from tests.test_observability import free_port, get, samples, value
-from tests.test_retrainer_integration import KEY, request, shared_partition_telemetry
+from testkit.consumer_runs import BAD_RECORDS, telemetry
+from testkit.kafka_helpers import produce_all, read_topic, wait_for
+from testkit.ports import free_port
+from testkit.retrainer_runs import KEY, request, shared_partition_telemetry
+from testkit.scrape import get, samples, value
 
 pytestmark = pytest.mark.integration
 PARTITIONS = 2

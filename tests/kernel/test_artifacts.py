@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import pathlib
 import pickle
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from kernel.artifacts import (
 )
 from kernel.features import FeatureSpec
 from kernel.mlp import SlaMLP
+from testkit.pickles import SystemOnUnpickle, TouchOnUnpickle, torch_saved
 
 FORMATS = ["safetensors", "pt"]
 SPEC = FeatureSpec(lags=0, breach_windows=(2,), rolling_window=2)
@@ -158,34 +158,12 @@ def test_missing_hash_for_format_is_refused(
 # --- unsafe pickles ---------------------------------------------------------
 
 
-class _TouchOnUnpickle:
-    def __init__(self, marker: pathlib.Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (pathlib.Path.touch, (self.marker,))
-
-
-class _SystemOnUnpickle:
-    def __init__(self, marker: pathlib.Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (os.system, (f"touch '{self.marker}'",))
-
-
-_PAYLOADS = [_TouchOnUnpickle, _SystemOnUnpickle]
-
-
-def _torch_saved(obj: object) -> bytes:
-    buffer = io.BytesIO()
-    torch.save({"head.weight": torch.zeros(1, 8), "evil": obj}, buffer)
-    return buffer.getvalue()
+_PAYLOADS = [TouchOnUnpickle, SystemOnUnpickle]
 
 
 def _malicious_blob(kind: str, payload: type, marker: pathlib.Path) -> bytes:
     if kind == "torch.save":
-        return _torch_saved(payload(marker))
+        return torch_saved(payload(marker))
     return pickle.dumps(payload(marker), protocol=2)
 
 
@@ -198,7 +176,7 @@ def _card_for(artifacts: ModelArtifacts, pt_blob: bytes) -> bytes:
 def test_malicious_payloads_are_live(payload: type, tmp_path: pathlib.Path) -> None:
     """Control: an unrestricted unpickler WOULD run it, so the refusal test means something."""
     marker = tmp_path / "pwned"
-    torch.load(io.BytesIO(_torch_saved(payload(marker))), weights_only=False)  # noqa: S614
+    torch.load(io.BytesIO(torch_saved(payload(marker))), weights_only=False)  # noqa: S614
     assert marker.exists()
 
 

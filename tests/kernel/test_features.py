@@ -22,9 +22,8 @@ from consumer.live_model import LiveModel
 from kernel.features import LOG_METRICS, FeatureSpec
 from retrainer.dataset import build_pairs
 from schemas.telemetry import FEATURES
-from tests.retrain_data import tenant_rows
-from tests.test_live_models import core_with, load, messages
-from tests.test_live_models import published as published  # the module's trained model
+from testkit.live_models import Published, core_with, load, messages
+from testkit.retrain_data import tenant_rows
 
 
 def oracle_row(
@@ -122,7 +121,7 @@ N = 700
 
 @pytest.mark.parametrize("cuts", [(350,), (1, 24, 25, 333, 699), tuple(range(50, N, 50))])
 def test_online_inputs_equal_the_training_rows_across_batches(
-    published,  # type: ignore[no-untyped-def]
+    published: Published,
     cuts: tuple[int, ...],
 ) -> None:
     model = load(published)
@@ -141,7 +140,7 @@ def test_online_inputs_equal_the_training_rows_across_batches(
     np.testing.assert_array_equal(online[first : first + len(offline)], offline.X)
 
 
-def test_online_inputs_equal_the_training_rows_after_a_restart(published) -> None:  # type: ignore[no-untyped-def]
+def test_online_inputs_equal_the_training_rows_after_a_restart(published: Published) -> None:
     model = load(published)
     stream = messages(3, 150.0, N)
     rows = tenant_rows(N, seed=3, threshold_ms=150.0)

@@ -39,8 +39,8 @@ from retrainer.replay import TenantRows
 from retrainer.search import SearchConfig
 from schemas import ModelPublished, RetrainRequested
 from schemas.retrain import RetrainReason, retrain_event_id
-from tests.hub_server import running_hub_server
-from tests.retrain_data import request_for, tenant_rows
+from testkit.hub_server import running_hub_server
+from testkit.retrain_data import request_for, tenant_rows
 
 KEY = SecretStr("hostile-store-key-0123456789abcdef")
 SMALL_SEARCH = SearchConfig(

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,7 +26,9 @@ from retrainer.observability import RetrainerMetrics
 from retrainer.publisher import Outcome
 from retrainer.settings import RetrainerSettings
 from schemas import RejectReason, RetrainFailed
-from tests.streams import RawRecord, interleave, telemetry_values
+from testkit.ports import free_port
+from testkit.scrape import get, samples, value
+from testkit.streams import RawRecord, interleave, telemetry_values
 
 
 class FakeClock:
@@ -37,33 +37,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
-def samples(exposition: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """(series name, sorted labels) -> value, parsed with prometheus_client's parser."""
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(exposition)
-        for s in family.samples
-    }
-
-
-def value(found: dict[Any, float], name: str, **labels: str) -> float:
-    return found.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 # -- health -----------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Model store: both backends through one contract, plus the Hub's failure modes.
 
 The Hub backend runs the real ``huggingface_hub`` client over HTTP against the
-in-memory server in ``tests/hub_server.py``.
+in-memory server in ``testkit/hub_server.py``.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from kernel.store import (
 )
 from kernel.store.index import MAX_SERVED, TenantIndex
 from kernel.store.paths import index_path
-from tests.hub_server import HubServer, running_hub_server
-from tests.store_seed import seed_tenants, seeded_hash
+from testkit.hub_server import HubServer, running_hub_server
+from testkit.store_seed import seed_tenants, seeded_hash
 
 TENANT = "3a" * 32
 OTHER = "7f" * 32
@@ -59,12 +59,6 @@ def _hf_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     # open_store(hf://) bounds huggingface_hub's shared client process-wide; undo it.
     set_client_factory(default_client_factory)
     store_http._http_timeout_s = None
-
-
-@pytest.fixture
-def hub() -> Iterator[HubServer]:
-    with running_hub_server() as server:
-        yield server
 
 
 @dataclass

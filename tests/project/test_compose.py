@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,8 +20,8 @@ from consumer.settings import ConsumerSettings
 from kernel.settings import setting_sources
 from schemas import topics
 from slaops.cli import build_parser, commands, settings_from_args
+from testkit.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"

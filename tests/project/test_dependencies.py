@@ -15,7 +15,8 @@ from importlib.metadata import packages_distributions, version
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.test_layers import LAYERS, ROOT, top_level_imports
+from testkit.layers import LAYERS, top_level_imports
+from testkit.paths import ROOT
 
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 REQUIRED = [Requirement(r) for r in PROJECT["dependencies"]]

@@ -14,11 +14,11 @@ import json
 import pkgutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from testkit.paths import ROOT
+
 PACKAGES = ("schemas", "kernel", "consumer", "retrainer", "simulator", "slaops")
 
 

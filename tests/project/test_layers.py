@@ -7,35 +7,12 @@ lower layer or stay inside its own package, never up and never sideways.
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-#: package -> layer; a package may import its own layer only from itself.
-LAYERS = {
-    "schemas": 0,
-    "kernel": 1,
-    "consumer": 2,
-    "retrainer": 2,
-    "simulator": 2,
-    "slaops": 3,
-}
-
-
-def top_level_imports(path: Path) -> set[tuple[str, int]]:
-    """(top-level module, line) of every absolute import in the file at `path`."""
-    found: set[tuple[str, int]] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module]
-        else:
-            continue
-        found.update((name.split(".")[0], node.lineno) for name in names)
-    return found
+from testkit.layers import LAYERS, top_level_imports
+from testkit.paths import ROOT
 
 
 def imported_packages(path: Path) -> set[tuple[str, int]]:
@@ -57,7 +34,7 @@ def violations() -> list[str]:
 
 
 def test_every_package_is_in_the_table() -> None:
-    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests", "bench"}
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests", "testkit", "bench"}
     assert packages == set(LAYERS)
 
 

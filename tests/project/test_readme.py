@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 from pydantic_settings import BaseSettings
@@ -16,8 +15,8 @@ from slaops.demo import DemoSettings
 from slaops.report import ReportSettings
 from slaops.settings_doc import render
 from slaops.watch import WatchSettings
+from testkit.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
 

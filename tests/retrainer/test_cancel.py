@@ -13,8 +13,8 @@ from retrainer.cancel import Cancelled, CancelToken
 from retrainer.dataset import build_pairs
 from retrainer.search import SearchConfig, run_search
 from schemas import ModelPublished
-from tests.retrain_data import request_for, tenant_rows
-from tests.test_publisher import handler
+from testkit.request_handlers import handler
+from testkit.retrain_data import request_for, tenant_rows
 
 #: Twelve candidates x 3 folds: a search of many seconds if nothing stops it.
 LONG_GRID = {"lr": [0.01, 0.003, 0.001], "module__hidden_layers": [1, 2], "module__width": [32, 64]}

@@ -17,27 +17,17 @@ import torch
 
 from kernel.errors import ConfigError
 from kernel.settings import load_settings
-from retrainer.dataset import SupervisedSet, build_pairs
+from retrainer.dataset import SupervisedSet
 from retrainer.fits import LocalFits
 from retrainer.main import fit_backend, training_config
 from retrainer.search import SearchConfig, run_search
 from retrainer.settings import RetrainerSettings
 from slaops.cli import main
-from tests.test_layers import LAYERS, ROOT
-from tests.test_search import TINY_GRID, synthetic
+from testkit.layers import LAYERS
+from testkit.paths import ROOT
 
 distributed = pytest.importorskip("distributed")
 from retrainer.dask_fits import DaskFits, _ClusterBackend  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def data() -> SupervisedSet:
-    return build_pairs(*synthetic(seed=1))
-
-
-@pytest.fixture(scope="module")
-def config() -> SearchConfig:
-    return SearchConfig(grid=TINY_GRID, n_splits=3, n_jobs=1, max_epochs=8, batch_size=64)
 
 
 @pytest.fixture(scope="module")
@@ -86,10 +76,10 @@ def _fits_in(key: str) -> int:
 def test_dask_search_equals_local_runs_on_the_workers_and_scatters_once(
     cluster: Any,
     data: SupervisedSet,
-    config: SearchConfig,
+    tiny_config: SearchConfig,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    local = run_search(data, config)
+    local = run_search(data, tiny_config)
 
     scattered: list[tuple[Any, dict[str, Any]]] = []
     original = distributed.Client.scatter
@@ -102,7 +92,7 @@ def test_dask_search_equals_local_runs_on_the_workers_and_scatters_once(
         worker_pids = client.run(os.getpid)
         assert _torch_threads(client) == [2, 2]  # before the plugin
         monkeypatch.setattr(distributed.Client, "scatter", recording_scatter)
-        dask_config = replace(config, fits=DaskFits(cluster.scheduler_address))
+        dask_config = replace(tiny_config, fits=DaskFits(cluster.scheduler_address))
         with distributed.get_task_stream(client) as stream, ThreadPoolExecutor(1) as thread:
             # beside the caller's thread, as the retrainer service runs its searches
             remote = thread.submit(run_search, data, dask_config).result(timeout=240)
@@ -122,7 +112,7 @@ def test_dask_search_equals_local_runs_on_the_workers_and_scatters_once(
     assert all(torch.equal(a[k], b[k]) for k in a)
 
     # Every fit ran as a task on a worker process, and both workers got some.
-    oof_fits = config.n_splits  # the threshold's out-of-fold fits
+    oof_fits = tiny_config.n_splits  # the threshold's out-of-fold fits
     assert sum(_fits_in(t["key"]) for t in tasks) == remote.n_fits + oof_fits
     assert {t["worker"] for t in tasks} == set(worker_pids)
     assert len(set(worker_pids.values())) == 2 and os.getpid() not in worker_pids.values()

@@ -9,8 +9,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
-from pathlib import Path
 
 import matplotlib.image
 import numpy as np
@@ -27,8 +25,8 @@ from retrainer.publisher import RequestHandler
 from retrainer.report import PLOT_KINDS, build_report, report_card_digest
 from retrainer.search import SearchConfig
 from schemas import ModelPublished
-from tests.hub_server import running_hub_server
-from tests.retrain_data import request_for, tenant_rows
+from testkit.request_handlers import StoreFixture
+from testkit.retrain_data import request_for, tenant_rows
 
 KEY = SecretStr("report-tenant-key-0123456789abcd")
 SLUG = "acme-reports"
@@ -39,21 +37,6 @@ SEARCH = SearchConfig(
     max_epochs=12,
     n_splits=3,
 )
-StoreFixture = tuple[str, ModelStore]
-
-
-@pytest.fixture(params=["file", "hf"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFixture]:
-    if request.param == "file":
-        uri = f"file://{tmp_path / 'models'}"
-        yield uri, open_store(uri)
-        return
-    with running_hub_server() as hub:
-        uri = "hf://slaops-test/reports"
-        yield (
-            uri,
-            open_store(uri, token=SecretStr(hub.token), endpoint=hub.endpoint, backoff_s=0.01),
-        )
 
 
 def publish(store: StoreFixture) -> ModelPublished:

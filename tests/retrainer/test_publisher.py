@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import pytest
@@ -19,64 +18,12 @@ from kernel.tenant_hash import request_ref, tenant_hash
 from retrainer.cancel import CancelToken
 from retrainer.dataset import build_pairs
 from retrainer.pipeline import Trained, TrainingConfig, decide
-from retrainer.publisher import Outcome, RequestHandler, commit_message
-from retrainer.replay import ReplayError, TenantRows
-from retrainer.search import SearchConfig
-from schemas import ChampionKept, ModelPublished, RetrainFailed, RetrainRequested
-from tests.hub_server import running_hub_server
-from tests.retrain_data import request_for, tenant_rows
-
-StoreFixture = tuple[str, ModelStore]
-KEY = SecretStr("test-tenant-key-0123456789abcdef")
-SMALL_SEARCH = SearchConfig(
-    grid={"lr": [1e-2], "module__hidden_layers": [1], "module__width": [16]},
-    n_jobs=1,
-    max_epochs=10,
-    n_splits=3,
-)
-
-
-@pytest.fixture(params=["file", "hf"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFixture]:
-    if request.param == "file":
-        uri = f"file://{tmp_path / 'models'}"
-        yield uri, open_store(uri)
-        return
-    with running_hub_server() as hub:
-        uri = "hf://slaops-test/models"
-        yield (
-            uri,
-            open_store(uri, token=SecretStr(hub.token), endpoint=hub.endpoint, backoff_s=0.01),
-        )
-
-
-def handler(
-    store: StoreFixture,
-    rows: dict[str, TenantRows] | None = None,
-    replays: list[str] | None = None,
-    **training: object,
-) -> RequestHandler:
-    """A retrainer member over `store`; each replay it does is appended to `replays`."""
-    uri, model_store = store
-    data = rows or {}
-
-    def replay(request: RetrainRequested) -> TenantRows:
-        if replays is not None:
-            replays.append(request.tenant)
-        if request.tenant == "gone":
-            raise ReplayError("offsets 0..600 are no longer in the topic")
-        return data.get(request.tenant) or tenant_rows()
-
-    return RequestHandler(
-        store=model_store,
-        store_uri=uri,
-        tenant_key=KEY,
-        training=TrainingConfig(search=SMALL_SEARCH, min_rows=100, **training),  # type: ignore[arg-type]
-        replay=replay,
-        models_topic="sla.models",
-        failures_topic="sla.retrain.failures",
-        decisions_topic="sla.retrain.decisions",
-    )
+from retrainer.publisher import Outcome, commit_message
+from retrainer.replay import TenantRows
+from schemas import ChampionKept, ModelPublished, RetrainFailed
+from testkit.hub_server import running_hub_server
+from testkit.request_handlers import KEY, StoreFixture, handler
+from testkit.retrain_data import request_for, tenant_rows
 
 
 def test_publishes_one_atomic_version_whose_files_match_the_announcement(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any
 
 import numpy as np
 import pytest
@@ -25,13 +24,8 @@ from retrainer.search import (
     expand_grid,
     run_search,
 )
-from tests.retrain_data import window_from_load
+from testkit.retrain_data import TINY_GRID, synthetic
 
-TINY_GRID: dict[str, list[Any]] = {
-    "lr": [1e-2, 3e-3],
-    "module__hidden_layers": [1],
-    "module__width": [16],
-}
 METRIC_KEYS = {
     "log_loss",
     "brier",
@@ -49,26 +43,6 @@ METRIC_KEYS = {
     "positive_rate",
     "threshold",
 }
-
-
-def synthetic(n_rows: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A daily load cycle plus persistent noise drives the metrics; a breach is a high p99."""
-    rng = np.random.default_rng(seed)
-    noise = np.zeros(n_rows)
-    for t in range(1, n_rows):
-        noise[t] = 0.8 * noise[t - 1] + rng.normal(0.0, 0.25)
-    load = 1.2 * np.sin(2 * np.pi * np.arange(n_rows) / 48) + noise
-    return window_from_load(load, rng, breach_quantile=0.8)
-
-
-@pytest.fixture(scope="module")
-def data() -> SupervisedSet:
-    return build_pairs(*synthetic(seed=1))
-
-
-@pytest.fixture(scope="module")
-def tiny_config() -> SearchConfig:
-    return SearchConfig(grid=TINY_GRID, n_splits=3, n_jobs=1, max_epochs=8, batch_size=64)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -19,6 +18,7 @@ from schemas import (
     retrain_event_id,
 )
 from schemas.export import render
+from testkit.paths import ROOT
 
 GOOD = {
     "tenant": "acme-eu_1",
@@ -126,7 +126,7 @@ def test_duplicated_keys_and_deep_nesting_do_not_crash() -> None:
 
 @pytest.mark.parametrize(("stem", "model"), sorted(EXPORTED.items()))
 def test_exported_schema_files_match_models(stem: str, model: type) -> None:
-    path = Path(__file__).parents[1] / "schemas" / f"{stem}.schema.json"
+    path = ROOT / "schemas" / f"{stem}.schema.json"
     assert path.read_text() == render(model), f"run `python -m schemas.export` to refresh {path}"
 
 

@@ -23,7 +23,7 @@ from simulator.malformed import EXPECTED_REJECT, MalformedKind
 from simulator.model import DriftPlan, EventMeta, TelemetrySimulator
 from simulator.settings import DriftSpec, SimulatorSettings
 from slaops.runner import run_simulator
-from tests.kafka_helpers import read_topic
+from testkit.kafka_helpers import read_topic
 
 Record = tuple[bytes, bytes, EventMeta]
 N = 2_000

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import quality_streams as qs
-from bench.quality_streams import QualityStream, all_streams, nab_available, nab_streams
 from schemas.telemetry import FEATURES, MAX_LATENCY_MS, MAX_RPS, parse_telemetry
+from testkit import quality_streams as qs
+from testkit.quality_streams import QualityStream, all_streams, nab_available, nab_streams
 
 N = 300
 SYNTHETIC = ("simulator", "river")
