@@ -83,7 +83,7 @@ def run_backlog(
         if retrainer is not None:
             retrainer.queue += result.requests
         now += batch / rate
-    counts = Counter((r.tenant, r.reason) for r in requests)
+    counts: Counter[tuple[str, str]] = Counter((r.tenant, r.reason) for r in requests)
     return counts, 0 if retrainer is None else retrainer.runs
 
 

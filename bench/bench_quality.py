@@ -47,7 +47,11 @@ from testkit.retrain_data import request_for
 from testkit.streams import RawRecord
 
 TOPIC = "sla.telemetry"
-QUICK_GRID = {"lr": [1e-2, 1e-3], "module__hidden_layers": [1], "module__width": [32]}
+QUICK_GRID: dict[str, list[Any]] = {
+    "lr": [1e-2, 1e-3],
+    "module__hidden_layers": [1],
+    "module__width": [32],
+}
 
 
 @dataclass

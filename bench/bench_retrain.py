@@ -36,12 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from joblib import Parallel, delayed
+from joblib import Parallel, delayed  # type: ignore[import-untyped]
 from pydantic import SecretStr
 
 import retrainer.pipeline as pipeline
 from bench._measure import cpu_seconds
 from kernel.kafka import TopicSpec, ensure_topics
+from retrainer.cancel import CancelToken
 from retrainer.main import build_service, topic_specs
 from retrainer.publisher import Outcome
 from retrainer.search import SearchResult
@@ -160,11 +161,11 @@ def run_strategy(
     handle = service.handler.handle
     commit = service._commit  # called right after the outcome's events are acknowledged
 
-    def timed_handle(request: RetrainRequested) -> Outcome:
+    def timed_handle(request: RetrainRequested, cancel: CancelToken | None = None) -> Outcome:
         run.cpu_started = cpu_seconds()
         run.handle_started = time.perf_counter()
         try:
-            outcome = handle(request)
+            outcome = handle(request, cancel)
         finally:
             run.handle_ended = time.perf_counter()
         run.outcome = outcome.kind
@@ -224,7 +225,7 @@ def _capture_search(runs: dict[str, Run], current: list[str]) -> Any:
         run.result = result
         return result
 
-    pipeline.run_search = timed  # type: ignore[assignment]
+    pipeline.run_search = timed
     return original
 
 
@@ -339,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                     if "the service did not stop" in run.errors:
                         break  # its search still holds the workers: later figures are void
     finally:
-        pipeline.run_search = original  # type: ignore[assignment]
+        pipeline.run_search = original
     compare(runs)
     print(f"load at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 1 if failed else 0

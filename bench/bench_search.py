@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from joblib import Parallel, delayed
+from joblib import Parallel, delayed  # type: ignore[import-untyped]
 from sklearn.metrics import log_loss, make_scorer
 from sklearn.model_selection import GridSearchCV, TimeSeriesSplit
 

@@ -15,6 +15,8 @@ from consumer.settings import ConsumerSettings
 from retrainer.settings import RetrainerSettings
 
 Namer = Callable[[str], str]
+#: Topic and group names, as keyword arguments of a settings class (values are str).
+Names = dict[str, Any]
 
 
 def unique_name(prefix: str) -> str:
@@ -24,7 +26,7 @@ def unique_name(prefix: str) -> str:
 
 def consumer_names(
     make: Namer = unique_name, *, models: bool = False, group: str = "group"
-) -> dict[str, str]:
+) -> Names:
     """The consumer's topics and group; with `models`, the topics it follows and feeds too."""
     names = {
         "telemetry_topic": make("telemetry"),
@@ -43,7 +45,7 @@ def consumer_names(
     return names
 
 
-def answer_names(make: Namer = unique_name) -> dict[str, str]:
+def answer_names(make: Namer = unique_name) -> Names:
     """The topics a request and its answers travel on (what `slaops watch` reads)."""
     return {
         "models_topic": make("models"),
@@ -53,20 +55,20 @@ def answer_names(make: Namer = unique_name) -> dict[str, str]:
     }
 
 
-def retrainer_names(make: Namer = unique_name, *, group: str = "retrainer") -> dict[str, str]:
+def retrainer_names(make: Namer = unique_name, *, group: str = "retrainer") -> Names:
     """The retrainer's topics (telemetry it replays included) and group."""
     return {**answer_names(make), "telemetry_topic": make("telemetry"), "group_id": make(group)}
 
 
 def consumer_settings(
-    bootstrap: str, names: dict[str, str] | None = None, **tuning: Any
+    bootstrap: str, names: Names | None = None, **tuning: Any
 ) -> ConsumerSettings:
     """Consumer settings on `bootstrap`, named by `names` (unique ones by default)."""
     return ConsumerSettings(bootstrap_servers=bootstrap, **(names or consumer_names()), **tuning)
 
 
 def retrainer_settings(
-    bootstrap: str, names: dict[str, str] | None = None, **tuning: Any
+    bootstrap: str, names: Names | None = None, **tuning: Any
 ) -> RetrainerSettings:
     """Retrainer settings on `bootstrap`, named by `names` (unique ones by default)."""
     return RetrainerSettings(bootstrap_servers=bootstrap, **(names or retrainer_names()), **tuning)

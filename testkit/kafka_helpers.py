@@ -27,6 +27,17 @@ def produce_all(
     return count
 
 
+def message_headers(message: Message) -> list[tuple[str, bytes | None]]:
+    """A consumed message's headers as `(name, bytes)` pairs, as `DeadLetter.from_headers` reads.
+
+    confluent-kafka hands a consumer a list of pairs (or None); its type also allows the
+    dict and str values a producer may pass, which a consumed message never holds.
+    """
+    found = message.headers() or []
+    assert isinstance(found, list), f"consumed headers are a list of pairs, not {found!r}"
+    return [(name, value.encode() if isinstance(value, str) else value) for name, value in found]
+
+
 def read_topic(
     bootstrap: str, topic: str, *, expect: int, partitions: int, timeout_s: float = 30.0
 ) -> list[Message]:

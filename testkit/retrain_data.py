@@ -81,7 +81,7 @@ def telemetry_messages(tenant: str, rows: TenantRows) -> list[tuple[bytes, bytes
 
     out = []
     for ts, features, label in zip(rows.ts, rows.features, rows.labels, strict=True):
-        event = {
+        event: dict[str, Any] = {
             "tenant": tenant,
             "ts": datetime.fromtimestamp(float(ts), UTC).isoformat(),
             "service": "api",

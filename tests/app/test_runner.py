@@ -66,7 +66,7 @@ def test_start_up_opens_the_store_once_and_hands_it_to_the_service(
         return Stopped()
 
     monkeypatch.setattr(main, "build_service", build)
-    common = {
+    common: dict[str, Any] = {
         "bootstrap_servers": NOWHERE,
         "store": f"file://{tmp_path}",
         "tenant_key": "k7Q2x9Lm" * 4,

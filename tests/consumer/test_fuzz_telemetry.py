@@ -220,7 +220,7 @@ def near_valid(draw: st.DrawFn) -> Case:
         name = draw(st.sampled_from(FIELDS))
         group = "float" if name in FEATURES else name
         event[name] = draw(st.sampled_from(WRONG_TYPES[group]))
-        reason = RejectReason.SCHEMA
+        reason: RejectReason | None = RejectReason.SCHEMA
         if name == "tenant":  # the key check comes after the schema: still a schema error
             key = json.dumps(event[name]).encode()
         return Case(key, dumps(event), reason)
@@ -413,7 +413,11 @@ def mangled(draw: st.DrawFn) -> bytes:
 
 
 def long_string_event(tenant: str, n: int, char: str) -> bytes:
-    event = {"tenant": tenant, "ts": "2026-11-22T08:00:00+00:00", "service": char * n}
+    event: dict[str, Any] = {
+        "tenant": tenant,
+        "ts": "2026-11-22T08:00:00+00:00",
+        "service": char * n,
+    }
     event.update({name: 0.5 for name in FEATURES})
     event["sla_breached"] = False
     return dumps(event, ascii=False)
@@ -521,7 +525,11 @@ def test_deep_nesting_is_not_json_not_a_recursion_error(opener: str, depth: int)
         parse_telemetry(b"acme", value, max_bytes=len(value))
     assert caught.value.reason is RejectReason.NOT_JSON
     # Nested inside an otherwise valid event too.
-    event = {"tenant": "acme", "ts": "2026-11-22T08:00:00+00:00", "service": "PLACEHOLDER"}
+    event: dict[str, Any] = {
+        "tenant": "acme",
+        "ts": "2026-11-22T08:00:00+00:00",
+        "service": "PLACEHOLDER",
+    }
     event.update({name: 0.5 for name in FEATURES}, sla_breached=False)
     inside = dumps(event).replace(b'"PLACEHOLDER"', value)
     with pytest.raises(InvalidTelemetry) as caught:
@@ -560,7 +568,7 @@ def check_batch(messages: list[Message], result: BatchResult) -> dict[int, str]:
     refused: list[tuple[Message, RejectReason]] = []
     for msg in messages:
         try:
-            accepted[msg.offset()] = parse_telemetry(msg.key(), msg.value()).tenant
+            accepted[msg.offset()] = parse_telemetry(msg.key(), msg.value()).tenant  # type: ignore[index]
         except InvalidTelemetry as exc:
             refused.append((msg, exc.reason))
     assert result.valid == len(accepted)

@@ -35,6 +35,7 @@ from kernel import model_follower as kernel_follower
 from kernel.artifacts import load_model, sha256_hex
 from kernel.errors import ConfigError
 from kernel.kafka import base_config
+from kernel.limits import MAX_ARTIFACT_BYTES
 from kernel.model_follower import ModelAuthority
 from kernel.settings import load_settings
 from kernel.store import (
@@ -70,9 +71,9 @@ class SpyStore:
         self.reads: list[tuple[str, str]] = []
         self.listings = 0
 
-    def read(self, path: str, *, revision: str) -> bytes:
+    def read(self, path: str, *, revision: str, max_bytes: int = MAX_ARTIFACT_BYTES) -> bytes:
         self.reads.append((path, revision))
-        return self.inner.read(path, revision=revision)
+        return self.inner.read(path, revision=revision, max_bytes=max_bytes)
 
     def publish(
         self,
@@ -151,7 +152,9 @@ def scene(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Scene]:
     _uri, source, event = published
-    legit = {kind: source.read(path, revision=event.revision) for kind, path in event.paths.items()}
+    legit: dict[str, bytes] = {
+        kind: source.read(path, revision=event.revision) for kind, path in event.paths.items()
+    }
     uri = f"file://{tmp_path / 'store'}"
     store = open_store(uri)
     assert isinstance(store, FileStore)

@@ -6,6 +6,7 @@ import json
 import re
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -172,7 +173,7 @@ def test_the_readme_loading_snippets_give_the_live_models_probabilities(
     expected = model.forecast(NO_EVENTS, (events.ts, events.features, events.labels))
     rows = model.features.transform(events.ts, events.features, events.labels)
 
-    with_slaops = {
+    with_slaops: dict[str, Any] = {
         "message_value": event.model_dump_json().encode(),
         "STORE_URI": _uri,  # the consumer's configured store, never the event's
         "TENANT_KEY": KEY,
@@ -187,14 +188,14 @@ def test_the_readme_loading_snippets_give_the_live_models_probabilities(
     # A forged announcement of another (old, or unknown) revision with a huge version
     # changes nothing: the snippet asks the store, whose newest is still `event`.
     forged = event.model_copy(update={"revision": "0" * 40, "model_version": 2**62})
-    again = {**with_slaops, "message_value": forged.model_dump_json().encode()}
+    again: dict[str, Any] = {**with_slaops, "message_value": forged.model_dump_json().encode()}
     exec(compile(readme_snippet("load-with-slaops"), "README", "exec"), again)  # noqa: S102
     assert again["model"].revision == event.revision
     np.testing.assert_allclose(again["proba"], expected, rtol=1e-6, atol=1e-7)
 
     head = store.latest(tenant_hash("acme", KEY))
     assert head is not None and head.revision == event.revision
-    plain = {
+    plain: dict[str, Any] = {
         "card_bytes": store.read(head.paths["card"], revision=head.revision),
         "weights_bytes": store.read(head.paths["safetensors"], revision=head.revision),
         "rows": rows,

@@ -94,7 +94,7 @@ def test_adding_a_detector_is_one_registry_entry(monkeypatch: pytest.MonkeyPatch
             pass
 
     spec = DetectorSpec(Never, {"level": 1.0}, 4, {"level": 2.0})
-    monkeypatch.setitem(DETECTORS, "never", spec)  # type: ignore[index]
+    monkeypatch.setitem(DETECTORS, "never", spec)
     assert DriftConfig("never").make_detector().level == 1.0  # type: ignore[attr-defined]
     assert PerformanceConfig("never").make().level == 2.0  # type: ignore[attr-defined]
     settings = ConsumerSettings(detector="never", performance_detector="never")

@@ -38,6 +38,7 @@ from testkit.kafka_helpers import (
     answers_by_request,
     committed,
     end_offsets,
+    message_headers,
     produce_all,
     read_all,
     read_topic,
@@ -219,7 +220,7 @@ def test_groups_under_churn_answer_every_request_once_and_match_one_member(
     letters = read_all(bootstrap, names["dlq_topic"], PARTITIONS)
     lettered = {
         (d.source_partition, d.source_offset)
-        for d in (DeadLetter.from_headers(m.headers()) for m in letters)
+        for d in (DeadLetter.from_headers(message_headers(m)) for m in letters)
     }
     assert lettered == {
         (d.source_partition, d.source_offset)

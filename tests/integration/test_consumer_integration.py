@@ -16,7 +16,7 @@ from kernel.kafka import ensure_topics
 from schemas import DeadLetter, RetrainRequested
 from testkit.consumer_runs import BAD_RECORDS, running, telemetry
 from testkit.kafka_helpers import committed as kafka_committed
-from testkit.kafka_helpers import produce_all, read_topic, wait_for
+from testkit.kafka_helpers import message_headers, produce_all, read_topic, wait_for
 
 pytestmark = pytest.mark.integration
 PARTITIONS = 2
@@ -75,10 +75,12 @@ def test_mixed_stream_dead_letters_bad_records_and_requests_retraining_for_drift
         expect=len(BAD_RECORDS),
         partitions=PARTITIONS,
     )
-    seen = sorted((m.value() or b"", DeadLetter.from_headers(m.headers()).reason) for m in letters)
+    seen = sorted(
+        (m.value() or b"", DeadLetter.from_headers(message_headers(m)).reason) for m in letters
+    )
     assert seen == sorted((v or b"", r) for _k, v, r in BAD_RECORDS)
     for message in letters:
-        letter = DeadLetter.from_headers(message.headers())
+        letter = DeadLetter.from_headers(message_headers(message))
         assert letter.source_topic == settings.telemetry_topic and letter.detail
 
     requests = requests_in(settings, expect=1)

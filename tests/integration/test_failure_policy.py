@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 
 from kernel.kafka import TopicSpec, ensure_topics
 from kernel.store import open_store
@@ -71,7 +71,7 @@ def service_for(settings: RetrainerSettings, hub: HubServer) -> RetrainerService
     return build_service(settings, dataclasses.replace(prepare(settings), store=store))
 
 
-def outcomes(settings: RetrainerSettings, topic: str, kind: type, expect: int) -> list:
+def outcomes(settings: RetrainerSettings, topic: str, kind: type[BaseModel], expect: int) -> list:
     return [
         kind.model_validate_json(m.value() or b"")
         for m in read_topic(

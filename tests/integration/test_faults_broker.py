@@ -41,6 +41,7 @@ from testkit.kafka_helpers import (
     answers_by_request,
     committed,
     end_offsets,
+    message_headers,
     produce_all,
     read_all,
     read_topic,
@@ -249,7 +250,7 @@ def test_broker_frozen_mid_search_and_mid_ingest_both_services_recover(tmp_path:
     assert expected.invalid == malformed and expected.valid == len(records) - malformed
     lettered = Counter(
         (d.source_partition, d.source_offset)
-        for d in (DeadLetter.from_headers(m.headers()) for m in letters)
+        for d in (DeadLetter.from_headers(message_headers(m)) for m in letters)
     )
     assert set(lettered) == {
         (d.source_partition, d.source_offset)
@@ -368,7 +369,7 @@ def test_a_consumer_outlives_a_broker_away_longer_than_its_delivery_timeout(
         letters = read_topic(bootstrap, names["dlq_topic"], expect=malformed, partitions=PARTITIONS)
     lettered = {
         (d.source_partition, d.source_offset)
-        for d in (DeadLetter.from_headers(m.headers()) for m in letters)
+        for d in (DeadLetter.from_headers(message_headers(m)) for m in letters)
     }
     assert len(lettered) == malformed  # every malformed record, some perhaps twice
     print(

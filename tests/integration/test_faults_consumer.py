@@ -24,7 +24,7 @@ from schemas import DeadLetter, RetrainRequested
 from simulator.model import DriftPlan, TelemetrySimulator
 from testkit.consumer_runs import committed_by_partition
 from testkit.factories import consumer_names
-from testkit.kafka_helpers import produce_all, read_topic, wait_for
+from testkit.kafka_helpers import message_headers, produce_all, read_topic, wait_for
 from testkit.processes import ServiceProcess, env_for, services
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
@@ -114,7 +114,7 @@ def test_sigkilled_consumer_loses_nothing_and_repeats_requests_with_their_event_
     letters = read_topic(bootstrap, settings.dlq_topic, expect=malformed, partitions=PARTITIONS)
     lettered = Counter(
         (d.source_partition, d.source_offset)
-        for d in (DeadLetter.from_headers(m.headers()) for m in letters)
+        for d in (DeadLetter.from_headers(message_headers(m)) for m in letters)
     )
     # Every malformed record is dead-lettered; one killed after producing may repeat.
     assert set(lettered) == {

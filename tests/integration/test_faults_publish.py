@@ -33,9 +33,17 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
 REPO = "acme-org/sla-models"
 KEY = "faults-tenant-key-0123456789abcdef"
 ROWS = 1_200
-SMALL_GRID = {"lr": [0.01], "module__hidden_layers": [1], "module__width": [16]}
+SMALL_GRID: dict[str, list[object]] = {
+    "lr": [0.01],
+    "module__hidden_layers": [1],
+    "module__width": [16],
+}
 #: Twelve candidates: a search of several seconds, long enough to be killed in.
-LONG_GRID = {"lr": [0.01, 0.003, 0.001], "module__hidden_layers": [1, 2], "module__width": [32, 64]}
+LONG_GRID: dict[str, list[object]] = {
+    "lr": [0.01, 0.003, 0.001],
+    "module__hidden_layers": [1, 2],
+    "module__width": [32, 64],
+}
 
 
 @dataclass
@@ -61,7 +69,7 @@ def setup_for(
         "min_rows": 100,
         "hub_timeout_s": 2.0,
     }
-    settings = RetrainerSettings(bootstrap_servers=bootstrap, **names)  # type: ignore[arg-type]
+    settings = RetrainerSettings(bootstrap_servers=bootstrap, **names)
     ensure_topics(settings, [*topic_specs(settings), TopicSpec(settings.telemetry_topic, 1)])
     produce_all(
         bootstrap, settings.telemetry_topic, telemetry_messages("acme", tenant_rows(ROWS, seed=1))
@@ -163,7 +171,7 @@ def test_a_hub_outage_delays_the_publish_but_loses_and_duplicates_nothing(
     hub.hang_next(2, 5.0)  # past the client's 2 s timeout
     # Ingest is another process on another topic: it must not notice the outage.
     names = consumer_names(unique_name, group="consumer")
-    ingest = ConsumerSettings(bootstrap_servers=bootstrap, telemetry_partitions=3, **names)  # type: ignore[arg-type]
+    ingest = ConsumerSettings(bootstrap_servers=bootstrap, telemetry_partitions=3, **names)
     ensure_topics(ingest, consumer_topics(ingest))
     stream = telemetry_messages("globex", tenant_rows(20_000, seed=4))
     consumer_env = env_for(

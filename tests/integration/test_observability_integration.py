@@ -27,7 +27,7 @@ from retrainer.settings import RetrainerSettings
 from schemas import DeadLetter, RetrainFailed, RetrainRequested
 from slaops.runner import run_consumer, run_retrainer
 from testkit.consumer_runs import BAD_RECORDS, telemetry
-from testkit.kafka_helpers import produce_all, read_topic, wait_for
+from testkit.kafka_helpers import message_headers, produce_all, read_topic, wait_for
 from testkit.ports import free_port
 from testkit.retrainer_runs import KEY, request, shared_partition_telemetry
 from testkit.scrape import get, samples, value
@@ -129,7 +129,7 @@ def test_consumer_metrics_equal_what_the_run_did(
     assert value(found, "slaops_consumer_records_valid_total") == len(good)
     letters = read_topic(bootstrap, settings.dlq_topic, expect=len(BAD_RECORDS), partitions=2)
     sent = [reason.value for _k, _v, reason in BAD_RECORDS]
-    written = [DeadLetter.from_headers(m.headers()).reason.value for m in letters]
+    written = [DeadLetter.from_headers(message_headers(m)).reason.value for m in letters]
     assert sorted(written) == sorted(sent)
     for reason in set(sent):
         counted = value(found, "slaops_consumer_dead_letters_total", reason=reason)

@@ -95,7 +95,7 @@ def test_a_search_longer_than_max_poll_interval_costs_no_rebalance(
         time.sleep(settings.max_poll_interval_ms / 1000 + 3)  # a search this long
         return handle(job, cancel)
 
-    service.handler.handle = slow_handle  # type: ignore[method-assign]
+    service.handler.handle = slow_handle  # type: ignore[method-assign, assignment]
     with running(service):
         wait_for(lambda: committed(settings) == 1, timeout_s=120, what="the slow request")
         # Counted before the service stops: leaving the group revokes too.

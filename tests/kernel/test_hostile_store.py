@@ -263,7 +263,7 @@ def test_a_nan_newest_version_is_no_champion_and_the_next_retrain_publishes(
     assert isinstance(event, ModelPublished) and event.decision.champion_score is None
     assert f"champion {nan_version.revision} cannot be loaded" in caplog.text
     assert "non-finite" in caplog.text
-    assert store.latest(hashed) == PublishedFiles(event.revision, event.paths)
+    assert store.latest(hashed) == PublishedFiles(event.revision, event.paths)  # type: ignore[arg-type]
 
 
 # --- issue 12: the tenant index is read back from a store anyone may write -------------

@@ -188,7 +188,7 @@ def test_consumer_metrics_equal_what_the_core_did_and_name_no_tenant() -> None:
         assert value(found, "slaops_consumer_dead_letters_total", reason=reason.value) == sent
     assert letters == len(BAD)
     assert requests, "the stream should raise requests"
-    for reason, detector in set(requests):
+    for reason, detector in set(requests):  # type: ignore[assignment]
         assert value(
             found, "slaops_consumer_retrain_requests_total", reason=reason, detector=detector
         ) == requests.count((reason, detector))

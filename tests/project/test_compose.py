@@ -71,7 +71,7 @@ def _flags(cls: type[BaseSettings]) -> set[str]:
         if info.annotation is bool:
             flags.add("--no-" + name.replace("_", "-"))
             extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-            flags.update(str(f) for f in extra.get("flags", []))
+            flags.update(str(f) for f in extra.get("flags", []))  # type: ignore[union-attr]
     return flags
 
 

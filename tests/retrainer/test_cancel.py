@@ -5,6 +5,7 @@ processes alike, and a cancel belongs to one run: it never stops the request's n
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,7 +18,11 @@ from testkit.request_handlers import handler
 from testkit.retrain_data import request_for, tenant_rows
 
 #: Twelve candidates x 3 folds: a search of many seconds if nothing stops it.
-LONG_GRID = {"lr": [0.01, 0.003, 0.001], "module__hidden_layers": [1, 2], "module__width": [32, 64]}
+LONG_GRID: dict[str, list[Any]] = {
+    "lr": [0.01, 0.003, 0.001],
+    "module__hidden_layers": [1, 2],
+    "module__width": [32, 64],
+}
 
 
 @pytest.mark.parametrize("n_jobs", [1, 2], ids=["search-thread", "worker-processes"])

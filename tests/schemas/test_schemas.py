@@ -47,7 +47,7 @@ def reason_of(key: bytes | None, value: bytes | None, **kwargs: int) -> RejectRe
 def test_valid_event_parses_with_offset_preserved() -> None:
     event = parse_telemetry(b"acme-eu_1", encode())
     assert event.tenant == "acme-eu_1"
-    assert event.ts.utcoffset() is not None and event.ts.utcoffset().total_seconds() == 3600
+    assert event.ts.utcoffset() is not None and event.ts.utcoffset().total_seconds() == 3600  # type: ignore[union-attr]
     assert event.latency_p95_ms == 40.0 and event.sla_breached is False
 
 
@@ -158,7 +158,7 @@ def test_retrain_request_round_trips_and_needs_a_source() -> None:
         reason="manual",
         detector="manual",
         detected_at=datetime(2026, 11, 22, tzinfo=UTC),
-        source=[{"topic": "sla.telemetry", "partition": 0, "start_offset": 0, "end_offset": 6}],
+        source=[{"topic": "sla.telemetry", "partition": 0, "start_offset": 0, "end_offset": 6}],  # type: ignore[list-item]
         n_events=6,
     )
     assert RetrainRequested.model_validate_json(request.model_dump_json()) == request
