@@ -17,6 +17,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from testkit.ports import free_port
+
 
 def env_for(settings: Mapping[str, object]) -> dict[str, str]:
     """`{"telemetry_topic": "x"}` -> `{"SLAOPS_TELEMETRY_TOPIC": "x"}`; upper-case keys pass."""
@@ -32,7 +34,11 @@ class ServiceProcess:
 
     def __init__(self, command: str, env: Mapping[str, str], log_dir: Path) -> None:
         self.command = command
-        self.env = {**os.environ, "SLAOPS_LOG_LEVEL": "INFO", **env}
+        # A metrics port of its own (unless `env` names one): services on other
+        # pytest-xdist workers run at the same time, and a default port taken by one
+        # stops the next at start-up. Restarts of this process bind the same port again.
+        port = {"SLAOPS_METRICS_PORT": str(free_port())}
+        self.env = {**os.environ, "SLAOPS_LOG_LEVEL": "INFO", **port, **env}
         self.log_dir = log_dir
         self.starts = 0
         self.process: subprocess.Popen[bytes] | None = None

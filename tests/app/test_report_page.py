@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -257,9 +258,20 @@ window.addEventListener("load", () => {
 
 
 def chromium(*args: str, timeout_s: float = 90.0) -> tuple[str, str]:
-    """Run headless Chromium in its own process group; the group is killed if it hangs."""
+    """Run headless Chromium in its own process group; the group is killed if it hangs.
+
+    Each run has a profile directory of its own: runs on other pytest-xdist workers
+    would otherwise share (and lock) the user's default profile.
+    """
+    assert CHROMIUM is not None
+    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
+        return _chromium(profile, *args, timeout_s=timeout_s)
+
+
+def _chromium(profile: str, *args: str, timeout_s: float) -> tuple[str, str]:
     assert CHROMIUM is not None
     flags = [
+        f"--user-data-dir={profile}",
         "--headless=new",
         "--no-sandbox",
         "--disable-gpu",

@@ -17,6 +17,7 @@ from schemas import DeadLetter, RetrainRequested
 from testkit.consumer_runs import BAD_RECORDS, running, telemetry
 from testkit.kafka_helpers import committed as kafka_committed
 from testkit.kafka_helpers import message_headers, produce_all, read_topic, wait_for
+from testkit.ports import free_port
 
 pytestmark = pytest.mark.integration
 PARTITIONS = 2
@@ -123,7 +124,11 @@ def test_cli_consumer_commits_what_it_did_and_exits_cleanly_on_sigterm(
     settings: ConsumerSettings,
 ) -> None:
     total = produce_all(settings.bootstrap_servers or "", settings.telemetry_topic, telemetry(300))
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers or ""}
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers or "",
+        "SLAOPS_METRICS_PORT": str(free_port()),  # other workers' consumers run meanwhile
+    }
     args = [sys.executable, "-m", "slaops.cli", "consume", "--no-follow-models"]
     for name in (
         "telemetry_topic",

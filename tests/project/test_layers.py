@@ -7,12 +7,16 @@ lower layer or stay inside its own package, never up and never sideways.
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from testkit.layers import LAYERS, top_level_imports
 from testkit.paths import ROOT
+
+#: What only the checkout has (the tests, their support package, the benchmarks).
+CHECKOUT_ONLY = ("tests", "testkit", "bench")
 
 
 def imported_packages(path: Path) -> set[tuple[str, int]]:
@@ -34,12 +38,29 @@ def violations() -> list[str]:
 
 
 def test_every_package_is_in_the_table() -> None:
-    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests", "testkit", "bench"}
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")} - set(CHECKOUT_ONLY)
     assert packages == set(LAYERS)
 
 
 def test_imports_point_down_only() -> None:
     assert violations() == []
+
+
+def test_no_package_imports_what_only_the_checkout_has() -> None:
+    bad = [
+        f"{path.relative_to(ROOT)}:{line} imports {top}"
+        for package in LAYERS
+        for path in sorted((ROOT / package).rglob("*.py"))
+        for top, line in sorted(top_level_imports(path))
+        if top in CHECKOUT_ONLY
+    ]
+    assert bad == []
+
+
+def test_the_wheel_ships_the_packages_and_nothing_only_the_checkout_has() -> None:
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    shipped = {pattern.removesuffix("*") for pattern in setuptools["packages"]["find"]["include"]}
+    assert shipped == set(LAYERS)
 
 
 @pytest.mark.parametrize(
