@@ -22,28 +22,31 @@ from testkit.hub_server import HubServer, running_hub_server
 from testkit.live_models import Published, published_model
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Order and group the tests for pytest-xdist (`--dist loadgroup`, the order kept).
-
-    The slow tests come first, so that the longest ones start at once on separate
-    workers instead of ending the run on one. Every other test is scheduled on its own,
-    except the tests of a module that share a module-scoped fixture (a trained model,
-    a fleet, a cluster): those are one group, run by one worker, so the fixture is
-    built once. Runs before pytest-xdist's own hook, which reads the groups.
-    """
-    if config.pluginmanager.hasplugin("xdist"):
-        for item in items:
-            if _uses_module_fixture(item):
-                item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first: under pytest-xdist the longest start at once, on separate workers,
+    instead of ending the run on one (the scheduler below keeps this order)."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
-def _uses_module_fixture(item: pytest.Item) -> bool:
-    info = getattr(item, "_fixtureinfo", None)
-    if info is None:
-        return False
-    return any(defs and defs[-1].scope == "module" for defs in info.name2fixturedefs.values())
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With `-n N`: a unit-test module goes to one worker whole, so its module-scoped
+    fixtures (a trained model, a fleet, a cluster) are built once, while each test of
+    `tests/integration/` (which holds no module-scoped state) is scheduled on its own.
+
+    Units go out in collection order, slow tests first. An explicit `--dist` other than
+    the default `load` keeps pytest-xdist's own scheduler.
+    """
+    if config.getoption("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleOrIntegrationTest(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return nodeid if module.startswith("tests/integration/") else module
+
+    config.option.loadscopereorder = False  # keep the collection's order
+    return ModuleOrIntegrationTest(config, log)
 
 
 @pytest.fixture(scope="session")
