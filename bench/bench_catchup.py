@@ -22,20 +22,15 @@ event time (15 and 11 per tenant).
 from __future__ import annotations
 
 import argparse
-import sys
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from consumer.core import IngestCore  # noqa: E402
-from consumer.main import core_config  # noqa: E402
-from consumer.settings import ConsumerSettings  # noqa: E402
-from schemas import RetrainRequested  # noqa: E402
-from simulator.model import TelemetrySimulator  # noqa: E402
-from tests.streams import RawRecord  # noqa: E402
+from consumer.core import IngestCore
+from consumer.main import core_config
+from consumer.settings import ConsumerSettings
+from schemas import RetrainRequested
+from simulator.model import TelemetrySimulator
+from testkit.streams import RawRecord
 
 INTERVAL_S = 30.0
 
@@ -88,7 +83,7 @@ def run_backlog(
         if retrainer is not None:
             retrainer.queue += result.requests
         now += batch / rate
-    counts = Counter((r.tenant, r.reason) for r in requests)
+    counts: Counter[tuple[str, str]] = Counter((r.tenant, r.reason) for r in requests)
     return counts, 0 if retrainer is None else retrainer.runs
 
 

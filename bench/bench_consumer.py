@@ -25,26 +25,22 @@ import threading
 import time
 import uuid
 from dataclasses import replace
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
+import pydantic_core
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
-import numpy as np  # noqa: E402
-import pydantic_core  # noqa: E402
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition  # noqa: E402
-
-from consumer.core import CoreConfig, IngestCore  # noqa: E402
-from consumer.live_model import LiveModel  # noqa: E402
-from consumer.main import build_service, topic_specs  # noqa: E402
-from consumer.observability import ConsumerHooks, ConsumerMetrics  # noqa: E402
-from consumer.settings import ConsumerSettings  # noqa: E402
-from kernel.kafka import ensure_topics  # noqa: E402
-from schemas import TelemetryEvent  # noqa: E402
-from tests.broker import kafka_bootstrap  # noqa: E402
-from tests.kafka_helpers import produce_all  # noqa: E402
-from tests.streams import telemetry_bytes  # noqa: E402
-from tests.tiny_models import tiny_live_model  # noqa: E402
+from consumer.core import CoreConfig, IngestCore
+from consumer.live_model import LiveModel
+from consumer.main import build_service, topic_specs
+from consumer.observability import ConsumerHooks, ConsumerMetrics
+from consumer.settings import ConsumerSettings
+from kernel.kafka import ensure_topics
+from schemas import TelemetryEvent
+from testkit.broker import kafka_bootstrap
+from testkit.kafka_helpers import produce_all
+from testkit.streams import telemetry_bytes
+from testkit.tiny_models import tiny_live_model
 
 
 def rate(n: int, seconds: float) -> float:
@@ -264,9 +260,8 @@ def bench_end_to_end(
 
 
 MEMORY_CHILD = """
-import resource, sys, time
+import resource, time
 import numpy as np
-sys.path.insert(0, {root!r})
 from consumer.core import CoreConfig, IngestCore
 from consumer.settings import ConsumerSettings
 from consumer.main import core_config
@@ -290,7 +285,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, held, time.perf
 
 
 def bench_memory(tenants: int) -> dict[str, float]:
-    code = MEMORY_CHILD.format(root=str(ROOT), tenants=tenants)
+    code = MEMORY_CHILD.format(tenants=tenants)
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=600
     )

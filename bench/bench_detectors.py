@@ -10,18 +10,14 @@ the three latency features by 1 and by 3 reference standard deviations.
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from consumer.detectors import DataDriftMonitor, DriftConfig  # noqa: E402
-from tests.streams import SDS  # noqa: E402
-from tests.streams import telemetry_matrix as telemetry  # noqa: E402
-from tests.test_detectors import signals  # noqa: E402
+from consumer.detectors import DataDriftMonitor, DriftConfig
+from testkit.drift_signals import signals
+from testkit.streams import SDS
+from testkit.streams import telemetry_matrix as telemetry
 
 LATENCIES = (0, 1, 2)
 CHANGE_AT = 5_000

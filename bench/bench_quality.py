@@ -1,6 +1,6 @@
 """Forecast quality on streams nobody here wrote: the model beside forecasts that need none.
 
-Per stream (bench/quality_streams.py: the simulator's tenants, River's generators with
+Per stream (testkit/quality_streams.py: the simulator's tenants, River's generators with
 samples held for several intervals, real CloudWatch series from NAB):
 
 1. The first `--window` events (the consumer's default window, 1,440) go through the
@@ -25,33 +25,33 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.ensemble import HistGradientBoostingClassifier
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from sklearn.ensemble import HistGradientBoostingClassifier  # noqa: E402
-
-from bench.quality_streams import QualityStream, all_streams  # noqa: E402
-from consumer.core import CoreConfig, IngestCore  # noqa: E402
-from consumer.live_model import LiveModel  # noqa: E402
-from kernel.artifacts import load_model  # noqa: E402
-from retrainer.baselines import losing_baseline  # noqa: E402
-from retrainer.dataset import SupervisedSet  # noqa: E402
-from retrainer.metrics import evaluate_proba, f1_threshold  # noqa: E402
-from retrainer.pipeline import TrainingConfig, TrainingOutcome, train_and_decide  # noqa: E402
-from retrainer.replay import TenantRows  # noqa: E402
-from retrainer.search import SearchConfig  # noqa: E402
-from tests.retrain_data import request_for  # noqa: E402
-from tests.streams import RawRecord  # noqa: E402
+from consumer.core import CoreConfig, IngestCore
+from consumer.live_model import LiveModel
+from kernel.artifacts import load_model
+from retrainer.baselines import losing_baseline
+from retrainer.dataset import SupervisedSet
+from retrainer.metrics import evaluate_proba, f1_threshold
+from retrainer.pipeline import TrainingConfig, TrainingOutcome, train_and_decide
+from retrainer.replay import TenantRows
+from retrainer.search import SearchConfig
+from testkit.quality_streams import QualityStream, all_streams
+from testkit.retrain_data import request_for
+from testkit.streams import RawRecord
 
 TOPIC = "sla.telemetry"
-QUICK_GRID = {"lr": [1e-2, 1e-3], "module__hidden_layers": [1], "module__width": [32]}
+QUICK_GRID: dict[str, list[Any]] = {
+    "lr": [1e-2, 1e-3],
+    "module__hidden_layers": [1],
+    "module__width": [32],
+}
 
 
 @dataclass

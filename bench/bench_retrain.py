@@ -1,7 +1,7 @@
 """The retrainer end to end: a request consumed to its `ModelPublished` acknowledged.
 
 Starts a broker (`KAFKA_BOOTSTRAP_SERVERS`, or tansu on loopback), produces one
-tenant's telemetry window (`tests/retrain_data.py`: breaches follow p99 latency) to a
+tenant's telemetry window (`testkit/retrain_data.py`: breaches follow p99 latency) to a
 one-partition topic, then for each strategy runs the retrainer service (`build_service`,
 in a thread, as `slaops retrain` does) on fresh topics, a fresh group and a fresh file
 store, with one `RetrainRequested` whose source covers the window. Default grid
@@ -27,7 +27,6 @@ import argparse
 import gc
 import logging
 import os
-import sys
 import tempfile
 import threading
 import time
@@ -36,23 +35,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+from joblib import Parallel, delayed  # type: ignore[import-untyped]
+from pydantic import SecretStr
 
-import numpy as np  # noqa: E402
-from joblib import Parallel, delayed  # noqa: E402
-from pydantic import SecretStr  # noqa: E402
-
-import retrainer.pipeline as pipeline  # noqa: E402
-from bench._measure import cpu_seconds  # noqa: E402
-from kernel.kafka import TopicSpec, ensure_topics  # noqa: E402
-from retrainer.main import build_service, topic_specs  # noqa: E402
-from retrainer.publisher import RequestOutcome  # noqa: E402
-from retrainer.search import SearchResult  # noqa: E402
-from retrainer.settings import RetrainerSettings  # noqa: E402
-from schemas import ModelPublished, RetrainRequested, retrain_event_id  # noqa: E402
-from tests.broker import kafka_bootstrap  # noqa: E402
-from tests.kafka_helpers import produce_all, read_topic  # noqa: E402
-from tests.retrain_data import telemetry_messages, tenant_rows  # noqa: E402
+import retrainer.pipeline as pipeline
+from bench._measure import cpu_seconds
+from kernel.kafka import TopicSpec, ensure_topics
+from retrainer.cancel import CancelToken
+from retrainer.main import build_service, topic_specs
+from retrainer.publisher import Outcome
+from retrainer.search import SearchResult
+from retrainer.settings import RetrainerSettings
+from schemas import ModelPublished, RetrainRequested, retrain_event_id
+from testkit.broker import kafka_bootstrap
+from testkit.kafka_helpers import produce_all, read_topic
+from testkit.retrain_data import telemetry_messages, tenant_rows
 
 TENANT = "bench-tenant"
 KEY = SecretStr("bench-retrain-tenant-key-0123456789")
@@ -163,11 +161,11 @@ def run_strategy(
     handle = service.handler.handle
     commit = service._commit  # called right after the outcome's events are acknowledged
 
-    def timed_handle(request: RetrainRequested) -> RequestOutcome:
+    def timed_handle(request: RetrainRequested, cancel: CancelToken | None = None) -> Outcome:
         run.cpu_started = cpu_seconds()
         run.handle_started = time.perf_counter()
         try:
-            outcome = handle(request)
+            outcome = handle(request, cancel)
         finally:
             run.handle_ended = time.perf_counter()
         run.outcome = outcome.kind
@@ -227,7 +225,7 @@ def _capture_search(runs: dict[str, Run], current: list[str]) -> Any:
         run.result = result
         return result
 
-    pipeline.run_search = timed  # type: ignore[assignment]
+    pipeline.run_search = timed
     return original
 
 
@@ -342,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                     if "the service did not stop" in run.errors:
                         break  # its search still holds the workers: later figures are void
     finally:
-        pipeline.run_search = original  # type: ignore[assignment]
+        pipeline.run_search = original
     compare(runs)
     print(f"load at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 1 if failed else 0

@@ -27,26 +27,21 @@ import importlib
 import itertools
 import os
 import re
-import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from joblib import Parallel, delayed  # type: ignore[import-untyped]
+from sklearn.metrics import log_loss, make_scorer
+from sklearn.model_selection import GridSearchCV, TimeSeriesSplit
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import torch  # noqa: E402
-from joblib import Parallel, delayed  # noqa: E402
-from sklearn.metrics import log_loss, make_scorer  # noqa: E402
-from sklearn.model_selection import GridSearchCV, TimeSeriesSplit  # noqa: E402
-
-from bench._measure import cpu_seconds  # noqa: E402
-from kernel.mlp import SlaMLP  # noqa: E402
-from retrainer.dataset import build_pairs, time_split  # noqa: E402
-from retrainer.search import SearchConfig, SearchResult, run_search  # noqa: E402
-from tests.retrain_data import window_from_load  # noqa: E402
+from bench._measure import cpu_seconds
+from kernel.mlp import SlaMLP
+from retrainer.dataset import build_pairs, time_split
+from retrainer.search import SearchConfig, SearchResult, run_search
+from testkit.retrain_data import window_from_load
 
 
 def synthetic_window(n_rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

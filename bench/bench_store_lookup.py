@@ -3,9 +3,9 @@
     python bench/bench_store_lookup.py               # 10 and 10,000 tenants
     python bench/bench_store_lookup.py --tenants 10 1000 --lookups 50
 
-Against the loopback Hub server of the tests (`tests/hub_server.py`), driven by the
+Against the loopback Hub server of the tests (`testkit/hub_server.py`), driven by the
 real `huggingface_hub` client through `HubStore`. The repo is built quickly by seeding
-the server's storage directly (`tests/store_seed.py`): each tenant gets what a publish
+the server's storage directly (`testkit/store_seed.py`): each tenant gets what a publish
 writes (three model files and the tenant's index, made by the store's own
 `next_index`), 100 tenants per commit, so 10,000 tenants are 100 commits and 40,000
 files. Then one measured tenant is published twice through `HubStore` on top.
@@ -21,18 +21,13 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from pydantic import SecretStr
 
-from pydantic import SecretStr  # noqa: E402
-
-from kernel.store import HubStore, StoreOptions, open_store  # noqa: E402
-from tests.hub_server import running_hub_server  # noqa: E402
-from tests.store_seed import seed_tenants  # noqa: E402
+from kernel.store import HubStore, open_store
+from testkit.hub_server import running_hub_server
+from testkit.store_seed import seed_tenants
 
 REPO = "bench-org/sla-models"
 MEASURED = "5e" * 32
@@ -45,8 +40,7 @@ def measure(tenants: int, lookups: int) -> dict[str, float]:
         seed_tenants(hub, REPO, tenants, per_commit=100)
         seed_s = time.perf_counter() - started
         store = open_store(
-            f"hf://{REPO}",
-            StoreOptions(token=SecretStr(hub.token), endpoint=hub.endpoint, backoff_s=0.01),
+            f"hf://{REPO}", token=SecretStr(hub.token), endpoint=hub.endpoint, backoff_s=0.01
         )
         assert isinstance(store, HubStore)
         first = store.publish(MEASURED, FILES, message="bench v1", parent=None)

@@ -104,7 +104,7 @@ Purpose = Literal["data", "performance"]
 #: stationary noise drains; threshold 10 catches a 2-sigma shift in ~10 updates. For
 #: performance (means of 16 events' log-loss excess, in nats), slack 0.4 and threshold 1:
 #: 0 false alarms on 9 stable simulated tenants with trained models, a concept switch
-#: caught 284-796 events after it (tests/performance_runs.py measures it).
+#: caught 284-796 events after it (testkit/performance_runs.py measures it).
 DETECTORS: Final[Mapping[str, DetectorSpec]] = {
     "adwin": DetectorSpec(
         drift.ADWIN,
@@ -268,7 +268,7 @@ def _adwin_helper_reports_drift() -> bool:
     """Whether River's ADWIN exposes its Rust helper whose `update` returns the drift flag.
 
     Calling it directly skips ADWIN's Python wrapper: ~0.06 us instead of ~0.25 us per
-    update. tests/test_detectors.py pins that both paths alarm on the same events.
+    update. tests/consumer/test_detectors.py pins that both paths alarm on the same events.
     """
     helper = getattr(drift.ADWIN(), "_helper", None)
     return helper is not None and isinstance(helper.update(0.0), bool)

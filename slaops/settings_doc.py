@@ -3,7 +3,7 @@
     python -m slaops.settings_doc        # rewrite the tables in README.md
 
 Each table sits between `<!-- settings:NAME -->` and `<!-- /settings:NAME -->`, NAME
-being the subcommand; tests/test_readme.py fails when a table is stale.
+being the subcommand; tests/project/test_readme.py fails when a table is stale.
 """
 
 from __future__ import annotations

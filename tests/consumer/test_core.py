@@ -1,0 +1,148 @@
+"""The consumer core without a broker: dead letters, requests, gating, replay, eviction."""
+
+from __future__ import annotations
+
+import pytest
+
+from consumer.core import IngestCore
+from consumer.main import core_config
+from consumer.settings import ConsumerSettings
+from schemas import DeadLetter, RejectReason
+from simulator.model import TelemetrySimulator
+from testkit.core_runs import config, mixed_stream, records, run
+from testkit.streams import RawRecord, telemetry_values
+
+
+def test_invalid_records_become_dead_letters_with_source_and_reason() -> None:
+    core = IngestCore(config())
+    good = telemetry_values("acme", 3, seed=0)
+    recs = [
+        RawRecord(b"acme", good[0], 2, 10),
+        RawRecord(b"acme", b"{oops", 2, 11),
+        RawRecord(b"acme", b"", 2, 12),
+        RawRecord(b"other", good[1], 2, 13),
+        RawRecord(b"acme", good[2].replace(b'"cpu_util": 0', b'"cpu_util": 7'), 2, 14),
+    ]
+    result = core.process(recs)
+    assert (result.valid, result.invalid) == (1, 4)
+    letters = [DeadLetter.from_headers(d.headers) for d in result.dead_letters]
+    assert [x.reason for x in letters] == [
+        RejectReason.NOT_JSON,
+        RejectReason.EMPTY,
+        RejectReason.KEY_MISMATCH,
+        RejectReason.OUT_OF_RANGE,
+    ]
+    assert [x.source_offset for x in letters] == [11, 12, 13, 14]
+    assert {x.source_partition for x in letters} == {2}
+    assert [d.value for d in result.dead_letters] == [recs[i].value() for i in (1, 2, 3, 4)]
+
+
+def test_drifted_tenant_gets_exactly_one_data_drift_request_covering_its_window() -> None:
+    core = IngestCore(config())
+    recs = mixed_stream()
+    requests = run(core, recs, batch=500)
+    assert [(r.tenant, r.reason) for r in requests] == [("drifty", "data_drift")]
+    request = requests[0]
+    (source,) = request.source
+    trigger = source.end_offset - 1
+    drifty_offsets = [r.offset() for r in recs if r.key() == b"drifty"]
+    first_shifted = drifty_offsets[900]
+    assert first_shifted <= trigger < drifty_offsets[1_000], "detected within 100 events"
+    in_range = [o for o in drifty_offsets if source.start_offset <= o < source.end_offset]
+    held = [o for o in drifty_offsets if o <= trigger][-1_000:]  # the window at the trigger
+    assert in_range == held and request.n_events == len(held)
+    assert request.details.features and request.detector == "adwin"
+
+
+def test_requests_do_not_depend_on_batch_boundaries() -> None:
+    recs = mixed_stream()
+    runs = [run(IngestCore(config(cold_start=True)), recs, batch=b) for b in (1, 97, 4_500)]
+    # One cold start each; the drift comes while drifty's cold start is still in flight.
+    assert [r.reason for r in runs[0]] == ["cold_start"] * 3
+    assert runs[0] == runs[1] == runs[2]
+
+
+def test_cold_start_needs_both_classes_and_is_not_repeated_within_cooldown() -> None:
+    core = IngestCore(config(cold_start=True, cold_start_min_per_class=5))
+    values = telemetry_values("acme", 600, seed=5)
+    only_healthy = [v.replace(b'"sla_breached": true', b'"sla_breached": false') for v in values]
+    assert run(core, records([("acme", v) for v in only_healthy]), batch=50) == []
+    core = IngestCore(config(cold_start=True, cold_start_min_per_class=5))
+    requests = run(core, records([("acme", v) for v in values]), batch=50)
+    assert [r.reason for r in requests] == ["cold_start"]
+    assert requests[0].n_events == 200 and requests[0].source[0].end_offset == 200
+
+
+def test_replayed_offsets_rebuild_state_but_emit_nothing_again() -> None:
+    recs = mixed_stream()
+    full = run(IngestCore(config()), recs, batch=300)
+    (drift,) = full
+    trigger = drift.source[0].end_offset - 1
+    # Replaying past the trigger: the request was already sent, so nothing is emitted,
+    # yet the gate remembers it and the window is rebuilt.
+    core = IngestCore(config())
+    assert run(core, recs, batch=300, replay_below=trigger + 1) == []
+    assert core.tenant("drifty") is not None and len(core.tenant("drifty").window) == 1_000  # type: ignore[union-attr]
+    assert core.tenant("drifty").gate.in_flight  # type: ignore[union-attr]
+    # Replaying up to just before it: the same request, same id, is emitted once.
+    again = run(IngestCore(config()), recs, batch=300, replay_below=trigger)
+    assert again == full
+    bad = [RawRecord(b"x", b"{", 0, 5), RawRecord(b"x", b"{", 0, 50)]
+    assert len(IngestCore(config()).process(bad, {0: 10}).dead_letters) == 1
+
+
+def test_least_recently_active_tenant_is_evicted_beyond_max_tenants() -> None:
+    core = IngestCore(config(max_tenants=3))
+    for n, tenant in enumerate(["t1", "t2", "t3", "t1", "t4"]):
+        core.process([RawRecord(tenant.encode(), telemetry_values(tenant, 1, seed=n)[0], 0, n)])
+    assert len(core) == 3
+    assert core.tenant("t2") is None and core.tenant("t1") is not None
+    assert core.replay_start(0) == 0  # t1's first event is the oldest still held
+
+
+def test_drop_partitions_forgets_their_tenants() -> None:
+    core = IngestCore(config())
+    core.process([RawRecord(b"a", telemetry_values("a", 1, seed=0)[0], 0, 0)])
+    core.process([RawRecord(b"b", telemetry_values("b", 1, seed=1)[0], 1, 0)])
+    assert core.drop_partitions([0]) == 1
+    assert core.tenant("a") is None and core.tenant("b") is not None
+    assert core.replay_start(0) is None and core.replay_start(1) == 0
+
+
+def test_requests_do_not_depend_on_where_batches_are_cut() -> None:
+    """Repeated cold starts (no request held in flight), data drift, several per tenant
+    block: the same requests, ids and windows whatever the batching, down to one event."""
+    from simulator.model import DriftPlan, TelemetrySimulator
+
+    simulator = TelemetrySimulator(
+        3, 5, drifts=[DriftPlan(1, 500, "data", 2.0), DriftPlan(2, 700, "data", 2.0)]
+    )
+    recs = [
+        RawRecord(key, value, 0, i) for i, (key, value, _m) in enumerate(simulator.events(1_200))
+    ]
+    cfg = config(cold_start=True, request_timeout_s=0.0, window_max_events=2_000, window_span_s=1e7)
+    runs = {
+        batch: sorted(run(IngestCore(cfg), recs, batch), key=lambda r: r.source[0].end_offset)
+        for batch in (len(recs), 997, 64, 1)
+    }
+    reference = runs.pop(len(recs))
+    reasons = [r.reason for r in reference]
+    assert reasons.count("cold_start") >= 6 and "data_drift" in reasons  # repeats included
+    for batch, requests in runs.items():
+        assert requests == reference, f"batch of {batch} differs"
+
+
+@pytest.mark.parametrize("interval_s", [60.0, 300.0, 900.0], ids=["1min", "5min", "15min"])
+def test_default_settings_give_a_first_model_at_common_telemetry_intervals(
+    interval_s: float,
+) -> None:
+    settings = ConsumerSettings()
+    core = IngestCore(core_config(settings))
+    sim = TelemetrySimulator(1, seed=3, interval_s=interval_s)
+    recs = [RawRecord(key, value, 0, meta.position) for key, value, meta in sim.events(800)]
+    cold = [r for r in run(core, recs, batch=200) if r.reason == "cold_start"]
+    assert cold and cold[0].n_events == settings.cold_start_min_events
+    held = core.tenant(sim.tenants[0])
+    # A week of 15-minute events (673) is under 800: the span binds there, not below.
+    expected = min(800, int(settings.window_span_s // interval_s) + 1)
+    assert held is not None and len(held.window) == expected >= settings.cold_start_min_events
