@@ -44,7 +44,7 @@ from bench._measure import cpu_seconds
 from kernel.kafka import TopicSpec, ensure_topics
 from retrainer.cancel import CancelToken
 from retrainer.main import build_service, topic_specs
-from retrainer.publisher import Outcome
+from retrainer.publisher import RequestOutcome
 from retrainer.search import SearchResult
 from retrainer.settings import RetrainerSettings
 from schemas import ModelPublished, RetrainRequested, retrain_event_id
@@ -161,7 +161,9 @@ def run_strategy(
     handle = service.handler.handle
     commit = service._commit  # called right after the outcome's events are acknowledged
 
-    def timed_handle(request: RetrainRequested, cancel: CancelToken | None = None) -> Outcome:
+    def timed_handle(
+        request: RetrainRequested, cancel: CancelToken | None = None
+    ) -> RequestOutcome:
         run.cpu_started = cpu_seconds()
         run.handle_started = time.perf_counter()
         try:

@@ -25,7 +25,7 @@ import time
 
 from pydantic import SecretStr
 
-from kernel.store import HubStore, open_store
+from kernel.store import HubStore, StoreOptions, open_store
 from testkit.hub_server import running_hub_server
 from testkit.store_seed import seed_tenants
 
@@ -40,7 +40,8 @@ def measure(tenants: int, lookups: int) -> dict[str, float]:
         seed_tenants(hub, REPO, tenants, per_commit=100)
         seed_s = time.perf_counter() - started
         store = open_store(
-            f"hf://{REPO}", token=SecretStr(hub.token), endpoint=hub.endpoint, backoff_s=0.01
+            f"hf://{REPO}",
+            StoreOptions(token=SecretStr(hub.token), endpoint=hub.endpoint, backoff_s=0.01),
         )
         assert isinstance(store, HubStore)
         first = store.publish(MEASURED, FILES, message="bench v1", parent=None)

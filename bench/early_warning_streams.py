@@ -22,7 +22,8 @@ from typing import Final
 
 import numpy as np
 
-from bench.quality_streams import (
+from schemas.telemetry import FEATURES
+from testkit.quality_streams import (
     QualityStream,
     _nab_metrics,
     _seed,
@@ -31,7 +32,6 @@ from bench.quality_streams import (
     river_streams,
     simulator_streams,
 )
-from schemas.telemetry import FEATURES
 
 #: The training part: the first half of a stream, at most this many events.
 TRAIN_MAX: Final = 2_500

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from consumer.detectors import DataDriftMonitor, DriftConfig
+from testkit.streams import first_drift
 
 
 def signals(config: DriftConfig, events: np.ndarray, block: int = 1_000) -> list[int]:
@@ -12,7 +13,7 @@ def signals(config: DriftConfig, events: np.ndarray, block: int = 1_000) -> list
     monitor = DataDriftMonitor(config)
     found = []
     for start in range(0, len(events), block):
-        signal = monitor.update_block(events[start : start + block])
+        signal = first_drift(monitor, events[start : start + block])
         if signal is not None:
             found.append(start + signal.index)
     return found

@@ -15,14 +15,15 @@ from confluent_kafka import Message
 from pydantic import SecretStr
 
 from consumer.core import CoreConfig, IngestCore
-from consumer.live_model import LiveModel, load_live_model
+from consumer.live_model import LiveModel
 from consumer.performance import PerformanceConfig
 from kernel.store import ModelStore, open_store
 from retrainer.pipeline import TrainingConfig
-from retrainer.publisher import RequestHandler
+from retrainer.publisher import OutcomeTopics, RequestHandler
 from retrainer.search import SearchConfig
 from schemas import ModelPublished
 from testkit.retrain_data import request_for, telemetry_messages, tenant_rows
+from testkit.tiny_models import load_live_model
 
 #: `(store uri, store, the ModelPublished announcing acme's model)`.
 Published = tuple[str, ModelStore, ModelPublished]
@@ -46,9 +47,7 @@ def published_model(directory: Path) -> Published:
         tenant_key=KEY,
         training=TrainingConfig(search=SEARCH, min_rows=100),
         replay=lambda request: tenant_rows(1_500, seed=3),
-        models_topic="m",
-        failures_topic="f",
-        decisions_topic="d",
+        topics=OutcomeTopics(models="m", failures="f", decisions="d"),
     )
     event = handler.handle(request_for("acme")).events[0][2]
     assert isinstance(event, ModelPublished)
@@ -73,8 +72,8 @@ def messages(rows_seed: int, threshold_ms: float, n: int, start: int = 0) -> lis
 
 def core_with(model: LiveModel | None, **changes: object) -> IngestCore:
     # No retrainer answers here: a request stays in flight for the whole test.
-    changes.setdefault("performance", PerformanceConfig(warmup=100))
-    config = CoreConfig(topic="sla.telemetry", request_timeout_s=1e9, **changes)  # type: ignore[arg-type]
+    changes.setdefault("performance", PerformanceConfig(performance_warmup=100))
+    config = CoreConfig(telemetry_topic="sla.telemetry", request_timeout_s=1e9, **changes)  # type: ignore[arg-type]
     core = IngestCore(config)
     if model is not None:
         core.apply_model(model)

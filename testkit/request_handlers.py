@@ -11,7 +11,7 @@ from pydantic import SecretStr
 
 from kernel.store import ModelStore
 from retrainer.pipeline import TrainingConfig
-from retrainer.publisher import RequestHandler
+from retrainer.publisher import OutcomeTopics, RequestHandler
 from retrainer.replay import ReplayError, TenantRows
 from retrainer.search import SearchConfig
 from schemas import RetrainRequested
@@ -51,7 +51,7 @@ def handler(
         tenant_key=KEY,
         training=TrainingConfig(search=SMALL_SEARCH, min_rows=100, **training),  # type: ignore[arg-type]
         replay=replay,
-        models_topic="sla.models",
-        failures_topic="sla.retrain.failures",
-        decisions_topic="sla.retrain.decisions",
+        topics=OutcomeTopics(
+            models="sla.models", failures="sla.retrain.failures", decisions="sla.retrain.decisions"
+        ),
     )

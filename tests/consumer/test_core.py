@@ -109,6 +109,18 @@ def test_drop_partitions_forgets_their_tenants() -> None:
     assert core.replay_start(0) is None and core.replay_start(1) == 0
 
 
+def test_a_dropped_tenant_on_probation_is_never_chosen_for_eviction() -> None:
+    core = IngestCore(config(max_tenants=2))
+    core.process([RawRecord(b"gone", telemetry_values("gone", 1, seed=0)[0], 0, 0)])
+    core.drop_partitions([0])
+    for n, tenant in enumerate(["n1", "n2", "n3"], start=1):
+        result = core.process(
+            [RawRecord(tenant.encode(), telemetry_values(tenant, 1, seed=n)[0], 1, n)]
+        )
+        assert result.valid == 1  # eviction found a tenant it holds: nothing raised
+    assert len(core) == 2 and core.tenant("n3") is not None and core.tenant("gone") is None
+
+
 def test_requests_do_not_depend_on_where_batches_are_cut() -> None:
     """Repeated cold starts (no request held in flight), data drift, several per tenant
     block: the same requests, ids and windows whatever the batching, down to one event."""

@@ -19,7 +19,7 @@ from consumer.detectors import (
 )
 from schemas.telemetry import FEATURES
 from testkit.drift_signals import signals
-from testkit.streams import SDS
+from testkit.streams import SDS, first_drift
 from testkit.streams import telemetry_matrix as telemetry
 
 KINDS: tuple[DetectorKind, ...] = tuple(DETECTORS)
@@ -44,11 +44,11 @@ def split_signals(config: DriftConfig, events: np.ndarray, sizes: list[int]) -> 
     monitor = DataDriftMonitor(config)
     found, start = [], 0
     for size in sizes:
-        signal = monitor.update_block(events[start : start + size])
+        signal = first_drift(monitor, events[start : start + size])
         if signal is not None:
             found.append(start + signal.index)
         start += size
-    signal = monitor.update_block(events[start:])
+    signal = first_drift(monitor, events[start:])
     if signal is not None:
         found.append(start + signal.index)
     return found
@@ -64,7 +64,7 @@ def test_a_shift_is_signalled_once_within_the_bound(kind: DetectorKind) -> None:
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_signal_names_the_shifted_features_and_sizes_the_shift(kind: DetectorKind) -> None:
     events = shifted(6_000, seed=2)
-    signal = DataDriftMonitor(DriftConfig(kind)).update_block(events)
+    signal = first_drift(DataDriftMonitor(DriftConfig(kind)), events)
     assert isinstance(signal, DriftSignal)
     assert len(signal.features) >= 2
     assert set(signal.features) <= {FEATURES[c] for c in LATENCIES}
@@ -77,7 +77,7 @@ def test_the_signal_names_the_shifted_features_and_sizes_the_shift(kind: Detecto
 
 def test_the_reference_is_the_warmup_mean_and_std() -> None:
     events = shifted(6_000, seed=3)
-    signal = DataDriftMonitor(DriftConfig(warmup=300)).update_block(events)
+    signal = first_drift(DataDriftMonitor(DriftConfig(drift_warmup_events=300)), events)
     assert signal is not None
     for name in signal.features:
         column = FEATURES.index(name)
@@ -133,33 +133,33 @@ def test_after_a_signal_the_monitor_resets_and_catches_a_later_shift(kind: Detec
 def test_events_after_a_signal_start_the_new_warmup() -> None:
     events = shifted(6_000, seed=9)
     monitor = DataDriftMonitor(DriftConfig())
-    first = monitor.update_block(events[:4_000])
+    first = first_drift(monitor, events[:4_000])
     assert first is not None
     # The new reference is the shifted level, so more of it is no drift.
-    assert monitor.update_block(events[4_000:]) is None
-    assert monitor.update_block(shifted(20_000, seed=10, at=0)) is None
+    assert first_drift(monitor, events[4_000:]) is None
+    assert first_drift(monitor, shifted(20_000, seed=10, at=0)) is None
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_with_a_stride_the_signal_is_the_last_event_of_a_group(kind: DetectorKind) -> None:
     config = DriftConfig(kind)
-    signal = DataDriftMonitor(config).update_block(shifted(6_000, seed=11))
+    signal = first_drift(DataDriftMonitor(config), shifted(6_000, seed=11))
     assert signal is not None
-    assert (signal.index - config.warmup + 1) % DETECTORS[kind].data_stride == 0
+    assert (signal.index - config.drift_warmup_events + 1) % DETECTORS[kind].data_stride == 0
 
 
 def test_adwin_fast_path_alarms_where_rivers_public_api_does() -> None:
     events = telemetry(30_000, seed=12)
     for at in range(2_000, 30_000, 2_000):  # a staircase: many alarms to compare
         events[at:, :] += 0.7 * SDS
-    config = DriftConfig("adwin", stride=1, min_agreeing_features=1, agreement_window=1)
+    config = DriftConfig("adwin", detector_stride=1, min_agreeing_features=1, agreement_window=1)
     fast, public = DataDriftMonitor(config), DataDriftMonitor(config)
     public._fast_adwin = False
     fast_found: list[tuple[int, tuple[str, ...]]] = []
     public_found: list[tuple[int, tuple[str, ...]]] = []
     for start in range(0, len(events), 333):
         for monitor, found in ((fast, fast_found), (public, public_found)):
-            signal = monitor.update_block(events[start : start + 333])
+            signal = first_drift(monitor, events[start : start + 333])
             if signal is not None:
                 found.append((start + signal.index, signal.features))
     assert len(fast_found) >= 10
@@ -169,49 +169,49 @@ def test_adwin_fast_path_alarms_where_rivers_public_api_does() -> None:
 def test_reset_forgets_the_past() -> None:
     events = shifted(6_000, seed=13)
     monitor = DataDriftMonitor(DriftConfig())
-    monitor.update_block(telemetry(2_500, seed=14) * 3.0)
+    first_drift(monitor, telemetry(2_500, seed=14) * 3.0)
     monitor.reset()
-    assert monitor.update_block(events) == DataDriftMonitor(DriftConfig()).update_block(events)
+    assert first_drift(monitor, events) == first_drift(DataDriftMonitor(DriftConfig()), events)
 
 
 def test_only_the_watched_features_count() -> None:
     events = shifted(6_000, seed=15)
     assert signals(DriftConfig(features=(3, 4, 5)), events) == []
-    signal = DataDriftMonitor(DriftConfig(features=(5, 1, 2))).update_block(events)
+    signal = first_drift(DataDriftMonitor(DriftConfig(features=(5, 1, 2))), events)
     assert signal is not None
     assert signal.features == ("latency_p95_ms", "latency_p99_ms")
 
 
 def test_params_override_the_tuned_defaults() -> None:
-    config = DriftConfig("page_hinkley", params={"threshold": 5.0, "min_instances": 10.0})
+    config = DriftConfig("page_hinkley", detector_params={"threshold": 5.0, "min_instances": 10.0})
     assert config.river_params() == {"delta": 0.25, "threshold": 5.0, "min_instances": 10}
     assert type(config.river_params()["min_instances"]) is int
     assert config.effective_stride == DETECTORS["page_hinkley"].data_stride
-    assert DriftConfig("kswin", stride=4).effective_stride == 4
+    assert DriftConfig("kswin", detector_stride=4).effective_stride == 4
 
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
         ({"detector": "magic"}, "detector"),
-        ({"params": {"bogus": 1.0}}, "params"),
-        ({"params": {"clock": 2.5}}, "params"),
-        ({"params": {"delta": float("nan")}}, "params"),
-        ({"params": {"delta": "0.1"}}, "params"),
-        ({"detector": "kswin", "params": {"alpha": 2.0}}, "params"),
-        ({"detector": "kswin", "params": {"window_size": 10, "stat_size": 20}}, "params"),
+        ({"detector_params": {"bogus": 1.0}}, "params"),
+        ({"detector_params": {"clock": 2.5}}, "params"),
+        ({"detector_params": {"delta": float("nan")}}, "params"),
+        ({"detector_params": {"delta": "0.1"}}, "params"),
+        ({"detector": "kswin", "detector_params": {"alpha": 2.0}}, "params"),
+        ({"detector": "kswin", "detector_params": {"window_size": 10, "stat_size": 20}}, "params"),
         ({"min_agreeing_features": 0}, "min_agreeing_features"),
         ({"min_agreeing_features": True}, "min_agreeing_features"),
         ({"min_agreeing_features": 3, "features": (0, 1)}, "min_agreeing_features"),
         ({"agreement_window": 0}, "agreement_window"),
-        ({"warmup": 1}, "warmup"),
+        ({"drift_warmup_events": 1}, "warmup"),
         ({"features": ()}, "features"),
         ({"features": (0, 0)}, "features"),
         ({"features": (6,)}, "features"),
         ({"features": (-1,)}, "features"),
         ({"features": "012"}, "features"),
-        ({"stride": 0}, "stride"),
-        ({"stride": 2.0}, "stride"),
+        ({"detector_stride": 0}, "stride"),
+        ({"detector_stride": 2.0}, "stride"),
     ],
 )
 def test_invalid_config_names_the_field(kwargs: dict[str, Any], field: str) -> None:
@@ -230,8 +230,8 @@ def test_invalid_config_names_the_field(kwargs: dict[str, Any], field: str) -> N
 )
 def test_invalid_blocks_are_refused(block: np.ndarray, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        DataDriftMonitor(DriftConfig()).update_block(block)
+        first_drift(DataDriftMonitor(DriftConfig()), block)
 
 
 def test_an_empty_block_is_no_signal() -> None:
-    assert DataDriftMonitor(DriftConfig()).update_block(np.empty((0, 6))) is None
+    assert first_drift(DataDriftMonitor(DriftConfig()), np.empty((0, 6))) is None

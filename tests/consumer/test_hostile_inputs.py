@@ -28,12 +28,12 @@ import safetensors.torch
 import torch
 
 from consumer.core import IngestCore
-from consumer.follower import ModelFollower
-from consumer.live_model import LiveModel, ModelRefused, load_live_model
+from consumer.follower import AnswerFollower, AnswerTopics
+from consumer.live_model import LiveModel
 from consumer.settings import ConsumerSettings
 from kernel import model_follower as kernel_follower
 from kernel.artifacts import load_model, sha256_hex
-from kernel.errors import ConfigError
+from kernel.errors import ConfigError, ModelRefused
 from kernel.kafka import base_config
 from kernel.limits import MAX_ARTIFACT_BYTES
 from kernel.model_follower import ModelAuthority
@@ -54,6 +54,7 @@ from schemas import ModelPublished
 from slaops.cli import main
 from testkit.live_models import KEY, core_with, messages
 from testkit.pickles import SystemOnUnpickle, TouchOnUnpickle, torch_saved
+from testkit.tiny_models import load_live_model
 
 MODELS_TOPIC = "sla.models"
 ACME = tenant_hash("acme", KEY)
@@ -106,7 +107,7 @@ class Scene:
     spy: SpyStore
     legit: dict[str, bytes]  # kind -> bytes of the real model
     v1: ModelPublished
-    follower: ModelFollower
+    follower: AnswerFollower
     core: IngestCore
     marker: pathlib.Path  # a pickle payload would create it
     limit: int  # MAX_ARTIFACT_BYTES during the test (the real one is 64 MiB)
@@ -124,7 +125,7 @@ class Scene:
 
     def announce(self, event: ModelPublished) -> None:
         """The follower reads the record; the main loop applies its answers (as the service)."""
-        self.follower._handle(MODELS_TOPIC, event.model_dump_json().encode())
+        self.follower.inner.handle(MODELS_TOPIC, event.model_dump_json().encode())
         for answer in self.follower.drain():
             if answer.model is not None:
                 self.core.apply_model(answer.model)
@@ -189,12 +190,14 @@ def scene(
     assert not scene.marker.exists(), "a pickle payload ran"
 
 
-def new_follower(store: ModelStore, uri: str) -> ModelFollower:
-    return ModelFollower(
+def new_follower(store: ModelStore, uri: str) -> AnswerFollower:
+    return AnswerFollower(
         client_config={},  # never started: records are handed to it directly
-        models_topic=MODELS_TOPIC,
-        failures_topic="sla.retrain.failures",
-        decisions_topic="sla.retrain.decisions",
+        topics=AnswerTopics(
+            models_topic=MODELS_TOPIC,
+            failures_topic="sla.retrain.failures",
+            decisions_topic="sla.retrain.decisions",
+        ),
         authority=ModelAuthority(store, uri, KEY),
         min_lookup_interval_s=0.0,
     )
@@ -489,7 +492,7 @@ def test_a_record_that_makes_the_loader_raise_unexpectedly_does_not_stop_the_fol
     def explode(*args: object, **kwargs: object) -> None:
         raise RecursionError("a hostile store made the loader blow up")
 
-    monkeypatch.setattr(kernel_follower, "load_model", explode)
+    monkeypatch.setattr("kernel.model_authority.load_model", explode)
     with caplog.at_level(logging.ERROR, logger="kernel.model_follower"):
         scene.announce(scene.publish_genuine())  # would have killed the thread before
     assert scene.follower.inner.record_errors == 1
@@ -543,9 +546,7 @@ def test_a_dead_or_stuck_follower_is_visible_and_restarted(
         client_config={},
         models_topic=MODELS_TOPIC,
         authority=ModelAuthority(scene.spy, scene.v1.store_uri, KEY),
-        restart_s=0.01,
-        stall_s=60.0,
-        clock=lambda: now[0],
+        options=kernel_follower.FollowerOptions(restart_s=0.01, stall_s=60.0, clock=lambda: now[0]),
     )
     try:
         follower.start()

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from confluent_kafka import Message
 
-from consumer.live_model import LiveModel, ModelRefused
+from consumer.live_model import LiveModel
 from consumer.performance import PerformanceConfig
+from kernel.errors import ModelRefused
 from kernel.tenant_hash import tenant_hash
 from testkit.live_models import KEY, Published, core_with, load, messages
 from testkit.paths import ROOT
@@ -140,7 +141,9 @@ def test_performance_request_waits_settle_events_after_the_alarm_whatever_the_ba
     stream = messages(4, 150.0, 1_500) + messages(5, 90.0, 1_500, start=1_500)
     runs = []
     for size in (700, 137):
-        core = core_with(load(published), performance=PerformanceConfig(settle_events=settle))
+        core = core_with(
+            load(published), performance=PerformanceConfig(performance_settle_events=settle)
+        )
         runs.append(
             [
                 r

@@ -15,7 +15,7 @@ from kernel.tenant_hash import tenant_hash
 from retrainer.cancel import CancelToken
 from retrainer.dataset import build_pairs
 from retrainer.main import build_service, topic_specs
-from retrainer.publisher import Outcome
+from retrainer.publisher import RequestOutcome
 from retrainer.settings import RetrainerSettings
 from schemas import ModelPublished, RetrainFailed, RetrainRequested
 from testkit.kafka_helpers import produce_all, read_topic, wait_for
@@ -91,7 +91,7 @@ def test_a_search_longer_than_max_poll_interval_costs_no_rebalance(
     service = build_service(settings)
     handle = service.handler.handle
 
-    def slow_handle(job: RetrainRequested, cancel: CancelToken | None = None) -> Outcome:
+    def slow_handle(job: RetrainRequested, cancel: CancelToken | None = None) -> RequestOutcome:
         time.sleep(settings.max_poll_interval_ms / 1000 + 3)  # a search this long
         return handle(job, cancel)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from kernel.store import open_store
+from kernel.store import StoreOptions, open_store
 from retrainer.dataset import SupervisedSet, build_pairs
 from retrainer.search import SearchConfig
 from testkit.hub_server import running_hub_server
@@ -27,7 +27,9 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFixtu
         uri = "hf://slaops-test/models"
         yield (
             uri,
-            open_store(uri, token=SecretStr(hub.token), endpoint=hub.endpoint, backoff_s=0.01),
+            open_store(
+                uri, StoreOptions(token=SecretStr(hub.token), endpoint=hub.endpoint, backoff_s=0.01)
+            ),
         )
 
 

@@ -15,14 +15,20 @@ import numpy as np
 import pytest
 import yaml
 from pydantic import SecretStr
-from retrainer.report import PLOT_KINDS, build_report, report_card_digest
 
+import retrainer.publisher as publisher
 from kernel.artifacts import ModelCard, sha256_hex
-from kernel.store import REPORT_KINDS, ModelStore, StoreNotFound, open_store, report_paths
+from kernel.model_report import PLOT_KINDS, build_report, report_card_digest
+from kernel.store import (
+    REPORT_KINDS,
+    ModelStore,
+    StoreNotFound,
+    open_store,
+    report_paths,
+)
 from kernel.tenant_hash import tenant_hash
-from retrainer import report
 from retrainer.pipeline import TrainingConfig
-from retrainer.publisher import RequestHandler
+from retrainer.publisher import OutcomeTopics, RequestHandler
 from retrainer.search import SearchConfig
 from schemas import ModelPublished
 from testkit.request_handlers import StoreFixture
@@ -47,9 +53,7 @@ def publish(store: StoreFixture) -> ModelPublished:
         tenant_key=KEY,
         training=TrainingConfig(search=SEARCH, min_rows=100),
         replay=lambda request: tenant_rows(900, seed=5),
-        models_topic="m",
-        failures_topic="f",
-        decisions_topic="d",
+        topics=OutcomeTopics(models="m", failures="f", decisions="d"),
     )
     event = handler.handle(request_for(SLUG)).events[0][2]
     assert isinstance(event, ModelPublished)
@@ -144,9 +148,9 @@ def test_a_report_that_cannot_be_rendered_never_costs_the_version(
     def broken(card_bytes: bytes, tenant_hash: str) -> dict[str, bytes]:
         raise RuntimeError("the plotting library broke")
 
-    monkeypatch.setattr(report, "build_report", broken)
+    monkeypatch.setattr(publisher, "build_report", broken)
     _uri, model_store = store
-    with caplog.at_level(logging.ERROR, logger="retrainer.report"):
+    with caplog.at_level(logging.ERROR, logger="retrainer.publisher"):
         event = publish(store)
     assert "report not rendered" in caplog.text and "the plotting library broke" in caplog.text
     latest = model_store.latest(event.tenant_hash)

@@ -13,12 +13,20 @@ from pydantic import SecretStr
 import retrainer.publisher as publisher
 from kernel.artifacts import load_model, predict_proba
 from kernel.limits import MAX_ARTIFACT_BYTES
-from kernel.store import ANY_PARENT, AnyParent, ModelStore, PublishedFiles, TenantHead, open_store
+from kernel.store import (
+    ANY_PARENT,
+    AnyParent,
+    ModelStore,
+    PublishedFiles,
+    StoreOptions,
+    TenantHead,
+    open_store,
+)
 from kernel.tenant_hash import request_ref, tenant_hash
 from retrainer.cancel import CancelToken
-from retrainer.dataset import build_pairs
+from retrainer.dataset import pairs_for_model
 from retrainer.pipeline import Trained, TrainingConfig, decide
-from retrainer.publisher import Outcome, commit_message
+from retrainer.publisher import RequestOutcome, commit_message
 from retrainer.replay import TenantRows
 from schemas import ChampionKept, ModelPublished, RetrainFailed
 from testkit.hub_server import running_hub_server
@@ -47,9 +55,7 @@ def test_publishes_one_atomic_version_whose_files_match_the_announcement(
     module, model_card = load_model(card, weights, "safetensors")
     module_pt, _ = load_model(card, pt, "pt")
     rows = tenant_rows()
-    X = build_pairs(
-        rows.ts, rows.features, rows.labels, spec=model_card.features, exact_spec=True
-    ).X[:50]
+    X = pairs_for_model(rows.ts, rows.features, rows.labels, spec=model_card.features).X[:50]
     assert np.array_equal(predict_proba(module, X), predict_proba(module_pt, X))
     assert set(model_card.baselines) == {"prior", "persistence", "logistic"}
     assert model_card.skill["log_loss_skill_vs_prior"] > 0
@@ -287,7 +293,9 @@ def test_two_retrainers_publish_different_tenants_to_one_hub_repo_with_one_searc
         uri = "hf://slaops-test/models"
 
         def member() -> tuple[StoreFixture, list[str]]:
-            client = open_store(uri, token=SecretStr(hub.token), endpoint=hub.endpoint)
+            client = open_store(
+                uri, StoreOptions(token=SecretStr(hub.token), endpoint=hub.endpoint)
+            )
             replays: list[str] = []
             return (uri, client), replays
 
@@ -295,7 +303,7 @@ def test_two_retrainers_publish_different_tenants_to_one_hub_repo_with_one_searc
         a = handler(store_a, replays=replays_a)
         b = handler(store_b, {"globex": tenant_rows(seed=2)}, replays=replays_b)
         a_at_commit, b_done = threading.Event(), threading.Event()
-        outcomes: dict[str, Outcome] = {}
+        outcomes: dict[str, RequestOutcome] = {}
 
         def hold_a_until_b_published() -> None:  # runs in the Hub, before A's commit
             a_at_commit.set()
