@@ -265,6 +265,10 @@ def _decision(
     proof = choice.evidence
     facts = finite({k: float(v) for k, v in proof.as_card().items()})
     score = best.log_loss
+    view = None if champion is None else champion_view(champion, trained)
+    valid = trained.folds.valid
+    champion_metrics = None if view is None else evaluate_proba(trained.rows.y[valid], view[0], 0.5)
+    champion_score = None if champion_metrics is None else champion_metrics["log_loss"]
     if not trained.sufficient:
         detail = (
             f"{proof.positives} positives and {proof.fresh_onsets} fresh onsets out of fold; "
@@ -275,12 +279,13 @@ def _decision(
                 published=champion is None,
                 rule=CHAMPION_RULE,
                 challenger_score=score,
+                champion_score=champion_score,
                 verdict="insufficient_evidence",
                 forecaster=best.kind,
                 evidence=facts,
                 detail=detail + ("; the best rule goes live" if champion is None else ""),
             ),
-            None,
+            champion_metrics,
         )
     if champion is None:
         return (
@@ -293,25 +298,21 @@ def _decision(
             ),
             None,
         )
-    view = champion_view(champion, trained)
     if view is None:
         gain, confidence = math.inf, 1.0  # a champion that cannot forecast these rows
-        champion_metrics = None
     else:
         p, on = view
         gain, confidence = paired_confidence(
             best, on, p, trained.rows, trained.folds, config.evidence
         )
-        valid = trained.folds.valid
-        champion_metrics = evaluate_proba(trained.rows.y[valid], p, 0.5)
-    won = confidence >= config.evidence.confidence and gain > 0
+    won = config.evidence.confidence == 0 or (confidence >= config.evidence.confidence and gain > 0)
     facts.update({"gain": gain if math.isfinite(gain) else 1e9, "confidence": confidence})
     return (
         _decision_of(
             published=won,
             rule=f"{CHAMPION_RULE}; paired block bootstrap >= {config.evidence.confidence:g}",
             challenger_score=score,
-            champion_score=None if champion_metrics is None else champion_metrics["log_loss"],
+            champion_score=champion_score,
             verdict="published" if won else "champion_better",
             forecaster=best.kind,
             evidence=facts,

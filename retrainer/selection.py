@@ -123,8 +123,9 @@ def judge(candidate: Candidate, rows: TenantRows, folds: Folds, budget: float) -
     valid = folds.valid
     y, quiet = rows.y[valid], rows.quiet[valid]
     policy = tune_policy(candidate, rows, folds, budget)
-    warned = warning_on(candidate.oof, quiet, policy.oof_threshold)
-    metrics = evaluate_proba(y, candidate.oof, 0.5, y_pred=warned)
+    # Probability metrics with hard forecasts at 1/2 (a breach within the horizon is more
+    # likely than not); the warning's own record is beside them.
+    metrics = evaluate_proba(y, candidate.oof, 0.5)
     metrics["threshold"] = policy.threshold if math.isfinite(policy.threshold) else 1.0
     record = policy.record
     metrics.update(

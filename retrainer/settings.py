@@ -154,9 +154,10 @@ class RetrainerSettings(StoreSettings, TopicSettings, ObservabilitySettings):
     )
     champion_confidence: float = Field(
         default=_EVIDENCE.confidence,
-        gt=0,
+        ge=0,
         lt=1,
-        description="Bootstrap confidence a challenger's gain needs to replace a champion.",
+        description="Bootstrap confidence a challenger's gain needs to replace a champion "
+        "(0: every challenger replaces it).",
     )
     max_request_ranges: int = Field(
         default=ReplayLimits.max_ranges,

@@ -14,7 +14,7 @@ from schemas import RetrainRequested, retrain_event_id
 START_TS = datetime(2026, 11, 1, tzinfo=UTC).timestamp()
 
 
-def tenant_rows(n: int = 600, *, seed: int = 0, threshold_ms: float = 150.0) -> TenantRows:
+def tenant_rows(n: int = 600, *, seed: int = 0, threshold_ms: float = 200.0) -> TenantRows:
     rng = np.random.default_rng(seed)
     load = 0.5 + 0.4 * np.sin(np.arange(n) * 2 * np.pi / 96) + rng.normal(0, 0.1, n)
     p50 = 40 + 60 * load.clip(0) + rng.normal(0, 5, n)

@@ -17,6 +17,7 @@ from kernel.kafka import ensure_topics
 from kernel.store import ModelStore
 from retrainer.pipeline import TrainingConfig
 from retrainer.publisher import OutcomeTopics, RequestHandler
+from retrainer.selection import EvidenceRule
 from schemas import ModelPublished
 from testkit.consumer_runs import running
 from testkit.factories import consumer_names
@@ -55,12 +56,12 @@ def test_a_model_announced_mid_stream_takes_over_with_no_gap(
         publish_forecasts=True,
     )
     ensure_topics(settings, topic_specs(settings))
-    # A margin of -10 publishes any challenger: the second model always replaces the first.
+    # Confidence 0 publishes any challenger: the second model always replaces the first.
     handler = RequestHandler(
         store=store,
         store_uri=uri,
         tenant_key=KEY,
-        training=TrainingConfig(search=SEARCH, min_rows=100, champion_margin=-10.0),
+        training=TrainingConfig(search=SEARCH, min_rows=100, evidence=EvidenceRule(confidence=0.0)),
         replay=lambda request: tenant_rows(1_500, seed=request.source[0].end_offset % 97),
         topics=OutcomeTopics(models=settings.models_topic, failures="f", decisions="d"),
     )

@@ -106,19 +106,16 @@ def test_dask_search_equals_local_runs_on_the_workers_and_scatters_once(
     assert [r["mean_val_score"] for r in remote.cv_table] == [
         r["mean_val_score"] for r in local.cv_table
     ]
-    assert remote.threshold == local.threshold
-    assert remote.holdout_metrics == local.holdout_metrics
     a, b = local.module.state_dict(), remote.module.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
     # Every fit ran as a task on a worker process, and both workers got some.
-    oof_fits = tiny_config.n_splits  # the threshold's out-of-fold fits
-    assert sum(_fits_in(t["key"]) for t in tasks) == remote.n_fits + oof_fits
+    assert sum(_fits_in(t["key"]) for t in tasks) == remote.n_fits
     assert {t["worker"] for t in tasks} == set(worker_pids)
     assert len(set(worker_pids.values())) == 2 and os.getpid() not in worker_pids.values()
 
     # The training rows went out once, to every worker, for both parallel steps.
-    X_train, y_train = data.X[remote.train_idx], data.y[remote.train_idx]
+    X_train, y_train = data.X[remote.rows], data.y[remote.rows]
 
     def carries_rows(payload: Any) -> bool:
         items = payload if isinstance(payload, list | tuple) else [payload]

@@ -36,8 +36,9 @@ def test_doctests() -> None:
     assert doctest.testmod(retrainer.dataset).failed == 0
 
 
-#: The smallest pipeline: full windows from the second event on.
-SMALL = FeatureSpec(lags=0, breach_windows=(2,), rolling_window=2)
+#: The smallest pipeline: full windows from the second event on (version 1's columns:
+#: pairing does not depend on the version; version 2 needs 12 events for `quiet`).
+SMALL = FeatureSpec(version=1, lags=0, breach_windows=(2,), rolling_window=2)
 LOGGED = [FEATURES.index(m) for m in LOG_METRICS]
 
 
@@ -53,7 +54,8 @@ def test_pairs_shift_labels_by_horizon_after_the_first_full_window() -> None:
     data = build_pairs(ts, features, labels, horizon=1, spec=SMALL, min_rows=1)
     assert isinstance(data, SupervisedSet)
     assert data.X.dtype == np.float32 and data.y.dtype == np.float32
-    # t runs over rows 1..4 (row 0 has no full window; row 5 has no next label)
+    # t runs over rows 1..4 (row 0 has no full window; row 5 has no next label); with
+    # horizon 1, "a breach within the horizon" is the next interval's breach
     np.testing.assert_array_equal(data.X[:, :6], _base(features[1:5]))
     np.testing.assert_array_equal(data.y, [0, 1, 0, 1])  # labels of rows 2..5
     np.testing.assert_array_equal(data.ts, ts[1:5])
@@ -66,13 +68,14 @@ def test_pairs_shift_labels_by_horizon_after_the_first_full_window() -> None:
 
 
 def test_pairs_with_lags_and_longer_horizon_are_exact() -> None:
-    ts, features, labels = _table()
-    spec = FeatureSpec(lags=1, breach_windows=(2,), rolling_window=2)
+    ts, features, _ = _table()
+    labels = np.array([0, 0, 0, 1, 0, 0], dtype=bool)  # one breach, at row 3
+    spec = FeatureSpec(version=1, lags=1, breach_windows=(2,), rolling_window=2)
     data = build_pairs(ts, features, labels, horizon=2, spec=spec, min_rows=1)
-    # t runs over rows 1..3: metrics at t, then at t - 1; label at t + 2.
+    # t runs over rows 1..3: metrics at t, then at t - 1; label: a breach in t+1..t+2.
     expected = np.concatenate((_base(features[1:4]), _base(features[0:3])), axis=1)
     np.testing.assert_array_equal(data.X[:, :12], expected)
-    np.testing.assert_array_equal(data.y, [1, 0, 1])  # rows 3, 4, 5
+    np.testing.assert_array_equal(data.y, [1, 1, 0])  # row 3 is within 2 of rows 1 and 2
     np.testing.assert_array_equal(data.ts, [101.0, 102.0, 103.0])
     assert data.feature_names[6:12] == tuple(f"{name}_lag1" for name in data.feature_names[:6])
     assert "log1p_rps_lag1" in data.feature_names
@@ -80,7 +83,7 @@ def test_pairs_with_lags_and_longer_horizon_are_exact() -> None:
 
 def test_two_lags_name_blocks_in_order() -> None:
     ts, features, labels = _table(8)
-    spec = FeatureSpec(lags=2, breach_windows=(2,), rolling_window=2)
+    spec = FeatureSpec(version=1, lags=2, breach_windows=(2,), rolling_window=2)
     data = build_pairs(ts, features, labels, spec=spec, min_rows=1)
     assert data.X.shape == (5, len(data.spec.names()))
     assert data.feature_names[6] == "log1p_latency_p50_ms_lag1"
@@ -91,7 +94,7 @@ def test_two_lags_name_blocks_in_order() -> None:
 def test_rows_are_sorted_by_ts_first() -> None:
     ts, features, labels = _table(10)
     order = np.random.default_rng(1).permutation(10)
-    spec = FeatureSpec(lags=1, breach_windows=(2,), rolling_window=2)
+    spec = FeatureSpec(version=1, lags=1, breach_windows=(2,), rolling_window=2)
     shuffled = build_pairs(ts[order], features[order], labels[order], spec=spec, min_rows=1)
     ordered = build_pairs(ts, features, labels, spec=spec, min_rows=1)
     np.testing.assert_array_equal(shuffled.X, ordered.X)
@@ -176,7 +179,7 @@ def test_too_few_rows() -> None:
         build_pairs(ts, features, labels, spec=SMALL, horizon=3, min_rows=47)  # 46 pairs
     assert info.value.reason is DatasetReason.TOO_FEW_ROWS
     assert len(build_pairs(ts, features, labels, spec=SMALL, horizon=3, min_rows=46)) == 46
-    spec = FeatureSpec(lags=5, breach_windows=(2,), rolling_window=2)  # history 6
+    spec = FeatureSpec(version=1, lags=5, breach_windows=(2,), rolling_window=2)  # history 6
     assert len(build_pairs(ts, features, labels, spec=spec, horizon=3, min_rows=42)) == 42
     with pytest.raises(DatasetError) as info:
         time_split(1)
@@ -185,15 +188,15 @@ def test_too_few_rows() -> None:
 
 @pytest.mark.parametrize("value", [False, True])
 def test_single_class(value: bool) -> None:
-    ts, features, _ = _window(250)
+    ts, features, _ = _window(350)
     with pytest.raises(DatasetError) as info:
-        build_pairs(ts, features, np.full(250, value))
+        build_pairs(ts, features, np.full(350, value))
     assert info.value.reason is DatasetReason.SINGLE_CLASS
 
 
 def test_single_class_after_the_horizon_shift() -> None:
-    ts, features, _ = _window(250)
-    labels = np.zeros(250, dtype=bool)
+    ts, features, _ = _window(350)
+    labels = np.zeros(350, dtype=bool)
     labels[0] = True  # the only breach is never a target (row 0 has no predecessor)
     with pytest.raises(DatasetError) as info:
         build_pairs(ts, features, labels)
