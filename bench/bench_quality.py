@@ -4,12 +4,12 @@ Per stream (testkit/quality_streams.py: the simulator's tenants, River's generat
 samples held for several intervals, real CloudWatch series from NAB):
 
 1. The first `--window` events (the consumer's default window, 1,440) go through the
-   retrainer's own pipeline (`train_and_decide`: the one feature pipeline, the default
-   grid search, baselines, the skill gate) exactly as a cold-start request would. The
-   model's holdout log loss, Brier, ECE, PR-AUC and F1 are printed beside the prior,
-   persistence, the logistic regression and a gradient-boosted trees reference
-   (scikit-learn's HistGradientBoostingClassifier), all fitted on the same training
-   part and scored on the same holdout.
+   retrainer's own pipeline (`train_and_decide`: the one feature pipeline, the
+   candidates, their warning policies and the gate) exactly as a cold-start request
+   would. The chosen forecaster's out-of-fold log loss, Brier, ECE, PR-AUC and F1 (of
+   "a breach within the horizon") are printed beside the prior, persistence, the
+   logistic regression and a gradient-boosted trees reference (scikit-learn's
+   HistGradientBoostingClassifier), all fitted and scored on the same blocked folds.
 2. The rest of the stream goes through the consumer's pure core with that model live
    (as the product runs it, forecasts published): the live forecasts are scored against
    the labels that follow (log loss beside the prior), and every `performance_drift`
@@ -36,10 +36,8 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from consumer.core import CoreConfig, IngestCore
 from consumer.live_model import LiveModel
 from kernel.artifacts import load_model
-from retrainer.baselines import losing_baseline
-from retrainer.dataset import SupervisedSet
-from retrainer.metrics import evaluate_proba, f1_threshold
-from retrainer.pipeline import TrainingConfig, TrainingOutcome, train_and_decide
+from retrainer.metrics import evaluate_proba
+from retrainer.pipeline import Trained, TrainingConfig, TrainingOutcome, train_and_decide
 from retrainer.replay import TenantRows
 from retrainer.search import SearchConfig
 from testkit.quality_streams import QualityStream, all_streams
@@ -74,17 +72,16 @@ class StreamReport:
     drift_at: int | None
 
 
-def trees_reference(
-    data: SupervisedSet, train: np.ndarray, holdout: np.ndarray
-) -> dict[str, float]:
-    """Boosted trees on the same features; threshold tuned on the newest 15% of training."""
-    cut = train[: int(len(train) * 0.85)]
-    tail = train[int(len(train) * 0.85) :]
-    model = HistGradientBoostingClassifier(random_state=0)
-    model.fit(data.X[cut], data.y[cut].astype(np.int64))
-    threshold = f1_threshold(data.y[tail], model.predict_proba(data.X[tail])[:, 1])
-    model.fit(data.X[train], data.y[train].astype(np.int64))
-    return evaluate_proba(data.y[holdout], model.predict_proba(data.X[holdout])[:, 1], threshold)
+def trees_reference(trained: Trained) -> dict[str, float]:
+    """Boosted trees on the same features and the same blocked folds, out of fold."""
+    rows, folds = trained.rows, trained.folds
+    parts = []
+    for train, valid in folds.splits:
+        model = HistGradientBoostingClassifier(random_state=0)
+        model.fit(rows.X[train], rows.y[train].astype(np.int64))
+        parts.append(model.predict_proba(rows.X[valid])[:, 1])
+    p = np.concatenate(parts) if parts else np.zeros(0)
+    return evaluate_proba(rows.y[folds.valid], p, 0.5)
 
 
 def live_run(
@@ -151,20 +148,19 @@ def run_stream(
     started = time.perf_counter()
     outcome = train_and_decide(rows, request_for(tenant), TrainingConfig(search=search), None)
     search_s = time.perf_counter() - started
-    result = outcome.result
-    trees = trees_reference(outcome.data, result.train_idx, result.holdout_idx)
-    lost = losing_baseline(outcome.skill)
+    trained = outcome.trained
+    trees = trees_reference(trained)
     live, live_prior, n_live, false, delay = live_run(stream, outcome, n, tenant)
     return StreamReport(
         name=stream.name,
         family=stream.family,
         n_window=n,
         breach_rate=float(stream.labels[:n].mean()),
-        model=result.holdout_metrics,
-        baselines=outcome.baselines.metrics,
+        model=outcome.metrics,
+        baselines=trained.baselines.metrics,
         trees=trees,
-        skill=outcome.skill,
-        verdict="published" if lost is None else f"refused: {lost[0]} better",
+        skill=trained.skill,
+        verdict=f"{outcome.decision.verdict} ({trained.choice.best.kind})",
         search_s=search_s,
         live_log_loss=live,
         live_prior_log_loss=live_prior,
@@ -243,16 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--family", choices=["simulator", "river", "nab"], default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="3 streams, a 2-candidate grid")
-    parser.add_argument(
-        "--threshold", default=SearchConfig.threshold_strategy, help="threshold strategy"
-    )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     args = parser.parse_args(argv)
 
     streams = all_streams(args.events, args.seed)
     if args.family:
         streams = [s for s in streams if s.family == args.family]
-    search = SearchConfig(seed=args.seed, threshold_strategy=args.threshold)
+    search = SearchConfig(seed=args.seed)
     if args.quick:
         streams = [streams[0], streams[len(streams) // 2], streams[-1]]
         search = replace(search, grid=QUICK_GRID, n_splits=3)
