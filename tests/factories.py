@@ -36,6 +36,7 @@ def consumer_names(
         names |= {
             "models_topic": make("models"),
             "forecasts_topic": make("forecasts"),
+            "warnings_topic": make("warnings"),
             "failures_topic": make("failures"),
             "decisions_topic": make("decisions"),
         }
