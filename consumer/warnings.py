@@ -121,7 +121,7 @@ def quiet_flags(before: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """For each of `labels`: no breach in the last `QUIET` events, this one included.
 
     `before` holds the labels of the events just before (fewer than `QUIET - 1` at the
-    start of a stream: then the events there are count).
+    start of a stream: only the events there count).
 
     >>> quiet_flags(np.array([True]), np.zeros(12, bool)).tolist()[-2:]
     [False, True]

@@ -20,7 +20,11 @@ from consumer.core import BatchResult, CoreConfig, IngestCore
 from consumer.live_model import LiveModel
 from consumer.observability import ConsumerMetrics
 from consumer.warnings import live_threshold
+from kernel.artifacts import load_model
+from retrainer.pipeline import TrainingConfig, train_and_decide
+from retrainer.search import SearchConfig
 from schemas import Forecast, WarningCleared, WarningRaised, warning_event_id
+from tests.retrain_data import request_for, telemetry_messages, tenant_rows
 from tests.streams import RawRecord
 from tests.warning_models import POLICY, START, p99_for, p99_model, telemetry
 
@@ -348,3 +352,36 @@ def test_the_live_threshold_moves_by_logit_steps_and_never_passes_one() -> None:
     steps = [live_threshold(0.2, k) for k in range(0, 200, 10)]
     assert steps == sorted(steps) and all(t <= 1.0 for t in steps)
     assert live_threshold(0.0, 3) > 0.0
+
+
+def test_a_trained_forecaster_warns_by_its_card_and_its_edges_are_its_forecasts_flips() -> None:
+    """A card as the retrainer writes it (format 3, its own policy), served live."""
+    search = SearchConfig(
+        grid={"lr": [1e-2], "module__hidden_layers": [1], "module__width": [16]},
+        n_jobs=1,
+        max_epochs=15,
+        n_splits=3,
+    )
+    outcome = train_and_decide(
+        tenant_rows(2_000, seed=3), request_for("acme"), TrainingConfig(search, min_rows=100), None
+    )
+    assert outcome.artifacts is not None
+    module, card = load_model(outcome.artifacts.card, outcome.artifacts.safetensors, "safetensors")
+    assert card.target == "within" and card.warns
+    model = LiveModel("acme", "a" * 40, 1, "0" * 32, module=module, card=card)
+    core = make_core(publish_forecasts=True)
+    core.apply_model(model)
+    messages = telemetry_messages("acme", tenant_rows(3_000, seed=5))
+    recs = [RawRecord(key, value, 0, i) for i, (key, value) in enumerate(messages)]
+    run = feed(core, recs, list(range(250, 3_000, 250)))
+    assert len(run.forecasts) == 3_000 and run.raised > 0
+    flags = [False] + [f.breach_expected for f in run.forecasts]
+    rises = [run.forecasts[i].ts for i in range(3_000) if flags[i + 1] and not flags[i]]
+    falls = [run.forecasts[i].ts for i in range(3_000) if flags[i] and not flags[i + 1]]
+    assert [r.ts for r in run.raises()] == rises
+    assert [c.ts for c in run.clears()] == falls
+    record = card.warning["out_of_fold"]
+    for raised in run.raises():
+        assert raised.forecaster == card.forecaster and raised.horizon == card.horizon
+        assert raised.policy.recall_lead_1 == record["recall_lead_1"]
+        assert raised.probability >= card.threshold - 1e-6
