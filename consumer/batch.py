@@ -17,6 +17,7 @@ from consumer.detectors import DataDriftMonitor, DriftConfig, DriftSignal
 from consumer.gate import RequestGate
 from consumer.live_model import Events, LiveModel
 from consumer.performance import PerformanceConfig, PerformanceMonitor
+from consumer.warnings import WarningState
 from consumer.window import DEFAULT_CAPACITY, DEFAULT_SPAN_S, TenantWindow
 from schemas import RejectReason, RetrainReason, RetrainRequested, topics
 from schemas.telemetry import DEFAULT_MAX_MESSAGE_BYTES, FEATURES
@@ -25,6 +26,7 @@ from schemas.telemetry import DEFAULT_MAX_MESSAGE_BYTES, FEATURES
 #: per event instead of nine attribute lookups.
 ROW: Final = operator.itemgetter("tenant", "ts", *FEATURES, "sla_breached")
 NO_PROBA: Final = np.empty((0, 2), dtype=np.float64)
+NO_LABELS: Final = np.empty(0, dtype=np.bool_)
 #: Events a tenant's window must hold before it is protected from probation eviction.
 PROTECTED_EVENTS: Final = 16
 #: Answered request ids remembered, so that a replay does not re-open them.
@@ -57,6 +59,8 @@ class CoreConfig:
     request_timeout_s: float = 7_200.0
     performance: PerformanceConfig = field(default_factory=PerformanceConfig)
     publish_forecasts: bool = False
+    #: False warnings a tenant-day before its live threshold is raised (`consumer.warnings`).
+    warning_budget_per_day: float = 1.0
     #: Event times later than the caller's clock plus this are dead-lettered (`future_ts`).
     max_future_s: float = 300.0
 
@@ -88,8 +92,12 @@ class TenantState:
     gate: RequestGate
     model: LiveModel | None = None
     performance: PerformanceMonitor | None = None
-    #: Forecasts not yet scored: the last `horizon` probabilities of the live model.
+    #: Forecasts not yet scored: the last `horizon` probabilities of the live model (and
+    #: persistence's beside each), and the breach flags of the events they were made at.
     pending_proba: np.ndarray = field(default_factory=lambda: NO_PROBA)
+    pending_labels: np.ndarray = field(default_factory=lambda: NO_LABELS)
+    #: The live model's warning: on or off, its id, the live budget.
+    warning: WarningState = field(default_factory=WarningState)
     #: A performance alarm waiting out its settle period, and the events still to wait.
     alarm: DriftSignal | None = None
     alarm_wait: int = 0
@@ -170,6 +178,8 @@ class BatchResult:
     dead_letters: list[DeadLetterOut] = field(default_factory=list)
     requests: list[RetrainRequested] = field(default_factory=list)
     forecasts: list[tuple[bytes, bytes]] = field(default_factory=list)
+    #: Warning edges (`WarningRaised`, `WarningCleared` JSON) for `sla.warnings`, by tenant.
+    warnings: list[tuple[bytes, bytes]] = field(default_factory=list)
     valid: int = 0
     invalid: int = 0
     replayed: int = 0
@@ -184,6 +194,11 @@ class BatchResult:
     forecast_errors: int = 0
     #: Forecasts that were not finite: neither published nor scored.
     forecasts_non_finite: int = 0
+    #: Fresh warnings raised, the reasons of the clears sent, and false warnings that
+    #: became known (a notification with no breach in the 12 intervals after it).
+    warnings_raised: int = 0
+    warnings_cleared: list[str] = field(default_factory=list)
+    false_warnings: int = 0
     #: Per partition with fresh records: the offset to commit once the outputs are
     #: delivered (one past the batch's last record of it) ...
     next_offsets: dict[int, int] = field(default_factory=dict)

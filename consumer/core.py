@@ -8,6 +8,7 @@ a batch; the jobs are each in their own module:
 
 - `consumer.tenants`: which tenants are held (admission, probation, eviction);
 - `consumer.forecasting`: live forecasts, their scoring and emission;
+- `consumer.warnings`: each tenant's warning (edges on `sla.warnings`) and live budget;
 - `consumer.triggers`: when a tenant asks for a retrain, and the request it sends;
 - `consumer.batch`: the types they share (`CoreConfig`, `Block`, `BatchResult`).
 """
@@ -38,9 +39,10 @@ log = logging.getLogger(__name__)
 class IngestCore:
     """Windows, detectors and request gates for every tenant this member holds.
 
-    Pure: records in, a `BatchResult` (dead letters, retrain requests, forecasts, and
-    the offsets to commit) out. A bad record becomes a dead letter, never an exception;
-    imports no Kafka client, produces and commits nothing (the service does).
+    Pure: records in, a `BatchResult` (dead letters, retrain requests, forecasts,
+    warning edges, and the offsets to commit) out. A bad record becomes a dead letter,
+    never an exception; imports no Kafka client, produces and commits nothing (the
+    service does).
     """
 
     def __init__(self, config: CoreConfig) -> None:
@@ -83,7 +85,23 @@ class IngestCore:
         return self.registry.replay_start(partition)
 
     def drop_partitions(self, partitions: Iterable[int]) -> int:
+        """Forget the tenants of `partitions`; clears of their warnings: `take_warnings`."""
         return self.registry.drop_partitions(partitions)
+
+    def take_warnings(self) -> BatchResult:
+        """Warning clears not sent yet (a model swapped, a tenant gone), as a result.
+
+        `process` sends them with its batch; the service takes them itself when
+        partitions are revoked, so a tenant's clear leaves with its partition.
+        """
+        result = BatchResult()
+        self._send_cleared(result)
+        return result
+
+    def _send_cleared(self, result: BatchResult) -> None:
+        for key, value, reason in self.registry.take_warnings():
+            result.warnings.append((key, value))
+            result.warnings_cleared.append(reason)
 
     # -- the batch ------------------------------------------------------------------
     def process(
@@ -142,6 +160,7 @@ class IngestCore:
                 self._ingest_block(block, result)
                 partition, top = block.state.partition, int(block.offsets.max())
                 high[partition] = max(high.get(partition, -1), top)
+        self._send_cleared(result)
         self._commit_points(high, replay_below, result)
         return result
 
@@ -218,6 +237,9 @@ class IngestCore:
     def _ingest_block(self, block: Block, result: BatchResult) -> None:
         """Forecast and detect on a tenant's block, then window it, raising its requests."""
         state, cfg = block.state, self.config
+        # Clears waiting (a swap, or an eviction by this block's admission) go first,
+        # before this block's own edges.
+        self._send_cleared(result)
         triggers: list[Trigger] = []
         if state.model is not None:
             detector = cfg.performance.performance_detector

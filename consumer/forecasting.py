@@ -1,9 +1,13 @@
-"""Live forecasts of a block: one model call, scoring of earlier forecasts, emission.
+"""Live forecasts of a block: one model call, scoring of earlier forecasts, warnings, emission.
 
-The forecast made at event t is for event t + horizon; it is scored when that event's
-label arrives, in this block or a later one (the tenant's `pending_proba` carries the
-last `horizon` forecasts across blocks). Scored forecasts feed the tenant's
-performance monitor, whose alarms come back to the core as triggers.
+The forecast made at event t is scored when event t + horizon's label arrives, in this
+block or a later one (the tenant's `pending_proba` and `pending_labels` carry the last
+`horizon` forecasts across blocks): against that one label for a card whose `target`
+is "at" (format 2), against "any breach in t+1 .. t+horizon" for "within" (format 3).
+Scored forecasts feed the tenant's performance monitor, whose alarms come back to the
+core as triggers. Every forecast also drives the tenant's warning (`consumer.warnings`),
+whose edges are emitted whenever the tenant has a live model; a published forecast's
+`breach_expected` says whether the warning is on.
 """
 
 from __future__ import annotations
@@ -16,17 +20,20 @@ import numpy as np
 from consumer.batch import BatchResult, Block, CoreConfig
 from consumer.detectors import DriftSignal
 from consumer.live_model import LiveModel
+from consumer.warnings import LiveWarnings
 
 
 class Forecaster:
     """Forecasts, scores and (with `publish_forecasts`) emits a block's live forecasts.
 
-    Holds no state of its own: each tenant's model, monitor and pending forecasts are
-    in its `TenantState`. A non-finite forecast is neither scored nor published.
+    Holds no state of its own: each tenant's model, monitor, pending forecasts and
+    warning are in its `TenantState`. A non-finite forecast is neither scored nor
+    published, and never a warning.
     """
 
     def __init__(self, config: CoreConfig) -> None:
         self.config = config
+        self._warnings = LiveWarnings(config)
 
     def forecast(self, block: Block, result: BatchResult) -> list[DriftSignal]:
         """Forecast the block with one model call, and score earlier forecasts.
@@ -47,18 +54,40 @@ class Forecaster:
         horizon = model.horizon
         pending = state.pending_proba
         combined = np.concatenate((pending, pair)) if len(pending) else pair
+        flags = np.concatenate((state.pending_labels, labels))
         scored = np.arange(max(0, horizon - len(pending)), len(labels))
         made = combined[len(pending) + scored - horizon]
-        outcomes = np.column_stack((made[:, 0], labels[scored], made[:, 1]))
+        outcomes = np.column_stack(
+            (made[:, 0], _outcomes(model, flags, len(pending), scored), made[:, 1])
+        )
         state.pending_proba = combined[-horizon:]
+        state.pending_labels = flags[-horizon:]
+        on = self._warnings.update(block, model, proba, result)
         # A non-finite forecast is no forecast: never scored, never published.
         usable = np.isfinite(outcomes[:, 0])
         if not usable.all():
             scored, outcomes = scored[usable], outcomes[usable]
         _count(block, model, proba, outcomes, scored, result)
         if self.config.publish_forecasts:
-            _emit(block, model, proba, result)
+            _emit(block, model, proba, on, result)
         return [replace(a, index=int(scored[a.index])) for a in monitor.update(outcomes)]
+
+
+def _outcomes(model: LiveModel, flags: np.ndarray, pending: int, scored: np.ndarray) -> np.ndarray:
+    """What the forecasts scored at block events `scored` forecast, as 0/1 (vectorised).
+
+    `flags` are the `pending` forecasts' labels, then the block's: block event s is
+    `flags` index `pending + s`, and the forecast scored there was made `horizon`
+    events earlier. "at": that event's breach; "within": any breach after the forecast
+    up to it.
+    """
+    last = pending + scored
+    if model.card.target != "within":
+        out: np.ndarray = flags[last].astype(np.float64)
+        return out
+    breaches = np.concatenate(([0], np.cumsum(flags, dtype=np.int64)))
+    within = breaches[last + 1] - breaches[last + 1 - model.horizon]
+    return (within > 0).astype(np.float64)
 
 
 def _count(
@@ -88,7 +117,9 @@ def _count(
     result.forecast_errors += int(np.count_nonzero(wrong & judged))
 
 
-def _emit(block: Block, model: LiveModel, proba: np.ndarray, result: BatchResult) -> None:
+def _emit(
+    block: Block, model: LiveModel, proba: np.ndarray, on: np.ndarray, result: BatchResult
+) -> None:
     """One `sla.forecasts` record per fresh, finite forecast of the block."""
     fresh = (block.offsets >= block.replay_limit) & np.isfinite(proba)
     if not fresh.any():
@@ -110,7 +141,7 @@ def _emit(block: Block, model: LiveModel, proba: np.ndarray, result: BatchResult
         timezone="UTC",
     ).tolist()
     chosen = proba[fresh]
-    expected = (chosen >= model.threshold).tolist()
+    expected = on[fresh].tolist()
     probabilities = np.round(chosen.astype(np.float64), 6).tolist()
     out = result.forecasts
     for stamp, probability, breach in zip(stamps, probabilities, expected, strict=True):

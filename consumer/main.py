@@ -93,6 +93,7 @@ def topic_specs(settings: ConsumerSettings) -> list[TopicSpec]:
         checkpoints=settings.checkpoint_topic,
         models=settings.models_topic,
         forecasts=settings.forecasts_topic,
+        warnings=settings.warnings_topic,
     )
 
 

@@ -9,14 +9,14 @@ walk every tenant (window memory) are refreshed at most every `refresh_s`.
 
 No series has a tenant label: with 10,000 tenants that would be 10,000 series per
 metric. Labels are bounded sets: dead-letter reasons, retrain reasons, detector
-kinds, refusal kinds, and the partitions of the telemetry topic.
+kinds, refusal kinds, clear reasons, and the partitions of the telemetry topic.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from confluent_kafka import TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -29,6 +29,7 @@ from kernel.kafka import KafkaRecord
 from kernel.model_follower import REFUSAL_KINDS
 from kernel.observability import FAST_BUCKETS, Health, consumer_lags
 from schemas import RejectReason
+from schemas.warnings import ClearReason
 
 if TYPE_CHECKING:
     from consumer.follower import AnswerFollower
@@ -59,6 +60,9 @@ class ConsumerHooks:
 
     def model_swapped(self) -> None:
         """A loaded model went live in the core."""
+
+    def warnings_sent(self, result: BatchResult) -> None:
+        """Warning clears produced outside a batch (the tenants of revoked partitions)."""
 
     def stopped(self) -> None:
         """The loop has ended."""
@@ -185,6 +189,30 @@ class ConsumerMetrics(ConsumerHooks):
             "Forecasts that were not finite numbers: neither published nor scored.",
             registry=r,
         )
+        self.warnings_raised = Counter(
+            "slaops_consumer_warnings_raised",
+            "Early warnings raised (rising edges sent to the warnings topic).",
+            registry=r,
+        )
+        self.warnings_cleared = Counter(
+            "slaops_consumer_warnings_cleared",
+            "Early warnings cleared, by reason (risk_passed, breach_started, model_swapped, "
+            "tenant_left).",
+            ["reason"],
+            registry=r,
+        )
+        self.false_warnings = Counter(
+            "slaops_consumer_false_warnings",
+            "Notifications (a raise, then every 12 intervals while on) with no breach in the "
+            "12 intervals after, counted as their labels arrive.",
+            registry=r,
+        )
+        self.tenants_over_budget = Gauge(
+            "slaops_consumer_tenants_over_budget",
+            "Tenants whose live warning threshold is raised: their false warnings ran over "
+            "warning_budget_per_day.",
+            registry=r,
+        )
         self.ready = Gauge(
             "slaops_consumer_ready", "1 when /readyz answers ready, else 0.", registry=r
         )
@@ -193,6 +221,8 @@ class ConsumerMetrics(ConsumerHooks):
             self.dead_letters.labels(reject.value)
         for reason in _RETRAIN_REASONS:
             self.held_back.labels(reason)
+        for clear in get_args(ClearReason):
+            self.warnings_cleared.labels(clear)
         for kind in DETECTORS:
             self.alarms.labels("data_drift", kind)
             self.alarms.labels("performance_drift", kind)
@@ -260,6 +290,7 @@ class ConsumerMetrics(ConsumerHooks):
             self.forecast_errors.inc(result.forecast_errors)
         if result.forecasts_non_finite:
             self.forecasts_non_finite.inc(result.forecasts_non_finite)
+        self.warnings_sent(result)
         core = self._core
         self.tenants.set(len(core))
         if core.evicted > self._evicted_seen:
@@ -268,7 +299,9 @@ class ConsumerMetrics(ConsumerHooks):
         now = self._clock()
         if now >= self._next_refresh:
             self._next_refresh = now + self._refresh_s
-            self.window_bytes.set(sum(state.window.nbytes for state in core.tenants()))
+            held = list(core.tenants())
+            self.window_bytes.set(sum(state.window.nbytes for state in held))
+            self.tenants_over_budget.set(sum(state.warning.over_budget for state in held))
         if self._rebuilding:
             self._check_rebuilt()
 
@@ -278,6 +311,14 @@ class ConsumerMetrics(ConsumerHooks):
 
     def model_swapped(self) -> None:
         self.models_swapped.inc()
+
+    def warnings_sent(self, result: BatchResult) -> None:
+        if result.warnings_raised:
+            self.warnings_raised.inc(result.warnings_raised)
+        for reason in result.warnings_cleared:
+            self.warnings_cleared.labels(reason).inc()
+        if result.false_warnings:
+            self.false_warnings.inc(result.false_warnings)
 
     def stopped(self) -> None:
         self.health.stop()

@@ -1,7 +1,8 @@
 """The Kafka side of the consumer: poll, hand batches to the core, deliver, commit.
 
 Delivery is at least once: a batch's source offsets are committed only after every
-dead letter, retrain request and checkpoint it caused has been acknowledged.
+dead letter, forecast, warning edge, retrain request and checkpoint it caused has been
+acknowledged.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class ConsumerStats:
     commits: int = 0
     models: int = 0
     forecasts: int = 0
+    warnings: int = 0
 
     def add(self, result: BatchResult) -> None:
         self.valid += result.valid
@@ -55,6 +57,7 @@ class ConsumerStats:
         self.dead_letters += len(result.dead_letters)
         self.requests += len(result.requests)
         self.forecasts += len(result.forecasts)
+        self.warnings += len(result.warnings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +69,9 @@ class ServiceConfig:
     retrain_topic: str
     batch_size: int
     poll_timeout_s: float
-    #: Where the core's forecasts go; None: nowhere.
+    #: Where the core's forecasts and warning edges go; None: nowhere.
     forecasts_topic: str | None = None
+    warnings_topic: str | None = None
     delivery_timeout_s: float = 60.0
     #: How long `run` waits for the follower to read every model before ingesting.
     follower_catch_up_s: float = 30.0
@@ -87,7 +91,9 @@ class ConsumerService:
     """Drives an `IngestCore` from a Kafka consumer: poll, process, deliver, commit.
 
     Promises at-least-once: a batch's offsets are committed only after every dead
-    letter, forecast, retrain request and checkpoint it caused was acknowledged; a
+    letter, forecast, warning edge, retrain request and checkpoint it caused was
+    acknowledged (the clears of a revoked partition's warnings are produced when it is
+    revoked, and waited for with the next batch or at the end of `run`); a
     failed commit is logged and the batch is simply seen again (request ids are
     deterministic, so repeats dedupe downstream). A broker that does not acknowledge
     (down, frozen, unreachable) is waited for, however long, keeping every window: each
@@ -149,6 +155,12 @@ class ConsumerService:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = [tp.partition for tp in partitions]
         dropped = self.core.drop_partitions(numbers)
+        left = self.core.take_warnings()
+        if left.warnings and self.config.warnings_topic is not None:
+            for key, value in left.warnings:
+                self._tracker.produce(self.config.warnings_topic, key=key, value=value)
+            self.stats.warnings += len(left.warnings)
+            self.hooks.warnings_sent(left)
         self._checkpoints.forget(self._topic, numbers)
         for number in numbers:
             self._resume_at.pop(number, None)
@@ -205,8 +217,10 @@ class ConsumerService:
             self.hooks.stopped()
             if self._follower is not None:
                 self._follower.stop()
-            self._tracker.wait()
+            # Closing leaves the group, which revokes the partitions: their warnings'
+            # clears are produced then, and delivered with the rest here.
             self._consumer.close()
+            self._tracker.wait()
         return self.stats
 
     def handle_batch(self, records: Sequence[KafkaRecord]) -> BatchResult:
@@ -220,6 +234,9 @@ class ConsumerService:
         forecasts_topic = self.config.forecasts_topic
         if forecasts_topic is not None:
             outputs += [(forecasts_topic, k, v, None) for k, v in result.forecasts]
+        warnings_topic = self.config.warnings_topic
+        if warnings_topic is not None:
+            outputs += [(warnings_topic, k, v, None) for k, v in result.warnings]
         outputs += [
             (self.config.retrain_topic, r.tenant.encode(), r.model_dump_json().encode(), None)
             for r in result.requests

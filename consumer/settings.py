@@ -51,6 +51,10 @@ class ConsumerSettings(StoreSettings, TopicSettings, ObservabilitySettings):
         default=topics.RETRAIN_DECISIONS, description="ChampionKept in (answers a request)."
     )
     forecasts_topic: TopicName = Field(default=topics.FORECASTS, description="Forecasts out.")
+    warnings_topic: TopicName = Field(
+        default=topics.WARNINGS,
+        description="Warning edges out (raised, cleared) of every tenant with a live model.",
+    )
     follow_models: bool = Field(
         default=True,
         description="Load each tenant's live model from the store and watch its errors.",
@@ -58,6 +62,12 @@ class ConsumerSettings(StoreSettings, TopicSettings, ObservabilitySettings):
     publish_forecasts: bool = Field(
         default=_CORE.publish_forecasts,
         description="Publish every live forecast to forecasts_topic.",
+    )
+    warning_budget_per_day: float = Field(
+        default=_CORE.warning_budget_per_day,
+        ge=0,
+        description="False warnings a tenant-day (counted live, as labels arrive) before "
+        "the consumer raises that tenant's warning threshold.",
     )
     performance_detector: DetectorName = Field(
         default=_PERF.performance_detector,
@@ -206,9 +216,11 @@ class ConsumerSettings(StoreSettings, TopicSettings, ObservabilitySettings):
             self.checkpoint_topic,
             self.models_topic,
             self.forecasts_topic,
+            self.warnings_topic,
         ]
         if len(set(names)) != len(names):
             raise ValueError(
-                "telemetry, DLQ, retrain, checkpoint, models and forecasts topics must all differ"
+                "telemetry, DLQ, retrain, checkpoint, models, forecasts and warnings topics "
+                "must all differ"
             )
         return self

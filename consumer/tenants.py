@@ -12,13 +12,15 @@ import logging
 from collections import OrderedDict
 from collections.abc import Iterable
 
-from consumer.batch import NO_PROBA, PROTECTED_EVENTS, CoreConfig, TenantState
+from consumer.batch import NO_LABELS, NO_PROBA, PROTECTED_EVENTS, CoreConfig, TenantState
 from consumer.detectors import DataDriftMonitor
 from consumer.gate import RequestGate
 from consumer.live_model import LiveModel
 from consumer.performance import PerformanceMonitor
+from consumer.warnings import Edge, WarningState, end_warning
 from consumer.window import TenantWindow
 from schemas.telemetry import FEATURES
+from schemas.warnings import ClearReason
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +30,9 @@ class TenantRegistry:
 
     The newest live model of every tenant announced so far is kept, held or not, so a
     tenant that arrives (or comes back after an eviction) forecasts at once. Never
-    touches Kafka; `admit` is the one way a tenant's state comes to be.
+    touches Kafka; `admit` is the one way a tenant's state comes to be. A tenant whose
+    warning is on when its model is swapped or it leaves (evicted, moved, its partition
+    dropped) has the warning cleared: the clears wait in `take_warnings`.
     """
 
     def __init__(self, config: CoreConfig) -> None:
@@ -40,6 +44,7 @@ class TenantRegistry:
         self._models: dict[str, LiveModel] = {}
         #: Tenants evicted to stay within `max_tenants`, since the start.
         self.evicted = 0
+        self._cleared: list[Edge] = []
 
     def __len__(self) -> int:
         return len(self._tenants)
@@ -66,10 +71,24 @@ class TenantRegistry:
         return True
 
     def _attach(self, state: TenantState, model: LiveModel) -> None:
+        self._clear(state, "model_swapped")
         state.model = model
         state.performance = PerformanceMonitor(self.config.performance, model.card.metrics)
         state.pending_proba = NO_PROBA
+        state.pending_labels = NO_LABELS
+        state.warning = WarningState()
         state.alarm = None
+
+    # -- warnings cleared outside a block -------------------------------------------
+    def _clear(self, state: TenantState, reason: ClearReason) -> None:
+        edge = end_warning(state, reason)
+        if edge is not None:
+            self._cleared.append(edge)
+
+    def take_warnings(self) -> list[Edge]:
+        """The clears of warnings whose model was swapped or whose tenant left, oldest first."""
+        cleared, self._cleared = self._cleared, []
+        return cleared
 
     # -- admission and eviction -----------------------------------------------------
     def admit(self, tenant: str, partition: int) -> TenantState:
@@ -124,6 +143,7 @@ class TenantRegistry:
     def _forget(self, tenant: str) -> None:
         self._probation.pop(tenant, None)
         state = self._tenants.pop(tenant)
+        self._clear(state, "tenant_left")
         members = self._by_partition.get(state.partition)
         if members is not None:
             members.discard(tenant)
@@ -143,8 +163,8 @@ class TenantRegistry:
         """Forget the tenants of `partitions` (revoked or lost); how many there were."""
         dropped = 0
         for partition in partitions:
-            for tenant in self._by_partition.pop(partition, set()):
-                del self._tenants[tenant]
+            for tenant in sorted(self._by_partition.pop(partition, set())):
+                self._clear(self._tenants.pop(tenant), "tenant_left")
                 self._probation.pop(tenant, None)
                 dropped += 1
         return dropped

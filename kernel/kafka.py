@@ -203,6 +203,7 @@ _TOPICS: dict[str, tuple[int | None, Mapping[str, str]]] = {
     "decisions": (None, {}),
     "models": (None, {}),
     "forecasts": (None, {}),
+    "warnings": (None, {}),
     "checkpoints": (1, {"cleanup.policy": "compact"}),
 }
 

@@ -143,6 +143,7 @@ class DemoRun:
                     "failures_topic",
                     "decisions_topic",
                     "forecasts_topic",
+                    "warnings_topic",
                 }
             )
             .items()

@@ -38,6 +38,7 @@ def consumer_names(
         names |= {
             "models_topic": make("models"),
             "forecasts_topic": make("forecasts"),
+            "warnings_topic": make("warnings"),
             "failures_topic": make("failures"),
             "decisions_topic": make("decisions"),
         }
