@@ -85,7 +85,7 @@ class IngestCore:
         return self.registry.replay_start(partition)
 
     def drop_partitions(self, partitions: Iterable[int]) -> int:
-        """Forget the tenants of `partitions`; clears of their warnings: `take_warnings`."""
+        """Forget the tenants of `partitions`; their warnings move with the partition."""
         return self.registry.drop_partitions(partitions)
 
     def take_warnings(self) -> BatchResult:

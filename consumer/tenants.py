@@ -160,11 +160,17 @@ class TenantRegistry:
         return min(present) if present else None
 
     def drop_partitions(self, partitions: Iterable[int]) -> int:
-        """Forget the tenants of `partitions` (revoked or lost); how many there were."""
+        """Forget the tenants of `partitions` (revoked or lost); how many there were.
+
+        Their warnings are NOT cleared: they move with the partition. The next owner's
+        replay rebuilds each one as on, under the same id, and ends it when the risk
+        passes; a clear here would end a page the tenant still needs, with nothing to
+        raise it again (a replay sends nothing).
+        """
         dropped = 0
         for partition in partitions:
             for tenant in sorted(self._by_partition.pop(partition, set())):
-                self._clear(self._tenants.pop(tenant), "tenant_left")
+                del self._tenants[tenant]
                 self._probation.pop(tenant, None)
                 dropped += 1
         return dropped

@@ -24,9 +24,9 @@ from kernel.artifacts import load_model
 from retrainer.pipeline import TrainingConfig, train_and_decide
 from retrainer.search import SearchConfig
 from schemas import Forecast, WarningCleared, WarningRaised, warning_event_id
-from tests.retrain_data import request_for, telemetry_messages, tenant_rows
-from tests.streams import RawRecord
-from tests.warning_models import POLICY, START, p99_for, p99_model, telemetry
+from testkit.retrain_data import request_for, telemetry_messages, tenant_rows
+from testkit.streams import RawRecord
+from testkit.warning_models import POLICY, START, p99_for, p99_model, telemetry
 
 TOPIC = "sla.telemetry"
 CALM, HOT = 100.0, 300.0
@@ -229,7 +229,7 @@ def test_a_model_swap_clears_the_warning_and_the_new_model_raises_its_own() -> N
     assert core.take_warnings().warnings == []
 
 
-def test_a_tenant_that_leaves_has_its_warning_cleared() -> None:
+def test_a_tenant_that_leaves_has_its_warning_cleared_and_a_revoked_one_keeps_it() -> None:
     model = p99_model("acme")
     recs = records(telemetry("acme", *incident_stream()))
     core = make_core(max_tenants=1)
@@ -246,16 +246,19 @@ def test_a_tenant_that_leaves_has_its_warning_cleared() -> None:
     )
     assert run.cleared == ["tenant_left"]
 
+    # A revoked partition is no tenant leaving: its warning moves with the partition,
+    # and the next owner's replay rebuilds it as on, under the same id, sending nothing.
     core = make_core()
     core.apply_model(model)
     feed(core, recs[:202])
     assert core.drop_partitions([0]) == 1
-    left = core.take_warnings()
-    assert [WarningCleared.model_validate_json(v).reason for _k, v in left.warnings] == [
-        "tenant_left"
-    ]
-    assert left.warnings_cleared == ["tenant_left"]
-    assert core.take_warnings().warnings == []  # sent once
+    assert core.take_warnings().warnings == []
+    successor = make_core()
+    successor.apply_model(model)
+    replayed = successor.process(recs[:202], {0: 202})
+    assert replayed.warnings == []
+    state = successor.tenant("acme")
+    assert state is not None and state.warning.on and state.warning.warning_id == wid(model, 200)
 
 
 # -- the live budget ----------------------------------------------------------------
