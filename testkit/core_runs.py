@@ -16,7 +16,7 @@ TOPIC = "sla.telemetry"
 
 def config(**changes: object) -> CoreConfig:
     base: dict[str, object] = {
-        "topic": TOPIC,
+        "telemetry_topic": TOPIC,
         "window_max_events": 1_000,
         "cold_start": False,
         "cold_start_min_events": 200,

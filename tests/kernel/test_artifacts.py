@@ -15,6 +15,7 @@ import safetensors.torch
 import torch
 
 from kernel.artifacts import (
+    CARD_FORMAT_VERSION,
     ArtifactError,
     ModelArtifacts,
     ModelCard,
@@ -112,7 +113,7 @@ def test_card_records_hashes_and_is_sorted_utf8_json(artifacts: ModelArtifacts) 
     assert text == json.dumps(data, sort_keys=True, ensure_ascii=False, indent=2) + "\n"
     assert "café" in text
     assert data["architecture"]["activation"] == "gelu"
-    assert data["format_version"] == 2
+    assert data["format_version"] == CARD_FORMAT_VERSION == 3
     assert ModelCard.model_validate_json(artifacts.card) == card
 
 
