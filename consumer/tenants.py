@@ -67,7 +67,7 @@ class TenantRegistry:
 
     def _attach(self, state: TenantState, model: LiveModel) -> None:
         state.model = model
-        state.performance = PerformanceMonitor(self.config.performance, model.card.metrics)
+        state.performance = PerformanceMonitor.for_card(self.config.performance, model.card)
         state.pending_proba = NO_PROBA
         state.alarm = None
 
