@@ -17,7 +17,8 @@ sum past `threshold` is an alarm. Two guards make it quiet on stable tenants:
 
 - **Relative to go-live.** The record comes from the training window's folds, which
   may have seen other hours than the live days; the first `warmup` scored forecasts
-  measure that offset (in log odds) and the watch then looks for changes beyond it.
+  (every one of them) measure that offset (in log odds) and the watch then looks for
+  changes beyond it.
   A model that is wrong from its first forecast is the loss monitor's to catch.
 - **Every `every`-th outcome.** "Within the horizon" outcomes of consecutive forecasts
   share all but one interval; the watch sums outcomes `every` (the horizon) apart,
@@ -34,6 +35,8 @@ import numpy as np
 
 #: The change in the odds of a breach the watch is tuned to see (and 1 / it).
 ODDS_RATIO: Final = 2.0
+#: A go-live offset within this many standard errors of 0 is noise: the record holds.
+SIGNIFICANT: Final = 2.0
 #: The go-live offset is clipped to this many log odds.
 _MAX_OFFSET: Final = 3.0
 _EPS: Final = 1e-3
@@ -84,18 +87,22 @@ class CalibrationWatch:
     def first(self, outcome: np.ndarray, rate: np.ndarray) -> int | None:
         """Consume outcomes up to the first alarm (its position, the sums reset), or all."""
         n = len(outcome)
-        positions = np.flatnonzero((self._seen + np.arange(n)) % self.every == 0)
+        begin = 0
+        if self.offset is None:  # the warmup measures the offset on every outcome
+            begin = min(n, self.warmup - self._warm_n)
+            self._warm(outcome[:begin], rate[:begin])
+        positions = begin + np.flatnonzero(
+            (self._seen + begin + np.arange(n - begin)) % self.every == 0
+        )
         log_up = math.log(ODDS_RATIO)
+        offset = self.offset or 0.0
         for i, y, f in zip(
             positions.tolist(),
             outcome[positions].tolist(),
             rate[positions].tolist(),
             strict=True,
         ):
-            if self.offset is None:
-                self._warm(y, f)
-                continue
-            expected = 1.0 / (1.0 + math.exp(-(_logit(f) + self.offset)))
+            expected = 1.0 / (1.0 + math.exp(-(_logit(f) + offset)))
             for side, step in enumerate((log_up, -log_up)):
                 change = y * step - math.log(1.0 - expected + expected * math.exp(step))
                 self.sums[side] = max(0.0, self.sums[side] + change)
@@ -107,14 +114,17 @@ class CalibrationWatch:
         self._seen += n
         return None
 
-    def _warm(self, y: float, f: float) -> None:
-        self._warm_y += y
-        self._warm_f += f
-        self._warm_n += 1
-        if self._warm_n * self.every >= self.warmup:
-            observed = _logit(self._warm_y / self._warm_n)
-            expected = _logit(self._warm_f / self._warm_n)
-            self.offset = min(max(observed - expected, -_MAX_OFFSET), _MAX_OFFSET)
+    def _warm(self, outcome: np.ndarray, rate: np.ndarray) -> None:
+        self._warm_y += float(outcome.sum())
+        self._warm_f += float(rate.sum())
+        self._warm_n += len(outcome)
+        if self._warm_n >= self.warmup:
+            rate = min(max(self._warm_y / self._warm_n, _EPS), 1.0 - _EPS)
+            offset = _logit(rate) - _logit(self._warm_f / self._warm_n)
+            # Outcomes `every` apart are about independent: the offset's standard error.
+            error = 1.0 / math.sqrt(max(self._warm_n / self.every, 1.0) * rate * (1.0 - rate))
+            significant = abs(offset) >= SIGNIFICANT * error
+            self.offset = min(max(offset, -_MAX_OFFSET), _MAX_OFFSET) if significant else 0.0
 
     @property
     def odds_ratio(self) -> float:

@@ -89,8 +89,8 @@ class PerformanceConfig:
     #: The calibration watch (`consumer.calibration`, for cards with an out-of-fold
     #: record): its Bernoulli CUSUM threshold (0: off), and the scored forecasts that
     #: measure the record's offset at go-live.
-    performance_calibration_threshold: float = 8.0
-    performance_calibration_warmup: int = 600
+    performance_calibration_threshold: float = 12.0
+    performance_calibration_warmup: int = 1_000
     #: Probabilities are clipped to [clip, 1 - clip] before scoring.
     clip: float = 0.01
 
@@ -167,6 +167,7 @@ class PerformanceMonitor:
         "reference",
         "within",
         "_calibration",
+        "_observed",
         "_detector",
         "_absolute",
         "_flags",
@@ -196,6 +197,8 @@ class PerformanceMonitor:
         self._absolute = detector_spec(config.performance_detector).absolute
         #: The last `within - 1` outcome flags, for the next block's first forecasts.
         self._flags = np.zeros(max(0, within - 1))
+        #: Outcomes scored since the model went live, and of those, breaches.
+        self._observed = [0, 0]
         threshold = config.performance_calibration_threshold
         #: Outcomes of forecasts `outcome_span` apart share no interval: the watch sums those.
         self._calibration = (
@@ -241,6 +244,8 @@ class PerformanceMonitor:
         if not np.isfinite(rows).all():
             raise ValueError("block must be finite")
         proba, outcome = rows[:, 0], self._outcomes(rows[:, 1])
+        self._observed[0] += len(outcome)
+        self._observed[1] += int(np.count_nonzero(outcome))
         clip = self.config.clip
         loss, entropy = _losses(proba, outcome, clip)
         if self.reference is not None:
@@ -279,6 +284,12 @@ class PerformanceMonitor:
             return found
         self._calibration = trial
         return None if at is None else self._calibration_signal(start + at)
+
+    @property
+    def breach_rate(self) -> float:
+        """The rate of the outcomes scored since the model went live (NaN before any)."""
+        n, breaches = self._observed
+        return breaches / n if n else math.nan
 
     def _outcomes(self, flags: np.ndarray) -> np.ndarray:
         """The outcome of each forecast: its flag, or any breach among the last `within`."""
@@ -346,6 +357,8 @@ class PerformanceMonitor:
         for name in ("log_loss", "brier"):
             if name in self.promised:
                 statistic[f"card_{name}"] = float(self.promised[name])
+        if self.reference is not None:
+            statistic["card_log_loss"] = self.reference.log_loss
         # Rounded: a forward pass over another batch size may differ in the last float32
         # bits, and a request must not depend on where the poll cut the stream.
         statistic = {name: round(value, _DIGITS) for name, value in statistic.items()}
