@@ -119,10 +119,10 @@ class CalibrationWatch:
         self._warm_f += float(rate.sum())
         self._warm_n += len(outcome)
         if self._warm_n >= self.warmup:
-            rate = min(max(self._warm_y / self._warm_n, _EPS), 1.0 - _EPS)
-            offset = _logit(rate) - _logit(self._warm_f / self._warm_n)
+            seen = min(max(self._warm_y / self._warm_n, _EPS), 1.0 - _EPS)
+            offset = _logit(seen) - _logit(self._warm_f / self._warm_n)
             # Outcomes `every` apart are about independent: the offset's standard error.
-            error = 1.0 / math.sqrt(max(self._warm_n / self.every, 1.0) * rate * (1.0 - rate))
+            error = 1.0 / math.sqrt(max(self._warm_n / self.every, 1.0) * seen * (1.0 - seen))
             significant = abs(offset) >= SIGNIFICANT * error
             self.offset = min(max(offset, -_MAX_OFFSET), _MAX_OFFSET) if significant else 0.0
 
