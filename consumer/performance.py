@@ -27,6 +27,11 @@ All three are absolute: a model that goes live after a change (a backlog process
 before it loaded, a restart, a hot swap) is judged from its first forecast, not
 against its own start, so it alarms too.
 
+- **Calibration, beside the loss.** A forecaster can lose its edge while its loss
+  falls: where breaches grow more frequent, outcomes grow more certain. With an
+  out-of-fold record, a `consumer.calibration.CalibrationWatch` also watches whether
+  breaches still come at the record's rate (relative to the offset seen at go-live);
+  its alarms are signals with feature "calibration", the loss watch's "log_loss".
 - **Within the horizon.** `consumer.forecasting` scores each forecast against the
   breach flag `horizon` events later. For a "within" card the monitor regroups those
   flags itself (`within`): the outcome of the forecast made at t is any breach in
