@@ -16,7 +16,9 @@ import numpy as np
 from consumer.detectors import DataDriftMonitor, DriftConfig, DriftSignal
 from consumer.gate import RequestGate
 from consumer.live_model import Events, LiveModel
+from consumer.ood import OodRun
 from consumer.performance import PerformanceConfig, PerformanceMonitor
+from consumer.tenant_schedule import RequestSchedule
 from consumer.warnings import WarningState
 from consumer.window import DEFAULT_CAPACITY, DEFAULT_SPAN_S, TenantWindow
 from schemas import RejectReason, RetrainReason, RetrainRequested, topics
@@ -63,6 +65,16 @@ class CoreConfig:
     warning_budget_per_day: float = 1.0
     #: Event times later than the caller's clock plus this are dead-lettered (`future_ts`).
     max_future_s: float = 300.0
+    #: The request schedule (`consumer.schedule`): a partition whose newest event in a
+    #: batch is this far behind the clock is catching up (0: never), and its tenants'
+    #: scheduled requests wait for a full window; a tenant with no forecaster asks again
+    #: after this fraction of its window more events (doubling); one with a forecaster
+    #: when its history reaches this multiple of the rows it was trained on (0: never).
+    catch_up_lag_s: float = 86_400.0
+    retry_after_fraction: float = 0.5
+    more_history_factor: float = 2.0
+    #: Consecutive out-of-distribution events before a retrain is asked (0: never).
+    ood_events: int = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +114,8 @@ class TenantState:
     alarm: DriftSignal | None = None
     alarm_wait: int = 0
     follow_up: FollowUp | None = None
+    schedule: RequestSchedule = field(default_factory=RequestSchedule)
+    ood: OodRun = field(default_factory=OodRun)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +127,8 @@ class Block:
     Events below `replay_limit` were processed before a restart or rebalance: they
     rebuild state and emit nothing again. `now` is the caller's clock (None: no clock)
     and `not_after` the latest event time a window may reach (None: no bound).
+    `caught_up` is False while the consumer is more than `catch_up_lag_s` behind on
+    the block's partition (its newest event of the batch against `now`).
     """
 
     state: TenantState
@@ -123,6 +139,7 @@ class Block:
     replay_limit: int
     now: float | None = None
     not_after: float | None = None
+    caught_up: bool = True
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -9,7 +9,9 @@ a batch; the jobs are each in their own module:
 - `consumer.tenants`: which tenants are held (admission, probation, eviction);
 - `consumer.forecasting`: live forecasts, their scoring and emission;
 - `consumer.warnings`: each tenant's warning (edges on `sla.warnings`) and live budget;
-- `consumer.triggers`: when a tenant asks for a retrain, and the request it sends;
+- `consumer.triggers`: when a tenant asks for a retrain, and the request it sends
+  (`consumer.schedule`: the requests no detector raises; `consumer.ood`: inputs out of
+  the forecaster's training range);
 - `consumer.batch`: the types they share (`CoreConfig`, `Block`, `BatchResult`).
 """
 
@@ -25,6 +27,8 @@ import numpy as np
 from consumer.batch import ROW, BatchResult, Block, CoreConfig, DeadLetterOut, TenantState
 from consumer.forecasting import Forecaster
 from consumer.live_model import LiveModel
+from consumer.ood import DETECTOR as OOD_DETECTOR
+from consumer.ood import ood_alarms, ood_scores
 from consumer.tenants import TenantRegistry
 from consumer.triggers import RetrainTriggers, Trigger, count_alarms, settled
 from kernel.kafka import KafkaRecord
@@ -219,6 +223,7 @@ class IngestCore:
         counts = np.bincount(codes)
         ends = np.cumsum(counts).tolist()
         names = list(codes_of)
+        behind = self._behind(ts, parts, now)
         for code, (count, hi) in enumerate(zip(counts.tolist(), ends, strict=True)):
             lo = hi - count
             partition = int(parts[lo])
@@ -232,7 +237,23 @@ class IngestCore:
                 replay_limit=replay_below.get(partition, -1),
                 now=now,
                 not_after=not_after,
+                caught_up=partition not in behind,
             )
+
+    def _behind(self, ts: np.ndarray, parts: np.ndarray, now: float | None) -> set[int]:
+        """Partitions whose newest event of the batch is over `catch_up_lag_s` behind `now`.
+
+        The consumer is catching up on those: more of their events are waiting. With
+        event time as the clock (`slaops backtest`) or no clock, none is.
+        """
+        lag = self.config.catch_up_lag_s
+        if now is None or lag <= 0:
+            return set()
+        behind = set()
+        for partition in np.unique(parts).tolist():
+            if now - float(ts[parts == partition].max()) > lag:
+                behind.add(int(partition))
+        return behind
 
     def _ingest_block(self, block: Block, result: BatchResult) -> None:
         """Forecast and detect on a tenant's block, then window it, raising its requests."""
@@ -247,6 +268,7 @@ class IngestCore:
             count_alarms(block, "performance_drift", detector, alarms, result)
             due = settled(block, alarms, cfg.performance.performance_settle_events)
             triggers += [Trigger(a.index, "performance_drift", detector, a) for a in due]
+            triggers += self._out_of_distribution(block, result)
         if cfg.data_drift:
             detector = cfg.drift.detector
             signals = state.drift.update(block.features)
@@ -254,6 +276,19 @@ class IngestCore:
             triggers += [Trigger(s.index, "data_drift", detector, s) for s in signals]
         self._triggers.run(block, triggers, result)
         self.registry.protect(state)
+
+    def _out_of_distribution(self, block: Block, result: BatchResult) -> list[Trigger]:
+        """Data-drift triggers where the live model's inputs stay out of its training range."""
+        state, events = block.state, self.config.ood_events
+        model = state.model
+        if model is None or events <= 0:
+            return []
+        scores = ood_scores(model, state.window, block.events)
+        if scores is None:
+            return []
+        signals = ood_alarms(state.ood, model, scores, events)
+        count_alarms(block, "data_drift", OOD_DETECTOR, signals, result)
+        return [Trigger(s.index, "data_drift", OOD_DETECTOR, s) for s in signals]
 
     def _commit_points(
         self, high: Mapping[int, int], replay_below: Mapping[int, int], result: BatchResult

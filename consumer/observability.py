@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 
 from consumer.core import BatchResult, IngestCore
 from consumer.detectors import DETECTORS
+from consumer.ood import DETECTOR as OOD_DETECTOR
 from kernel.kafka import KafkaRecord
 from kernel.model_follower import REFUSAL_KINDS
 from kernel.observability import FAST_BUCKETS, Health, consumer_lags
@@ -34,7 +35,7 @@ from schemas.warnings import ClearReason
 if TYPE_CHECKING:
     from consumer.follower import AnswerFollower
 
-_RETRAIN_REASONS = ("cold_start", "data_drift", "performance_drift")
+_RETRAIN_REASONS = ("cold_start", "data_drift", "performance_drift", "more_history")
 
 
 class ConsumerHooks:
@@ -226,6 +227,7 @@ class ConsumerMetrics(ConsumerHooks):
         for kind in DETECTORS:
             self.alarms.labels("data_drift", kind)
             self.alarms.labels("performance_drift", kind)
+        self.alarms.labels("data_drift", OOD_DETECTOR)
         self.health.beat("poll_loop")
         self.health.require("group_joined", lambda: self._joined)
         self.health.require("state_rebuilt", self._rebuilt)

@@ -1,28 +1,41 @@
 """Performance drift: is the live model still as good as it promised to be?
 
-Each forecast p of a tenant's live model is scored when the interval it forecast
-arrives, with outcome y. Two design choices keep the monitor from crying wolf:
+Each forecast p of a tenant's live model is scored when the outcome it forecast is
+known. Three references, the first one the card allows:
 
-- **A reference that suffers the same hours.** The consumer passes, beside each
+- **Its own out-of-fold record** (format-3 cards, target "within": P(a breach within
+  the next `horizon` intervals)). The card's reliability table says what a forecast
+  of p cost out of fold (`consumer.oof_reference`); the monitor watches the live loss
+  minus that, per forecast, so the daily swing of the loss (a forecast of 0.6 at the
+  peak costs what it costs) cancels and what is left is whether the forecaster still
+  earns its record. A forecaster whose edge is gone -- a changed rule, after which its
+  confident forecasts miss -- pays more than its record at every p, and the CUSUM
+  fires. Persistence is no reference for these: where breaches last (samples held
+  for several intervals) a model whose rule changed under it can still be about as
+  good as persistence, and never alarm.
+- **Persistence** (format-2 cards, target "at"). The consumer passes, beside each
   forecast, persistence's forecast for the same event (P(breach next | breach now)
   from the model's training rows). The monitor watches the model's loss minus
   persistence's: breach onsets and ends cost both, so the daily swing cancels, and
   what is left is the skill over persistence the model showed on its holdout to go
-  live (negative excess). When the model loses it -- a changed rule, a model loaded
-  after the change -- the excess turns positive and the CUSUM fires. Without a
-  reference column the monitor falls back to the forecast's own promise:
-- **An absolute reference.** A forecast p promises its own expected log loss: were the
-  model as good as it claims (calibrated), the loss of that event would average the
-  entropy H(p). The monitor watches the excess `log_loss(p, y) - H(p)`, which is 0 on
-  average for a model that keeps its promise, whatever the mix of calm and busy hours
-  (the loss itself swings with the daily cycle: 0.0 at night, 0.9 nats at the peak,
-  on stable simulated tenants). A model that goes live after a change (a backlog
-  processed before it loaded, a restart, a hot swap) is judged against its promise
-  from its first forecast, not against its own start, so it alarms too. The card's
-  holdout log loss is not the reference itself: the holdout is the newest 15% of the
-  training window, a few hours of one day, and on stable tenants the live loss over
-  whole days was 2 to 3 times it. It travels in the signal (`card_log_loss`) for the
-  operator.
+  live (negative excess). When the model loses it the excess turns positive.
+- **The forecast's own promise**, without either: were the model as good as it
+  claims (calibrated), the loss of an event would average the entropy H(p), whatever
+  the mix of calm and busy hours.
+
+All three are absolute: a model that goes live after a change (a backlog processed
+before it loaded, a restart, a hot swap) is judged from its first forecast, not
+against its own start, so it alarms too.
+
+- **Calibration, beside the loss.** A forecaster can lose its edge while its loss
+  falls: where breaches grow more frequent, outcomes grow more certain. With an
+  out-of-fold record, a `consumer.calibration.CalibrationWatch` also watches whether
+  breaches still come at the record's rate (relative to the offset seen at go-live);
+  its alarms are signals with feature "calibration", the loss watch's "log_loss".
+- **Within the horizon.** `consumer.forecasting` scores each forecast against the
+  breach flag `horizon` events later. For a "within" card the monitor regroups those
+  flags itself (`within`): the outcome of the forecast made at t is any breach in
+  t+1 .. t+horizon, the last `horizon` flags it was given (consecutive forecasts).
 - **Blocks, not events.** Misses are autocorrelated (a breach episode spans several
   intervals), so the detector sees means of `performance_stride` consecutive excesses, as the data
   monitor does. Probabilities are clipped to [`clip`, 1 - `clip`], so one flipped label
@@ -36,19 +49,28 @@ counts only when the model got worse, never when it got better.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
 import numpy as np
 
+from consumer.calibration import CalibrationWatch
 from consumer.detectors import Detector, DetectorKind, DriftSignal, detector_spec, make_detector
+from consumer.oof_reference import OutOfFoldReference
 from consumer.strides import stride_means
+from kernel.artifacts import ModelCard
 
 #: Block means kept for a signal's recent statistics.
 _RECENT_BLOCKS: Final = 8
 #: Decimals a signal's statistics keep.
 _DIGITS: Final = 6
+#: `consumer.forecasting` scores a forecast against the breach flag `horizon` events
+#: after it, so a "within" card's monitor regroups those flags (`within`). Once the
+#: forecaster scores "within" outcomes itself, this is False (tests/
+#: test_performance_reference.py fails while the two disagree).
+SCORED_AT_HORIZON: Final = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +85,17 @@ class PerformanceConfig:
     #: Detector constructor kwargs, over the registry's tuned ones.
     performance_params: Mapping[str, float] = field(default_factory=dict)
     #: Scored forecasts per detector update (their excesses are averaged).
-    performance_stride: int = 16
+    performance_stride: int = 64
     #: Scored forecasts of a new model before any is fed to the detector.
     performance_warmup: int = 100
     #: Events between an alarm and its request: a window cut right at the alarm would
     #: hold almost only pre-change rows, and the retrained model would learn the past.
     performance_settle_events: int = 240
+    #: The calibration watch (`consumer.calibration`, for cards with an out-of-fold
+    #: record): its Bernoulli CUSUM threshold (0: off), and the scored forecasts that
+    #: measure the record's offset at go-live.
+    performance_calibration_threshold: float = 12.0
+    performance_calibration_warmup: int = 1_000
     #: Probabilities are clipped to [clip, 1 - clip] before scoring.
     clip: float = 0.01
 
@@ -85,6 +112,14 @@ class PerformanceConfig:
         if self.performance_settle_events < 0:
             raise ValueError(
                 f"performance_settle_events must be >= 0, got {self.performance_settle_events!r}"
+            )
+        threshold = self.performance_calibration_threshold
+        if not (math.isfinite(threshold) and threshold >= 0):
+            raise ValueError(f"performance_calibration_threshold must be >= 0, got {threshold!r}")
+        if self.performance_calibration_warmup < 0:
+            raise ValueError(
+                "performance_calibration_warmup must be >= 0, got "
+                f"{self.performance_calibration_warmup!r}"
             )
         if not 0.0 < self.clip < 0.5:
             raise ValueError(f"performance clip must be in (0, 0.5), got {self.clip!r}")
@@ -120,19 +155,27 @@ class PerformanceMonitor:
 
     `update(block)` takes an (n, 2) or (n, 3) float array, one row per scored forecast
     in event order: the probability, the outcome (0 or 1) and, in a third column, a
-    reference forecast for the same event (persistence's). With the reference, the
-    excess is the model's loss minus the reference's: calm and busy hours hit both
-    alike, so what is left is whether the model still beats the forecast it beat on
-    its holdout. Without it, the reference is the entropy H(p) the forecast promised.
-    `promised` is the live model's card metrics; only reported in signals. Raises
-    ValueError on a malformed block.
+    reference forecast for the same event (persistence's). With an out-of-fold
+    `reference` (see `for_card`) the excess is the loss minus what the forecaster's
+    record says that forecast earns, and the third column is ignored; else with the
+    column, the model's loss minus persistence's; else the loss minus the entropy
+    H(p) the forecast promised. With `within` > 0 the outcomes given are breach flags
+    `within` events after each forecast, and the monitor scores any breach among the
+    last `within` of them (the first `within - 1` forecasts, inside the warmup, see
+    fewer). `promised` is the live model's card metrics; only reported in signals.
+    Raises ValueError on a malformed block.
     """
 
     __slots__ = (
         "config",
         "promised",
+        "reference",
+        "within",
+        "_calibration",
+        "_observed",
         "_detector",
         "_absolute",
+        "_flags",
         "_pending",
         "_seen",
         "_fed",
@@ -142,12 +185,50 @@ class PerformanceMonitor:
     )
 
     def __init__(
-        self, config: PerformanceConfig, promised: Mapping[str, float] | None = None
+        self,
+        config: PerformanceConfig,
+        promised: Mapping[str, float] | None = None,
+        *,
+        reference: OutOfFoldReference | None = None,
+        within: int = 0,
+        outcome_span: int = 1,
     ) -> None:
+        if within < 0 or outcome_span < 1:
+            raise ValueError(f"within must be >= 0 and outcome_span >= 1, got {within!r}")
         self.config = config
         self.promised = dict(promised or {})
+        self.reference = reference
+        self.within = within
         self._absolute = detector_spec(config.performance_detector).absolute
+        #: The last `within - 1` outcome flags, for the next block's first forecasts.
+        self._flags = np.zeros(max(0, within - 1))
+        #: Outcomes scored since the model went live, and of those, breaches.
+        self._observed = [0, 0]
+        threshold = config.performance_calibration_threshold
+        #: Outcomes of forecasts `outcome_span` apart share no interval: the watch sums those.
+        self._calibration = (
+            CalibrationWatch(threshold, config.performance_calibration_warmup, outcome_span)
+            if reference is not None and threshold > 0
+            else None
+        )
         self.reset()
+
+    @classmethod
+    def for_card(cls, config: PerformanceConfig, card: ModelCard) -> PerformanceMonitor:
+        """The monitor a live model's card calls for: its out-of-fold record if it has one.
+
+        A "within" card's forecasts are scored against any breach within its horizon,
+        regrouped here from the flags `consumer.forecasting` scores against
+        (`SCORED_AT_HORIZON`).
+        """
+        within = card.target == "within"
+        return cls(
+            config,
+            card.metrics,
+            reference=OutOfFoldReference.of(card),
+            within=card.horizon if within and SCORED_AT_HORIZON else 0,
+            outcome_span=card.horizon if within else 1,
+        )
 
     def reset(self) -> None:
         """Forget everything: a fresh detector, a new warmup."""
@@ -157,6 +238,8 @@ class PerformanceMonitor:
         self._fed = 0  # of which fed to the detector (past the warmup)
         self._excess_sum = self._loss_sum = 0.0
         self._recent: list[tuple[float, float]] = []  # the latest block means
+        if self._calibration is not None:
+            self._calibration.reset()
 
     def update(self, block: np.ndarray) -> list[DriftSignal]:
         """Consume scored forecasts; every confirmed degradation, in event order."""
@@ -165,22 +248,64 @@ class PerformanceMonitor:
             raise ValueError(f"block must have shape (n, 2) or (n, 3), got {rows.shape}")
         if not np.isfinite(rows).all():
             raise ValueError("block must be finite")
-        loss, entropy = _losses(rows[:, 0], rows[:, 1], self.config.clip)
-        if rows.shape[1] == 3:
-            reference, _ = _losses(rows[:, 2], rows[:, 1], self.config.clip)
+        proba, outcome = rows[:, 0], self._outcomes(rows[:, 1])
+        self._observed[0] += len(outcome)
+        self._observed[1] += int(np.count_nonzero(outcome))
+        clip = self.config.clip
+        loss, entropy = _losses(proba, outcome, clip)
+        if self.reference is not None:
+            reference = self.reference.loss(proba, clip)
+        elif rows.shape[1] == 3:
+            reference, _ = _losses(rows[:, 2], outcome, clip)
         else:
             reference = entropy
         excess = loss - reference
+        values = np.column_stack((excess, loss))
+        rate = None if self.reference is None else self.reference.rate(proba)
         signals: list[DriftSignal] = []
         start = 0
         while start < len(rows):
-            found = self._feed(np.column_stack((excess[start:], loss[start:])), start)
+            found = self._next(values, outcome, rate, start)
             if found is None:
                 break
             signals.append(found)
             self.reset()
             start = found.index + 1
         return signals
+
+    def _next(
+        self, values: np.ndarray, outcome: np.ndarray, rate: np.ndarray | None, start: int
+    ) -> DriftSignal | None:
+        """The first alarm of either watch from `start` on; each has seen up to it."""
+        watch = self._calibration
+        if watch is None or rate is None:
+            return self._feed(values[start:], start)
+        trial = watch.copy()
+        at = trial.first(outcome[start:], rate[start:])
+        stop = len(values) if at is None else start + at + 1
+        found = self._feed(values[start:stop], start)
+        if found is not None:  # the loss alarmed first: the watch sees up to it only
+            watch.first(outcome[start : found.index + 1], rate[start : found.index + 1])
+            return found
+        self._calibration = trial
+        return None if at is None else self._calibration_signal(start + at)
+
+    @property
+    def breach_rate(self) -> float:
+        """The rate of the outcomes scored since the model went live (NaN before any)."""
+        n, breaches = self._observed
+        return breaches / n if n else math.nan
+
+    def _outcomes(self, flags: np.ndarray) -> np.ndarray:
+        """The outcome of each forecast: its flag, or any breach among the last `within`."""
+        if self.within <= 1:
+            return flags
+        every = np.concatenate((self._flags, flags))
+        self._flags = every[len(every) - (self.within - 1) :]
+        count = np.concatenate(([0.0], np.cumsum(every >= 0.5)))
+        inside = count[self.within - 1 + np.arange(1, len(flags) + 1)] - count[: len(flags)]
+        out: np.ndarray = (inside > 0).astype(np.float64)
+        return out
 
     def _feed(self, values: np.ndarray, offset: int) -> DriftSignal | None:
         skip = min(len(values), max(0, self.config.performance_warmup - self._seen))
@@ -203,6 +328,21 @@ class PerformanceMonitor:
         self._seen += len(values)
         return None
 
+    def _calibration_signal(self, index: int) -> DriftSignal:
+        watch = self._calibration
+        assert watch is not None  # noqa: S101 - only called with a watch
+        statistic = {
+            "scored": float(self._seen),
+            "calibration_direction": float(watch.direction),
+            "odds_ratio_at_go_live": watch.odds_ratio,
+        }
+        if self._fed:
+            statistic["log_loss"] = self._loss_sum / self._fed
+        if self.reference is not None:
+            statistic["card_log_loss"] = self.reference.log_loss
+        statistic = {name: round(value, _DIGITS) for name, value in statistic.items()}
+        return DriftSignal(index=index, features=("calibration",), statistic=statistic)
+
     def _worse(self) -> bool:
         if self._absolute:  # against the promise: only the upward direction
             return int(getattr(self._detector, "direction", 1)) > 0
@@ -222,6 +362,8 @@ class PerformanceMonitor:
         for name in ("log_loss", "brier"):
             if name in self.promised:
                 statistic[f"card_{name}"] = float(self.promised[name])
+        if self.reference is not None:
+            statistic["card_log_loss"] = self.reference.log_loss
         # Rounded: a forward pass over another batch size may differ in the last float32
         # bits, and a request must not depend on where the poll cut the stream.
         statistic = {name: round(value, _DIGITS) for name, value in statistic.items()}

@@ -72,7 +72,8 @@ class ConsumerSettings(StoreSettings, TopicSettings, ObservabilitySettings):
     performance_detector: DetectorName = Field(
         default=_PERF.performance_detector,
         description=f"Detector ({_KINDS}) on block means of a live model's log loss minus "
-        "persistence's on the same events (cusum compares them with 0 itself).",
+        "what its card's out-of-fold record says each forecast earns (persistence's loss "
+        "for older cards; cusum compares them with 0 itself).",
     )
     performance_params: dict[str, float] = Field(
         default_factory=dict, description="Parameters of the performance detector as JSON."
@@ -89,6 +90,19 @@ class ConsumerSettings(StoreSettings, TopicSettings, ObservabilitySettings):
         default=_PERF.performance_settle_events,
         description="Events after a performance alarm before the request, so the "
         "retraining window holds post-change data.",
+    )
+    performance_calibration_threshold: float = Field(
+        default=_PERF.performance_calibration_threshold,
+        ge=0,
+        description="Threshold of the Bernoulli CUSUM that watches whether breaches still "
+        "follow forecasts at the rate the card's out-of-fold record says (odds x2 or /2); "
+        "0: off.",
+    )
+    performance_calibration_warmup: int = Field(
+        default=_PERF.performance_calibration_warmup,
+        ge=0,
+        description="Scored forecasts of a new model that measure how its record's rate "
+        "differs at go-live; the calibration watch looks for changes beyond that.",
     )
     group_id: str = Field(
         default="slaops-consumer", pattern=r"^[A-Za-z0-9._-]{1,200}$", description="Group id."
@@ -169,6 +183,37 @@ class ConsumerSettings(StoreSettings, TopicSettings, ObservabilitySettings):
         default=_CORE.cold_start_min_per_class,
         ge=1,
         description="Events of each class (breach, no breach) needed too.",
+    )
+    catch_up_lag_s: float = Field(
+        default=_CORE.catch_up_lag_s,
+        ge=0,
+        description="A partition whose newest event in a batch is this far behind the "
+        "consumer's clock is a backlog: its tenants' first (and scheduled) requests wait "
+        "until it is caught up or their window is full, so they train on the history "
+        "that is waiting. 0: never (history replayed with old timestamps).",
+    )
+    retry_after_fraction: float = Field(
+        default=_CORE.retry_after_fraction,
+        gt=0,
+        le=10,
+        description="A tenant whose request was answered without a forecaster asks again "
+        "after this fraction of the window it asked with in new events, the wait doubling "
+        "per such answer, up to window_max_events.",
+    )
+    more_history_factor: float = Field(
+        default=_CORE.more_history_factor,
+        ge=0,
+        le=100,
+        description="A tenant with a forecaster asks again once its window gives this "
+        "multiple of the rows it was trained on (a last step to the full window if that "
+        "adds at least the square root of it); 0 or 1: never.",
+    )
+    ood_events: int = Field(
+        default=_CORE.ood_events,
+        ge=0,
+        description="Consecutive events whose inputs lie outside the live forecaster's "
+        "training range (out-of-distribution score >= 0.5) before a retrain is asked "
+        "(data_drift, detector out_of_distribution); 0: never.",
     )
     max_future_s: float = Field(
         default=_CORE.max_future_s,

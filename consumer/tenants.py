@@ -73,7 +73,7 @@ class TenantRegistry:
     def _attach(self, state: TenantState, model: LiveModel) -> None:
         self._clear(state, "model_swapped")
         state.model = model
-        state.performance = PerformanceMonitor(self.config.performance, model.card.metrics)
+        state.performance = PerformanceMonitor.for_card(self.config.performance, model.card)
         state.pending_proba = NO_PROBA
         state.pending_labels = NO_LABELS
         state.warning = WarningState()

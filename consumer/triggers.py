@@ -27,6 +27,7 @@ from consumer.batch import (
     Trigger,
 )
 from consumer.detectors import DriftSignal
+from consumer.schedule import Schedule
 from schemas import DetectorDetails, OffsetRange, RetrainRequested, retrain_event_id
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class RetrainTriggers:
 
     def __init__(self, config: CoreConfig) -> None:
         self.config = config
+        self._schedule = Schedule(config)
         #: Requests already answered (published, kept or failed), newest last.
         self._resolved: OrderedDict[str, None] = OrderedDict()
 
@@ -53,35 +55,49 @@ class RetrainTriggers:
         tenant on its newest window. (A replay after a restart can rebuild a request in
         flight under an id that was never sent, when answers had come at other points
         of the stream; it must not wait out the whole timeout.)
+
+        Whether the answer gave the tenant a forecaster is its live model (set before a
+        `ModelPublished` resolves): without one, its retry is scheduled
+        (`consumer.schedule`).
         """
         fresh = event_id not in self._resolved
         self._resolved[event_id] = None
         while len(self._resolved) > RESOLVED_KEPT:
             self._resolved.popitem(last=False)
         if state is not None and (fresh or state.gate.request_id == event_id):
-            state.gate.resolve()
+            self._answered(state)
+
+    @staticmethod
+    def _answered(state: TenantState) -> None:
+        if state.gate.in_flight:
+            state.schedule.answered(state)
+        state.gate.resolve()
 
     def run(self, block: Block, triggers: list[Trigger], result: BatchResult) -> None:
         """Window the whole block, raising each request at the event that triggers it.
 
-        `triggers` are the block's drift triggers; cold starts and the tenant's waiting
-        follow-up are found here, between them.
+        `triggers` are the block's drift triggers; scheduled requests (cold start, retry,
+        more history: `consumer.schedule`) and the tenant's waiting follow-up are found
+        here, between them.
         """
         state = block.state
         pending = sorted(triggers, key=lambda t: t.index)
-        cold_start = self.config.cold_start and state.model is None
         done = 0
         while True:
             index = pending[0].index if pending else len(block)
-            cold = self._cold_start_index(block, done, index) if cold_start else None
+            scheduled = self._schedule.due(block, done, index)
             follow_up = state.follow_up
             follow = self._follow_up_index(block, done, index)
-            if follow_up is not None and follow is not None and (cold is None or follow <= cold):
+            if (
+                follow_up is not None
+                and follow is not None
+                and (scheduled is None or follow <= scheduled.index)
+            ):
                 trigger = Trigger(
                     follow, follow_up.reason, follow_up.detector, follow_up.signal, follow_up
                 )
-            elif cold is not None:
-                trigger = Trigger(cold, "cold_start", "cold_start", None)
+            elif scheduled is not None:
+                trigger = scheduled
             elif pending:
                 trigger = pending.pop(0)
             else:
@@ -91,6 +107,7 @@ class RetrainTriggers:
             done = cut
             self._request(block, trigger, result)
         block.extend_window(done)
+        state.schedule.events += len(block)
 
     def _follow_up_index(self, block: Block, start: int, stop: int) -> int | None:
         """First event in `[start, stop)` at which the tenant's waiting follow-up is due."""
@@ -99,32 +116,6 @@ class RetrainTriggers:
             return None
         ready = state.gate.allows_many(block.ts[start:stop], block.now)
         return start + int(np.argmax(ready)) if ready.any() else None
-
-    def _cold_start_index(self, block: Block, start: int, stop: int) -> int | None:
-        """First event in `[start, stop)` of the block at which a cold start is due.
-
-        Due: the window (as extended up to `start`) has become trainable and the gate lets
-        a request through. Evictions inside the block are ignored, which can only make a
-        trigger a few events later than exact.
-        """
-        if stop <= start:
-            return None
-        cfg = self.config
-        window = block.state.window
-        if len(window) + (stop - start) < cfg.cold_start_min_events:
-            return None
-        part = block.labels[start:stop]
-        pos = window.n_positive + np.cumsum(part)
-        total = np.minimum(len(window) + np.arange(1, len(part) + 1), window.capacity)
-        ready = (
-            (total >= cfg.cold_start_min_events)
-            & (pos >= cfg.cold_start_min_per_class)
-            & (total - pos >= cfg.cold_start_min_per_class)
-        )
-        ready &= block.state.gate.allows_many(block.ts[start:stop], block.now)
-        if not ready.any():
-            return None
-        return start + int(np.argmax(ready))
 
     def _request(self, block: Block, trigger: Trigger, result: BatchResult) -> None:
         """Ask for a retrain at the trigger's event, if the gate lets it through.
@@ -159,9 +150,10 @@ class RetrainTriggers:
             )
             return
         state.gate.record_request(ts, event_id, now)
+        state.schedule.record(state, state.schedule.events + trigger.index + 1, trigger)
         state.follow_up = None  # this request trains on the newest window: it covers it
         if event_id in self._resolved:  # answered before this replay reached it
-            state.gate.resolve()
+            self._answered(state)
         if at < block.replay_limit:
             return
         request = self._retrain_requested(state, trigger, event_id, at, detected)

@@ -10,7 +10,12 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstrai
 from schemas.telemetry import TenantSlug
 from schemas.topics import TOPIC_NAME_PATTERN
 
-RetrainReason = Literal["cold_start", "data_drift", "performance_drift", "manual"]
+#: Why a retrain is asked. `more_history` (added later; every earlier event still
+#: validates): the tenant's history has grown to a multiple of what its forecaster was
+#: trained on. A retry of a tenant with no forecaster is a
+#: `cold_start` whose `detector` is "retry"; inputs out of the forecaster's training
+#: range are `data_drift` with detector "out_of_distribution".
+RetrainReason = Literal["cold_start", "data_drift", "performance_drift", "manual", "more_history"]
 TopicName = Annotated[str, StringConstraints(pattern=TOPIC_NAME_PATTERN)]
 EventId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 

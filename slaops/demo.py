@@ -169,6 +169,9 @@ class DemoRun:
             # The simulated load has a strong daily cycle; per-feature detectors read it
             # as drift. The demo retrains on what matters: the live model's errors.
             data_drift=False,
+            # Simulated history, stamped from the simulator's start, not the wall clock:
+            # no backlog to wait out.
+            catch_up_lag_s=0.0,
         )
         self.retrainer_settings = RetrainerSettings(
             **common,

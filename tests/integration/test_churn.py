@@ -90,6 +90,7 @@ def test_groups_under_churn_answer_every_request_once_and_match_one_member(
         "follow_models": False,  # requests must not depend on when answers arrive
         "window_max_events": 1_000,  # the whole stream: a takeover replays all it saw
         "window_span_s": 60 * 86_400.0,
+        "catch_up_lag_s": 0.0,  # simulated history: its old stamps are no backlog
         "cold_start_min_events": 150,
         "request_timeout_s": 1e9,
         "metrics_port": 0,  # four members on one host: no shared metrics port

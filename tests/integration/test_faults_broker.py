@@ -91,6 +91,7 @@ def test_broker_frozen_mid_search_and_mid_ingest_both_services_recover(tmp_path:
         "follow_models": True,
         "window_max_events": 2_000,  # the whole stream: a replay rebuilds all a detector saw
         "window_span_s": 60 * 86_400.0,
+        "catch_up_lag_s": 0.0,  # simulated history: its old stamps are no backlog
         "cold_start_min_events": 250,
         "request_timeout_s": 1e9,  # a request blocks the next until it is answered
         "data_drift": False,  # the diurnal cycle reads as data drift at this interval
