@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from kernel.kafka import make_reader, position
+from kernel.kafka import KafkaRecord, make_reader, position
 from retrainer.errors import ReplayError, RequestRefused
 from schemas import FEATURES, InvalidTelemetry, OffsetRange, parse_telemetry
 
@@ -100,30 +100,42 @@ def replay_ranges(
     max_bytes: int,
     timeout_s: float,
 ) -> TenantRows:
-    ts: list[float] = []
-    features: list[tuple[float, ...]] = []
-    labels: list[bool] = []
-    other = invalid = 0
+    """The tenant's valid events in `ranges` of the telemetry topic, read from the broker."""
+    messages: list[Any] = []
     # A range that has left the topic must fail the request, not read from elsewhere.
     consumer = make_reader(config, "slaops-retrainer-replay", **{"auto.offset.reset": "error"})
     try:
         for span in ranges:
-            if span.end_offset <= span.start_offset:
-                continue
-            for message in _read_range(consumer, span, timeout_s):
-                try:
-                    event = parse_telemetry(message.key(), message.value(), max_bytes=max_bytes)
-                except InvalidTelemetry:
-                    invalid += 1
-                    continue
-                if event.tenant != tenant:
-                    other += 1
-                    continue
-                ts.append(event.ts.timestamp())
-                features.append(tuple(getattr(event, name) for name in FEATURES))
-                labels.append(event.sla_breached)
+            if span.end_offset > span.start_offset:
+                messages.extend(_read_range(consumer, span, timeout_s))
     finally:
         consumer.close()
+    return tenant_rows(messages, tenant=tenant, max_bytes=max_bytes)
+
+
+def tenant_rows(records: Iterable[KafkaRecord], *, tenant: str, max_bytes: int) -> TenantRows:
+    """Columns of `tenant`'s valid events among `records` (only key and value are read).
+
+    The one record-to-rows path: the broker replay and `slaops backtest` (which replays
+    a request's ranges from its input file) both build their rows here. Invalid records
+    and other tenants' are counted, not kept.
+    """
+    ts: list[float] = []
+    features: list[tuple[float, ...]] = []
+    labels: list[bool] = []
+    other = invalid = 0
+    for record in records:
+        try:
+            event = parse_telemetry(record.key(), record.value(), max_bytes=max_bytes)
+        except InvalidTelemetry:
+            invalid += 1
+            continue
+        if event.tenant != tenant:
+            other += 1
+            continue
+        ts.append(event.ts.timestamp())
+        features.append(tuple(getattr(event, name) for name in FEATURES))
+        labels.append(event.sla_breached)
     return TenantRows(
         ts=np.array(ts, dtype=np.float64),
         features=np.array(features, dtype=np.float32).reshape(-1, len(FEATURES)),
