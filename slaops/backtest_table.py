@@ -213,8 +213,10 @@ def _lead(s: Scored) -> str:
     return f"{s.median_lead:g} ({s.median_lead_minutes:.0f} min)"
 
 
-def _row(table: Table, tenant: str, name: str, s: Scored, *, last: bool) -> None:
+def _row(table: Table, cells: tuple[str, str, str], s: Scored, *, last: bool) -> None:
+    """`cells`: the tenant (or blank), the alerting and its forecast coverage (or blank)."""
     r = s.record
+    tenant, name, coverage = cells
     table.add_row(
         tenant,
         name,
@@ -223,30 +225,36 @@ def _row(table: Table, tenant: str, name: str, s: Scored, *, last: bool) -> None
         _count(r.warned_3, r.fresh_onsets),
         f"{r.false_per_day:.2f}",
         _lead(s),
+        coverage,
         end_section=last,
     )
 
 
 def render(console: Console, scores: list[TenantScore], result: BacktestResult) -> None:
     """The per-tenant table, the pooled totals at the bottom, and what it cost."""
+    if not console.is_terminal:  # a file or a pipe: wide enough for the tenant names
+        console = Console(file=console.file, width=150)
     table = Table(
         title="fresh onsets warned, after each tenant's training part",
         caption="slaops: its published warnings (breach_expected); the rules tuned on the "
         "training part within the false-warning budget, given the breach metric and SLO",
     )
-    for header in ("tenant", "alerting", "onsets", "lead >= 1", "lead >= 3", "false/day"):
-        table.add_column(header, justify="left" if header in ("tenant", "alerting") else "right")
-    table.add_column("median lead", justify="right")
+    for header in ("tenant", "alerting"):
+        table.add_column(header, overflow="fold")
+    for header in ("onsets", "lead >= 1", "lead >= 3", "false/day", "median lead", "forecast"):
+        table.add_column(header, justify="right")
     for score in scores:
         names = list(score.by_alerting)
         for k, name in enumerate(names):
-            label = score.tenant if k == 0 else ""
-            if k == 0 and score.test_events:
-                label += f"\n{score.coverage:.0%} forecast"
-            _row(table, label, name, score.by_alerting[name], last=k == len(names) - 1)
+            coverage = f"{score.coverage:.0%}" if name == "slaops" else ""
+            cells = (score.tenant if k == 0 else "", name, coverage)
+            _row(table, cells, score.by_alerting[name], last=k == len(names) - 1)
     totals = pooled(scores)
+    tested = sum(s.test_events for s in scores)
+    covered = sum(s.coverage * s.test_events for s in scores) / tested if tested else 0.0
     for k, (name, s) in enumerate(totals.items()):
-        _row(table, "all tenants" if k == 0 else "", name, s, last=False)
+        coverage = f"{covered:.0%}" if name == "slaops" else ""
+        _row(table, ("all tenants" if k == 0 else "", name, coverage), s, last=False)
     console.print(table)
     if scores and all(s.slo is None for s in scores):
         console.print(
