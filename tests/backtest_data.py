@@ -33,12 +33,14 @@ SMALL_TRAINING: dict[str, Any] = {
 }
 
 
-def incidents(n: int, *, every: float, seed: int, shift_s: float = 0.0) -> TenantRows:
+def incidents(
+    n: int, *, every: float, seed: int, shift_s: float = 0.0, drift_at: float = 0.6
+) -> TenantRows:
     """Quiet telemetry with short incidents, each announced by a few events of rising p99.
 
     An interval breaches while its p99 is above 300 ms; incidents start at random (one
     every `every` events on average, never closer than 20 apart) and last 2-5 events.
-    From 60% of the events on, the service is slower (a drift).
+    From `drift_at` of the events on, the service is slower (a drift).
     """
     rng = np.random.default_rng(seed)
     p99 = 120.0 + rng.normal(0.0, 12.0, n)
@@ -48,7 +50,7 @@ def incidents(n: int, *, every: float, seed: int, shift_s: float = 0.0) -> Tenan
         p99[at : at + ramp] += np.linspace(40.0, 170.0, ramp)[: len(p99[at : at + ramp])]
         p99[at + ramp : at + ramp + length] += 260.0
         at += ramp + length + 20 + int(rng.exponential(every))
-    p99[int(0.6 * n) :] += 60.0  # the service gets slower: a data drift, more breaches
+    p99[int(drift_at * n) :] += 60.0  # the service gets slower: a data drift, more breaches
     p99 = np.clip(p99, 1.0, None)
     p50 = p99 / 3.0 + rng.normal(0.0, 2.0, n).clip(-5, 5)
     features = np.column_stack(
@@ -58,11 +60,13 @@ def incidents(n: int, *, every: float, seed: int, shift_s: float = 0.0) -> Tenan
     return TenantRows(ts=ts, features=features, labels=p99 > 300.0, other_tenants=0, invalid=0)
 
 
-def recorded(n_events: int, *, shift_s: float = 0.0) -> list[tuple[bytes, bytes]]:
+def recorded(
+    n_events: int, *, shift_s: float = 0.0, drift_at: float = 0.6
+) -> list[tuple[bytes, bytes]]:
     """`TENANTS`' events as (key, value) messages in time order (`shift_s` later)."""
     streams = []
     for k, (tenant, every) in enumerate(TENANTS.items()):
-        rows = incidents(n_events, every=every, seed=k + 3, shift_s=shift_s + k)
+        rows = incidents(n_events, every=every, seed=k + 3, shift_s=shift_s + k, drift_at=drift_at)
         streams.append(telemetry_messages(tenant, rows))
     merged = [m for pair in zip(*streams, strict=True) for m in pair]
     stamps = [json.loads(value)["ts"] for _key, value in merged]
