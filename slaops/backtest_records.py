@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +180,8 @@ def file_replay(
     """The retrainer's replay of a request, reading the ranges from the input's records.
 
     The same checks as from the broker (`plan_replay`: the topic, the ranges' number and
-    extent); a range beyond the file (or on another partition) is unavailable.
+    extent); a range beyond the file (or on another partition) is unavailable. Records
+    under another key count as other tenants' (an invalid one among them too).
     """
     limits = replay_limits(settings)
     records = telemetry.records
@@ -195,6 +196,11 @@ def file_replay(
                     "partition 0)"
                 )
             chosen.extend(records[span.start_offset : span.end_offset])
-        return tenant_rows(chosen, tenant=request.tenant, max_bytes=settings.max_message_bytes)
+        # Only the tenant's own key can hold its events (`parse_telemetry` refuses any
+        # other): the rest are counted as other tenants' without parsing them.
+        key = request.tenant.encode()
+        mine = [record for record in chosen if record.key() == key]
+        rows = tenant_rows(mine, tenant=request.tenant, max_bytes=settings.max_message_bytes)
+        return replace(rows, other_tenants=rows.other_tenants + len(chosen) - len(mine))
 
     return replay

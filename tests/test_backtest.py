@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from retrainer.errors import ReplayError, RequestRefused
 from schemas import Forecast
 from slaops.backtest import Backtest, BacktestResult, BacktestSetup, offline_setup
-from slaops.backtest_records import read_telemetry
+from slaops.backtest_records import file_replay, read_telemetry
 from slaops.cli import main
 from tests.backtest_data import TENANTS, differences, recorded, settings, write_input
+from tests.retrain_data import request_for
 
 pytestmark = pytest.mark.slow
 EVENTS = 1_200
@@ -176,3 +178,21 @@ def test_backtest_help_has_its_own_and_both_services_settings(
         assert flag in text
     for flag in ("--bootstrap-servers", "--group-id", "--metrics-port", "--poll-timeout-s"):
         assert flag not in text
+
+
+def test_a_request_replays_its_tenants_lines_of_the_input(input_file: Path) -> None:
+    _consumer, retrainer = settings()
+    telemetry = read_telemetry(input_file, retrainer.telemetry_topic)
+    replay = file_replay(telemetry, retrainer)
+    acme = telemetry.tenants["acme"]
+    rows = replay(request_for("acme", offset=599))
+    assert rows.ts.tolist() == acme.ts[acme.at < 600].tolist()
+    assert (rows.features == acme.metrics[acme.at < 600]).all()
+    assert rows.other_tenants == 600 - len(rows) and rows.invalid == 0
+    with pytest.raises(ReplayError, match="not in the input"):
+        replay(request_for("acme", offset=len(telemetry) + 5))
+    foreign = request_for("acme").model_copy(
+        update={"source": [request_for("acme").source[0].model_copy(update={"topic": "x"})]}
+    )
+    with pytest.raises(RequestRefused):
+        replay(foreign)
