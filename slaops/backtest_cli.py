@@ -70,6 +70,7 @@ COMPANIONS: Final[tuple[tuple[type[BaseSettings], frozenset[str]], ...]] = (
             "forecasts_topic",
             "follow_models",
             "publish_forecasts",
+            "max_future_s",  # the clock is the newest event: nothing is in the future
         },
     ),
     (

@@ -36,8 +36,10 @@ def _is_structured(info: FieldInfo) -> bool:
 
 
 def _help(name: str, info: FieldInfo) -> str:
-    default = info.get_default(call_default_factory=True)
-    if isinstance(default, SecretStr) or (isinstance(default, dict) and not default):
+    default = None if info.is_required() else info.get_default(call_default_factory=True)
+    if info.is_required():
+        shown = "required"
+    elif isinstance(default, SecretStr) or (isinstance(default, dict) and not default):
         shown = "" if not default else "(secret)"
     elif isinstance(default, BaseModel):
         shown = default.model_dump_json()
