@@ -10,7 +10,7 @@ training part's `SLO_QUANTILE` of the metric), and judged on the rest.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 import numpy as np
@@ -186,6 +186,7 @@ def retrain_summary(result: BacktestResult) -> dict[str, Any]:
         "searched": len(searched),
         "median_search_retrain_seconds": float(np.median(searched)) if searched else None,
         "max_retrain_seconds": max(seconds) if seconds else None,
+        "each": [asdict(record) for record in result.retrains],
     }
 
 
