@@ -54,7 +54,7 @@ from retrainer.main import build_handler
 from retrainer.main import prepare as prepare_retrainer
 from retrainer.publisher import RequestHandler, RequestOutcome
 from retrainer.settings import RetrainerSettings
-from schemas import RetrainRequested
+from schemas import RetrainFailed, RetrainRequested
 from slaops.backtest_records import RecordedTelemetry, file_replay
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,8 @@ class RetrainRecord:
     #: The offset (input line) of the event that raised it.
     offset: int
     kind: str
+    #: The `RetrainFailed` reason, when it failed.
+    failure: str | None
     forecaster: str | None
     seconds: float
     search_seconds: float
@@ -305,6 +307,10 @@ class Backtest:
                 event_id=request.event_id,
                 offset=_raised_at(request),
                 kind=outcome.kind,
+                failure=next(
+                    (e.reason for _t, _k, e in outcome.events if isinstance(e, RetrainFailed)),
+                    None,
+                ),
                 forecaster=training.decision.forecaster if training is not None else None,
                 seconds=time.perf_counter() - started,
                 search_seconds=search.search_seconds if search is not None else 0.0,
@@ -332,12 +338,15 @@ class Backtest:
                 return self.handler.handle(request)
             except Exception as exc:  # as the service: one request never stops the run
                 error = exc
-                log.exception(
-                    "tenant=%s event_id=%s attempt %d of %d failed",
+                log.warning(
+                    "tenant=%s event_id=%s attempt %d of %d failed: %s: %s",
                     request.tenant,
                     request.event_id,
                     attempt,
                     attempts,
+                    type(exc).__name__,
+                    exc,
+                    exc_info=log.isEnabledFor(logging.DEBUG),
                 )
         assert error is not None  # noqa: S101 - max_attempts >= 1
         reason = "store_refused" if isinstance(error, StoreError) else "unexpected_error"

@@ -177,11 +177,15 @@ def retrain_summary(result: BacktestResult) -> dict[str, Any]:
     seconds = [r.seconds for r in result.retrains]
     searched = [r.seconds for r in result.retrains if r.n_fits]
     kinds: dict[str, int] = {}
+    failures: dict[str, int] = {}
     for record in result.retrains:
         kinds[record.kind] = kinds.get(record.kind, 0) + 1
+        if record.failure is not None:
+            failures[record.failure] = failures.get(record.failure, 0) + 1
     return {
         "requests": len(seconds),
         "outcomes": kinds,
+        "failures": failures,
         "seconds": float(sum(seconds)),
         "searched": len(searched),
         "median_search_retrain_seconds": float(np.median(searched)) if searched else None,
@@ -263,9 +267,11 @@ def render(console: Console, scores: list[TenantScore], result: BacktestResult) 
             "to judge them too; persistence only here."
         )
     summary = retrain_summary(result)
+    outcomes = ", ".join(f"{k} {v}" for k, v in sorted(summary["outcomes"].items()))
+    failures = ", ".join(f"{k} {v}" for k, v in sorted(summary["failures"].items()))
     console.print(
         f"{len(result.telemetry)} events, {len(scores)} tenants, {result.forecasts} forecasts, "
         f"{result.warnings} warning edges; {summary['requests']} requests "
-        f"({', '.join(f'{k} {v}' for k, v in sorted(summary['outcomes'].items())) or 'none'}) "
-        f"in {summary['seconds']:.0f} s of {result.seconds:.0f} s"
+        f"({outcomes or 'none'}{f'; failed: {failures}' if failures else ''}) "
+        f"served in {summary['seconds']:.0f} s of {result.seconds:.0f} s"
     )
