@@ -93,7 +93,11 @@ def produce_holding(
         if tenant is None:
             continue
         assert producer.flush(30) == 0, "producer did not drain"
-        wait_for(lambda at=offset: service.stats.valid > at, timeout_s=60, what=f"offset {offset}")
+
+        def processed(at: int = offset) -> bool:
+            return service.stats.valid > at
+
+        wait_for(processed, timeout_s=60, what=f"offset {offset}")
 
         def answered(tenant: str = tenant) -> bool:
             state = service.core.tenant(tenant)
@@ -143,9 +147,9 @@ def test_backtest_and_the_services_on_a_broker_publish_the_same(
 ) -> None:
     messages = recorded(EVENTS)
     path = write_input(tmp_path / "events.jsonl", messages)
-    names = consumer_names(unique_name, models=True)
-    shared = {"tenant_key": KEY, "telemetry_partitions": 1, "metrics_port": 0}
-    store = {"store": f"file://{tmp_path / 'live-store'}"}
+    names: dict[str, Any] = consumer_names(unique_name, models=True)
+    shared: dict[str, Any] = {"tenant_key": KEY, "telemetry_partitions": 1, "metrics_port": 0}
+    store: dict[str, Any] = {"store": f"file://{tmp_path / 'live-store'}"}
     consumer = ConsumerSettings(
         bootstrap_servers=bootstrap,
         **names,
@@ -157,7 +161,9 @@ def test_backtest_and_the_services_on_a_broker_publish_the_same(
     )
     retrainer = RetrainerSettings(
         bootstrap_servers=bootstrap,
-        **{k: names[k] for k in ("telemetry_topic", "retrain_topic", "models_topic")},
+        telemetry_topic=names["telemetry_topic"],
+        retrain_topic=names["retrain_topic"],
+        models_topic=names["models_topic"],
         failures_topic=names["failures_topic"],
         decisions_topic=names["decisions_topic"],
         group_id=unique_name("retrainer"),
