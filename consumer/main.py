@@ -84,6 +84,11 @@ def prepare(settings: ConsumerSettings) -> ConsumerParts:
     return ConsumerParts(core, ModelAuthority(store, settings.store_uri(), key))
 
 
+def build_core(parts: ConsumerParts) -> IngestCore:
+    """The pure core on `parts`' config: the service drives it, and so does `slaops backtest`."""
+    return IngestCore(parts.core)
+
+
 def topic_specs(settings: ConsumerSettings) -> list[TopicSpec]:
     return slaops_topics(
         settings.telemetry_partitions,
@@ -123,7 +128,7 @@ def build_service(
             topics=_by_name(AnswerTopics, settings),
             authority=parts.models,
         )
-    core = IngestCore(parts.core)
+    core = build_core(parts)
     hooks: ConsumerHooks = ConsumerHooks()
     extra: dict[str, Any] = {"max.poll.interval.ms": settings.max_poll_interval_ms}
     if settings.metrics_port:

@@ -120,18 +120,46 @@ def prepare(settings: RetrainerSettings) -> RetrainerParts:
     return RetrainerParts(training, store, key, metrics)
 
 
+def replay_limits(settings: RetrainerSettings) -> ReplayLimits:
+    """What a request may name (its ranges' topic and extent), from the settings."""
+    return ReplayLimits(
+        topic=settings.telemetry_topic,
+        max_ranges=settings.max_request_ranges,
+        max_offsets=settings.max_request_offsets,
+    )
+
+
+def build_handler(
+    settings: RetrainerSettings,
+    parts: RetrainerParts,
+    replay: Callable[[RetrainRequested], TenantRows],
+) -> RequestHandler:
+    """The request handler on `parts`' store, replaying with `replay`.
+
+    The service replays from the broker; `slaops backtest` from its input file.
+    """
+    metrics = parts.metrics
+    return RequestHandler(
+        store=parts.store if metrics is None else metrics.observed_store(parts.store),
+        store_uri=settings.store_uri(),
+        tenant_key=parts.tenant_key,
+        training=parts.training,
+        replay=replay if metrics is None else metrics.timed_replay(replay),
+        topics=OutcomeTopics(
+            models=settings.models_topic,
+            failures=settings.failures_topic,
+            decisions=settings.decisions_topic,
+        ),
+    )
+
+
 def build_service(
     settings: RetrainerSettings, parts: RetrainerParts | None = None
 ) -> RetrainerService:
     """The service with its Kafka clients (`parts` from `prepare`, built if not given)."""
     parts = prepare(settings) if parts is None else parts
     client = base_config(settings)
-
-    limits = ReplayLimits(
-        topic=settings.telemetry_topic,
-        max_ranges=settings.max_request_ranges,
-        max_offsets=settings.max_request_offsets,
-    )
+    limits = replay_limits(settings)
 
     def replay_request(request: RetrainRequested) -> TenantRows:
         return replay_ranges(
@@ -142,19 +170,7 @@ def build_service(
             timeout_s=settings.replay_timeout_s,
         )
 
-    metrics = parts.metrics
-    handler = RequestHandler(
-        store=parts.store if metrics is None else metrics.observed_store(parts.store),
-        store_uri=settings.store_uri(),
-        tenant_key=parts.tenant_key,
-        training=parts.training,
-        replay=replay_request if metrics is None else metrics.timed_replay(replay_request),
-        topics=OutcomeTopics(
-            models=settings.models_topic,
-            failures=settings.failures_topic,
-            decisions=settings.decisions_topic,
-        ),
-    )
+    handler = build_handler(settings, parts, replay_request)
     consumer = make_group_consumer(
         settings, settings.group_id, **{"max.poll.interval.ms": settings.max_poll_interval_ms}
     )
@@ -167,7 +183,7 @@ def build_service(
             Backoff(settings.retry_backoff_s, settings.retry_max_backoff_s),
             settings.max_attempts,
         ),
-        hooks=metrics,
+        hooks=parts.metrics,
     )
 
 

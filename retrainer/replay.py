@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,7 @@ import numpy as np
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from kernel.columns import telemetry_columns
-from kernel.kafka import make_reader, position
+from kernel.kafka import KafkaRecord, make_reader, position
 from retrainer.errors import ReplayError, RequestRefused
 from schemas import InvalidTelemetry, OffsetRange, TelemetryEvent, parse_telemetry
 
@@ -101,30 +101,44 @@ def replay_ranges(
     max_bytes: int,
     timeout_s: float,
 ) -> TenantRows:
-    other = invalid = 0
+    """The tenant's valid events in `ranges` of the telemetry topic, read from the broker."""
 
-    def tenant_events(consumer: Consumer) -> Iterator[TelemetryEvent]:
-        nonlocal other, invalid
+    def messages(consumer: Consumer) -> Iterator[KafkaRecord]:
         for span in ranges:
-            if span.end_offset <= span.start_offset:
-                continue
-            for message in _read_range(consumer, span, timeout_s):
-                try:
-                    event = parse_telemetry(message.key(), message.value(), max_bytes=max_bytes)
-                except InvalidTelemetry:
-                    invalid += 1
-                    continue
-                if event.tenant != tenant:
-                    other += 1
-                    continue
-                yield event
+            if span.end_offset > span.start_offset:
+                yield from _read_range(consumer, span, timeout_s)
 
     # A range that has left the topic must fail the request, not read from elsewhere.
     consumer = make_reader(config, "slaops-retrainer-replay", **{"auto.offset.reset": "error"})
     try:
-        columns = telemetry_columns(tenant_events(consumer))
+        return tenant_rows(messages(consumer), tenant=tenant, max_bytes=max_bytes)
     finally:
         consumer.close()
+
+
+def tenant_rows(records: Iterable[KafkaRecord], *, tenant: str, max_bytes: int) -> TenantRows:
+    """Columns of `tenant`'s valid events among `records` (only key and value are read).
+
+    The one record-to-rows path: the broker replay and `slaops backtest` (which replays
+    a request's ranges from its input file) both build their rows here. Invalid records
+    and other tenants' are counted, not kept.
+    """
+    other = invalid = 0
+
+    def tenant_events() -> Iterator[TelemetryEvent]:
+        nonlocal other, invalid
+        for record in records:
+            try:
+                event = parse_telemetry(record.key(), record.value(), max_bytes=max_bytes)
+            except InvalidTelemetry:
+                invalid += 1
+                continue
+            if event.tenant != tenant:
+                other += 1
+                continue
+            yield event
+
+    columns = telemetry_columns(tenant_events())
     return TenantRows(
         ts=columns.ts,
         features=columns.features,

@@ -22,7 +22,11 @@ from kernel.errors import ConfigError, SlaopsError
 from kernel.logs import configure_logging
 from kernel.settings import load_settings, setting_sources
 
-Runner = Callable[[Any], int]
+Runner = Callable[..., int]
+#: A command's other settings classes (its settings' `companions`), each with the names
+#: of it the command does not take: `slaops backtest` takes the consumer's and the
+#: retrainer's; its runner gets one settings object per class, in order.
+Companions = tuple[tuple[type[BaseSettings], frozenset[str]], ...]
 
 
 def _is_structured(info: FieldInfo) -> bool:
@@ -32,8 +36,10 @@ def _is_structured(info: FieldInfo) -> bool:
 
 
 def _help(name: str, info: FieldInfo) -> str:
-    default = info.get_default(call_default_factory=True)
-    if isinstance(default, SecretStr) or (isinstance(default, dict) and not default):
+    default = None if info.is_required() else info.get_default(call_default_factory=True)
+    if info.is_required():
+        shown = "required"
+    elif isinstance(default, SecretStr) or (isinstance(default, dict) and not default):
         shown = "" if not default else "(secret)"
     elif isinstance(default, BaseModel):
         shown = default.model_dump_json()
@@ -44,9 +50,19 @@ def _help(name: str, info: FieldInfo) -> str:
     return f"{text} [env {env}; default: {shown or 'none'}]"
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser, cls: type[BaseSettings]) -> None:
-    group = parser.add_argument_group("settings")
+def add_settings_arguments(
+    parser: argparse.ArgumentParser,
+    cls: type[BaseSettings],
+    skip: frozenset[str] = frozenset(),
+    title: str = "settings",
+) -> set[str]:
+    """A flag per setting of `cls` but those in `skip`; returns the names it added."""
+    group = parser.add_argument_group(title)
+    added = set()
     for name, info in cls.model_fields.items():
+        if name in skip:
+            continue
+        added.add(name)
         flag = "--" + name.replace("_", "-")
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         short = [str(f) for f in extra.get("flags", [])]  # type: ignore[union-attr]
@@ -64,12 +80,16 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls: type[BaseSettin
             group.add_argument(
                 flag, dest=name, default=None, metavar=metavar, help=_help(name, info)
             )
+    return added
 
 
-def settings_from_args(cls: type[BaseSettings], namespace: argparse.Namespace) -> Any:
+def settings_from_args(
+    cls: type[BaseSettings], namespace: argparse.Namespace, skip: frozenset[str] = frozenset()
+) -> Any:
+    """`cls` from the environment, each flag given overriding it (but those in `skip`)."""
     overrides: dict[str, Any] = {}
     for name, info in cls.model_fields.items():
-        value = getattr(namespace, name, None)
+        value = None if name in skip else getattr(namespace, name, None)
         if value is None:
             continue
         if _is_structured(info):
@@ -114,6 +134,18 @@ def _watch(settings: Any) -> int:
     return run_watch(settings)
 
 
+def _backtest(settings: Any, consumer: Any, retrainer: Any) -> int:
+    from slaops.backtest_cli import run_backtest
+
+    return run_backtest(settings, consumer, retrainer)
+
+
+def companions(cls: type[BaseSettings]) -> Companions:
+    """The settings classes `cls`'s command takes besides its own (usually none)."""
+    found: Companions = getattr(cls, "companions", ())
+    return found
+
+
 def _report(settings: Any) -> int:
     from slaops.fleet_report import run_report
 
@@ -124,6 +156,7 @@ def commands() -> dict[str, tuple[str, type[BaseSettings], Runner]]:
     from consumer.settings import ConsumerSettings
     from retrainer.settings import RetrainerSettings
     from simulator.settings import SimulatorSettings
+    from slaops.backtest_cli import BacktestSettings
     from slaops.demo import DemoSettings
     from slaops.fleet_report import ReportSettings
     from slaops.watch import WatchSettings
@@ -133,6 +166,12 @@ def commands() -> dict[str, tuple[str, type[BaseSettings], Runner]]:
             "everything on one machine: embedded broker, simulator, consumer, retrainer",
             DemoSettings,
             _demo,
+        ),
+        "backtest": (
+            "replay recorded telemetry through the live loop's code, event time the clock: "
+            "the forecasts and warnings it would have published, scored beside the SRE rules",
+            BacktestSettings,
+            _backtest,
         ),
         "consume": (
             "ingest telemetry, detect drift, request retraining",
@@ -170,7 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (summary, cls, _run) in commands().items():
         command = sub.add_parser(name, help=summary, description=summary)
-        add_settings_arguments(command, cls)
+        taken = add_settings_arguments(command, cls)
+        for extra, skip in companions(cls):
+            title = f"{extra.__name__}, as its command takes them (a shared name sets both)"
+            taken |= add_settings_arguments(command, extra, skip | taken, title)
     return parser
 
 
@@ -179,12 +221,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     _summary, cls, run = commands()[args.command]
     try:
         settings = settings_from_args(cls, args)
+        extra = [settings_from_args(other, args, skip) for other, skip in companions(cls)]
     except ConfigError as exc:
         print(f"slaops {args.command}: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
     try:
-        return run(settings)
+        return run(settings, *extra)
     except ConfigError as exc:
         print(f"slaops {args.command}: {exc}", file=sys.stderr)
         return 2

@@ -23,8 +23,10 @@ from kernel.settings import setting_sources
 def markdown_table(cls: type[BaseSettings]) -> str:
     lines = ["| setting | env / flag | default | what |", "| --- | --- | --- | --- |"]
     for name, info in cls.model_fields.items():
-        default = info.get_default(call_default_factory=True)
-        if isinstance(default, SecretStr):
+        default = None if info.is_required() else info.get_default(call_default_factory=True)
+        if info.is_required():
+            shown = "(required)"
+        elif isinstance(default, SecretStr):
             shown = "(secret)"
         elif isinstance(default, dict | list) or default is None:
             shown = json.dumps(default)

@@ -28,6 +28,10 @@ APP_USES = {
     "simulator.model": "the demo drives the simulator in-process",
     "retrainer.dataset": "the demo scores published models on post-drift rows never sent",
     "retrainer.metrics": "the same, with the retrainer's own metrics",
+    "consumer.follower": "slaops backtest hands each answer to the consumer's own follower",
+    "retrainer.publisher": "slaops backtest serves requests with the retrainer's own handler",
+    "retrainer.replay": "slaops backtest replays a request's ranges with the same code",
+    "retrainer.sre_rules": "slaops backtest judges its warnings beside the SRE rules",
 }
 #: A service's modules the application wires it with.
 SERVICE_WIRING = frozenset({"main", "settings", "errors"})

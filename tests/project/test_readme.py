@@ -11,6 +11,7 @@ from consumer.settings import ConsumerSettings
 from kernel.settings import setting_sources
 from retrainer.settings import RetrainerSettings
 from simulator.settings import SimulatorSettings
+from slaops.backtest_cli import BacktestSettings
 from slaops.demo import DemoSettings
 from slaops.fleet_report import ReportSettings
 from slaops.settings_doc import render
@@ -33,6 +34,7 @@ def test_settings_tables_are_current() -> None:
         WatchSettings,
         DemoSettings,
         ReportSettings,
+        BacktestSettings,
     ],
 )
 def test_every_setting_is_in_the_readme_table(settings: type[BaseSettings]) -> None:
