@@ -28,7 +28,6 @@ from pydantic import SecretStr
 
 from kernel.artifacts import ArtifactError, ModelCard, load_model, serialize_model
 from kernel.errors import StoreError
-from kernel.mlp import SlaMLP
 from kernel.store import FileStore, HubStore, PublishedFiles, StoreOptions, model_paths, open_store
 from kernel.store.index import MAX_INDEX_BYTES, next_index
 from kernel.store.paths import index_path
@@ -246,7 +245,10 @@ def test_a_nan_newest_version_is_no_champion_and_the_next_retrain_publishes(
     hashed = tenant_hash("acme", KEY)
     # The attack: a store writer publishes a NaN copy of the model as the newest version.
     card = ModelCard.model_validate_json(store.read(first.paths["card"], revision=first.revision))
-    module = SlaMLP(**card.architecture)
+    weights = store.read(first.paths["safetensors"], revision=first.revision)
+    module, _ = load_model(
+        store.read(first.paths["card"], revision=first.revision), weights, "safetensors"
+    )
     with torch.no_grad():
         module.head.bias.fill_(float("nan"))
     poisoned = serialize_model(module, card.model_dump(exclude={"architecture", "files"}))
