@@ -10,6 +10,7 @@ import pytest
 from pydantic import SecretStr
 
 from kernel.artifacts import ModelCard
+from kernel.features import FeatureSpec
 from kernel.kafka import TopicSpec, ensure_topics
 from kernel.tenant_hash import tenant_hash
 from retrainer.cancel import CancelToken
@@ -71,9 +72,13 @@ def test_requests_are_coalesced_trained_on_their_tenant_only_and_announced(
         service.handler.store.read(event.paths["card"], revision=event.revision)
     )
     acme = tenant_rows(600, seed=1)
-    expected = build_pairs(acme.ts, acme.features, acme.labels, min_rows=100)
+    spec, horizon = FeatureSpec(), settings.horizon
+    expected = build_pairs(
+        acme.ts, acme.features, acme.labels, spec=spec, horizon=horizon, min_rows=100
+    )
     assert card.lineage["data_sha256"] == expected.sha256
-    assert card.lineage["n_rows"] == len(expected) == 600 - 23 - 1  # full windows, a next label
+    # Full windows of history, and the `horizon` intervals after each row to label it.
+    assert card.lineage["n_rows"] == len(expected) == 600 - (spec.history - 1) - horizon
 
     (failure,) = read_topic(bootstrap, settings.failures_topic, expect=1, partitions=6)
     assert RetrainFailed.model_validate_json(failure.value() or b"").reason == "invalid_request"
