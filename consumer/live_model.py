@@ -99,5 +99,9 @@ class LiveModel:
         return out
 
     def forecast(self, history: Events, block: Events) -> np.ndarray:
-        """P(breach `horizon` events later) for each event of `block`, in one call."""
+        """The card's forecast for each event of `block`, in one call.
+
+        P(a breach within the next `horizon` events) for a "within" card (format 3),
+        P(a breach `horizon` events later) for an "at" one.
+        """
         return predict_proba(self.module, self.inputs(history, block))

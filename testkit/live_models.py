@@ -3,7 +3,8 @@
 `published_model` trains and publishes `acme`'s model once (the root `conftest.py` binds
 it as the module-scoped `published` fixture); `load` reads it back as the consumer does,
 `core_with` is the consumer's pure core holding it, and `messages` the telemetry that
-feeds it, its breaches decided by `threshold_ms`.
+feeds it, its breaches decided by `threshold_ms` (`LEARNT_MS` is the rule the model
+was trained on: a stream at another threshold is a changed concept).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from testkit.tiny_models import load_live_model
 Published = tuple[str, ModelStore, ModelPublished]
 
 KEY = SecretStr("live-model-tenant-key-0123456789")
+#: The p99 latency above which acme's training rows breach (`tenant_rows`' default).
+LEARNT_MS = 200.0
 SEARCH = SearchConfig(
     grid={"lr": [1e-2], "module__hidden_layers": [1], "module__width": [16]},
     n_jobs=1,
@@ -46,7 +49,7 @@ def published_model(directory: Path) -> Published:
         store_uri=uri,
         tenant_key=KEY,
         training=TrainingConfig(search=SEARCH, min_rows=100),
-        replay=lambda request: tenant_rows(1_500, seed=3),
+        replay=lambda request: tenant_rows(1_500, seed=3, threshold_ms=LEARNT_MS),
         topics=OutcomeTopics(models="m", failures="f", decisions="d"),
     )
     event = handler.handle(request_for("acme")).events[0][2]
