@@ -27,7 +27,7 @@ from sklearn.preprocessing import StandardScaler
 from retrainer.metrics import evaluate_proba
 
 if TYPE_CHECKING:  # the forecasters import the estimator, which imports this module
-    from retrainer.forecasters import Folds, TenantRows
+    from retrainer.forecasters import CandidateRows, Folds
 
 BASELINES: Final = ("prior", "persistence", "logistic")
 #: The baselines a challenger must beat (probabilistic skill > 0) to go live.
@@ -56,7 +56,7 @@ def persistence_proba(flags: Any, y: Any) -> NDArray[np.float64]:
     )
 
 
-def oof_baselines(rows: TenantRows, folds: Folds, *, seed: int = 0) -> BaselineForecasts:
+def oof_baselines(rows: CandidateRows, folds: Folds, *, seed: int = 0) -> BaselineForecasts:
     """Every baseline fitted on each fold's training rows, scored on its validation rows.
 
     The same out-of-fold rows every candidate is judged on (`Folds.valid`), so a card's

@@ -52,8 +52,11 @@ Index = NDArray[np.int64]
 
 
 @dataclass(frozen=True, eq=False)
-class TenantRows:
-    """A tenant's supervised pairs as the candidates read them."""
+class CandidateRows:
+    """A tenant's supervised pairs as the candidates read them.
+
+    Built from a `SupervisedSet`, itself from the raw events of a `retrainer.replay.TenantRows`.
+    """
 
     X: NDArray[np.float32]
     y: NDArray[np.float64]
@@ -64,7 +67,7 @@ class TenantRows:
     quiet: NDArray[np.bool_]
 
     @classmethod
-    def of(cls, data: SupervisedSet) -> TenantRows:
+    def of(cls, data: SupervisedSet) -> CandidateRows:
         names = data.feature_names
         if "quiet" not in names:
             raise ValueError("the feature spec has no 'quiet' column (feature version 2 has)")
@@ -107,7 +110,7 @@ class Folds:
 _EMPTY: Final = np.zeros(0, np.int64)
 
 
-def blocked_folds(rows: TenantRows, n_splits: int, gap: int) -> Folds:
+def blocked_folds(rows: CandidateRows, n_splits: int, gap: int) -> Folds:
     """`n_splits` folds over `n_splits + 1` equal blocks of time; block 0 only trains.
 
     A fold whose training part has too few rows or quiet positives is left out.
@@ -181,7 +184,7 @@ def _incident_columns(names: Sequence[str]) -> list[int]:
     return [i for i, name in enumerate(names) if name.startswith(INCIDENT_PREFIXES)]
 
 
-def gate(module: SlaMLP, rows: TenantRows, train: Index) -> SlaMLP:
+def gate(module: SlaMLP, rows: CandidateRows, train: Index) -> SlaMLP:
     """`module` (trained for quiet rows) as a gated forecaster, fitted on `train`.
 
     Copies the network into a gated module of the same shape, fits the incident head on
@@ -208,7 +211,7 @@ def gate(module: SlaMLP, rows: TenantRows, train: Index) -> SlaMLP:
     return gated
 
 
-def _normalised(rows: TenantRows, train: Index) -> SlaMLP:
+def _normalised(rows: CandidateRows, train: Index) -> SlaMLP:
     """A depth-0 module normalised on the quiet training rows, its head all zero."""
     quiet = train[rows.quiet[train]]
     X = rows.X[quiet] if len(quiet) else rows.X[train]
@@ -220,7 +223,7 @@ def _normalised(rows: TenantRows, train: Index) -> SlaMLP:
     return module
 
 
-def fit_rule(rows: TenantRows, train: Index, column: str | None) -> SlaMLP:
+def fit_rule(rows: CandidateRows, train: Index, column: str | None) -> SlaMLP:
     """A rule on `column` (the prior when None), fitted on `train`, gated."""
     module = _normalised(rows, train)
     quiet = train[rows.quiet[train]]
@@ -247,7 +250,7 @@ def rule_columns(names: Sequence[str]) -> dict[str, list[str]]:
 
 
 def _out_of_fold(
-    rows: TenantRows, folds: Folds, fit: Callable[[Index], SlaMLP]
+    rows: CandidateRows, folds: Folds, fit: Callable[[Index], SlaMLP]
 ) -> NDArray[np.float64]:
     parts = [
         predict_proba(fit(train), rows.X[valid]).astype(np.float64) for train, valid in folds.splits
@@ -255,7 +258,7 @@ def _out_of_fold(
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
-def rule_candidates(rows: TenantRows, folds: Folds) -> list[Candidate]:
+def rule_candidates(rows: CandidateRows, folds: Folds) -> list[Candidate]:
     """Every rule on every column it may watch, and the prior: cheap, closed-form fits."""
     everything = np.arange(len(rows), dtype=np.int64)
     out = []
@@ -270,7 +273,7 @@ def rule_candidates(rows: TenantRows, folds: Folds) -> list[Candidate]:
     return out
 
 
-def network_candidate(rows: TenantRows, folds: Folds, best: SlaNet, final: SlaMLP) -> Candidate:
+def network_candidate(rows: CandidateRows, folds: Folds, best: SlaNet, final: SlaMLP) -> Candidate:
     """The searched network: refitted on each fold's quiet rows for its out-of-fold view.
 
     `best` is the search's winner (its parameters), `final` the module refit on every
@@ -302,7 +305,7 @@ def _platt(y: NDArray[np.float64], p: NDArray[np.float64]) -> tuple[float, float
     return float(np.clip(coef[0], 0.0, MAX_PLATT_SLOPE)), intercept
 
 
-def calibrate(candidate: Candidate, rows: TenantRows, folds: Folds) -> Candidate:
+def calibrate(candidate: Candidate, rows: CandidateRows, folds: Folds) -> Candidate:
     """The candidate with each head's probabilities Platt-scaled on its out-of-fold rows.
 
     A one-column rule fitted on a few days of one tenant is often over-confident on the

@@ -30,8 +30,8 @@ from retrainer.errors import DatasetError
 from retrainer.estimator import torch_threads
 from retrainer.forecasters import (
     Candidate,
+    CandidateRows,
     Folds,
-    TenantRows,
     blocked_folds,
     calibrate,
     network_candidate,
@@ -74,7 +74,7 @@ class Trained:
     data: SupervisedSet
     #: The replayed events the pairs were built from (the champion is scored on them).
     replayed: ReplayedRows
-    rows: TenantRows
+    rows: CandidateRows
     folds: Folds
     choice: Choice
     #: The network search (None when the evidence did not justify one).
@@ -133,7 +133,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _network(
-    data: SupervisedSet, rows: TenantRows, folds: Folds, config: TrainingConfig
+    data: SupervisedSet, rows: CandidateRows, folds: Folds, config: TrainingConfig
 ) -> tuple[SearchResult | None, Candidate | None]:
     """The search on the quiet rows, on the same folds, and its out-of-fold candidate."""
     quiet = np.flatnonzero(rows.quiet)
@@ -177,7 +177,7 @@ def _train(replayed: ReplayedRows, config: TrainingConfig, cancel: CancelToken |
         spec=config.features,
         min_rows=config.min_rows,
     )
-    rows = TenantRows.of(data)
+    rows = CandidateRows.of(data)
     folds = blocked_folds(rows, config.search.n_splits, data.spec.history + config.horizon)
     out_of_fold = bool(folds.splits)
     if not out_of_fold:

@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from kernel.early_warning import fresh_onsets, leads, score_segments, warning_on
-from retrainer.forecasters import Candidate, Folds, TenantRows
+from retrainer.forecasters import Candidate, CandidateRows, Folds
 from retrainer.metrics import evaluate_proba
 from retrainer.warning_policy import TunedPolicy, tune_policy
 
@@ -94,7 +94,7 @@ def _log_loss(y: NDArray[np.float64], p: NDArray[np.float64]) -> float:
     return float(-np.mean(y * np.log(q) + (1 - y) * np.log1p(-q)))
 
 
-def base_rate_oof(rows: TenantRows, folds: Folds) -> NDArray[np.float64]:
+def base_rate_oof(rows: CandidateRows, folds: Folds) -> NDArray[np.float64]:
     """The base rate each fold's training rows give, on its validation rows."""
     parts = [
         np.full(len(v), float(np.clip(rows.y[t].mean(), _EPS, 1 - _EPS))) for t, v in folds.splits
@@ -102,7 +102,7 @@ def base_rate_oof(rows: TenantRows, folds: Folds) -> NDArray[np.float64]:
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
-def evidence(rows: TenantRows, folds: Folds, prior: Candidate) -> Evidence:
+def evidence(rows: CandidateRows, folds: Folds, prior: Candidate) -> Evidence:
     valid = folds.valid
     y = rows.y[valid]
     quiet = rows.quiet[valid]
@@ -119,7 +119,7 @@ def evidence(rows: TenantRows, folds: Folds, prior: Candidate) -> Evidence:
     )
 
 
-def judge(candidate: Candidate, rows: TenantRows, folds: Folds, budget: float) -> Judged:
+def judge(candidate: Candidate, rows: CandidateRows, folds: Folds, budget: float) -> Judged:
     valid = folds.valid
     y, quiet = rows.y[valid], rows.quiet[valid]
     policy = tune_policy(candidate, rows, folds, budget)
@@ -156,7 +156,7 @@ class Choice:
 
 
 def choose(
-    candidates: list[Candidate], rows: TenantRows, folds: Folds, rule: EvidenceRule
+    candidates: list[Candidate], rows: CandidateRows, folds: Folds, rule: EvidenceRule
 ) -> Choice:
     """The candidate that warns best in budget among those with skill (see the module)."""
     judged = [judge(c, rows, folds, rule.budget_per_day) for c in candidates]
@@ -178,7 +178,7 @@ def choose(
 
 
 def onset_outcomes(
-    warned_on: NDArray[np.bool_], rows: TenantRows, folds: Folds
+    warned_on: NDArray[np.bool_], rows: CandidateRows, folds: Folds
 ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.bool_]]:
     """Per fresh onset of the folds: its row (in `Folds.valid` order), fold, warned at >= 1."""
     valid, segments = folds.valid, folds.segments
@@ -201,7 +201,7 @@ def paired_confidence(
     challenger: Judged,
     champion_on: NDArray[np.bool_],
     champion_p: NDArray[np.float64],
-    rows: TenantRows,
+    rows: CandidateRows,
     folds: Folds,
     rule: EvidenceRule,
 ) -> tuple[float, float]:

@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from kernel.early_warning import WarningRecord, choose_threshold, score_segments, warning_on
-from retrainer.forecasters import Candidate, Folds, TenantRows
+from retrainer.forecasters import Candidate, CandidateRows, Folds
 
 #: Folds kept back to measure a policy tuned on the earlier ones.
 UNSEEN_FOLDS = 2
@@ -56,7 +56,7 @@ def _quiet_scores(p: NDArray[np.float64], quiet: NDArray[np.bool_]) -> NDArray[n
 
 
 def tune_policy(
-    candidate: Candidate, rows: TenantRows, folds: Folds, budget_per_day: float
+    candidate: Candidate, rows: CandidateRows, folds: Folds, budget_per_day: float
 ) -> TunedPolicy:
     """The candidate's policy within `budget_per_day` false warnings per day."""
     valid, segments = folds.valid, folds.segments
@@ -128,7 +128,7 @@ def _unseen(
 
 
 def warnings_of(
-    proba: NDArray[np.float64], rows: TenantRows, index: NDArray[np.int64], threshold: float
+    proba: NDArray[np.float64], rows: CandidateRows, index: NDArray[np.int64], threshold: float
 ) -> NDArray[np.bool_]:
     """The warning series a policy gives on `index` rows (the serving rule)."""
     return warning_on(proba, rows.quiet[index], threshold)

@@ -22,6 +22,8 @@ from pydantic import SecretStr
 from consumer.main import topic_specs as consumer_topics
 from consumer.settings import ConsumerSettings
 from kernel.kafka import TopicSpec, ensure_topics
+from retrainer.dataset import build_pairs
+from retrainer.forecasters import CandidateRows, blocked_folds
 from retrainer.main import topic_specs as retrainer_topics
 from retrainer.settings import RetrainerSettings
 from schemas import DeadLetter, RetrainFailed, RetrainRequested
@@ -29,6 +31,7 @@ from slaops.runner import run_consumer, run_retrainer
 from testkit.consumer_runs import BAD_RECORDS, telemetry
 from testkit.kafka_helpers import message_headers, produce_all, read_topic, wait_for
 from testkit.ports import free_port
+from testkit.retrain_data import tenant_rows
 from testkit.retrainer_runs import KEY, request, shared_partition_telemetry
 from testkit.scrape import get, samples, value
 
@@ -170,6 +173,9 @@ def test_retrainer_metrics_equal_what_the_run_did(
         n_splits=3,
         max_epochs=10,
         min_rows=100,
+        # Little evidence suffices, so the network is searched and its fits are counted.
+        min_positives=1,
+        min_fresh_onsets=1,
         metrics_port=free_port(),
     )
     ensure_topics(settings, [*retrainer_topics(settings), TopicSpec(settings.telemetry_topic, 1)])
@@ -224,7 +230,11 @@ def test_retrainer_metrics_equal_what_the_run_did(
     assert reasons == ["invalid_request", "invalid_request"]
     assert value(found, "slaops_retrainer_requests_failed_total", reason="invalid_request") == 2
     assert value(found, "slaops_retrainer_search_duration_seconds_count") == 1
-    assert value(found, "slaops_retrainer_fits_total") == 3  # 1 candidate x 3 folds
+    # 1 candidate x the folds whose training part holds enough quiet rows and breaches.
+    acme = tenant_rows(600, seed=1)
+    data = build_pairs(acme.ts, acme.features, acme.labels, horizon=settings.horizon, min_rows=100)
+    folds = blocked_folds(CandidateRows.of(data), 3, data.spec.history + settings.horizon)
+    assert value(found, "slaops_retrainer_fits_total") == len(folds.splits) >= 2
     assert value(found, "slaops_retrainer_replay_duration_seconds_count") == 2
     assert value(found, "slaops_retrainer_publish_duration_seconds_count") == len(models)
     announced = value(found, "slaops_retrainer_request_to_announcement_seconds_count")
