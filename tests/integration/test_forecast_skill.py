@@ -3,7 +3,8 @@ labels that follow, carry skill over the tenant's breach rate.
 
 The model is trained by the retrainer's own handler on the first part of a stream, and
 announced; the consumer (the real service, through the real broker) then forecasts
-every later event with `--publish-forecasts`. Each forecast at event t is for t + 1.
+every later event with `--publish-forecasts`. Each forecast at event t is for a breach
+within t + 1 ... t + horizon.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from consumer.main import topic_specs
 from consumer.settings import ConsumerSettings
 from kernel.kafka import ensure_topics
 from kernel.store import ModelStore
+from retrainer.dataset import within_horizon
 from retrainer.pipeline import TrainingConfig
 from retrainer.publisher import OutcomeTopics, RequestHandler
 from schemas import ModelPublished
@@ -91,9 +93,11 @@ def test_published_forecasts_after_the_training_window_beat_the_prior(
     live_ts = rows.ts[TRAIN:]
     stamps = [np.datetime64(f["ts"].replace("Z", "")).astype("datetime64[s]") for f in forecasts]
     assert [s.astype(np.int64) for s in stamps][-LIVE:] == [int(t) for t in live_ts]
-    proba = np.array([f["probability"] for f in forecasts[-LIVE:]])[:-1]
-    outcome = rows.labels[TRAIN + 1 :].astype(np.float64)  # the label each forecast was for
-    rate = rows.labels[:TRAIN].mean()
+    horizon = TrainingConfig(search=SEARCH).horizon
+    # The last forecasts' horizons run past the stream: only fully labelled ones count.
+    proba = np.array([f["probability"] for f in forecasts[-LIVE:]])[:-horizon]
+    outcome = within_horizon(rows.labels[TRAIN:], horizon)[:-horizon].astype(np.float64)
+    rate = within_horizon(rows.labels[:TRAIN], horizon)[:-horizon].mean()
     model_loss = _log_loss(outcome, proba)
     prior_loss = _log_loss(outcome, np.full_like(proba, rate))
     assert model_loss < 0.8 * prior_loss, (model_loss, prior_loss)
