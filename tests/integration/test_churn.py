@@ -168,10 +168,8 @@ def test_groups_under_churn_answer_every_request_once_and_match_one_member(
             # search is in flight when the log's last start-or-end line is a search start.
             marks = f"({SEARCH_STARTED})|published version=|not published \\(|failed: "
             for proc in retrainers:
-                last = None
-                for last in re.finditer(marks, proc.log()):
-                    pass
-                if last is not None and last.group(1) is not None:
+                matches = list(re.finditer(marks, proc.log()))
+                if matches and matches[-1].group(1) is not None:
                     return proc
             return None
 
