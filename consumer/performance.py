@@ -32,10 +32,9 @@ against its own start, so it alarms too.
   out-of-fold record, a `consumer.calibration.CalibrationWatch` also watches whether
   breaches still come at the record's rate (relative to the offset seen at go-live);
   its alarms are signals with feature "calibration", the loss watch's "log_loss".
-- **Within the horizon.** `consumer.forecasting` scores each forecast against the
-  breach flag `horizon` events later. For a "within" card the monitor regroups those
-  flags itself (`within`): the outcome of the forecast made at t is any breach in
-  t+1 .. t+horizon, the last `horizon` flags it was given (consecutive forecasts).
+- **Within the horizon.** `consumer.forecasting` is the one home of outcomes: for a
+  "within" card the outcome of the forecast made at t is any breach in
+  t+1 .. t+horizon, scored there; the monitor takes outcomes as given.
 - **Blocks, not events.** Misses are autocorrelated (a breach episode spans several
   intervals), so the detector sees means of `performance_stride` consecutive excesses, as the data
   monitor does. Probabilities are clipped to [`clip`, 1 - `clip`], so one flipped label
@@ -66,11 +65,6 @@ from kernel.artifacts import ModelCard
 _RECENT_BLOCKS: Final = 8
 #: Decimals a signal's statistics keep.
 _DIGITS: Final = 6
-#: `consumer.forecasting` scores a forecast against the breach flag `horizon` events
-#: after it, so a "within" card's monitor regroups those flags (`within`). Once the
-#: forecaster scores "within" outcomes itself, this is False (tests/
-#: test_performance_reference.py fails while the two disagree).
-SCORED_AT_HORIZON: Final = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,10 +153,8 @@ class PerformanceMonitor:
     `reference` (see `for_card`) the excess is the loss minus what the forecaster's
     record says that forecast earns, and the third column is ignored; else with the
     column, the model's loss minus persistence's; else the loss minus the entropy
-    H(p) the forecast promised. With `within` > 0 the outcomes given are breach flags
-    `within` events after each forecast, and the monitor scores any breach among the
-    last `within` of them (the first `within - 1` forecasts, inside the warmup, see
-    fewer). `promised` is the live model's card metrics; only reported in signals.
+    H(p) the forecast promised. `promised` is the live model's card metrics; only
+    reported in signals.
     Raises ValueError on a malformed block.
     """
 
@@ -170,12 +162,10 @@ class PerformanceMonitor:
         "config",
         "promised",
         "reference",
-        "within",
         "_calibration",
         "_observed",
         "_detector",
         "_absolute",
-        "_flags",
         "_pending",
         "_seen",
         "_fed",
@@ -190,18 +180,14 @@ class PerformanceMonitor:
         promised: Mapping[str, float] | None = None,
         *,
         reference: OutOfFoldReference | None = None,
-        within: int = 0,
         outcome_span: int = 1,
     ) -> None:
-        if within < 0 or outcome_span < 1:
-            raise ValueError(f"within must be >= 0 and outcome_span >= 1, got {within!r}")
+        if outcome_span < 1:
+            raise ValueError(f"outcome_span must be >= 1, got {outcome_span!r}")
         self.config = config
         self.promised = dict(promised or {})
         self.reference = reference
-        self.within = within
         self._absolute = detector_spec(config.performance_detector).absolute
-        #: The last `within - 1` outcome flags, for the next block's first forecasts.
-        self._flags = np.zeros(max(0, within - 1))
         #: Outcomes scored since the model went live, and of those, breaches.
         self._observed = [0, 0]
         threshold = config.performance_calibration_threshold
@@ -217,17 +203,14 @@ class PerformanceMonitor:
     def for_card(cls, config: PerformanceConfig, card: ModelCard) -> PerformanceMonitor:
         """The monitor a live model's card calls for: its out-of-fold record if it has one.
 
-        A "within" card's forecasts are scored against any breach within its horizon,
-        regrouped here from the flags `consumer.forecasting` scores against
-        (`SCORED_AT_HORIZON`).
+        Outcomes of a "within" card's forecasts overlap over its horizon (the
+        calibration watch sums those `horizon` apart).
         """
-        within = card.target == "within"
         return cls(
             config,
             card.metrics,
             reference=OutOfFoldReference.of(card),
-            within=card.horizon if within and SCORED_AT_HORIZON else 0,
-            outcome_span=card.horizon if within else 1,
+            outcome_span=card.horizon if card.target == "within" else 1,
         )
 
     def reset(self) -> None:
@@ -248,7 +231,7 @@ class PerformanceMonitor:
             raise ValueError(f"block must have shape (n, 2) or (n, 3), got {rows.shape}")
         if not np.isfinite(rows).all():
             raise ValueError("block must be finite")
-        proba, outcome = rows[:, 0], self._outcomes(rows[:, 1])
+        proba, outcome = rows[:, 0], rows[:, 1]
         self._observed[0] += len(outcome)
         self._observed[1] += int(np.count_nonzero(outcome))
         clip = self.config.clip
@@ -295,17 +278,6 @@ class PerformanceMonitor:
         """The rate of the outcomes scored since the model went live (NaN before any)."""
         n, breaches = self._observed
         return breaches / n if n else math.nan
-
-    def _outcomes(self, flags: np.ndarray) -> np.ndarray:
-        """The outcome of each forecast: its flag, or any breach among the last `within`."""
-        if self.within <= 1:
-            return flags
-        every = np.concatenate((self._flags, flags))
-        self._flags = every[len(every) - (self.within - 1) :]
-        count = np.concatenate(([0.0], np.cumsum(every >= 0.5)))
-        inside = count[self.within - 1 + np.arange(1, len(flags) + 1)] - count[: len(flags)]
-        out: np.ndarray = (inside > 0).astype(np.float64)
-        return out
 
     def _feed(self, values: np.ndarray, offset: int) -> DriftSignal | None:
         skip = min(len(values), max(0, self.config.performance_warmup - self._seen))
