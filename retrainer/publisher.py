@@ -230,7 +230,7 @@ class RequestHandler:
             request, hashed, published, artifacts.card_model, sha256, version=version
         )
         log.info(
-            "tenant=%s event_id=%s published version=%d revision=%s holdout f1=%.3f log_loss=%.4f",
+            "tenant=%s event_id=%s published version=%d revision=%s oof f1=%.3f log_loss=%.4f",
             request.tenant,
             request.event_id,
             event.model_version,

@@ -89,7 +89,7 @@ class Plan:
 
     @classmethod
     def for_run(cls, quick: bool) -> Plan:
-        return cls(720, 300, 600, 400) if quick else cls(1_440, 432, 864, 600)
+        return cls(1_008, 300, 600, 400) if quick else cls(1_440, 432, 864, 600)
 
     @property
     def drift_at(self) -> int:
@@ -163,8 +163,11 @@ class DemoRun:
             # Event time here runs ~10,000x faster than the searches: never give up on
             # an unanswered request by event time.
             request_timeout_s=365 * 86_400.0,
-            # Half the window after the alarm: the retrain sees mostly the new regime.
-            performance_settle_events=self.plan.warmup // 2,
+            # Half the drifted phase after the alarm: the retrain sees the new regime.
+            performance_settle_events=self.plan.drifted // 2,
+            # The live phase is short: the calibration watch measures its go-live offset
+            # on the normal traffic before the drift (of `plan.live` events).
+            performance_calibration_warmup=self.plan.live * 2 // 3,
             publish_forecasts=True,
             # The simulated load has a strong daily cycle; per-feature detectors read it
             # as drift. The demo retrains on what matters: the live model's errors.
@@ -179,6 +182,9 @@ class DemoRun:
             group_id=f"slaops-demo-retrainer{suffix}",
             grid=QUICK_GRID if settings.quick else None,
             n_splits=3 if settings.quick else 5,
+            # A window of days holds a handful of new incidents (about one a day): the
+            # gate's evidence rule is scaled to it.
+            min_fresh_onsets=3,
             seed=settings.seed,
         )
         self.watch_settings = WatchSettings(

@@ -105,7 +105,7 @@ def dashboard(state: DemoState, stats: dict[str, object], phase: str) -> Group:
                 str(len(view.models)),
                 "-"
                 if latest is None
-                else (f"v{latest.model_version} holdout f1={latest.metrics.get('f1', 0.0):.3f}"),
+                else (f"v{latest.model_version} oof f1={latest.metrics.get('f1', 0.0):.3f}"),
             )
     totals = "   ".join(
         f"{name}: {value:,}" if isinstance(value, int) else f"{name}: {value}"
@@ -201,7 +201,7 @@ def summary_table(rows: list[dict[str, Any]]) -> Table:
     )
     headers = {
         "tenant": "tenant",
-        "cold_start_f1": "cold-start\nholdout F1",
+        "cold_start_f1": "cold-start\nOOF F1",
         "drift_at_event": "drift\nat",
         "detected_at_event": "alarm\nat",
         "delay": "delay",
