@@ -57,7 +57,7 @@ def timeline_png(report: TenantReport, points: int) -> bytes:
     """Telemetry (downsampled p99 latency and breach rate) with alarms, requests, versions.
 
     All on event time: a version is drawn at its request's `detected_at` (the newest
-    event it could have learnt from), its label naming version and holdout F1.
+    event it could have learnt from), its label naming version and out-of-fold F1.
     """
     events = report.events
     t, p99, rate = downsample(events.ts, events.p99, events.breached, points)
@@ -177,7 +177,7 @@ def _tenant_section(n: int, report: TenantReport, points: int) -> str:
         )
     parts.append(
         "<table><tr><th>version</th><th>revision</th><th>why</th><th>when</th>"
-        "<th>holdout F1</th><th>log loss</th></tr>" + "".join(rows) + "</table>"
+        "<th>out-of-fold F1</th><th>log loss</th></tr>" + "".join(rows) + "</table>"
         if rows
         else '<p class="muted">no version announced</p>'
     )
@@ -227,7 +227,7 @@ def render_page(
     )
     fleet = (
         "<h2>Fleet</h2><table><tr><th>tenant</th><th>live version</th><th>trained</th>"
-        "<th>why</th><th>holdout F1</th><th>log-loss skill vs prior</th><th>vs persistence</th>"
+        "<th>why</th><th>out-of-fold F1</th><th>log-loss skill vs prior</th><th>vs persistence</th>"
         "<th>vs logistic</th><th>last drift alarm</th><th>request</th></tr>"
         + "".join(_fleet_row(n, r) for n, r in enumerate(reports))
         + "</table>"

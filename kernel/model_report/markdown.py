@@ -43,8 +43,14 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 def front_matter(card: ModelCard, tenant_hash: str, digest: str) -> dict[str, Any]:
-    """The YAML metadata: Hub tags plus a ``model-index`` carrying every holdout metric."""
+    """The YAML metadata: Hub tags plus a ``model-index`` carrying every evaluated metric."""
     horizon = card.horizon
+    split = "out-of-fold" if card.target == "within" else "holdout"
+    task = (
+        f"SLA breach within the next {horizon} interval(s)"
+        if card.target == "within"
+        else f"SLA breach {horizon} interval(s) ahead"
+    )
     return {
         "library_name": "pytorch",
         "pipeline_tag": "tabular-classification",
@@ -57,18 +63,18 @@ def front_matter(card: ModelCard, tenant_hash: str, digest: str) -> dict[str, An
                     {
                         "task": {
                             "type": "tabular-classification",
-                            "name": f"SLA breach {horizon} interval(s) ahead",
+                            "name": task,
                         },
                         "dataset": {
                             "type": "slaops-telemetry",
-                            "name": "the tenant's newest telemetry (holdout)",
-                            "split": "holdout",
+                            "name": f"the tenant's telemetry ({split})",
+                            "split": split,
                         },
                         "metrics": [
                             {
                                 "type": name,
                                 "value": float(value),
-                                "name": f"holdout {_METRIC_NAMES.get(name, name)}",
+                                "name": f"{split} {_METRIC_NAMES.get(name, name)}",
                             }
                             for name, value in sorted(card.metrics.items())
                         ],
@@ -88,29 +94,47 @@ def render_markdown(
     arch = card.architecture
     name = tenant_hash[:16]
     lines = ["---", meta.rstrip("\n"), "---", "", f"# SLA-breach forecaster `{name}`", ""]
+    within = card.target == "within"
+    head = card.forecaster if card.forecaster != "mlp" else "the searched network"
     lines += [
-        f"A {arch.get('hidden_layers')}-hidden-layer MLP (width {arch.get('width')}, "
+        f"A gated module (quiet head: {head}"
+        + (f" on `{card.forecaster_input}`" if card.forecaster_input else "")
+        + f"; {arch.get('hidden_layers')} hidden layer(s), width {arch.get('width')}, "
         f"{arch.get('n_features')} inputs) published by slaops for one tenant, named here "
         f"by the HMAC of its slug (`{tenant_hash}`). This page is rendered from "
         f"`{tenant_hash}_sla_model.json` (sha256 `{digest[:16]}…`), which stays the "
         "machine-readable source.",
         "",
+    ]
+    summary = _summary(card)
+    if summary:
+        lines += [summary, ""]
+    target = (
+        f"a breach of its SLA within the next {card.horizon} interval(s)"
+        + (f" ({card.horizon_s / 60:.0f} minutes)" if card.horizon_s else "")
+        if within
+        else f"a breach of its SLA {card.horizon} interval(s) later"
+    )
+    lines += [
         "## Intended use",
         "",
-        f"Forecast, for each telemetry interval of this tenant, the probability that its SLA "
-        f"is breached {card.horizon} interval(s) later, and flag a breach when it is at least "
-        f"the threshold **{card.threshold:.3f}**. Inputs are computed by slaops' feature "
-        f"pipeline (spec version {card.features.version}, {len(card.feature_order)} "
-        "columns, in the card's `feature_order`). Not for other tenants, other SLA rules or "
-        "other feature pipelines.",
+        f"Forecast, for each telemetry interval of this tenant, the probability of {target}, "
+        f"and warn while it is at least the threshold **{card.threshold:.3f}**. Inputs are "
+        f"computed by slaops' feature pipeline (spec version {card.features.version}, "
+        f"{len(card.feature_order)} columns, in the card's `feature_order`). Not for other "
+        "tenants, other SLA rules or other feature pipelines.",
         "",
         "## Training data",
         "",
         f"Retrained for **{lineage.get('reason', '?')}** "
         f"(detector `{lineage.get('detector', '?')}`), from the offset ranges below of the "
-        f"telemetry topic: {lineage.get('n_rows', '?')} rows, the newest "
-        f"{lineage.get('n_holdout', '?')} held out. Rows sha256 "
-        f"`{str(lineage.get('data_sha256', '?'))[:16]}…`.",
+        f"telemetry topic: {lineage.get('n_rows', '?')} rows"
+        + (
+            ", judged on blocked time folds (out of fold)"
+            if within
+            else f", the newest {lineage.get('n_holdout', '?')} held out"
+        )
+        + f". Rows sha256 `{str(lineage.get('data_sha256', '?'))[:16]}…`.",
         "",
     ]
     source = lineage.get("source")
@@ -134,7 +158,12 @@ def render_markdown(
         if kind in plots:
             title, file = plots[kind]
             lines += [f"![{title}]({file})", ""]
-    lines += ["## Evaluation", "", "On the holdout (the newest rows, never searched on):", ""]
+    where = (
+        "Out of fold (each row forecast by models that never saw it or its window):"
+        if within
+        else "On the holdout (the newest rows, never searched on):"
+    )
+    lines += ["## Evaluation", "", where, ""]
     names = ["model", *card.baselines]
     scores = {"model": card.metrics, **card.baselines}
     lines += _table(
@@ -149,6 +178,7 @@ def render_markdown(
         lines += ["", "Skill over the baselines (positive: better):", ""]
         lines += _table(["", "value"], [[k, v] for k, v in sorted(card.skill.items())])
     lines += [""]
+    lines += _warning_lines(card)
     for kind in ("plot_baselines", "plot_pr", "plot_reliability", "plot_confusion"):
         if kind in plots:
             title, file = plots[kind]
@@ -156,14 +186,64 @@ def render_markdown(
     lines += [
         "## Limitations",
         "",
-        "- Judged on one holdout of the tenant's newest rows: a few hours or days with few "
-        "breaches make its metrics noisy.",
+        "- Judged on the tenant's own window: a few days with few new incidents make its "
+        "metrics noisy (the evidence above says how many there were).",
         "- It learns the tenant's SLA rule as it was in the window; a changed rule or "
         "traffic pattern (drift) makes it stale until slaops retrains it.",
-        "- Probabilities are not re-weighted for class imbalance; the threshold trades "
-        "precision for recall by F1 on out-of-fold forecasts, not by the cost of a miss.",
+        "- Probabilities are not re-weighted for class imbalance; the threshold warns of the "
+        "most new incidents within the false-warning budget out of fold, not by the cost "
+        "of a miss.",
         "- Load only with `kernel.artifacts.load_model` (sha256-checked safetensors) or "
         "`torch.load(weights_only=True)`.",
         "",
     ]
     return "\n".join(lines).encode("utf-8")
+
+
+def _record(card: ModelCard) -> dict[str, Any]:
+    record = card.warning.get("out_of_fold")
+    return record if isinstance(record, dict) else {}
+
+
+def _summary(card: ModelCard) -> str:
+    """One sentence an on-call lead can read: what it warns of, how often it is wrong."""
+    record = _record(card)
+    recall, per_day = record.get("recall_lead_1"), record.get("false_per_day")
+    if not isinstance(recall, (int, float)) or not isinstance(per_day, (int, float)):
+        return ""
+    onsets = record.get("fresh_onsets", "?")
+    return (
+        f"Out of fold it warned of **{recall:.0%}** of {onsets} new incidents at least one "
+        f"interval ahead, with **{per_day:.2f}** false warnings a day "
+        f"(budget {card.warning.get('budget_per_day', '?')})."
+    )
+
+
+def _warning_lines(card: ModelCard) -> list[str]:
+    """The early-warning record of the forecaster and of each rule judged beside it."""
+    rows: list[list[Any]] = []
+    for name, record in [("model", _record(card))] + [
+        (kind, r.get("out_of_fold") or {}) for kind, r in sorted(card.rules.items())
+    ]:
+        if isinstance(record, dict) and record:
+            rows.append(
+                [name]
+                + [record.get(k, math.nan) for k in ("fresh_onsets", "recall_lead_1")]
+                + [record.get(k, math.nan) for k in ("recall_lead_3", "false_per_day")]
+            )
+    if not rows:
+        return []
+    lines = ["Early warning out of fold (new incidents: no breach in the 12 intervals before):"]
+    lines += [""]
+    header = ["", "new incidents", "warned at lead >= 1", "at lead >= 3", "false / day"]
+    lines += _table(header, rows)
+    evidence = card.evidence
+    if evidence:
+        lines += [
+            "",
+            f"Evidence: {evidence.get('n', '?')} rows, {evidence.get('positives', '?')} "
+            f"positives, {evidence.get('fresh_onsets', '?')} new incidents"
+            + ("" if evidence.get("sufficient", True) else " (insufficient evidence)")
+            + ".",
+        ]
+    return [*lines, ""]
