@@ -156,6 +156,7 @@ def test_backtest_and_the_services_on_a_broker_publish_the_same(
         **shared,
         **store,
         publish_forecasts=True,
+        catch_up_lag_s=0.0,  # recorded history: its old stamps are no backlog
         poll_timeout_s=0.05,
         session_timeout_ms=6_000,
     )
