@@ -95,7 +95,8 @@ def test_the_switched_tenant_asks_within_2500_events_of_the_switch() -> None:
     drift, raised = switched_requests()
     # Measured: the calibration watch alarms about 1,980 events after the switch and the
     # request follows `performance_settle_events` (240) later.
-    assert streams()[SWITCHED].drift_at <= raised <= streams()[SWITCHED].drift_at + 2_500, raised
+    at = streams()[SWITCHED].drift_at
+    assert at is not None and at <= raised <= at + 2_500, raised
     first = drift[0]
     assert first.details.features == ["calibration"]
     assert first.details.statistic["calibration_direction"] == 1.0  # more breaches
@@ -109,7 +110,8 @@ def test_the_switched_tenant_asks_within_2500_events_of_the_switch() -> None:
 )
 def test_the_switched_tenant_asks_within_2000_events_of_the_switch() -> None:
     _, raised = switched_requests()
-    assert raised <= streams()[SWITCHED].drift_at + 2_000, raised
+    at = streams()[SWITCHED].drift_at
+    assert at is not None and raised <= at + 2_000, raised
 
 
 @pytest.mark.parametrize("name", STABLE)
