@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from consumer.settings import ConsumerSettings
 from kernel.store import ModelStore, open_store
@@ -20,6 +21,12 @@ from testkit import factories
 from testkit.broker import kafka_bootstrap
 from testkit.hub_server import HubServer, running_hub_server
 from testkit.live_models import Published, published_model
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread per test process: under `-n 4` on two cores, torch's default of a
+    thread per core had the workers' threads contend for the same cores."""
+    torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
