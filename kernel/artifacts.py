@@ -64,7 +64,7 @@ class LearningPoint(BaseModel):
 
 
 class PRPoint(BaseModel):
-    """One point of the holdout precision-recall curve: predict breach at ``>= threshold``."""
+    """One point of the out-of-fold precision-recall curve: predict breach at ``>= threshold``."""
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
 

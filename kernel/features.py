@@ -27,7 +27,7 @@ Columns, in order (:meth:`FeatureSpec.names`):
 * time of day and day of week (UTC) as sine/cosine pairs: load is diurnal. Each pair
   is in the spec only when the training data covers seven periods of it
   (:meth:`FeatureSpec.supported_by`): a model trained on one day has never seen the
-  hours its holdout (and tomorrow) brings, and extrapolates on them.
+  hours its later folds (and tomorrow) bring, and extrapolates on them.
 
 Windows count events, not seconds. The first events of a stream have shorter
 windows (lags repeat the first event); training drops them (:attr:`history`), and a

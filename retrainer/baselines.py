@@ -37,7 +37,7 @@ _EPS: Final = 1e-6
 
 @dataclass(frozen=True)
 class BaselineForecasts:
-    """Each baseline's holdout probabilities, hard forecasts and metrics."""
+    """Each baseline's out-of-fold probabilities, hard forecasts and metrics."""
 
     metrics: dict[str, dict[str, float]]
     proba: dict[str, NDArray[np.float64]]

@@ -1,7 +1,7 @@
 """The compact curves a model card carries for its report: learning curve and PR curve.
 
 Both are bounded (`kernel.artifacts.MAX_LEARNING_EPOCHS`, `MAX_PR_POINTS`) so a card
-stays small whatever the search or the holdout size, and both hold finite numbers only
+stays small whatever the search or the number of rows, and both hold finite numbers only
 (strict JSON).
 """
 
@@ -52,7 +52,7 @@ def learning_curve(history: Any) -> list[dict[str, Any]]:
 
 
 def pr_curve(y: NDArray[Any], proba: NDArray[Any]) -> list[dict[str, float]]:
-    """The holdout precision-recall curve, thinned to at most `MAX_PR_POINTS` points.
+    """The out-of-fold precision-recall curve, thinned to at most `MAX_PR_POINTS` points.
 
     Points go from the lowest threshold (recall 1) to the highest; thinning keeps both
     ends. Empty when `y` holds no breach (the curve is undefined).
