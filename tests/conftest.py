@@ -7,14 +7,12 @@ pytest-xdist each worker is a session of its own, so each starts its own broker.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 from consumer.settings import ConsumerSettings
 from kernel.store import ModelStore, open_store
@@ -24,17 +22,11 @@ from testkit.broker import kafka_bootstrap
 from testkit.hub_server import HubServer, running_hub_server
 from testkit.live_models import Published, published_model
 
-#: One BLAS/OpenMP thread in every process the tests start (services, their fit
-#: workers): under `-n 4` on two cores, a thread per core in each contended.
-for _threads in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_threads, "1")
-
 
 def pytest_configure(config: pytest.Config) -> None:
-    """One torch and BLAS thread per test process: under `-n 4` on two cores, a thread
-    per core in each worker had the workers contend for the same cores."""
+    """One torch thread per test process: under `-n 4` on two cores, torch's default of a
+    thread per core had the workers' threads contend for the same cores."""
     torch.set_num_threads(1)
-    threadpool_limits(1)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
