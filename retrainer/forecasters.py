@@ -323,7 +323,7 @@ def calibrate(candidate: Candidate, rows: CandidateRows, folds: Folds) -> Candid
     oof = candidate.oof.copy()
     for side, (slope, intercept) in maps.items():
         part = quiet == side
-        oof[part] = 1.0 / (1.0 + np.exp(-(slope * _logit(oof[part]) + intercept)))
+        oof[part] = 1.0 / (1.0 + np.exp(-np.clip(slope * _logit(oof[part]) + intercept, -30, 30)))
     module = candidate.module
     with torch.no_grad():
         for layer, (slope, intercept) in (

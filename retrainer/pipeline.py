@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from kernel.artifacts import ModelArtifacts, ModelCard, predict_proba, serialize_model
+from kernel.early_warning import score_segments
 from kernel.features import FeatureSpec
 from kernel.mlp import SlaMLP
 from retrainer.baselines import BaselineForecasts, as_card, oof_baselines, skill
@@ -40,7 +41,14 @@ from retrainer.forecasters import (
 from retrainer.metrics import evaluate_proba, reliability_table
 from retrainer.replay import TenantRows as ReplayedRows
 from retrainer.search import SearchConfig, SearchResult, run_search
-from retrainer.selection import Choice, EvidenceRule, choose, paired_confidence
+from retrainer.selection import (
+    Choice,
+    EvidenceRule,
+    choose,
+    log_loss,
+    paired_confidence,
+    worse_than_base_confidence,
+)
 from retrainer.warning_policy import warnings_of
 from schemas import ChampionDecision, RetrainRequested
 
@@ -274,16 +282,26 @@ def _decision(
             f"{proof.positives} positives and {proof.fresh_onsets} fresh onsets out of fold; "
             f"{config.evidence.min_positives} and {config.evidence.min_fresh_onsets} needed"
         )
+        # Too little evidence to judge a challenger's edge is still enough to see that
+        # a champion forecasting a different tenant than this one has none: then the
+        # best rule goes live, as at a cold start (never a network: none was searched).
+        # (The budget is not judged here: on so few onsets, the live budget is the check.)
+        unfit = (
+            None if view is None else champion_unfit(view, trained, config.evidence, budget=False)
+        )
+        if unfit is not None:
+            detail += f"; {unfit}"
+        retire = champion is None or unfit is not None
         return (
             _decision_of(
-                published=champion is None,
+                published=retire,
                 rule=CHAMPION_RULE,
                 challenger_score=score,
                 champion_score=champion_score,
                 verdict="insufficient_evidence",
                 forecaster=best.kind,
                 evidence=facts,
-                detail=detail + ("; the best rule goes live" if champion is None else ""),
+                detail=detail + ("; the best rule goes live" if retire else ""),
             ),
             champion_metrics,
         )
@@ -298,8 +316,11 @@ def _decision(
             ),
             None,
         )
+    unfit = None if view is None else champion_unfit(view, trained, config.evidence)
     if view is None:
         gain, confidence = math.inf, 1.0  # a champion that cannot forecast these rows
+    elif unfit is not None:
+        gain, confidence = math.inf, 1.0  # held to the candidates' standard, it fails it
     else:
         p, on = view
         gain, confidence = paired_confidence(
@@ -307,6 +328,7 @@ def _decision(
         )
     won = config.evidence.confidence == 0 or (confidence >= config.evidence.confidence and gain > 0)
     facts.update({"gain": gain if math.isfinite(gain) else 1e9, "confidence": confidence})
+    detail = "" if won else f"gain {gain:+.3g} at confidence {confidence:.2f}"
     return (
         _decision_of(
             published=won,
@@ -316,10 +338,51 @@ def _decision(
             verdict="published" if won else "champion_better",
             forecaster=best.kind,
             evidence=facts,
-            detail="" if won else f"gain {gain:+.3g} at confidence {confidence:.2f}",
+            detail=unfit or detail,
         ),
         champion_metrics,
     )
+
+
+def champion_unfit(
+    view: tuple[np.ndarray, np.ndarray],
+    trained: Trained,
+    rule: EvidenceRule,
+    *,
+    budget: bool = True,
+) -> str | None:
+    """Why the champion, on the new folds, fails what every candidate must meet, or None.
+
+    A candidate must beat the base rate on log loss and warn within the budget; a
+    champion that no longer does (its tenant changed under it) has no edge to defend,
+    so the best eligible challenger replaces it without a paired bootstrap (its lack of
+    skill is itself bootstrapped, at the gate's confidence). Without this, a
+    champion warning on every row "warned" of more onsets than any in-budget challenger
+    and stayed live with a log loss twice the base rate's (NAB's network-in streams).
+    """
+    p, on = view
+    valid, folds = trained.folds.valid, trained.folds
+    proof = trained.choice.evidence
+    loss = log_loss(trained.rows.y[valid], p)
+    sure = worse_than_base_confidence(p, trained.rows, folds, rule)
+    if (
+        math.isfinite(proof.base_log_loss)
+        and loss >= proof.base_log_loss
+        and sure >= rule.confidence
+    ):
+        return (
+            f"champion has no skill on these folds: log loss {loss:.3g} against the base "
+            f"rate's {proof.base_log_loss:.3g} (worse at confidence {sure:.2f})"
+        )
+    if not budget:
+        return None
+    record = score_segments(on, trained.rows.breach[valid], trained.rows.ts[valid], folds.segments)
+    if record.false_per_day > rule.budget_per_day:
+        return (
+            f"champion is over budget on these folds: {record.false_per_day:.3g} false "
+            f"warnings a day against {rule.budget_per_day:g}"
+        )
+    return None
 
 
 def _decision_of(**fields: Any) -> ChampionDecision:

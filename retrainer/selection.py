@@ -87,7 +87,7 @@ class Evidence:
         }
 
 
-def _log_loss(y: NDArray[np.float64], p: NDArray[np.float64]) -> float:
+def log_loss(y: NDArray[np.float64], p: NDArray[np.float64]) -> float:
     if not len(y):
         return math.nan
     q = np.clip(p, _EPS, 1 - _EPS)
@@ -114,8 +114,8 @@ def evidence(rows: CandidateRows, folds: Folds, prior: Candidate) -> Evidence:
         n=len(valid),
         positives=int(y.sum()),
         fresh_onsets=onsets,
-        base_log_loss=_log_loss(y, base_rate_oof(rows, folds)),
-        quiet_base_log_loss=_log_loss(y[quiet], prior.oof[quiet]),
+        base_log_loss=log_loss(y, base_rate_oof(rows, folds)),
+        quiet_base_log_loss=log_loss(y[quiet], prior.oof[quiet]),
     )
 
 
@@ -139,8 +139,8 @@ def judge(candidate: Candidate, rows: CandidateRows, folds: Folds, budget: float
     return Judged(
         candidate=candidate,
         policy=policy,
-        log_loss=_log_loss(y, candidate.oof),
-        quiet_log_loss=_log_loss(y[quiet], candidate.oof[quiet]),
+        log_loss=log_loss(y, candidate.oof),
+        quiet_log_loss=log_loss(y[quiet], candidate.oof[quiet]),
         metrics=metrics,
     )
 
@@ -236,3 +236,26 @@ def paired_confidence(
     draws = rng.integers(0, BOOTSTRAP_BLOCKS, (BOOTSTRAP_DRAWS, BOOTSTRAP_BLOCKS))
     sums = diff[draws].sum(axis=1)
     return float(diff.sum()), float(np.mean(sums > 0))
+
+
+def worse_than_base_confidence(
+    p: NDArray[np.float64], rows: CandidateRows, folds: Folds, rule: EvidenceRule
+) -> float:
+    """Share of blocked bootstrap resamples in which `p` loses to the base rate on log loss.
+
+    The base rate is each fold's training rows' (`base_rate_oof`), on the same rows;
+    blocks as `paired_confidence` draws them.
+    """
+    valid = folds.valid
+    n = len(valid)
+    if not n:
+        return 0.0
+    y = rows.y[valid]
+    loss = lambda q: -(y * np.log(q) + (1 - y) * np.log1p(-q))  # noqa: E731
+    q_model = np.clip(p, _EPS, 1 - _EPS)
+    q_base = np.clip(base_rate_oof(rows, folds), _EPS, 1 - _EPS)
+    block = np.minimum((np.arange(n) * BOOTSTRAP_BLOCKS) // n, BOOTSTRAP_BLOCKS - 1)
+    diff = np.bincount(block, weights=loss(q_model) - loss(q_base), minlength=BOOTSTRAP_BLOCKS)
+    rng = np.random.default_rng(rule.seed)
+    draws = rng.integers(0, BOOTSTRAP_BLOCKS, (BOOTSTRAP_DRAWS, BOOTSTRAP_BLOCKS))
+    return float(np.mean(diff[draws].sum(axis=1) > 0))

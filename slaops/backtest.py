@@ -116,6 +116,9 @@ class RetrainRecord:
     seconds: float
     search_seconds: float
     n_fits: int
+    #: The decision's verdict and why (None and "" when the request failed).
+    verdict: str | None = None
+    detail: str = ""
 
 
 @dataclass(eq=False)
@@ -315,6 +318,8 @@ class Backtest:
                 seconds=time.perf_counter() - started,
                 search_seconds=search.search_seconds if search is not None else 0.0,
                 n_fits=search.n_fits if search is not None else 0,
+                verdict=training.decision.verdict if training is not None else None,
+                detail=training.decision.detail if training is not None else "",
             )
         )
         for topic, _key, event in outcome.events:

@@ -27,10 +27,12 @@ CONFIG = TrainingConfig(search=SEARCH, min_rows=100)
 CPU = FEATURES.index("cpu_util")
 
 
-def ramps(n: int, episodes: int, seed: int, start_ts: float = 1.77e9) -> TenantRows:
+def ramps(
+    n: int, episodes: int, seed: int, start_ts: float = 1.77e9, idle_cpu: float = 0.3
+) -> TenantRows:
     """Five-minute telemetry whose CPU climbs for 8 intervals before each breach."""
     rng = np.random.default_rng(seed)
-    cpu = np.clip(0.3 + rng.normal(0, 0.03, n), 0, 1)
+    cpu = np.clip(idle_cpu + rng.normal(0, 0.03, n), 0, 1)
     starts = np.sort(rng.choice(np.arange(100, n - 30), episodes, replace=False))
     for s in starts:
         cpu[s : s + 8] = np.linspace(0.35, 0.95, 8)
@@ -93,6 +95,35 @@ def test_below_the_minimum_evidence_only_a_rule_goes_live_and_no_champion_is_rep
     again = train_and_decide(rows, request(), CONFIG, champion)
     assert again.decision.verdict == "insufficient_evidence" and not again.decision.published
     assert again.artifacts is None
+
+
+def _published(rows: TenantRows) -> Champion:
+    outcome = train_and_decide(rows, request(), CONFIG, None)
+    assert outcome.artifacts is not None
+    module, card = load_model(outcome.artifacts.card, outcome.artifacts.safetensors, "safetensors")
+    return Champion(module=module, card=card, revision="r1")
+
+
+@pytest.mark.parametrize(("n", "episodes"), [(700, 4), (2_000, 40)])
+def test_a_champion_with_no_skill_on_the_tenant_as_it_is_now_is_retired(
+    n: int, episodes: int
+) -> None:
+    # Trained while the CPU idled at 0.3; the tenant now idles at 0.7, where the
+    # champion saw only the climbs before breaches: it forecasts a breach on every row.
+    champion = _published(ramps(2_000, 40, seed=7))
+    now = ramps(n, episodes, seed=8, idle_cpu=0.7)
+    outcome = train_and_decide(now, request(), CONFIG, champion)
+    decision = outcome.decision
+    assert decision.published and outcome.artifacts is not None
+    assert "champion has no skill" in decision.detail
+    assert decision.champion_score is not None
+    assert decision.champion_score > decision.evidence["base_log_loss"]
+    if episodes < CONFIG.evidence.min_fresh_onsets:
+        # Below the minimum evidence only a rule may replace it, as at a cold start.
+        assert decision.verdict == "insufficient_evidence"
+        assert outcome.artifacts.card_model.forecaster != "mlp"
+    else:
+        assert decision.verdict == "published"
 
 
 def test_a_challenger_replaces_a_champion_only_with_a_confident_gain() -> None:
