@@ -146,8 +146,7 @@ def _number(value: Any, low: float, high: float | None) -> float | None:
 def policy_facts(card: ModelCard) -> WarningPolicyFacts:
     """What the card's warning policy measured out of fold (`TunedPolicy.as_card`)."""
     policy = card.warning
-    record = policy.get("out_of_fold")
-    record = record if isinstance(record, dict) else {}
+    record = card.warning_record
     threshold = _number(policy.get("threshold"), 0.0, 1.0)
     return WarningPolicyFacts(
         threshold=card.threshold if threshold is None else threshold,

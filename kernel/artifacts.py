@@ -114,6 +114,16 @@ class ModelCard(BaseModel):
     evidence: dict[str, Any] = Field(default_factory=dict, max_length=16)
 
     @property
+    def warning_record(self) -> dict[str, Any]:
+        """The warning policy's out-of-fold record (`TunedPolicy.as_card`), {} when absent.
+
+        The one reader of it: the card is input like any other, so a caller still checks
+        each value it takes.
+        """
+        record = self.warning.get("out_of_fold")
+        return record if isinstance(record, dict) else {}
+
+    @property
     def lags(self) -> int:
         return self.features.lags
 

@@ -200,14 +200,9 @@ def render_markdown(
     return "\n".join(lines).encode("utf-8")
 
 
-def _record(card: ModelCard) -> dict[str, Any]:
-    record = card.warning.get("out_of_fold")
-    return record if isinstance(record, dict) else {}
-
-
 def _summary(card: ModelCard) -> str:
     """One sentence an on-call lead can read: what it warns of, how often it is wrong."""
-    record = _record(card)
+    record = card.warning_record
     recall, per_day = record.get("recall_lead_1"), record.get("false_per_day")
     if not isinstance(recall, (int, float)) or not isinstance(per_day, (int, float)):
         return ""
@@ -222,7 +217,7 @@ def _summary(card: ModelCard) -> str:
 def _warning_lines(card: ModelCard) -> list[str]:
     """The early-warning record of the forecaster and of each rule judged beside it."""
     rows: list[list[Any]] = []
-    for name, record in [("model", _record(card))] + [
+    for name, record in [("model", card.warning_record)] + [
         (kind, r.get("out_of_fold") or {}) for kind, r in sorted(card.rules.items())
     ]:
         if isinstance(record, dict) and record:
