@@ -224,7 +224,7 @@ def summarise(reports: list[StreamReport]) -> dict[str, Any]:
         "mean_f1": round(float(f1.mean()), 4),
         "mean_f1_trees": round(float(trees_f1.mean()), 4),
         "mean_f1_gap_to_trees": round(float(f1.mean() - trees_f1.mean()), 4),
-        "published": sum(r.verdict == "published" for r in reports),
+        "published": sum(r.verdict.startswith("published") for r in reports),
         "live_skill_over_prior": f"{live_skilled}/{live_runs}",
         "false_performance_alarms": sum(r.false_alarms for r in reports),
         "drift_delays": {r.name: r.delay for r in reports if r.drift_at is not None},
