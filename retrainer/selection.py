@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 from numpy.typing import NDArray
@@ -218,8 +218,7 @@ def paired_confidence(
     chal_on = warning_on(chal_p, rows.quiet[valid], challenger.policy.oof_threshold)
     at, _, chal_warned = onset_outcomes(chal_on, rows, folds)
     _, _, champ_warned = onset_outcomes(champion_on, rows, folds)
-    n = len(valid)
-    block = np.minimum((np.arange(n) * BOOTSTRAP_BLOCKS) // max(n, 1), BOOTSTRAP_BLOCKS - 1)
+    block = _blocks(len(valid))
     onset_block = block[at] if len(at) else np.zeros(0, np.int64)
     warned_diff = np.bincount(
         onset_block, weights=(chal_warned.astype(float) - champ_warned), minlength=BOOTSTRAP_BLOCKS
@@ -232,10 +231,19 @@ def paired_confidence(
         return -math.inf, 0.0
     use_onsets = warned_diff.sum() != 0
     diff = warned_diff if use_onsets else loss_diff
+    return float(diff.sum()), _ahead_share(diff, rule)
+
+
+def _blocks(n: int) -> NDArray[Any]:
+    """Each of `n` rows' contiguous block, of `BOOTSTRAP_BLOCKS`."""
+    return np.minimum((np.arange(n) * BOOTSTRAP_BLOCKS) // max(n, 1), BOOTSTRAP_BLOCKS - 1)
+
+
+def _ahead_share(per_block: NDArray[Any], rule: EvidenceRule) -> float:
+    """Share of block bootstrap resamples whose summed difference stays above 0."""
     rng = np.random.default_rng(rule.seed)
     draws = rng.integers(0, BOOTSTRAP_BLOCKS, (BOOTSTRAP_DRAWS, BOOTSTRAP_BLOCKS))
-    sums = diff[draws].sum(axis=1)
-    return float(diff.sum()), float(np.mean(sums > 0))
+    return float(np.mean(per_block[draws].sum(axis=1) > 0))
 
 
 def worse_than_base_confidence(
@@ -254,8 +262,5 @@ def worse_than_base_confidence(
     loss = lambda q: -(y * np.log(q) + (1 - y) * np.log1p(-q))  # noqa: E731
     q_model = np.clip(p, _EPS, 1 - _EPS)
     q_base = np.clip(base_rate_oof(rows, folds), _EPS, 1 - _EPS)
-    block = np.minimum((np.arange(n) * BOOTSTRAP_BLOCKS) // n, BOOTSTRAP_BLOCKS - 1)
-    diff = np.bincount(block, weights=loss(q_model) - loss(q_base), minlength=BOOTSTRAP_BLOCKS)
-    rng = np.random.default_rng(rule.seed)
-    draws = rng.integers(0, BOOTSTRAP_BLOCKS, (BOOTSTRAP_DRAWS, BOOTSTRAP_BLOCKS))
-    return float(np.mean(diff[draws].sum(axis=1) > 0))
+    diff = np.bincount(_blocks(n), weights=loss(q_model) - loss(q_base), minlength=BOOTSTRAP_BLOCKS)
+    return _ahead_share(diff, rule)
