@@ -18,6 +18,7 @@ from consumer.gate import RequestGate
 from consumer.live_model import Events, LiveModel
 from consumer.ood import OodRun
 from consumer.performance import PerformanceConfig, PerformanceMonitor
+from consumer.recalibration import Recalibration
 from consumer.tenant_schedule import RequestSchedule
 from consumer.warnings import WarningState
 from consumer.window import DEFAULT_CAPACITY, DEFAULT_SPAN_S, TenantWindow
@@ -27,7 +28,8 @@ from schemas.telemetry import DEFAULT_MAX_MESSAGE_BYTES, FEATURES
 #: Reads one validated event's columns straight from the model's field dict: one C call
 #: per event instead of nine attribute lookups.
 ROW: Final = operator.itemgetter("tenant", "ts", *FEATURES, "sla_breached")
-NO_PROBA: Final = np.empty((0, 2), dtype=np.float64)
+#: Pending forecasts: the model's, persistence's, and whether the tenant was quiet.
+NO_PROBA: Final = np.empty((0, 3), dtype=np.float64)
 NO_LABELS: Final = np.empty(0, dtype=np.bool_)
 #: Events a tenant's window must hold before it is protected from probation eviction.
 PROTECTED_EVENTS: Final = 16
@@ -75,6 +77,9 @@ class CoreConfig:
     more_history_factor: float = 2.0
     #: Consecutive out-of-distribution events before a retrain is asked (0: never).
     ood_events: int = 30
+    #: Scored forecasts per head whose outcomes set a live model's published offset
+    #: (`consumer.recalibration`; 0: publish the forecaster's own probabilities).
+    recalibration_events: int = 288
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +109,9 @@ class TenantState:
     gate: RequestGate
     model: LiveModel | None = None
     performance: PerformanceMonitor | None = None
-    #: Forecasts not yet scored: the last `horizon` probabilities of the live model (and
-    #: persistence's beside each), and the breach flags of the events they were made at.
+    #: Forecasts not yet scored: the last `horizon` probabilities of the live model (with
+    #: persistence's and the quiet flag beside each), and the breach flags of the events
+    #: they were made at.
     pending_proba: np.ndarray = field(default_factory=lambda: NO_PROBA)
     pending_labels: np.ndarray = field(default_factory=lambda: NO_LABELS)
     #: The live model's warning: on or off, its id, the live budget.
@@ -116,6 +122,8 @@ class TenantState:
     follow_up: FollowUp | None = None
     schedule: RequestSchedule = field(default_factory=RequestSchedule)
     ood: OodRun = field(default_factory=OodRun)
+    #: The live model's published offsets (`consumer.recalibration`).
+    recalibration: Recalibration = field(default_factory=lambda: Recalibration(0))
 
 
 @dataclass(frozen=True, slots=True)

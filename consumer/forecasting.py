@@ -7,7 +7,8 @@ is "at" (format 2), against "any breach in t+1 .. t+horizon" for "within" (forma
 Scored forecasts feed the tenant's performance monitor, whose alarms come back to the
 core as triggers. Every forecast also drives the tenant's warning (`consumer.warnings`),
 whose edges are emitted whenever the tenant has a live model; a published forecast's
-`breach_expected` says whether the warning is on.
+`breach_expected` says whether the warning is on, and its probability carries the
+tenant's live offset (`consumer.recalibration`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import numpy as np
 from consumer.batch import BatchResult, Block, CoreConfig
 from consumer.detectors import DriftSignal
 from consumer.live_model import LiveModel
-from consumer.warnings import LiveWarnings
+from consumer.warnings import LiveWarnings, quiet_flags
+from kernel.early_warning import QUIET
 
 
 class Forecaster:
@@ -48,12 +50,13 @@ class Forecaster:
         labels = block.labels
         history = state.window.tail(model.features.history - 1)
         proba = model.forecast(history, block.events)
+        quiet = quiet_flags(state.window.tail(QUIET - 1)[2], labels)
         # Beside each forecast, what persistence forecast for the same event: the monitor
         # watches the model's loss against it (both suffer the same hard hours).
-        pair = np.column_stack((proba, model.persistence(labels)))
+        made_now = np.column_stack((proba, model.persistence(labels), quiet))
         horizon = model.horizon
         pending = state.pending_proba
-        combined = np.concatenate((pending, pair)) if len(pending) else pair
+        combined = np.concatenate((pending, made_now)) if len(pending) else made_now
         flags = np.concatenate((state.pending_labels, labels))
         scored = np.arange(max(0, horizon - len(pending)), len(labels))
         made = combined[len(pending) + scored - horizon]
@@ -62,14 +65,17 @@ class Forecaster:
         )
         state.pending_proba = combined[-horizon:]
         state.pending_labels = flags[-horizon:]
-        on = self._warnings.update(block, model, proba, result)
+        on = self._warnings.update(block, model, proba, result, quiet)
+        published = state.recalibration.apply(
+            proba, quiet, scored, made[:, 0], made[:, 2], outcomes[:, 1], horizon
+        )
         # A non-finite forecast is no forecast: never scored, never published.
         usable = np.isfinite(outcomes[:, 0])
         if not usable.all():
             scored, outcomes = scored[usable], outcomes[usable]
         _count(block, model, proba, outcomes, scored, result)
         if self.config.publish_forecasts:
-            _emit(block, model, proba, on, result)
+            _emit(block, model, published, on, result)
         return [replace(a, index=int(scored[a.index])) for a in monitor.update(outcomes)]
 
 

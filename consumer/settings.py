@@ -208,6 +208,13 @@ class ConsumerSettings(StoreSettings, TopicSettings, ObservabilitySettings):
         "multiple of the rows it was trained on (a last step to the full window if that "
         "adds at least the square root of it); 0 or 1: never.",
     )
+    recalibration_events: int = Field(
+        default=_CORE.recalibration_events,
+        ge=0,
+        description="Scored forecasts (per head: quiet or not) whose outcomes set the "
+        "log-odds offset of a live model's published probabilities, refitted every horizon "
+        "events; warnings and the performance monitor use the model's own; 0: off.",
+    )
     ood_events: int = Field(
         default=_CORE.ood_events,
         ge=0,

@@ -17,6 +17,7 @@ from consumer.detectors import DataDriftMonitor
 from consumer.gate import RequestGate
 from consumer.live_model import LiveModel
 from consumer.performance import PerformanceMonitor
+from consumer.recalibration import Recalibration
 from consumer.warnings import Edge, WarningState, end_warning
 from consumer.window import TenantWindow
 from schemas.telemetry import FEATURES
@@ -76,6 +77,7 @@ class TenantRegistry:
         state.performance = PerformanceMonitor.for_card(self.config.performance, model.card)
         state.pending_proba = NO_PROBA
         state.pending_labels = NO_LABELS
+        state.recalibration = Recalibration(self.config.recalibration_events)
         state.warning = WarningState()
         state.alarm = None
 

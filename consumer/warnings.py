@@ -202,12 +202,21 @@ class LiveWarnings:
         self.topic = config.telemetry_topic
 
     def update(
-        self, block: Block, model: LiveModel, proba: np.ndarray, result: BatchResult
+        self,
+        block: Block,
+        model: LiveModel,
+        proba: np.ndarray,
+        result: BatchResult,
+        quiet: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Where the tenant's warning is on over the block; its fresh edges go to `result`."""
+        """Where the tenant's warning is on over the block; its fresh edges go to `result`.
+
+        `quiet`: the block's `quiet_flags`, when the caller has them.
+        """
         warning = block.state.warning
         was_on = warning.on
-        quiet = quiet_flags(block.state.window.tail(QUIET - 1)[2], block.labels)
+        if quiet is None:
+            quiet = quiet_flags(block.state.window.tail(QUIET - 1)[2], block.labels)
         p = np.asarray(proba, dtype=np.float64)
         on = np.zeros(len(block), dtype=np.bool_)
         start = 0

@@ -1,0 +1,115 @@
+"""Live recalibration: published probabilities follow the outcomes; warnings do not move."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+from confluent_kafka import Message
+
+from consumer.core import IngestCore
+from consumer.recalibration import MIN_ROWS, Recalibration
+from testkit.live_models import LEARNT_MS, Published, core_with, load, messages
+from testkit.retrain_data import tenant_rows
+
+HORIZON = 6
+#: A calmer tenant: the same metrics breach only above a higher p99 than acme learnt.
+CALMER_MS = 1.4 * LEARNT_MS
+
+
+def scored_stream(recal: Recalibration, p: np.ndarray, y: np.ndarray, quiet: np.ndarray) -> None:
+    """Feed forecasts `p` (made at each event) whose outcomes `y` arrive HORIZON later."""
+    n = len(p)
+    scored = np.arange(HORIZON, n)
+    recal.apply(
+        p, quiet, scored, p[scored - HORIZON], quiet[scored - HORIZON], y[scored - HORIZON], HORIZON
+    )
+
+
+def test_the_offset_is_the_log_odds_the_outcomes_moved_and_zero_when_they_did_not() -> None:
+    rng = np.random.default_rng(0)
+    n = 3_000
+    p = np.full(n, 0.4)
+    quiet = np.ones(n, bool)
+    over = Recalibration(288)
+    scored_stream(over, p, (rng.random(n) < 0.1).astype(float), quiet)
+    moved = math.log(0.1 / 0.9) - math.log(0.4 / 0.6)
+    assert abs(over.offsets[1] - moved) < 0.45 and over.offsets[0] == 0.0  # no busy rows
+    held = Recalibration(288)
+    scored_stream(held, p, (rng.random(n) < 0.4).astype(float), quiet)
+    assert abs(held.offsets[1]) < 0.35
+
+
+def test_fewer_scored_forecasts_than_the_minimum_leave_the_probabilities_alone() -> None:
+    recal = Recalibration(288)
+    p = np.full(MIN_ROWS + HORIZON - 1, 0.4)
+    quiet = np.ones(len(p), bool)
+    scored = np.arange(HORIZON, len(p))
+    out = recal.apply(
+        p,
+        quiet,
+        scored,
+        p[scored - HORIZON],
+        quiet[scored - HORIZON],
+        np.zeros(len(scored)),
+        HORIZON,
+    )
+    np.testing.assert_array_equal(out, p)
+    assert recal.offsets == [0.0, 0.0]
+
+
+def within(labels: np.ndarray, horizon: int) -> np.ndarray:
+    breaches = np.concatenate(([0], np.cumsum(labels)))
+    index = np.arange(len(labels))
+    return breaches[np.minimum(index + horizon, len(labels) - 1) + 1] - breaches[index + 1] > 0
+
+
+def read_forecasts(records: list[tuple[bytes, bytes]]) -> tuple[np.ndarray, np.ndarray]:
+    documents = [json.loads(value) for _key, value in records]
+    return (
+        np.array([d["probability"] for d in documents]),
+        np.array([d["breach_expected"] for d in documents]),
+    )
+
+
+def log_loss(p: np.ndarray, y: np.ndarray) -> float:
+    q = np.clip(p, 1e-6, 1 - 1e-6)
+    return float(-np.mean(np.where(y, np.log(q), np.log1p(-q))))
+
+
+def test_a_calmer_tenant_gets_lower_probabilities_and_the_same_warnings(
+    published: Published,
+) -> None:
+    model = load(published)
+    n = 1_500
+    stream = messages(13, CALMER_MS, n)
+    labels = tenant_rows(n, seed=13, threshold_ms=CALMER_MS).labels
+    live, live_on = published_of(core_with(model, publish_forecasts=True), stream, n)
+    raw, raw_on = published_of(
+        core_with(model, publish_forecasts=True, recalibration_events=0), stream, n
+    )
+    y = within(labels, model.horizon)
+    later = slice(600, n - model.horizon)
+    # The model learnt a busier rule: its forecasts run high on this tenant, and the
+    # published ones, shifted by the outcomes seen, are closer to what comes true.
+    assert raw[later].mean() > y[later].mean()
+    assert live[later].mean() < raw[later].mean()
+    assert log_loss(live[later], y[later]) < log_loss(raw[later], y[later]) - 0.02
+    # The warning is the policy's threshold on the forecaster's own score: unchanged.
+    assert (live_on == raw_on).all()
+    # Until enough outcomes are known, nothing is shifted.
+    np.testing.assert_array_equal(live[: MIN_ROWS + model.horizon], raw[: MIN_ROWS + model.horizon])
+    # Blocks cut anywhere give the same probabilities (a restart's replay rebuilds them).
+    split = core_with(model, publish_forecasts=True)
+    records = []
+    for start in range(0, n, 97):
+        records += split.process(stream[start : start + 97]).forecasts
+    np.testing.assert_allclose(read_forecasts(records)[0], live, rtol=0, atol=1e-9)
+
+
+def published_of(core: IngestCore, stream: list[Message], n: int) -> tuple[np.ndarray, np.ndarray]:
+    result = core.process(stream)
+    p, on = read_forecasts(result.forecasts)
+    assert len(p) == n
+    return p, on
