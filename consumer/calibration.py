@@ -20,6 +20,9 @@ sum past `threshold` is an alarm. Two guards make it quiet on stable tenants:
   (every one of them) measure that offset (in log odds) and the watch then looks for
   changes beyond it.
   A model that is wrong from its first forecast is the loss monitor's to catch.
+- **Where the change began.** An alarm also says how many outcomes before it the
+  alarming sum last stood at 0 (`change_ago`, the CUSUM's change-point estimate), so
+  the wait before the retrain (`consumer.triggers.settled`) counts from there.
 - **Every `every`-th outcome.** "Within the horizon" outcomes of consecutive forecasts
   share all but one interval; the watch sums outcomes `every` (the horizon) apart,
   which look at disjoint intervals.
@@ -68,6 +71,10 @@ class CalibrationWatch:
     #: +1 when the last alarm was more breaches than expected, -1 fewer, 0 before any.
     direction: int = 0
     sums: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    #: Each sum's last outcome position at 0, and at the last alarm how many outcomes
+    #: before it the alarming sum left 0 (the change point's estimate).
+    zero_at: list[int] = field(default_factory=lambda: [0, 0])
+    change_ago: int = 0
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.threshold) and self.threshold > 0):
@@ -78,7 +85,7 @@ class CalibrationWatch:
             self.offset = 0.0
 
     def copy(self) -> CalibrationWatch:
-        return replace(self, sums=list(self.sums))
+        return replace(self, sums=list(self.sums), zero_at=list(self.zero_at))
 
     def reset(self) -> None:
         """Forget the sums (after an alarm), keeping the go-live offset."""
@@ -106,10 +113,14 @@ class CalibrationWatch:
             for side, step in enumerate((log_up, -log_up)):
                 change = y * step - math.log(1.0 - expected + expected * math.exp(step))
                 self.sums[side] = max(0.0, self.sums[side] + change)
+                if self.sums[side] == 0.0:
+                    self.zero_at[side] = self._seen + i
             if max(self.sums) > self.threshold:
                 self.direction = 1 if self.sums[0] > self.threshold else -1
+                self.change_ago = self._seen + i - self.zero_at[0 if self.direction > 0 else 1]
                 self._seen += i + 1
                 self.reset()
+                self.zero_at = [self._seen - 1, self._seen - 1]
                 return i
         self._seen += n
         return None

@@ -307,6 +307,7 @@ class PerformanceMonitor:
             "scored": float(self._seen),
             "calibration_direction": float(watch.direction),
             "odds_ratio_at_go_live": watch.odds_ratio,
+            "change_events_ago": float(watch.change_ago),
         }
         if self._fed:
             statistic["log_loss"] = self._loss_sum / self._fed

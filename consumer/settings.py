@@ -89,7 +89,8 @@ class ConsumerSettings(StoreSettings, TopicSettings, ObservabilitySettings):
     performance_settle_events: int = Field(
         default=_PERF.performance_settle_events,
         description="Events after a performance alarm before the request, so the "
-        "retraining window holds post-change data.",
+        "retraining window holds post-change data; a calibration alarm counts them from "
+        "where its CUSUM estimates the change began.",
     )
     performance_calibration_threshold: float = Field(
         default=_PERF.performance_calibration_threshold,

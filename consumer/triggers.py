@@ -204,8 +204,11 @@ class RetrainTriggers:
 def settled(block: Block, alarms: list[DriftSignal], settle: int) -> list[DriftSignal]:
     """Performance alarms that fall due in this block, `settle` events after each.
 
-    An alarm while another waits (in the block's tenant state) is dropped; the wait
-    runs across blocks.
+    The wait is for the window to hold the new regime, so it counts from where the
+    change began when the alarm estimates it (`change_events_ago`, the calibration
+    watch's): an alarm that comes `settle` or more events after its change waits no
+    more. An alarm while another waits (in the block's tenant state) is dropped; the
+    wait runs across blocks.
     """
     state, n = block.state, len(block)
     due: list[DriftSignal] = []
@@ -217,13 +220,15 @@ def settled(block: Block, alarms: list[DriftSignal], settle: int) -> list[DriftS
         if alarm is None:
             break
         if state.alarm is None:
+            since = int(alarm.statistic.get("change_events_ago", 0.0))
+            wait = max(0, settle - max(0, since))
             statistic = {
                 **alarm.statistic,
                 "alarm_ts": float(block.ts[alarm.index]),
-                "settle_events": float(settle),
+                "settle_events": float(wait),
             }
             state.alarm = replace(alarm, statistic=statistic)
-            state.alarm_wait = alarm.index + settle
+            state.alarm_wait = alarm.index + wait
     if state.alarm is not None:
         state.alarm_wait -= n
     return due

@@ -147,3 +147,18 @@ def test_through_the_core_a_within_forecast_is_scored_against_a_breach_within_it
     assert state is not None and state.performance is not None
     # 2,000 forecasts scored; the first 5 regrouped ones see fewer flags (no breach yet).
     assert state.performance.breach_rate == 600 / 2_000
+
+
+def test_a_calibration_alarm_says_where_its_change_began() -> None:
+    # Breaches at the record's rate for 3,000 outcomes, then at twice its odds:
+    # the alarm comes later than the change, and its estimate of where the change
+    # began (where the alarming sum last stood at 0) lies near the change, not the alarm.
+    rng = np.random.default_rng(0)
+    rate = np.full(6_000, 0.2)
+    moved = 1.0 / (1.0 + (1.0 - 0.2) / (2.0 * 0.2))
+    outcome = (rng.random(6_000) < np.where(np.arange(6_000) < 3_000, 0.2, moved)).astype(float)
+    watch = CalibrationWatch(threshold=12.0, warmup=0)
+    at = watch.first(outcome, rate)
+    assert at is not None and at > 3_000 and watch.direction == 1
+    began = at - watch.change_ago
+    assert abs(began - 3_000) < abs(at - 3_000) and abs(began - 3_000) <= 200, (at, began)
