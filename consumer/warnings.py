@@ -207,16 +207,14 @@ class LiveWarnings:
         model: LiveModel,
         proba: np.ndarray,
         result: BatchResult,
-        quiet: np.ndarray | None = None,
+        quiet: np.ndarray,
     ) -> np.ndarray:
         """Where the tenant's warning is on over the block; its fresh edges go to `result`.
 
-        `quiet`: the block's `quiet_flags`, when the caller has them.
+        `quiet`: the block's `quiet_flags` (the forecaster computes them once per block).
         """
         warning = block.state.warning
         was_on = warning.on
-        if quiet is None:
-            quiet = quiet_flags(block.state.window.tail(QUIET - 1)[2], block.labels)
         p = np.asarray(proba, dtype=np.float64)
         on = np.zeros(len(block), dtype=np.bool_)
         start = 0
