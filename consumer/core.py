@@ -164,6 +164,7 @@ class IngestCore:
                 self._ingest_block(block, result)
                 partition, top = block.state.partition, int(block.offsets.max())
                 high[partition] = max(high.get(partition, -1), top)
+            self._forecaster.emit(result)
         self._send_cleared(result)
         self._commit_points(high, replay_below, result)
         return result
@@ -224,10 +225,17 @@ class IngestCore:
         ends = np.cumsum(counts).tolist()
         names = list(codes_of)
         behind = self._behind(ts, parts, now)
-        for code, (count, hi) in enumerate(zip(counts.tolist(), ends, strict=True)):
-            lo = hi - count
-            partition = int(parts[lo])
-            span = slice(lo, hi)
+        spans = [slice(hi - count, hi) for count, hi in zip(counts.tolist(), ends, strict=True)]
+        held = []
+        for code, span in enumerate(spans):
+            state = self.registry.get(names[code])
+            if state is not None and state.model is not None:
+                if state.partition == int(parts[span.start]):
+                    held.append((state, (ts[span], features[span], labels[span])))
+        if held:
+            self._forecaster.prepare(held)
+        for code, span in enumerate(spans):
+            partition = int(parts[span.start])
             yield Block(
                 state=self.registry.admit(names[code], partition),
                 ts=ts[span],

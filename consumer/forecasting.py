@@ -14,13 +14,16 @@ tenant's live offset (`consumer.recalibration`).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
 
-from consumer.batch import BatchResult, Block, CoreConfig
+from consumer.batch import BatchResult, Block, CoreConfig, TenantState
 from consumer.detectors import DriftSignal
-from consumer.live_model import LiveModel
+from consumer.live_model import Events, LiveModel
+from consumer.recalibration import RecalibrationPlan, solve
+from consumer.stacked import BatchForecasts, StackCache
 from consumer.warnings import LiveWarnings, quiet_flags
 from kernel.early_warning import QUIET
 
@@ -36,6 +39,25 @@ class Forecaster:
     def __init__(self, config: CoreConfig) -> None:
         self.config = config
         self._warnings = LiveWarnings(config)
+        self._stacks = StackCache()
+        self._batch = BatchForecasts()
+        self._unpublished: list[tuple[Block, LiveModel, RecalibrationPlan, np.ndarray]] = []
+
+    def emit(self, result: BatchResult) -> None:
+        """Publish the batch's forecasts, in block order, once every block is forecast."""
+        pending, self._unpublished = self._unpublished, []
+        solve([plan for _b, _m, plan, _on in pending])
+        for block, model, plan, on in pending:
+            _emit(block, model, plan.finish(), on, result)
+
+    def prepare(self, work: Sequence[tuple[TenantState, Events]]) -> None:
+        """Forecast a batch's held tenants together, before their blocks come one by one.
+
+        Each (state, block columns) is a tenant held at the batch's start; `forecast`
+        then takes its block's forecasts from here (`consumer.stacked`), or computes
+        them alone for a tenant that was not prepared.
+        """
+        self._batch.compute(self._stacks, work)
 
     def forecast(self, block: Block, result: BatchResult) -> list[DriftSignal]:
         """Forecast the block with one model call, and score earlier forecasts.
@@ -49,7 +71,9 @@ class Forecaster:
             return []
         labels = block.labels
         history = state.window.tail(model.features.history - 1)
-        proba = model.forecast(history, block.events)
+        proba = self._batch.take(state)
+        if proba is None:
+            proba = model.forecast(history, block.events)
         quiet = quiet_flags(state.window.tail(QUIET - 1)[2], labels)
         # Beside each forecast, what persistence forecast for the same event: the monitor
         # watches the model's loss against it (both suffer the same hard hours).
@@ -66,16 +90,18 @@ class Forecaster:
         state.pending_proba = combined[-horizon:]
         state.pending_labels = flags[-horizon:]
         on = self._warnings.update(block, model, proba, result, quiet)
-        published = state.recalibration.apply(
-            proba, quiet, scored, made[:, 0], made[:, 2], outcomes[:, 1], horizon
-        )
+        if self.config.publish_forecasts:
+            # Only what is published carries the offset: without publishing, no refit.
+            # The batch's refits are fitted together, and its forecasts emitted, in `emit`.
+            plan = state.recalibration.plan(
+                proba, quiet, scored, made[:, 0], made[:, 2], outcomes[:, 1], horizon
+            )
+            self._unpublished.append((block, model, plan, on))
         # A non-finite forecast is no forecast: never scored, never published.
         usable = np.isfinite(outcomes[:, 0])
         if not usable.all():
             scored, outcomes = scored[usable], outcomes[usable]
         _count(block, model, proba, outcomes, scored, result)
-        if self.config.publish_forecasts:
-            _emit(block, model, published, on, result)
         return [replace(a, index=int(scored[a.index])) for a in monitor.update(outcomes)]
 
 

@@ -78,7 +78,8 @@ class LiveModel:
             np.concatenate((past[len(past) - min(keep, len(past)) :], now))
             for past, now in zip(history, block, strict=True)
         ]
-        return self.features.transform(*parts)[len(parts[0]) - len(block[0]) :]
+        total = len(parts[0])
+        return self.features.transform(*parts, rows=np.arange(total - len(block[0]), total))
 
     def persistence(self, labels: np.ndarray) -> np.ndarray:
         """What persistence forecast after each of `labels` (this interval's breach).

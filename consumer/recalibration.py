@@ -8,7 +8,8 @@ followed 0.108 of them, and the forecasts lost to the base rate (log-loss skill
 
 Each scored forecast (its logit and its outcome) joins a ring of the tenant's last
 `recalibration_events` scored forecasts of the same head: quiet (no breach in the last
-`QUIET` intervals, where a warning can come early) or not. Every `horizon` events each
+`QUIET` intervals, where a warning can come early) or not. Every `REFIT_EVENTS` events
+(or `horizon`, if longer: no outcome is newer than that) each
 head's log-odds offset is refitted on its ring by penalised maximum likelihood (Newton
 from 0, a Gaussian prior worth `PRIOR_ROWS` rows at offset 0), and the forecasts
 published until the next refit carry it. With fewer than `MIN_ROWS` scored forecasts
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 import numpy as np
+from scipy.special import expit
 
 #: Weight of the prior at offset 0, in rows.
 PRIOR_ROWS: Final = 5.0
@@ -35,6 +37,9 @@ PRIOR_ROWS: Final = 5.0
 MIN_ROWS: Final = 24
 #: The offset is clipped to this many log odds.
 MAX_OFFSET: Final = 3.0
+#: Events between refits (at least): the ring moves little in that time, and each refit
+#: costs `_NEWTON_STEPS` passes over the ring.
+REFIT_EVENTS: Final = 24
 _NEWTON_STEPS: Final = 8
 _CLIP: Final = 1e-6
 
@@ -76,50 +81,132 @@ class Recalibration:
         forecasts were scored, each with the forecast `made` (raw), its head and its
         `outcome` (0/1). A refit at event t reads the forecasts scored at t or before.
         """
+        plan = self.plan(proba, quiet, scored, made, made_quiet, outcome, horizon)
+        solve([plan])
+        return plan.finish()
+
+    def plan(
+        self,
+        proba: np.ndarray,
+        quiet: np.ndarray,
+        scored: np.ndarray,
+        made: np.ndarray,
+        made_quiet: np.ndarray,
+        outcome: np.ndarray,
+        horizon: int,
+    ) -> RecalibrationPlan:
+        """`apply`'s first half: the rings moved on and the block's refits set up.
+
+        `solve` then fits the refits of many tenants' plans at once, and each plan's
+        `finish` gives its published forecasts (once per block, in any order).
+        """
         n = len(proba)
+        plan = RecalibrationPlan(self, proba, quiet)
         if self.recent <= 0 or not n:
             self.seen += n
-            return proba
-        refits = np.flatnonzero((self.seen + np.arange(n)) % horizon == 0)
-        shift = np.zeros(n)
+            return plan
+        every = max(horizon, REFIT_EVENTS)
+        plan.refits = np.flatnonzero((self.seen + np.arange(n)) % every == 0)
         for head in (0, 1):
             mine = (made_quiet.astype(bool) == bool(head)) & np.isfinite(made)
             at = scored[mine]
             z = np.concatenate((self.logits[head], logit(made[mine])))
             y = np.concatenate((self.outcomes[head], outcome[mine].astype(np.float64)))
-            kept = len(self.logits[head])
-            if len(refits):
-                ends = kept + np.searchsorted(at, refits, side="right")
-                fitted = _fit(z, y, ends, self.recent)
-                # Each event carries the offset of the newest refit at or before it.
-                last = np.searchsorted(refits, np.arange(n), side="right") - 1
-                head_shift = np.where(last >= 0, fitted[np.maximum(last, 0)], self.offsets[head])
-                self.offsets[head] = float(fitted[-1])
-            else:
-                head_shift = np.full(n, self.offsets[head])
-            shift = np.where(quiet.astype(bool) == bool(head), head_shift, shift)
+            if len(plan.refits):
+                ends = len(self.logits[head]) + np.searchsorted(at, plan.refits, side="right")
+                plan.problems[head] = (z, y, ends)
             self.logits[head] = z[-self.recent :]
             self.outcomes[head] = y[-self.recent :]
         self.seen += n
+        return plan
+
+
+@dataclass(slots=True, eq=False)
+class RecalibrationPlan:
+    """One block's refits (per head: logits, outcomes, ring ends) and, once solved, offsets."""
+
+    recalibration: Recalibration
+    proba: np.ndarray
+    quiet: np.ndarray
+    refits: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    problems: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    fitted: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def finish(self) -> np.ndarray:
+        """The block's published forecasts; the heads' offsets move to their newest refit."""
+        proba, n, recal = self.proba, len(self.proba), self.recalibration
+        if recal.recent <= 0 or not n:
+            return proba
+        shift = np.zeros(n)
+        # Each event carries the offset of the newest refit at or before it.
+        last = np.searchsorted(self.refits, np.arange(n), side="right") - 1
+        for head in (0, 1):
+            fitted = self.fitted.get(head)
+            if fitted is not None:
+                head_shift = np.where(last >= 0, fitted[np.maximum(last, 0)], recal.offsets[head])
+                recal.offsets[head] = float(fitted[-1])
+            else:
+                head_shift = np.full(n, recal.offsets[head])
+            shift = np.where(self.quiet.astype(bool) == bool(head), head_shift, shift)
         with np.errstate(over="ignore"):
             out: np.ndarray = 1.0 / (1.0 + np.exp(-(logit(proba) + shift)))
         return np.where(np.isfinite(proba), out, proba)
 
 
-def _fit(z: np.ndarray, y: np.ndarray, ends: np.ndarray, recent: int) -> np.ndarray:
-    """The penalised offset on `z[end - recent : end]` for each of `ends`, at once."""
-    index = ends[:, None] - recent + np.arange(recent)
-    mask = (index >= 0).astype(np.float64)
-    index = np.maximum(index, 0)
+def solve(plans: list[RecalibrationPlan]) -> None:
+    """Fit every refit of `plans` in one vectorised pass (per ring length).
+
+    A tenant's block has a few refits of a few hundred rows: fitted one tenant at a
+    time, the calls' overhead costs far more than their arithmetic.
+    """
+    by_recent: dict[int, list[tuple[RecalibrationPlan, int]]] = {}
+    for plan in plans:
+        for head in plan.problems:
+            by_recent.setdefault(plan.recalibration.recent, []).append((plan, head))
+    for recent, members in by_recent.items():
+        problems = [plan.problems[head] for plan, head in members]
+        counts = [len(ends) for _z, _y, ends in problems]
+        sizes = [len(z) for z, _y, _e in problems]
+        starts = np.repeat(np.cumsum([0, *sizes[:-1]]), counts)
+        fitted = _fit(
+            np.concatenate([z for z, _y, _e in problems]),
+            np.concatenate([y for _z, y, _e in problems]),
+            np.concatenate([ends for _z, _y, ends in problems]),
+            recent,
+            starts,
+        )
+        for (plan, head), offsets in zip(
+            members, np.split(fitted, np.cumsum(counts)[:-1]), strict=True
+        ):
+            plan.fitted[head] = offsets
+
+
+def _fit(
+    z: np.ndarray, y: np.ndarray, ends: np.ndarray, recent: int, starts: np.ndarray
+) -> np.ndarray:
+    """The penalised offset on `z[start + end - recent : start + end]` for each end, at once.
+
+    `starts` is where each end's ring begins in `z` (many rings lie end to end). Rows
+    before a ring's start are given a logit of -inf (probability 0, outcome 0): they add
+    exactly nothing to the gradient and the curvature, with no mask to apply.
+    """
     if not len(z):
         return np.zeros(len(ends))
+    local = ends[:, None] - recent + np.arange(recent)
+    before = local < 0
+    index = starts[:, None] + np.maximum(local, 0)
     zs, ys = z[index], y[index]
+    zs[before] = -np.inf
+    ys[before] = 0.0
+    rows = recent - np.count_nonzero(before, axis=1)
+    observed = ys.sum(axis=1)
     offset = np.zeros(len(ends))
+    p = np.empty_like(zs)
     for _ in range(_NEWTON_STEPS):
-        p = 1.0 / (1.0 + np.exp(-(zs + offset[:, None])))
-        gradient = ((ys - p) * mask).sum(axis=1) - PRIOR_ROWS * offset
-        curvature = (p * (1.0 - p) * mask).sum(axis=1) + PRIOR_ROWS
+        expit(zs + offset[:, None], out=p)
+        total = p.sum(axis=1)
+        gradient = observed - total - PRIOR_ROWS * offset
+        curvature = total - np.einsum("ij,ij->i", p, p) + PRIOR_ROWS
         offset = np.clip(offset + gradient / curvature, -MAX_OFFSET, MAX_OFFSET)
-    enough = mask.sum(axis=1) >= MIN_ROWS
-    out: np.ndarray = np.where(enough, offset, 0.0)
+    out: np.ndarray = np.where(rows >= MIN_ROWS, offset, 0.0)
     return out

@@ -198,12 +198,19 @@ class FeatureSpec(BaseModel):
         return tuple(names)
 
     def transform(
-        self, ts: ArrayLike, metrics: ArrayLike, labels: ArrayLike
+        self,
+        ts: ArrayLike,
+        metrics: ArrayLike,
+        labels: ArrayLike,
+        *,
+        rows: NDArray[np.int64] | None = None,
     ) -> NDArray[np.float32]:
         """One row per event, in the given (time) order; row i reads events <= i only.
 
         `ts` is epoch seconds (n,), `metrics` the raw `FEATURES` columns (n, 6),
-        `labels` the breach flags (n,). Raises ``ValueError`` on mismatched shapes.
+        `labels` the breach flags (n,). With `rows` (event indices), only those rows,
+        in that order: a live forecast needs its block's rows, not its history's, and
+        the windowed features cost per row. Raises ``ValueError`` on mismatched shapes.
         """
         ts_arr = np.asarray(ts, dtype=np.float64)
         raw = np.asarray(metrics, dtype=np.float64)
@@ -214,51 +221,54 @@ class FeatureSpec(BaseModel):
                 f"expected ts (n,), metrics (n, {len(FEATURES)}), labels (n,); got "
                 f"{ts_arr.shape}, {raw.shape}, {flags.shape}"
             )
+        at = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
+        if len(at) and (int(at.min()) < 0 or int(at.max()) >= n):
+            raise ValueError(f"rows must be event indices in [0, {n})")
         base = raw.copy()
         for j, name in enumerate(FEATURES):
             if name in LOG_METRICS:
                 base[:, j] = np.log1p(np.maximum(base[:, j], 0.0))
-        columns: list[NDArray[np.float64]] = [base]
+        columns: list[NDArray[np.float64]] = [base[at]]
         for lag in range(1, self.lags + 1):
-            columns.append(_shift(base, lag))
-        columns.append(np.abs(base - _shift(base, 1)))
-        columns.append(flags[:, None])
-        columns += [_rolling_mean(flags, w)[:, None] for w in self.breach_windows]
-        columns.append((_run_length(flags, self.history) / self.history)[:, None])
+            columns.append(base[_earlier(at, lag)])
+        columns.append(np.abs(base[at] - base[_earlier(at, 1)]))
+        columns.append(flags[at, None])
+        columns += [_rolling_mean(flags, w, at)[:, None] for w in self.breach_windows]
+        columns.append((_run_length(flags, self.history)[at] / self.history)[:, None])
         if self.version == 1:
             for metric in ROLLING_METRICS:
                 values = base[:, FEATURES.index(metric)]
-                columns += _mean_std(values, self.rolling_window)
+                columns += _mean_std(values, self.rolling_window, at)
         else:
-            columns.append(_quiet(flags)[:, None])
+            columns.append(_quiet(flags, at)[:, None])
             for j in range(len(FEATURES)):
-                columns += self._context(base[:, j])
+                columns += self._context(base[:, j], at)
             if self.season_events:
-                columns.append(_day_before(base, self.season_events, self.trend_ahead))
+                columns.append(_day_before(base, self.season_events, self.trend_ahead, at))
         if self.time_of_day:
-            day = 2 * np.pi * np.mod(ts_arr, _DAY_S) / _DAY_S
+            day = 2 * np.pi * np.mod(ts_arr[at], _DAY_S) / _DAY_S
             columns.append(np.stack([np.sin(day), np.cos(day)], axis=1))
         if self.day_of_week:
-            week = 2 * np.pi * np.mod(ts_arr - _EPOCH_WEEKDAY_S, _WEEK_S) / _WEEK_S
+            week = 2 * np.pi * np.mod(ts_arr[at] - _EPOCH_WEEKDAY_S, _WEEK_S) / _WEEK_S
             columns.append(np.stack([np.sin(week), np.cos(week)], axis=1))
         return np.ascontiguousarray(np.concatenate(columns, axis=1), dtype=np.float32)
 
-    def _context(self, values: NDArray[np.float64]) -> list[NDArray[np.float64]]:
+    def _context(
+        self, values: NDArray[np.float64], at: NDArray[np.int64]
+    ) -> list[NDArray[np.float64]]:
         """Version 2's columns of one metric: spread, trends, distance from its level."""
-        out = _mean_std(values, self.rolling_window)
+        out = _mean_std(values, self.rolling_window, at)
         for k in self.trend_windows:
-            level, slope = _trend(values, k)
+            level, slope = _trend(values, k, at)
             out += [slope[:, None], (level + slope * ((k - 1) / 2.0 + self.trend_ahead))[:, None]]
-        out.append((values - _rolling_median(values, self.level_window))[:, None])
+        out.append((values[at] - _rolling_median(values, self.level_window, at))[:, None])
         return out
 
 
-def _shift(values: NDArray[np.float64], lag: int) -> NDArray[np.float64]:
-    """Rows `lag` earlier; the first rows repeat row 0 (no earlier event is known)."""
-    if len(values) == 0:
-        return values.copy()
-    index = np.maximum(np.arange(len(values)) - lag, 0)
-    return values[index]
+def _earlier(at: NDArray[np.int64], lag: int) -> NDArray[np.int64]:
+    """The rows `lag` before rows `at`; the first rows repeat row 0 (nothing earlier)."""
+    out: NDArray[np.int64] = np.maximum(at - lag, 0)
+    return out
 
 
 def _run_length(flags: NDArray[np.float64], cap: int) -> NDArray[np.float64]:
@@ -276,43 +286,51 @@ def _run_length(flags: NDArray[np.float64], cap: int) -> NDArray[np.float64]:
     return run
 
 
-def _rolling_mean(values: NDArray[np.float64], window: int) -> NDArray[np.float64]:
-    """Mean of the last `window` values at each row (fewer at the start).
+def _rolling_mean(
+    values: NDArray[np.float64], window: int, at: NDArray[np.int64]
+) -> NDArray[np.float64]:
+    """Mean of the last `window` values at each row of `at` (fewer at the start).
 
     Each window is summed on its own (not by differences of a cumulative sum), so a
     row's value depends only on its window's values: online and offline agree exactly.
     """
-    n = len(values)
-    if n == 0:
-        return values.copy()
+    if len(at) == 0:
+        return np.zeros(0)
     padded = np.concatenate((np.zeros(window - 1), values))
-    sums = sliding_window_view(padded, window).sum(axis=1)
-    counts = np.minimum(np.arange(1, n + 1), window)
+    sums = sliding_window_view(padded, window)[at].sum(axis=1)
+    counts = np.minimum(at + 1, window)
     result: NDArray[np.float64] = sums / counts
     return result
 
 
-def _mean_std(values: NDArray[np.float64], window: int) -> list[NDArray[np.float64]]:
-    mean = _rolling_mean(values, window)
-    mean_sq = _rolling_mean(values * values, window)
+def _mean_std(
+    values: NDArray[np.float64], window: int, at: NDArray[np.int64]
+) -> list[NDArray[np.float64]]:
+    mean = _rolling_mean(values, window, at)
+    mean_sq = _rolling_mean(values * values, window, at)
     std = np.sqrt(np.maximum(mean_sq - mean * mean, 0.0))
     return [mean[:, None], std[:, None]]
 
 
-def _windows(values: NDArray[np.float64], window: int) -> NDArray[np.float64]:
-    """The last `window` values at each row; the first rows repeat the first value."""
+def _windows(
+    values: NDArray[np.float64], window: int, at: NDArray[np.int64]
+) -> NDArray[np.float64]:
+    """The last `window` values at each row of `at`; the first rows repeat the first value."""
     pad = np.full(window - 1, values[0] if len(values) else 0.0)
-    return sliding_window_view(np.concatenate((pad, values)), window)
+    out: NDArray[np.float64] = sliding_window_view(np.concatenate((pad, values)), window)[at]
+    return out
 
 
-def _trend(values: NDArray[np.float64], window: int) -> tuple[NDArray[np.float64], ...]:
-    """The least-squares line through each row's last `window` values: (mean, slope).
+def _trend(
+    values: NDArray[np.float64], window: int, at: NDArray[np.int64]
+) -> tuple[NDArray[np.float64], ...]:
+    """The least-squares line through the last `window` values at rows `at`: (mean, slope).
 
     The line's value at the newest row is ``mean + slope * (window - 1) / 2``.
     """
-    if len(values) == 0:
-        return values.copy(), values.copy()
-    view = _windows(values, window)
+    if len(at) == 0:
+        return np.zeros(0), np.zeros(0)
+    view = _windows(values, window, at)
     x = np.arange(window, dtype=np.float64) - (window - 1) / 2.0
     # Row-wise sums, not a matrix product: a row's value then depends on its window
     # alone (BLAS may block rows differently by count), so online and offline agree.
@@ -321,34 +339,37 @@ def _trend(values: NDArray[np.float64], window: int) -> tuple[NDArray[np.float64
     return mean, slope
 
 
-def _rolling_median(values: NDArray[np.float64], window: int) -> NDArray[np.float64]:
-    if len(values) == 0:
-        return values.copy()
-    median: NDArray[np.float64] = np.median(_windows(values, window), axis=1)
+def _rolling_median(
+    values: NDArray[np.float64], window: int, at: NDArray[np.int64]
+) -> NDArray[np.float64]:
+    if len(at) == 0:
+        return np.zeros(0)
+    median: NDArray[np.float64] = np.median(_windows(values, window, at), axis=1)
     return median
 
 
-def _quiet(flags: NDArray[np.float64]) -> NDArray[np.float64]:
+def _quiet(flags: NDArray[np.float64], at: NDArray[np.int64]) -> NDArray[np.float64]:
     """1 where no breach was seen in the last `QUIET_EVENTS` events (this one included)."""
-    quiet: NDArray[np.float64] = (_rolling_mean(flags, QUIET_EVENTS) == 0).astype(np.float64)
+    quiet: NDArray[np.float64] = (_rolling_mean(flags, QUIET_EVENTS, at) == 0).astype(np.float64)
     return quiet
 
 
-def _day_before(base: NDArray[np.float64], day: int, ahead: int) -> NDArray[np.float64]:
-    """Each metric's highest value one day before the next `ahead` events.
+def _day_before(
+    base: NDArray[np.float64], day: int, ahead: int, at: NDArray[np.int64]
+) -> NDArray[np.float64]:
+    """Each metric's highest value one day before the next `ahead` events, at rows `at`.
 
     Row t reads rows ``t + 1 - day ... t + ahead - day`` (clipped to the rows there are),
     all in the past while `ahead` < `day`.
     """
     n = len(base)
-    out = np.empty_like(base)
-    if n == 0:
+    out = np.empty((len(at), base.shape[1]))
+    if n == 0 or len(at) == 0:
         return out
-    index = np.arange(n)
     for j in range(base.shape[1]):
         column = base[:, j]
-        best = np.full(n, -np.inf)
+        best = np.full(len(at), -np.inf)
         for step in range(1, ahead + 1):
-            best = np.maximum(best, column[np.clip(index + step - day, 0, n - 1)])
+            best = np.maximum(best, column[np.clip(at + step - day, 0, n - 1)])
         out[:, j] = best
     return out

@@ -288,3 +288,100 @@ def build_module(architecture: Mapping[str, object]) -> SlaMLP:
         activation=_check_activation(architecture["activation"]),
         gated=_check_bool("gated", architecture.get("gated", False)),
     )
+
+
+class StackedMLP:
+    """Many :class:`SlaMLP` of one architecture as stacked tensors, for one forward for all.
+
+    A consumer batch holds a few rows for each of many tenants: one small forward per
+    tenant costs far more in call overhead than in arithmetic. :meth:`logits` computes
+    what each member's own ``forward`` (eval mode) computes, with batched matrix
+    products (equal to float32 rounding, not bit for bit).
+    """
+
+    def __init__(self, modules: list[SlaMLP]) -> None:
+        if not modules:
+            raise ValueError("StackedMLP needs at least one module")
+        self.architecture = modules[0].architecture()
+        if any(m.architecture() != self.architecture for m in modules):
+            raise ValueError("StackedMLP members must share one architecture")
+        self.gated = modules[0].gated
+        self._activation = ACTIVATIONS[modules[0].activation]()
+
+        def stack(get: object) -> torch.Tensor:
+            return torch.stack([get(m).detach() for m in modules])  # type: ignore[operator]
+
+        def linears(m: SlaMLP) -> list[nn.Linear]:
+            return [layer for layer in m.body if isinstance(layer, nn.Linear)] + [m.head]
+
+        with torch.no_grad():
+            self.mean = stack(lambda m: m.feature_mean)
+            self.std = stack(lambda m: m.feature_std)
+            count = len(linears(modules[0]))
+            self.layers = [
+                (
+                    stack(lambda m, i=i: linears(m)[i].weight).transpose(1, 2).contiguous(),
+                    stack(lambda m, i=i: linears(m)[i].bias).unsqueeze(1),
+                )
+                for i in range(count)
+            ]
+            self.offset_column = torch.tensor([int(m.offset_column) for m in modules])
+            self.offset_logit = stack(lambda m: m.offset_logit)
+            if self.gated:
+                self.gate_column = torch.tensor([int(m.gate_column) for m in modules])
+                self.incident = (
+                    stack(lambda m: m.incident.weight).transpose(1, 2).contiguous(),
+                    stack(lambda m: m.incident.bias).unsqueeze(1),
+                )
+                self.low = stack(lambda m: m.feature_low)
+                self.high = stack(lambda m: m.feature_high)
+                self.watch = stack(lambda m: m.ood_watch)
+                self.prior = stack(lambda m: m.prior_logit)
+
+    def __len__(self) -> int:
+        return len(self.mean)
+
+    def logits(self, members: torch.Tensor, X: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Logits (t, r) of members `members` (t,) on their padded inputs `X` (t, r, f).
+
+        `rows` (t,) is each member's count of real rows; the rest are padding, whose
+        logits are meaningless (they only must not decide a member's OOD shrinkage).
+        """
+        pick = members
+        mean, std = self.mean[pick].unsqueeze(1), self.std[pick].unsqueeze(1)
+        z = ((X - mean) / std).clamp(-MAX_Z, MAX_Z)
+        h = z
+        last = len(self.layers) - 1
+        for i, (weight, bias) in enumerate(self.layers):
+            h = torch.baddbmm(bias[pick], h, weight[pick])
+            if i < last:
+                h = self._activation(h)
+        out = h.squeeze(-1)
+        column = self.offset_column[pick]
+        flag = _column(X, column) >= 0.5
+        shifted = out + torch.gather(self.offset_logit[pick], 1, flag.long())
+        out = torch.where((column >= 0).unsqueeze(1), shifted, out)
+        if not self.gated:
+            return out
+        gate = self.gate_column[pick]
+        weight, bias = self.incident
+        incident = torch.baddbmm(bias[pick], z, weight[pick]).squeeze(-1)
+        keep = (gate < 0).unsqueeze(1) | (_column(X, gate) >= 0.5)
+        out = torch.where(keep, out, incident)
+        low, high = self.low[pick].unsqueeze(1), self.high[pick].unsqueeze(1)
+        beyond = torch.maximum(X - high, low - X).clamp(min=0.0)
+        excess = (beyond / std * self.watch[pick].unsqueeze(1)).amax(dim=2)
+        share = ((excess - OOD_MARGIN) / OOD_WIDTH).clamp(0.0, 1.0)
+        real = torch.arange(X.shape[1]).unsqueeze(0) < rows.unsqueeze(1)
+        shrunk = ((share > 0) & real).any(dim=1)
+        if bool(shrunk.any()):
+            prior = torch.sigmoid(self.prior[pick]).unsqueeze(1)
+            p = (torch.sigmoid(out) * (1 - share) + prior * share).clamp(1e-7, 1 - 1e-7)
+            out = torch.where(shrunk.unsqueeze(1), torch.log(p) - torch.log1p(-p), out)
+        return out
+
+
+def _column(X: torch.Tensor, column: torch.Tensor) -> torch.Tensor:
+    """Each member's input column `column[t]` (clipped to 0 where it is -1): (t, r)."""
+    index = column.clamp(min=0).view(-1, 1, 1).expand(-1, X.shape[1], 1)
+    return torch.gather(X, 2, index).squeeze(-1)
