@@ -194,7 +194,8 @@ def _fit(
         return np.zeros(len(ends))
     local = ends[:, None] - recent + np.arange(recent)
     before = local < 0
-    index = starts[:, None] + np.maximum(local, 0)
+    # A ring with no rows yet may start at len(z): its (masked) rows read z's last.
+    index = np.minimum(starts[:, None] + np.maximum(local, 0), len(z) - 1)
     zs, ys = z[index], y[index]
     zs[before] = -np.inf
     ys[before] = 0.0

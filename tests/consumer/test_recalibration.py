@@ -9,7 +9,7 @@ import numpy as np
 from confluent_kafka import Message
 
 from consumer.core import IngestCore
-from consumer.recalibration import MIN_ROWS, Recalibration
+from consumer.recalibration import MIN_ROWS, Recalibration, solve
 from testkit.live_models import LEARNT_MS, Published, core_with, load, messages
 from testkit.retrain_data import tenant_rows
 
@@ -39,6 +39,42 @@ def test_the_offset_is_the_log_odds_the_outcomes_moved_and_zero_when_they_did_no
     held = Recalibration(288)
     scored_stream(held, p, (rng.random(n) < 0.4).astype(float), quiet)
     assert abs(held.offsets[1]) < 0.35
+
+
+def test_many_tenants_refitted_together_get_what_each_gets_alone() -> None:
+    # Tenants of different histories, one with nothing scored yet (an empty ring, last).
+    rng = np.random.default_rng(1)
+    streams = []
+    for n, rate in ((700, 0.1), (90, 0.5), (400, 0.02)):
+        p = rng.uniform(0.05, 0.6, n)
+        streams.append((p, (rng.random(n) < rate).astype(float), rng.random(n) < 0.7))
+    fresh = np.full(5, 0.3)
+    alone, together = [], []
+    for p, y, quiet in streams:
+        recal = Recalibration(288)
+        scored_stream(recal, p[:-50], y[:-50], quiet[:-50])
+        alone.append((recal, p[-50:], y[-50:], quiet[-50:]))
+        twin = Recalibration(288)
+        scored_stream(twin, p[:-50], y[:-50], quiet[:-50])
+        together.append(twin)
+    expected = [recal.apply(p, q, np.arange(50), p, q, y, HORIZON) for recal, p, y, q in alone] + [
+        Recalibration(288).apply(
+            fresh, np.ones(5, bool), np.arange(0), fresh[:0], fresh[:0], fresh[:0], HORIZON
+        )
+    ]
+    plans = [
+        twin.plan(p, q, np.arange(50), p, q, y, HORIZON)
+        for twin, (_r, p, y, q) in zip(together, alone, strict=True)
+    ]
+    plans.append(
+        Recalibration(288).plan(
+            fresh, np.ones(5, bool), np.arange(0), fresh[:0], fresh[:0], fresh[:0], HORIZON
+        )
+    )
+    solve(plans)
+    for plan, want in zip(plans, expected, strict=True):
+        np.testing.assert_allclose(plan.finish(), want, rtol=0, atol=1e-12)
+    assert any(abs(o) > 0.1 for recal, *_ in alone for o in recal.offsets)
 
 
 def test_fewer_scored_forecasts_than_the_minimum_leave_the_probabilities_alone() -> None:
