@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Final
 
 import numpy as np
-from scipy.special import expit
 
 #: Weight of the prior at offset 0, in rows.
 PRIOR_ROWS: Final = 5.0
@@ -204,7 +203,12 @@ def _fit(
     offset = np.zeros(len(ends))
     p = np.empty_like(zs)
     for _ in range(_NEWTON_STEPS):
-        expit(zs + offset[:, None], out=p)
+        np.add(zs, offset[:, None], out=p)
+        np.negative(p, out=p)
+        with np.errstate(over="ignore"):  # exp(+inf) = inf: probability 0, as meant
+            np.exp(p, out=p)
+        p += 1.0
+        np.reciprocal(p, out=p)
         total = p.sum(axis=1)
         gradient = observed - total - PRIOR_ROWS * offset
         curvature = total - np.einsum("ij,ij->i", p, p) + PRIOR_ROWS

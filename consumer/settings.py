@@ -214,7 +214,8 @@ class ConsumerSettings(StoreSettings, TopicSettings, ObservabilitySettings):
         ge=0,
         description="Scored forecasts (per head: quiet or not) whose outcomes set the "
         "log-odds offset of a live model's published probabilities, refitted every 24 events "
-        "(or horizon, if longer); warnings and the performance monitor use the model's own; 0: off.",
+        "(or horizon, if longer); warnings and the performance monitor use the model's own; "
+        "0: off.",
     )
     ood_events: int = Field(
         default=_CORE.ood_events,
