@@ -104,8 +104,6 @@ class BatchForecasts:
             if len(state.window) < keep:
                 continue
             past = state.window.tail(keep)
-            if len(past[0]) < keep:
-                continue
             by_spec.setdefault(model.features, []).append((state, model, past, block))
         by_architecture: dict[Hashable, list[tuple[TenantState, LiveModel, np.ndarray]]] = {}
         for members in by_spec.values():
