@@ -60,7 +60,7 @@ class Forecaster:
         self._batch.compute(self._stacks, work)
 
     def forecast(self, block: Block, result: BatchResult) -> list[DriftSignal]:
-        """Forecast the block with one model call, and score earlier forecasts.
+        """Forecast the block (with the batch, or alone), and score earlier forecasts.
 
         Returns the performance monitor's alarms, each `index` an event of the block.
         """
@@ -70,10 +70,9 @@ class Forecaster:
         if model is None or monitor is None:
             return []
         labels = block.labels
-        history = state.window.tail(model.features.history - 1)
         proba = self._batch.take(state)
-        if proba is None:
-            proba = model.forecast(history, block.events)
+        if proba is None:  # not forecast with the batch: alone, from its window's tail
+            proba = model.forecast(state.window.tail(model.features.history - 1), block.events)
         quiet = quiet_flags(state.window.tail(QUIET - 1)[2], labels)
         # Beside each forecast, what persistence forecast for the same event: the monitor
         # watches the model's loss against it (both suffer the same hard hours).
