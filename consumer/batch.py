@@ -31,7 +31,7 @@ ROW: Final = operator.itemgetter("tenant", "ts", *FEATURES, "sla_breached")
 #: Pending forecasts: the model's, persistence's, and whether the tenant was quiet.
 NO_PROBA: Final = np.empty((0, 3), dtype=np.float64)
 NO_LABELS: Final = np.empty(0, dtype=np.bool_)
-#: Events a tenant's window must hold before it is protected from probation eviction.
+#: Events a tenant's window must hold before it leaves probation (and its quick expiry).
 PROTECTED_EVENTS: Final = 16
 #: Answered request ids remembered, so that a replay does not re-open them.
 RESOLVED_KEPT: Final = 100_000
@@ -65,8 +65,21 @@ class CoreConfig:
     publish_forecasts: bool = False
     #: False warnings a tenant-day before its live threshold is raised (`consumer.warnings`).
     warning_budget_per_day: float = 1.0
-    #: Event times later than the caller's clock plus this are dead-lettered (`future_ts`).
+    #: Event times later than the caller's clock plus this are dead-lettered (`future_ts`),
+    #: and earlier than it by `max_past_s` (0: no bound), or than the window span before
+    #: the tenant's newest event, as `past_ts` (`kernel.time_rule`).
     max_future_s: float = 300.0
+    max_past_s: float = 30 * 86_400.0
+    #: Admission (`consumer.tenants`): a tenant with no event for `tenant_idle_s` of the
+    #: caller's clock leaves (`probation_idle_s` while on probation); at most
+    #: `max_new_tenants_per_min` newcomers a minute (0: no bound); `tenant_allow`, a
+    #: pattern a new tenant must match in full (None: any); `tenant_admit`, tenants
+    #: admitted whatever the bounds.
+    tenant_idle_s: float = 2 * 86_400.0
+    probation_idle_s: float = 3_600.0
+    max_new_tenants_per_min: int = 2_000
+    tenant_allow: str | None = None
+    tenant_admit: frozenset[str] = frozenset()
     #: The request schedule (`consumer.schedule`): a partition whose newest event in a
     #: batch is this far behind the clock is catching up (0: never), and its tenants'
     #: scheduled requests wait for a full window; a tenant with no forecaster asks again
@@ -109,6 +122,8 @@ class TenantState:
     gate: RequestGate
     model: LiveModel | None = None
     performance: PerformanceMonitor | None = None
+    #: The caller's clock at the tenant's latest event (None: no clock), for idle expiry.
+    seen_at: float | None = None
     #: Forecasts not yet scored: the last `horizon` probabilities of the live model (with
     #: persistence's and the quiet flag beside each), and the breach flags of the events
     #: they were made at.

@@ -29,10 +29,11 @@ from consumer.forecasting import Forecaster
 from consumer.live_model import LiveModel
 from consumer.ood import DETECTOR as OOD_DETECTOR
 from consumer.ood import ood_alarms, ood_scores
-from consumer.tenants import TenantRegistry
+from consumer.tenants import Refusal, TenantRegistry
 from consumer.triggers import RetrainTriggers, Trigger, count_alarms, settled
 from kernel.kafka import KafkaRecord
-from schemas import DeadLetter, InvalidTelemetry, parse_telemetry
+from kernel.time_rule import ACCEPTED, REASONS, TimeRule
+from schemas import DeadLetter, InvalidTelemetry, RejectReason, parse_telemetry
 from schemas.dead_letter import HEADER_PREFIX
 
 __all__ = ["BatchResult", "CoreConfig", "DeadLetterOut", "IngestCore", "TenantState"]
@@ -55,6 +56,7 @@ class IngestCore:
         self.registry = TenantRegistry(config)
         self._triggers = RetrainTriggers(config)
         self._forecaster = Forecaster(config)
+        self._time_rule = TimeRule(config.max_future_s, config.window_span_s, config.max_past_s)
 
     # -- models and answers (from the answer follower) ------------------------------
     def apply_model(self, model: LiveModel) -> None:
@@ -74,9 +76,9 @@ class IngestCore:
         return len(self.registry)
 
     @property
-    def evicted(self) -> int:
-        """Tenants evicted to stay within `max_tenants`, since the start."""
-        return self.registry.evicted
+    def expired(self) -> int:
+        """Tenants that left for idleness (`tenant_idle_s`), since the start."""
+        return self.registry.expired
 
     def tenant(self, tenant: str) -> TenantState | None:
         return self.registry.get(tenant)
@@ -121,32 +123,33 @@ class IngestCore:
         restart or rebalance: they rebuild state but emit nothing again. The result says,
         per partition with later records, the offset to commit and to replay from.
 
-        `now` is the caller's clock (epoch seconds; the core never reads one): events
-        stamped more than `max_future_s` after it are dead-lettered as `future_ts`, and
-        no window's time moves past that bound, and a request in flight for longer than
-        `request_timeout_s` by it no longer holds its tenant back. The service always
-        passes it; None (unit tests of other parts) bounds nothing and only answers end
-        a request in flight.
+        `now` is the caller's clock (epoch seconds; the core never reads one): events the
+        time rule refuses (`kernel.time_rule`: more than `max_future_s` after it, more
+        than `max_past_s` before it or a window span before the tenant's newest event)
+        are dead-lettered as `future_ts` or `past_ts`, no window's time moves past the
+        future bound, tenants idle on it expire (`consumer.tenants`), and a request in
+        flight for longer than `request_timeout_s` by it no longer holds its tenant back.
+        The service always passes it; None (unit tests of other parts) bounds nothing
+        and only answers end a request in flight.
         """
         replay_below = replay_below or {}
         result = BatchResult()
+        self.registry.expire(now)
         partitions: list[int] = []
         offsets: list[int] = []
         rows: list[tuple[Any, ...]] = []
+        kept: list[KafkaRecord] = []
         #: The highest offset of each partition in the batch.
         high: dict[int, int] = {}
         max_bytes = self.config.max_message_bytes
-        not_after = None if now is None else now + self.config.max_future_s
         for record in records:
             partition = record.partition() or 0
             offset = record.offset() or 0
+            high[partition] = max(high.get(partition, -1), offset)
             try:
-                event = parse_telemetry(
-                    record.key(), record.value(), max_bytes=max_bytes, not_after=not_after
-                )
+                event = parse_telemetry(record.key(), record.value(), max_bytes=max_bytes)
             except InvalidTelemetry as exc:
                 result.invalid += 1
-                high[partition] = max(high.get(partition, -1), offset)
                 if offset >= replay_below.get(partition, -1):
                     result.dead_letters.append(
                         self._dead_letter(record, exc, partition, offset, now)
@@ -155,15 +158,14 @@ class IngestCore:
             rows.append(ROW(event.__dict__))
             partitions.append(partition)
             offsets.append(offset)
+            kept.append(record)
         result.valid = len(rows)
         if rows:
-            blocks = self._blocks(rows, partitions, offsets, replay_below, now, not_after)
+            blocks = self._blocks(rows, partitions, offsets, kept, replay_below, now, result)
             for block in blocks:
                 if block.replay_limit > 0:
                     result.replayed += int(np.count_nonzero(block.offsets < block.replay_limit))
                 self._ingest_block(block, result)
-                partition, top = block.state.partition, int(block.offsets.max())
-                high[partition] = max(high.get(partition, -1), top)
             self._forecaster.emit(result)
         self._send_cleared(result)
         self._commit_points(high, replay_below, result)
@@ -201,14 +203,16 @@ class IngestCore:
         rows: list[tuple[Any, ...]],
         partitions: list[int],
         offsets: list[int],
+        records: list[KafkaRecord],
         replay_below: Mapping[int, int],
         now: float | None,
-        not_after: float | None,
+        result: BatchResult,
     ) -> Iterable[Block]:
         """Columns for the whole batch at once, regrouped by tenant into contiguous views.
 
-        A generator: each tenant is admitted just before its block is ingested, so an
-        eviction by a later tenant of the batch sees the earlier one's window filled.
+        Each tenant's rows are admitted (`_admitted`) before any block is ingested, so
+        the held tenants' forecasts are prepared together; a generator, so each block is
+        ingested before the next one is built.
         """
         tenants, stamps, *metrics = zip(*rows, strict=True)
         codes_of = {tenant: code for code, tenant in enumerate(dict.fromkeys(tenants))}
@@ -225,28 +229,127 @@ class IngestCore:
         ends = np.cumsum(counts).tolist()
         names = list(codes_of)
         behind = self._behind(ts, parts, now)
-        spans = [slice(hi - count, hi) for count, hi in zip(counts.tolist(), ends, strict=True)]
-        held = []
-        for code, span in enumerate(spans):
-            state = self.registry.get(names[code])
-            if state is not None and state.model is not None:
-                if state.partition == int(parts[span.start]):
-                    held.append((state, (ts[span], features[span], labels[span])))
+        admitted = []
+        for count, hi in zip(counts.tolist(), ends, strict=True):
+            span = slice(hi - count, hi)
+            columns = (ts[span], features[span], labels[span], offs[span], parts[span])
+            taken = self._admitted(
+                names[len(admitted)], columns, order[span], records, replay_below, now, result
+            )
+            admitted.append(taken)
+        held = [
+            (state, (t, f, y))
+            for state, (t, f, y, _o) in filter(None, admitted)
+            if state.model is not None
+        ]
         if held:
             self._forecaster.prepare(held)
-        for code, span in enumerate(spans):
-            partition = int(parts[span.start])
+        not_after = None if now is None else now + self.config.max_future_s
+        for taken in admitted:
+            if taken is None:
+                continue
+            state, (t, f, y, o) = taken
             yield Block(
-                state=self.registry.admit(names[code], partition),
-                ts=ts[span],
-                features=features[span],
-                labels=labels[span],
-                offsets=offs[span],
-                replay_limit=replay_below.get(partition, -1),
+                state=state,
+                ts=t,
+                features=f,
+                labels=y,
+                offsets=o,
+                replay_limit=replay_below.get(state.partition, -1),
                 now=now,
                 not_after=not_after,
-                caught_up=partition not in behind,
+                caught_up=state.partition not in behind,
             )
+
+    def _admitted(
+        self,
+        tenant: str,
+        columns: tuple[np.ndarray, ...],
+        rows: np.ndarray,
+        records: list[KafkaRecord],
+        replay_below: Mapping[int, int],
+        now: float | None,
+        result: BatchResult,
+    ) -> tuple[TenantState, tuple[np.ndarray, ...]] | None:
+        """The tenant's state and the rows of its block it accepts; the rest dead-lettered.
+
+        Refused, each with its reason: every row of a newcomer the registry does not
+        admit; rows on another partition than the tenant's (it stays bound to the first
+        it was seen on, whatever the producer's partitioner does); rows whose time the
+        time rule refuses. Rows replayed after a restart were dead-lettered the first
+        time: they are dropped again, quietly.
+        """
+        ts, features, labels, offs, parts = columns
+        state = self.registry.get(tenant)
+        partition = int(parts[0]) if state is None else state.partition
+        keep = parts == partition
+        reason: RejectReason = RejectReason.WRONG_PARTITION
+        detail = f"tenant {tenant[:80]!r} is bound to partition {partition}"
+        if state is None and keep.any():
+            fresh = bool((offs[keep] >= replay_below.get(partition, -1)).any())
+            admitted = self.registry.admit(tenant, partition, now=now, replayed=not fresh)
+            if isinstance(admitted, Refusal):
+                keep[:] = False
+                reason, detail = admitted.reason, admitted.detail
+            else:
+                state = admitted
+        elif state is not None and keep.any():
+            self.registry.admit(tenant, partition, now=now)
+        if not keep.all():
+            self._refuse(
+                ~keep, reason, detail, offs, parts, rows, records, replay_below, now, result
+            )
+        if state is None:
+            return None
+        if keep.any():
+            codes, newest = self._time_rule.judge(ts, state.window.newest_ts, now)
+            late = (codes != ACCEPTED) & keep
+            if late.any():
+                for code in np.unique(codes[late]).tolist():
+                    which = late & (codes == code)
+                    first = float(ts[which][0])
+                    explain = self._time_rule.explain(code, first, newest, now)
+                    self._refuse(
+                        which,
+                        RejectReason(REASONS[code]),
+                        explain,
+                        offs,
+                        parts,
+                        rows,
+                        records,
+                        replay_below,
+                        now,
+                        result,
+                    )
+                keep &= ~late
+        if keep.all():
+            return state, (ts, features, labels, offs)
+        if not keep.any():
+            return None
+        return state, (ts[keep], features[keep], labels[keep], offs[keep])
+
+    def _refuse(
+        self,
+        which: np.ndarray,
+        reason: RejectReason,
+        detail: str,
+        offs: np.ndarray,
+        parts: np.ndarray,
+        rows: np.ndarray,
+        records: list[KafkaRecord],
+        replay_below: Mapping[int, int],
+        now: float | None,
+        result: BatchResult,
+    ) -> None:
+        """Dead-letter the rows `which` of a tenant's block (fresh ones: replayed were)."""
+        for i in np.flatnonzero(which).tolist():
+            partition, offset = int(parts[i]), int(offs[i])
+            if offset >= replay_below.get(partition, -1):
+                exc = InvalidTelemetry(reason, detail)
+                record = records[int(rows[i])]
+                result.dead_letters.append(self._dead_letter(record, exc, partition, offset, now))
+        result.valid -= int(np.count_nonzero(which))
+        result.invalid += int(np.count_nonzero(which))
 
     def _behind(self, ts: np.ndarray, parts: np.ndarray, now: float | None) -> set[int]:
         """Partitions whose newest event of the batch is over `catch_up_lag_s` behind `now`.

@@ -10,9 +10,11 @@ rules across them).
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Final
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+from pydantic_settings import NoDecode
 
 from consumer.batch import CoreConfig
 from consumer.detectors import DETECTORS, DriftConfig, detector_spec
@@ -33,6 +35,27 @@ def _known_detector(kind: str) -> str:
 
 
 DetectorName = Annotated[str, AfterValidator(_known_detector)]
+
+
+def _pattern(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"tenant_allow is not a valid regular expression: {exc}") from None
+    return value
+
+
+def _names(value: object) -> object:
+    """A comma-separated list (as an env var or flag gives it) as a set of names."""
+    if isinstance(value, str):
+        return frozenset(name.strip() for name in value.split(",") if name.strip())
+    return value
+
+
+TenantPattern = Annotated[str | None, AfterValidator(_pattern)]
+TenantNames = Annotated[frozenset[str], NoDecode, BeforeValidator(_names)]
 
 
 class ConsumerSettings(StoreSettings, TopicSettings, ObservabilitySettings):
@@ -139,7 +162,8 @@ class ConsumerSettings(StoreSettings, TopicSettings, ObservabilitySettings):
         default=_CORE.max_tenants,
         ge=1,
         le=10_000_000,
-        description="Tenants held in memory; the least recently active is evicted beyond it.",
+        description="Tenants held in memory; beyond it a new tenant's events are dead-lettered "
+        "(tenant_capacity) until one leaves for idleness: a held tenant is never evicted.",
     )
     data_drift: bool = Field(
         default=_CORE.data_drift,
@@ -231,8 +255,47 @@ class ConsumerSettings(StoreSettings, TopicSettings, ObservabilitySettings):
         description="Events stamped more than this after the consumer's clock are "
         "dead-lettered (future_ts): one far-future stamp would empty its tenant's window.",
     )
+    max_past_s: float = Field(
+        default=_CORE.max_past_s,
+        ge=0,
+        description="Events stamped more than this before the consumer's clock, or more "
+        "than window_span_s before their tenant's newest event, are dead-lettered (past_ts); "
+        "the retrainer's replay and the report skip them alike; 0: only the window bound.",
+    )
+    tenant_idle_s: float = Field(
+        default=_CORE.tenant_idle_s,
+        gt=0,
+        description="A tenant with no event for this long (consumer clock) leaves, freeing "
+        "its place; the only way a held tenant leaves (held tenants are never evicted).",
+    )
+    probation_idle_s: float = Field(
+        default=_CORE.probation_idle_s,
+        gt=0,
+        description="The same for a tenant whose window still holds fewer than 16 events "
+        "(junk keys leave quickly).",
+    )
+    max_new_tenants_per_min: int = Field(
+        default=_CORE.max_new_tenants_per_min,
+        ge=0,
+        description="New tenants admitted per minute (consumer clock) at most; beyond it and "
+        "beyond max_tenants a newcomer's events are dead-lettered (tenant_capacity); replays "
+        "after a restart are not held to it; 0: no bound.",
+    )
+    tenant_allow: TenantPattern = Field(
+        default=_CORE.tenant_allow,
+        description="A regular expression a new tenant's name must match in full, or its "
+        "events are dead-lettered (tenant_not_allowed); unset: any tenant.",
+    )
+    tenant_admit: TenantNames = Field(
+        default=_CORE.tenant_admit,
+        description="Comma-separated tenants always admitted, whatever max_tenants, "
+        "max_new_tenants_per_min and tenant_allow say (the operator's way to admit one).",
+    )
     cooldown_s: float = Field(
-        default=_CORE.cooldown_s, ge=0, description="Event-time pause between a tenant's requests."
+        default=_CORE.cooldown_s,
+        ge=0,
+        description="Pause between a tenant's requests, in event time and in the consumer's "
+        "own clock alike (a producer's stamps cannot shorten it).",
     )
     delivery_timeout_s: float = Field(
         default=60.0,

@@ -1,16 +1,23 @@
-"""The tenants a consumer holds: admission, probation, eviction, partitions, live models.
+"""The tenants a consumer holds: admission, probation, expiry, partitions, live models.
 
-Memory is bounded by `max_tenants`. A new tenant starts on probation until its window
-holds `PROTECTED_EVENTS` events; beyond the bound the oldest tenant on probation goes
-first, else the least recently active, so a flood of one-event tenants (junk keys, a
-misconfigured producer) churns only itself and never evicts a real tenant's window.
+Memory is bounded by `max_tenants`, and the rule is: **a held tenant that keeps sending
+is never evicted to make room for a newcomer.** Anyone can produce a key, so a flood of
+junk tenants must not cost a real tenant its window (nor its detectors' state). At
+capacity a newcomer is refused (dead-lettered, `tenant_capacity`); tenants leave by
+idleness only, on the consumer's clock: `tenant_idle_s` without an event, or
+`probation_idle_s` for one whose window is still shorter than `PROTECTED_EVENTS` (junk
+keys go quickly). New tenants are also admitted at most `max_new_tenants_per_min`, an
+optional allow-list (`tenant_allow`, a pattern) names who may be admitted at all, and
+the operator's `tenant_admit` list is admitted whatever the bounds.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections import OrderedDict
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from consumer.batch import NO_LABELS, NO_PROBA, PROTECTED_EVENTS, CoreConfig, TenantState
 from consumer.detectors import DataDriftMonitor
@@ -20,10 +27,18 @@ from consumer.performance import PerformanceMonitor
 from consumer.recalibration import Recalibration
 from consumer.warnings import Edge, WarningState, end_warning
 from consumer.window import TenantWindow
-from schemas.telemetry import FEATURES
+from schemas.telemetry import FEATURES, RejectReason
 from schemas.warnings import ClearReason
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a new tenant was not admitted: the dead letter's reason and detail."""
+
+    reason: RejectReason
+    detail: str
 
 
 class TenantRegistry:
@@ -32,7 +47,7 @@ class TenantRegistry:
     The newest live model of every tenant announced so far is kept, held or not, so a
     tenant that arrives (or comes back after an eviction) forecasts at once. Never
     touches Kafka; `admit` is the one way a tenant's state comes to be. A tenant whose
-    warning is on when its model is swapped or it leaves (evicted, moved, its partition
+    warning is on when its model is swapped or it leaves (expired, its partition
     dropped) has the warning cleared: the clears wait in `take_warnings`.
     """
 
@@ -43,8 +58,13 @@ class TenantRegistry:
         self._probation: OrderedDict[str, None] = OrderedDict()
         self._by_partition: dict[int, set[str]] = {}
         self._models: dict[str, LiveModel] = {}
-        #: Tenants evicted to stay within `max_tenants`, since the start.
-        self.evicted = 0
+        #: Tenants expired for idleness, and newcomers refused, since the start.
+        self.expired = 0
+        self.refused = 0
+        #: The admission rate's token bucket (`max_new_tenants_per_min`), on `now`.
+        self._tokens = float(config.max_new_tenants_per_min)
+        self._tokens_at: float | None = None
+        self._allowed = None if config.tenant_allow is None else re.compile(config.tenant_allow)
         self._cleared: list[Edge] = []
 
     def __len__(self) -> int:
@@ -92,31 +112,41 @@ class TenantRegistry:
         cleared, self._cleared = self._cleared, []
         return cleared
 
-    # -- admission and eviction -----------------------------------------------------
-    def admit(self, tenant: str, partition: int) -> TenantState:
-        """The tenant's state, new (on probation) if it was not held or changed partition."""
+    # -- admission and expiry -------------------------------------------------------
+    def admit(
+        self, tenant: str, partition: int, *, now: float | None = None, replayed: bool = False
+    ) -> TenantState | Refusal:
+        """The tenant's state (new if it was not held), or why a new tenant is refused.
+
+        A held tenant is never refused and never evicted for a newcomer: tenants leave
+        by idleness only (`expire`). A newcomer is refused when the allow-list does not
+        name it, when `max_tenants` are held, or when `max_new_tenants_per_min` were
+        admitted in the last minute of `now` (records replayed after a restart are not
+        newcomers: their tenant was admitted before). The tenants of `tenant_admit`, the
+        operator's list, are always admitted, beyond `max_tenants`. The caller checks
+        the partition (`bound_partition`) first: a state's partition never changes.
+        """
         state = self._tenants.get(tenant)
-        if state is not None and state.partition != partition:
-            log.warning(
-                "tenant=%s moved from partition=%d to partition=%d; its window restarts",
-                tenant,
-                state.partition,
-                partition,
-            )
-            self._forget(tenant)
-            state = None
         if state is not None:
             self._tenants.move_to_end(tenant)
             if tenant in self._probation:
                 self._probation.move_to_end(tenant)
+            if now is not None:
+                state.seen_at = now
             return state
         cfg = self.config
+        if tenant not in cfg.tenant_admit:
+            refusal = self._refusal(tenant, now, replayed)
+            if refusal is not None:
+                self.refused += 1
+                return refusal
         state = TenantState(
             tenant=tenant,
             partition=partition,
             window=TenantWindow(cfg.window_max_events, cfg.window_span_s, len(FEATURES)),
             drift=DataDriftMonitor(cfg.drift),
             gate=RequestGate(cfg.cooldown_s, cfg.request_timeout_s),
+            seen_at=now,
         )
         self._tenants[tenant] = state
         self._by_partition.setdefault(partition, set()).add(tenant)
@@ -124,23 +154,64 @@ class TenantRegistry:
         if model is not None:
             self._attach(state, model)
         self._probation[tenant] = None
-        while len(self._tenants) > cfg.max_tenants:
-            self._evict(keep=tenant)
         return state
+
+    def _refusal(self, tenant: str, now: float | None, replayed: bool) -> Refusal | None:
+        cfg = self.config
+        if self._allowed is not None and self._allowed.fullmatch(tenant) is None:
+            return Refusal(
+                RejectReason.TENANT_NOT_ALLOWED,
+                f"tenant {tenant[:80]!r} does not match tenant_allow {cfg.tenant_allow!r}",
+            )
+        admitted = len(self._tenants) - sum(1 for t in cfg.tenant_admit if t in self._tenants)
+        if admitted >= cfg.max_tenants:
+            return Refusal(
+                RejectReason.TENANT_CAPACITY,
+                f"{admitted} tenants held, max_tenants={cfg.max_tenants}: a new tenant is "
+                f"admitted when one has been idle for tenant_idle_s={cfg.tenant_idle_s:g}",
+            )
+        if now is None or replayed or cfg.max_new_tenants_per_min <= 0:
+            return None
+        rate = cfg.max_new_tenants_per_min / 60.0
+        if self._tokens_at is not None:
+            elapsed = max(0.0, now - self._tokens_at)
+            self._tokens = min(float(cfg.max_new_tenants_per_min), self._tokens + elapsed * rate)
+        self._tokens_at = now
+        if self._tokens < 1.0:
+            return Refusal(
+                RejectReason.TENANT_CAPACITY,
+                f"over max_new_tenants_per_min={cfg.max_new_tenants_per_min}: "
+                "new tenants are admitted more slowly than this consumer can be flooded",
+            )
+        self._tokens -= 1.0
+        return None
 
     def protect(self, state: TenantState) -> None:
         """End the tenant's probation once its window holds `PROTECTED_EVENTS` events."""
         if len(state.window) >= PROTECTED_EVENTS:
             self._probation.pop(state.tenant, None)
 
-    def _evict(self, keep: str) -> None:
-        """Drop one tenant: the oldest still on probation, else the least recently active."""
-        victim = next((t for t in self._probation if t != keep), None)
-        if victim is None:
-            victim = next(t for t in self._tenants if t != keep)
-        log.debug("tenant=%s evicted", victim)
-        self._forget(victim)
-        self.evicted += 1
+    def expire(self, now: float | None) -> int:
+        """Forget the tenants idle for `tenant_idle_s` of `now` (on probation: for
+        `probation_idle_s`); how many. The only way a held tenant leaves, but for its
+        partition leaving this member."""
+        if now is None:
+            return 0
+        cfg, gone = self.config, 0
+        for queue, idle_s in (
+            (self._probation, cfg.probation_idle_s),
+            (self._tenants, cfg.tenant_idle_s),
+        ):
+            while queue:
+                tenant = next(iter(queue))
+                seen = self._tenants[tenant].seen_at
+                if seen is None or now - seen <= idle_s:
+                    break
+                log.debug("tenant=%s idle since %.0f: expired", tenant, seen)
+                self._forget(tenant)
+                gone += 1
+        self.expired += gone
+        return gone
 
     def _forget(self, tenant: str) -> None:
         self._probation.pop(tenant, None)

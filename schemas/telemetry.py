@@ -123,6 +123,15 @@ class RejectReason(StrEnum):
     OUT_OF_RANGE = "out_of_range"
     KEY_MISMATCH = "key_mismatch"
     FUTURE_TS = "future_ts"
+    #: Stamped further behind than any window holds (`kernel.time_rule`).
+    PAST_TS = "past_ts"
+    #: A tenant's record on another partition than the one it is bound to.
+    WRONG_PARTITION = "wrong_partition"
+    #: A new tenant refused: the consumer holds `max_tenants` already, or admitted
+    #: `max_new_tenants_per_min` new tenants in the last minute.
+    TENANT_CAPACITY = "tenant_capacity"
+    #: A new tenant whose name the allow-list (`tenant_allow`) does not match.
+    TENANT_NOT_ALLOWED = "tenant_not_allowed"
 
 
 _RANGE_ERRORS: Final = frozenset(
@@ -154,14 +163,13 @@ def parse_telemetry(
     value: bytes | None,
     *,
     max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    not_after: float | None = None,
 ) -> TelemetryEvent:
     """Decode one raw `sla.telemetry` message or raise `InvalidTelemetry`.
 
     The key must equal the tenant so that partitioning by key keeps a tenant on one
     partition; a message that lies about its key would land beside other tenants.
-    `not_after` (epoch seconds; the caller's clock plus its allowance) refuses event
-    times beyond it: one far-future stamp would otherwise move a window's time ahead.
+    Whether its time is believed depends on the reader's clock and on the tenant's
+    other events: `kernel.time_rule` judges that, after this.
     """
     if not value:
         raise InvalidTelemetry(RejectReason.EMPTY, "message has no value")
@@ -181,10 +189,5 @@ def parse_telemetry(
         shown = "no key" if key is None else f"key {key[:80]!r}"
         raise InvalidTelemetry(
             RejectReason.KEY_MISMATCH, f"{shown} does not equal tenant {event.tenant!r}"
-        )
-    if not_after is not None and event.ts.timestamp() > not_after:
-        limit = datetime.fromtimestamp(not_after, UTC).isoformat()
-        raise InvalidTelemetry(
-            RejectReason.FUTURE_TS, f"ts {event.ts.isoformat()} is later than {limit}"
         )
     return event

@@ -10,7 +10,7 @@ from consumer.settings import ConsumerSettings
 from schemas import DeadLetter, RejectReason
 from simulator.model import TelemetrySimulator
 from testkit.core_runs import config, mixed_stream, records, run
-from testkit.streams import RawRecord, telemetry_values
+from testkit.streams import START, RawRecord, telemetry_values
 
 
 def test_invalid_records_become_dead_letters_with_source_and_reason() -> None:
@@ -91,13 +91,112 @@ def test_replayed_offsets_rebuild_state_but_emit_nothing_again() -> None:
     assert len(IngestCore(config()).process(bad, {0: 10}).dead_letters) == 1
 
 
-def test_least_recently_active_tenant_is_evicted_beyond_max_tenants() -> None:
+def test_a_held_tenant_is_never_evicted_for_a_newcomer_who_is_dead_lettered_instead() -> None:
     core = IngestCore(config(max_tenants=3))
     for n, tenant in enumerate(["t1", "t2", "t3", "t1", "t4"]):
-        core.process([RawRecord(tenant.encode(), telemetry_values(tenant, 1, seed=n)[0], 0, n)])
+        result = core.process(
+            [RawRecord(tenant.encode(), telemetry_values(tenant, 1, seed=n)[0], 0, n)]
+        )
     assert len(core) == 3
-    assert core.tenant("t2") is None and core.tenant("t1") is not None
+    assert all(core.tenant(t) is not None for t in ("t1", "t2", "t3"))
+    assert core.tenant("t4") is None
+    (letter,) = result.dead_letters
+    assert letter.reason is RejectReason.TENANT_CAPACITY and letter.value is not None
+    assert "max_tenants=3" in DeadLetter.from_headers(letter.headers).detail
+    assert (result.valid, result.invalid) == (0, 1)
     assert core.replay_start(0) == 0  # t1's first event is the oldest still held
+
+
+def test_idle_tenants_expire_on_the_consumer_clock_probation_ones_first() -> None:
+    core = IngestCore(config(max_tenants=3, probation_idle_s=600, tenant_idle_s=7_200))
+    clock = START.timestamp() + 20 * 60  # after the 20 events, one a minute
+    real = telemetry_values("real", 20, seed=0)
+    core.process([RawRecord(b"real", v, 0, i) for i, v in enumerate(real)], now=clock)
+    for n, junk in enumerate(["j1", "j2"]):
+        core.process(
+            [RawRecord(junk.encode(), telemetry_values(junk, 1, seed=n)[0], 1, n)], now=clock
+        )
+    # Ten minutes on, junk on probation has gone; the protected tenant stays.
+    result = core.process(
+        [RawRecord(b"new", telemetry_values("new", 1, seed=9)[0], 1, 5)], now=clock + 601
+    )
+    assert result.dead_letters == [] and core.tenant("new") is not None
+    assert core.tenant("j1") is None and core.tenant("j2") is None
+    assert core.tenant("real") is not None and core.expired == 2
+    # Two hours without an event: the protected tenant leaves too.
+    core.process(
+        [RawRecord(b"new", telemetry_values("new", 1, seed=9)[0], 1, 6)], now=clock + 7_000
+    )
+    core.process(
+        [RawRecord(b"new", telemetry_values("new", 1, seed=9)[0], 1, 7)], now=clock + 7_300
+    )
+    assert core.tenant("real") is None and core.tenant("new") is not None
+
+
+def test_new_tenants_are_admitted_at_a_bounded_rate_but_a_replay_is_not_held_to_it() -> None:
+    core = IngestCore(config(max_new_tenants_per_min=2))
+    clock = START.timestamp()
+    recs = [
+        RawRecord(f"t{i}".encode(), telemetry_values(f"t{i}", 1, seed=i)[0], 0, i) for i in range(4)
+    ]
+    result = core.process(recs, now=clock)
+    assert [t.tenant for t in core.tenants()] == ["t0", "t1"]
+    assert [d.reason for d in result.dead_letters] == [RejectReason.TENANT_CAPACITY] * 2
+    assert (
+        "max_new_tenants_per_min=2"
+        in DeadLetter.from_headers(result.dead_letters[0].headers).detail
+    )
+    # Half a minute later, one more is due.
+    later = [
+        RawRecord(f"u{i}".encode(), telemetry_values(f"u{i}", 1, seed=i)[0], 1, i) for i in range(2)
+    ]
+    assert len(core.process(later, now=clock + 30).dead_letters) == 1
+    # A restart's replay rebuilds every tenant it held, however many.
+    successor = IngestCore(config(max_new_tenants_per_min=2))
+    replay = successor.process(recs, {0: 4}, now=clock)
+    assert len(successor) == 4 and replay.dead_letters == []
+
+
+def test_the_allow_list_refuses_other_tenants_and_the_operator_list_is_always_admitted() -> None:
+    core = IngestCore(
+        config(tenant_allow=r"acme|globex-[a-z]+", max_tenants=1, tenant_admit=frozenset({"vip"}))
+    )
+    recs = [
+        RawRecord(name.encode(), telemetry_values(name, 1, seed=i)[0], 0, i)
+        for i, name in enumerate(["acme", "globex-eu", "acme-x", "vip"])
+    ]
+    result = core.process(recs, now=START.timestamp())
+    assert [d.reason for d in result.dead_letters] == [
+        RejectReason.TENANT_CAPACITY,  # globex-eu: allowed, but max_tenants=1 is held
+        RejectReason.TENANT_NOT_ALLOWED,
+    ]
+    assert sorted(t.tenant for t in core.tenants()) == ["acme", "vip"]
+    settings = ConsumerSettings(tenant_allow="acme|globex-[a-z]+", tenant_admit="vip, ops")
+    assert core_config(settings).tenant_admit == frozenset({"vip", "ops"})
+    with pytest.raises(ValueError, match="tenant_allow"):
+        ConsumerSettings(tenant_allow="acme(")
+
+
+def test_a_record_on_another_partition_is_dead_lettered_and_the_window_is_kept() -> None:
+    core = IngestCore(config())
+    own = telemetry_values("b", 600, seed=0)
+    core.process([RawRecord(b"b", v, 3, i) for i, v in enumerate(own)])
+    stray = telemetry_values("b", 2, seed=1, start_index=600)
+    result = core.process([RawRecord(b"b", stray[0], 5, 0), RawRecord(b"b", stray[1], 3, 600)])
+    assert [d.reason for d in result.dead_letters] == [RejectReason.WRONG_PARTITION]
+    assert DeadLetter.from_headers(result.dead_letters[0].headers).source_partition == 5
+    state = core.tenant("b")
+    assert state is not None and state.partition == 3 and len(state.window) == 601
+    assert result.next_offsets == {3: 601, 5: 1}  # the stray record is consumed too
+    # Within one batch too: the first partition seen binds a new tenant.
+    fresh = IngestCore(config())
+    mixed = [
+        RawRecord(b"c", v, p, i)
+        for i, (v, p) in enumerate(zip(telemetry_values("c", 3, seed=2), [1, 2, 1], strict=True))
+    ]
+    result = fresh.process(mixed)
+    assert [DeadLetter.from_headers(d.headers).source_offset for d in result.dead_letters] == [1]
+    assert len(fresh.tenant("c").window) == 2  # type: ignore[union-attr]
 
 
 def test_drop_partitions_forgets_their_tenants() -> None:
@@ -109,7 +208,7 @@ def test_drop_partitions_forgets_their_tenants() -> None:
     assert core.replay_start(0) is None and core.replay_start(1) == 0
 
 
-def test_a_dropped_tenant_on_probation_is_never_chosen_for_eviction() -> None:
+def test_a_dropped_partition_frees_its_tenants_places() -> None:
     core = IngestCore(config(max_tenants=2))
     core.process([RawRecord(b"gone", telemetry_values("gone", 1, seed=0)[0], 0, 0)])
     core.drop_partitions([0])
@@ -117,8 +216,8 @@ def test_a_dropped_tenant_on_probation_is_never_chosen_for_eviction() -> None:
         result = core.process(
             [RawRecord(tenant.encode(), telemetry_values(tenant, 1, seed=n)[0], 1, n)]
         )
-        assert result.valid == 1  # eviction found a tenant it holds: nothing raised
-    assert len(core) == 2 and core.tenant("n3") is not None and core.tenant("gone") is None
+    assert len(core) == 2 and core.tenant("n2") is not None and core.tenant("gone") is None
+    assert [d.reason for d in result.dead_letters] == [RejectReason.TENANT_CAPACITY]
 
 
 def test_requests_do_not_depend_on_where_batches_are_cut() -> None:
