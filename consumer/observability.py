@@ -96,7 +96,7 @@ class ConsumerMetrics(ConsumerHooks):
         self._refresh_s = refresh_s
         self._clock = clock
         self._next_refresh = 0.0
-        self._evicted_seen = 0
+        self._expired_seen = 0
         self._polled_at: float | None = None
         self._joined = False
         self._assigned: set[int] = set()
@@ -142,9 +142,10 @@ class ConsumerMetrics(ConsumerHooks):
             registry=r,
         )
         self.tenants = Gauge("slaops_consumer_tenants", "Tenants held in memory.", registry=r)
-        self.evicted = Counter(
-            "slaops_consumer_tenants_evicted",
-            "Tenants evicted to stay within max_tenants.",
+        self.expired = Counter(
+            "slaops_consumer_tenants_expired",
+            "Tenants that left for idleness (tenant_idle_s, probation_idle_s); a held "
+            "tenant is never evicted for a newcomer (refusals: dead letters by reason).",
             registry=r,
         )
         self.window_bytes = Gauge(
@@ -295,9 +296,9 @@ class ConsumerMetrics(ConsumerHooks):
         self.warnings_sent(result)
         core = self._core
         self.tenants.set(len(core))
-        if core.evicted > self._evicted_seen:
-            self.evicted.inc(core.evicted - self._evicted_seen)
-            self._evicted_seen = core.evicted
+        if core.expired > self._expired_seen:
+            self.expired.inc(core.expired - self._expired_seen)
+            self._expired_seen = core.expired
         now = self._clock()
         if now >= self._next_refresh:
             self._next_refresh = now + self._refresh_s

@@ -19,6 +19,7 @@ count it. Without a clock (`now` None) only the window-span bound applies.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Final
 
 import numpy as np
@@ -30,7 +31,6 @@ PAST: Final = 2
 #: The dead-letter reason of each refusing code.
 REASONS: Final = {FUTURE: "future_ts", PAST: "past_ts"}
 
-#: A day, the default window's span (`consumer.window.DEFAULT_SPAN_S` is the same).
 _DAY: Final = 86_400.0
 
 
@@ -41,7 +41,7 @@ class TimeRule:
     #: Later than the clock by more than this: `future_ts`.
     max_future_s: float = 300.0
     #: Earlier than the tenant's newest accepted event by more than this: `past_ts`.
-    span_s: float = _DAY
+    span_s: float = 7 * _DAY
     #: Earlier than the clock by more than this: `past_ts` (0: no such bound).
     max_past_s: float = 30 * _DAY
 
@@ -79,10 +79,25 @@ class TimeRule:
     def explain(self, code: int, ts: float, newest: float | None, now: float | None) -> str:
         """The dead letter's detail for a refused stamp: what it was judged against."""
         if code == FUTURE:
-            return f"ts {ts:.0f} is more than max_future_s={self.max_future_s:g} after {now:.0f}"
+            return (
+                f"ts {_iso(ts)} is more than max_future_s={self.max_future_s:g} after the "
+                f"consumer's clock {_iso(now)}"
+            )
         if newest is not None and ts < newest - self.span_s:
             return (
-                f"ts {ts:.0f} is more than the window span ({self.span_s:g} s) before the "
-                f"tenant's newest event {newest:.0f}"
+                f"ts {_iso(ts)} is more than the window span ({self.span_s:g} s) before the "
+                f"tenant's newest event {_iso(newest)}"
             )
-        return f"ts {ts:.0f} is more than max_past_s={self.max_past_s:g} before {now:.0f}"
+        return (
+            f"ts {_iso(ts)} is more than max_past_s={self.max_past_s:g} before the "
+            f"consumer's clock {_iso(now)}"
+        )
+
+
+def _iso(epoch_s: float | None) -> str:
+    if epoch_s is None:
+        return "(none)"
+    try:
+        return datetime.fromtimestamp(epoch_s, UTC).isoformat()
+    except (OverflowError, OSError, ValueError):
+        return f"{epoch_s:.0f} (epoch seconds)"

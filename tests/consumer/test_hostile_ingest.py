@@ -463,17 +463,24 @@ def test_rfc3339_timestamps_still_parse() -> None:
     assert np.isfinite(event.ts.timestamp())
 
 
-def test_a_flood_of_one_event_tenants_cannot_evict_a_real_tenants_window() -> None:
+def test_a_flood_of_protected_junk_tenants_cannot_evict_a_real_tenants_window() -> None:
+    """Junk with 16 events each (past probation) and one-event junk keys between a new
+    tenant's events: the real tenants keep their windows and the newcomer keeps growing."""
     core = IngestCore(CoreConfig(telemetry_topic="sla.telemetry", max_tenants=50, cold_start=False))
-    real = telemetry_values("real", 200, seed=1)
-    core.process([RawRecord(b"real", value, 0, i) for i, value in enumerate(real)])
-    junk = [
-        RawRecord(f"junk-{i}".encode(), telemetry_values(f"junk-{i}", 1, seed=i)[0], 1, i)
-        for i in range(200)
-    ]
-    for start in range(0, 200, 20):
-        core.process(junk[start : start + 20], now=START.timestamp() + 86_400)
-    held = core.tenant("real")
-    assert held is not None and len(held.window) == 200  # the real window survived
-    assert len(core) == 50  # the bound still holds: junk churned only junk
-    assert core.tenant("junk-199") is not None and core.tenant("junk-0") is None
+    clock = START.timestamp() + 700 * 60
+    real = telemetry_values("real", 600, seed=1)
+    core.process([RawRecord(b"real", value, 0, i) for i, value in enumerate(real)], now=clock)
+    newbie = telemetry_values("newbie", 40, seed=2)
+    refused = 0
+    for k in range(40):
+        junk = [
+            RawRecord(f"junk-{k}".encode(), value, 1, 100 * k + j)
+            for j, value in enumerate(telemetry_values(f"junk-{k}", 16, seed=k))
+        ]
+        flood = [RawRecord(f"one-{k}".encode(), telemetry_values(f"one-{k}", 1, seed=k)[0], 1, 9)]
+        result = core.process([*junk, RawRecord(b"newbie", newbie[k], 2, k), *flood], now=clock + k)
+        refused += sum(d.reason is RejectReason.TENANT_CAPACITY for d in result.dead_letters)
+    held, grown = core.tenant("real"), core.tenant("newbie")
+    assert held is not None and len(held.window) == 600  # the real window survived
+    assert grown is not None and len(grown.window) == 40  # one-event junk never reset it
+    assert len(core) == 50 and refused > 0  # the bound holds: newcomers were refused

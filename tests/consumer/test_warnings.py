@@ -78,12 +78,13 @@ def feed(
     recs: list[RawRecord],
     cuts: list[int] | None = None,
     replay_below: dict[int, int] | None = None,
+    now: float | None = None,
 ) -> Run:
     run = Run()
     edges = [0, *(cuts or []), len(recs)]
     for lo, hi in zip(edges, edges[1:], strict=False):
         if hi > lo:
-            run.add(core.process(recs[lo:hi], replay_below))
+            run.add(core.process(recs[lo:hi], replay_below, now=now))
     return run
 
 
@@ -232,11 +233,12 @@ def test_a_model_swap_clears_the_warning_and_the_new_model_raises_its_own() -> N
 def test_a_tenant_that_leaves_has_its_warning_cleared_and_a_revoked_one_keeps_it() -> None:
     model = p99_model("acme")
     recs = records(telemetry("acme", *incident_stream()))
-    core = make_core(max_tenants=1)
+    core = make_core(tenant_idle_s=3_600)
     core.apply_model(model)
-    feed(core, recs[:202])
+    last = (START + timedelta(minutes=201)).timestamp()
+    feed(core, recs[:202], now=last)
     other = records(telemetry("other", np.full(3, CALM), np.zeros(3, bool)), "other", 1)
-    run = feed(core, other)  # admitting `other` evicts acme
+    run = feed(core, other, now=last + 3_601)  # acme has been idle for tenant_idle_s
     assert core.tenant("acme") is None
     (cleared,) = run.clears()
     assert (cleared.warning_id, cleared.reason, cleared.tenant) == (
