@@ -9,9 +9,12 @@ them), and runs scikit-learn's joblib calls as Dask tasks; the client closes wit
 search, so nothing is held between requests and a restarted scheduler costs nothing.
 
 Dask's protocol pickles: the tasks, the rows and the fitted estimators travel as
-pickles between the retrainer and the workers. Run the scheduler and workers on a
-private network, or with TLS (`tls://` and dask's `distributed.comm.tls.*` settings).
-No model read from a store ever travels this way: champions are scored in-process.
+pickles between the retrainer and the workers, so whoever reaches the scheduler runs
+code here. `DaskFits` refuses a `tcp://` scheduler on another host unless told
+`allow_insecure` (a private network that only the retrainers and workers reach), and
+speaks mutual TLS to a `tls://` one with the `DaskTls` files, through
+`distributed.security.Security`. No model read from a store ever travels this way:
+champions are scored in-process.
 """
 
 from __future__ import annotations
@@ -24,11 +27,14 @@ from typing import Any, Final
 
 import numpy as np
 from distributed import Client, WorkerPlugin
+from distributed.security import Security
 from joblib import parallel_config  # type: ignore[import-untyped]
 
 # The class joblib registers as backend="dask" (joblib keeps it in a private module).
 from joblib._dask import DaskDistributedBackend  # type: ignore[import-untyped]
 from numpy.typing import NDArray
+
+from retrainer.settings import INSECURE_DASK_MESSAGE, DaskTls, loopback_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +82,45 @@ class DaskFits:
     share torch's global RNG. A worker with more is logged, not refused. Raises
     `OSError` when the scheduler does not answer within `connect_timeout_s`, and
     `TimeoutError` when it has no worker for `worker_wait_s`.
+
+    A `tls://` address needs `tls` (mutual TLS: the scheduler checks our certificate,
+    we check its); a `tcp://` one must be loopback unless `allow_insecure`. Both are
+    checked here, at construction, so nothing connects to a scheduler it should not.
     """
 
     address: str
     connect_timeout_s: float = CONNECT_TIMEOUT_S
     worker_wait_s: float = WORKER_WAIT_S
+    tls: DaskTls | None = None
+    allow_insecure: bool = False
+
+    def __post_init__(self) -> None:
+        if self.address.startswith("tls://"):
+            if self.tls is None:
+                raise ValueError("a tls:// dask scheduler needs the TLS files (DaskTls)")
+        elif self.tls is not None:
+            raise ValueError("TLS files given for a scheduler address that is not tls://")
+        elif not self.allow_insecure and not loopback_scheduler(self.address):
+            raise ValueError(INSECURE_DASK_MESSAGE)
+
+    def security(self) -> Security | None:
+        """distributed's `Security` for a tls:// scheduler (encryption required), else None."""
+        if self.tls is None:
+            return None
+        return Security(
+            require_encryption=True,
+            tls_ca_file=str(self.tls.ca_file),
+            tls_client_cert=str(self.tls.cert_file),
+            tls_client_key=None if self.tls.key_file is None else str(self.tls.key_file),
+        )
 
     @contextmanager
     def fits(self, X: NDArray[np.float32], y: NDArray[np.float32], n_jobs: int) -> Iterator[int]:
         with Client(
-            self.address, timeout=f"{self.connect_timeout_s}s", set_as_default=False
+            self.address,
+            timeout=f"{self.connect_timeout_s}s",
+            set_as_default=False,
+            security=self.security(),
         ) as client:
             client.register_plugin(OneTorchThread(), name=OneTorchThread.name)
             threads = client.nthreads()

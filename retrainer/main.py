@@ -54,7 +54,11 @@ def _dask_fits(settings: RetrainerSettings) -> FitBackend:
             "search_backend=dask needs dask_scheduler (SLAOPS_DASK_SCHEDULER or "
             "--dask-scheduler), e.g. tcp://dask-scheduler:8786"
         )
-    return DaskFits(settings.dask_scheduler)
+    return DaskFits(
+        settings.dask_scheduler,
+        tls=settings.dask_tls(),
+        allow_insecure=settings.dask_allow_insecure,
+    )
 
 
 #: search_backend -> where the fits run.

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
@@ -50,7 +52,47 @@ def _known_strategy(name: StrategyName) -> StrategyName:
 StrategyChoice = Annotated[str, AfterValidator(_known_strategy)]
 #: A dask.distributed scheduler address: tcp or tls, a host name, IPv4 or [IPv6], a port.
 _DASK_ADDRESS = re.compile(
-    r"(tcp|tls)://([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]):(?P<port>\d{1,5})"
+    r"(?P<scheme>tcp|tls)://(?P<host>[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]):(?P<port>\d{1,5})"
+)
+
+
+def loopback_scheduler(address: str) -> bool:
+    """Whether a `tcp://`/`tls://` scheduler address names this machine's loopback.
+
+    Only `localhost` and literal loopback addresses (127.0.0.0/8, ::1) count: a name is
+    never resolved, since whoever controls DNS could point it anywhere.
+    """
+    match = _DASK_ADDRESS.fullmatch(address)
+    if match is None:
+        return False
+    host = match["host"].strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class DaskTls:
+    """Mutual TLS to a `tls://` scheduler: the CA that signed the scheduler's and the
+    workers' certificates, and the retrainer's own certificate and key (PEM files; the
+    key may be inside `cert_file`). Passed to `distributed.security.Security`."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path | None = None
+
+
+#: Why a `tcp://` scheduler off this machine is refused, and what to do instead.
+INSECURE_DASK_MESSAGE: Final = (
+    "dask_scheduler is a tcp:// address of another host: Dask's protocol carries pickles, "
+    "unencrypted and unauthenticated, so anyone who can reach that scheduler (a rogue "
+    "worker) runs code in this retrainer, which holds the Hub token and the tenant key. "
+    "Use tls://HOST:PORT with dask_tls_ca_file, dask_tls_cert_file and dask_tls_key_file "
+    "(SLAOPS_DASK_TLS_*), or, only on a private network that nothing but the retrainers "
+    "and the workers reach, set dask_allow_insecure=true (SLAOPS_DASK_ALLOW_INSECURE)"
 )
 
 
@@ -102,7 +144,29 @@ class RetrainerSettings(StoreSettings, TopicSettings, ObservabilitySettings):
     dask_scheduler: str | None = Field(
         default=None,
         description="The dask.distributed scheduler of search_backend=dask, tcp://HOST:PORT "
-        "or tls://HOST:PORT (unused with local).",
+        "or tls://HOST:PORT (unused with local). tcp:// to a host other than loopback needs "
+        "dask_allow_insecure.",
+    )
+    dask_allow_insecure: bool = Field(
+        default=False,
+        description="Allow a tcp:// (unencrypted, unauthenticated) dask_scheduler on "
+        "another host; only on a private network that nothing but the retrainers and the "
+        "workers reach.",
+    )
+    dask_tls_ca_file: Path | None = Field(
+        default=None,
+        description="With a tls:// dask_scheduler: PEM file of the CA that signed the "
+        "scheduler's and the workers' certificates.",
+    )
+    dask_tls_cert_file: Path | None = Field(
+        default=None,
+        description="With a tls:// dask_scheduler: PEM file of the retrainer's client "
+        "certificate (signed by that CA; may hold the key too).",
+    )
+    dask_tls_key_file: Path | None = Field(
+        default=None,
+        description="With a tls:// dask_scheduler: PEM file of the client certificate's "
+        "private key (unset when dask_tls_cert_file holds it).",
     )
     seed: int = Field(default=0, ge=0, description="Seed of every fit and draw.")
     max_epochs: int = Field(
@@ -236,7 +300,45 @@ class RetrainerSettings(StoreSettings, TopicSettings, ObservabilitySettings):
                 "search_backend=dask needs dask_scheduler (SLAOPS_DASK_SCHEDULER or "
                 "--dask-scheduler), e.g. tcp://dask-scheduler:8786"
             )
+        if self.search_backend == "dask" and self.dask_scheduler is not None:
+            self._check_dask_security(self.dask_scheduler)
         return self
+
+    def _check_dask_security(self, address: str) -> None:
+        tls_files = {
+            "dask_tls_ca_file": self.dask_tls_ca_file,
+            "dask_tls_cert_file": self.dask_tls_cert_file,
+            "dask_tls_key_file": self.dask_tls_key_file,
+        }
+        if address.startswith("tcp://"):
+            given = sorted(name for name, path in tls_files.items() if path is not None)
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} set, but dask_scheduler is tcp://: use "
+                    "tls://HOST:PORT for the certificates to be used"
+                )
+            if not self.dask_allow_insecure and not loopback_scheduler(address):
+                raise ValueError(INSECURE_DASK_MESSAGE)
+            return
+        missing = [n for n in ("dask_tls_ca_file", "dask_tls_cert_file") if not tls_files[n]]
+        if missing:
+            raise ValueError(
+                f"a tls:// dask_scheduler needs {' and '.join(missing)} "
+                "(SLAOPS_DASK_TLS_CA_FILE, SLAOPS_DASK_TLS_CERT_FILE; and "
+                "SLAOPS_DASK_TLS_KEY_FILE unless the certificate file holds the key): "
+                "Dask's TLS is mutual, the scheduler checks the retrainer's certificate"
+            )
+        unreadable = sorted(
+            name for name, path in tls_files.items() if path is not None and not path.is_file()
+        )
+        if unreadable:
+            raise ValueError(f"{', '.join(unreadable)}: not a readable file")
+
+    def dask_tls(self) -> DaskTls | None:
+        """The TLS files of a tls:// dask_scheduler (checked at load), else None."""
+        if self.dask_tls_ca_file is None or self.dask_tls_cert_file is None:
+            return None
+        return DaskTls(self.dask_tls_ca_file, self.dask_tls_cert_file, self.dask_tls_key_file)
 
     @model_validator(mode="after")
     def _check_backoff(self) -> RetrainerSettings:

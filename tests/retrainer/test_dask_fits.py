@@ -150,8 +150,10 @@ def test_the_setting_chooses_where_fits_run(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("SLAOPS_DASK_SCHEDULER", "tcp://dask-scheduler:8786")
     assert training_config(RetrainerSettings()).search.fits == LocalFits()  # not asked for
     monkeypatch.setenv("SLAOPS_SEARCH_BACKEND", "dask")
+    monkeypatch.setenv("SLAOPS_DASK_ALLOW_INSECURE", "true")  # compose's private network
     fits = training_config(RetrainerSettings()).search.fits
-    assert fits == DaskFits("tcp://dask-scheduler:8786")  # nothing connects before a search
+    # Nothing connects before a search.
+    assert fits == DaskFits("tcp://dask-scheduler:8786", allow_insecure=True)
     assert fits.describe() == "dask tcp://dask-scheduler:8786"
 
 
@@ -175,9 +177,9 @@ def test_bad_scheduler_addresses_fail_naming_the_setting(address: str) -> None:
 
 @pytest.mark.parametrize("address", ["tcp://127.0.0.1:8786", "tls://[::1]:8786", "tcp://a.b:1"])
 def test_good_scheduler_addresses_load(address: str) -> None:
-    settings = load_settings(
-        RetrainerSettings, {"search_backend": "dask", "dask_scheduler": address}
-    )
+    # The address's form only: whether it may be used (loopback, TLS files) is
+    # tests/retrainer/test_dask_security.py's.
+    settings = load_settings(RetrainerSettings, {"dask_scheduler": address})
     assert settings.dask_scheduler == address
 
 
