@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from pathlib import PurePosixPath
 from typing import Any
 
 import pytest
@@ -31,7 +32,18 @@ APP_SERVICES = {"consumer": "consume", "retrainer": "retrain", "simulator": "sim
 #: Services that run until stopped (the simulator sends its stream and exits).
 LONG_RUNNING = ("consumer", "retrainer")
 #: Values given to required (`${NAME:?message}`) variables when settings are loaded.
-PLACEHOLDERS = {"HF_TOKEN": "hf_" + "x" * 34, "SLAOPS_TENANT_KEY": "k7Q2x9Lm" * 8}
+PLACEHOLDERS = {
+    "HF_TOKEN": "hf_" + "x" * 34,
+    "HF_READ_TOKEN": "hf_" + "r" * 34,
+    "SLAOPS_TENANT_KEY": "k7Q2x9Lm" * 8,
+}
+#: The shell variables a service's secret may come from (the consumer's token is the
+#: read-only one, passed as its HF_TOKEN).
+SECRET_SOURCES = {
+    "HF_TOKEN": {"HF_TOKEN", "HF_READ_TOKEN"},
+    "SLAOPS_TENANT_KEY": {"SLAOPS_TENANT_KEY"},
+    "SLAOPS_KAFKA_PROPERTIES": {"SLAOPS_KAFKA_PROPERTIES"},
+}
 
 _SUBSTITUTION = re.compile(
     r"^\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}$"
@@ -275,8 +287,26 @@ def test_hub_is_configured_by_hf_token_and_an_hf_store(
     assert store is not None and re.fullmatch(r"hf://[^/\s]+/[^/\s]+", store), store
     consumer = _environment(services["consumer"])
     # The consumer loads the models the retrainer publishes: same store, same tenant key.
-    for key in ("SLAOPS_STORE", "SLAOPS_TENANT_KEY", "HF_TOKEN"):
+    for key in ("SLAOPS_STORE", "SLAOPS_TENANT_KEY"):
         assert consumer[key] == retrainer[key], key
+
+
+def _secret_source(service: dict[str, Any], key: str) -> str | None:
+    match = _substitution(_environment(service).get(key))
+    return match["name"] if match else None
+
+
+def test_only_the_retrainer_gets_the_write_token(services: dict[str, dict[str, Any]]) -> None:
+    # The README's ACL table: the store is written by `slaops retrain` only; consumers
+    # read it with a read token, so a compromised consumer cannot publish a model.
+    assert _secret_source(services["retrainer"], "HF_TOKEN") == "HF_TOKEN"
+    assert _secret_source(services["consumer"], "HF_TOKEN") == "HF_READ_TOKEN"
+    for name, service in services.items():
+        if name == "retrainer":
+            continue
+        for key, value in _environment(service).items():
+            match = _substitution(value)
+            assert not (match and match["name"] == "HF_TOKEN"), f"{name}: {key} is the write token"
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
@@ -285,7 +315,9 @@ def test_secrets_come_from_the_shell(services: dict[str, dict[str, Any]], name: 
     for key in ("HF_TOKEN", "SLAOPS_TENANT_KEY", "SLAOPS_KAFKA_PROPERTIES"):
         if key in env:
             match = _substitution(env[key])
-            assert match is not None and match["name"] == key, f"{name}: {key} is written out"
+            assert match is not None and match["name"] in SECRET_SOURCES[key], (
+                f"{name}: {key} is written out"
+            )
             assert match["op"] in (None, ":?", "?"), f"{name}: {key} has a default"
 
 
@@ -435,10 +467,11 @@ def _dashboard_queries() -> list[str]:
 
 
 def test_prometheus_and_grafana_are_services(services: dict[str, dict[str, Any]]) -> None:
-    assert {"prometheus", "grafana"} <= set(services)
+    assert {"prometheus", "grafana", "alertmanager"} <= set(services)
     assert services["prometheus"]["image"].startswith("prom/prometheus:")
     assert services["grafana"]["image"].startswith("grafana/grafana:")
-    for name in ("prometheus", "grafana"):
+    assert services["alertmanager"]["image"].startswith("prom/alertmanager:")
+    for name in ("prometheus", "grafana", "alertmanager"):
         for volume in services[name]["volumes"]:
             source = volume.split(":", 1)[0]
             if source.startswith("./"):
@@ -515,3 +548,217 @@ def test_every_metric_the_dashboard_queries_is_exposed() -> None:
     assert referenced
     missing = sorted(referenced - _exposed_series())
     assert not missing, f"the dashboard queries series no service exposes: {missing}"
+
+
+# -- networks: who reaches whom ------------------------------------------------------
+#: The only services that may reach the Dask scheduler: its pickles run code.
+DASK_PEERS = {"retrainer", "dask-worker-1", "dask-worker-2"}
+
+
+def _networks(service: dict[str, Any]) -> set[str]:
+    networks = service.get("networks", ["default"])  # no key: compose's default network
+    return set(networks if isinstance(networks, list) else dict(networks))
+
+
+def test_every_service_names_its_networks_and_none_is_on_the_default(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    declared = set(compose.get("networks") or {})
+    for name, service in services.items():
+        assert "networks" in service, f"{name} would join the default network"
+        networks = _networks(service)
+        assert networks, name
+        assert networks <= declared, f"{name}: undeclared networks {networks - declared}"
+        assert "default" not in networks, name
+    assert "network_mode" not in " ".join(str(s) for s in services.values())
+
+
+def test_only_the_retrainer_and_the_workers_reach_the_dask_scheduler(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    scheduler = _networks(services["dask-scheduler"])
+    reach = {
+        name
+        for name, service in services.items()
+        if name != "dask-scheduler" and _networks(service) & scheduler
+    }
+    assert reach == DASK_PEERS
+    for network in scheduler:
+        # No way in or out of the scheduler's network but through its members.
+        assert (compose["networks"][network] or {}).get("internal") is True, network
+    for name in ("dask-scheduler", *DASK_PEERS - {"retrainer"}):
+        assert "ports" not in services[name], name
+
+
+def test_each_service_reaches_what_it_talks_to(services: dict[str, dict[str, Any]]) -> None:
+    def shared(a: str, b: str) -> bool:
+        return bool(_networks(services[a]) & _networks(services[b]))
+
+    for name in (*APP_SERVICES, "topics"):
+        assert shared(name, "kafka"), name
+    for name in OBSERVED:
+        assert shared(name, "prometheus"), f"prometheus cannot scrape {name}"
+    assert shared("prometheus", "alertmanager") and shared("grafana", "prometheus")
+    # The simulator and the broker see nothing of the metrics or the cluster.
+    assert not shared("simulator", "prometheus") and not shared("kafka", "dask-scheduler")
+
+
+def test_the_retrainer_may_use_the_private_dask_network_without_tls(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    # Its settings refuse tcp:// to another host unless told; compose tells it, because
+    # the `dask` network is internal and holds only DASK_PEERS (the test above).
+    env = _environment(services["retrainer"])
+    assert _default(env["SLAOPS_DASK_SCHEDULER"]).startswith("tcp://")  # type: ignore[union-attr]
+    assert _default(env["SLAOPS_DASK_ALLOW_INSECURE"]) == "true"
+
+
+DASK_TLS_OVERRIDE = DEPLOY / "dask" / "compose.tls.yml"
+
+
+def test_the_tls_override_runs_dask_over_mutual_tls_with_real_flags(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    pytest.importorskip("distributed")
+    override = yaml.safe_load(DASK_TLS_OVERRIDE.read_text())["services"]
+    assert set(override) == set(DASK_SERVICES) | {"retrainer"}
+    for name, subcommand in DASK_SERVICES.items():
+        command = _command(override[name])
+        assert command[0] == subcommand, name
+        flags = [arg for arg in command[1:] if arg.startswith("-")]
+        assert not set(flags) - _dask_cli_flags(subcommand), name
+        assert {"--tls-ca-file", "--tls-cert", "--tls-key"} <= set(flags), name
+        if subcommand == "worker":
+            assert command[1] == "tls://dask-scheduler:8786", name
+        else:
+            assert command[command.index("--protocol") + 1] == "tls", name
+        assert any(v.endswith(":/certs:ro") for v in override[name]["volumes"]), name
+    env = _environment(override["retrainer"])
+    assert env["SLAOPS_DASK_SCHEDULER"] == "tls://dask-scheduler:8786"
+    assert str(env["SLAOPS_DASK_ALLOW_INSECURE"]).lower() == "false"
+    for key in ("SLAOPS_DASK_TLS_CA_FILE", "SLAOPS_DASK_TLS_CERT_FILE", "SLAOPS_DASK_TLS_KEY_FILE"):
+        assert env[key].startswith("/certs/"), key
+    # Every setting the override sets is one of `slaops retrain`'s.
+    assert set(env) <= _env_names(_settings_class("retrain"))
+
+
+# -- Grafana, Prometheus's rules, Alertmanager ---------------------------------------
+def test_grafana_has_no_anonymous_viewer_by_default(services: dict[str, dict[str, Any]]) -> None:
+    env = _environment(services["grafana"])
+    assert _resolve("GF_AUTH_ANONYMOUS_ENABLED", env["GF_AUTH_ANONYMOUS_ENABLED"]) == "false"
+    assert str(env.get("GF_USERS_ALLOW_SIGN_UP", "false")).lower() == "false"
+    match = _substitution(env["GF_SECURITY_ADMIN_PASSWORD"])
+    assert match is not None and match["op"] == ":?", "the admin password has no default"
+
+
+def test_prometheus_loads_the_alert_rules_and_alertmanager_receives_them(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in services["prometheus"]["volumes"]}
+    assert mounts["./deploy/prometheus/rules"] == "/etc/prometheus/rules"
+    config_dir = PurePosixPath(mounts["./deploy/prometheus/prometheus.yml"]).parent
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    for rule_file in config["rule_files"]:
+        # The path the container resolves (relative to the config) is the mounted one.
+        in_container = (config_dir / rule_file).as_posix()
+        assert in_container.startswith("/etc/prometheus/rules/"), rule_file
+        assert (ROOT / "deploy" / "prometheus" / rule_file).is_file(), rule_file
+    (alertmanagers,) = config["alerting"]["alertmanagers"]
+    (target,) = alertmanagers["static_configs"][0]["targets"]
+    assert target.split(":")[0] == "alertmanager"
+    alertmanager = services["alertmanager"]
+    config_mount = next(v for v in alertmanager["volumes"] if "alertmanager.yml" in v)
+    assert config_mount.split(":")[0] == "./deploy/alertmanager/alertmanager.yml"
+    assert any(
+        arg == f"--config.file={config_mount.split(':')[1]}" for arg in alertmanager["command"]
+    )
+    assert alertmanager["ports"] == ["127.0.0.1:9093:9093"]  # loopback only
+
+
+# -- profile `sasl`: Kafka with SASL and ACLs -----------------------------------------
+def _in_profile(service: dict[str, Any], profile: str) -> bool:
+    return profile in service.get("profiles", [])
+
+
+def test_the_sasl_profile_is_a_broker_that_authenticates_and_authorises(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    sasl = {name for name, service in services.items() if _in_profile(service, "sasl")}
+    assert sasl == {"kafka-sasl", "kafka-sasl-acls"}
+    # Nothing a plain `docker compose up` starts is in a profile.
+    assert all(not s.get("profiles") for n, s in services.items() if n not in sasl)
+    env = {k: str(v) for k, v in _environment(services["kafka-sasl"]).items()}
+    protocols = dict(
+        item.split(":") for item in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
+    )
+    assert set(protocols.values()) <= {"SASL_PLAINTEXT", "SASL_SSL"}, protocols
+    listeners = {item.split("://")[0] for item in env["KAFKA_LISTENERS"].split(",")}
+    assert listeners == set(protocols)
+    assert env["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
+    assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    assert env["KAFKA_SUPER_USERS"] == "User:admin"
+    for listener in listeners:
+        jaas = env[f"KAFKA_LISTENER_NAME_{listener}_PLAIN_SASL_JAAS_CONFIG"]
+        # Passwords come from the shell, never from this file (and never `:?`: compose
+        # interpolates every profile's services, so that would stop a plain `up`).
+        passwords = re.findall(r'"([^"]*)"', jaas.split("username=", 1)[1])
+        assert passwords and all(
+            re.fullmatch(r"\$\{KAFKA_SASL_\w+_PASSWORD:-\}", p) for p in passwords[1:]
+        )
+
+
+def _acls(services: dict[str, dict[str, Any]]) -> list[list[str]]:
+    script = "\n".join(_command(services["kafka-sasl-acls"]))
+    return [
+        shlex.split(line)[1:] for line in script.splitlines() if line.strip().startswith("acl ")
+    ]
+
+
+def _granted(acls: list[list[str]], principal: str, operation: str) -> set[str]:
+    topics_granted: set[str] = set()
+    for args in acls:
+        if f"User:{principal}" not in args or operation not in args:
+            continue
+        topics_granted |= {args[i + 1] for i, arg in enumerate(args) if arg == "--topic"}
+    return topics_granted
+
+
+def test_the_sasl_acls_are_the_readmes_table(services: dict[str, dict[str, Any]]) -> None:
+    acls = _acls(services)
+    assert acls
+    assert all("--allow-principal" in args and "--deny-principal" not in args for args in acls)
+    checkpoints = topics.CONSUMER_CHECKPOINTS
+    assert _granted(acls, "telemetry_producer", "Write") == {topics.TELEMETRY}
+    assert _granted(acls, "telemetry_producer", "Read") == set()
+    assert _granted(acls, "slaops_consumer", "Write") == {
+        topics.TELEMETRY_DLQ,
+        topics.RETRAIN,
+        topics.FORECASTS,
+        topics.WARNINGS,
+        checkpoints,
+    }
+    assert _granted(acls, "slaops_consumer", "Read") == {
+        topics.TELEMETRY,
+        topics.MODELS,
+        topics.RETRAIN_FAILURES,
+        topics.RETRAIN_DECISIONS,
+        checkpoints,
+    }
+    assert _granted(acls, "slaops_retrainer", "Write") == {
+        topics.MODELS,
+        topics.RETRAIN_FAILURES,
+        topics.RETRAIN_DECISIONS,
+    }
+    assert _granted(acls, "slaops_retrainer", "Read") == {topics.RETRAIN, topics.TELEMETRY}
+    # Groups: each service's own prefix (its group and its readers' names).
+    for principal, cls in (("slaops_consumer", "consume"), ("slaops_retrainer", "retrain")):
+        group = _settings_class(cls).model_fields["group_id"].default
+        assert any(
+            f"User:{principal}" in args and args[args.index("--group") + 1] == group
+            for args in acls
+            if "--group" in args
+        ), principal
+    # The SASL broker gets every topic the plain one does.
+    assert set(_created_topics(services["kafka-sasl-acls"])) == set(
+        _created_topics(services["topics"])
+    )
