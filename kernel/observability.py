@@ -12,7 +12,9 @@ One HTTP port per service (`metrics_port`; 0 turns it off) serves:
   is rebuilt), else 503.
 
 Each answer's body is a small JSON object saying which check failed; nothing in it is
-secret. The metric definitions themselves live with each service
+secret. The port answers only requests for an allowed host (loopback names, the bound
+address, `metrics_allowed_hosts`), a bounded number at once, each within a timeout
+(`kernel.http_guard`). The metric definitions themselves live with each service
 (`consumer.observability`, `retrainer.observability`); this module is the shared
 machinery: the server, `Health`, and reading librdkafka's statistics.
 """
@@ -23,13 +25,19 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from kernel.errors import ConfigError
+from kernel.http_guard import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_TIMEOUT_S,
+    GuardedHandler,
+    GuardedHTTPServer,
+    url_host,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,27 +133,52 @@ class ObservabilityServer:
     """`/metrics`, `/healthz` and `/readyz` of one registry and one `Health`, in a thread.
 
     Binds in `__init__` (so a taken port fails at start-up, as a `ConfigError` naming
-    the setting); `close()` stops the thread and frees the port. Serves GET only.
+    the setting); `close()` stops the thread and frees the port. Serves GET only, to
+    requests whose `Host` names an allowed host (`allowed_hosts`: loopback names and the
+    bound address, and the names given, e.g. the service's name in compose), with at
+    most `max_connections` at once and `timeout_s` each (`kernel.http_guard`). An IPv6
+    `host` (``::1``, ``::``) listens on IPv6.
     """
 
     def __init__(
-        self, registry: CollectorRegistry, health: Health, *, host: str, port: int
+        self,
+        registry: CollectorRegistry,
+        health: Health,
+        *,
+        host: str,
+        port: int,
+        allowed_hosts: Iterable[str] = (),
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         handler = _handler(registry, health)
         try:
-            self._server = ThreadingHTTPServer((host, port), handler)
+            self._server = GuardedHTTPServer(
+                (host, port),
+                handler,
+                allowed=allowed_hosts,
+                timeout_s=timeout_s,
+                max_connections=max_connections,
+            )
         except OSError as exc:
             raise ConfigError(
                 f"metrics_port (SLAOPS_METRICS_PORT or --metrics-port): cannot listen on "
-                f"{host}:{port}: {exc.strerror or exc}"
+                f"{url_host(host)}:{port}: {exc.strerror or exc}"
             ) from exc
-        self._server.daemon_threads = True
         self.host, self.port = str(self._server.server_address[0]), self._server.server_port
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="metrics-server", daemon=True
         )
         self._thread.start()
-        log.info("metrics and health on http://%s:%d (/metrics, /healthz, /readyz)", host, port)
+        log.info(
+            "metrics and health on http://%s:%d (/metrics, /healthz, /readyz)",
+            url_host(host),
+            self.port,
+        )
+
+    @property
+    def server(self) -> GuardedHTTPServer:
+        return self._server
 
     def close(self) -> None:
         self._server.shutdown()
@@ -153,32 +186,22 @@ class ObservabilityServer:
         self._thread.join(timeout=10)
 
 
-def _handler(registry: CollectorRegistry, health: Health) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+def _handler(registry: CollectorRegistry, health: Health) -> type[GuardedHandler]:
+    class Handler(GuardedHandler):
         def do_GET(self) -> None:  # noqa: N802 - the http.server name
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
+                self.send_plain(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             elif path in ("/healthz", "/livez"):
                 self._answer(*health.liveness())
             elif path == "/readyz":
                 self._answer(*health.readiness())
             else:
-                self._send(404, "text/plain; charset=utf-8", b"not found\n")
+                self.send_plain(404, b"not found\n")
 
         def _answer(self, ok: bool, detail: Mapping[str, Any]) -> None:
             body = (json.dumps(detail, sort_keys=True) + "\n").encode()
-            self._send(200 if ok else 503, "application/json", body)
-
-        def _send(self, status: int, content_type: str, body: bytes) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            return  # scrapes every few seconds would drown the service's own log
+            self.send_plain(200 if ok else 503, body, "application/json")
 
     return Handler
 

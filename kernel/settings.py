@@ -7,6 +7,7 @@ Core code never reads `os.environ`.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from kernel.errors import ConfigError
+from kernel.http_guard import parse_host_list
 from kernel.logs import LogFormat
 from kernel.store import ModelStore, StoreOptions, open_store
 from kernel.tenant_hash import load_or_create_local_key, weak_key_problem
@@ -75,7 +77,8 @@ class ServiceSettings(BaseSettings):
     log_format: LogFormat = Field(
         default="text",
         description="Log lines as text, or json: one object a line with ts, level, logger, "
-        "message and the tenant, partition, offset, event_id, revision they name.",
+        "message and the tenant, partition, offset, event_id, revision the record carries "
+        "(never read from the message text).",
     )
 
     @field_validator("bootstrap_servers")
@@ -249,9 +252,16 @@ class ObservabilitySettings(ServiceSettings):
         default="127.0.0.1",
         min_length=1,
         max_length=253,
-        pattern=r"^[A-Za-z0-9.\-]+$",
-        description="Host name or IPv4 address the metrics port listens on: loopback by "
-        "default; 0.0.0.0 to be scraped from other hosts or containers.",
+        pattern=r"^[A-Za-z0-9.\-:]+$",
+        description="Host name, IPv4 or IPv6 address the metrics port listens on: loopback "
+        "by default; 0.0.0.0 (or ::) to be scraped from other hosts or containers.",
+    )
+    metrics_allowed_hosts: str = Field(
+        default="",
+        max_length=4_000,
+        description="Host names the metrics port answers for besides localhost, 127.0.0.1, "
+        "::1 and metrics_host, comma-separated (e.g. the service's name in compose); any "
+        "other Host header gets 421 (DNS rebinding). * answers every host.",
     )
     liveness_timeout_s: float = Field(
         default=300.0,
@@ -260,3 +270,22 @@ class ObservabilitySettings(ServiceSettings):
         description="/healthz fails once the poll loop (or the consumer's model follower) "
         "has made no progress for this long.",
     )
+
+    @field_validator("metrics_host")
+    @classmethod
+    def _check_metrics_host(cls, value: str) -> str:
+        if ":" in value:
+            try:
+                ipaddress.IPv6Address(value)
+            except ValueError:
+                raise ValueError("expected a host name, an IPv4 or an IPv6 address") from None
+        return value
+
+    @field_validator("metrics_allowed_hosts")
+    @classmethod
+    def _check_allowed_hosts(cls, value: str) -> str:
+        return ",".join(parse_host_list(value))
+
+    def allowed_metrics_hosts(self) -> tuple[str, ...]:
+        """`metrics_allowed_hosts` as a tuple of names (``("*",)`` answers any host)."""
+        return parse_host_list(self.metrics_allowed_hosts)

@@ -47,6 +47,7 @@ _KAFKA_ONLY: Final = frozenset(
         "max_poll_interval_ms",
         "metrics_port",
         "metrics_host",
+        "metrics_allowed_hosts",
         "liveness_timeout_s",
         "telemetry_partitions",
         "retrain_topic",

@@ -2,7 +2,9 @@
 
 Reads the topics (`slaops.fleet_data`, bounded and validated) and the store, then
 renders the page (`slaops.fleet_html`). `--serve` keeps it fresh on a loopback port:
-a thread regenerates it every `refresh_s` and the page reloads itself as often.
+a thread regenerates it every `refresh_s` and the page reloads itself as often. The
+server answers only requests for a loopback name or the bound address (DNS rebinding),
+a bounded number at once, each within a timeout (`kernel.http_guard`).
 Tenants are named by slug only when the tenant key is configured; otherwise by hash.
 """
 
@@ -13,13 +15,12 @@ import logging
 import threading
 import time
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 from pydantic import Field, SecretStr, field_validator
 
 from kernel.errors import ConfigError
+from kernel.http_guard import GuardedHandler, GuardedHTTPServer, url_host
 from kernel.settings import StoreSettings, TopicName
 from kernel.tenant_hash import KEY_FILE_NAME, load_or_create_local_key
 from schemas import topics
@@ -147,25 +148,41 @@ class _Page:
         self.body = page.encode("utf-8")
 
 
-def _handler(current: _Page) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+def _handler(current: _Page) -> type[GuardedHandler]:
+    class Handler(GuardedHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             if self.path not in ("/", "/index.html"):
-                self.send_error(404)
+                self.send_plain(404, b"not found\n")
                 return
             with current.lock:
                 body = current.body
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            log.debug("report %s", format % args)
+            self.send_plain(200, body, "text/html; charset=utf-8", [("Cache-Control", "no-store")])
 
     return Handler
+
+
+#: Seconds one connection to the served page may take: the page is up to a few MB.
+SERVE_TIMEOUT_S = 30.0
+#: Connections served at once; the page is for the operator's own browser.
+SERVE_MAX_CONNECTIONS = 16
+
+
+def page_server(
+    settings: ReportSettings,
+    current: _Page,
+    *,
+    timeout_s: float = SERVE_TIMEOUT_S,
+    max_connections: int = SERVE_MAX_CONNECTIONS,
+) -> GuardedHTTPServer:
+    """The page's server, bound (not serving yet): answers only for loopback names and
+    the bound address, a bounded number of connections at once, each within `timeout_s`
+    (`kernel.http_guard`); ``--host ::1`` listens on IPv6."""
+    return GuardedHTTPServer(
+        (settings.host, settings.port),
+        _handler(current),
+        timeout_s=timeout_s,
+        max_connections=max_connections,
+    )
 
 
 def serve(settings: ReportSettings, stop: threading.Event) -> int:
@@ -173,8 +190,9 @@ def serve(settings: ReportSettings, stop: threading.Event) -> int:
     previous page and is logged)."""
     current = _Page(generate(settings, refresh_s=settings.refresh_s))
     write_page(settings, current.body.decode("utf-8"))
-    server = ThreadingHTTPServer((settings.host, settings.port), _handler(current))
-    print(f"serving the fleet report on http://{settings.host}:{server.server_port}/", flush=True)
+    server = page_server(settings, current)
+    url = f"http://{url_host(settings.host)}:{server.server_port}/"
+    print(f"serving the fleet report on {url}", flush=True)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5})
     thread.start()
     try:
@@ -209,6 +227,6 @@ def run_report(settings: ReportSettings, stop: threading.Event | None = None) ->
         return 0
     except OSError as exc:
         raise ConfigError(
-            f"cannot serve on {settings.host}:{settings.port}: {exc}; pick another --port "
-            "(SLAOPS_PORT; 0 takes any free one) or stop what holds it"
+            f"cannot serve on {url_host(settings.host)}:{settings.port}: {exc}; pick another "
+            "--port (SLAOPS_PORT; 0 takes any free one) or stop what holds it"
         ) from exc

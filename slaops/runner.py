@@ -106,7 +106,11 @@ def _observability_server(
     if not isinstance(hooks, Observable):
         return None
     return ObservabilityServer(
-        hooks.registry, hooks.health, host=settings.metrics_host, port=settings.metrics_port
+        hooks.registry,
+        hooks.health,
+        host=settings.metrics_host,
+        port=settings.metrics_port,
+        allowed_hosts=settings.allowed_metrics_hosts(),
     )
 
 
