@@ -35,15 +35,23 @@ _C = TypeVar("_C")
 _REFUSED_PROPERTY = re.compile(r'configuration property:? "([A-Za-z0-9._-]{1,100})"')
 
 
+#: librdkafka's own log lines (connection failures, broker errors), served through
+#: Python logging rather than written to stderr, so JSON logs stay JSON. The client
+#: hands them over when it is polled (`consume`, `poll`, `flush`).
+LIBRDKAFKA_LOG = logging.getLogger("kernel.kafka.librdkafka")
+
+
 def _client(factory: Callable[[dict[str, Any]], _C], config: dict[str, Any]) -> _C:
     """Build a client; a configuration librdkafka refuses becomes a `ConfigError`.
+
+    Every client logs through `LIBRDKAFKA_LOG` (the `logger` option of confluent-kafka).
 
     librdkafka's message quotes the refused value, and `kafka_properties` hold secrets
     (a password pasted into the wrong key would be printed), so the error names only the
     property, and the original exception is not chained.
     """
     try:
-        return factory(config)
+        return factory({**config, "logger": LIBRDKAFKA_LOG})
     except (KafkaException, TypeError, ValueError) as exc:
         text = str(exc)
         match = _REFUSED_PROPERTY.search(text)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import threading
 import time
@@ -14,6 +13,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
 from pydantic import BaseModel, Field, ValidationError
 
 from kernel.kafka import base_config, is_record, make_reader
+from kernel.logs import json_visible, visible
 from kernel.settings import ServiceSettings, TopicName
 from schemas import ChampionKept, ModelPublished, RetrainFailed, RetrainRequested, topics
 
@@ -43,18 +43,18 @@ class WatchSettings(ServiceSettings):
     )
 
 
-#: C0 and C1 control characters, DEL, line/paragraph separators and bidi overrides: a
-#: forged event's newline or terminal escape must reach the operator's terminal as text.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-
-
 def printable(line: str) -> str:
-    """`line` with every control character written as an escape (``\\n``, ``\\x1b``).
+    """`line` with every hidden character written as an escape (``\\n``, ``\\x1b``,
+    ``\\u200b``): C0 and C1 controls, zero-width and bidi marks, line separators
+    (`kernel.logs.visible`), so a forged event's text reaches the operator's terminal as
+    text.
 
     >>> printable("a\\nb\\x1b[2J")
     'a\\\\nb\\\\x1b[2J'
+    >>> printable("acme\\u200b\\u061c") == "acme\\\\u200b\\\\u061c"
+    True
     """
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], line)
+    return visible(line)
 
 
 def _f(value: float | None, spec: str = ".3f") -> str:
@@ -139,8 +139,11 @@ def watch(
                 except (ValidationError, KeyError):
                     log.warning("unreadable record on %s", message.topic())
                     continue
-                line = event.model_dump_json() if settings.json_output else describe(event)
-                print(printable(line), file=out, flush=True)
+                if settings.json_output:
+                    line = json_visible(event.model_dump_json())
+                else:
+                    line = printable(describe(event))
+                print(line, file=out, flush=True)
                 if on_event is not None:
                     on_event(event)
                 shown += 1
