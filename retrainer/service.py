@@ -12,6 +12,16 @@ jittered pauses, and keeps the request (and the partition's later commits) waiti
 any other error is retried `max_attempts` times in all and then ends the request with
 a `RetrainFailed` naming the error, so one request that can never be served does not
 hold back every later commit of its partition.
+
+The bounds: a request is refused unread above `max_request_bytes` (a `RetrainFailed`
+on the failures topic, the retrainer's dead letters, and committed), and at most
+`max_queued` requests wait in memory. A full queue pauses the partitions
+(`Consumer.pause`), and a record polled while it is full is put back (its partition
+sought back to it, then paused) rather than held; polling goes on, so the group keeps
+this member, and the partitions resume once the queue has drained to half. Nothing
+valid is lost: what is put back is read again. A tenant's waiting requests are held
+as their offsets and the newest request of each partition: a burst of one tenant's
+requests costs a few bytes each.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,15 +51,39 @@ from retrainer.observability import RetrainerHooks
 from retrainer.offsets import OffsetBook
 from retrainer.publisher import RequestHandler, RequestOutcome
 from schemas import RetrainFailed, RetrainRequested
+from schemas.retrain import MAX_REQUEST_BYTES, RequestTooLarge, parse_retrain_request
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class PendingTenant:
-    requests: list[tuple[int, int, RetrainRequested]] = field(default_factory=list)
+    """A tenant's waiting requests: every offset, and the newest request of each partition.
+
+    A run serves the newest request (by partition, then offset) and then commits all
+    the offsets; the older requests themselves are never read again, so they are not kept.
+    """
+
+    offsets: list[tuple[int, int]] = field(default_factory=list)
+    newest: dict[int, tuple[int, RetrainRequested]] = field(default_factory=dict)
     not_before: float = 0.0
     attempts: int = 0
+
+    def add(self, partition: int, offset: int, request: RetrainRequested) -> None:
+        self.offsets.append((partition, offset))
+        held = self.newest.get(partition)
+        if held is None or held[0] < offset:
+            self.newest[partition] = (offset, request)
+
+    def drop(self, partitions: set[int]) -> None:
+        """Forget the requests of revoked `partitions`."""
+        self.offsets = [(p, o) for p, o in self.offsets if p not in partitions]
+        self.newest = {p: held for p, held in self.newest.items() if p not in partitions}
+
+    def request(self) -> RetrainRequested:
+        """The newest request: the one a run serves."""
+        _partition, (_offset, request) = max(self.newest.items(), key=lambda kv: (kv[0], kv[1][0]))
+        return request
 
 
 @dataclass
@@ -75,6 +110,14 @@ class RetrainerStats:
     duplicates: int = 0
     retries: int = 0
     revocations: int = 0
+    #: Requests refused unread for their size.
+    oversized: int = 0
+    #: Times the queue filled and the partitions were paused.
+    pauses: int = 0
+    #: Records polled while the queue was full, put back to be read again.
+    put_back: int = 0
+    #: The most requests that waited in memory at once.
+    peak_queued: int = 0
 
 
 #: Pause before a failed request is tried again: 5 s, doubling, at most 5 minutes.
@@ -83,6 +126,10 @@ DEFAULT_RETRY = Backoff(5.0, 300.0)
 _CANCEL_WAIT_S = 30.0
 #: Tries of a request that keeps failing with an error that is not transient.
 DEFAULT_MAX_ATTEMPTS = 3
+#: Requests waiting in memory at most (each is at most `MAX_REQUEST_BYTES` of JSON).
+DEFAULT_MAX_QUEUED = 1_000
+#: Records one poll takes at most.
+_POLL_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -119,6 +166,10 @@ class RetrainerService:
     transient, else up to `retry.max_attempts` tries in all, after which a
     `RetrainFailed` (on the handler's `topics.failures`, like every unreadable request)
     ends it. `run` returns when `stop` is set. Never trains on the poll thread.
+
+    Bounded (the module doc): a request over `max_request_bytes` is refused unread, and
+    at most `max_queued` requests wait; a full queue pauses the partitions. Raises
+    `ValueError` for a bound below 1.
     """
 
     def __init__(
@@ -130,7 +181,11 @@ class RetrainerService:
         retrain_topic: str,
         retry: RetryPolicy = RetryPolicy(),
         hooks: RetrainerHooks | None = None,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
+        max_queued: int = DEFAULT_MAX_QUEUED,
     ) -> None:
+        if max_request_bytes < 1 or max_queued < 1:
+            raise ValueError("max_request_bytes and max_queued must be >= 1")
         self.handler = handler
         #: Metrics and health (`retrainer.observability`); the default records nothing.
         self.hooks = hooks if hooks is not None else RetrainerHooks()
@@ -141,6 +196,14 @@ class RetrainerService:
         self._retry = retry
         self._book = OffsetBook()
         self._pending: dict[str, PendingTenant] = {}
+        #: Offsets held in `_pending`, all tenants together.
+        self._queued = 0
+        self._max_request_bytes = max_request_bytes
+        self._max_queued = max_queued
+        #: Partitions paused because the queue is full.
+        self._paused: set[int] = set()
+        #: Partitions put back in this poll's batch (their later records are skipped).
+        self._put_back: set[int] = set()
         self._job: Job | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="search")
         self.assigned: set[int] = set()
@@ -155,11 +218,14 @@ class RetrainerService:
         numbers = {tp.partition for tp in partitions}
         self.stats.revocations += 1
         self.assigned.difference_update(numbers)
+        self._paused.difference_update(numbers)
         self._book.forget(numbers)
         for tenant in list(self._pending):
             pending = self._pending[tenant]
-            pending.requests = [r for r in pending.requests if r[0] not in numbers]
-            if not pending.requests:
+            self._queued -= len(pending.offsets)
+            pending.drop(numbers)
+            self._queued += len(pending.offsets)
+            if not pending.offsets:
                 del self._pending[tenant]
         job = self._job
         if job is not None and any(p in numbers for p, _ in job.offsets):
@@ -192,8 +258,10 @@ class RetrainerService:
         )
         try:
             while not stop.is_set():
-                messages = self._consumer.consume(500, 0.2)
+                room = self._flow()
+                messages = self._consumer.consume(max(1, min(_POLL_BATCH, room)), 0.2)
                 self.hooks.polled()
+                self._put_back.clear()
                 for message in messages:
                     self._receive(message)
                 self._finish_job()
@@ -209,25 +277,101 @@ class RetrainerService:
             self._consumer.close()
         return self.stats
 
+    # -- the queue bound ------------------------------------------------------------
+    def queued(self) -> int:
+        """Requests waiting in memory (the run in progress not counted)."""
+        return self._queued
+
+    def _flow(self) -> int:
+        """Pause the partitions when the queue is full, resume them once it drained to half.
+
+        Returns the room left: how many records the next poll may take.
+        """
+        queued = self.queued()
+        room = self._max_queued - queued
+        if room <= 0:
+            unpaused = self.assigned - self._paused
+            if unpaused:
+                self._pause(unpaused)
+                self.stats.pauses += 1
+                log.warning(
+                    "%d retrain requests wait (the most held): pausing partitions=%s",
+                    queued,
+                    sorted(unpaused),
+                )
+        elif self._paused and queued <= self._max_queued // 2:
+            paused = sorted(self._paused)
+            self._paused.clear()
+            try:
+                self._consumer.resume(self._partitions(paused))
+            except KafkaException as exc:
+                log.warning("resume failed: %s", exc)
+            log.info("%d retrain requests wait: resuming partitions=%s", queued, paused)
+        return room
+
+    def _pause(self, partitions: set[int]) -> None:
+        try:
+            self._consumer.pause(self._partitions(partitions))
+        except KafkaException as exc:
+            log.warning("pause failed: %s", exc)
+            return
+        self._paused.update(partitions)
+
+    def _partitions(self, numbers: Iterable[int]) -> list[TopicPartition]:
+        return [TopicPartition(self._retrain_topic, p) for p in sorted(numbers)]
+
+    def _put_back_record(self, partition: int, offset: int) -> None:
+        """A record polled while the queue is full: pause its partition and seek back to it.
+
+        Only its partition's first such record in a poll is sought back to; the later
+        ones follow it anyway. Nothing of it is booked, so nothing past it is committed.
+        """
+        self.stats.put_back += 1
+        if partition in self._put_back:
+            return
+        self._put_back.add(partition)
+        self._pause({partition})
+        try:
+            self._consumer.seek(TopicPartition(self._retrain_topic, partition, offset))
+        except KafkaException as exc:
+            # Not sought back, the record would be skipped until a restart: hold it.
+            log.warning("seek to partition=%d offset=%d failed: %s", partition, offset, exc)
+            self._put_back.discard(partition)
+            raise
+
     def _receive(self, message: Message) -> None:
         if not is_record(message):
             return
         partition, offset = position(message)
+        if partition in self._put_back or self.queued() >= self._max_queued:
+            try:
+                self._put_back_record(partition, offset)
+                return
+            except KafkaException:
+                pass  # held over the bound rather than lost
         self._book.received(partition, offset)
         self.stats.requests += 1
         self.hooks.received(partition, offset, _timestamp_ms(message))
         try:
-            request = RetrainRequested.model_validate_json(message.value() or b"")
-        except ValidationError as exc:
-            log.warning("unreadable retrain request partition=%d offset=%d", partition, offset)
+            request = parse_retrain_request(message.value(), max_bytes=self._max_request_bytes)
+        except (ValidationError, RequestTooLarge) as exc:
+            oversized = isinstance(exc, RequestTooLarge)
+            self.stats.oversized += oversized
+            log.warning(
+                "%s retrain request partition=%d offset=%d",
+                "oversized" if oversized else "unreadable",
+                partition,
+                offset,
+            )
+            detail = f"request_too_large: {exc}" if oversized else str(exc)
             self._emit_now(
                 self.handler.topics.failures,
-                message.key(),
+                (message.key() or b"")[:256] or None,
                 RetrainFailed(
                     request_event_id=None,
                     tenant=None,
                     reason="invalid_request",
-                    detail=str(exc)[:1000],
+                    detail=detail[:1000],
                     failed_at=datetime.now(UTC),
                 ),
             )
@@ -236,7 +380,9 @@ class RetrainerService:
             self._commit()
             return
         pending = self._pending.setdefault(request.tenant, PendingTenant())
-        pending.requests.append((partition, offset, request))
+        pending.add(partition, offset, request)
+        self._queued += 1
+        self.stats.peak_queued = max(self.stats.peak_queued, self.queued())
 
     def _start_job(self) -> None:
         if self._job is not None or not self._pending:
@@ -247,18 +393,18 @@ class RetrainerService:
             return
         tenant = ready[0]  # dicts keep arrival order: the longest-waiting tenant first
         pending = self._pending.pop(tenant)
-        newest = max(pending.requests, key=lambda r: (r[0], r[1]))
-        request = newest[2]
-        if len(pending.requests) > 1:
-            self.stats.coalesced += len(pending.requests) - 1
-            self.hooks.coalesced(len(pending.requests) - 1)
+        self._queued -= len(pending.offsets)
+        request = pending.request()
+        if len(pending.offsets) > 1:
+            self.stats.coalesced += len(pending.offsets) - 1
+            self.hooks.coalesced(len(pending.offsets) - 1)
             log.info(
                 "tenant=%s coalesced %d requests into event_id=%s",
                 tenant,
-                len(pending.requests),
+                len(pending.offsets),
                 request.event_id,
             )
-        offsets = [(p, o) for p, o, _r in pending.requests]
+        offsets = list(pending.offsets)
         cancel = CancelToken()
         future = self._executor.submit(self.handler.handle, request, cancel)
         self._job = Job(tenant, request, offsets, future, pending.attempts, cancel)
@@ -326,7 +472,9 @@ class RetrainerService:
             delay,
         )
         pending = self._pending.setdefault(job.tenant, PendingTenant())
-        pending.requests.extend((p, o, job.request) for p, o in job.offsets)
+        for p, o in job.offsets:
+            pending.add(p, o, job.request)
+        self._queued += len(job.offsets)
         pending.not_before = time.monotonic() + delay
         pending.attempts = job.attempts + 1
 

@@ -1,14 +1,45 @@
-"""`RetrainRequested` (`sla.retrain`): the consumer asks the retrainer for a new model."""
+"""`RetrainRequested` (`sla.retrain`): the consumer asks the retrainer for a new model.
+
+Anyone who can produce to `sla.retrain` may be hostile, and a request's words end up
+in the published card and the fleet page. So every enum-like field is checked against
+its registry (`reason`, `detector`, the detail's feature and statistic names),
+every list is bounded as the consumer fills it, and a reader takes a request through
+`parse_retrain_request`, which refuses one over `MAX_REQUEST_BYTES` before it parses.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal, get_args
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
-from schemas.telemetry import TenantSlug
+from schemas.errors import SlaopsError
+from schemas.telemetry import FEATURES, TenantSlug
 from schemas.topics import TOPIC_NAME_PATTERN
+
+__all__ = [
+    "DRIFT_DETECTORS",
+    "MAX_DETAIL_STATISTICS",
+    "MAX_REQUEST_BYTES",
+    "MAX_SOURCE_RANGES",
+    "DetectorDetails",
+    "DetectorName",
+    "OffsetRange",
+    "RequestTooLarge",
+    "RetrainReason",
+    "RetrainRequested",
+    "SignalFeature",
+    "parse_retrain_request",
+    "retrain_event_id",
+]
 
 #: Why a retrain is asked. `more_history` (added later; every earlier event still
 #: validates): the tenant's history has grown to a multiple of what its forecaster was
@@ -18,6 +49,61 @@ from schemas.topics import TOPIC_NAME_PATTERN
 RetrainReason = Literal["cold_start", "data_drift", "performance_drift", "manual", "more_history"]
 TopicName = Annotated[str, StringConstraints(pattern=TOPIC_NAME_PATTERN)]
 EventId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+
+#: The detector kinds of `consumer.detectors.DETECTORS` (a test keeps the two equal):
+#: they raise `data_drift` and `performance_drift`.
+DRIFT_DETECTORS: Final = ("adwin", "page_hinkley", "kswin", "cusum")
+#: Every `detector` a request may name: the drift kinds, then the requests no detector
+#: raises (`consumer.schedule`: cold start, its retry, more history), inputs out of the
+#: training range (`consumer.ood`) and a person's request.
+DetectorName = Literal[
+    "adwin",
+    "page_hinkley",
+    "kswin",
+    "cusum",
+    "cold_start",
+    "retry",
+    "more_history",
+    "out_of_distribution",
+    "manual",
+]
+#: What a signal may name as its features: the metrics (data drift), the performance
+#: watches (`consumer.performance`) and the out-of-distribution score (`consumer.ood`).
+SignalFeature = Literal[
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "latency_p99_ms",
+    "error_rate",
+    "cpu_util",
+    "rps",
+    "calibration",
+    "log_loss",
+    "ood_score",
+]
+if not set(FEATURES) <= set(get_args(SignalFeature)):  # pragma: no cover - a bug
+    raise RuntimeError("SignalFeature must name every metric of schemas.telemetry.FEATURES")
+#: A statistic's name: `name` or `feature.name`, lower-case words (nothing to render).
+StatisticName = Annotated[
+    str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,47}(\.[a-z][a-z0-9_]{0,47})?$")
+]
+#: Statistics of one signal: data drift writes 4 per feature (24 for six metrics), the
+#: performance watch about 15, the schedule 4.
+MAX_DETAIL_STATISTICS: Final = 64
+#: Offset ranges of a request's lineage: the consumer names one, the tenant's partition's
+#: window; `retrainer.replay.ReplayLimits.max_ranges` refuses more by default as well.
+MAX_SOURCE_RANGES: Final = 64
+#: A request's JSON is refused above this size, before it is parsed. A request at every
+#: bound above is about 15 KiB; the rest is room for a bounded field to come.
+MAX_REQUEST_BYTES: Final = 64 * 1024
+
+
+class RequestTooLarge(SlaopsError, ValueError):
+    """A request's bytes over the size limit: refused without being parsed."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"request of {size} bytes, over the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
 
 
 class OffsetRange(BaseModel):
@@ -36,8 +122,19 @@ class DetectorDetails(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
-    features: list[str] = Field(default_factory=list)
-    statistic: dict[str, float] = Field(default_factory=dict)
+    features: list[SignalFeature] = Field(
+        default_factory=list, max_length=len(get_args(SignalFeature))
+    )
+    statistic: dict[StatisticName, float] = Field(
+        default_factory=dict, max_length=MAX_DETAIL_STATISTICS
+    )
+
+    @field_validator("features")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("features must be unique")
+        return value
 
 
 class RetrainRequested(BaseModel):
@@ -46,11 +143,25 @@ class RetrainRequested(BaseModel):
     event_id: EventId = Field(description="Deterministic: same trigger, same id.")
     tenant: TenantSlug
     reason: RetrainReason
-    detector: str = Field(max_length=64)
+    detector: DetectorName = Field(description="What raised it: a `DetectorName`.")
     details: DetectorDetails = Field(default_factory=DetectorDetails)
     detected_at: AwareDatetime
-    source: list[OffsetRange] = Field(min_length=1)
+    source: list[OffsetRange] = Field(min_length=1, max_length=MAX_SOURCE_RANGES)
     n_events: int = Field(ge=0)
+
+
+def parse_retrain_request(
+    value: bytes | None, *, max_bytes: int = MAX_REQUEST_BYTES
+) -> RetrainRequested:
+    """The request in a record's value, its size checked before a byte is parsed.
+
+    Raises `RequestTooLarge` over `max_bytes`, pydantic's `ValidationError` for
+    anything else that is not a valid request.
+    """
+    data = value or b""
+    if len(data) > max_bytes:
+        raise RequestTooLarge(len(data), max_bytes)
+    return RetrainRequested.model_validate_json(data)
 
 
 def retrain_event_id(

@@ -5,11 +5,18 @@ then what a reader looks for: intended use, training data by lineage, the traini
 procedure, evaluation beside the baselines, limitations. Plots are embedded by their
 file names, which sit beside the card in ``sla_models/``, so the Hub's page for the file
 shows them. The tenant appears only as its HMAC hash.
+
+A card is read back from a store anyone with write access may have written, and its
+lineage quotes a retrain request: every word that comes from the card goes through
+`text` (HTML and Markdown-active characters escaped, one line, bounded) or `code` (a
+code span only for plain text), so nothing in a card becomes markup, a link, an image
+or a raw HTML line. Numbers are formatted, never quoted.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +24,55 @@ import yaml
 
 from kernel.artifacts import ModelCard
 from kernel.model_report.digests import DIGEST_KEY
+
+#: The most characters of one card value shown (a longer one is cut, with an ellipsis).
+MAX_SHOWN = 200
+#: Characters that start Markdown (or GFM table) syntax mid-line: each is shown
+#: backslash-escaped. (".", "-" and "+" start syntax only at a line's start, where no
+#: card value ever stands: every line starts with our own words.)
+_MARKDOWN_ACTIVE = frozenset("\\`*_{}[]()#!|~")
+_HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}
+#: What a code span may hold: a name, a number, a digest, a dict's repr.
+_CODE_PLAIN = re.compile(r"[A-Za-z0-9 _.,:;'=+{}/-]*")
+#: A metric name the YAML front matter carries (a card's other keys are left out of it).
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def _one_line(value: Any) -> str:
+    """``value`` as one printable line: controls, line breaks, bidi and zero-width marks
+    become spaces (Python counts none of them printable); cut at `MAX_SHOWN`."""
+    raw = str(value)
+    line = "".join(c if c.isprintable() else " " for c in raw[: MAX_SHOWN + 1])
+    return line[:MAX_SHOWN] + "…" if len(line) > MAX_SHOWN else line
+
+
+def text(value: Any) -> str:
+    """A card value as inert Markdown text: HTML escaped, Markdown syntax backslash-escaped.
+
+    >>> print(text('x`\\n<img src=x onerror=alert(1)>'))
+    x\\` &lt;img src=x onerror=alert\\(1\\)&gt;
+    """
+    out = []
+    for c in _one_line(value):
+        if c in _HTML:
+            out.append(_HTML[c])
+        elif c in _MARKDOWN_ACTIVE:
+            out.append("\\" + c)
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def code(value: Any) -> str:
+    """A card value in a code span if it is plain text, else as `text` (escaped, no span).
+
+    Inside a code span nothing can be escaped (a backslash shows as itself), so only a
+    value of letters, digits and a few inert signs (`_CODE_PLAIN`) gets one.
+    """
+    line = _one_line(value)
+    plain = bool(line.strip()) and _CODE_PLAIN.fullmatch(line) is not None
+    return f"`{line}`" if plain else text(line)
+
 
 _METRIC_NAMES = {
     "log_loss": "log loss",
@@ -31,9 +87,13 @@ _METRIC_NAMES = {
 
 
 def _cell(value: Any) -> str:
+    if isinstance(value, bool):
+        return text(value)
     if isinstance(value, float):
         return f"{value:.4f}" if math.isfinite(value) else "-"
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    if isinstance(value, int):
+        return str(value)
+    return text(value)
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
@@ -77,6 +137,7 @@ def front_matter(card: ModelCard, tenant_hash: str, digest: str) -> dict[str, An
                                 "name": f"{split} {_METRIC_NAMES.get(name, name)}",
                             }
                             for name, value in sorted(card.metrics.items())
+                            if _PLAIN_NAME.fullmatch(name)
                         ],
                     }
                 ],
@@ -95,12 +156,13 @@ def render_markdown(
     name = tenant_hash[:16]
     lines = ["---", meta.rstrip("\n"), "---", "", f"# SLA-breach forecaster `{name}`", ""]
     within = card.target == "within"
-    head = card.forecaster if card.forecaster != "mlp" else "the searched network"
+    head = text(card.forecaster) if card.forecaster != "mlp" else "the searched network"
     lines += [
         f"A gated module (quiet head: {head}"
-        + (f" on `{card.forecaster_input}`" if card.forecaster_input else "")
-        + f"; {arch.get('hidden_layers')} hidden layer(s), width {arch.get('width')}, "
-        f"{arch.get('n_features')} inputs) published by slaops for one tenant, named here "
+        + (f" on {code(card.forecaster_input)}" if card.forecaster_input else "")
+        + f"; {text(arch.get('hidden_layers'))} hidden layer(s), width "
+        f"{text(arch.get('width'))}, "
+        f"{text(arch.get('n_features'))} inputs) published by slaops for one tenant, named here "
         f"by the HMAC of its slug (`{tenant_hash}`). This page is rendered from "
         f"`{tenant_hash}_sla_model.json` (sha256 `{digest[:16]}…`), which stays the "
         "machine-readable source.",
@@ -120,21 +182,21 @@ def render_markdown(
         "",
         f"Forecast, for each telemetry interval of this tenant, the probability of {target}, "
         f"and warn while it is at least the threshold **{card.threshold:.3f}**. Inputs are "
-        f"computed by slaops' feature pipeline (spec version {card.features.version}, "
+        f"computed by slaops' feature pipeline (spec version {text(card.features.version)}, "
         f"{len(card.feature_order)} columns, in the card's `feature_order`). Not for other "
         "tenants, other SLA rules or other feature pipelines.",
         "",
         "## Training data",
         "",
-        f"Retrained for **{lineage.get('reason', '?')}** "
-        f"(detector `{lineage.get('detector', '?')}`), from the offset ranges below of the "
-        f"telemetry topic: {lineage.get('n_rows', '?')} rows"
+        f"Retrained for **{text(lineage.get('reason', '?'))}** "
+        f"(detector {code(lineage.get('detector', '?'))}), from the offset ranges below of "
+        f"the telemetry topic: {text(lineage.get('n_rows', '?'))} rows"
         + (
             ", judged on blocked time folds (out of fold)"
             if within
-            else f", the newest {lineage.get('n_holdout', '?')} held out"
+            else f", the newest {text(lineage.get('n_holdout', '?'))} held out"
         )
-        + f". Rows sha256 `{str(lineage.get('data_sha256', '?'))[:16]}…`.",
+        + f". Rows sha256 {code(str(lineage.get('data_sha256', '?'))[:16])}….",
         "",
     ]
     source = lineage.get("source")
@@ -149,9 +211,9 @@ def render_markdown(
     )
     lines += ["", "## Training procedure", ""]
     lines += [
-        f"{lineage.get('strategy', 'grid')} search with time-series cross-validation over "
-        f"{len(card.cv_table)} candidate rows, scored by validation log loss; the winner "
-        f"(`{lineage.get('best_params')}`) was refit on every training row.",
+        f"{text(lineage.get('strategy', 'grid'))} search with time-series cross-validation "
+        f"over {len(card.cv_table)} candidate rows, scored by validation log loss; the winner "
+        f"({code(lineage.get('best_params'))}) was refit on every training row.",
         "",
     ]
     for kind in ("plot_search", "plot_learning"):
@@ -206,11 +268,11 @@ def _summary(card: ModelCard) -> str:
     recall, per_day = record.get("recall_lead_1"), record.get("false_per_day")
     if not isinstance(recall, (int, float)) or not isinstance(per_day, (int, float)):
         return ""
-    onsets = record.get("fresh_onsets", "?")
+    onsets = text(record.get("fresh_onsets", "?"))
     return (
         f"Out of fold it warned of **{recall:.0%}** of {onsets} new incidents at least one "
         f"interval ahead, with **{per_day:.2f}** false warnings a day "
-        f"(budget {card.warning.get('budget_per_day', '?')})."
+        f"(budget {text(card.warning.get('budget_per_day', '?'))})."
     )
 
 
@@ -236,8 +298,9 @@ def _warning_lines(card: ModelCard) -> list[str]:
     if evidence:
         lines += [
             "",
-            f"Evidence: {evidence.get('n', '?')} rows, {evidence.get('positives', '?')} "
-            f"positives, {evidence.get('fresh_onsets', '?')} new incidents"
+            f"Evidence: {text(evidence.get('n', '?'))} rows, "
+            f"{text(evidence.get('positives', '?'))} "
+            f"positives, {text(evidence.get('fresh_onsets', '?'))} new incidents"
             + ("" if evidence.get("sufficient", True) else " (insufficient evidence)")
             + ".",
         ]

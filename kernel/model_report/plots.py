@@ -63,6 +63,12 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _best_params(card: ModelCard) -> dict[str, Any]:
+    """The lineage's winning parameters; {} when a (hostile or old) card has none as a dict."""
+    params = card.lineage.get("best_params")
+    return params if isinstance(params, dict) else {}
+
+
 def _candidates(card: ModelCard) -> dict[tuple[float, int, int], float]:
     """(lr, depth, width) -> mean validation log loss; each candidate's newest round."""
     best: dict[tuple[float, int, int], tuple[int, float]] = {}
@@ -71,7 +77,7 @@ def _candidates(card: ModelCard) -> dict[tuple[float, int, int], float]:
         loss = _number(row.get("mean_val_log_loss"))
         if not isinstance(params, dict) or loss is None:
             continue
-        lr = _number(params.get("lr", card.lineage.get("best_params", {}).get("lr")))
+        lr = _number(params.get("lr", _best_params(card).get("lr")))
         depth = params.get("module__hidden_layers", card.architecture.get("hidden_layers"))
         width = params.get("module__width", card.architecture.get("width"))
         if lr is None or not isinstance(depth, int) or not isinstance(width, int):
@@ -89,7 +95,7 @@ def search_landscape(card: ModelCard, digest: str) -> bytes:
     Depth 0 (a linear model) has no width: it is drawn in every panel.
     """
     found = _candidates(card)
-    winner_params = card.lineage.get("best_params", {})
+    winner_params = _best_params(card)
     winner = (
         _number(winner_params.get("lr")),
         winner_params.get("module__hidden_layers", card.architecture.get("hidden_layers")),
