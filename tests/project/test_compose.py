@@ -494,6 +494,10 @@ def test_prometheus_scrapes_both_services_on_their_metrics_ports(
             _settings_class(subcommand).model_fields["metrics_port"].default
         )
         assert f"{name}:{port}" in targets, name
+        if "SLAOPS_METRICS_ALLOWED_HOSTS" in _env_names(_settings_class(subcommand)):
+            # The port answers only the Host names it is told: Prometheus sends `name`.
+            allowed = str(env.get("SLAOPS_METRICS_ALLOWED_HOSTS", "")).split(",")
+            assert name in {host.strip() for host in allowed}, name
         assert env["SLAOPS_METRICS_HOST"] == "0.0.0.0", f"{name} must listen beyond loopback"  # noqa: S104
 
 
