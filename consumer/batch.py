@@ -163,6 +163,8 @@ class Block:
     now: float | None = None
     not_after: float | None = None
     caught_up: bool = True
+    #: `now` is the wall clock of the live loop: cooldowns hold on it too (`consumer.gate`).
+    wall_clock: bool = False
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -175,6 +177,12 @@ class Block:
     def fresh(self, index: int) -> bool:
         """Whether event `index` is seen for the first time (not replayed)."""
         return int(self.offsets[index]) >= self.replay_limit
+
+    def live(self, start: int, stop: int) -> np.ndarray | None:
+        """Which events of [start, stop) the live loop's wall clock gates (None: none)."""
+        if not self.wall_clock:
+            return None
+        return self.offsets[start:stop] >= self.replay_limit
 
     def extend_window(self, start: int, stop: int | None = None) -> None:
         """Append events [start, stop) of the block to the tenant's window."""

@@ -116,6 +116,7 @@ class IngestCore:
         replay_below: Mapping[int, int] | None = None,
         *,
         now: float | None = None,
+        wall_clock: bool = False,
     ) -> BatchResult:
         """Validate, window and detect one poll's records.
 
@@ -129,8 +130,9 @@ class IngestCore:
         are dead-lettered as `future_ts` or `past_ts`, no window's time moves past the
         future bound, tenants idle on it expire (`consumer.tenants`), and a request in
         flight for longer than `request_timeout_s` by it no longer holds its tenant back.
-        The service always passes it; None (unit tests of other parts) bounds nothing
-        and only answers end a request in flight.
+        The service always passes it, with `wall_clock` (it is the wall clock: cooldowns
+        hold on it too, for fresh events); None (unit tests of other parts) bounds
+        nothing and only answers end a request in flight.
         """
         replay_below = replay_below or {}
         result = BatchResult()
@@ -161,7 +163,9 @@ class IngestCore:
             kept.append(record)
         result.valid = len(rows)
         if rows:
-            blocks = self._blocks(rows, partitions, offsets, kept, replay_below, now, result)
+            blocks = self._blocks(
+                rows, partitions, offsets, kept, replay_below, now, result, wall_clock
+            )
             for block in blocks:
                 if block.replay_limit > 0:
                     result.replayed += int(np.count_nonzero(block.offsets < block.replay_limit))
@@ -207,6 +211,7 @@ class IngestCore:
         replay_below: Mapping[int, int],
         now: float | None,
         result: BatchResult,
+        wall_clock: bool,
     ) -> Iterable[Block]:
         """Columns for the whole batch at once, regrouped by tenant into contiguous views.
 
@@ -259,6 +264,7 @@ class IngestCore:
                 now=now,
                 not_after=not_after,
                 caught_up=state.partition not in behind,
+                wall_clock=wall_clock,
             )
 
     def _admitted(

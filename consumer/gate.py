@@ -3,7 +3,11 @@
 Two clocks, each for what it measures:
 
 - the cooldown runs on event time (the `ts` of the triggering events), so a replay
-  after a restart reaches the same decisions as the first pass did;
+  after a restart reaches the same decisions as the first pass did; in the live loop
+  (`wall` set: the service's clock is the wall clock) it also runs on the caller's
+  clock, for fresh events, so a producer stamping its events 20 minutes apart cannot
+  make a tenant ask 20 times as often: at most one request per `cooldown_s` of each
+  clock, whatever the stamps say (`slaops backtest` and replays: event time only);
 - a request stays in flight until it is answered, or until `request_timeout_s` of the
   caller's wall clock (`now`, injected: the gate reads no clock) has passed since it was
   sent. Event time cannot measure this: a consumer catching up on a backlog covers
@@ -28,6 +32,8 @@ class RequestGate:
     request_id: str | None = None
     #: The caller's wall clock when the request in flight was sent (None: no clock).
     sent_at: float | None = None
+    #: The wall clock of the last request sent live (None: none, or only replayed).
+    requested_at: float | None = None
 
     def busy(self, now: float | None) -> bool:
         """A request is in flight: unanswered, and (with a clock) not yet timed out.
@@ -41,26 +47,49 @@ class RequestGate:
             return True
         return now - self.sent_at < self.request_timeout_s
 
-    def allows(self, ts: float, now: float | None = None) -> bool:
-        if self.busy(now):
+    def cooling(self, now: float | None, wall: bool) -> bool:
+        """The wall-clock cooldown holds (live only: `wall`, and a live request before)."""
+        if not wall or now is None or self.requested_at is None:
+            return False
+        return now - self.requested_at < self.cooldown_s
+
+    def allows(self, ts: float, now: float | None = None, *, wall: bool = False) -> bool:
+        if self.busy(now) or self.cooling(now, wall):
             return False
         return self.last_request_ts is None or ts - self.last_request_ts >= self.cooldown_s
 
-    def allows_many(self, ts: np.ndarray, now: float | None = None) -> np.ndarray:
-        """`allows` for each of many event times at once (the gate as it is now)."""
+    def allows_many(
+        self, ts: np.ndarray, now: float | None = None, *, wall: np.ndarray | None = None
+    ) -> np.ndarray:
+        """`allows` for each of many event times at once (the gate as it is now).
+
+        `wall` marks the events the wall-clock cooldown applies to (the fresh ones of
+        the live loop); None: none.
+        """
         if self.busy(now):
             return np.zeros(len(ts), dtype=bool)
         if self.last_request_ts is None:
-            return np.ones(len(ts), dtype=bool)
-        return np.asarray(ts - self.last_request_ts >= self.cooldown_s)
+            ready = np.ones(len(ts), dtype=bool)
+        else:
+            ready = np.asarray(ts - self.last_request_ts >= self.cooldown_s)
+        if wall is not None and self.cooling(now, True):
+            ready = ready & ~wall
+        return ready
 
     def record_request(
-        self, ts: float, request_id: str | None = None, now: float | None = None
+        self,
+        ts: float,
+        request_id: str | None = None,
+        now: float | None = None,
+        *,
+        wall: bool = False,
     ) -> None:
         self.last_request_ts = ts
         self.in_flight = True
         self.request_id = request_id
         self.sent_at = now
+        if wall and now is not None:
+            self.requested_at = now
 
     def resolve(self) -> None:
         """The request was answered (a model was published, kept, or it failed for good)."""

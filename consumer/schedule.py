@@ -66,7 +66,9 @@ class Schedule:
         state, cfg = block.state, self.config
         window = state.window
         total = np.minimum(len(window) + np.arange(1, stop - start + 1), window.capacity)
-        ready = block.state.gate.allows_many(block.ts[start:stop], block.now)
+        ready = block.state.gate.allows_many(
+            block.ts[start:stop], block.now, wall=block.live(start, stop)
+        )
         if not block.caught_up:
             ready &= total >= window.capacity
         if state.model is None:

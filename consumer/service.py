@@ -225,7 +225,7 @@ class ConsumerService:
 
     def handle_batch(self, records: Sequence[KafkaRecord]) -> BatchResult:
         started = time.perf_counter()
-        result = self.core.process(records, self._resume_at, now=self._clock())
+        result = self.core.process(records, self._resume_at, now=self._clock(), wall_clock=True)
         self.stats.add(result)
         outputs: list[_Output] = [
             (self.config.dlq_topic, letter.key, letter.value, letter.headers)

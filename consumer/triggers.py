@@ -114,7 +114,9 @@ class RetrainTriggers:
         state = block.state
         if state.follow_up is None or stop <= start:
             return None
-        ready = state.gate.allows_many(block.ts[start:stop], block.now)
+        ready = state.gate.allows_many(
+            block.ts[start:stop], block.now, wall=block.live(start, stop)
+        )
         return start + int(np.argmax(ready)) if ready.any() else None
 
     def _request(self, block: Block, trigger: Trigger, result: BatchResult) -> None:
@@ -132,7 +134,8 @@ class RetrainTriggers:
         reason = trigger.reason
         topic, partition = self.config.telemetry_topic, state.partition
         event_id = retrain_event_id(state.tenant, reason, topic, partition, origin)
-        if not state.gate.allows(ts, now):
+        wall = block.wall_clock and at >= block.replay_limit
+        if not state.gate.allows(ts, now, wall=wall):
             waits = state.gate.busy(now)
             if waits:
                 state.follow_up = FollowUp(
@@ -147,9 +150,10 @@ class RetrainTriggers:
                 at,
                 reason,
                 "waits for the request in flight" if waits else "dropped in the cooldown",
+                extra={"tenant": state.tenant, "partition": state.partition, "offset": at},
             )
             return
-        state.gate.record_request(ts, event_id, now)
+        state.gate.record_request(ts, event_id, now, wall=wall)
         state.schedule.record(state, state.schedule.events + trigger.index + 1, trigger)
         state.follow_up = None  # this request trains on the newest window: it covers it
         if event_id in self._resolved:  # answered before this replay reached it
@@ -164,6 +168,12 @@ class RetrainTriggers:
             at,
             reason,
             request.event_id,
+            extra={
+                "tenant": state.tenant,
+                "partition": state.partition,
+                "offset": at,
+                "event_id": request.event_id,
+            },
         )
         result.requests.append(request)
 

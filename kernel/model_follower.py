@@ -298,7 +298,12 @@ class ModelFollower:
             except Exception as exc:  # one tenant's failure never stops the others
                 self.record_errors += 1
                 self.last_error = _line(exc)
-                log.error("model lookup for tenant=%s failed: %s", tenant, self.last_error)
+                log.error(
+                    "model lookup for tenant=%s failed: %s",
+                    tenant,
+                    self.last_error,
+                    extra={"tenant": tenant},
+                )
 
     def _look(self, tenant: str, state: _Tenant, now: float) -> None:
         with self._lock:
@@ -344,6 +349,7 @@ class ModelFollower:
             tenant,
             model.version,
             model.revision,
+            extra={"tenant": tenant, "revision": model.revision},
         )
         self._emit(StoreLook(tenant, hints, model=model))
 
@@ -362,6 +368,7 @@ class ModelFollower:
             hint.tenant,
             hint.revision,
             look.refused,
+            extra={"tenant": hint.tenant, "revision": hint.revision},
         )
         self._emit(look)
 

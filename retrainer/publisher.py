@@ -170,6 +170,7 @@ class RequestHandler:
             len(rows),
             rows.other_tenants,
             rows.invalid,
+            extra={"tenant": request.tenant, "event_id": request.event_id},
         )
         champion = self._load_champion(request, head)
         ref = request_ref(request.event_id, self._tenant_key)
@@ -196,6 +197,7 @@ class RequestHandler:
                     request.tenant,
                     request.event_id,
                     exc,
+                    extra={"tenant": request.tenant, "event_id": request.event_id},
                 )
                 head = self.store.head(hashed)
                 served = self._served_revision(request, hashed, head)
@@ -237,6 +239,11 @@ class RequestHandler:
             published.revision,
             event.metrics.get("f1", float("nan")),
             event.metrics.get("log_loss", float("nan")),
+            extra={
+                "tenant": request.tenant,
+                "event_id": request.event_id,
+                "revision": published.revision,
+            },
         )
         return RequestOutcome(
             "published", [(self.topics.models, request.tenant.encode(), event)], outcome
@@ -255,6 +262,7 @@ class RequestHandler:
             if outcome.decision.champion_score is None
             else f"{outcome.decision.champion_score:.4f}",
             outcome.decision.detail,
+            extra={"tenant": request.tenant, "event_id": request.event_id},
         )
         kept = ChampionKept(
             request_event_id=request.event_id,
@@ -285,6 +293,7 @@ class RequestHandler:
                 "tenant=%s event_id=%s already served and superseded",
                 request.tenant,
                 request.event_id,
+                extra={"tenant": request.tenant, "event_id": request.event_id},
             )
             return RequestOutcome("duplicates", [])
         card_bytes = self.store.read(head.files.paths["card"], revision=head.revision)
@@ -296,6 +305,11 @@ class RequestHandler:
                 "but its card does not; serving the request",
                 request.tenant,
                 request.event_id,
+                extra={
+                    "tenant": request.tenant,
+                    "event_id": request.event_id,
+                    "revision": head.revision,
+                },
             )
             return None
         files_sha = {**card.files, "card": sha256_hex(card_bytes)}
@@ -304,6 +318,11 @@ class RequestHandler:
             request.tenant,
             request.event_id,
             head.revision,
+            extra={
+                "tenant": request.tenant,
+                "event_id": request.event_id,
+                "revision": head.revision,
+            },
         )
         event = self._announcement(
             request, hashed, head.files, card, files_sha, version=head.version
@@ -361,13 +380,23 @@ class RequestHandler:
             request.tenant,
             latest.revision,
             unusable,
+            extra={
+                "tenant": request.tenant,
+                "event_id": request.event_id,
+                "revision": latest.revision,
+            },
         )
         return None
 
     def failed(self, request: RetrainRequested, reason: str, detail: str) -> RequestOutcome:
         """The `RetrainFailed` that ends `request` for good, with its reason."""
         log.warning(
-            "tenant=%s event_id=%s failed: %s: %s", request.tenant, request.event_id, reason, detail
+            "tenant=%s event_id=%s failed: %s: %s",
+            request.tenant,
+            request.event_id,
+            reason,
+            detail,
+            extra={"tenant": request.tenant, "event_id": request.event_id},
         )
         failed = RetrainFailed.model_validate(
             {

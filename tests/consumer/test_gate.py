@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
+
 from consumer.core import IngestCore
 from consumer.gate import RequestGate
 from consumer.main import core_config
@@ -13,7 +15,7 @@ from consumer.settings import ConsumerSettings
 from schemas import RetrainRequested, retrain_event_id
 from simulator.model import TelemetrySimulator
 from testkit.core_runs import TOPIC, config, mixed_stream, run
-from testkit.streams import RawRecord
+from testkit.streams import START, RawRecord, telemetry_values
 
 
 def test_gate_cooldown_runs_on_event_time_and_the_timeout_on_the_wall_clock() -> None:
@@ -117,3 +119,44 @@ def test_a_restart_rebuilds_requests_in_flight_and_asks_nothing_again() -> None:
     tenant = first[0].tenant
     restarted.resolve(tenant, "answer-to-a-request-this-member-never-rebuilt")
     assert not restarted.tenant(tenant).gate.busy(now + 60.0)  # type: ignore[union-attr]
+
+
+def test_the_live_cooldown_also_holds_on_the_wall_clock_for_fresh_events_only() -> None:
+    gate = RequestGate(cooldown_s=100.0, request_timeout_s=0.0)
+    gate.record_request(0.0, "r1", now=1_000.0, wall=True)
+    assert gate.allows(500.0, now=1_050.0)  # event time alone: cooled down
+    assert not gate.allows(500.0, now=1_050.0, wall=True)  # 50 s of wall clock: not yet
+    assert gate.allows(500.0, now=1_100.0, wall=True)
+    ready = gate.allows_many(
+        np.array([50.0, 500.0, 600.0]), 1_050.0, wall=np.array([0, 0, 1], bool)
+    )
+    assert ready.tolist() == [False, True, False]  # the replayed one is judged on event time
+
+
+def test_stamps_far_apart_cannot_make_a_tenant_ask_more_often_than_the_cooldown() -> None:
+    """A producer stamping events 20 minutes apart covers an hour of event time every
+    three events; live, the consumer's own clock holds the cooldown all the same."""
+    values = telemetry_values("acme", 3_000, seed=2, interval_s=1_200.0)
+    recs = [RawRecord(b"acme", v, 0, i) for i, v in enumerate(values)]
+    clock = START.timestamp() + 3_000 * 1_200.0
+    counts = {}
+    for wall in (False, True):
+        core = IngestCore(
+            config(
+                cold_start=True,
+                cold_start_min_events=100,
+                cold_start_min_per_class=1,
+                request_timeout_s=0.0,
+                retry_after_fraction=0.05,
+                window_span_s=1e9,
+                max_past_s=0.0,
+            )
+        )
+        counts[wall] = 0
+        for lo in range(0, len(recs), 10):  # 10 events a second of wall clock
+            result = core.process(recs[lo : lo + 10], now=clock + lo / 10, wall_clock=wall)
+            counts[wall] += len(result.requests)
+            for request in result.requests:
+                core.resolve(request.tenant, request.event_id)
+    assert counts[False] > 3  # event time alone: the stamps set the pace
+    assert counts[True] == 1  # 300 s of wall clock, cooldown_s=3600: one request
