@@ -14,13 +14,17 @@ import logging
 import time
 import unicodedata
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from kernel.kafka import LIBRDKAFKA_LOG, make_reader
 from kernel.logs import JsonFormatter, formatter, json_visible, visible
+from kernel.store import open_store
 from slaops.watch import printable
 from testkit.ports import free_port
+from testkit.request_handlers import handler
+from testkit.retrain_data import request_for
 
 FORGED = "\n2030-01-01 00:00:00,000 INFO consumer.triggers: retrain requested tenant=globex"
 HIDDEN = [
@@ -170,3 +174,24 @@ def test_librdkafka_logs_go_through_the_logger_not_stderr(
     assert lines and all(json.loads(line)["logger"] == LIBRDKAFKA_LOG.name for line in lines)
     err = capfd.readouterr().err
     assert "rdkafka#consumer" not in err and "|FAIL|" not in err, err
+
+
+def test_the_retrainer_s_json_lines_name_the_request_they_log(tmp_path: Path) -> None:
+    """The call sites give their fields as `extra=`, now that the text sets none."""
+    uri = f"file://{tmp_path / 'models'}"
+    serve = handler((uri, open_store(uri)))
+    request = request_for("gone")  # its offsets are gone: the request fails
+    jsonl = io.StringIO()
+    sink = logging.StreamHandler(jsonl)
+    sink.setFormatter(JsonFormatter())
+    publisher = logging.getLogger("retrainer.publisher")
+    publisher.addHandler(sink)
+    try:
+        outcome = serve.handle(request)
+    finally:
+        publisher.removeHandler(sink)
+    assert outcome.kind == "failed"
+    lines = [json.loads(line) for line in jsonl.getvalue().splitlines()]
+    failed = [line for line in lines if "failed" in line["message"]]
+    assert failed and failed[0]["tenant"] == "gone"
+    assert failed[0]["event_id"] == request.event_id
