@@ -22,6 +22,7 @@ from consumer.recalibration import Recalibration
 from consumer.tenant_schedule import RequestSchedule
 from consumer.warnings import WarningState
 from consumer.window import DEFAULT_CAPACITY, DEFAULT_SPAN_S, TenantWindow
+from kernel.time_rule import TimeRule
 from schemas import RejectReason, RetrainReason, RetrainRequested, topics
 from schemas.telemetry import DEFAULT_MAX_MESSAGE_BYTES, FEATURES
 
@@ -33,6 +34,7 @@ NO_PROBA: Final = np.empty((0, 3), dtype=np.float64)
 NO_LABELS: Final = np.empty(0, dtype=np.bool_)
 #: Events a tenant's window must hold before it leaves probation (and its quick expiry).
 PROTECTED_EVENTS: Final = 16
+_RULE: Final = TimeRule()
 #: Answered request ids remembered, so that a replay does not re-open them.
 RESOLVED_KEPT: Final = 100_000
 
@@ -68,8 +70,8 @@ class CoreConfig:
     #: Event times later than the caller's clock plus this are dead-lettered (`future_ts`),
     #: and earlier than it by `max_past_s` (0: no bound), or than the window span before
     #: the tenant's newest event, as `past_ts` (`kernel.time_rule`).
-    max_future_s: float = 300.0
-    max_past_s: float = 30 * 86_400.0
+    max_future_s: float = _RULE.max_future_s
+    max_past_s: float = _RULE.max_past_s
     #: Admission (`consumer.tenants`): a tenant with no event for `tenant_idle_s` of the
     #: caller's clock leaves (`probation_idle_s` while on probation); at most
     #: `max_new_tenants_per_min` newcomers a minute (0: no bound); `tenant_allow`, a

@@ -19,7 +19,13 @@ from pydantic_settings import NoDecode
 from consumer.batch import CoreConfig
 from consumer.detectors import DETECTORS, DriftConfig, detector_spec
 from consumer.performance import PerformanceConfig
-from kernel.settings import ObservabilitySettings, StoreSettings, TopicName, TopicSettings
+from kernel.settings import (
+    EventTimeSettings,
+    ObservabilitySettings,
+    StoreSettings,
+    TopicName,
+    TopicSettings,
+)
 from schemas import topics
 
 #: The defaults below are the core's: one source (`CoreConfig` and the configs in it).
@@ -58,7 +64,7 @@ TenantPattern = Annotated[str | None, AfterValidator(_pattern)]
 TenantNames = Annotated[frozenset[str], NoDecode, BeforeValidator(_names)]
 
 
-class ConsumerSettings(StoreSettings, TopicSettings, ObservabilitySettings):
+class ConsumerSettings(StoreSettings, TopicSettings, ObservabilitySettings, EventTimeSettings):
     telemetry_topic: TopicName = Field(default=topics.TELEMETRY, description="Telemetry input.")
     dlq_topic: TopicName = Field(default=topics.TELEMETRY_DLQ, description="Dead letters.")
     retrain_topic: TopicName = Field(default=topics.RETRAIN, description="Retrain requests.")
@@ -146,11 +152,6 @@ class ConsumerSettings(StoreSettings, TopicSettings, ObservabilitySettings):
         ge=256,
         le=16 * 1024 * 1024,
         description="Raw telemetry messages larger than this are dead-lettered unparsed.",
-    )
-    window_span_s: float = Field(
-        default=_CORE.window_span_s,
-        gt=0,
-        description="Time span of a tenant's window (event time).",
     )
     window_max_events: int = Field(
         default=_CORE.window_max_events,
@@ -247,20 +248,6 @@ class ConsumerSettings(StoreSettings, TopicSettings, ObservabilitySettings):
         description="Consecutive events whose inputs lie outside the live forecaster's "
         "training range (out-of-distribution score >= 0.5) before a retrain is asked "
         "(data_drift, detector out_of_distribution); 0: never.",
-    )
-    max_future_s: float = Field(
-        default=_CORE.max_future_s,
-        ge=0,
-        le=7 * 86_400,
-        description="Events stamped more than this after the consumer's clock are "
-        "dead-lettered (future_ts): one far-future stamp would empty its tenant's window.",
-    )
-    max_past_s: float = Field(
-        default=_CORE.max_past_s,
-        ge=0,
-        description="Events stamped more than this before the consumer's clock, or more "
-        "than window_span_s before their tenant's newest event, are dead-lettered (past_ts); "
-        "the retrainer's replay and the report skip them alike; 0: only the window bound.",
     )
     tenant_idle_s: float = Field(
         default=_CORE.tenant_idle_s,

@@ -25,6 +25,7 @@ from typing import Any, Final, TypeVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from kernel.time_rule import TimeRule
 from schemas.telemetry import FEATURES
 
 _S = TypeVar("_S", bound=np.generic)
@@ -36,7 +37,7 @@ DEFAULT_CAPACITY: Final = 1_440
 #: Event time a tenant's window spans unless configured otherwise: a week, so that the
 #: count bound, not the span, limits the window at every common telemetry interval,
 #: and a tenant reporting every 15 minutes (672 events a week) reaches a cold start.
-DEFAULT_SPAN_S: Final = 7 * 86_400.0
+DEFAULT_SPAN_S: Final = TimeRule().span_s
 #: Rows allocated on the first append: enough for a handful of batches.
 _MIN_ALLOC: Final = 16
 _MAX_DELTA: Final = 2**32 - 1

@@ -12,7 +12,7 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -29,6 +29,7 @@ from kernel.http_guard import parse_host_list
 from kernel.logs import LogFormat
 from kernel.store import ModelStore, StoreOptions, open_store
 from kernel.tenant_hash import load_or_create_local_key, weak_key_problem
+from kernel.time_rule import TimeRule
 from schemas.topics import TOPIC_NAME_PATTERN
 
 
@@ -234,6 +235,42 @@ class StoreSettings(ServiceSettings):
             "slugs in store paths), or pass --local-mode to generate one in the local data "
             "directory"
         )
+
+
+_RULE: Final = TimeRule()
+
+
+class EventTimeSettings(ServiceSettings):
+    """The time rule (`kernel.time_rule`) of every service that reads telemetry.
+
+    The consumer, the retrainer's replay and `slaops report` judge event times by the
+    same rule: give them the same values.
+    """
+
+    window_span_s: float = Field(
+        default=_RULE.span_s,
+        gt=0,
+        description="Time span of a tenant's window (event time); an event more than this "
+        "before its tenant's newest is refused (past_ts).",
+    )
+    max_future_s: float = Field(
+        default=_RULE.max_future_s,
+        ge=0,
+        le=7 * 86_400,
+        description="Events stamped more than this after the reader's clock are refused "
+        "(future_ts): one far-future stamp would empty its tenant's window.",
+    )
+    max_past_s: float = Field(
+        default=_RULE.max_past_s,
+        ge=0,
+        description="Events stamped more than this before the reader's clock are refused "
+        "(past_ts), as are those more than window_span_s before their tenant's newest "
+        "event; 0: only the window bound. The consumer dead-letters them; the retrainer's "
+        "replay and the report skip and count them.",
+    )
+
+    def time_rule(self) -> TimeRule:
+        return TimeRule(self.max_future_s, self.window_span_s, self.max_past_s)
 
 
 class ObservabilitySettings(ServiceSettings):

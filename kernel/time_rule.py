@@ -9,8 +9,9 @@ order, with `TimeRule.judge`:
 - not later than the reader's clock plus `max_future_s` (`future_ts`);
 - not earlier than the window span behind the newest event of the tenant accepted so
   far (`past_ts`): older than that, no window could hold it;
-- not earlier than `max_past_s` behind the clock (`past_ts`): the bound for a tenant's
-  first event, which has no newest event to be judged against.
+- not earlier than `max_past_s` behind the clock (`past_ts`), where that is set: a
+  bound for a tenant's first event, which has no newest event to be judged against
+  (off by default: a consumer catching up on a week's backlog must not refuse it).
 
 The consumer dead-letters what the rule refuses; the replay and the report skip it and
 count it. Without a clock (`now` None) only the window-span bound applies.
@@ -42,8 +43,9 @@ class TimeRule:
     max_future_s: float = 300.0
     #: Earlier than the tenant's newest accepted event by more than this: `past_ts`.
     span_s: float = 7 * _DAY
-    #: Earlier than the clock by more than this: `past_ts` (0: no such bound).
-    max_past_s: float = 30 * _DAY
+    #: Earlier than the clock by more than this: `past_ts` (0, the default: no such
+    #: bound; the window-span bound is the one that always holds).
+    max_past_s: float = 0.0
 
     def judge(
         self, ts: np.ndarray, newest: float | None, now: float | None
@@ -75,6 +77,22 @@ class TimeRule:
         top = float(running[-1]) if ts.shape[0] else start
         last = max(top, float(candidates[-1]))
         return codes, (None if last == -np.inf else last)
+
+    def judge_all(self, ts: np.ndarray, now: float | None) -> np.ndarray:
+        """`judge` for a tenant's events read at once (a replay, a report), newest first.
+
+        The newest event is the newest the clock allows among them all, as the window
+        they came from saw it: an event stamped 0001 at the start of a replay is as far
+        behind it as one at the end.
+
+        >>> TimeRule(max_future_s=10, span_s=100).judge_all(np.array([-5e9, 400, 500, 2e3]), 1e3)
+        array([2, 0, 0, 1], dtype=int8)
+        """
+        ts = np.asarray(ts, dtype=np.float64)
+        believable = ts if now is None else ts[ts <= now + self.max_future_s]
+        newest = float(believable.max()) if believable.shape[0] else None
+        codes, _newest = self.judge(ts, newest, now)
+        return codes
 
     def explain(self, code: int, ts: float, newest: float | None, now: float | None) -> str:
         """The dead letter's detail for a refused stamp: what it was judged against."""

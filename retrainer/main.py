@@ -172,6 +172,7 @@ def build_service(
             tenant=request.tenant,
             max_bytes=settings.max_message_bytes,
             timeout_s=settings.replay_timeout_s,
+            rule=settings.time_rule(),
         )
 
     handler = build_handler(settings, parts, replay_request)

@@ -18,6 +18,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from kernel.columns import telemetry_columns
 from kernel.kafka import KafkaRecord, make_reader, position
+from kernel.time_rule import ACCEPTED, TimeRule
 from retrainer.errors import ReplayError, RequestRefused
 from schemas import InvalidTelemetry, OffsetRange, TelemetryEvent, parse_telemetry
 
@@ -88,6 +89,8 @@ class TenantRows:
     labels: np.ndarray  # bool
     other_tenants: int
     invalid: int
+    #: The tenant's events whose time the time rule refused (`kernel.time_rule`), skipped.
+    out_of_time: int = 0
 
     def __len__(self) -> int:
         return int(self.ts.shape[0])
@@ -100,8 +103,12 @@ def replay_ranges(
     tenant: str,
     max_bytes: int,
     timeout_s: float,
+    rule: TimeRule | None = None,
 ) -> TenantRows:
-    """The tenant's valid events in `ranges` of the telemetry topic, read from the broker."""
+    """The tenant's valid events in `ranges` of the telemetry topic, read from the broker.
+
+    Their times are judged by `rule` on the wall clock (None: not judged).
+    """
 
     def messages(consumer: Consumer) -> Iterator[KafkaRecord]:
         for span in ranges:
@@ -111,17 +118,28 @@ def replay_ranges(
     # A range that has left the topic must fail the request, not read from elsewhere.
     consumer = make_reader(config, "slaops-retrainer-replay", **{"auto.offset.reset": "error"})
     try:
-        return tenant_rows(messages(consumer), tenant=tenant, max_bytes=max_bytes)
+        return tenant_rows(
+            messages(consumer), tenant=tenant, max_bytes=max_bytes, rule=rule, now=time.time()
+        )
     finally:
         consumer.close()
 
 
-def tenant_rows(records: Iterable[KafkaRecord], *, tenant: str, max_bytes: int) -> TenantRows:
+def tenant_rows(
+    records: Iterable[KafkaRecord],
+    *,
+    tenant: str,
+    max_bytes: int,
+    rule: TimeRule | None = None,
+    now: float | None = None,
+) -> TenantRows:
     """Columns of `tenant`'s valid events among `records` (only key and value are read).
 
     The one record-to-rows path: the broker replay and `slaops backtest` (which replays
     a request's ranges from its input file) both build their rows here. Invalid records
-    and other tenants' are counted, not kept.
+    and other tenants' are counted, not kept; so are the tenant's events whose time
+    `rule` refuses on the clock `now` (the consumer dead-letters the same ones), so
+    one event stamped 2999 or 0001 never reaches a training set.
     """
     other = invalid = 0
 
@@ -139,12 +157,26 @@ def tenant_rows(records: Iterable[KafkaRecord], *, tenant: str, max_bytes: int) 
             yield event
 
     columns = telemetry_columns(tenant_events())
+    ts, features, labels = columns.ts, columns.features, columns.labels
+    refused = 0
+    if rule is not None:
+        keep = rule.judge_all(ts, now) == ACCEPTED
+        refused = int(ts.shape[0] - np.count_nonzero(keep))
+        if refused:
+            log.warning(
+                "tenant=%s replay skipped %d events whose time the time rule refuses",
+                tenant,
+                refused,
+                extra={"tenant": tenant},
+            )
+            ts, features, labels = ts[keep], features[keep], labels[keep]
     return TenantRows(
-        ts=columns.ts,
-        features=columns.features,
-        labels=columns.labels,
+        ts=ts,
+        features=features,
+        labels=labels,
         other_tenants=other,
         invalid=invalid,
+        out_of_time=refused,
     )
 
 

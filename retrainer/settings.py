@@ -12,7 +12,13 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from kernel.features import FeatureSpec
-from kernel.settings import ObservabilitySettings, StoreSettings, TopicName, TopicSettings
+from kernel.settings import (
+    EventTimeSettings,
+    ObservabilitySettings,
+    StoreSettings,
+    TopicName,
+    TopicSettings,
+)
 from retrainer.dataset import DEFAULT_MIN_ROWS
 from retrainer.pipeline import TrainingConfig
 from retrainer.replay import ReplayLimits
@@ -96,7 +102,7 @@ INSECURE_DASK_MESSAGE: Final = (
 )
 
 
-class RetrainerSettings(StoreSettings, TopicSettings, ObservabilitySettings):
+class RetrainerSettings(StoreSettings, TopicSettings, ObservabilitySettings, EventTimeSettings):
     retrain_topic: TopicName = Field(default=topics.RETRAIN, description="Retrain requests in.")
     telemetry_topic: TopicName = Field(
         default=topics.TELEMETRY, description="Telemetry the requests' offset ranges point into."

@@ -200,7 +200,14 @@ def file_replay(
         # other): the rest are counted as other tenants' without parsing them.
         key = request.tenant.encode()
         mine = [record for record in chosen if record.key() == key]
-        rows = tenant_rows(mine, tenant=request.tenant, max_bytes=settings.max_message_bytes)
+        # Event time is the backtest's clock: the request's own detection time.
+        rows = tenant_rows(
+            mine,
+            tenant=request.tenant,
+            max_bytes=settings.max_message_bytes,
+            rule=settings.time_rule(),
+            now=request.detected_at.timestamp(),
+        )
         return replace(rows, other_tenants=rows.other_tenants + len(chosen) - len(mine))
 
     return replay

@@ -30,6 +30,7 @@ from kernel.model_report.plots import render_plots
 from kernel.settings import ServiceSettings
 from kernel.store import ModelStore, report_paths
 from kernel.tenant_hash import tenant_hash
+from kernel.time_rule import ACCEPTED, TimeRule
 from schemas import (
     ChampionKept,
     InvalidTelemetry,
@@ -55,6 +56,8 @@ class ReadLimits:
     max_records: int = 500_000
     max_tenants: int = 100
     max_message_bytes: int = 65_536
+    #: Telemetry whose time the rule refuses on the wall clock is skipped and counted.
+    time_rule: TimeRule = field(default_factory=TimeRule)
 
 
 @dataclass
@@ -75,6 +78,8 @@ class TopicRead:
     tenants: dict[str, TenantEvents] = field(default_factory=dict)
     records: dict[str, int] = field(default_factory=dict)
     unreadable: int = 0
+    #: Telemetry events skipped because the time rule refuses their time.
+    out_of_time: int = 0
     tenants_dropped: int = 0
     stopped_by: str = "quiet"
 
@@ -121,7 +126,24 @@ def read_topics(settings: ServiceSettings, topics: dict[str, str], limits: ReadL
         out.stopped_by = f"broker error: {exc}"
     finally:
         reader.close()
+    _judge_times(out, limits.time_rule, time.time())
     return out
+
+
+def _judge_times(out: TopicRead, rule: TimeRule, now: float) -> None:
+    """Drop each tenant's telemetry the time rule refuses: one stamp in year 2999 (or
+    0001) would stretch every plot's time axis past what matplotlib can draw."""
+    for events in out.tenants.values():
+        if not events.ts:
+            continue
+        keep = rule.judge_all(np.asarray(events.ts, dtype=np.float64), now) == ACCEPTED
+        if keep.all():
+            continue
+        out.out_of_time += int(keep.shape[0] - np.count_nonzero(keep))
+        chosen = np.flatnonzero(keep).tolist()
+        events.ts = [events.ts[i] for i in chosen]
+        events.p99 = [events.p99[i] for i in chosen]
+        events.breached = [events.breached[i] for i in chosen]
 
 
 def _tenant(out: TopicRead, slug: str | None, limits: ReadLimits) -> TenantEvents | None:

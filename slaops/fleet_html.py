@@ -223,6 +223,7 @@ def render_page(
         f"<title>slaops fleet report</title>{refresh}<style>{_CSS}</style></head><body>"
         f"<header><h1>slaops fleet report</h1><p>generated {_when(generated_at)} from "
         f"{origin}</p><p>{records:,} records read ({read.unreadable:,} unreadable, "
+        f"{read.out_of_time:,} telemetry events skipped for their time, "
         f"stopped: {escape(read.stopped_by)}){dropped}</p></header><main>"
     )
     fleet = (

@@ -21,7 +21,7 @@ from pydantic import Field, SecretStr, field_validator
 
 from kernel.errors import ConfigError
 from kernel.http_guard import GuardedHandler, GuardedHTTPServer, url_host
-from kernel.settings import StoreSettings, TopicName
+from kernel.settings import EventTimeSettings, StoreSettings, TopicName
 from kernel.tenant_hash import KEY_FILE_NAME, load_or_create_local_key
 from schemas import topics
 from schemas.telemetry import DEFAULT_MAX_MESSAGE_BYTES
@@ -31,7 +31,7 @@ from slaops.fleet_html import render_page
 log = logging.getLogger(__name__)
 
 
-class ReportSettings(StoreSettings):
+class ReportSettings(StoreSettings, EventTimeSettings):
     telemetry_topic: TopicName = Field(default=topics.TELEMETRY, description="Telemetry.")
     retrain_topic: TopicName = Field(default=topics.RETRAIN, description="RetrainRequested.")
     models_topic: TopicName = Field(default=topics.MODELS, description="ModelPublished.")
@@ -106,6 +106,7 @@ def generate(settings: ReportSettings, *, refresh_s: float | None = None) -> str
             max_records=settings.max_records,
             max_tenants=settings.max_tenants,
             max_message_bytes=settings.max_message_bytes,
+            time_rule=settings.time_rule(),
         ),
     )
     reports = build_reports(read, store, key)
