@@ -83,6 +83,7 @@ def choose_replay_from(latest: PartitionCheckpoint | None, committed: int) -> in
         "earliest known window start",
         latest.partition,
         committed,
+        extra={"partition": latest.partition},
     )
     return min(candidates)
 
@@ -97,7 +98,10 @@ def read_checkpoint(value: bytes, topic: str, partition: int) -> PartitionCheckp
     """
     if len(value) > MAX_CHECKPOINT_BYTES:
         log.warning(
-            "ignoring an oversized checkpoint of partition=%d (%d bytes)", partition, len(value)
+            "ignoring an oversized checkpoint of partition=%d (%d bytes)",
+            partition,
+            len(value),
+            extra={"partition": partition},
         )
         return None
     try:
@@ -107,12 +111,18 @@ def read_checkpoint(value: bytes, topic: str, partition: int) -> PartitionCheckp
             f"{'.'.join(map(str, e['loc'])) or '<value>'}: {e['msg']}"
             for e in exc.errors(include_url=False, include_input=False)[:3]
         )
-        log.warning("ignoring an invalid checkpoint of partition=%d: %s", partition, problems)
+        log.warning(
+            "ignoring an invalid checkpoint of partition=%d: %s",
+            partition,
+            problems,
+            extra={"partition": partition},
+        )
         return None
     if (checkpoint.topic, checkpoint.partition) != (topic, partition):
         log.warning(
             "ignoring a checkpoint keyed for partition=%d that names another topic or partition",
             partition,
+            extra={"partition": partition},
         )
         return None
     return checkpoint

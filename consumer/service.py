@@ -144,10 +144,15 @@ class ConsumerService:
                     tp.partition,
                     tp.offset,
                     replay_from,
+                    extra={"partition": tp.partition},
                 )
                 tp.offset = replay_from
             else:
-                log.info("assigned partition=%d with no committed offset", tp.partition)
+                log.info(
+                    "assigned partition=%d with no committed offset",
+                    tp.partition,
+                    extra={"partition": tp.partition},
+                )
         self.assigned.update(tp.partition for tp in committed)
         self.hooks.assigned(committed, self._resume_at)
         consumer.assign(committed)

@@ -244,9 +244,15 @@ class RetrainerService:
                 job.tenant,
                 job.request.event_id,
                 _CANCEL_WAIT_S,
+                extra={"tenant": job.tenant, "event_id": job.request.event_id},
             )
         else:
-            log.info("tenant=%s event_id=%s cancelled", job.tenant, job.request.event_id)
+            log.info(
+                "tenant=%s event_id=%s cancelled",
+                job.tenant,
+                job.request.event_id,
+                extra={"tenant": job.tenant, "event_id": job.request.event_id},
+            )
 
     # -- the loop -------------------------------------------------------------------
     def run(self, stop: threading.Event) -> RetrainerStats:
@@ -335,7 +341,13 @@ class RetrainerService:
             self._consumer.seek(TopicPartition(self._retrain_topic, partition, offset))
         except KafkaException as exc:
             # Not sought back, the record would be skipped until a restart: hold it.
-            log.warning("seek to partition=%d offset=%d failed: %s", partition, offset, exc)
+            log.warning(
+                "seek to partition=%d offset=%d failed: %s",
+                partition,
+                offset,
+                exc,
+                extra={"partition": partition, "offset": offset},
+            )
             self._put_back.discard(partition)
             raise
 
@@ -362,6 +374,7 @@ class RetrainerService:
                 "oversized" if oversized else "unreadable",
                 partition,
                 offset,
+                extra={"partition": partition, "offset": offset},
             )
             detail = f"request_too_large: {exc}" if oversized else str(exc)
             self._emit_now(
@@ -403,6 +416,7 @@ class RetrainerService:
                 tenant,
                 len(pending.offsets),
                 request.event_id,
+                extra={"tenant": tenant, "event_id": request.event_id},
             )
         offsets = list(pending.offsets)
         cancel = CancelToken()
@@ -438,6 +452,7 @@ class RetrainerService:
             job.attempts + 1,
             type(exc).__name__,
             exc,
+            extra={"tenant": job.tenant, "event_id": job.request.event_id},
         )
         detail = f"{type(exc).__name__} after {job.attempts + 1} attempts: {exc}"
         return self.handler.failed(job.request, reason, detail)
@@ -470,6 +485,7 @@ class RetrainerService:
             exc,
             "transient" if is_transient(exc) else f"attempt {job.attempts + 1}",
             delay,
+            extra={"tenant": job.tenant, "event_id": job.request.event_id},
         )
         pending = self._pending.setdefault(job.tenant, PendingTenant())
         for p, o in job.offsets:
