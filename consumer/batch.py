@@ -59,8 +59,10 @@ class CoreConfig:
     cold_start: bool = True
     cold_start_min_events: int = 500
     cold_start_min_per_class: int = 10
-    #: Event time between a tenant's requests.
+    #: Event time between a tenant's requests, and the service's clock too where
+    #: `wall_cooldown` (off only to replay recorded telemetry at speed).
     cooldown_s: float = 3_600.0
+    wall_cooldown: bool = True
     #: Wall-clock time (the `now` of `process`) an unanswered request holds its tenant.
     request_timeout_s: float = 7_200.0
     performance: PerformanceConfig = field(default_factory=PerformanceConfig)

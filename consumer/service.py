@@ -230,7 +230,12 @@ class ConsumerService:
 
     def handle_batch(self, records: Sequence[KafkaRecord]) -> BatchResult:
         started = time.perf_counter()
-        result = self.core.process(records, self._resume_at, now=self._clock(), wall_clock=True)
+        result = self.core.process(
+            records,
+            self._resume_at,
+            now=self._clock(),
+            wall_clock=self.core.config.wall_cooldown,
+        )
         self.stats.add(result)
         outputs: list[_Output] = [
             (self.config.dlq_topic, letter.key, letter.value, letter.headers)

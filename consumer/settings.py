@@ -284,6 +284,12 @@ class ConsumerSettings(StoreSettings, TopicSettings, ObservabilitySettings, Even
         description="Pause between a tenant's requests, in event time and in the consumer's "
         "own clock alike (a producer's stamps cannot shorten it).",
     )
+    wall_cooldown: bool = Field(
+        default=_CORE.wall_cooldown,
+        description="Hold cooldown_s on the consumer's clock as well as on event time; "
+        "turn off only to run recorded telemetry through the services at speed (as "
+        "slaops backtest does, on event time alone).",
+    )
     delivery_timeout_s: float = Field(
         default=60.0,
         gt=0,

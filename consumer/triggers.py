@@ -182,7 +182,8 @@ class RetrainTriggers:
     ) -> RetrainRequested:
         """The request event: what triggered it, and the window up to offset `at`."""
         held = state.window.offsets()
-        held = held[held <= at]
+        held = np.sort(held[held <= at])
+        own = held.tolist() if len(held) and int(held[-1]) == at else [*held.tolist(), at]
         signal = trigger.signal
         return RetrainRequested(
             event_id=event_id,
@@ -199,14 +200,9 @@ class RetrainTriggers:
                 },
             ),
             detected_at=datetime.fromtimestamp(detected, UTC),
-            source=[
-                OffsetRange(
-                    topic=self.config.telemetry_topic,
-                    partition=state.partition,
-                    start_offset=int(held.min()) if len(held) else at,
-                    end_offset=at + 1,
-                )
-            ],
+            # The tenant's own offsets, named: the replay then reads what this tenant
+            # sent, however much other tenants send on the partition.
+            source=[OffsetRange.of_offsets(self.config.telemetry_topic, state.partition, own)],
             n_events=max(len(held), 1),
         )
 

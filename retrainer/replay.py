@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, TopicPartition
@@ -68,12 +68,15 @@ def plan_replay(ranges: Sequence[OffsetRange], limits: ReplayLimits) -> list[Off
             last is not None
             and last.partition == span.partition
             and (span.start_offset <= last.end_offset)
+            and last.own_gaps is None
+            and span.own_gaps is None
         ):
             end = max(last.end_offset, span.end_offset)
             merged[-1] = last.model_copy(update={"end_offset": end})
         else:
             merged.append(span)
-    total = sum(span.end_offset - span.start_offset for span in merged)
+    # A range naming the tenant's own offsets costs those alone (`OffsetRange.size`).
+    total = sum(span.size() for span in merged)
     if total > limits.max_offsets:
         raise RequestRefused(
             f"ranges span {total} offsets; at most {limits.max_offsets} (raise "
@@ -112,8 +115,8 @@ def replay_ranges(
 
     def messages(consumer: Consumer) -> Iterator[KafkaRecord]:
         for span in ranges:
-            if span.end_offset > span.start_offset:
-                yield from _read_range(consumer, span, timeout_s)
+            for piece in reads(span):
+                yield from _read_range(consumer, piece, timeout_s)
 
     # A range that has left the topic must fail the request, not read from elsewhere.
     consumer = make_reader(config, "slaops-retrainer-replay", **{"auto.offset.reset": "error"})
@@ -180,14 +183,51 @@ def tenant_rows(
     )
 
 
+#: Own offsets this close together are read as one stretch (the records between them,
+#: other tenants', read and dropped) rather than one seek each.
+SEEK_GAP: Final = 64
+
+
+def reads(span: OffsetRange) -> list[OffsetRange]:
+    """The contiguous stretches a replay of `span` reads: the whole range, or, where it
+    names the tenant's own offsets, stretches around them (at most `SEEK_GAP` others'
+    records between two of its own), so the cost is bounded by the tenant's own count.
+
+    >>> span = OffsetRange.of_offsets("t", 0, [10, 20, 5_000, 5_001, 90_000])
+    >>> [(r.start_offset, r.end_offset) for r in reads(span)]
+    [(10, 21), (5000, 5002), (90000, 90001)]
+    """
+    if span.end_offset <= span.start_offset:
+        return []
+    own = span.own_offsets()
+    if own is None:
+        return [span]
+    stretches: list[OffsetRange] = []
+    start = prev = own[0]
+    for offset in [*own[1:], None]:
+        if offset is not None and offset - prev <= SEEK_GAP:
+            prev = offset
+            continue
+        stretches.append(
+            OffsetRange(
+                topic=span.topic, partition=span.partition, start_offset=start, end_offset=prev + 1
+            )
+        )
+        if offset is not None:
+            start = prev = offset
+    return stretches
+
+
 def _read_range(consumer: Consumer, span: OffsetRange, timeout_s: float) -> list[Any]:
     tp = TopicPartition(span.topic, span.partition, span.start_offset)
     consumer.assign([tp])
     messages: list[Any] = []
     deadline = time.monotonic() + timeout_s
     last = span.end_offset - 1
+    # No more than the stretch holds, so a short one returns as soon as it is read.
+    batch = max(1, min(10_000, span.end_offset - span.start_offset))
     while True:
-        for message in consumer.consume(10_000, 0.2):
+        for message in consumer.consume(batch, 0.2):
             error = message.error()
             if error is not None:
                 if error.code() == KafkaError._AUTO_OFFSET_RESET or "out of range" in str(error):

@@ -10,6 +10,7 @@ every list is bounded as the consumer fills it, and a reader takes a request thr
 from __future__ import annotations
 
 import hashlib
+import itertools
 from typing import Annotated, Final, Literal, get_args
 
 from pydantic import (
@@ -19,6 +20,7 @@ from pydantic import (
     Field,
     StringConstraints,
     field_validator,
+    model_validator,
 )
 
 from schemas.errors import SlaopsError
@@ -92,8 +94,12 @@ MAX_DETAIL_STATISTICS: Final = 64
 #: Offset ranges of a request's lineage: the consumer names one, the tenant's partition's
 #: window; `retrainer.replay.ReplayLimits.max_ranges` refuses more by default as well.
 MAX_SOURCE_RANGES: Final = 64
-#: A request's JSON is refused above this size, before it is parsed. A request at every
-#: bound above is about 15 KiB; the rest is room for a bounded field to come.
+#: Own offsets a range may name (`OffsetRange.own_gaps`): a default window's 1,440 fit
+#: with room; a longer window's request names its range alone.
+MAX_OWN_OFFSETS: Final = 4_096
+#: A request's JSON is refused above this size, before it is parsed. The consumer's
+#: request (one range) at every bound above, its own offsets at 11 digits a gap, is
+#: about 60 KiB.
 MAX_REQUEST_BYTES: Final = 64 * 1024
 
 
@@ -107,7 +113,13 @@ class RequestTooLarge(SlaopsError, ValueError):
 
 
 class OffsetRange(BaseModel):
-    """Offsets `[start_offset, end_offset)` of one partition: the lineage of a window."""
+    """Offsets `[start_offset, end_offset)` of one partition: the lineage of a window.
+
+    `own_gaps`, when given, names the tenant's own offsets in the range: other tenants
+    on the partition may send thousands of records for each of the tenant's, and a
+    replay that read them all would cost what they send. The first gap is from
+    `start_offset`, each next one from the offset before; `own_offsets()` decodes them.
+    """
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
@@ -115,6 +127,54 @@ class OffsetRange(BaseModel):
     partition: int = Field(ge=0)
     start_offset: int = Field(ge=0)
     end_offset: int = Field(ge=0, description="Exclusive: the offset after the last event.")
+    own_gaps: list[Annotated[int, Field(ge=0, le=2**53)]] | None = Field(
+        default=None,
+        max_length=MAX_OWN_OFFSETS,
+        description="The tenant's own offsets in the range, as gaps (first from "
+        "start_offset, then from the previous offset); absent: every offset in the range.",
+    )
+
+    @model_validator(mode="after")
+    def _own_offsets_in_range(self) -> OffsetRange:
+        gaps = self.own_gaps
+        if gaps is None:
+            return self
+        if not gaps:
+            raise ValueError("own_gaps is empty: omit it, or name at least one offset")
+        if any(gap == 0 for gap in gaps[1:]):
+            raise ValueError("own_gaps after the first must be positive (offsets increase)")
+        if self.start_offset + sum(gaps) >= self.end_offset:
+            raise ValueError("own_gaps reach beyond end_offset")
+        return self
+
+    def own_offsets(self) -> list[int] | None:
+        """The tenant's own offsets in the range, increasing (None: not named)."""
+        if self.own_gaps is None:
+            return None
+        return list(itertools.accumulate(self.own_gaps, initial=self.start_offset))[1:]
+
+    def size(self) -> int:
+        """Offsets a replay reads for this range: the tenant's own, where named."""
+        if self.own_gaps is not None:
+            return len(self.own_gaps)
+        return max(0, self.end_offset - self.start_offset)
+
+    @classmethod
+    def of_offsets(cls, topic: str, partition: int, offsets: list[int]) -> OffsetRange:
+        """The range from the first to the last of `offsets` (increasing, at least one),
+        naming them where there are at most `MAX_OWN_OFFSETS`.
+
+        >>> r = OffsetRange.of_offsets("t", 0, [5, 9, 10, 4_000])
+        >>> (r.start_offset, r.end_offset, r.own_gaps, r.own_offsets())
+        (5, 4001, [0, 4, 1, 3990], [5, 9, 10, 4000])
+        """
+        start, end = offsets[0], offsets[-1] + 1
+        gaps = None
+        if len(offsets) <= MAX_OWN_OFFSETS and len(offsets) < end - start:
+            gaps = [0] + [b - a for a, b in itertools.pairwise(offsets)]
+        return cls(
+            topic=topic, partition=partition, start_offset=start, end_offset=end, own_gaps=gaps
+        )
 
 
 class DetectorDetails(BaseModel):

@@ -195,7 +195,11 @@ def file_replay(
                     f"{span.end_offset} are not in the input ({len(records)} records, "
                     "partition 0)"
                 )
-            chosen.extend(records[span.start_offset : span.end_offset])
+            own = span.own_offsets()
+            if own is None:
+                chosen.extend(records[span.start_offset : span.end_offset])
+            else:
+                chosen.extend(records[offset] for offset in own)
         # Only the tenant's own key can hold its events (`parse_telemetry` refuses any
         # other): the rest are counted as other tenants' without parsing them.
         key = request.tenant.encode()

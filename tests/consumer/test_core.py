@@ -257,3 +257,23 @@ def test_default_settings_give_a_first_model_at_common_telemetry_intervals(
     # A week of 15-minute events (673) is under 800: the span binds there, not below.
     expected = min(800, int(settings.window_span_s // interval_s) + 1)
     assert held is not None and len(held.window) == expected >= settings.cold_start_min_events
+
+
+def test_a_request_names_the_tenants_own_offsets_whatever_else_shares_the_partition() -> None:
+    core = IngestCore(config(cold_start=True, request_timeout_s=0.0))
+    own = telemetry_values("acme", 400, seed=0)
+    noise = telemetry_values("noisy", 4_000, seed=1)
+    recs, offset, mine = [], 0, []
+    for i, value in enumerate(own):
+        for j in range(10):
+            recs.append(RawRecord(b"noisy", noise[10 * i + j], 0, offset))
+            offset += 1
+        recs.append(RawRecord(b"acme", value, 0, offset))
+        mine.append(offset)
+        offset += 1
+    requests = [r for r in run(core, recs, batch=500) if r.tenant == "acme"]
+    assert requests, "acme asked for its cold start"
+    (span,) = requests[0].source
+    named = span.own_offsets()
+    assert named is not None and named == mine[: len(named)]
+    assert span.size() == requests[0].n_events < (span.end_offset - span.start_offset) / 10

@@ -157,6 +157,7 @@ def test_backtest_and_the_services_on_a_broker_publish_the_same(
         **store,
         publish_forecasts=True,
         catch_up_lag_s=0.0,  # recorded history: its old stamps are no backlog
+        wall_cooldown=False,  # ... and replayed at speed: event time alone, as a backtest
         poll_timeout_s=0.05,
         session_timeout_ms=6_000,
     )

@@ -15,10 +15,12 @@ from kernel.kafka import TopicSpec, ensure_topics
 from kernel.tenant_hash import tenant_hash
 from retrainer.cancel import CancelToken
 from retrainer.dataset import build_pairs
-from retrainer.main import build_service, topic_specs
+from retrainer.errors import RequestRefused
+from retrainer.main import build_service, replay_limits, topic_specs
 from retrainer.publisher import RequestOutcome
+from retrainer.replay import plan_replay
 from retrainer.settings import RetrainerSettings
-from schemas import ModelPublished, RetrainFailed, RetrainRequested
+from schemas import ModelPublished, OffsetRange, RetrainFailed, RetrainRequested
 from testkit.kafka_helpers import produce_all, read_topic, wait_for
 from testkit.retrain_data import telemetry_messages, tenant_rows
 from testkit.retrainer_runs import KEY, committed, request, running, shared_partition_telemetry
@@ -129,3 +131,44 @@ def test_a_request_naming_another_topic_trains_nothing(settings: RetrainerSettin
     assert refused.reason == "invalid_request" and attacker_topic in refused.detail
     assert service.stats.published == 0
     assert service.handler.store.latest(tenant_hash("acme", SecretStr(KEY))) is None
+
+
+def test_other_tenants_flooding_the_partition_cannot_deny_a_tenants_retrain(
+    settings: RetrainerSettings,
+) -> None:
+    """20 records of another tenant between each of acme's: the range spans 12,600
+    offsets, over max_request_offsets; the request names acme's own 600 and is served."""
+    bootstrap = settings.bootstrap_servers or ""
+    settings = settings.model_copy(update={"max_request_offsets": 5_000})
+    acme = telemetry_messages("acme", tenant_rows(600, seed=1))
+    flood = telemetry_messages("flood", tenant_rows(20, seed=2))
+    stream = [m for own in acme for m in (*flood, own)]
+    total = produce_all(bootstrap, settings.telemetry_topic, stream)
+    own = [i for i in range(total) if i % 21 == 20]
+    whole = RetrainRequested.model_validate_json(request(settings, total, total - 1))
+    named = whole.model_copy(
+        update={"source": [OffsetRange.of_offsets(settings.telemetry_topic, 0, own)]}
+    )
+    assert named.source[0].size() == 600 and whole.source[0].size() == total
+    with pytest.raises(RequestRefused, match="12600 offsets"):
+        plan_replay(whole.source, replay_limits(settings))
+    produce_all(bootstrap, settings.retrain_topic, [(b"acme", named.model_dump_json().encode())])
+    service = build_service(settings)
+    with running(service):
+        wait_for(lambda: committed(settings) == 1, timeout_s=120, what="the request answered")
+    assert service.stats.published == 1
+    (message,) = read_topic(bootstrap, settings.models_topic, expect=1, partitions=6)
+    event = ModelPublished.model_validate_json(message.value() or b"")
+    card = ModelCard.model_validate_json(
+        service.handler.store.read(event.paths["card"], revision=event.revision)
+    )
+    rows = tenant_rows(600, seed=1)
+    expected = build_pairs(
+        rows.ts,
+        rows.features,
+        rows.labels,
+        spec=FeatureSpec(),
+        horizon=settings.horizon,
+        min_rows=100,
+    )
+    assert card.lineage["data_sha256"] == expected.sha256  # acme's 600 events, no other
