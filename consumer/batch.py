@@ -244,6 +244,9 @@ class BatchResult:
     forecasts_made: int = 0
     forecasts_scored: int = 0
     forecast_errors: int = 0
+    #: The errors the scored forecasts' models made on their holdouts, in expectation:
+    #: each scored forecast adds its model's holdout error rate.
+    forecast_holdout_errors: float = 0.0
     #: Forecasts that were not finite: neither published nor scored.
     forecasts_non_finite: int = 0
     #: Fresh warnings raised, the reasons of the clears sent, and false warnings that

@@ -183,7 +183,13 @@ class IngestCore:
         offset: int,
         now: float | None = None,
     ) -> DeadLetterOut:
-        log.info("dead letter partition=%d offset=%d reason=%s", partition, offset, exc.reason)
+        log.info(
+            "dead letter partition=%d offset=%d reason=%s",
+            partition,
+            offset,
+            exc.reason,
+            extra={"partition": partition, "offset": offset},
+        )
         letter = DeadLetter(
             reason=exc.reason,
             detail=exc.detail[:500],

@@ -138,6 +138,7 @@ def _count(
         result.forecasts_non_finite += len(proba) - finite
         result.forecasts_scored += len(scored)
         result.forecast_errors += int(np.count_nonzero(wrong))
+        result.forecast_holdout_errors += model.holdout_error_rate * len(scored)
         return
     fresh = offsets >= replay_limit
     made = int(np.count_nonzero(fresh & np.isfinite(proba)))
@@ -146,6 +147,7 @@ def _count(
     judged = fresh[scored]
     result.forecasts_scored += int(np.count_nonzero(judged))
     result.forecast_errors += int(np.count_nonzero(wrong & judged))
+    result.forecast_holdout_errors += model.holdout_error_rate * int(np.count_nonzero(judged))
 
 
 def _emit(

@@ -9,6 +9,7 @@ can never make the consumer unpickle anything.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -66,6 +67,16 @@ class LiveModel:
     @property
     def horizon(self) -> int:
         return self.card.horizon
+
+    @functools.cached_property
+    def holdout_error_rate(self) -> float:
+        """Share of the card's holdout rows the model got wrong at its threshold (0: no
+        confusion counts), the yardstick the live error rate is alerted against."""
+        counts = [self.card.metrics.get(k, 0.0) for k in ("tn", "fp", "fn", "tp")]
+        total = sum(counts)
+        if not np.isfinite(total) or total <= 0:
+            return 0.0
+        return float(min(1.0, max(0.0, (counts[1] + counts[2]) / total)))
 
     def inputs(self, history: Events, block: Events) -> np.ndarray:
         """The model's input rows for `block`, computed exactly as training computed them.

@@ -186,6 +186,13 @@ class ConsumerMetrics(ConsumerHooks):
             "the live error rate is its rate over slaops_consumer_forecasts_scored_total's.",
             registry=r,
         )
+        self.forecast_holdout_errors = Counter(
+            "slaops_consumer_forecast_holdout_errors",
+            "The errors the scored forecasts' models made on their holdouts, in expectation "
+            "(each scored forecast adds its model's holdout error rate): the yardstick of "
+            "slaops_consumer_forecast_errors_total (alert SlaopsLiveErrorAboveHoldout).",
+            registry=r,
+        )
         self.forecasts_non_finite = Counter(
             "slaops_consumer_forecasts_non_finite",
             "Forecasts that were not finite numbers: neither published nor scored.",
@@ -291,6 +298,7 @@ class ConsumerMetrics(ConsumerHooks):
         if result.forecasts_scored:
             self.forecasts_scored.inc(result.forecasts_scored)
             self.forecast_errors.inc(result.forecast_errors)
+            self.forecast_holdout_errors.inc(result.forecast_holdout_errors)
         if result.forecasts_non_finite:
             self.forecasts_non_finite.inc(result.forecasts_non_finite)
         self.warnings_sent(result)

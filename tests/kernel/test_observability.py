@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
@@ -377,3 +377,11 @@ def test_ready_once_joined_and_every_replayed_partition_caught_up() -> None:
     positions[0] = 50
     metrics.batch([], BatchResultForTest(), 0.0)
     assert metrics.health.readiness()[0]
+
+
+def test_counters_export_no_created_series() -> None:
+    """A `_created` series per counter doubles the series count; nothing reads it."""
+    metrics = ConsumerMetrics(core=IngestCore(CoreConfig(telemetry_topic="t")))
+    text = generate_latest(metrics.registry).decode()
+    assert "slaops_consumer_dead_letters_total" in text
+    assert "_created" not in text
