@@ -14,7 +14,10 @@ injected or built from :class:`StoreOptions`); ``file://DIR`` -> :class:`FileSto
 Each version also carries the tenant's index (``kernel.store.index``): its version
 count, its parent and its newest served commit messages, so that finding a tenant's
 newest version and whether a request was served cost a fixed number of reads,
-however many tenants and versions the store holds.
+however many tenants and versions the store holds. The index is a cache: its count
+and messages are checked against the store's own history (the commit graph on the
+Hub, the version directories' parents in a file store) before they are believed, and
+rebuilt from that history by the next publish when they disagree.
 
 FileStore on disk (``DIR``)::
 
@@ -38,7 +41,9 @@ tenants moved, commits again on the new head (bounded), so retrainers of differe
 tenants share one repo without failing each other. If the tenant itself moved past
 the caller's ``parent``, :class:`StoreConflict`. A tenant's newest version is its
 card's last commit (``get_paths_info(..., expand=True)``, one request); the index
-beside it gives the count and the served messages. The commit title is the caller's
+beside it gives the count and the served messages once the history agrees (the
+version before a commit is the card's last commit at the commit's parent, which the
+first page of the commit list names). The commit title is the caller's
 message; the description carries ``slaops-tenant:`` and ``slaops-publish:`` trailers
 for humans, and the index carries the publish id, which is how a retry after a lost
 response recognises that its commit already landed.

@@ -17,7 +17,16 @@ from pathlib import Path
 from kernel.durable import atomic_write, fsync_dir, write_durable
 from kernel.errors import StoreConflict, StoreError, StoreNotFound
 from kernel.limits import MAX_ARTIFACT_BYTES
-from kernel.store.index import MAX_INDEX_BYTES, MAX_SERVED, head_from, next_index, parse_index
+from kernel.store.index import (
+    MAX_INDEX_BYTES,
+    TenantIndex,
+    VerifiedHeads,
+    Version,
+    next_index,
+    parse_index,
+    published_head,
+    verified_head,
+)
 from kernel.store.options import StoreOptions
 from kernel.store.paths import (
     _FILE_REVISION_RE,
@@ -51,11 +60,17 @@ def open_file_store(directory: str, options: StoreOptions) -> FileStore:
 
 
 class FileStore:
-    """Versioned local store; see the module docstring for the layout."""
+    """Versioned local store; see the module docstring for the layout.
+
+    A tenant's history is its chain of version directories, each ``meta.json`` naming
+    its parent (written under the tenant's lock); the index beside each version is a
+    cache of it, checked by ``kernel.store.index.verified_head``.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root.absolute()
         self.uri = f"file://{self.root}"
+        self._verified = VerifiedHeads()
 
     def publish(
         self,
@@ -105,6 +120,12 @@ class FileStore:
                     shutil.rmtree(staging, ignore_errors=True)
                     raise
                 atomic_write(tenant_dir / "HEAD", f"{revision}\n".encode())  # commit point
+                self._verified.put(
+                    tenant_hash,
+                    published_head(
+                        PublishedFiles(revision, model_paths(tenant_hash)), message, head
+                    ),
+                )
                 (self.root / MODEL_DIR).mkdir(exist_ok=True)
                 for kind, path in paths.items():  # convenience mirror, after the commit
                     atomic_write(self.root / path, bytes(files[kind]))
@@ -140,37 +161,52 @@ class FileStore:
             raise StoreError(f"could not read {path} from {self.uri}: {exc.strerror}") from exc
 
     def head(self, tenant_hash: str) -> TenantHead | None:
-        """``HEAD``, then that version's index: three small reads whatever the store holds.
+        """``HEAD``, checked against the tenant's history (``verified_head``).
 
-        A version without a valid index (written before indexes existed, or damaged) is
-        counted by walking its tenant's history instead.
+        One read when the newest version is the one this store verified last; after a
+        new version, a walk back to that one; without one, ``HEAD``, ``meta.json`` and
+        the index, then ``VERIFY_DEPTH`` more versions' ``meta.json`` and one more index,
+        whatever the store holds, unless the index disagrees with the history, which is
+        then walked whole.
         """
         paths = model_paths(tenant_hash)
         revision = self._head(tenant_hash)
         if revision is None:
             return None
-        files = PublishedFiles(revision, paths)
-        version_dir = self.root / ".revisions" / tenant_hash / revision
+        known = self._verified.get(tenant_hash)
+        if known is not None and known.revision == revision:
+            return known
         meta = self._meta(tenant_hash, revision)
-        parent = meta.get("parent")
+        head = verified_head(
+            tenant_hash,
+            PublishedFiles(revision, paths),
+            str(meta["message"]),
+            self._index(tenant_hash, revision),
+            previous=lambda rev: self._previous(tenant_hash, rev),
+            index_at=lambda rev: self._index(tenant_hash, rev),
+            known=known,
+        )
+        self._verified.put(tenant_hash, head)
+        return head
+
+    def _previous(self, tenant_hash: str, revision: str) -> Version | None:
+        """The version before ``revision`` in the tenant's history (None: the first)."""
+        parent = self._meta(tenant_hash, revision).get("parent")
+        if not isinstance(parent, str) or _FILE_REVISION_RE.fullmatch(parent) is None:
+            return None
+        return Version(parent, str(self._meta(tenant_hash, parent)["message"]))
+
+    def _index(self, tenant_hash: str, revision: str) -> TenantIndex | None:
+        """The index kept with version ``revision``, or None (logged) if it is unusable."""
+        path = self.root / ".revisions" / tenant_hash / revision / _INDEX
         try:
-            data = _read_regular(version_dir / _INDEX, MAX_INDEX_BYTES, what=_INDEX)
+            data = _read_regular(path, MAX_INDEX_BYTES, what=_INDEX)
         except FileNotFoundError:
-            index = None
+            return None
         except (OSError, StoreError) as exc:
             logger.warning("ignoring the index of tenant_hash=%s: %s", tenant_hash, exc)
-            index = None
-        else:
-            index = parse_index(data, tenant_hash)
-        if index is not None and index.served[0] == meta["message"] and index.parent == parent:
-            return head_from(files, index.served[0], index)
-        messages = self.revision_messages(tenant_hash)
-        return TenantHead(
-            files,
-            len(messages),
-            tuple(messages[:MAX_SERVED]),
-            parent if isinstance(parent, str) else None,
-        )
+            return None
+        return parse_index(data, tenant_hash)
 
     def latest(self, tenant_hash: str) -> PublishedFiles | None:
         paths = model_paths(tenant_hash)

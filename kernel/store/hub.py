@@ -23,6 +23,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.hf_api import RepoFile
+from huggingface_hub.utils import build_hf_headers, paginate
 
 from kernel.backoff import Backoff
 from kernel.errors import StoreConflict, StoreError, StoreNotFound, StoreUnavailable
@@ -31,9 +32,12 @@ from kernel.store.hub_http import configure_hub_http
 from kernel.store.index import (
     MAX_INDEX_BYTES,
     TenantIndex,
-    head_from,
+    VerifiedHeads,
+    Version,
     next_index,
     parse_index,
+    published_head,
+    verified_head,
 )
 from kernel.store.options import StoreOptions
 from kernel.store.paths import (
@@ -92,6 +96,14 @@ class _TenantState:
     index: TenantIndex | None = None
 
 
+@dataclass(frozen=True)
+class _Located:
+    """A tenant's newest version at one repo revision, and its index file there (if any)."""
+
+    version: Version
+    index_file: RepoFile | None
+
+
 class HubStore:
     """Hugging Face Hub model repo through an injected ``HfApi``.
 
@@ -100,9 +112,14 @@ class HubStore:
     writer's commit lands first (412) the tenant's own newest version is checked again:
     unchanged (another tenant moved the repo) it commits again on the new head, at
     most ``max_conflicts`` times; moved, it raises ``StoreConflict`` for the caller.
-    ``head`` costs three requests (``paths-info`` with each path's last commit, then
-    the index download: metadata and body) whatever the repo holds; nothing lists the
-    commit history.
+    ``head`` costs one request (``paths-info`` with each path's last commit) when the
+    tenant's newest version is the one this store verified last; otherwise its index
+    is downloaded (metadata and body) and checked against the repo's history
+    (``kernel.store.index.verified_head``): each version walked back costs two
+    requests (the first page of the commit list from that commit, for its parent, then
+    ``paths-info`` there), at most ``VERIFY_DEPTH`` of them and one more index,
+    whatever the repo holds, unless the index disagrees with the history, which is then
+    walked whole (once: the head is remembered).
     """
 
     def __init__(self, api: HfApi, repo_id: str, options: StoreOptions | None = None) -> None:
@@ -122,6 +139,7 @@ class HubStore:
         self._timeout_s = options.http_timeout_s
         self._repo_ready = False
         self._rng = random.Random()  # noqa: S311 - backoff jitter, not security
+        self._verified = VerifiedHeads()
 
     def publish(
         self,
@@ -143,7 +161,7 @@ class HubStore:
             head = self._api.model_info(self._repo_id, timeout=self._timeout_s, expand=["sha"]).sha
             if head is None:
                 raise StoreError(f"{self.uri}: the hub named no head revision")
-            state = self._state(tenant_hash, revision=head)
+            state = self._state(tenant_hash, revision=head, want_index=True)
             if state.index is not None and state.index.publish_id == publish_id:
                 assert state.head is not None  # noqa: S101 - an index is only read beside one
                 return state.head.revision  # an earlier attempt landed; its answer was lost
@@ -170,6 +188,9 @@ class HubStore:
             )
             if info.oid == head:
                 logger.warning("hub skipped an unchanged commit tenant_hash=%s", tenant_hash)
+                return str(info.oid)
+            made = PublishedFiles(str(info.oid), model_paths(tenant_hash))
+            self._verified.put(tenant_hash, published_head(made, message, state.head))
             return str(info.oid)
 
         for race in range(1, self._max_conflicts + 1):
@@ -262,31 +283,76 @@ class HubStore:
         return head.files if head is not None else None
 
     def revision_messages(self, tenant_hash: str) -> list[str]:
-        """The tenant's messages, newest first: three requests per version of this tenant."""
+        """The tenant's messages, newest first, from the repo's history (two requests a
+        version of this tenant, and one)."""
         _check_tenant_hash(tenant_hash)
+        try:
+            located = self._retry("lookup", lambda: self._locate(tenant_hash, "main"))
+        except StoreNotFound:
+            return []
         messages: list[str] = []
         seen: set[str] = set()
-        revision: str | None = "main"
-        while revision is not None and revision not in seen:
-            seen.add(revision)
-            try:
-                at = functools.partial(self._state, tenant_hash, revision=revision)
-                state = self._retry("lookup", at)
-            except StoreNotFound:
-                break
-            if state.head is None:
-                break
-            messages.append(state.head.recent[0])
-            revision = state.head.parent
+        version = located.version if located is not None else None
+        while version is not None and version.revision not in seen:
+            seen.add(version.revision)
+            messages.append(version.message)
+            at = functools.partial(self._previous, tenant_hash, version.revision)
+            version = self._retry("lookup", at)
         return messages
 
-    def _state(self, tenant_hash: str, *, revision: str) -> _TenantState:
+    def _state(self, tenant_hash: str, *, revision: str, want_index: bool = False) -> _TenantState:
         """The tenant at ``revision``: its card's last commit is its newest version.
 
         One ``paths-info`` request names the last commit of the card and of the index;
-        one download reads the index (at its own last commit). Nothing here grows with
-        the repo.
+        a version this store verified last needs nothing more (unless ``want_index``).
+        Otherwise the index is read and the head checked against the history
+        (``verified_head``: a bounded walk unless the index disagrees with it).
         """
+        located = self._locate(tenant_hash, revision)
+        if located is None:
+            return _TenantState(None)
+        newest = located.version
+        known = self._verified.get(tenant_hash)
+        if known is not None and known.revision == newest.revision and not want_index:
+            return _TenantState(known)
+        index = self._read_index(tenant_hash, located)
+        seen: dict[str, _Located | None] = {}
+
+        def previous(at: str) -> Version | None:
+            before = self._located_before(tenant_hash, at)
+            if before is not None:
+                seen[before.version.revision] = before
+            return before.version if before is not None else None
+
+        def index_at(at: str) -> TenantIndex | None:
+            before = seen.get(at)
+            return self._read_index(tenant_hash, before) if before is not None else None
+
+        head = verified_head(
+            tenant_hash,
+            PublishedFiles(newest.revision, model_paths(tenant_hash)),
+            newest.message,
+            index,
+            previous=previous,
+            index_at=index_at,
+            known=known,
+        )
+        self._verified.put(tenant_hash, head)
+        current = index is not None and index.served[0] == newest.message
+        return _TenantState(head, index if current else None)
+
+    def _previous(self, tenant_hash: str, revision: str) -> Version | None:
+        """The tenant's version before ``revision`` in the repo's history (None: none)."""
+        before = self._located_before(tenant_hash, revision)
+        return before.version if before is not None else None
+
+    def _located_before(self, tenant_hash: str, revision: str) -> _Located | None:
+        """Two requests: the commit before ``revision``, then the tenant's newest there."""
+        parent = self._parent_commit(revision)
+        return self._locate(tenant_hash, parent) if parent is not None else None
+
+    def _locate(self, tenant_hash: str, revision: str) -> _Located | None:
+        """The tenant's newest version at ``revision`` (its card's last commit), one request."""
         paths = model_paths(tenant_hash)
         where = index_path(tenant_hash)
         found = self._api.get_paths_info(
@@ -295,36 +361,67 @@ class HubStore:
         infos = {f.path: f for f in found if isinstance(f, RepoFile)}
         card = infos.get(paths["card"])
         if card is None:
-            return _TenantState(None)
+            return None
         if card.last_commit is None:
             raise StoreError(f"{self.uri}: the hub did not name the last commit of {card.path}")
         newest = str(card.last_commit.oid)
         _check_revision(newest)
         title = str(card.last_commit.title or "")
-        files = PublishedFiles(newest, paths)
-        stored = infos.get(where)
-        index: TenantIndex | None = None
-        if stored is not None:
-            # The index as of the newest version: when its last commit is the card's
-            # (always, unless another writer skipped or rewrote it) paths-info gave its
-            # size; otherwise it is read at the card's revision, size checked first.
-            beside = stored.last_commit is not None and stored.last_commit.oid == newest
-            try:
-                data = self._download(
-                    where, newest, MAX_INDEX_BYTES, known_size=stored.size if beside else None
-                )
-            except StoreError as exc:  # refused: over the size cap
-                logger.warning("ignoring the index of tenant_hash=%s: %s", tenant_hash, exc)
-                data = None
-            except Exception as exc:
-                translated = _translate(exc, self._redact)
-                if translated is None or not isinstance(translated[0], StoreNotFound):
-                    raise  # the retry loop translates and retries it
-                data = None  # no index as of that version
-            index = parse_index(data, tenant_hash) if data is not None else None
-        head = head_from(files, title, index)
-        current = index is not None and index.served[0] == title
-        return _TenantState(head, index if current else None)
+        return _Located(Version(newest, title), infos.get(where))
+
+    def _read_index(self, tenant_hash: str, located: _Located) -> TenantIndex | None:
+        """The index as of ``located``'s version, or None (logged) if there is no usable one.
+
+        When its last commit is the card's (always, unless another writer skipped or
+        rewrote it) paths-info gave its size; otherwise it is read at the card's
+        revision, size checked first.
+        """
+        stored, newest = located.index_file, located.version.revision
+        if stored is None:
+            return None
+        where = index_path(tenant_hash)
+        beside = stored.last_commit is not None and stored.last_commit.oid == newest
+        try:
+            data = self._download(
+                where, newest, MAX_INDEX_BYTES, known_size=stored.size if beside else None
+            )
+        except StoreError as exc:  # refused: over the size cap
+            logger.warning("ignoring the index of tenant_hash=%s: %s", tenant_hash, exc)
+            return None
+        except Exception as exc:
+            translated = _translate(exc, self._redact)
+            if translated is None or not isinstance(translated[0], StoreNotFound):
+                raise  # the retry loop translates and retries it
+            return None  # no index as of that version
+        return parse_index(data, tenant_hash)
+
+    def _parent_commit(self, revision: str) -> str | None:
+        """The commit before ``revision`` in the repo's history (None: the first).
+
+        One request: the first page of the commit list from ``revision``
+        (``huggingface_hub``'s own paginator, which requests no further page).
+        """
+        _check_revision(revision)
+        api = self._api
+        headers = build_hf_headers(
+            token=api.token,
+            library_name=api.library_name,
+            library_version=api.library_version,
+            user_agent=api.user_agent,
+            headers=api.headers,
+        )
+        url = f"{api.endpoint}/api/models/{self._repo_id}/commits/{revision}"
+        commits = iter(paginate(url, params={}, headers=headers, timeout=self._timeout_s))
+        first, second = next(commits, None), next(commits, None)
+        if not isinstance(first, dict) or first.get("id") != revision:
+            raise StoreError(f"{self.uri}: the commit list from {revision} does not start there")
+        if second is None:
+            return None
+        parent = second.get("id") if isinstance(second, dict) else None
+        if not isinstance(parent, str):
+            raise StoreError(f"{self.uri}: the commit list from {revision} names no parent")
+        _check_revision(parent)
+        return parent
 
     def _retry(self, operation: str, fn: Callable[[], T]) -> T:
         for attempt in range(1, self._max_attempts + 1):

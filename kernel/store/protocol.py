@@ -66,8 +66,12 @@ class ModelStore(Protocol):
       ``StoreConflict``. Writers of *other* tenants never make it fail: a backend that
       commits the whole store at once (the Hub) settles those races itself.
     * **Bounded lookups.** ``head`` and ``latest`` cost a fixed number of backend
-      requests, however many tenants and versions the store holds; ``revision_messages``
-      costs one per version of that tenant (tools and tests, not every request).
+      requests, however many tenants and versions the store holds (one when nothing
+      changed since the store's last look; ``VERIFY_DEPTH`` versions of history more
+      when a reader verifies a tenant for the first time), unless the tenant's index
+      disagrees with its history, which is then walked whole, once;
+      ``revision_messages`` costs one or two per version of that tenant (tools and
+      tests, not every request).
     * **Immutability.** ``read(path, revision=r)`` returns the same bytes for ever.
     * **Isolation.** A tenant's versions are found by its hash only; nothing in the
       store names a tenant slug.
@@ -87,10 +91,12 @@ class ModelStore(Protocol):
       error.
 
     The index is read back from a store anyone with write access may have written: it
-    is size-capped, validated, and ignored (with a warning) when it is not this
-    tenant's or disagrees with the newest version, which then counts as one more than
-    the last indexed one. The newest version itself is always the store's own answer
-    (the card's last commit, the file store's ``HEAD``), never the index's.
+    is size-capped, validated, ignored (with a warning) when it is not this tenant's,
+    and treated as a cache of the store's history: its count and served messages are
+    believed only when they agree with that history
+    (``kernel.store.index.verified_head``), else the history counts, and the next
+    publish writes the index again. The newest version itself is always the store's
+    own answer (the card's last commit, the file store's ``HEAD``), never the index's.
 
     Bounded: ``read`` holds at most ``max_bytes`` (default the loader's
     ``MAX_ARTIFACT_BYTES``) of a file in memory; a larger one is refused, by its size

@@ -33,7 +33,7 @@ from kernel.store import (
     model_paths,
     open_store,
 )
-from kernel.store.index import MAX_SERVED, TenantIndex
+from kernel.store.index import MAX_SERVED, VERIFY_DEPTH, TenantIndex
 from kernel.store.paths import index_path
 from testkit.hub_server import HubServer, running_hub_server
 from testkit.store_seed import seed_tenants, seeded_hash
@@ -564,14 +564,17 @@ def test_hub_lookup_requests_do_not_grow_from_10_to_200_tenants(hub: HubServer) 
     many_head = requests_of(hub, lambda: store.head(TENANT))
     many_publish = requests_of(hub, lambda: store.publish(OTHER, files("o2"), message="event=o2"))
 
-    # paths-info (each path's last commit), then the index: its metadata and its body
-    assert len(many_head) == len(few_head) == 3
-    assert [m for m, _ in many_head] == ["POST", "HEAD", "GET"]
-    assert "/paths-info/" in many_head[0][1]
+    # The version this store verified last: paths-info (each path's last commit) alone.
+    assert len(many_head) == len(few_head) == 1
+    assert [m for m, _ in many_head] == ["POST"] and "/paths-info/" in many_head[0][1]
     assert len(many_publish) == len(few_publish) == 6  # head sha, tenant (3), preupload, commit
     assert not any("/commits/" in path for _, path in hub.requests)  # no history listing
     head = store.head(TENANT)
     assert head is not None and head.version == 3 and head.recent[0] == "event=3"
+    # A reader that verified nothing: paths-info, the index (metadata and body), then two
+    # requests a version walked back (v2, v1, and none before it), among 10 or 200 tenants.
+    cold = requests_of(hub, lambda: hub_store(hub, []).head(TENANT))
+    assert len(cold) == 3 + 2 * 3
     seeded = store.head(seeded_hash(150))
     assert seeded is not None and seeded.version == 1
 
@@ -588,14 +591,21 @@ def test_file_lookup_reads_do_not_grow_with_versions(
         return real(path, max_bytes, what=what)
 
     monkeypatch.setattr(store_file, "_read_regular", counting)
-    counts = []
+    counts, cold = [], []
     for version in range(1, 31):
         store.publish(TENANT, files(f"v{version}"), message=f"event={version}")
         reads.clear()
         head = store.head(TENANT)
         assert head is not None and head.version == version
         counts.append(len(reads))
-    assert set(counts) == {3}  # HEAD, meta.json, index.json
+        reads.clear()
+        head = FileStore(tmp_path).head(TENANT)  # a reader that verified nothing yet
+        assert head is not None and head.version == version
+        cold.append(len(reads))
+    assert set(counts) == {1}  # HEAD: the version this store verified when it published
+    # HEAD, meta.json and index.json, then VERIFY_DEPTH versions back (two meta.json
+    # reads each) and the index there: the same from version 5 to 30.
+    assert set(cold[VERIFY_DEPTH:]) == {3 + 2 * VERIFY_DEPTH + 1}
 
 
 def test_the_index_keeps_the_newest_served_messages_only(case: Case) -> None:
