@@ -27,21 +27,29 @@ from typing import Any
 import httpx2
 import pytest
 
+from kernel.errors import ConfigError
 from kernel.kafka import ensure_topics, slaops_topics
+from kernel.settings import load_settings
 from schemas import WarningCleared, WarningPolicyFacts, WarningRaised, warning_event_id
+from slaops.alerts_book import AlertBook
 from slaops.alerts_settings import AlertsSettings
 from testkit.factories import unique_name
 from testkit.kafka_helpers import produce_all, wait_for
 from testkit.ports import free_port
 from testkit.processes import ServiceProcess, env_for, services
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
-needs_alertmanager = pytest.mark.skipif(
-    ALERTMANAGER is None,
-    reason="Alertmanager is not installed (apt-get install prometheus-alertmanager)",
-)
+
+
+def needs_alertmanager(test: Any) -> Any:
+    """A test of the real service against the real broker and a real Alertmanager."""
+    skip = pytest.mark.skipif(
+        ALERTMANAGER is None,
+        reason="Alertmanager is not installed (apt-get install prometheus-alertmanager)",
+    )
+    return pytest.mark.integration(pytest.mark.slow(skip(test)))
+
+
 #: A test password and its bcrypt hash (Alertmanager's web config stores only hashes).
 PASSWORD = "test-password-0123"  # noqa: S105 - a test's own password
 PASSWORD_HASH = "$2b$10$qs8UNmiP0pSKPwSBSrmRVeemGNJxMZ83OhKdvJZ7xvY1GGo1w2RtC"  # noqa: S105
@@ -364,3 +372,64 @@ def test_wrong_credentials_are_refused_and_named(bootstrap: str, tmp_path: Path)
             proc.wait_log(r"refused the credentials \(401\)", timeout_s=30)
             assert not listed(url, ("slaops", PASSWORD))
         assert secret not in proc.all_logs()
+
+
+# -- the parts the service is built of, without Alertmanager -------------------------
+def test_the_book_applies_each_edge_once_and_never_reactivates_an_ended_warning() -> None:
+    book, now = AlertBook(max_active=2, max_ended=100), datetime.now(UTC)
+    first, second = raised("acme", 1), raised("acme", 2, revision="rev-2")
+    assert book.apply(first, now) == "raised"
+    assert book.apply(first, now) == "repeat"
+    assert book.apply(second, now) == "replaced"  # a new warning, the same alert
+    assert book.apply(first, now) == "repeat", "the replaced raise came back"
+    assert book.apply(cleared(second), now) == "cleared"
+    assert book.apply(second, now) == "repeat" and not book.is_active("acme")
+    (ended,) = book.take_ended()
+    assert ended.warning_id == second.warning_id and ended.raised == second
+    assert book.apply(raised("globex", 3), now) == "raised"
+    assert book.apply(raised("initech", 4), now) == "raised"
+    assert book.apply(raised("umbrella", 5), now) == "full"
+    assert len(book) == 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        (
+            {"alertmanager_urls": "http://am.example.org:9093", "alertmanager_bearer_token": "t"},
+            "plain http to another host",
+        ),
+        ({"alertmanager_urls": "https://user:pw@am.example.org"}, "credentials in the URL"),
+        ({"alertmanager_username": "slaops"}, "go together"),
+        (
+            {
+                "alertmanager_username": "a",
+                "alertmanager_password": "b",
+                "alertmanager_bearer_token": "c",
+            },
+            "not both",
+        ),
+        ({"extra_labels": {"tenant": "x"}}, "set by the service"),
+        ({"alertmanager_urls": "ftp://127.0.0.1"}, "http:// or https://"),
+    ],
+)
+def test_settings_refuse_credentials_that_could_leak(
+    overrides: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(ConfigError, match=problem) as caught:
+        load_settings(AlertsSettings, overrides)
+    for value in ("pw", "t"):
+        assert f"{value}@" not in str(caught.value) and f"'{value}'" not in str(caught.value)
+
+
+def test_credentials_on_loopback_or_https_are_taken() -> None:
+    settings = load_settings(
+        AlertsSettings,
+        {
+            "alertmanager_urls": "http://127.0.0.1:9093, https://am.example.org/am/",
+            "alertmanager_username": "slaops",
+            "alertmanager_password": PASSWORD,
+        },
+    )
+    assert settings.urls() == ("http://127.0.0.1:9093", "https://am.example.org/am")
+    assert PASSWORD not in repr(settings)
