@@ -84,6 +84,7 @@ def training_config(settings: RetrainerSettings) -> TrainingConfig:
         batch_size=settings.batch_size,
         patience=settings.patience,
         n_iter=settings.n_iter,
+        n_trials=settings.n_trials,
         grid=grid if grid is not None else default_grid(),
         fits=fit_backend(settings),
     )

@@ -2,8 +2,8 @@
 
 `run_search` searches the given rows (the tenant's quiet rows: where early warning
 lives; see `retrainer.forecasters`) with the strategy's scikit-learn search
-(`retrainer.strategies`: `GridSearchCV`, `RandomizedSearchCV` or `HalvingGridSearchCV`)
-over :class:`SlaNet`, a skorch `NeuralNetBinaryClassifier` around
+(`retrainer.strategies`: `GridSearchCV`, `RandomizedSearchCV`, `HalvingGridSearchCV`,
+or an Optuna study for `bayes`) over :class:`SlaNet`, a skorch `NeuralNetBinaryClassifier` around
 :class:`~kernel.mlp.SlaMLP`, cross-validated on the caller's blocked time folds (never
 shuffled, a purge gap between training and validation rows), scored by log loss, and
 refits the winner on every row searched. It holds nothing out: the winner is judged
@@ -36,6 +36,7 @@ from retrainer.errors import DatasetError, DatasetReason
 from retrainer.estimator import SlaNet
 from retrainer.fits import FitBackend, LocalFits
 from retrainer.strategies import SearchSetup, StrategyName, strategy_builder
+from retrainer.strategies.bayes import check_choices
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,9 @@ class SearchConfig:
     """How to search. `grid` maps `SlaNet` parameters to candidate values.
 
     `max_epochs`, `batch_size` and `lr` are the net's values where `grid` does not
-    search them. `n_iter` is used by `random` only. `halving` keeps the best
+    search them. `n_iter` is used by `random` only; `n_trials` (the most candidates
+    fitted) by `bayes` only, which runs its trials in rounds of `n_jobs`
+    (`retrainer.strategies.bayes`). `halving` keeps the best
     1/`halving_factor` of the candidates per round while multiplying their resource by
     `halving_factor`: rows of each fold (`n_samples`, random rows of the fold, the
     final round on whole folds) or `max_epochs` (up to `max_epochs`; the winner is
@@ -118,6 +121,7 @@ class SearchConfig:
     batch_size: int = 64
     lr: float = 1e-3
     n_iter: int = 6
+    n_trials: int = 20
     halving_factor: int = 3
     halving_resource: HalvingResource = "n_samples"
     balance_classes: bool = False
@@ -143,6 +147,7 @@ class SearchConfig:
             ("max_epochs", 1),
             ("batch_size", 1),
             ("n_iter", 1),
+            ("n_trials", 1),
             ("halving_factor", 2),
             ("patience", 1),
         ):
@@ -151,6 +156,8 @@ class SearchConfig:
                 raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
         if self.n_jobs == 0:
             raise ValueError("n_jobs must not be 0")
+        if self.strategy == "bayes":
+            check_choices(self.grid)
         if not 0.0 <= self.valid_fraction < 1.0:
             raise ValueError(f"valid_fraction must be in [0, 1), got {self.valid_fraction!r}")
 
@@ -196,6 +203,8 @@ class SearchResult:
     n_fits: int
     #: The winner's epochs (train and validation-tail loss) before its refit on every row.
     learning_curve: list[dict[str, Any]] = field(default_factory=list)
+    #: `bayes` only: each trial (number, params, loss or None, pruned, fits), in order.
+    trials: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _log_loss_scorer() -> Any:
@@ -322,7 +331,8 @@ def run_search(
     module = final.module_
     module.eval()
     n_folds = len(splits) if splits else config.n_splits
-    n_fits = len(search.cv_results_["params"]) * n_folds
+    # bayes counts its own (a pruned trial's fold fits up to the pruning count).
+    n_fits = getattr(search, "n_fits_", len(search.cv_results_["params"]) * n_folds)
     log.info(
         "search done strategy=%s best=%s seconds=%.1f",
         config.strategy,
@@ -340,4 +350,8 @@ def run_search(
         rows=chosen,
         n_fits=n_fits,
         learning_curve=curve,
+        trials=[
+            {**t, "params": {k: _jsonable(v) for k, v in t["params"].items()}}
+            for t in getattr(search, "trials_", [])
+        ],
     )

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
+from kernel.artifacts import MAX_TRIALS
 from kernel.features import FeatureSpec
 from kernel.settings import (
     EventTimeSettings,
@@ -26,6 +27,7 @@ from retrainer.search import SearchConfig
 from retrainer.selection import EvidenceRule
 from retrainer.service import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY
 from retrainer.strategies import STRATEGIES, StrategyName, strategy_builder
+from retrainer.strategies.bayes import check_choices
 from schemas import topics
 from schemas.telemetry import DEFAULT_MAX_MESSAGE_BYTES
 
@@ -39,6 +41,7 @@ GRID_KEYS = frozenset(
         "module__width",
         "module__dropout",
         "module__activation",
+        "optimizer__weight_decay",
     }
 )
 
@@ -134,6 +137,13 @@ class RetrainerSettings(StoreSettings, TopicSettings, ObservabilitySettings, Eve
         default=None, description="TOML file with a [grid] table (instead of `grid`)."
     )
     n_iter: int = Field(default=6, ge=1, description="Candidates drawn by the random strategy.")
+    n_trials: int = Field(
+        default=SearchConfig.n_trials,
+        ge=1,
+        le=MAX_TRIALS,
+        description="Most candidates the bayes strategy fits (each grid list is a "
+        "categorical choice; pruned trials count).",
+    )
     n_splits: int = Field(default=5, ge=2, le=20, description="Time-series CV folds.")
     n_jobs: int = Field(
         default=2,
@@ -358,6 +368,12 @@ class RetrainerSettings(StoreSettings, TopicSettings, ObservabilitySettings, Eve
             raise ValueError("give the grid either inline (grid) or as a file (grid_file)")
         if self.grid_file is not None:
             self._check_grid(load_grid_file(self.grid_file))
+        return self
+
+    @model_validator(mode="after")
+    def _check_bayes_grid(self) -> RetrainerSettings:
+        if self.strategy == "bayes":
+            check_choices(self.search_grid() or {})
         return self
 
     def search_grid(self) -> dict[str, list[Any]] | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
-from retrainer.strategies import grid, halving, randomized
+from retrainer.strategies import bayes, grid, halving, randomized
 from retrainer.strategies.base import BuildSearch, SearchSetup
 
 __all__ = ["STRATEGIES", "BuildSearch", "SearchSetup", "StrategyName", "strategy_builder"]
@@ -25,6 +25,7 @@ STRATEGIES: Final[Mapping[StrategyName, BuildSearch]] = {
     "grid": grid.build,
     "random": randomized.build,
     "halving": halving.build,
+    "bayes": bayes.build,
 }
 
 

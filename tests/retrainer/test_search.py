@@ -273,7 +273,7 @@ def test_rows_to_search_with_one_class_are_refused(tiny_config: SearchConfig) ->
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"strategy": "bayes"},
+        {"strategy": "bayesian"},
         {"grid": {}},
         {"grid": {"lr": []}},
         {"grid": {"lr": 0.1}},
