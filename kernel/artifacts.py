@@ -46,6 +46,10 @@ _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 #: Bounds of the card's report fields: a card stays small whatever the search did.
 MAX_LEARNING_EPOCHS = 1000
 MAX_PR_POINTS = 201
+#: Most search trials a card records (a `bayes` search fits at most its `n_trials`).
+MAX_TRIALS = 500
+#: Most parameters one trial records (the grid's keys).
+MAX_TRIAL_PARAMS = 32
 
 
 def sha256_hex(data: bytes) -> str:
@@ -71,6 +75,35 @@ class PRPoint(BaseModel):
     threshold: float = Field(ge=0.0, le=1.0)
     precision: float = Field(ge=0.0, le=1.0)
     recall: float = Field(ge=0.0, le=1.0)
+
+
+class TrialRecord(BaseModel):
+    """One trial of a Bayesian search: its candidate, its cross-validated loss (None when
+    pruned), whether it was pruned, and the fold fits it cost (a pruned one's included)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
+
+    number: int = Field(ge=0)
+    params: dict[str, bool | int | float | str | None] = Field(max_length=MAX_TRIAL_PARAMS)
+    loss: float | None = None
+    pruned: bool
+    fits: int = Field(ge=0)
+
+    @field_validator("params")
+    @classmethod
+    def _short_names(
+        cls, value: dict[str, bool | int | float | str | None]
+    ) -> dict[str, bool | int | float | str | None]:
+        for name, choice in value.items():
+            if not name or len(name) > 128 or (isinstance(choice, str) and len(choice) > 128):
+                raise ValueError("trial parameter names and values are 1 to 128 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _loss_unless_pruned(self) -> TrialRecord:
+        if (self.loss is None) != self.pruned:
+            raise ValueError("a trial has a loss exactly when it was not pruned")
+        return self
 
 
 class ModelCard(BaseModel):
@@ -100,6 +133,8 @@ class ModelCard(BaseModel):
         default_factory=list, max_length=MAX_LEARNING_EPOCHS
     )
     pr_curve: list[PRPoint] = Field(default_factory=list, max_length=MAX_PR_POINTS)
+    #: The trials of a `bayes` search, in the order they were drawn ([] otherwise).
+    trials: list[TrialRecord] = Field(default_factory=list, max_length=MAX_TRIALS)
     lineage: dict[str, Any]
     files: dict[str, str]
     #: Format 3: what is forecast, by which kind of forecaster (on which input column for

@@ -475,6 +475,7 @@ def card_fields(trained: Trained, lineage: dict[str, Any]) -> dict[str, Any]:
         "calibration": reliability_table(y, oof),
         "cv_table": _jsonable([] if trained.result is None else trained.result.cv_table),
         "learning_curve": [] if trained.result is None else trained.result.learning_curve,
+        "trials": [] if trained.result is None else trained.result.trials,
         "pr_curve": pr_curve(y, oof),
         "lineage": lineage,
     }

@@ -92,8 +92,11 @@ def _candidates(card: ModelCard) -> dict[tuple[float, int, int], float]:
 def search_landscape(card: ModelCard, digest: str) -> bytes:
     """Mean validation log loss per learning rate x depth, one panel per width; winner boxed.
 
-    Depth 0 (a linear model) has no width: it is drawn in every panel.
+    Depth 0 (a linear model) has no width: it is drawn in every panel. A card of a
+    Bayesian search (with `trials`) gets `search_trials` instead.
     """
+    if card.trials:
+        return search_trials(card, digest)
     found = _candidates(card)
     winner_params = _best_params(card)
     winner = (
@@ -136,6 +139,85 @@ def search_landscape(card: ModelCard, digest: str) -> bytes:
     if image is not None:
         fig.colorbar(image, ax=axes, label="mean validation log loss", shrink=0.9)
     fig.suptitle("Search landscape (winner boxed in red)", fontsize=10)
+    return _png(fig, digest)
+
+
+def param_importances(card: ModelCard) -> dict[str, float]:
+    """Each searched parameter's share of the loss's variance over the finished trials
+    (Optuna's fANOVA, seeded, so the same card gives the same shares); {} with fewer
+    than two finished trials or nothing varied."""
+    import optuna  # only to draw a Bayesian search's card
+    from optuna.distributions import BaseDistribution, CategoricalDistribution
+
+    done = [t for t in card.trials if not t.pruned and t.loss is not None]
+    names = sorted({name for t in done for name in t.params})
+    choices = {n: sorted({t.params.get(n) for t in done}, key=repr) for n in names}
+    varied = {n: c for n, c in choices.items() if len(c) > 1}
+    if len(done) < 2 or not varied:
+        return {}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize")
+    space: dict[str, BaseDistribution] = {n: CategoricalDistribution(c) for n, c in varied.items()}
+    study.add_trials(
+        [
+            optuna.trial.create_trial(
+                value=t.loss,
+                params={n: t.params.get(n) for n in varied},
+                distributions=space,
+            )
+            for t in done
+        ]
+    )
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    try:
+        shares = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    except (ValueError, RuntimeError):
+        return {}
+    return {name: float(share) for name, share in shares.items()}
+
+
+def search_trials(card: ModelCard, digest: str) -> bytes:
+    """A Bayesian search: each trial's CV loss in order with the best so far (pruned
+    trials marked on the axis), and each parameter's importance to the loss."""
+    fig, (history, importance) = _figure(2, width=8.0)
+    done = [(t.number, t.loss) for t in card.trials if t.loss is not None]
+    pruned = [t.number for t in card.trials if t.pruned]
+    if done:
+        history.scatter(*zip(*done, strict=True), color=_MODEL, s=16, label="trial (CV loss)")
+        best, running = math.inf, []
+        for number, loss in done:
+            best = min(best, loss)
+            running.append((number, best))
+        history.step(*zip(*running, strict=True), where="post", color="#cf222e", label="best")
+    if pruned:
+        floor = min((loss for _n, loss in done), default=0.0)
+        history.scatter(
+            pruned,
+            [floor] * len(pruned),
+            marker="x",
+            color=_PRIOR,
+            s=16,
+            label=f"pruned ({len(pruned)})",
+        )
+    history.set_xlabel("trial")
+    history.set_ylabel("mean validation log loss")
+    fits = sum(t.fits for t in card.trials)
+    history.set_title(f"Optimisation history ({len(card.trials)} trials, {fits} fits)", fontsize=9)
+    history.legend(fontsize=7)
+    shares = param_importances(card)
+    if not shares:
+        _empty(importance, "too few finished trials for importances")
+    else:
+        names = sorted(shares, key=lambda n: shares[n])
+        importance.barh(
+            [n.replace("module__", "").replace("optimizer__", "") for n in names],
+            [shares[n] for n in names],
+            color=_MODEL,
+        )
+        importance.set_xlim(0, 1)
+        importance.set_xlabel("share of loss variance (fANOVA)")
+        importance.set_title("Parameter importance", fontsize=9)
+    fig.suptitle("Bayesian search (Optuna TPE, median pruning)", fontsize=10)
     return _png(fig, digest)
 
 
