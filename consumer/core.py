@@ -394,7 +394,7 @@ class IngestCore:
             triggers += self._out_of_distribution(block, result)
         if cfg.data_drift:
             detector = cfg.drift.detector
-            signals = state.drift.update(block.features)
+            signals = state.drift.update(block.features, block.ts)
             count_alarms(block, "data_drift", detector, signals, result)
             triggers += [Trigger(s.index, "data_drift", detector, s) for s in signals]
         self._triggers.run(block, triggers, result)

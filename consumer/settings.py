@@ -194,7 +194,15 @@ class ConsumerSettings(StoreSettings, TopicSettings, ObservabilitySettings, Even
     )
     drift_warmup_events: int = Field(
         default=_DRIFT.drift_warmup_events,
-        description="Events that set a tenant's reference mean/std.",
+        description="Events that set a tenant's reference mean/std (with drift_seasonal: "
+        "the least its first day must hold).",
+    )
+    drift_seasonal: bool = Field(
+        default=_DRIFT.drift_seasonal,
+        description="Compare each event with the same hour of the day: the reference is a "
+        "per-tenant profile of hourly means learnt over its first full day (UTC), and no "
+        "data drift is raised before that day is covered; off: one mean/std over the first "
+        "drift_warmup_events events (for telemetry with no daily cycle, detected sooner).",
     )
     cold_start: bool = Field(
         default=_CORE.cold_start,

@@ -414,7 +414,8 @@ def judge(
             "request_ref": request_ref,
             "reason": request.reason,
             "detector": request.detector,
-            "source": [r.model_dump() for r in request.source],
+            # The ranges (a request's own offsets in them are many: the replay's business).
+            "source": [r.model_dump(exclude={"own_gaps"}) for r in request.source],
             "data_sha256": trained.data.sha256,
             "n_rows": len(trained.data),
             "seed": config.search.seed,

@@ -23,7 +23,8 @@ def config(**changes: object) -> CoreConfig:
         "cold_start_min_per_class": 5,
         "cooldown_s": 3_600.0,
         "request_timeout_s": 1e9,
-        "drift": DriftConfig(detector="adwin"),
+        # The streams here have no daily cycle and are shorter than a day: one reference.
+        "drift": DriftConfig(detector="adwin", drift_seasonal=False),
     }
     base.update(changes)
     return CoreConfig(**base)  # type: ignore[arg-type]

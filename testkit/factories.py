@@ -64,7 +64,14 @@ def retrainer_names(make: Namer = unique_name, *, group: str = "retrainer") -> N
 def consumer_settings(
     bootstrap: str, names: Names | None = None, **tuning: Any
 ) -> ConsumerSettings:
-    """Consumer settings on `bootstrap`, named by `names` (unique ones by default)."""
+    """Consumer settings on `bootstrap`, named by `names` (unique ones by default).
+
+    The tests' streams are recorded telemetry sent at speed, shorter than a day and with
+    no daily cycle: unless a test says otherwise, cooldowns run on event time alone
+    (`wall_cooldown`) and the data monitor keeps one reference (`drift_seasonal`).
+    """
+    tuning.setdefault("wall_cooldown", False)
+    tuning.setdefault("drift_seasonal", False)
     return ConsumerSettings(bootstrap_servers=bootstrap, **(names or consumer_names()), **tuning)
 
 
