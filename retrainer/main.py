@@ -190,6 +190,8 @@ def build_service(
             settings.max_attempts,
         ),
         hooks=parts.metrics,
+        max_request_bytes=settings.max_request_bytes,
+        max_queued=settings.max_queued,
     )
 
 

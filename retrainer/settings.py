@@ -25,10 +25,11 @@ from retrainer.pipeline import TrainingConfig
 from retrainer.replay import ReplayLimits
 from retrainer.search import SearchConfig
 from retrainer.selection import EvidenceRule
-from retrainer.service import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY
+from retrainer.service import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_QUEUED, DEFAULT_RETRY
 from retrainer.strategies import STRATEGIES, StrategyName, strategy_builder
 from retrainer.strategies.bayes import check_choices
 from schemas import topics
+from schemas.retrain import MAX_REQUEST_BYTES, MAX_SOURCE_RANGES
 from schemas.telemetry import DEFAULT_MAX_MESSAGE_BYTES
 
 #: Parameters the grid may search, routed the skorch way.
@@ -242,8 +243,23 @@ class RetrainerSettings(StoreSettings, TopicSettings, ObservabilitySettings, Eve
     max_request_ranges: int = Field(
         default=ReplayLimits.max_ranges,
         ge=1,
-        le=10_000,
-        description="Offset ranges a retrain request may list; more refuse the request.",
+        le=MAX_SOURCE_RANGES,
+        description="Offset ranges a retrain request may list; more refuse the request "
+        "(the schema allows at most 64).",
+    )
+    max_request_bytes: int = Field(
+        default=MAX_REQUEST_BYTES,
+        ge=1_024,
+        le=MAX_REQUEST_BYTES,
+        description="A retrain request larger than this is refused unread (RetrainFailed, "
+        "invalid_request) and its offset committed.",
+    )
+    max_queued: int = Field(
+        default=DEFAULT_MAX_QUEUED,
+        ge=1,
+        le=1_000_000,
+        description="Retrain requests held in memory at most; a full queue pauses the "
+        "retrain topic's partitions until it is down to half.",
     )
     max_request_offsets: int = Field(
         default=ReplayLimits.max_offsets,

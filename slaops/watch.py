@@ -16,6 +16,7 @@ from kernel.kafka import base_config, is_record, make_reader
 from kernel.logs import json_visible, visible
 from kernel.settings import ServiceSettings, TopicName
 from schemas import ChampionKept, ModelPublished, RetrainFailed, RetrainRequested, topics
+from schemas.retrain import MAX_REQUEST_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +135,12 @@ def watch(
             for message in consumer.consume(100, 0.2):
                 if not is_record(message):
                     continue
+                value = message.value() or b""
                 try:
-                    event = kinds[message.topic() or ""].model_validate_json(message.value() or b"")
-                except (ValidationError, KeyError):
+                    if len(value) > MAX_REQUEST_BYTES:  # no event the services write is larger
+                        raise ValueError("oversize record")
+                    event = kinds[message.topic() or ""].model_validate_json(value)
+                except (ValidationError, KeyError, ValueError):
                     log.warning("unreadable record on %s", message.topic())
                     continue
                 if settings.json_output:
