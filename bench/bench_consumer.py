@@ -287,7 +287,7 @@ start = time.perf_counter()
 for i in range(tenants):
     state = core.registry.admit(f"tenant-{{i:05d}}", i % 6)
     features = base * np.float32(1 + (i % 7) / 10)
-    state.drift.update(features)
+    state.drift.update(features, ts)
     state.window.extend(ts, features, labels, offsets)
 if {live}:
     # A live model each (its own weights, as loaded from the store), then one batch

@@ -593,6 +593,8 @@ class SeasonalProfile:
         floor = np.maximum(np.abs(means).mean(axis=0) * _STD_FLOOR_REL, _STD_FLOOR_ABS)
         self.spread = np.maximum(spread, floor)
         self.ready = True
+        # Learnt: the accumulators go (the coefficients and spreads are 330 bytes).
+        self._sum = self._sumsq = np.empty((0, means.shape[1]))
 
     def expected(self, ts: np.ndarray) -> np.ndarray:
         """Each feature's profile value at each time (n, width)."""
