@@ -240,7 +240,7 @@ class IngestCore:
         ends = np.cumsum(counts).tolist()
         names = list(codes_of)
         behind = self._behind(ts, parts, now)
-        admitted = []
+        admitted: list[tuple[TenantState, tuple[np.ndarray, ...]] | None] = []
         for count, hi in zip(counts.tolist(), ends, strict=True):
             span = slice(hi - count, hi)
             columns = (ts[span], features[span], labels[span], offs[span], parts[span])

@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import cast
 
 import numpy as np
 
@@ -29,6 +30,7 @@ from consumer.batch import (
 from consumer.detectors import DriftSignal
 from consumer.schedule import Schedule
 from schemas import DetectorDetails, OffsetRange, RetrainRequested, retrain_event_id
+from schemas.retrain import DetectorName, SignalFeature
 
 log = logging.getLogger(__name__)
 
@@ -189,9 +191,10 @@ class RetrainTriggers:
             event_id=event_id,
             tenant=state.tenant,
             reason=trigger.reason,
-            detector=trigger.detector,
+            # Checked at run time against the registries (the detector's, the features').
+            detector=cast(DetectorName, trigger.detector),
             details=DetectorDetails(
-                features=list(signal.features) if signal else [],
+                features=cast(list[SignalFeature], list(signal.features)) if signal else [],
                 statistic=dict(signal.statistic)
                 if signal
                 else {
