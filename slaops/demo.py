@@ -188,6 +188,8 @@ class DemoRun:
             # gate's evidence rule is scaled to it.
             min_fresh_onsets=3,
             seed=settings.seed,
+            # The consumer's window span: the replay's time rule judges by the same one.
+            window_span_s=self.consumer_settings.window_span_s,
         )
         self.watch_settings = WatchSettings(
             bootstrap_servers=bootstrap,
