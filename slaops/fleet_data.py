@@ -5,14 +5,23 @@ until they have been quiet for `idle_s`, `timeout_s` has passed or `max_records`
 records were read, whichever comes first (watermarks are not trusted: tansu's are
 wrong). Every record is validated by its schema (telemetry through the consumer's own
 `parse_telemetry`); anything else is counted and skipped. Telemetry is kept as a few
-columns per tenant and downsampled. The store is the authority on each tenant's live
-version: its newest revision and card (validated, size-capped), and the plots
-published with it, used only if they name that card's sha256.
+columns per tenant and downsampled; live forecasts (`sla.forecasts`) as three columns.
+The store is the authority on each tenant's live version: its newest revision and card
+(validated, size-capped), and the plots published with it, used only if they name that
+card's sha256.
+
+What the report judges a model by (`model_flags`): its card's skill over each baseline
+and each SRE rule judged beside it (a flag at <= 0), and its live error rate, scored
+here from the live version's forecasts read against the outcomes in the telemetry read
+(`live_score`), above its holdout's.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,6 +42,7 @@ from kernel.tenant_hash import tenant_hash
 from kernel.time_rule import ACCEPTED, TimeRule
 from schemas import (
     ChampionKept,
+    Forecast,
     InvalidTelemetry,
     ModelPublished,
     RetrainFailed,
@@ -47,6 +57,11 @@ MAX_CARD_BYTES = 4 * 1024 * 1024
 MAX_PLOT_BYTES = 2 * 1024 * 1024
 _EVENT_BYTES = 256 * 1024
 _DRIFT = ("data_drift", "performance_drift")
+#: Fewest scored live forecasts before the live error rate is set against the holdout's.
+MIN_SCORED = 30
+#: A forecast is matched to the telemetry event at its time within this (seconds).
+_MATCH_S = 1e-3
+_EPS = 1e-6
 
 
 @dataclass(frozen=True)
@@ -71,6 +86,11 @@ class TenantEvents:
     models: list[ModelPublished] = field(default_factory=list)
     kept: list[ChampionKept] = field(default_factory=list)
     failed: list[RetrainFailed] = field(default_factory=list)
+    #: Live forecasts (`sla.forecasts`): event time, probability, horizon, model revision.
+    forecast_ts: list[float] = field(default_factory=list)
+    forecast_p: list[float] = field(default_factory=list)
+    forecast_h: list[int] = field(default_factory=list)
+    forecast_revision: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -87,7 +107,8 @@ class TopicRead:
 def read_topics(settings: ServiceSettings, topics: dict[str, str], limits: ReadLimits) -> TopicRead:
     """Every record of the named topics (role -> topic), as validated events per tenant.
 
-    Roles: telemetry, retrain, models, decisions, failures. A missing topic reads as empty.
+    Roles: telemetry, retrain, models, decisions, failures and (optional) forecasts. A
+    missing topic reads as empty.
     """
     kinds: dict[str, type[BaseModel]] = {
         topics["retrain"]: RetrainRequested,
@@ -95,6 +116,8 @@ def read_topics(settings: ServiceSettings, topics: dict[str, str], limits: ReadL
         topics["decisions"]: ChampionKept,
         topics["failures"]: RetrainFailed,
     }
+    if "forecasts" in topics:
+        kinds[topics["forecasts"]] = Forecast
     telemetry = topics["telemetry"]
     out = TopicRead(records=dict.fromkeys(topics.values(), 0))
     reader = make_reader(base_config(settings), "slaops-report")
@@ -198,6 +221,11 @@ def _take(
         target.kept.append(parsed)
     elif isinstance(parsed, RetrainFailed):
         target.failed.append(parsed)
+    elif isinstance(parsed, Forecast):
+        target.forecast_ts.append(parsed.ts.timestamp())
+        target.forecast_p.append(parsed.probability)
+        target.forecast_h.append(parsed.horizon)
+        target.forecast_revision.append(sys.intern(parsed.model_revision))
 
 
 def downsample(
@@ -240,6 +268,127 @@ class LiveVersion:
     problem: str | None = None
 
 
+@dataclass(frozen=True)
+class LiveScore:
+    """The live version's forecasts, scored against the outcomes in the telemetry read.
+
+    A forecast is scored when the telemetry holds its event and the `horizon` events
+    after it (the newest `horizon` are still open). Its outcome is the card's target:
+    a breach within those events ("within") or at the last of them ("at"); it is wrong
+    when ``probability >= threshold`` disagrees with the outcome, as the consumer counts
+    `slaops_consumer_forecast_errors`. Skill is ``1 - log loss / the prior's``, the prior
+    being the card's holdout breach rate (what the model knew), else the live rate.
+    """
+
+    forecasts: int
+    scored: int
+    errors: int
+    log_loss: float
+    prior_log_loss: float
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.scored if self.scored else None
+
+    @property
+    def skill_vs_prior(self) -> float | None:
+        if not self.scored or not self.prior_log_loss > 0:
+            return None
+        return 1.0 - self.log_loss / self.prior_log_loss
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def holdout_error_rate(card: ModelCard) -> float | None:
+    """(fp + fn) / (tn + fp + fn + tp) of the card's holdout; None without the counts."""
+    counts = [_finite(card.metrics.get(k)) for k in ("tn", "fp", "fn", "tp")]
+    if any(c is None or c < 0 for c in counts):
+        return None
+    tn, fp, fn, tp = (c or 0.0 for c in counts)
+    total = tn + fp + fn + tp
+    return (fp + fn) / total if total > 0 else None
+
+
+def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    q = np.clip(p, _EPS, 1 - _EPS)
+    return float(-np.mean(y * np.log(q) + (1 - y) * np.log1p(-q)))
+
+
+def live_score(events: TenantEvents, live: LiveVersion | None) -> LiveScore | None:
+    """The live version's forecasts read, scored (see `LiveScore`); None without a card."""
+    if live is None or live.card is None:
+        return None
+    card = live.card
+    mine = [i for i, r in enumerate(events.forecast_revision) if r == live.revision]
+    if not mine:
+        return LiveScore(0, 0, 0, math.nan, math.nan)
+    f_ts = np.asarray([events.forecast_ts[i] for i in mine], dtype=np.float64)
+    f_ts, first = np.unique(f_ts, return_index=True)  # a forecast re-sent after a restart
+    f_p = np.asarray([events.forecast_p[i] for i in mine], dtype=np.float64)[first]
+    f_h = np.asarray([events.forecast_h[i] for i in mine], dtype=np.int64)[first]
+    t = np.asarray(events.ts, dtype=np.float64)
+    order = np.argsort(t, kind="stable")
+    t = t[order]
+    flags = np.asarray(events.breached, dtype=np.int64)[order] if t.size else np.zeros(0, int)
+    at = np.searchsorted(t, f_ts - _MATCH_S)
+    inside = at < t.size
+    matched = np.zeros(f_ts.shape, dtype=bool)
+    matched[inside] = np.abs(t[at[inside]] - f_ts[inside]) <= _MATCH_S
+    last = at + f_h
+    scored = matched & (f_h >= 1) & (last < t.size)
+    if not scored.any():
+        return LiveScore(len(f_ts), 0, 0, math.nan, math.nan)
+    at, last, p = at[scored], last[scored], f_p[scored]
+    if card.target == "within":
+        breaches = np.concatenate(([0], np.cumsum(flags)))
+        y = ((breaches[last + 1] - breaches[at + 1]) > 0).astype(np.float64)
+    else:
+        y = flags[last].astype(np.float64)
+    wrong = int(np.count_nonzero((p >= card.threshold) != (y >= 0.5)))
+    rate = _finite(card.metrics.get("positive_rate"))
+    if rate is None or not 0 < rate < 1:
+        rate = float(y.mean())
+    prior = np.full(y.shape, float(np.clip(rate, _EPS, 1 - _EPS)))
+    return LiveScore(len(f_ts), int(y.size), wrong, _log_loss(y, p), _log_loss(y, prior))
+
+
+def model_flags(card: ModelCard, score: LiveScore | None) -> list[str]:
+    """Why a person should look at this model, in words; [] when nothing is wrong.
+
+    A log-loss skill <= 0 over a baseline (prior, persistence, logistic) or over an SRE
+    rule judged beside it (its out-of-fold log loss, the card's own kind and the prior
+    aside), and a live error rate above the holdout's once `MIN_SCORED` are scored.
+    """
+    flags = []
+    for baseline in ("prior", "persistence", "logistic"):
+        skill = _finite(card.skill.get(f"log_loss_skill_vs_{baseline}"))
+        if skill is not None and skill <= 0:
+            flags.append(f"does not beat the {baseline} baseline (log-loss skill {skill:+.3f})")
+    mine = _finite(card.metrics.get("log_loss"))
+    for kind in sorted(card.rules):
+        rule = card.rules[kind]
+        theirs = _finite(rule.get("log_loss")) if isinstance(rule, dict) else None
+        if kind in ("mlp", "prior", card.forecaster) or mine is None or not theirs:
+            continue
+        skill = 1.0 - mine / theirs
+        if skill <= 0:
+            flags.append(f"does not beat the {kind} rule (log-loss skill {skill:+.3f})")
+    holdout = holdout_error_rate(card)
+    if score is None or score.scored < MIN_SCORED:
+        return flags
+    live = score.error_rate
+    if live is not None and holdout is not None and live > holdout:
+        flags.append(
+            f"live error rate {live:.1%} is above the holdout's {holdout:.1%} "
+            f"({score.scored:,} forecasts scored)"
+        )
+    return flags
+
+
 @dataclass
 class TenantReport:
     label: str
@@ -263,6 +412,20 @@ class TenantReport:
         answered |= {k.request_event_id for k in self.events.kept}
         answered |= {f.request_event_id for f in self.events.failed}
         return None if newest.event_id in answered else newest
+
+    @property
+    def card(self) -> ModelCard | None:
+        return self.live.card if self.live is not None else None
+
+    @functools.cached_property
+    def live_score(self) -> LiveScore | None:
+        """Computed once, when first shown (after `live` is set)."""
+        return live_score(self.events, self.live)
+
+    @property
+    def flags(self) -> list[str]:
+        card = self.card
+        return [] if card is None else model_flags(card, self.live_score)
 
     @property
     def trained_at(self) -> datetime | None:

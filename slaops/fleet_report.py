@@ -1,7 +1,9 @@
-"""`slaops report`: the fleet as one self-contained HTML page, written or served.
+"""`slaops report`: the fleet as self-contained HTML, written or served.
 
 Reads the topics (`slaops.fleet_data`, bounded and validated) and the store, then
-renders the page (`slaops.fleet_html`). `--serve` keeps it fresh on a loopback port:
+renders the page (`slaops.fleet_html`): one page up to `tenants_per_page` tenants,
+past that an index at `output` and one page per `tenants_per_page` tenants beside it.
+`--serve` keeps it fresh on a loopback port:
 a thread regenerates it every `refresh_s` and the page reloads itself as often. The
 server answers only requests for a loopback name or the bound address (DNS rebinding),
 a bounded number at once, each within a timeout (`kernel.http_guard`).
@@ -26,7 +28,7 @@ from kernel.tenant_hash import KEY_FILE_NAME, load_or_create_local_key
 from schemas import topics
 from schemas.telemetry import DEFAULT_MAX_MESSAGE_BYTES
 from slaops.fleet_data import ReadLimits, build_reports, read_topics
-from slaops.fleet_html import render_page
+from slaops.fleet_html import PER_PAGE, Pages, page_name, render_report
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +41,14 @@ class ReportSettings(StoreSettings, EventTimeSettings):
     decisions_topic: TopicName = Field(
         default=topics.RETRAIN_DECISIONS, description="Kept champions."
     )
+    forecasts_topic: TopicName = Field(
+        default=topics.FORECASTS,
+        description="Live forecasts, scored against the telemetry read (live error and skill).",
+    )
     output: Path = Field(
-        default=Path("slaops-report.html"), description="Where the page is written."
+        default=Path("slaops-report.html"),
+        description="Where the page is written (past tenants_per_page tenants: the index, "
+        "its pages beside it as NAME-001.html, ...).",
     )
     serve: bool = Field(default=False, description="Serve the page and keep it fresh.")
     host: str = Field(default="127.0.0.1", description="Loopback address to serve on.")
@@ -57,7 +65,14 @@ class ReportSettings(StoreSettings, EventTimeSettings):
     max_records: int = Field(
         default=500_000, ge=1, description="Most records read from the topics per page."
     )
-    max_tenants: int = Field(default=100, ge=1, le=10_000, description="Most tenants shown.")
+    max_tenants: int = Field(default=1_000, ge=1, le=10_000, description="Most tenants shown.")
+    tenants_per_page: int = Field(
+        default=PER_PAGE,
+        ge=1,
+        le=1_000,
+        description="Tenants on one page; past this many, an index page with a search box "
+        "links one page per this many.",
+    )
     points: int = Field(
         default=300, ge=10, le=5_000, description="Telemetry points per tenant timeline."
     )
@@ -86,8 +101,8 @@ class ReportSettings(StoreSettings, EventTimeSettings):
         return None
 
 
-def generate(settings: ReportSettings, *, refresh_s: float | None = None) -> str:
-    """Read the topics and the store once; the page."""
+def generate(settings: ReportSettings, *, refresh_s: float | None = None) -> Pages:
+    """Read the topics and the store once; the pages."""
     started = time.perf_counter()
     store = settings.open_model_store()
     key = settings.display_key()
@@ -99,6 +114,7 @@ def generate(settings: ReportSettings, *, refresh_s: float | None = None) -> str
             "models": settings.models_topic,
             "decisions": settings.decisions_topic,
             "failures": settings.failures_topic,
+            "forecasts": settings.forecasts_topic,
         },
         ReadLimits(
             timeout_s=settings.read_timeout_s,
@@ -115,48 +131,79 @@ def generate(settings: ReportSettings, *, refresh_s: float | None = None) -> str
         "store": store.uri,
         "tenants named by": "slug (tenant key configured)" if key else "hash (no tenant key)",
     }
-    page = render_page(
+    pages = render_report(
         reports,
         read,
         source=source,
         generated_at=datetime.now(UTC),
+        stem=settings.output.stem,
         points=settings.points,
         refresh_s=refresh_s,
+        per_page=settings.tenants_per_page,
     )
     log.info(
-        "report tenants=%d records=%d bytes=%d seconds=%.1f",
+        "report tenants=%d pages=%d records=%d bytes=%d seconds=%.1f",
         len(reports),
+        len(pages.pages) or 1,
         sum(read.records.values()),
-        len(page),
+        len(pages.index) + sum(len(p) for p in pages.pages.values()),
         time.perf_counter() - started,
     )
-    return page
+    return pages
 
 
-def write_page(settings: ReportSettings, page: str) -> Path:
-    """Write atomically: a reader (or the browser) never sees half a page."""
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_page(settings: ReportSettings, pages: Pages | str) -> Path:
+    """Write each file atomically (a reader, or the browser, never sees half a page):
+    the tenant pages first, then the page at `output` that links them; a previous
+    report's tenant pages past this one's are removed. The path of `output`."""
+    if isinstance(pages, str):
+        pages = Pages(pages)
     path = settings.output
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    for name, page in pages.pages.items():
+        _write_atomically(path.with_name(name), page)
+    number = len(pages.pages) + 1
+    while (stale := path.with_name(page_name(path.stem, number))).is_file():
+        stale.unlink()
+        number += 1
+    _write_atomically(path, pages.index)
     return path
 
 
 class _Page:
-    def __init__(self, page: str) -> None:
+    """The files served: the index (or only page) at /, its tenant pages by name."""
+
+    def __init__(self, pages: Pages | str) -> None:
         self.lock = threading.Lock()
-        self.body = page.encode("utf-8")
+        self.set(pages)
+
+    def set(self, pages: Pages | str) -> None:
+        if isinstance(pages, str):
+            pages = Pages(pages)
+        files = {"/" + name: page.encode("utf-8") for name, page in pages.pages.items()}
+        files["/"] = files["/index.html"] = pages.index.encode("utf-8")
+        with self.lock:
+            self.files = files
+
+    @property
+    def body(self) -> bytes:
+        return self.files["/"]
 
 
 def _handler(current: _Page) -> type[GuardedHandler]:
     class Handler(GuardedHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            if self.path not in ("/", "/index.html"):
+            with current.lock:
+                body = current.files.get(self.path)
+            if body is None:
                 self.send_plain(404, b"not found\n")
                 return
-            with current.lock:
-                body = current.body
             self.send_plain(200, body, "text/html; charset=utf-8", [("Cache-Control", "no-store")])
 
     return Handler
@@ -187,10 +234,12 @@ def page_server(
 
 
 def serve(settings: ReportSettings, stop: threading.Event) -> int:
-    """Serve the page until `stop`; regenerate it every `refresh_s` (a failure keeps the
-    previous page and is logged)."""
-    current = _Page(generate(settings, refresh_s=settings.refresh_s))
-    write_page(settings, current.body.decode("utf-8"))
+    """Serve the pages until `stop` (the index or only page at /, tenant pages by file
+    name); regenerate them every `refresh_s` (a failure keeps the previous pages and is
+    logged)."""
+    first = generate(settings, refresh_s=settings.refresh_s)
+    current = _Page(first)
+    write_page(settings, first)
     server = page_server(settings, current)
     url = f"http://{url_host(settings.host)}:{server.server_port}/"
     print(f"serving the fleet report on {url}", flush=True)
@@ -203,8 +252,7 @@ def serve(settings: ReportSettings, stop: threading.Event) -> int:
             except Exception:
                 log.exception("report not regenerated; serving the previous page")
                 continue
-            with current.lock:
-                current.body = page.encode("utf-8")
+            current.set(page)
             write_page(settings, page)
     finally:
         server.shutdown()

@@ -1,8 +1,9 @@
 """`slaops report` as a person sees it: one self-contained page, opened in headless Chromium.
 
 A small fleet is built on the real broker and a file store (three tenants with
-telemetry, requests, published versions, a drift alarm in flight, a failure and a kept
-champion), then `slaops report` runs as a user runs it.
+telemetry, requests, published versions, a drift alarm in flight, a failure, a kept
+champion, and live forecasts of tenant-000's version that are all wrong), then
+`slaops report` runs as a user runs it.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -34,8 +37,16 @@ from kernel.tenant_hash import tenant_hash
 from retrainer.pipeline import TrainingConfig
 from retrainer.publisher import OutcomeTopics, RequestHandler
 from retrainer.search import SearchConfig
-from schemas import ChampionKept, RetrainFailed, RetrainRequested
+from schemas import (
+    ChampionKept,
+    Forecast,
+    InvalidTelemetry,
+    RetrainFailed,
+    RetrainRequested,
+    parse_telemetry,
+)
 from simulator.model import TelemetrySimulator
+from slaops.fleet_data import live_version
 from testkit.factories import unique_name
 from testkit.kafka_helpers import produce_all
 from testkit.paths import ROOT
@@ -75,7 +86,7 @@ def fleet(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
     workdir = tmp_path_factory.mktemp("report")
     topics = {
         role: unique_name(f"report-{role}")
-        for role in ("telemetry", "retrain", "models", "decisions", "failures")
+        for role in ("telemetry", "retrain", "models", "decisions", "failures", "forecasts")
     }
     simulator = TelemetrySimulator(3, seed=11, interval_s=600.0, malformed_rate=0.01)
     telemetry = list(simulator.events(3 * 400))
@@ -143,7 +154,40 @@ def fleet(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
     )
     for topic in {t for t, _k, _v in answers}:
         produce_all(bootstrap, topic, [(k, v) for t, k, v in answers if t == topic])
+    produce_all(bootstrap, topics["forecasts"], wrong_forecasts(uri, "tenant-000", telemetry))
     return Fleet(bootstrap, topics, uri, simulator.tenants, workdir)
+
+
+def wrong_forecasts(
+    uri: str, tenant: str, telemetry: Sequence[tuple[bytes, bytes, Any]]
+) -> list[tuple[bytes, bytes]]:
+    """A forecast of the tenant's live version at each of its events, each one wrong:
+    0 before a breach within the horizon, 1 before none."""
+    live = live_version(open_store(uri), tenant_hash(tenant, KEY))
+    assert live is not None and live.card is not None
+    horizon = live.card.horizon
+    stamps: list[tuple[Any, bool]] = []
+    for key, value, _meta in telemetry:
+        try:
+            event = parse_telemetry(key, value)
+        except InvalidTelemetry:
+            continue  # the simulator's malformed records, which the report skips too
+        if event.tenant == tenant:
+            stamps.append((event.ts, event.sla_breached))
+    out = []
+    for i, (ts, _breached) in enumerate(stamps):
+        coming = any(b for _ts, b in stamps[i + 1 : i + 1 + horizon])
+        forecast = Forecast(
+            tenant=tenant,
+            ts=ts,
+            horizon=horizon,
+            probability=0.0 if coming else 1.0,
+            breach_expected=not coming,
+            model_revision=live.revision,
+            model_version=live.version,
+        )
+        out.append((tenant.encode(), forecast.model_dump_json().encode()))
+    return out
 
 
 def report_command(fleet: Fleet, output: Path, *flags: str, key: bool = True) -> list[str]:
@@ -235,6 +279,31 @@ def test_the_page_is_self_contained_and_shows_every_tenant_with_versions_and_plo
     assert f"store: <code>{fleet.store_uri}</code>" in page
     assert f"bootstrap: <code>{fleet.bootstrap}</code>" in page and "generated 20" in page
     assert KEY.get_secret_value() not in page
+
+
+def entry(page: str, tenant: str) -> str:
+    return page.split(f'data-tenant="{tenant}">')[-1].split("</section>")[0]
+
+
+def test_a_model_whose_live_error_rate_is_above_its_holdout_is_flagged_with_its_live_skill(
+    fleet: Fleet, page: str
+) -> None:
+    """tenant-000's forecasts are all wrong: scored on the telemetry read, its live error
+    rate is 100 %, flagged beside the holdout's, and its live skill is below zero."""
+    wrong = entry(page, "tenant-000")
+    assert re.search(r"live error rate 100\.0% is above the holdout&#39;s \d+\.\d%", wrong)
+    skill = re.search(r"live log-loss skill vs prior</td><td class=\"num\">([^<]+)<", wrong)
+    assert skill is not None and float(skill.group(1)) < 0
+    for tenant in ("tenant-001", "tenant-002"):  # no forecasts read: no live figures
+        assert "live error rate" not in entry(page, tenant).split("<table")[0]
+        assert re.search(r"scored</td><td class=\"num\">0<", entry(page, tenant))
+    # every tenant's warning record, from its card
+    for tenant in fleet.tenants:
+        assert "warning record (out of fold, from the card)" in entry(page, tenant)
+        assert "recall at lead &ge; 1" in entry(page, tenant)
+    # both time bases are named: the timeline is on event time, the retrainer's acts on
+    # the wall clock
+    assert "trained (wall clock)" in page and "last drift alarm (event time)" in page
 
 
 def test_without_the_tenant_key_tenants_are_shown_by_hash_only(fleet: Fleet) -> None:
@@ -374,7 +443,7 @@ def test_serve_answers_on_loopback_and_stops_cleanly(fleet: Fleet) -> None:
         assert output.is_file()
         process.send_signal(signal.SIGINT)
         process.wait(timeout=30)
-        assert process.returncode == 0
+        assert process.returncode in (0, 130)  # 130: the CLI's status after Ctrl-C
     finally:
         if process.poll() is None:
             process.kill()
