@@ -18,6 +18,18 @@ holdout log loss within 2%.
     python bench/bench_search.py                       # 5,000 rows, grid,halving,random
     python bench/bench_search.py --quick               # a smoke run in a few seconds
     python bench/bench_search.py --strategies grid --no-plain   # grid: local, 1, 2 workers
+
+`--json` instead compares grid and Bayesian search (`bayes`, `--n-trials`) on the same
+rows, folds and space, and prints one JSON object: `grid_loss`, `grid_fits`, `grid_s`,
+`bayes_loss`, `bayes_fits`, `bayes_s` (CV log loss of each winner, fits, wall seconds),
+the space (`space`, `grid_points`) and the Bayesian trials (`bayes_trials`,
+`bayes_pruned`). `--space wide` (the default with `--json`) is 60 grid points: 4
+learning rates x 3 weight decays x (depth 0, or depth 1-2 at width 16 or 32);
+`--space default` is the retrainer's default grid. Target (wide): Bayesian CV loss
+within 0.002 of the grid's with at most 40% of its fits.
+
+    python bench/bench_search.py --json                  # wide space, 20 trials
+    python bench/bench_search.py --json --space default
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import itertools
+import json
 import os
 import re
 import time
@@ -219,6 +232,40 @@ def dask_grid(
         cluster.close()
 
 
+#: 4 x 3 x (1 + 2 x 2) = 60 grid points (depth 0 is searched at one width).
+WIDE_SPACE: dict[str, list[Any]] = {
+    "lr": [3e-2, 1e-2, 3e-3, 1e-3],
+    "optimizer__weight_decay": [0.0, 1e-4, 1e-3],
+    "module__hidden_layers": [0, 1, 2],
+    "module__width": [16, 32],
+}
+
+
+def compare_bayes(data: Any, config: SearchConfig, n_trials: int) -> dict[str, Any]:
+    """Grid and Bayesian search over `config.grid` on the same data and folds."""
+    grid, grid_s, _cpu = _timed(run_search, data, replace(config, strategy="grid"))
+    bayes_config = replace(config, strategy="bayes", n_trials=n_trials)
+    bayes, bayes_s, _cpu = _timed(run_search, data, bayes_config)
+    return {
+        "space": {k: list(v) for k, v in config.grid.items()},
+        "grid_points": config.n_candidates,
+        "folds": config.n_splits,
+        "rows": len(data),
+        "grid_loss": round(cv_loss(grid), 6),
+        "grid_fits": grid.n_fits,
+        "grid_s": round(grid_s, 2),
+        "grid_best": grid.best_params,
+        "bayes_loss": round(cv_loss(bayes), 6),
+        "bayes_fits": bayes.n_fits,
+        "bayes_s": round(bayes_s, 2),
+        "bayes_best": bayes.best_params,
+        "bayes_trials": len(bayes.trials),
+        "bayes_pruned": sum(t["pruned"] for t in bayes.trials),
+        "fits_ratio": round(bayes.n_fits / grid.n_fits, 3),
+        "loss_gap": round(cv_loss(bayes) - cv_loss(grid), 6),
+    }
+
+
 def cv_loss(result: SearchResult) -> float:
     """The winner's mean validation log loss over the search's folds."""
     return float(result.cv_table[0]["mean_val_log_loss"])
@@ -248,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
         default="1,2",
         help="LocalCluster sizes to run the grid on (one thread each); '' for none",
     )
+    parser.add_argument("--json", action="store_true", help="grid vs bayes, one JSON object")
+    parser.add_argument("--space", choices=("wide", "default"), default="wide")
+    parser.add_argument("--n-trials", type=int, default=SearchConfig.n_trials)
     args = parser.parse_args(argv)
 
     config = SearchConfig(n_jobs=args.n_jobs, seed=args.seed)
@@ -265,6 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
 
     data = build_pairs(*synthetic_window(rows, args.seed), horizon=1)
+    if args.json:
+        if args.space == "wide" and not args.quick:
+            config = replace(config, grid=WIDE_SPACE)
+        _warm_workers(config.n_jobs)
+        print(json.dumps(compare_bayes(data, config, args.n_trials), sort_keys=True))
+        return 0
     print(
         f"rows {len(data)}  positives {data.n_positive / len(data):.1%}  "
         f"grid {config.n_candidates} candidates x {config.n_splits} folds  "
