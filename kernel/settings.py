@@ -74,6 +74,14 @@ class ServiceSettings(BaseSettings):
     session_timeout_ms: int = Field(
         default=45_000, ge=1_000, le=3_600_000, description="Consumer group session timeout."
     )
+    connect_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        le=3_600,
+        description="At start-up, a command that needs the broker waits this long for it to "
+        "answer, then fails naming the address it tried (a running service keeps waiting "
+        "through an outage).",
+    )
     log_level: LogLevel = Field(default="INFO", description="Log level.")
     log_format: LogFormat = Field(
         default="text",

@@ -2,6 +2,13 @@
 
 Flags are generated from the settings models, so `--help` documents every setting with
 its environment variable and default, and a flag always overrides the environment.
+Flags are never abbreviated, and a subcommand's mistake prints that subcommand's usage.
+
+Exit status: 0 done; 1 failed (a broker that did not answer within `connect_timeout_s`,
+a store error, ...); 2 bad usage or settings; 130 stopped by Ctrl-C (SIGINT). Before a
+command that needs the broker starts, the broker must answer within
+`connect_timeout_s` (`slaops.runner.wait_for_broker`), or the command fails naming the
+address it tried.
 """
 
 from __future__ import annotations
@@ -9,10 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 import typing
 from collections.abc import Callable, Sequence
-from typing import Any
+from importlib import metadata
+from types import FrameType
+from typing import Any, NoReturn
 
 from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
@@ -20,13 +31,21 @@ from pydantic_settings import BaseSettings
 
 from kernel.errors import ConfigError, SlaopsError
 from kernel.logs import configure_logging
-from kernel.settings import load_settings, setting_sources
+from kernel.settings import ServiceSettings, load_settings, setting_sources
 
 Runner = Callable[..., int]
+#: Exit status after Ctrl-C (SIGINT), as shells report a process it killed.
+EXIT_INTERRUPTED = 130
 #: A command's other settings classes (its settings' `companions`), each with the names
 #: of it the command does not take: `slaops backtest` takes the consumer's and the
 #: retrainer's; its runner gets one settings object per class, in order.
 Companions = tuple[tuple[type[BaseSettings], frozenset[str]], ...]
+#: A command's actions (its settings' `actions`), e.g. `slaops models list`: action ->
+#: (summary, its positional arguments as (name, help)); the runner gets them by keyword.
+Actions = dict[str, tuple[str, tuple[tuple[str, str], ...]]]
+#: Commands whose runner waits for the broker itself, after its own start-up checks
+#: (`slaops.runner.run_service`): bad settings fail before any connection.
+_WAIT_IN_RUNNER = frozenset({"consume", "retrain", "simulate"})
 
 
 def _is_structured(info: FieldInfo) -> bool:
@@ -152,6 +171,18 @@ def _report(settings: Any) -> int:
     return run_report(settings)
 
 
+def _models(settings: Any, *, action: str, tenant: str | None = None) -> int:
+    from slaops.models_cli import run_models
+
+    return run_models(settings, action, tenant)
+
+
+def actions(cls: type[BaseSettings]) -> Actions:
+    """The actions `cls`'s command takes (`slaops models list`), usually none."""
+    found: Actions = getattr(cls, "actions", {})
+    return found
+
+
 def _alerts(settings: Any) -> int:
     from slaops.alerts import run_alerts
 
@@ -166,6 +197,7 @@ def commands() -> dict[str, tuple[str, type[BaseSettings], Runner]]:
     from slaops.backtest_cli import BacktestSettings
     from slaops.demo import DemoSettings
     from slaops.fleet_report import ReportSettings
+    from slaops.models_cli import ModelsSettings
     from slaops.watch import WatchSettings
 
     return {
@@ -205,6 +237,12 @@ def commands() -> dict[str, tuple[str, type[BaseSettings], Runner]]:
             ReportSettings,
             _report,
         ),
+        "models": (
+            "each tenant's versions as the store holds them (forecaster, metrics against "
+            "baselines, evidence) and its last retrain decision and why",
+            ModelsSettings,
+            _models,
+        ),
         "alerts": (
             "forward sla.warnings edges to Alertmanager (raise, re-send while active, clear)",
             AlertsSettings,
@@ -213,24 +251,104 @@ def commands() -> dict[str, tuple[str, type[BaseSettings], Runner]]:
     }
 
 
+class CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: it reports its own unknown arguments, with its own usage.
+
+    (argparse leaves them to the top-level parser, which prints the top-level usage.)
+    """
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
+def package_version() -> str:
+    """The installed package's version (importlib.metadata), or "unknown" off a checkout."""
+    try:
+        return metadata.version("slaops")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _add_command_settings(command: argparse.ArgumentParser, cls: type[BaseSettings]) -> None:
+    taken = add_settings_arguments(command, cls)
+    for extra, skip in companions(cls):
+        title = f"{extra.__name__}, as its command takes them (a shared name sets both)"
+        taken |= add_settings_arguments(command, extra, skip | taken, title)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slaops",
         description="Keeps one SLA-breach forecasting model per tenant fresh.",
+        epilog="Exit status: 0 done, 1 failed, 2 bad usage or settings, 130 Ctrl-C.",
+        allow_abbrev=False,
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
     for name, (summary, cls, _run) in commands().items():
-        command = sub.add_parser(name, help=summary, description=summary)
-        taken = add_settings_arguments(command, cls)
-        for extra, skip in companions(cls):
-            title = f"{extra.__name__}, as its command takes them (a shared name sets both)"
-            taken |= add_settings_arguments(command, extra, skip | taken, title)
+        command = sub.add_parser(name, help=summary, description=summary, allow_abbrev=False)
+        if not actions(cls):
+            _add_command_settings(command, cls)
+            continue
+        # Settings flags go on each action only: argparse lets a subparser's defaults
+        # overwrite what its parent parsed.
+        nested = command.add_subparsers(
+            dest="action", required=True, metavar="ACTION", parser_class=CommandParser
+        )
+        for action, (text, positionals) in actions(cls).items():
+            leaf = nested.add_parser(action, help=text, description=text, allow_abbrev=False)
+            for positional, positional_help in positionals:
+                leaf.add_argument(positional, help=positional_help)
+            _add_command_settings(leaf, cls)
     return parser
 
 
+def _interrupt(interrupted: threading.Event) -> Callable[[int, FrameType | None], NoReturn]:
+    def handler(_signum: int, _frame: FrameType | None) -> NoReturn:
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    return handler
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit status (see the module docstring)."""
+    interrupted = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # Ctrl-C raises KeyboardInterrupt as usual, and is remembered even where a
+        # command catches it; a service replaces this with its stop request.
+        previous = signal.signal(signal.SIGINT, _interrupt(interrupted))
+    code = EXIT_INTERRUPTED
+    try:
+        code = _main(argv)
+    except KeyboardInterrupt:
+        interrupted.set()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if interrupted.is_set() or code == EXIT_INTERRUPTED:
+        print("slaops: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     _summary, cls, run = commands()[args.command]
+    by_name = {
+        positional: getattr(args, positional)
+        for _text, positionals in actions(cls).values()
+        for positional, _help in positionals
+        if hasattr(args, positional)
+    }
+    if actions(cls):
+        by_name["action"] = args.action
     try:
         settings = settings_from_args(cls, args)
         extra = [settings_from_args(other, args, skip) for other, skip in companions(cls)]
@@ -239,7 +357,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     try:
-        return run(settings, *extra)
+        if (
+            isinstance(settings, ServiceSettings)
+            and settings.bootstrap_servers is not None
+            and args.command not in _WAIT_IN_RUNNER
+        ):
+            from slaops.runner import wait_for_broker
+
+            wait_for_broker(settings)
+        return run(settings, *extra, **by_name)
     except ConfigError as exc:
         print(f"slaops {args.command}: {exc}", file=sys.stderr)
         return 2

@@ -52,6 +52,7 @@ def test_start_up_opens_the_store_once_and_hands_it_to_the_service(
     monkeypatch.setattr(StoreSettings, "open_model_store", counting_open)
     created: list[TopicSpec] = []
     monkeypatch.setattr("slaops.runner.ensure_topics", lambda _s, specs: created.extend(specs))
+    monkeypatch.setattr("slaops.runner.wait_for_broker", lambda s: s.bootstrap_servers)
     handed: list[Any] = []
     main: Any = consumer_main if service == "consume" else retrainer_main
     real_build = main.build_service
