@@ -95,9 +95,11 @@ def timeline_figure(report: TenantReport, points: int) -> Figure:
     """
     events = report.events
     t, p99, rate = downsample(events.ts, events.p99, events.breached, points)
-    fig = Figure(figsize=(9.0, 2.6), dpi=80, layout="constrained")
+    # Fixed margins, not a layout engine: the engine's measuring was half of each draw.
+    fig = Figure(figsize=(9.0, 2.6), dpi=80)
     FigureCanvasAgg(fig)
     ax = fig.subplots()
+    fig.subplots_adjust(left=0.08, right=0.93, bottom=0.2, top=0.89)
     if t.size:
         when = date2num([datetime.fromtimestamp(x, UTC) for x in t])
         ax.plot(when, p99, color="#1f6feb", linewidth=1, label="p99 latency (ms)")
@@ -137,6 +139,7 @@ def timeline_figure(report: TenantReport, points: int) -> Figure:
     ax.set_xlabel("event time (UTC)", fontsize=8)
     ax.set_ylabel("p99 ms", fontsize=8)
     ax.tick_params(labelsize=7)
+    ax.xaxis.get_offset_text().set_fontsize(7)
     ax.set_title(
         "telemetry (event time); red: drift alarm, amber dashed: other request, green: version",
         fontsize=8,
