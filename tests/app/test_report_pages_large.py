@@ -16,7 +16,10 @@ from __future__ import annotations
 import io
 import json
 import re
+import threading
 import time
+import urllib.error
+import urllib.request
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
@@ -27,7 +30,6 @@ from matplotlib.figure import Figure
 
 from kernel.artifacts import ModelCard
 from kernel.model_report import PLOT_KINDS
-from kernel.model_report.plots import render_plots
 from slaops.fleet_data import (
     MIN_SCORED,
     LiveVersion,
@@ -38,7 +40,7 @@ from slaops.fleet_data import (
     model_flags,
 )
 from slaops.fleet_html import Pages, page_name, render_report, timeline_figure
-from slaops.fleet_report import ReportSettings, write_page
+from slaops.fleet_report import ReportSettings, _Page, page_server, write_page
 from testkit.warning_models import p99_artifacts
 from tests.app.test_report_page import CHROMIUM, chromium, needs_chromium
 
@@ -277,12 +279,32 @@ def test_hostile_names_and_values_are_escaped(base_card: ModelCard) -> None:
     assert "<code>&lt;b&gt;</code>" in pages.index
 
 
-def test_every_time_axis_of_the_timeline_names_its_base(base_card: ModelCard) -> None:
+def test_the_timeline_s_time_axis_names_its_base(base_card: ModelCard) -> None:
     reports, _read = fleet(base_card, 1)
     figure = timeline_figure(reports[0], 100)
     assert figure.axes[0].get_xlabel() == "event time (UTC)"
-    plots = render_plots(card_for(base_card, 0), "0" * 64)
-    assert set(plots) == set(PLOT_KINDS)  # none of the card's plots is drawn over time
+
+
+def test_serve_answers_the_index_at_the_root_and_each_page_by_its_name(
+    report: tuple[list[TenantReport], Pages, float],
+) -> None:
+    _reports, pages, _seconds = report
+    server = page_server(ReportSettings(host="127.0.0.1", port=0), _Page(pages), timeout_s=5.0)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/"
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback
+            assert response.read().decode() == pages.index
+        name = page_name("fleet", 7)
+        with urllib.request.urlopen(url + name, timeout=10) as response:  # noqa: S310
+            assert response.read().decode() == pages.pages[name]
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(url + page_name("fleet", 11), timeout=10)  # noqa: S310
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
 
 
 _SEARCH = """<script>
