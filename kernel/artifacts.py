@@ -106,6 +106,69 @@ class TrialRecord(BaseModel):
         return self
 
 
+#: Most slices a card records (4 bands of the day, 3 load terciles, before and after a
+#: change: 9), and most alertings each sets side by side (the model and its baselines).
+MAX_SLICES = 16
+MAX_SLICE_FIGURES = 6
+#: Fewest rows and fresh onsets a slice needs to be judged (`retrainer.slices`).
+MIN_SLICE_ROWS = 50
+MIN_SLICE_ONSETS = 5
+SliceFamily = Literal["hour_utc", "load", "change"]
+#: What a slice's model can lose to a baseline on (`retrainer.slices`).
+SLICE_LOSSES = ("log_loss", "recall_lead_1", "false_warnings")
+
+
+class SliceFigures(BaseModel):
+    """One alerting's headline figures on one slice's rows (`retrainer.slices`)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
+
+    #: Log loss of "a breach within the horizon"; None for a rule with no probability.
+    log_loss: float | None = Field(default=None, ge=0.0)
+    warned_lead_1: int = Field(ge=0)
+    recall_lead_1: float | None = Field(default=None, ge=0.0, le=1.0)
+    false_warnings: int = Field(ge=0)
+    false_per_day: float = Field(ge=0.0)
+
+
+class SliceRecord(BaseModel):
+    """One slice of the evaluation: its sample size, and the model beside the baselines.
+
+    ``figures`` holds ``model`` and each baseline by name; ``loses_to`` names each
+    ``baseline.metric`` the model does worse on (empty when the slice is insufficient
+    evidence: too few rows or fresh onsets to judge).
+    """
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
+
+    family: SliceFamily
+    name: str = Field(min_length=1, max_length=32)
+    rows: int = Field(ge=0)
+    positives: int = Field(ge=0)
+    fresh_onsets: int = Field(ge=0)
+    days: float = Field(ge=0.0)
+    sufficient: bool
+    figures: dict[str, SliceFigures] = Field(max_length=MAX_SLICE_FIGURES)
+    loses_to: list[str] = Field(default_factory=list, max_length=2 * MAX_SLICE_FIGURES)
+
+    @field_validator("figures")
+    @classmethod
+    def _model_and_names(cls, value: dict[str, SliceFigures]) -> dict[str, SliceFigures]:
+        if "model" not in value:
+            raise ValueError("a slice's figures include the model's")
+        if any(not name or len(name) > 64 for name in value):
+            raise ValueError("figure names are 1 to 64 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _losses_name_figures(self) -> SliceRecord:
+        for loss in self.loses_to:
+            name, _, metric = loss.rpartition(".")
+            if name not in self.figures or metric not in SLICE_LOSSES:
+                raise ValueError(f"loses_to entry {loss!r} names no baseline's metric")
+        return self
+
+
 class ModelCard(BaseModel):
     """The JSON card published beside the weights; enough to rebuild the module.
 
@@ -135,6 +198,8 @@ class ModelCard(BaseModel):
     pr_curve: list[PRPoint] = Field(default_factory=list, max_length=MAX_PR_POINTS)
     #: The trials of a `bayes` search, in the order they were drawn ([] otherwise).
     trials: list[TrialRecord] = Field(default_factory=list, max_length=MAX_TRIALS)
+    #: The evaluation by slice (`retrainer.slices`), beside the baselines ([] in older cards).
+    slices: list[SliceRecord] = Field(default_factory=list, max_length=MAX_SLICES)
     lineage: dict[str, Any]
     files: dict[str, str]
     #: Format 3: what is forecast, by which kind of forecaster (on which input column for

@@ -22,8 +22,9 @@ from typing import Any
 
 import yaml
 
-from kernel.artifacts import ModelCard
+from kernel.artifacts import MIN_SLICE_ONSETS, MIN_SLICE_ROWS, ModelCard
 from kernel.model_report.digests import DIGEST_KEY
+from kernel.model_report.summary import plain_summary
 
 #: The most characters of one card value shown (a longer one is cut, with an ellipsis).
 MAX_SHOWN = 200
@@ -87,6 +88,8 @@ _METRIC_NAMES = {
 
 
 def _cell(value: Any) -> str:
+    if isinstance(value, _Raw):
+        return str(value)
     if isinstance(value, bool):
         return text(value)
     if isinstance(value, float):
@@ -155,6 +158,7 @@ def render_markdown(
     arch = card.architecture
     name = tenant_hash[:16]
     lines = ["---", meta.rstrip("\n"), "---", "", f"# SLA-breach forecaster `{name}`", ""]
+    lines += [f"**In short:** {_plain(plain_summary(card))}", ""]
     within = card.target == "within"
     head = text(card.forecaster) if card.forecaster != "mlp" else "the searched network"
     lines += [
@@ -168,9 +172,6 @@ def render_markdown(
         "machine-readable source.",
         "",
     ]
-    summary = _summary(card)
-    if summary:
-        lines += [summary, ""]
     target = (
         f"a breach of its SLA within the next {card.horizon} interval(s)"
         + (f" ({card.horizon_s / 60:.0f} minutes)" if card.horizon_s else "")
@@ -241,6 +242,7 @@ def render_markdown(
         lines += _table(["", "value"], [[k, v] for k, v in sorted(card.skill.items())])
     lines += [""]
     lines += _warning_lines(card)
+    lines += _slice_lines(card)
     for kind in ("plot_baselines", "plot_pr", "plot_reliability", "plot_confusion"):
         if kind in plots:
             title, file = plots[kind]
@@ -262,18 +264,80 @@ def render_markdown(
     return "\n".join(lines).encode("utf-8")
 
 
-def _summary(card: ModelCard) -> str:
-    """One sentence an on-call lead can read: what it warns of, how often it is wrong."""
-    record = card.warning_record
-    recall, per_day = record.get("recall_lead_1"), record.get("false_per_day")
-    if not isinstance(recall, (int, float)) or not isinstance(per_day, (int, float)):
-        return ""
-    onsets = text(record.get("fresh_onsets", "?"))
-    return (
-        f"Out of fold it warned of **{recall:.0%}** of {onsets} new incidents at least one "
-        f"interval ahead, with **{per_day:.2f}** false warnings a day "
-        f"(budget {text(card.warning.get('budget_per_day', '?'))})."
-    )
+def _plain(sentence: str) -> str:
+    """A summary (made of card values) as inert Markdown, word by word (no length cut)."""
+    return " ".join(text(word) for word in sentence.split(" "))
+
+
+#: How a slice's loss reads in the verdict column.
+_LOSS_WORDS = {
+    "log_loss": "log loss",
+    "recall_lead_1": "incidents warned",
+    "false_warnings": "false warnings",
+}
+
+
+def _slice_lines(card: ModelCard) -> list[str]:
+    """The evaluation by slice: the model beside the baselines, with sample sizes and flags."""
+    if not card.slices:
+        return []
+    baselines = [n for n in card.slices[0].figures if n != "model"]
+    names = ["model", *baselines]
+    header = [
+        "slice",
+        "rows",
+        "positives",
+        "new incidents",
+        *(f"log loss {text(n)}" for n in names),
+        *(f"warned at lead >= 1 {text(n)}" for n in names),
+        *(f"false / day {text(n)}" for n in names),
+        "verdict",
+    ]
+    rows: list[list[Any]] = []
+    for s in card.slices:
+        fig = [s.figures.get(n) for n in names]
+        if not s.sufficient:
+            verdict = "insufficient evidence"
+        elif s.loses_to:
+            verdict = "**loses to** " + ", ".join(
+                f"{text(b)} ({_LOSS_WORDS.get(m, text(m))})"
+                for b, _, m in (loss.rpartition(".") for loss in s.loses_to)
+            )
+        else:
+            verdict = "holds"
+        rows.append(
+            [
+                f"{_FAMILY.get(s.family, s.family)} {s.name}",
+                s.rows,
+                s.positives,
+                s.fresh_onsets,
+                *(math.nan if f is None or f.log_loss is None else f.log_loss for f in fig),
+                *("-" if f is None else _warned(f.warned_lead_1, f.recall_lead_1) for f in fig),
+                *(math.nan if f is None else f.false_per_day for f in fig),
+                _Raw(verdict),
+            ]
+        )
+    lines = [
+        "### By slice",
+        "",
+        "The same out-of-fold rows, cut by band of the day (UTC), by load tercile (`rps`, "
+        "terciles of the training window) and before and after the newest detected change "
+        f"(where there is one). A slice with fewer than {MIN_SLICE_ROWS} rows or "
+        f"{MIN_SLICE_ONSETS} new incidents is insufficient evidence and is not judged.",
+        "",
+    ]
+    return [*lines, *_table(header, rows), ""]
+
+
+_FAMILY = {"hour_utc": "hours", "load": "load", "change": "change:"}
+
+
+class _Raw(str):
+    """A cell already made inert (escaped here): `_cell` shows it as it is."""
+
+
+def _warned(count: int, share: float | None) -> str:
+    return f"{count} ({share:.0%})" if share is not None else str(count)
 
 
 def _warning_lines(card: ModelCard) -> list[str]:
