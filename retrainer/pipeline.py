@@ -23,6 +23,7 @@ from kernel.artifacts import ModelArtifacts, ModelCard, predict_proba, serialize
 from kernel.early_warning import score_segments
 from kernel.features import FeatureSpec
 from kernel.mlp import SlaMLP
+from kernel.model_report.summary import best_rule
 from retrainer.baselines import BaselineForecasts, as_card, oof_baselines, skill
 from retrainer.cancel import CancelToken
 from retrainer.curves import pr_curve
@@ -48,6 +49,14 @@ from retrainer.selection import (
     log_loss,
     paired_confidence,
     worse_than_base_confidence,
+)
+from retrainer.slices import (
+    Alerting,
+    JudgedRows,
+    change_time,
+    evaluate_slices,
+    load_edges,
+    standard_slices,
 )
 from retrainer.warning_policy import warnings_of
 from schemas import ChampionDecision, RetrainRequested
@@ -427,6 +436,14 @@ def judge(
                 "metrics": None if champion_metrics is None else finite(champion_metrics),
             },
             "libraries": library_versions(),
+            # When the newest detected change began (a drift request's; None otherwise):
+            # the card's slices split its evaluation there.
+            "change_ts": change_time(
+                request.reason,
+                request.detected_at.timestamp(),
+                request.details.statistic,
+                _step_s(trained.data.ts),
+            ),
         }
         if trained.result is not None:
             lineage.update(strategy=trained.result.strategy, best_params=trained.result.best_params)
@@ -447,8 +464,19 @@ def card_fields(trained: Trained, lineage: dict[str, Any]) -> dict[str, Any]:
     best = choice.best
     valid = trained.folds.valid
     y, oof = trained.rows.y[valid], best.candidate.oof
-    step = float(np.median(np.diff(data.ts))) if len(data.ts) > 1 else 0.0
+    step = _step_s(data.ts)
     threshold = best.policy.threshold
+    rules = {
+        kind: _jsonable(
+            {
+                "input": j.candidate.column,
+                "log_loss": j.log_loss,
+                "out_of_fold": j.policy.record.as_dict(),
+            }
+        )
+        for kind, j in choice.by_kind.items()
+    }
+    change = lineage.get("change_ts")
     return {
         "features": data.spec,
         "feature_order": list(data.feature_names),
@@ -462,21 +490,51 @@ def card_fields(trained: Trained, lineage: dict[str, Any]) -> dict[str, Any]:
         "baselines": as_card(trained.baselines),
         "skill": finite(trained.skill),
         "warning": _jsonable(best.policy.as_card()),
-        "rules": {
-            kind: _jsonable(
-                {
-                    "input": j.candidate.column,
-                    "log_loss": j.log_loss,
-                    "out_of_fold": j.policy.record.as_dict(),
-                }
-            )
-            for kind, j in choice.by_kind.items()
-        },
+        "rules": rules,
         "evidence": _jsonable({**choice.evidence.as_card(), "sufficient": trained.sufficient}),
         "calibration": reliability_table(y, oof),
         "cv_table": _jsonable([] if trained.result is None else trained.result.cv_table),
         "learning_curve": [] if trained.result is None else trained.result.learning_curve,
         "trials": [] if trained.result is None else trained.result.trials,
         "pr_curve": pr_curve(y, oof),
+        "slices": card_slices(
+            trained,
+            best_rule(rules, best.kind),
+            float(change) if isinstance(change, int | float) else None,
+        ),
         "lineage": lineage,
     }
+
+
+def _step_s(ts: np.ndarray) -> float:
+    return float(np.median(np.diff(ts))) if len(ts) > 1 else 0.0
+
+
+def card_slices(
+    trained: Trained, rule: str | None, change_ts: float | None
+) -> list[dict[str, Any]]:
+    """The chosen forecaster by slice (`retrainer.slices`), beside the prior and `rule`.
+
+    On the out-of-fold rows and predictions the card's headline figures come from: each
+    one's warning as its policy gives it there (at the out-of-fold threshold), the prior
+    as the baselines fitted it on each fold's training rows. Load terciles are of
+    `log1p_rps` over the training window's rows.
+    """
+    rows, folds, choice = trained.rows, trained.folds, trained.choice
+    valid = folds.valid
+    if not len(valid):
+        return []
+    judged = JudgedRows.of(rows.ts[valid], rows.breach[valid], rows.y[valid], folds.segments)
+
+    def alerting(kind: str) -> Alerting:
+        j = choice.best if kind == "model" else choice.by_kind[kind]
+        p = j.candidate.oof
+        return Alerting(warnings_of(p, rows, valid, j.policy.oof_threshold), p)
+
+    baselines = {"prior": Alerting(np.zeros(len(valid), bool), trained.baselines.proba["prior"])}
+    if rule is not None and rule in choice.by_kind:
+        baselines[rule] = alerting(rule)
+    load = rows.X[:, rows.column("log1p_rps")] if "log1p_rps" in rows.names else None
+    edges = None if load is None else load_edges(load)
+    slices = standard_slices(judged.ts, None if load is None else load[valid], edges, change_ts)
+    return _jsonable(evaluate_slices(judged, alerting("model"), baselines, slices))

@@ -139,7 +139,9 @@ def run_backtest(
     setup = BacktestSetup(consumer, retrainer, settings.chunk_events)
     with offline_setup(setup) as ready:
         result = _run(settings, ready)
-    scores = score_backtest(result, settings.slo_metric, retrainer.warning_budget_per_day)
+    scores = score_backtest(
+        result, settings.slo_metric, retrainer.warning_budget_per_day, retrainer.horizon
+    )
     if settings.json_output:
         sys.stdout.write(json.dumps(as_json(scores, result)) + "\n")
     else:

@@ -10,7 +10,7 @@ training part's `SLO_QUANTILE` of the metric), and judged on the rest.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
 import numpy as np
@@ -24,7 +24,16 @@ from kernel.early_warning import (
     leads,
     score_warnings,
 )
-from retrainer.sre_rules import RULES, Stretch, tune_rules, warning_series
+from retrainer.dataset import within_horizon
+from retrainer.slices import (
+    CHANGE_REASONS,
+    Alerting,
+    JudgedRows,
+    evaluate_slices,
+    load_edges,
+    standard_slices,
+)
+from retrainer.sre_rules import RULES, Stretch, TunedRule, tune_rules, warning_series
 from slaops.backtest import BacktestResult, ForecastSeries
 from slaops.backtest_records import TenantEvents
 
@@ -93,6 +102,8 @@ class TenantScore:
     #: The SLO the rules were given (None: no breach metric, persistence only).
     slo: float | None
     by_alerting: dict[str, Scored]
+    #: slaops by slice beside the prior and the best rule (`retrainer.slices` records).
+    slices: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -102,6 +113,7 @@ class TenantScore:
             "coverage": self.coverage,
             "slo": self.slo,
             "alerting": {name: s.as_dict() for name, s in self.by_alerting.items()},
+            "slices": self.slices,
         }
 
 
@@ -114,14 +126,26 @@ class RuleInput:
 
 
 def score_tenant(
-    events: TenantEvents, series: ForecastSeries, rules: RuleInput | None, budget_per_day: float
+    events: TenantEvents,
+    series: ForecastSeries,
+    rules: RuleInput | None,
+    budget_per_day: float,
+    *,
+    horizon: int = 6,
+    change_ts: float | None = None,
 ) -> TenantScore:
-    """slaops, persistence and (with `rules`) the SRE rules on the tenant's test part."""
+    """slaops, persistence and (with `rules`) the SRE rules on the tenant's test part.
+
+    Also slaops by slice (`tenant_slices`): `horizon` is what its probabilities forecast
+    a breach within, `change_ts` the newest detected change (None: no change slices).
+    """
     n = len(events)
     start = training_part(n)
     labels, ts, step = events.labels, events.ts, events.interval_s
     test = slice(start, n)
     out = {"slaops": scored(series.on[test], labels[test], ts[test], step)}
+    rule_on: dict[str, np.ndarray] = {}
+    best: str | None = None
     if rules is None or start < 2:
         out["persistence"] = scored(labels[test], labels[test], ts[test], step)
     else:
@@ -133,6 +157,8 @@ def score_tenant(
         for rule in tuned:
             on = warning_series(rule, stream)[start:]
             out[rule.name] = scored(on, labels[test], ts[test], step)
+            rule_on[rule.name] = on
+        best = best_rule(tuned, budget_per_day)
     made = series.made[test]
     return TenantScore(
         tenant=events.tenant,
@@ -141,7 +167,66 @@ def score_tenant(
         coverage=float(made.mean()) if len(made) else 0.0,
         slo=None if rules is None else rules.slo,
         by_alerting=out,
+        slices=tenant_slices(
+            events,
+            series,
+            None if best is None else (best, rule_on[best]),
+            horizon=horizon,
+            change_ts=change_ts,
+        ),
     )
+
+
+def best_rule(tuned: list[TunedRule], budget_per_day: float) -> str | None:
+    """The SRE rule an SRE would deploy: the most fresh onsets warned at lead >= 1 on the
+    training part within the budget (then at lead >= 3, then fewer false warnings).
+    Persistence warns of nothing ahead and is no rule to beat here."""
+    within = [
+        r
+        for r in tuned
+        if r.name != "persistence"
+        and r.train is not None
+        and r.train.false_per_day <= budget_per_day
+    ]
+    if not within:
+        return None
+    key = lambda r: (r.train.warned_1, r.train.warned_3, -r.train.false_warnings)  # noqa: E731
+    return max(within, key=key).name
+
+
+def tenant_slices(
+    events: TenantEvents,
+    series: ForecastSeries,
+    rule: tuple[str, np.ndarray] | None,
+    *,
+    horizon: int,
+    change_ts: float | None,
+) -> list[dict[str, Any]]:
+    """slaops on the tenant's test part by slice, beside the prior and the best rule.
+
+    Log loss is of "a breach within the next `horizon` events", on the events slaops
+    forecast (the prior's on the same): the prior is the training part's rate of it.
+    Load terciles are of `rps` on the training part.
+    """
+    n = len(events)
+    start = training_part(n)
+    if n - start < 1 or start < 1:
+        return []
+    labels, ts = events.labels, events.ts
+    y = within_horizon(labels, horizon).astype(np.float64)
+    index = np.arange(n)
+    judged_y = (index < n - horizon)[start:]
+    scored_rows = series.made[start:] & judged_y & np.isfinite(series.proba[start:])
+    rows = JudgedRows.of(ts[start:], labels[start:], y[start:], scored=scored_rows)
+    proba = np.where(scored_rows, series.proba[start:], 0.5)
+    rate = float(np.clip(y[: max(start - horizon, 1)].mean(), 1e-6, 1 - 1e-6))
+    silent = np.zeros(n - start, bool)
+    baselines = {"prior": Alerting(silent, np.full(n - start, rate))}
+    if rule is not None:
+        baselines[rule[0]] = Alerting(rule[1])
+    load = events.column("rps")
+    slices = standard_slices(ts[start:], load[start:], load_edges(load[:start]), change_ts)
+    return evaluate_slices(rows, Alerting(series.on[start:], proba), baselines, slices)
 
 
 def rule_input(events: TenantEvents, slo_metric: str | None) -> RuleInput | None:
@@ -154,13 +239,32 @@ def rule_input(events: TenantEvents, slo_metric: str | None) -> RuleInput | None
 
 
 def score_backtest(
-    result: BacktestResult, slo_metric: str | None, budget_per_day: float
+    result: BacktestResult, slo_metric: str | None, budget_per_day: float, horizon: int = 6
 ) -> list[TenantScore]:
     """Every tenant of the backtest, in the order the input first names them."""
     return [
-        score_tenant(events, result.series[tenant], rule_input(events, slo_metric), budget_per_day)
+        score_tenant(
+            events,
+            result.series[tenant],
+            rule_input(events, slo_metric),
+            budget_per_day,
+            horizon=horizon,
+            change_ts=newest_change(result, tenant),
+        )
         for tenant, events in result.telemetry.tenants.items()
     ]
+
+
+def newest_change(result: BacktestResult, tenant: str) -> float | None:
+    """Event time of the tenant's newest drift request (the event that raised it)."""
+    offsets = [
+        r.offset for r in result.retrains if r.tenant == tenant and r.reason in CHANGE_REASONS
+    ]
+    events = result.telemetry.tenants[tenant]
+    if not offsets or not len(events.at):
+        return None
+    at = int(np.searchsorted(events.at, max(offsets)))
+    return float(events.ts[min(at, len(events.ts) - 1)])
 
 
 def pooled(scores: list[TenantScore]) -> dict[str, Scored]:
@@ -261,6 +365,8 @@ def render(console: Console, scores: list[TenantScore], result: BacktestResult) 
         coverage = f"{covered:.0%}" if name == "slaops" else ""
         _row(table, ("all tenants" if k == 0 else "", name, coverage), s, last=False)
     console.print(table)
+    for score in scores:
+        render_slices(console, score)
     if scores and all(s.slo is None for s in scores):
         console.print(
             "The SRE rules need the breach metric: pass --slo-metric (e.g. latency_p99_ms) "
@@ -275,3 +381,58 @@ def render(console: Console, scores: list[TenantScore], result: BacktestResult) 
         f"({outcomes or 'none'}{f'; failed: {failures}' if failures else ''}) "
         f"served in {summary['seconds']:.0f} s of {result.seconds:.0f} s"
     )
+
+
+_LOSS_WORDS: Final = {
+    "log_loss": "log loss",
+    "recall_lead_1": "onsets warned",
+    "false_warnings": "false warnings",
+}
+
+
+def slice_verdict(record: dict[str, Any]) -> str:
+    """ "insufficient evidence", "loses to prior (log loss), ..." or "holds"."""
+    if not record["sufficient"]:
+        return "insufficient evidence"
+    if not record["loses_to"]:
+        return "holds"
+    return "loses to " + ", ".join(
+        f"{name} ({_LOSS_WORDS.get(metric, metric)})"
+        for name, _, metric in (loss.rpartition(".") for loss in record["loses_to"])
+    )
+
+
+def render_slices(console: Console, score: TenantScore) -> None:
+    """slaops by slice beside the prior and the best rule, one tenant's table."""
+    if not score.slices:
+        return
+    names = list(score.slices[0]["figures"])
+    table = Table(
+        title=f"{score.tenant}: slaops by slice, beside the baselines (test part)",
+        caption="log loss · onsets warned at lead >= 1 · false warnings a day; "
+        "fewer than 50 events or 5 fresh onsets: insufficient evidence",
+    )
+    table.add_column("slice", overflow="fold")
+    for header in ("events", "positives", "onsets"):
+        table.add_column(header, justify="right")
+    for name in names:
+        table.add_column(name, justify="right")
+    table.add_column("verdict", overflow="fold")
+    for record in score.slices:
+        cells = []
+        for name in names:
+            f = record["figures"].get(name)
+            if f is None:
+                cells.append("-")
+                continue
+            loss = "-" if f["log_loss"] is None else f"{f['log_loss']:.3f}"
+            cells.append(f"{loss} · {f['warned_lead_1']} · {f['false_per_day']:.2f}")
+        table.add_row(
+            f"{record['family']} {record['name']}",
+            str(record["rows"]),
+            str(record["positives"]),
+            str(record["fresh_onsets"]),
+            *cells,
+            slice_verdict(record),
+        )
+    console.print(table)
