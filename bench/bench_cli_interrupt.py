@@ -15,6 +15,12 @@ says it is where the case wants it, sends SIGINT and times the exit:
 Target: every case exits 130 within 2 s of SIGINT (start-up time, mostly imports, is
 not counted). The tests (tests/app/test_cli_manners.py) check the exit status with a
 generous bound; the 2 s goal is measured only here.
+
+Measured here (2 shared cores, load 1.3 to 4.5, tansu, 3 runs each): watch with the
+broker down 1.07 s median (1.17 s max), watch 1.07 s (1.17 s), both met; consume 6.14 s
+(6.34 s), not met: about 5 s of it is librdkafka waiting for the answer to its
+LeaveGroupRequest, which tansu never sends (the log says "Timed out LeaveGroupRequest"),
+and about 1 s, in every case, is the interpreter's exit with torch loaded.
 """
 
 from __future__ import annotations

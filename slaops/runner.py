@@ -52,7 +52,7 @@ S = TypeVar("S", bound=ServiceSettings, contravariant=True)
 P = TypeVar("P")
 
 #: Longest single metadata request of `wait_for_broker`: Ctrl-C is seen between two.
-_PROBE_S = 0.5
+_PROBE_S = 0.25
 
 
 def wait_for_broker(settings: ServiceSettings, *, probe_s: float = _PROBE_S) -> str:
