@@ -204,13 +204,17 @@ def file_replay(
         # other): the rest are counted as other tenants' without parsing them.
         key = request.tenant.encode()
         mine = [record for record in chosen if record.key() == key]
-        # Event time is the backtest's clock: the request's own detection time.
+        # Event time is the backtest's clock: the newest event time when the request's
+        # last record was read (what the core's clock was), not its detection time: a
+        # follow-up names the window as it is when it goes out, later than its drift.
+        end = max((span.end_offset for span in request.source), default=0)
+        clock = float(telemetry.clock[min(end, len(records))])
         rows = tenant_rows(
             mine,
             tenant=request.tenant,
             max_bytes=settings.max_message_bytes,
             rule=settings.time_rule(),
-            now=request.detected_at.timestamp(),
+            now=None if np.isnan(clock) else clock,
         )
         return replace(rows, other_tenants=rows.other_tenants + len(chosen) - len(mine))
 
