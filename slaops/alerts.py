@@ -38,7 +38,6 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from kernel.backoff import Backoff
 from kernel.kafka import base_config, is_record, make_reader
-from kernel.signals import stop_on_signals
 from schemas import WarningCleared, WarningRaised
 from slaops.alerts_book import (
     AlertBook,
@@ -373,9 +372,12 @@ def serve(settings: AlertsSettings, stop: threading.Event) -> Stats:
 
 
 def run_alerts(settings: AlertsSettings) -> int:
+    from slaops.cli import EXIT_INTERRUPTED
+    from slaops.runner import stop_on_signals_noting_interrupt
+
     settings.require_bootstrap()
     stop = threading.Event()
-    stop_on_signals(stop)
+    interrupted = stop_on_signals_noting_interrupt(stop)
     stats = serve(settings, stop)
     log.info(
         "stopped: %d edges, %d refused, %d posts, %d failed posts",
@@ -384,4 +386,4 @@ def run_alerts(settings: AlertsSettings) -> int:
         stats.posts,
         stats.failures,
     )
-    return 0
+    return EXIT_INTERRUPTED if interrupted.is_set() else 0

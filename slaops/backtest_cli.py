@@ -40,6 +40,7 @@ from slaops.backtest_table import as_json, render, score_backtest
 _KAFKA_ONLY: Final = frozenset(
     {
         "bootstrap_servers",
+        "connect_timeout_s",
         "kafka_properties",
         "embedded_broker",
         "session_timeout_ms",

@@ -32,6 +32,7 @@ APP_USES = {
     "retrainer.publisher": "slaops backtest serves requests with the retrainer's own handler",
     "retrainer.replay": "slaops backtest replays a request's ranges with the same code",
     "retrainer.sre_rules": "slaops backtest judges its warnings beside the SRE rules",
+    "retrainer.slices": "slaops backtest slices its figures as the card does, with its code",
 }
 #: A service's modules the application wires it with.
 SERVICE_WIRING = frozenset({"main", "settings", "errors"})
