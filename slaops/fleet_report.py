@@ -12,12 +12,14 @@ Tenants are named by slug only when the tenant key is configured; otherwise by h
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Final
 
 from pydantic import Field, SecretStr, field_validator
 
@@ -31,6 +33,10 @@ from slaops.fleet_data import ReadLimits, build_reports, read_topics
 from slaops.fleet_html import PER_PAGE, Pages, page_name, render_report
 
 log = logging.getLogger(__name__)
+
+
+#: How far behind a tenant's newest event the report still believes a stamp.
+REPORT_SPAN_S: Final = 365 * 86_400.0
 
 
 class ReportSettings(StoreSettings, EventTimeSettings):
@@ -122,7 +128,11 @@ def generate(settings: ReportSettings, *, refresh_s: float | None = None) -> Pag
             max_records=settings.max_records,
             max_tenants=settings.max_tenants,
             max_message_bytes=settings.max_message_bytes,
-            time_rule=settings.time_rule(),
+            # A topic's whole retention, not one window: a stamp is refused a year
+            # behind the tenant's newest (or ahead of the clock), not a window span.
+            time_rule=dataclasses.replace(
+                settings.time_rule(), span_s=max(settings.window_span_s, REPORT_SPAN_S)
+            ),
         ),
     )
     reports = build_reports(read, store, key)
