@@ -239,7 +239,8 @@ def commands() -> dict[str, tuple[str, type[BaseSettings], Runner]]:
         ),
         "models": (
             "each tenant's versions as the store holds them (forecaster, metrics against "
-            "baselines, evidence) and its last retrain decision and why",
+            "baselines, evidence) and its last retrain decision and why; publish-index "
+            "writes the store's root README listing the tenants' cards by hash",
             ModelsSettings,
             _models,
         ),

@@ -33,8 +33,10 @@ from kernel.artifacts import ModelCard
 from kernel.errors import BrokerError, ConfigError, StoreError
 from kernel.kafka import assign_all, base_config, is_record, make_reader
 from kernel.logs import json_visible, visible
+from kernel.model_report.markdown import text as md_text
 from kernel.settings import StoreSettings, TopicName
-from kernel.store import ModelStore
+from kernel.store import ModelStore, model_paths, report_paths
+from kernel.store.protocol import ROOT_README, RootReadme
 from kernel.tenant_hash import KEY_FILE_NAME, load_or_create_local_key, tenant_hash
 from schemas import ChampionKept, ModelPublished, RetrainFailed, topics
 
@@ -56,6 +58,11 @@ class ModelsSettings(StoreSettings):
         "show": (
             "one tenant's versions, newest first, and its last decision with its reason",
             (("tenant", "the tenant's slug (needs the tenant key) or its 64-hex hash"),),
+        ),
+        "publish-index": (
+            "write the store's root README.md: each tenant's card by hash, with its newest "
+            "version and log-loss skill vs prior (run it in batches, e.g. hourly)",
+            (),
         ),
     }
 
@@ -391,7 +398,8 @@ def resolve(name: str, found: list[Tenant], key: SecretStr | None) -> Tenant:
 def run_models(
     settings: ModelsSettings, action: str, tenant: str | None = None, out: TextIO | None = None
 ) -> int:
-    """`list` or `show`: 0 when shown, 1 when `show`'s tenant has no version in the store."""
+    """`list`, `show` or `publish-index`: 0 when done, 1 when `show`'s tenant has no
+    version in the store."""
     out = sys.stdout if out is None else out
     store = settings.open_model_store()
     key = settings.display_key()
@@ -406,6 +414,8 @@ def run_models(
         "stopped_by": read.stopped_by,
         "tenants_dropped": read.tenants_dropped,
     }
+    if action == "publish-index":
+        return publish_index(store, found, settings, source, out)
     if action == "show":
         if tenant is None:
             raise ConfigError("show needs a TENANT: its slug or its hash")
@@ -434,6 +444,97 @@ def run_models(
         rows.append(row)
     _emit(settings, out, {"source": source, "tenants": rows}, _list_text)
     return 0
+
+
+#: The most tenants the root README lists (the rest are counted, not listed).
+MAX_INDEX_ROWS = 10_000
+
+
+def publish_index(
+    store: ModelStore,
+    found: list[Tenant],
+    settings: ModelsSettings,
+    source: dict[str, Any],
+    out: TextIO,
+) -> int:
+    """Write the store's root README (`index_markdown`) from every tenant with a version.
+
+    The tenants are those the topics name (`tenants`), listed by hash only, whatever
+    key is configured; each one's newest version and skill are the store's head and
+    its card there. One write (one Hub commit, skipped when nothing changed).
+    """
+    if not isinstance(store, RootReadme):
+        raise ConfigError(f"the store {store.uri} keeps no root README")
+    rows: list[dict[str, Any]] = []
+    for hashed in sorted({t.hash for t in found if t.hash is not None}):
+        try:
+            shown = versions(store, hashed, None, 1)
+        except StoreError as exc:
+            shown = {"count": None, "versions": [], "problems": [f"store: {_first_line(exc)}"]}
+        if shown["count"] != 0:
+            rows.append({"tenant_hash": hashed, **shown})
+    page = index_markdown(rows, store.uri)
+    store.write_root_readme(page)
+    written = {"path": ROOT_README, "tenants": len(rows), "bytes": len(page.encode())}
+    _emit(
+        settings,
+        out,
+        {"source": source, "index": written},
+        lambda data: [
+            f"wrote {ROOT_README} in {data['source']['store']}: {data['index']['tenants']} "
+            f"tenants, {data['index']['bytes']} bytes",
+            _source_text(data["source"]),
+        ],
+    )
+    return 0
+
+
+def index_markdown(rows: list[dict[str, Any]], uri: str) -> str:
+    """The root README: a table of the tenants' cards by hash, newest version, skill.
+
+    Every value is the store's or a validated card's: hashes and revisions are checked
+    hex or revision ids, the forecaster goes through the card renderer's `text`.
+    """
+    lines = [
+        "---",
+        "library_name: pytorch",
+        "pipeline_tag: tabular-classification",
+        "tags: [slaops, sla-breach-forecasting, tabular-classification]",
+        "---",
+        "",
+        "# slaops SLA-breach forecasters",
+        "",
+        "One forecaster per tenant, each named by the HMAC hash of its tenant's slug (no "
+        "slug is stored here). Each row links the tenant's model card (`.md`, with its "
+        "plots) and its machine-readable card (`.json`); the version is the tenant's "
+        "newest in this repo, the skill its holdout log-loss skill over the prior "
+        "baseline (positive: better; LOSES: below zero). Written by "
+        "`slaops models publish-index`, in batches: a tenant's newest version may be "
+        "newer than its row here.",
+        "",
+        f"{len(rows)} tenant(s).",
+        "",
+        "| tenant (hash) | version | revision | forecaster | log-loss skill vs prior | card |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows[:MAX_INDEX_ROWS]:
+        hashed = str(row["tenant_hash"])
+        newest = row["versions"][0] if row.get("versions") else {}
+        skill = newest.get("log_loss_skill", {}).get("prior")
+        shown = _num(skill, "+.3f") + (" LOSES" if isinstance(skill, float) and skill < 0 else "")
+        count = f"v{row['count']}" if row.get("count") else "-"
+        revision = f"`{str(newest['revision'])[:12]}`" if newest.get("revision") else "-"
+        forecaster = md_text(newest["forecaster"]) if newest.get("forecaster") else "-"
+        card = model_paths(hashed)["card"]
+        report = report_paths(hashed)["report"]
+        lines.append(
+            f"| `{hashed}` | {count} | {revision} | {forecaster} | {shown} | "
+            f"[card]({report}) · [json]({card}) |"
+        )
+    if len(rows) > MAX_INDEX_ROWS:
+        lines += ["", f"{len(rows) - MAX_INDEX_ROWS} more tenant(s) not listed."]
+    lines += ["", f"Store: `{md_text(uri)}`.", ""]
+    return "\n".join(lines)
 
 
 def _emit(settings: ModelsSettings, out: TextIO, data: dict[str, Any], text: Any) -> None:

@@ -17,7 +17,9 @@ It implements just what ``huggingface_hub`` 2.4's ``HfApi`` calls for our store:
   ``size`` and, expanded, its ``lastCommit`` at that revision; unknown paths are
   left out, as the Hub does),
 - ``GET``/``HEAD /{repo}/resolve/{rev}/{path}`` (downloads, with ``ETag``,
-  ``X-Repo-Commit`` and ``Content-Length``).
+  ``X-Repo-Commit`` and ``Content-Length``),
+- ``POST /api/validate-yaml`` (what ``create_commit`` asks before committing a root
+  ``README.md``: 400 with ``errors`` when its YAML front matter is not a mapping).
 
 Every request needs ``Authorization: Bearer <token>``; otherwise 401. ``requests``
 records each request's method and path, so a test can count what a lookup costs;
@@ -44,6 +46,8 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+import yaml
 
 _GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
 
@@ -350,6 +354,8 @@ class _Handler(BaseHTTPRequestHandler):
         parts = path.split("/")[1:]
         if method == "POST" and parts == ["api", "repos", "create"]:
             return self._create_repo(body)
+        if method == "POST" and parts == ["api", "validate-yaml"]:
+            return self._validate_yaml(body)
         if len(parts) >= 4 and parts[:2] == ["api", "models"]:
             repo_id = f"{unquote(parts[2])}/{unquote(parts[3])}"
             rest = parts[4:]
@@ -375,6 +381,19 @@ class _Handler(BaseHTTPRequestHandler):
     ) -> tuple[int, dict[str, str], bytes]:
         body = {**obj, **extra} if extra else obj
         return status, {"Content-Type": "application/json"}, json.dumps(body).encode()
+
+    def _validate_yaml(self, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        content = str(json.loads(body or b"{}").get("content", ""))
+        if not content.startswith("---\n"):
+            return self._json({"errors": [], "warnings": [{"message": "empty metadata"}]})
+        head = content[4:].split("\n---\n", 1)[0]
+        try:
+            meta = yaml.safe_load(head)
+        except yaml.YAMLError as exc:
+            return self._json({"errors": [{"message": f"invalid YAML: {exc}"}]}, 400)
+        if not isinstance(meta, dict):
+            return self._json({"errors": [{"message": "metadata must be a mapping"}]}, 400)
+        return self._json({"errors": [], "warnings": []})
 
     def _create_repo(self, body: bytes) -> tuple[int, dict[str, str], bytes]:
         payload = json.loads(body or b"{}")

@@ -1,10 +1,12 @@
 """The Markdown model card of a version, rendered from its JSON card (Hugging Face style).
 
-YAML metadata first (``model-index`` with the holdout metrics, as the Hub reads it),
-then what a reader looks for: intended use, training data by lineage, the training
-procedure, evaluation beside the baselines, limitations. Plots are embedded by their
-file names, which sit beside the card in ``sla_models/``, so the Hub's page for the file
-shows them. The tenant appears only as its HMAC hash.
+YAML metadata first (``model-index`` with the holdout metrics, as the Hub reads it:
+scores only, `MODEL_INDEX_METRICS`; the counts behind them, such as the confusion
+matrix and the rows, are in the body's Evaluation section), then what a reader looks
+for: intended use, training data by lineage, the training procedure, evaluation beside
+the baselines, limitations. Plots are embedded by their file names, which sit beside
+the card in ``sla_models/``, so the Hub's page for the file shows them. The tenant
+appears only as its HMAC hash.
 
 A card is read back from a store anyone with write access may have written, and its
 lineage quotes a retrain request: every word that comes from the card goes through
@@ -35,8 +37,6 @@ _MARKDOWN_ACTIVE = frozenset("\\`*_{}[]()#!|~")
 _HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}
 #: What a code span may hold: a name, a number, a digest, a dict's repr.
 _CODE_PLAIN = re.compile(r"[A-Za-z0-9 _.,:;'=+{}/-]*")
-#: A metric name the YAML front matter carries (a card's other keys are left out of it).
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def _one_line(value: Any) -> str:
@@ -84,6 +84,27 @@ _METRIC_NAMES = {
     "precision": "precision",
     "recall": "recall",
     "f1": "F1",
+    "warning_recall_lead_1": "new incidents warned at lead >= 1",
+    "warning_recall_lead_3": "new incidents warned at lead >= 3",
+    "median_lead": "median warning lead (intervals)",
+    "false_warnings_per_day": "false warnings per day",
+}
+
+
+#: The card metrics that are scores, the only ones in the front matter's ``model-index``
+#: (the Hub's metric list); counts (``tn``, ``fp``, ``fn``, ``tp``, ``n_rows``), the
+#: positive rate and the threshold go in the body (`_count_lines`).
+MODEL_INDEX_METRICS = tuple(_METRIC_NAMES)
+#: The counts the body's table shows, in order, with their column titles.
+_COUNTS = {
+    "n_rows": "rows",
+    "positives": "positives",
+    "positive_rate": "positive rate",
+    "threshold": "threshold",
+    "tn": "true negatives",
+    "fp": "false positives",
+    "fn": "false negatives",
+    "tp": "true positives",
 }
 
 
@@ -106,7 +127,11 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 def front_matter(card: ModelCard, tenant_hash: str, digest: str) -> dict[str, Any]:
-    """The YAML metadata: Hub tags plus a ``model-index`` carrying every evaluated metric."""
+    """The YAML metadata: Hub tags plus a ``model-index`` of the card's scores.
+
+    Only `MODEL_INDEX_METRICS` with a finite value: a count is not a metric the Hub
+    can rank, and YAML's ``.nan`` is not one it can read.
+    """
     horizon = card.horizon
     split = "out-of-fold" if card.target == "within" else "holdout"
     task = (
@@ -139,8 +164,9 @@ def front_matter(card: ModelCard, tenant_hash: str, digest: str) -> dict[str, An
                                 "value": float(value),
                                 "name": f"{split} {_METRIC_NAMES.get(name, name)}",
                             }
-                            for name, value in sorted(card.metrics.items())
-                            if _PLAIN_NAME.fullmatch(name)
+                            for name in MODEL_INDEX_METRICS
+                            if isinstance(value := card.metrics.get(name), float)
+                            and math.isfinite(value)
                         ],
                     }
                 ],
@@ -237,6 +263,7 @@ def render_markdown(
             for n in names
         ],
     )
+    lines += _count_lines(card, "out-of-fold" if within else "holdout")
     if card.skill:
         lines += ["", "Skill over the baselines (positive: better):", ""]
         lines += _table(["", "value"], [[k, v] for k, v in sorted(card.skill.items())])
@@ -262,6 +289,24 @@ def render_markdown(
         "",
     ]
     return "\n".join(lines).encode("utf-8")
+
+
+def _count_lines(card: ModelCard, split: str) -> list[str]:
+    """The counts behind the model's scores (kept out of ``model-index``): rows,
+    positives, positive rate, threshold and the confusion matrix."""
+    counts: dict[str, Any] = {
+        k: v for k, v in card.metrics.items() if k in _COUNTS and isinstance(v, float)
+    }
+    if "tp" in counts and "fn" in counts:
+        counts["positives"] = counts["tp"] + counts["fn"]
+    for k in ("n_rows", "positives", "tn", "fp", "fn", "tp"):  # whole numbers
+        if k in counts and math.isfinite(counts[k]) and counts[k] == int(counts[k]):
+            counts[k] = int(counts[k])
+    shown = [k for k in _COUNTS if k in counts]
+    if not shown:
+        return []
+    lines = ["", f"Counts on the {split} rows (the model, hard forecasts at the threshold):", ""]
+    return lines + _table([_COUNTS[k] for k in shown], [[counts[k] for k in shown]])
 
 
 def _plain(sentence: str) -> str:

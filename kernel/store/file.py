@@ -39,7 +39,15 @@ from kernel.store.paths import (
     model_paths,
     report_paths,
 )
-from kernel.store.protocol import ANY_PARENT, AnyParent, PublishedFiles, TenantHead
+from kernel.store.protocol import (
+    ANY_PARENT,
+    MAX_ROOT_README_BYTES,
+    ROOT_README,
+    AnyParent,
+    PublishedFiles,
+    TenantHead,
+    root_readme_bytes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +149,25 @@ class FileStore:
             "published tenant_hash=%s revision=%s store=%s", tenant_hash, revision, self.uri
         )
         return PublishedFiles(revision, model_paths(tenant_hash))
+
+    def write_root_readme(self, text: str) -> None:
+        """``DIR/README.md``, replaced atomically (nothing written when unchanged)."""
+        data = root_readme_bytes(text)
+        path = self.root / ROOT_README
+        try:
+            try:
+                if _read_regular(path, MAX_ROOT_README_BYTES, what=ROOT_README) == data:
+                    return
+            except (FileNotFoundError, StoreError):
+                pass  # none yet, or not a file we wrote: replace it
+            self.root.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, data)
+        except OSError as exc:
+            raise StoreError(
+                f"could not write {ROOT_README} to {self.uri}: {exc.strerror or exc} "
+                "(the store directory must be writable by this user, on a disk with room)"
+            ) from exc
+        logger.info("wrote the root README store=%s bytes=%d", self.uri, len(data))
 
     def read(self, path: str, *, revision: str, max_bytes: int = MAX_ARTIFACT_BYTES) -> bytes:
         _check_repo_path(path)

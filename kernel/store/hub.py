@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import random
 import secrets
@@ -53,7 +54,14 @@ from kernel.store.paths import (
     index_path,
     model_paths,
 )
-from kernel.store.protocol import ANY_PARENT, AnyParent, PublishedFiles, TenantHead
+from kernel.store.protocol import (
+    ANY_PARENT,
+    ROOT_README,
+    AnyParent,
+    PublishedFiles,
+    TenantHead,
+    root_readme_bytes,
+)
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -219,6 +227,33 @@ class HubStore:
             "published tenant_hash=%s revision=%s store=%s", tenant_hash, revision, self.uri
         )
         return PublishedFiles(revision, model_paths(tenant_hash))
+
+    def write_root_readme(self, text: str) -> None:
+        """One commit of ``README.md`` alone, on whatever the head is (no tenant's file:
+        it cannot move a tenant's version, so it needs no compare-and-swap).
+
+        First one ``paths-info`` request: when the README there has this text's git
+        blob id, nothing is committed.
+        """
+        data = root_readme_bytes(text)
+        blob_id = hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False)
+
+        def attempt() -> None:
+            if not self._repo_ready:
+                self._api.create_repo(self._repo_id, private=self._private, exist_ok=True)
+                self._repo_ready = True
+            found = self._api.get_paths_info(self._repo_id, [ROOT_README], revision="main")
+            if any(isinstance(f, RepoFile) and f.blob_id == blob_id.hexdigest() for f in found):
+                logger.info("the root README is unchanged store=%s", self.uri)
+                return
+            self._api.create_commit(
+                self._repo_id,
+                operations=[CommitOperationAdd(path_in_repo=ROOT_README, path_or_fileobj=data)],
+                commit_message="slaops: refresh the index of tenants' cards (README.md)",
+            )
+            logger.info("wrote the root README store=%s bytes=%d", self.uri, len(data))
+
+        self._retry("index", attempt)
 
     def read(self, path: str, *, revision: str, max_bytes: int = MAX_ARTIFACT_BYTES) -> bytes:
         _check_repo_path(path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Final, Protocol
+from typing import Final, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -126,3 +126,35 @@ class ModelStore(Protocol):
     def latest(self, tenant_hash: str) -> PublishedFiles | None: ...
 
     def revision_messages(self, tenant_hash: str) -> list[str]: ...
+
+
+#: The repo's root README (the Hub's landing page): the index of the tenants' cards.
+ROOT_README = "README.md"
+#: The largest root README a store writes.
+MAX_ROOT_README_BYTES = 4 * 1024 * 1024
+
+
+def root_readme_bytes(text: str) -> bytes:
+    """The root README's bytes, refused over ``MAX_ROOT_README_BYTES``."""
+    data = text.encode("utf-8")
+    if len(data) > MAX_ROOT_README_BYTES:
+        raise ValueError(f"root README of {len(data)} bytes, over {MAX_ROOT_README_BYTES}")
+    return data
+
+
+@runtime_checkable
+class RootReadme(Protocol):
+    """A store that keeps a root ``README.md`` beside ``sla_models/`` (both backends).
+
+    ``write_root_readme`` replaces it in its own write (on the Hub, one commit of that
+    file alone, which no tenant's version includes: a tenant's head, count and
+    history are its card's, untouched by it). Written only by ``slaops models
+    publish-index``, in batches, never with a model version. An unchanged text writes
+    nothing (the Hub skips an unchanged commit; the file store compares first).
+    Raises ``ValueError`` for a text over ``MAX_ROOT_README_BYTES``, and the store
+    errors of ``publish``.
+    """
+
+    uri: str
+
+    def write_root_readme(self, text: str) -> None: ...

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 
 import matplotlib.image
 import numpy as np
@@ -19,6 +20,7 @@ from pydantic import SecretStr
 import retrainer.publisher as publisher
 from kernel.artifacts import ModelCard, sha256_hex
 from kernel.model_report import PLOT_KINDS, build_report, report_card_digest
+from kernel.model_report.markdown import MODEL_INDEX_METRICS
 from kernel.store import (
     REPORT_KINDS,
     ModelStore,
@@ -112,13 +114,35 @@ def test_the_markdown_card_yaml_parses_and_carries_the_json_cards_metrics() -> N
     (entry,) = meta["model-index"]
     (result,) = entry["results"]
     metrics = {m["type"]: m["value"] for m in result["metrics"]}
-    assert metrics == card.metrics
+    scores = {k: v for k, v in card.metrics.items() if k in MODEL_INDEX_METRICS}
+    assert metrics == {k: v for k, v in scores.items() if math.isfinite(v)}
+    assert {"log_loss", "brier", "f1"} <= set(metrics)
     body = text.split("\n---\n", 1)[1]
     for heading in ("## Intended use", "## Training data", "## Evaluation", "## Limitations"):
         assert heading in body
     for kind, path in report_paths(hashed).items():  # every plot embedded by relative path
         if kind != "report":
             assert f"]({path.rsplit('/', 1)[1]})" in body, kind
+
+
+def test_model_index_holds_only_scores_and_the_counts_are_in_the_body() -> None:
+    card_bytes = _card_bytes()
+    card = ModelCard.model_validate_json(card_bytes)
+    text = build_report(card_bytes, "d" * 64)["report"].decode()
+    head, body = text[4:].split("\n---\n", 1)
+    (result,) = yaml.safe_load(head)["model-index"][0]["results"]
+    names = {m["type"] for m in result["metrics"]}
+    counts = {"tn", "fp", "fn", "tp", "n_rows", "positive_rate", "threshold"}
+    assert counts <= set(card.metrics)  # the card has them ...
+    assert not names & counts  # ... the model-index does not
+    assert all(
+        isinstance(m["value"], float) and math.isfinite(m["value"]) for m in result["metrics"]
+    )
+    m = {k: int(card.metrics[k]) for k in ("tn", "fp", "fn", "tp", "n_rows")}
+    row = f"| {m['n_rows']} | {m['tp'] + m['fn']} | {card.metrics['positive_rate']:.4f} | "
+    row += f"{card.metrics['threshold']:.4f} | {m['tn']} | {m['fp']} | {m['fn']} | {m['tp']} |"
+    assert "| rows | positives | positive rate | threshold | true negatives |" in body
+    assert row in body
 
 
 def test_a_card_carries_compact_report_fields_and_old_cards_still_load() -> None:
