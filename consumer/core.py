@@ -136,7 +136,6 @@ class IngestCore:
         """
         replay_below = replay_below or {}
         result = BatchResult()
-        self.registry.expire(now)
         partitions: list[int] = []
         offsets: list[int] = []
         rows: list[tuple[Any, ...]] = []
@@ -171,6 +170,8 @@ class IngestCore:
                     result.replayed += int(np.count_nonzero(block.offsets < block.replay_limit))
                 self._ingest_block(block, result)
             self._forecaster.emit(result)
+        if not rows:
+            self.registry.expire(now)
         self._send_cleared(result)
         self._commit_points(high, replay_below, result)
         return result
@@ -239,6 +240,9 @@ class IngestCore:
         counts = np.bincount(codes)
         ends = np.cumsum(counts).tolist()
         names = list(codes_of)
+        # Before admission, so newcomers find the room; none of this batch's tenants is
+        # idle, however much event time the batch spans (a backtest's chunk: days).
+        self.registry.expire(now, present=codes_of)
         behind = self._behind(ts, parts, now)
         admitted: list[tuple[TenantState, tuple[np.ndarray, ...]] | None] = []
         for count, hi in zip(counts.tolist(), ends, strict=True):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 
 from consumer.batch import NO_LABELS, NO_PROBA, PROTECTED_EVENTS, CoreConfig, TenantState
@@ -191,10 +191,10 @@ class TenantRegistry:
         if len(state.window) >= PROTECTED_EVENTS:
             self._probation.pop(state.tenant, None)
 
-    def expire(self, now: float | None) -> int:
+    def expire(self, now: float | None, present: Container[str] = ()) -> int:
         """Forget the tenants idle for `tenant_idle_s` of `now` (on probation: for
         `probation_idle_s`); how many. The only way a held tenant leaves, but for its
-        partition leaving this member."""
+        partition leaving this member. Tenants in `present` (the batch's) stay."""
         if now is None:
             return 0
         cfg, gone = self.config, 0
@@ -204,10 +204,15 @@ class TenantRegistry:
         ):
             while queue:
                 tenant = next(iter(queue))
-                seen = self._tenants[tenant].seen_at
-                if seen is None or now - seen <= idle_s:
+                state = self._tenants[tenant]
+                if state.seen_at is None or now - state.seen_at <= idle_s:
                     break
-                log.debug("tenant=%s idle since %.0f: expired", tenant, seen)
+                if tenant in present:  # seen now: to the back, as its admission will
+                    state.seen_at = now
+                    queue.move_to_end(tenant)
+                    self._tenants.move_to_end(tenant)
+                    continue
+                log.debug("tenant=%s idle since %.0f: expired", tenant, state.seen_at)
                 self._forget(tenant)
                 gone += 1
         self.expired += gone

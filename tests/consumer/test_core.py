@@ -277,3 +277,16 @@ def test_a_request_names_the_tenants_own_offsets_whatever_else_shares_the_partit
     named = span.own_offsets()
     assert named is not None and named == mine[: len(named)]
     assert span.size() == requests[0].n_events < (span.end_offset - span.start_offset) / 10
+
+
+def test_a_batch_spanning_more_than_the_idle_span_keeps_its_tenants() -> None:
+    """A backtest's chunk covers days of event time: its tenants are not idle."""
+    core = IngestCore(config(tenant_idle_s=3_600.0, probation_idle_s=600.0))
+    values = telemetry_values("acme", 300, seed=0, interval_s=300.0)  # 25 hours
+    clock = START.timestamp()
+    for lo in range(0, 300, 100):
+        batch = [RawRecord(b"acme", v, 0, lo + i) for i, v in enumerate(values[lo : lo + 100])]
+        clock += 100 * 300.0
+        core.process(batch, now=clock)
+    state = core.tenant("acme")
+    assert state is not None and len(state.window) == 300 and core.expired == 0
