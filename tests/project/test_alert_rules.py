@@ -44,7 +44,6 @@ EXPECTED_ALERTS = {
 }
 
 
-
 def _promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     assert PROMTOOL is not None
     return subprocess.run(  # noqa: S603
