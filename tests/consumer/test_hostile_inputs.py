@@ -753,6 +753,7 @@ def test_secrets_stay_out_of_the_logs_of_a_successful_start_up(
 
     module = "consumer.main" if command == "consume" else "retrainer.main"
     monkeypatch.setattr("slaops.runner.ensure_topics", lambda settings, specs: None)
+    monkeypatch.setattr("slaops.runner.wait_for_broker", lambda s: s.bootstrap_servers)
     monkeypatch.setattr(f"{module}.build_service", build_service)
     with caplog.at_level(logging.DEBUG):
         assert main([command]) == 0

@@ -53,6 +53,10 @@ def test_sigkilled_consumer_loses_nothing_and_repeats_requests_with_their_event_
         # request held in flight, so every drift past the cooldown is a request.
         "cold_start": False,
         "request_timeout_s": 0.0,
+        # The drifts come before a day is covered, and the stream is sent at speed: one
+        # data-drift reference, cooldowns on event time (oracle and service alike).
+        "drift_seasonal": False,
+        "wall_cooldown": False,
     }
     settings = ConsumerSettings(bootstrap_servers=bootstrap, **names, **tuning)  # type: ignore[arg-type]
     ensure_topics(settings, topic_specs(settings))
