@@ -38,11 +38,7 @@ class ServiceProcess:
         # pytest-xdist workers run at the same time, and a default port taken by one
         # stops the next at start-up. Restarts of this process bind the same port again.
         port = {"SLAOPS_METRICS_PORT": str(free_port())}
-        # Recorded telemetry sent at speed, shorter than a day, no daily cycle (as
-        # `testkit.factories.consumer_settings` assumes): event-time cooldowns, one
-        # data-drift reference, unless `env` says otherwise.
-        recorded = {"SLAOPS_WALL_COOLDOWN": "false", "SLAOPS_DRIFT_SEASONAL": "false"}
-        self.env = {**os.environ, "SLAOPS_LOG_LEVEL": "INFO", **recorded, **port, **env}
+        self.env = {**os.environ, "SLAOPS_LOG_LEVEL": "INFO", **port, **env}
         self.log_dir = log_dir
         self.starts = 0
         self.process: subprocess.Popen[bytes] | None = None
