@@ -74,8 +74,7 @@ class TimeRule:
         start = -np.inf if newest is None else newest
         running = np.maximum.accumulate(np.concatenate(([start], candidates)))[:-1]
         codes[(codes == ACCEPTED) & (ts < running - self.span_s)] = PAST
-        top = float(running[-1]) if ts.shape[0] else start
-        last = max(top, float(candidates[-1]))
+        last = max(float(running[-1]), float(candidates[-1]))
         return codes, (None if last == -np.inf else last)
 
     def judge_all(self, ts: np.ndarray, now: float | None) -> np.ndarray:
