@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consumer.live_model import LiveModel
-from kernel.features import LOG_METRICS, FeatureSpec
+from kernel.features import LOG_METRICS, FeatureSpec, _rolling_median
 from retrainer.dataset import pairs_for_model
 from schemas.telemetry import FEATURES
 from testkit.live_models import Published, core_with, load, messages
@@ -218,3 +218,24 @@ def test_online_inputs_equal_the_training_rows_after_a_restart(published: Publis
     online = np.concatenate(seen)
     t0 = 400 - (model.features.history - 1)  # offline row of event 400
     np.testing.assert_array_equal(online[: len(offline) - t0], offline.X[t0:])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 400),
+    window=st.sampled_from([2, 3, 7, 24, 71, 72, 200]),
+    seed=st.integers(0, 2**16),
+)
+def test_the_rolling_median_is_numpys_median_of_each_window_bit_for_bit(
+    n: int, window: int, seed: int
+) -> None:
+    """The running rank filters give exactly what sorting each row's window gives (ties
+    included: values rounded to one decimal), for all rows and for any subset of rows."""
+    rng = np.random.default_rng(seed)
+    values = np.round(rng.normal(0.0, 2.0, n), 1)
+    padded = np.concatenate((np.full(window - 1, values[0]), values))
+    every = np.median(np.lib.stride_tricks.sliding_window_view(padded, window), axis=1)
+    rows = np.arange(n)
+    assert np.array_equal(_rolling_median(values, window, rows), every)
+    some = rng.choice(n, size=min(n, 9), replace=False)
+    assert np.array_equal(_rolling_median(values, window, some), every[some])
