@@ -17,8 +17,10 @@ a batch; the jobs are each in their own module:
 
 from __future__ import annotations
 
+import gc
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,6 +41,26 @@ from schemas.dead_letter import HEADER_PREFIX
 __all__ = ["BatchResult", "CoreConfig", "DeadLetterOut", "IngestCore", "TenantState"]
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a batch is processed.
+
+    A batch allocates a few objects per record (the validated event, its row), nearly
+    all freed by reference counting; the collector, triggered every 700 allocations,
+    would meanwhile walk every tenant's long-lived state again and again (a third of
+    the core's time with 1,000 tenants). Cycles made in the batch are collected at the
+    next allocation after it. A caller that paused the collector itself keeps it paused.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 class IngestCore:
@@ -134,36 +156,60 @@ class IngestCore:
         hold on it too, for fresh events); None (unit tests of other parts) bounds
         nothing and only answers end a request in flight.
         """
-        replay_below = replay_below or {}
+        with collector_paused():
+            return self._process(records, replay_below or {}, now, wall_clock)
+
+    def _process(
+        self,
+        records: Sequence[KafkaRecord],
+        replay_below: Mapping[int, int],
+        now: float | None,
+        wall_clock: bool,
+    ) -> BatchResult:
         result = BatchResult()
-        partitions: list[int] = []
-        offsets: list[int] = []
         rows: list[tuple[Any, ...]] = []
-        kept: list[KafkaRecord] = []
-        #: The highest offset of each partition in the batch.
-        high: dict[int, int] = {}
+        #: Indices into `records` of the valid ones, and (index, error) of the others.
+        good: list[int] = []
+        bad: list[tuple[int, InvalidTelemetry]] = []
         max_bytes = self.config.max_message_bytes
-        for record in records:
-            partition = record.partition() or 0
-            offset = record.offset() or 0
-            high[partition] = max(high.get(partition, -1), offset)
+        # The per-record loop does only what must be done per record: the rest is on
+        # columns (every statement here costs about 1% of the core's time).
+        for i, record in enumerate(records):
             try:
                 event = parse_telemetry(record.key(), record.value(), max_bytes=max_bytes)
             except InvalidTelemetry as exc:
-                result.invalid += 1
-                if offset >= replay_below.get(partition, -1):
-                    result.dead_letters.append(
-                        self._dead_letter(record, exc, partition, offset, now)
-                    )
+                bad.append((i, exc))
                 continue
             rows.append(ROW(event.__dict__))
-            partitions.append(partition)
-            offsets.append(offset)
-            kept.append(record)
+            good.append(i)
+        count = len(records)
+        partitions = np.fromiter((r.partition() or 0 for r in records), np.int64, count)
+        offsets = np.fromiter((r.offset() or 0 for r in records), np.int64, count)
+        #: The highest offset of each partition in the batch.
+        high = {
+            int(partition): int(offsets[partitions == partition].max())
+            for partition in np.unique(partitions).tolist()
+        }
+        for i, error in bad:
+            partition, offset = int(partitions[i]), int(offsets[i])
+            result.invalid += 1
+            if offset >= replay_below.get(partition, -1):
+                result.dead_letters.append(
+                    self._dead_letter(records[i], error, partition, offset, now)
+                )
         result.valid = len(rows)
         if rows:
+            chosen = np.asarray(good, dtype=np.int64)
+            kept = [records[i] for i in good] if bad else list(records)
             blocks = self._blocks(
-                rows, partitions, offsets, kept, replay_below, now, result, wall_clock
+                rows,
+                partitions[chosen],
+                offsets[chosen],
+                kept,
+                replay_below,
+                now,
+                result,
+                wall_clock,
             )
             for block in blocks:
                 if block.replay_limit > 0:
@@ -212,8 +258,8 @@ class IngestCore:
     def _blocks(
         self,
         rows: list[tuple[Any, ...]],
-        partitions: list[int],
-        offsets: list[int],
+        partitions: np.ndarray,
+        offsets: np.ndarray,
         records: list[KafkaRecord],
         replay_below: Mapping[int, int],
         now: float | None,
@@ -233,8 +279,8 @@ class IngestCore:
         ts = np.fromiter((stamp.timestamp() for stamp in stamps), np.float64, len(stamps))[order]
         features = np.array(metrics[:-1], dtype=np.float32).T[order]
         labels = np.array(metrics[-1], dtype=np.bool_)[order]
-        offs = np.array(offsets, dtype=np.int64)[order]
-        parts = np.array(partitions, dtype=np.int64)[order]
+        offs = offsets[order]
+        parts = partitions[order]
         # Codes number tenants by first appearance, so after the stable sort tenant
         # `code` occupies rows [ends[code] - counts[code], ends[code]).
         counts = np.bincount(codes)

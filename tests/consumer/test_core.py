@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 
 from consumer.core import IngestCore
@@ -290,3 +292,31 @@ def test_a_batch_spanning_more_than_the_idle_span_keeps_its_tenants() -> None:
         core.process(batch, now=clock)
     state = core.tenant("acme")
     assert state is not None and len(state.window) == 300 and core.expired == 0
+
+
+class _Watching(RawRecord):
+    """A record that notes whether the cyclic collector runs while the core reads it."""
+
+    seen: list[bool] = []
+
+    def value(self) -> bytes | None:
+        _Watching.seen.append(gc.isenabled())
+        return self.value_
+
+
+def test_the_collector_is_paused_for_a_batch_and_left_as_the_caller_had_it() -> None:
+    pairs = [("acme", v) for v in telemetry_values("acme", 20, seed=1)]
+    recs = [_Watching(r.key_, r.value_, 0, r.offset_) for r in records(pairs)]
+    core = IngestCore(config())
+    assert gc.isenabled()
+    result = core.process(recs[:10])
+    assert result.valid == 10
+    assert _Watching.seen == [False] * 10  # paused while the batch was read
+    assert gc.isenabled()  # and running again after it
+    gc.disable()
+    try:
+        core.process(recs[10:])
+        assert not gc.isenabled()  # a caller's own pause is kept
+    finally:
+        gc.enable()
+    assert _Watching.seen == [False] * 20
