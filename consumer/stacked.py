@@ -5,12 +5,11 @@ Forecasting tenant by tenant pays a feature transform and a small torch forward 
 tenant in each batch, for a handful of rows each: call overhead, not arithmetic. Here the
 tenants held with a live model at the start of a batch are forecast together:
 
-- Their inputs: each tenant's window tail (`history - 1` events) then its block, all
-  tenants of one `FeatureSpec` concatenated and transformed in one call. A row reads
-  at most `history - 1` events back, so with a full tail no row of a tenant's block
-  reads another tenant's events, and each row is what the tenant's own transform gives
-  (the features sum each window on its own). Tenants with a shorter tail (young ones)
-  are left to the per-tenant path.
+- Their inputs: each tenant's window tail (up to `history - 1` events) then its block,
+  all tenants of one `FeatureSpec` concatenated and transformed in one call, with each
+  event's series start (`FeatureSpec.transform(starts=)`): no row reads another
+  tenant's events, however young the tenant, and each row is what the tenant's own
+  transform gives, bit for bit (the features sum each window on its own).
 - Their forecasts: one `StackedMLP` forward per architecture over padded inputs. The
   stacks are kept between batches and rebuilt only for a group whose members changed.
 
@@ -100,10 +99,7 @@ class BatchForecasts:
             model = state.model
             if model is None:
                 continue
-            keep = model.features.history - 1
-            if len(state.window) < keep:
-                continue
-            past = state.window.tail(keep)
+            past = state.window.tail(model.features.history - 1)
             by_spec.setdefault(model.features, []).append((state, model, past, block))
         by_architecture: dict[Hashable, list[tuple[TenantState, LiveModel, np.ndarray]]] = {}
         for members in by_spec.values():
@@ -143,13 +139,15 @@ def _inputs(
         np.concatenate([part for _s, _m, past, block in members for part in (past[c], block[c])])
         for c in range(3)
     ]
-    wanted = []
+    wanted, starts = [], []
     start = 0
     for _s, _m, past, block in members:
         begin = start + len(past[0])
-        start = begin + len(block[0])
-        wanted.append(np.arange(begin, start))
-    rows = spec.transform(*columns, rows=np.concatenate(wanted))
+        end = begin + len(block[0])
+        wanted.append(np.arange(begin, end))
+        starts.append(np.full(end - start, start))
+        start = end
+    rows = spec.transform(*columns, rows=np.concatenate(wanted), starts=np.concatenate(starts))
     out = []
     start = 0
     for state, model, _past, block in members:

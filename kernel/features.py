@@ -205,13 +205,18 @@ class FeatureSpec(BaseModel):
         labels: ArrayLike,
         *,
         rows: NDArray[np.int64] | None = None,
+        starts: NDArray[np.int64] | None = None,
     ) -> NDArray[np.float32]:
         """One row per event, in the given (time) order; row i reads events <= i only.
 
         `ts` is epoch seconds (n,), `metrics` the raw `FEATURES` columns (n, 6),
         `labels` the breach flags (n,). With `rows` (event indices), only those rows,
         in that order: a live forecast needs its block's rows, not its history's, and
-        the windowed features cost per row. Raises ``ValueError`` on mismatched shapes.
+        the windowed features cost per row. With `starts` (n,), the index of each
+        event's first event of its own series: several tenants' events lie end to end,
+        and each row reads only its own series, as if transformed alone (the consumer
+        transforms a batch's tenants in one call). Raises ``ValueError`` on mismatched
+        shapes.
         """
         ts_arr = np.asarray(ts, dtype=np.float64)
         raw = np.asarray(metrics, dtype=np.float64)
@@ -225,27 +230,36 @@ class FeatureSpec(BaseModel):
         at = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
         if len(at) and (int(at.min()) < 0 or int(at.max()) >= n):
             raise ValueError(f"rows must be event indices in [0, {n})")
+        if starts is None:
+            series = np.zeros(n, dtype=np.int64)
+        else:
+            series = np.asarray(starts, dtype=np.int64)
+            if series.shape != (n,) or (n and ((series < 0) | (series > np.arange(n))).any()):
+                raise ValueError("starts must give each event an index at or before it")
+        first = series[at]
         base = raw.copy()
         for j, name in enumerate(FEATURES):
             if name in LOG_METRICS:
                 base[:, j] = np.log1p(np.maximum(base[:, j], 0.0))
         columns: list[NDArray[np.float64]] = [base[at]]
         for lag in range(1, self.lags + 1):
-            columns.append(base[_earlier(at, lag)])
-        columns.append(np.abs(base[at] - base[_earlier(at, 1)]))
+            columns.append(base[_earlier(at, lag, first)])
+        columns.append(np.abs(base[at] - base[_earlier(at, 1, first)]))
         columns.append(flags[at, None])
-        columns += [_rolling_mean(flags, w, at)[:, None] for w in self.breach_windows]
-        columns.append((_run_length(flags, self.history)[at] / self.history)[:, None])
+        columns += [_rolling_mean(flags, w, at, first)[:, None] for w in self.breach_windows]
+        run = _run_length(flags, self.history, series)[at]
+        columns.append((run / self.history)[:, None])
         if self.version == 1:
             for metric in ROLLING_METRICS:
                 values = base[:, FEATURES.index(metric)]
-                columns += _mean_std(values, self.rolling_window, at)
+                columns += _mean_std(values, self.rolling_window, at, first)
         else:
-            columns.append(_quiet(flags, at)[:, None])
+            columns.append(_quiet(flags, at, first)[:, None])
             for j in range(len(FEATURES)):
-                columns += self._context(base[:, j], at)
+                columns += self._context(base[:, j], at, first)
             if self.season_events:
-                columns.append(_day_before(base, self.season_events, self.trend_ahead, at))
+                day_before = _day_before(base, self.season_events, self.trend_ahead, at, first)
+                columns.append(day_before)
         if self.time_of_day:
             day = 2 * np.pi * np.mod(ts_arr[at], _DAY_S) / _DAY_S
             columns.append(np.stack([np.sin(day), np.cos(day)], axis=1))
@@ -255,40 +269,64 @@ class FeatureSpec(BaseModel):
         return np.ascontiguousarray(np.concatenate(columns, axis=1), dtype=np.float32)
 
     def _context(
-        self, values: NDArray[np.float64], at: NDArray[np.int64]
+        self, values: NDArray[np.float64], at: NDArray[np.int64], first: NDArray[np.int64]
     ) -> list[NDArray[np.float64]]:
         """Version 2's columns of one metric: spread, trends, distance from its level."""
-        out = _mean_std(values, self.rolling_window, at)
+        out = _mean_std(values, self.rolling_window, at, first)
         for k in self.trend_windows:
-            level, slope = _trend(values, k, at)
+            level, slope = _trend(values, k, at, first)
             out += [slope[:, None], (level + slope * ((k - 1) / 2.0 + self.trend_ahead))[:, None]]
-        out.append((values[at] - _rolling_median(values, self.level_window, at))[:, None])
+        median = _rolling_median(values, self.level_window, at, first)
+        out.append((values[at] - median)[:, None])
         return out
 
 
-def _earlier(at: NDArray[np.int64], lag: int) -> NDArray[np.int64]:
-    """The rows `lag` before rows `at`; the first rows repeat row 0 (nothing earlier)."""
-    out: NDArray[np.int64] = np.maximum(at - lag, 0)
+def _earlier(at: NDArray[np.int64], lag: int, first: NDArray[np.int64]) -> NDArray[np.int64]:
+    """The rows `lag` before rows `at`; a series' first rows repeat its first (none earlier)."""
+    out: NDArray[np.int64] = np.maximum(at - lag, first)
     return out
 
 
-def _run_length(flags: NDArray[np.float64], cap: int) -> NDArray[np.float64]:
+def _cut(
+    view: NDArray[np.float64],
+    at: NDArray[np.int64],
+    first: NDArray[np.int64],
+    values: NDArray[np.float64] | None = None,
+) -> None:
+    """Pad, in place, what each row's window `view[r]` (ending at `at[r]`) holds from
+    before the row's series start `first[r]`, as that series alone is padded: with its
+    first value (`values`), or with zeros.
+
+    Only rows of a series that does not start the array can read another series.
+    """
+    window = view.shape[1]
+    young = np.flatnonzero((first > 0) & (at - first < window - 1))
+    if not len(young):
+        return
+    before = (at[young, None] - (window - 1) + np.arange(window)) < first[young, None]
+    padding = 0.0 if values is None else values[first[young]][:, None]
+    view[young] = np.where(before, padding, view[young])
+
+
+def _run_length(
+    flags: NDArray[np.float64], cap: int, series: NDArray[np.int64]
+) -> NDArray[np.float64]:
     """Events the current state has lasted at each row (this one included), at most `cap`.
 
-    The first row counts as a change: a run is never longer than the rows seen, and with
-    `cap` no more than the rows a live forecast sees, online and offline agree.
+    A series' first row counts as a change: a run is never longer than the rows seen,
+    and with `cap` no more than the rows a live forecast sees, online and offline agree.
     """
     n = len(flags)
     index = np.arange(n)
-    change = np.ones(n, dtype=bool)
-    change[1:] = flags[1:] != flags[:-1]
+    change = series == index
+    change[1:] |= flags[1:] != flags[:-1]
     start = np.maximum.accumulate(np.where(change, index, 0))
     run: NDArray[np.float64] = np.minimum(index - start + 1, cap).astype(np.float64)
     return run
 
 
 def _rolling_mean(
-    values: NDArray[np.float64], window: int, at: NDArray[np.int64]
+    values: NDArray[np.float64], window: int, at: NDArray[np.int64], first: NDArray[np.int64]
 ) -> NDArray[np.float64]:
     """Mean of the last `window` values at each row of `at` (fewer at the start).
 
@@ -298,32 +336,35 @@ def _rolling_mean(
     if len(at) == 0:
         return np.zeros(0)
     padded = np.concatenate((np.zeros(window - 1), values))
-    sums = sliding_window_view(padded, window)[at].sum(axis=1)
-    counts = np.minimum(at + 1, window)
+    view = sliding_window_view(padded, window)[at]
+    _cut(view, at, first)
+    sums = view.sum(axis=1)
+    counts = np.minimum(at - first + 1, window)
     result: NDArray[np.float64] = sums / counts
     return result
 
 
 def _mean_std(
-    values: NDArray[np.float64], window: int, at: NDArray[np.int64]
+    values: NDArray[np.float64], window: int, at: NDArray[np.int64], first: NDArray[np.int64]
 ) -> list[NDArray[np.float64]]:
-    mean = _rolling_mean(values, window, at)
-    mean_sq = _rolling_mean(values * values, window, at)
+    mean = _rolling_mean(values, window, at, first)
+    mean_sq = _rolling_mean(values * values, window, at, first)
     std = np.sqrt(np.maximum(mean_sq - mean * mean, 0.0))
     return [mean[:, None], std[:, None]]
 
 
 def _windows(
-    values: NDArray[np.float64], window: int, at: NDArray[np.int64]
+    values: NDArray[np.float64], window: int, at: NDArray[np.int64], first: NDArray[np.int64]
 ) -> NDArray[np.float64]:
-    """The last `window` values at each row of `at`; the first rows repeat the first value."""
+    """The last `window` values at each row of `at`; a series' first rows repeat its first."""
     pad = np.full(window - 1, values[0] if len(values) else 0.0)
     out: NDArray[np.float64] = sliding_window_view(np.concatenate((pad, values)), window)[at]
+    _cut(out, at, first, values)
     return out
 
 
 def _trend(
-    values: NDArray[np.float64], window: int, at: NDArray[np.int64]
+    values: NDArray[np.float64], window: int, at: NDArray[np.int64], first: NDArray[np.int64]
 ) -> tuple[NDArray[np.float64], ...]:
     """The least-squares line through the last `window` values at rows `at`: (mean, slope).
 
@@ -331,7 +372,7 @@ def _trend(
     """
     if len(at) == 0:
         return np.zeros(0), np.zeros(0)
-    view = _windows(values, window, at)
+    view = _windows(values, window, at, first)
     x = np.arange(window, dtype=np.float64) - (window - 1) / 2.0
     # Row-wise sums, not a matrix product: a row's value then depends on its window
     # alone (BLAS may block rows differently by count), so online and offline agree.
@@ -341,13 +382,14 @@ def _trend(
 
 
 def _rolling_median(
-    values: NDArray[np.float64], window: int, at: NDArray[np.int64]
+    values: NDArray[np.float64], window: int, at: NDArray[np.int64], first: NDArray[np.int64]
 ) -> NDArray[np.float64]:
     """The median of the last `window` values at rows `at` (the first rows repeat the first).
 
     What ``np.median`` gives on each row's window, bit for bit (for an even window the
     mean of the two middle values, as numpy takes it), from two running rank filters:
-    sorting every row's window cost more than the rest of the pipeline together.
+    sorting every row's window cost more than the rest of the pipeline together. Rows
+    whose window reaches back past their own series' start (`first`) sort theirs.
     """
     if len(at) == 0:
         return np.zeros(0)
@@ -358,24 +400,37 @@ def _rolling_median(
     rows = at + (window - 1)
     high = ndimage.rank_filter(padded, window // 2, size=window, origin=origin)[rows]
     if window % 2:
-        return high
-    low = ndimage.rank_filter(padded, window // 2 - 1, size=window, origin=origin)[rows]
-    median: NDArray[np.float64] = (low + high) / 2.0
+        median: NDArray[np.float64] = high
+    else:
+        low = ndimage.rank_filter(padded, window // 2 - 1, size=window, origin=origin)[rows]
+        median = (low + high) / 2.0
+    young = np.flatnonzero((first > 0) & (at - first < window - 1))
+    if len(young):
+        cut = _windows(values, window, at[young], first[young])
+        median[young] = np.median(cut, axis=1)
     return median
 
 
-def _quiet(flags: NDArray[np.float64], at: NDArray[np.int64]) -> NDArray[np.float64]:
+def _quiet(
+    flags: NDArray[np.float64], at: NDArray[np.int64], first: NDArray[np.int64]
+) -> NDArray[np.float64]:
     """1 where no breach was seen in the last `QUIET_EVENTS` events (this one included)."""
-    quiet: NDArray[np.float64] = (_rolling_mean(flags, QUIET_EVENTS, at) == 0).astype(np.float64)
+    quiet: NDArray[np.float64] = (_rolling_mean(flags, QUIET_EVENTS, at, first) == 0).astype(
+        np.float64
+    )
     return quiet
 
 
 def _day_before(
-    base: NDArray[np.float64], day: int, ahead: int, at: NDArray[np.int64]
+    base: NDArray[np.float64],
+    day: int,
+    ahead: int,
+    at: NDArray[np.int64],
+    first: NDArray[np.int64],
 ) -> NDArray[np.float64]:
     """Each metric's highest value one day before the next `ahead` events, at rows `at`.
 
-    Row t reads rows ``t + 1 - day ... t + ahead - day`` (clipped to the rows there are),
+    Row t reads rows ``t + 1 - day ... t + ahead - day`` (clipped to its series' rows),
     all in the past while `ahead` < `day`.
     """
     n = len(base)
@@ -386,6 +441,6 @@ def _day_before(
         column = base[:, j]
         best = np.full(len(at), -np.inf)
         for step in range(1, ahead + 1):
-            best = np.maximum(best, column[np.clip(at + step - day, 0, n - 1)])
+            best = np.maximum(best, column[np.clip(at + step - day, first, n - 1)])
         out[:, j] = best
     return out

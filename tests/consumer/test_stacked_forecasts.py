@@ -12,7 +12,7 @@ from confluent_kafka import Message
 
 import consumer.stacked
 from consumer.core import CoreConfig, IngestCore
-from consumer.live_model import LiveModel
+from consumer.live_model import Events, LiveModel
 from kernel.artifacts import predict_proba
 from kernel.features import FeatureSpec
 from kernel.mlp import SlaMLP, StackedMLP
@@ -90,6 +90,14 @@ def _models() -> list[LiveModel]:
 
 def _run(batched: bool, monkeypatch: pytest.MonkeyPatch) -> list[tuple[Records, Records]]:
     monkeypatch.setattr(consumer.stacked, "MIN_GROUP", 2 if batched else 10**9)
+    alone_calls = []
+    own_forecast = LiveModel.forecast
+
+    def counted(model: LiveModel, history: Events, block: Events) -> np.ndarray:
+        alone_calls.append(len(history[0]))
+        return own_forecast(model, history, block)
+
+    monkeypatch.setattr(LiveModel, "forecast", counted)
     data = telemetry_bytes(8 * 400, 8, seed=3)
     records = [
         Message(topic="sla.telemetry", partition=0, offset=i, key=k, value=v)
@@ -109,6 +117,9 @@ def _run(batched: bool, monkeypatch: pytest.MonkeyPatch) -> list[tuple[Records, 
     stacks = core._forecaster._stacks._groups
     # Batched: one stack per architecture; the swapped tenant (now 1 layer) joined the other.
     assert sorted(len(g.members) for g in stacks.values()) == ([4, 5] if batched else [])
+    # Batched, no tenant is forecast alone: not even in the first batches, while their
+    # windows hold less than a row's history (72 events).
+    assert (alone_calls == []) if batched else (min(alone_calls) == 0)
     return outputs
 
 
