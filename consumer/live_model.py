@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +44,9 @@ class LiveModel:
     request_event_id: str
     module: SlaMLP
     card: ModelCard
+    #: Where the weights live once the model is live (`consumer.stacked.ModelBank`, its
+    #: slot): the module's tensors are views of it. Set and cleared by the bank only.
+    stored: tuple[Any, int] | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def from_verified(cls, model: VerifiedModel, request_event_id: str) -> LiveModel:

@@ -10,16 +10,18 @@ tenants held with a live model at the start of a batch are forecast together:
   event's series start (`FeatureSpec.transform(starts=)`): no row reads another
   tenant's events, however young the tenant, and each row is what the tenant's own
   transform gives, bit for bit (the features sum each window on its own).
-- Their forecasts: one `StackedMLP` forward per architecture over padded inputs. The
-  stacks are kept between batches and rebuilt only for a group whose members changed.
+- Their forecasts: one `StackedMLP` forward per architecture over padded inputs, read
+  from the `ModelBank` the registry keeps each live model's weights in (the only copy:
+  the tenant's own module reads the same slot), a page of slots at a time, so a batch
+  allocates a page's worth at most, not a copy of every tenant's weights.
 
 A tenant's forecast equals its own model's to float32 rounding (tested to 1e-6).
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -28,51 +30,96 @@ from consumer.batch import TenantState
 from consumer.live_model import Events, LiveModel
 from kernel.mlp import StackedMLP
 
-__all__ = ["BatchForecasts", "StackCache"]
+__all__ = ["BatchForecasts", "ModelBank", "StackCache", "architecture_key"]
 
 #: Fewer tenants than this in a group: the per-tenant path is as cheap.
 MIN_GROUP = 2
+#: Slots a page of a `ModelBank` holds (a 2 x 64 MLP on 88 inputs: 10 MB a page), and
+#: tenants whose inputs one feature transform computes: both bound what a batch
+#: allocates for its forecasts, whatever the number of tenants.
+PAGE_SLOTS = 256
+CHUNK_TENANTS = 512
 
 
-@dataclass(slots=True)
-class _Group:
-    """One architecture's members (tenant -> model) and their stack, rebuilt on change."""
+class ModelBank:
+    """The weights of one architecture's live models, each stored once, in pages of slots.
 
-    members: dict[str, LiveModel] = field(default_factory=dict)
-    slots: dict[str, int] = field(default_factory=dict)
-    stack: StackedMLP | None = None
+    `adopt` copies a model's module into a free slot and makes the module's tensors
+    views of it (`StackedMLP.put(..., share=True)`): the module forecasts alone as before,
+    and a batch's forecasts read the pages directly, so the weights are never copied
+    again. A page never moves; `release` frees a slot (the module it held gets copies of
+    its own back, in case someone still holds it) for the next model to reuse.
+    """
 
-    def slots_for(self, models: Sequence[LiveModel]) -> tuple[StackedMLP, torch.Tensor]:
-        """The group's stack, rebuilt if a model is new to it, and the models' slots."""
-        changed = False
-        for model in models:
-            if self.members.get(model.tenant) is not model:
-                self.members[model.tenant] = model
-                changed = True
-        stack = self.stack
-        if changed or stack is None:
-            stack = self.stack = StackedMLP([m.module for m in self.members.values()])
-            self.slots = {tenant: i for i, tenant in enumerate(self.members)}
-        return stack, torch.tensor([self.slots[m.tenant] for m in models], dtype=torch.int64)
+    def __init__(self, page_slots: int | None = None) -> None:
+        self._page_slots = PAGE_SLOTS if page_slots is None else page_slots
+        self._pages: list[StackedMLP] = []
+        self._free: list[int] = []  # a heap: the lowest free slot first
+        #: Slots holding a live model.
+        self.live = 0
+
+    def adopt(self, model: LiveModel) -> int:
+        """Store `model`'s weights in a free slot (its module now reads them from there)."""
+        if not self._free:
+            first = len(self._pages) * self._page_slots
+            self._pages.append(StackedMLP.empty(model.module, self._page_slots))
+            self._free.extend(range(first, first + self._page_slots))  # already a heap
+        slot = heapq.heappop(self._free)
+        page, index = divmod(slot, self._page_slots)
+        try:
+            self._pages[page].put(index, model.module, share=True)
+        except BaseException:
+            heapq.heappush(self._free, slot)
+            raise
+        object.__setattr__(model, "stored", (self, slot))
+        self.live += 1
+        return slot
+
+    def release(self, slot: int, model: LiveModel) -> None:
+        """Free `slot`, which `model` was adopted into; its module keeps its weights."""
+        page, index = divmod(slot, self._page_slots)
+        self._pages[page].detach(index, model.module)
+        if model.stored == (self, slot):
+            object.__setattr__(model, "stored", None)
+        heapq.heappush(self._free, slot)
+        self.live -= 1
+
+    def logits(self, slots: Sequence[int], X: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """`StackedMLP.logits` of the models in `slots`, page by page, each page's members
+        in slot order (consecutive slots are read in place)."""
+        where = torch.tensor(slots, dtype=torch.int64)
+        order = torch.argsort(where)
+        ranked = where[order]
+        bounds = torch.searchsorted(ranked, torch.arange(len(self._pages) + 1) * self._page_slots)
+        out = torch.empty(X.shape[:2], dtype=X.dtype)
+        edges = bounds.tolist()
+        for page, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+            if lo == hi:
+                continue
+            members = order[lo:hi]
+            index = ranked[lo:hi] - page * self._page_slots
+            out[members] = self._pages[page].logits(index, X[members], rows[members])
+        return out
 
 
 class StackCache:
-    """The stacked weights of every architecture the consumer has forecast with.
+    """Where a batch's stacked forward finds its models' weights.
 
-    A group holds the newest model of each tenant it has seen (at most one per tenant,
-    as the registry does), so a swap rebuilds that group's stack only.
+    Models made live by `consumer.tenants.TenantRegistry` are in its `ModelBank`s; a
+    group of models that are not (or not all in one bank) is stacked for the batch
+    only, never kept.
     """
-
-    def __init__(self) -> None:
-        self._groups: dict[Hashable, _Group] = {}
 
     def logits(
         self, models: Sequence[LiveModel], X: torch.Tensor, rows: torch.Tensor
     ) -> torch.Tensor:
         """`StackedMLP.logits` of `models` (one architecture) on their padded inputs."""
-        group = self._groups.setdefault(_architecture_key(models[0]), _Group())
-        stack, members = group.slots_for(models)
-        return stack.logits(members, X, rows)
+        stored = [model.stored for model in models]
+        first = stored[0]
+        if first is not None and all(s is not None and s[0] is first[0] for s in stored):
+            return first[0].logits([s[1] for s in stored if s is not None], X, rows)
+        stack = StackedMLP([model.module for model in models])
+        return stack.logits(torch.arange(len(models)), X, rows)
 
 
 class BatchForecasts:
@@ -103,8 +150,10 @@ class BatchForecasts:
             by_spec.setdefault(model.features, []).append((state, model, past, block))
         by_architecture: dict[Hashable, list[tuple[TenantState, LiveModel, np.ndarray]]] = {}
         for members in by_spec.values():
-            for state, model, rows in _inputs(members):
-                key = _architecture_key(model)
+            chunks = range(0, len(members), CHUNK_TENANTS)
+            inputs = [row for at in chunks for row in _inputs(members[at : at + CHUNK_TENANTS])]
+            for state, model, rows in inputs:
+                key = architecture_key(model)
                 by_architecture.setdefault(key, []).append((state, model, rows))
         for group in by_architecture.values():
             if len(group) < MIN_GROUP:
@@ -156,5 +205,6 @@ def _inputs(
     return out
 
 
-def _architecture_key(model: LiveModel) -> Hashable:
+def architecture_key(model: LiveModel) -> Hashable:
+    """Models whose weights stack together (one `ModelBank` each)."""
     return tuple(sorted(model.module.architecture().items()))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Container, Iterable
+from collections.abc import Container, Hashable, Iterable
 from dataclasses import dataclass
 
 from consumer.batch import NO_LABELS, NO_PROBA, PROTECTED_EVENTS, CoreConfig, TenantState
@@ -25,6 +25,7 @@ from consumer.gate import RequestGate
 from consumer.live_model import LiveModel
 from consumer.performance import PerformanceMonitor
 from consumer.recalibration import Recalibration
+from consumer.stacked import ModelBank, architecture_key
 from consumer.warnings import Edge, WarningState, end_warning
 from consumer.window import TenantWindow
 from schemas.telemetry import FEATURES, RejectReason
@@ -58,6 +59,10 @@ class TenantRegistry:
         self._probation: OrderedDict[str, None] = OrderedDict()
         self._by_partition: dict[int, set[str]] = {}
         self._models: dict[str, LiveModel] = {}
+        #: Every live model's weights, stored once per architecture (`consumer.stacked`),
+        #: and the slot each tenant's model holds there.
+        self._banks: dict[Hashable, ModelBank] = {}
+        self._slots: dict[str, tuple[ModelBank, int]] = {}
         #: Tenants expired for idleness, and newcomers refused, since the start.
         self.expired = 0
         self.refused = 0
@@ -85,6 +90,12 @@ class TenantRegistry:
         current = self._models.get(model.tenant)
         if current is not None and current.version >= model.version:
             return False
+        bank = self._banks.setdefault(architecture_key(model), ModelBank())
+        slot = bank.adopt(model)
+        held = self._slots.get(model.tenant)
+        if current is not None and held is not None:
+            held[0].release(held[1], current)  # after adopting: the new may read the old
+        self._slots[model.tenant] = (bank, slot)
         self._models[model.tenant] = model
         state = self._tenants.get(model.tenant)
         if state is not None:

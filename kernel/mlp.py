@@ -297,63 +297,108 @@ class StackedMLP:
     tenant costs far more in call overhead than in arithmetic. :meth:`logits` computes
     what each member's own ``forward`` (eval mode) computes, with batched matrix
     products (equal to float32 rounding, not bit for bit).
+
+    Every ``state_dict`` entry of the members is one tensor of shape ``(slots, *shape)``,
+    each slot in the module's own layout. ``StackedMLP(modules)`` copies the modules
+    into slots ``0..n-1``; ``StackedMLP.empty(like, slots)`` allocates slots (untouched,
+    so unused ones cost no resident memory) for :meth:`put` to fill. ``put(..., share=True)``
+    also makes the module's own parameters and buffers views of its slot, so the stack
+    holds the only copy of its weights and the module forecasts from it (bit for bit as
+    before: same values, same layout); :meth:`detach` gives the module copies of its own
+    again before the slot is reused.
+
+    >>> a, b = SlaMLP(3, width=4).eval(), SlaMLP(3, width=4).eval()
+    >>> stack = StackedMLP.empty(a, 8)
+    >>> stack.put(5, a, share=True)
+    >>> stack.shares(5, a), stack.shares(5, b)
+    (True, False)
+    >>> stack.detach(5, a)
+    >>> stack.shares(5, a)
+    False
     """
 
     def __init__(self, modules: list[SlaMLP]) -> None:
         if not modules:
             raise ValueError("StackedMLP needs at least one module")
-        self.architecture = modules[0].architecture()
-        if any(m.architecture() != self.architecture for m in modules):
-            raise ValueError("StackedMLP members must share one architecture")
-        self.gated = modules[0].gated
-        self._activation = ACTIVATIONS[modules[0].activation]()
-
-        def stack(get: object) -> torch.Tensor:
-            return torch.stack([get(m).detach() for m in modules])  # type: ignore[operator]
-
-        def linears(m: SlaMLP) -> list[nn.Linear]:
-            return [layer for layer in m.body if isinstance(layer, nn.Linear)] + [m.head]
-
+        self._allocate(modules[0], len(modules))
         with torch.no_grad():
-            self.mean = stack(lambda m: m.feature_mean)
-            self.std = stack(lambda m: m.feature_std)
-            count = len(linears(modules[0]))
-            self.layers = [
-                (
-                    stack(lambda m, i=i: linears(m)[i].weight).transpose(1, 2).contiguous(),
-                    stack(lambda m, i=i: linears(m)[i].bias).unsqueeze(1),
-                )
-                for i in range(count)
-            ]
-            self.offset_column = torch.tensor([int(m.offset_column) for m in modules])
-            self.offset_logit = stack(lambda m: m.offset_logit)
-            if self.gated:
-                self.gate_column = torch.tensor([int(m.gate_column) for m in modules])
-                self.incident = (
-                    stack(lambda m: m.incident.weight).transpose(1, 2).contiguous(),
-                    stack(lambda m: m.incident.bias).unsqueeze(1),
-                )
-                self.low = stack(lambda m: m.feature_low)
-                self.high = stack(lambda m: m.feature_high)
-                self.watch = stack(lambda m: m.ood_watch)
-                self.prior = stack(lambda m: m.prior_logit)
+            for i, module in enumerate(modules):
+                self.put(i, module)
+
+    @classmethod
+    def empty(cls, like: SlaMLP, slots: int) -> StackedMLP:
+        """A stack of `slots` unwritten slots for modules of `like`'s architecture."""
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
+        stack = cls.__new__(cls)
+        stack._allocate(like, slots)
+        return stack
+
+    def _allocate(self, like: SlaMLP, slots: int) -> None:
+        self.architecture = like.architecture()
+        self.gated = like.gated
+        self._activation = ACTIVATIONS[like.activation]()
+        #: THE storage: one (slots, *shape) tensor per state_dict entry.
+        self.tensors = {
+            name: torch.empty((slots, *tensor.shape), dtype=tensor.dtype)
+            for name, tensor in like.state_dict().items()
+        }
+        t = self.tensors
+        self.mean, self.std = t["feature_mean"], t["feature_std"]
+        linears = [f"body.{i}" for i, layer in enumerate(like.body) if isinstance(layer, nn.Linear)]
+        # Weights (slots, out, in) and biases (slots, out), as each module holds them.
+        self.layers = [(t[f"{p}.weight"], t[f"{p}.bias"]) for p in [*linears, "head"]]
+        self.offset_column, self.offset_logit = t["offset_column"], t["offset_logit"]
+        if self.gated:
+            self.gate_column = t["gate_column"]
+            self.incident = (t["incident.weight"], t["incident.bias"])
+            self.low, self.high = t["feature_low"], t["feature_high"]
+            self.watch, self.prior = t["ood_watch"], t["prior_logit"]
 
     def __len__(self) -> int:
+        """Slots (written or not)."""
         return len(self.mean)
+
+    def put(self, index: int, module: SlaMLP, *, share: bool = False) -> None:
+        """Copy `module` into slot `index`; with `share`, the module then reads its slot."""
+        if module.architecture() != self.architecture:
+            raise ValueError("StackedMLP members must share one architecture")
+        with torch.no_grad():
+            for name, tensor in module.state_dict(keep_vars=True).items():
+                slot = self.tensors[name][index]
+                slot.copy_(tensor.detach())
+                if share:
+                    tensor.data = slot
+
+    def shares(self, index: int, module: SlaMLP) -> bool:
+        """Whether `module`'s tensors are views of slot `index` (`put(..., share=True)`)."""
+        return bool(module.feature_mean.data_ptr() == self.mean[index].data_ptr())
+
+    def detach(self, index: int, module: SlaMLP) -> None:
+        """Give `module` its own copies of its tensors if they are views of slot `index`."""
+        if not self.shares(index, module):
+            return
+        with torch.no_grad():
+            for tensor in module.state_dict(keep_vars=True).values():
+                tensor.data = tensor.data.clone()
 
     def logits(self, members: torch.Tensor, X: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Logits (t, r) of members `members` (t,) on their padded inputs `X` (t, r, f).
 
         `rows` (t,) is each member's count of real rows; the rest are padding, whose
         logits are meaningless (they only must not decide a member's OOD shrinkage).
+        Members that are consecutive slots, in order, are read in place (no copy).
         """
-        pick = members
+        pick: torch.Tensor | slice = members
+        first = int(members[0]) if len(members) else 0
+        if bool((members == torch.arange(first, first + len(members))).all()):
+            pick = slice(first, first + len(members))
         mean, std = self.mean[pick].unsqueeze(1), self.std[pick].unsqueeze(1)
         z = ((X - mean) / std).clamp(-MAX_Z, MAX_Z)
         h = z
         last = len(self.layers) - 1
         for i, (weight, bias) in enumerate(self.layers):
-            h = torch.baddbmm(bias[pick], h, weight[pick])
+            h = torch.baddbmm(bias[pick].unsqueeze(1), h, weight[pick].transpose(1, 2))
             if i < last:
                 h = self._activation(h)
         out = h.squeeze(-1)
@@ -365,7 +410,8 @@ class StackedMLP:
             return out
         gate = self.gate_column[pick]
         weight, bias = self.incident
-        incident = torch.baddbmm(bias[pick], z, weight[pick]).squeeze(-1)
+        incident = torch.baddbmm(bias[pick].unsqueeze(1), z, weight[pick].transpose(1, 2))
+        incident = incident.squeeze(-1)
         keep = (gate < 0).unsqueeze(1) | (_column(X, gate) >= 0.5)
         out = torch.where(keep, out, incident)
         low, high = self.low[pick].unsqueeze(1), self.high[pick].unsqueeze(1)

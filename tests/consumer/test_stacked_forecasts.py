@@ -114,9 +114,10 @@ def _run(batched: bool, monkeypatch: pytest.MonkeyPatch) -> list[tuple[Records, 
             core.apply_model(replace(swapped, version=2))
         result = core.process(records[start : start + 8 * 50])
         outputs.append((result.forecasts, result.warnings))
-    stacks = core._forecaster._stacks._groups
-    # Batched: one stack per architecture; the swapped tenant (now 1 layer) joined the other.
-    assert sorted(len(g.members) for g in stacks.values()) == ([4, 5] if batched else [])
+    # One bank of weights per architecture; the swapped tenant (now 1 layer) left its slot
+    # in the other.
+    banks = core.registry._banks
+    assert sorted(bank.live for bank in banks.values()) == [3, 5]
     # Batched, no tenant is forecast alone: not even in the first batches, while their
     # windows hold less than a row's history (72 events).
     assert (alone_calls == []) if batched else (min(alone_calls) == 0)
