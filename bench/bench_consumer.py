@@ -2,6 +2,7 @@
 
     python bench/bench_consumer.py            # full run (about 2 minutes)
     python bench/bench_consumer.py --quick    # smaller, for a smoke check
+    python bench/bench_consumer.py --memory-only   # only the RSS children (about 1 minute)
 
 Figures: the parse floor (`pydantic_core.from_json` on the same bytes), the consumer
 core (validate + window + detect, raw bytes in, 1,000 tenants) on one core with its
@@ -343,10 +344,21 @@ def main() -> None:
         action="store_true",
         help="only the metrics on/off comparison of the core (no broker, no memory child)",
     )
+    parser.add_argument(
+        "--memory-only", action="store_true", help="only the RSS of `--memory-tenants` tenants"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)  # as `slaops consume` runs: one core per consumer
     if args.quick:
         args.events, args.e2e_events, args.memory_tenants = 100_000, 50_000, 1_000
+    if args.memory_only:
+        memory = bench_memory(args.memory_tenants)
+        print(
+            json.dumps(memory)
+            if args.json
+            else "\n".join(f"  {k:<26} {v:,.1f}" for k, v in memory.items())
+        )
+        return
     batch = args.batch or ConsumerSettings.model_fields["batch_size"].default
     data = telemetry_bytes(args.events, args.tenants)
     figures: dict[str, float] = {"events": args.events, "tenants": args.tenants, "batch": batch}
