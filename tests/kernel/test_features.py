@@ -258,14 +258,18 @@ def test_series_end_to_end_transform_as_each_alone_bit_for_bit(
     else:
         spec = FeatureSpec(season_events=season, level_window=30, time_of_day=True)
     rng = np.random.default_rng(seed)
-    alone, parts, starts = [], [], []
+    alone: list[np.ndarray] = []
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    starts: list[np.ndarray] = []
+    offset = 0
     for length in lengths:
         ts = 1.7e9 + 300.0 * np.arange(length) + rng.integers(0, 10**6)
         metrics = rng.lognormal(3.0, 1.0, (length, len(FEATURES))).astype(np.float32)
         metrics[:, 3:5] = rng.random((length, 2))
         labels = rng.random(length) < 0.3
         alone.append(spec.transform(ts, metrics, labels))
-        starts.append(np.full(length, sum(len(p[0]) for p in parts)))
+        starts.append(np.full(length, offset))
+        offset += length
         parts.append((ts, metrics, labels))
     columns = [np.concatenate([p[c] for p in parts]) for c in range(3)]
     together = spec.transform(*columns, starts=np.concatenate(starts))
