@@ -199,12 +199,15 @@ class IngestCore:
                 )
         result.valid = len(rows)
         if rows:
-            chosen = np.asarray(good, dtype=np.int64)
-            kept = [records[i] for i in good] if bad else list(records)
+            kept: Sequence[KafkaRecord] = records
+            if bad:
+                kept = [records[i] for i in good]
+                chosen = np.asarray(good, dtype=np.int64)
+                partitions, offsets = partitions[chosen], offsets[chosen]
             blocks = self._blocks(
                 rows,
-                partitions[chosen],
-                offsets[chosen],
+                partitions,
+                offsets,
                 kept,
                 replay_below,
                 now,
@@ -260,7 +263,7 @@ class IngestCore:
         rows: list[tuple[Any, ...]],
         partitions: np.ndarray,
         offsets: np.ndarray,
-        records: list[KafkaRecord],
+        records: Sequence[KafkaRecord],
         replay_below: Mapping[int, int],
         now: float | None,
         result: BatchResult,
@@ -328,7 +331,7 @@ class IngestCore:
         tenant: str,
         columns: tuple[np.ndarray, ...],
         rows: np.ndarray,
-        records: list[KafkaRecord],
+        records: Sequence[KafkaRecord],
         replay_below: Mapping[int, int],
         now: float | None,
         result: BatchResult,
@@ -398,7 +401,7 @@ class IngestCore:
         offs: np.ndarray,
         parts: np.ndarray,
         rows: np.ndarray,
-        records: list[KafkaRecord],
+        records: Sequence[KafkaRecord],
         replay_below: Mapping[int, int],
         now: float | None,
         result: BatchResult,

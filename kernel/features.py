@@ -287,6 +287,13 @@ def _earlier(at: NDArray[np.int64], lag: int, first: NDArray[np.int64]) -> NDArr
     return out
 
 
+def _young(at: NDArray[np.int64], first: NDArray[np.int64], window: int) -> NDArray[np.int64]:
+    """Which of rows `at` have a `window` reaching back before their own series' start
+    (`first`) into another series: only those of a series that does not start the array."""
+    young: NDArray[np.int64] = np.flatnonzero((first > 0) & (at - first < window - 1))
+    return young
+
+
 def _cut(
     view: NDArray[np.float64],
     at: NDArray[np.int64],
@@ -296,11 +303,9 @@ def _cut(
     """Pad, in place, what each row's window `view[r]` (ending at `at[r]`) holds from
     before the row's series start `first[r]`, as that series alone is padded: with its
     first value (`values`), or with zeros.
-
-    Only rows of a series that does not start the array can read another series.
     """
     window = view.shape[1]
-    young = np.flatnonzero((first > 0) & (at - first < window - 1))
+    young = _young(at, first, window)
     if not len(young):
         return
     before = (at[young, None] - (window - 1) + np.arange(window)) < first[young, None]
@@ -404,7 +409,7 @@ def _rolling_median(
     else:
         low = ndimage.rank_filter(padded, window // 2 - 1, size=window, origin=origin)[rows]
         median = (low + high) / 2.0
-    young = np.flatnonzero((first > 0) & (at - first < window - 1))
+    young = _young(at, first, window)
     if len(young):
         cut = _windows(values, window, at[young], first[young])
         median[young] = np.median(cut, axis=1)
