@@ -24,7 +24,7 @@ from consumer.detectors import DriftSignal
 from consumer.live_model import Events, LiveModel
 from consumer.recalibration import RecalibrationPlan, solve
 from consumer.stacked import BatchForecasts, StackCache
-from consumer.warnings import LiveWarnings, quiet_flags
+from consumer.warnings import LiveWarnings, quiet_flags, quiet_flags_many
 from kernel.early_warning import QUIET
 
 
@@ -42,22 +42,52 @@ class Forecaster:
         self._stacks = StackCache()
         self._batch = BatchForecasts()
         self._unpublished: list[tuple[Block, LiveModel, RecalibrationPlan, np.ndarray]] = []
+        #: Each prepared tenant's block quiet flags, for the state they were computed in.
+        self._quiet: dict[str, tuple[TenantState, np.ndarray]] = {}
+        #: Persistence's forecast after a calm and after a breached interval, per model.
+        self._persistence: dict[str, tuple[LiveModel, np.ndarray]] = {}
 
     def emit(self, result: BatchResult) -> None:
         """Publish the batch's forecasts, in block order, once every block is forecast."""
         pending, self._unpublished = self._unpublished, []
         solve([plan for _b, _m, plan, _on in pending])
-        for block, model, plan, on in pending:
-            _emit(block, model, plan.finish(), on, result)
+        emit_forecasts([(b, m, plan.finish(), on) for b, m, plan, on in pending], result)
 
     def prepare(self, work: Sequence[tuple[TenantState, Events]]) -> None:
         """Forecast a batch's held tenants together, before their blocks come one by one.
 
         Each (state, block columns) is a tenant held at the batch's start; `forecast`
-        then takes its block's forecasts from here (`consumer.stacked`), or computes
-        them alone for a tenant that was not prepared.
+        then takes its block's forecasts and quiet flags from here (`consumer.stacked`,
+        `quiet_flags_many`), or computes them alone for a tenant that was not prepared.
         """
         self._batch.compute(self._stacks, work)
+        known = self._persistence
+        self._persistence = {
+            state.tenant: found
+            for state, _block in work
+            if (found := known.get(state.tenant)) is not None and found[0] is state.model
+        }
+        befores = [state.window.tail_labels(QUIET - 1) for state, _block in work]
+        flags = quiet_flags_many(befores, [block[2] for _state, block in work])
+        self._quiet = {
+            state.tenant: (state, quiet) for (state, _block), quiet in zip(work, flags, strict=True)
+        }
+
+    def _quiet_flags(self, block: Block) -> np.ndarray:
+        state = block.state
+        found = self._quiet.pop(state.tenant, None)
+        if found is not None and found[0] is state and len(found[1]) == len(block):
+            return found[1]
+        return quiet_flags(state.window.tail_labels(QUIET - 1), block.labels)
+
+    def _persisted(self, model: LiveModel, labels: np.ndarray) -> np.ndarray:
+        """`model.persistence(labels)`, from its two values (a model's are fixed)."""
+        found = self._persistence.get(model.tenant)
+        if found is None or found[0] is not model:
+            found = (model, model.persistence(np.array([False, True])))
+            self._persistence[model.tenant] = found
+        out: np.ndarray = found[1][labels.astype(np.intp)]
+        return out
 
     def forecast(self, block: Block, result: BatchResult) -> list[DriftSignal]:
         """Forecast the block (with the batch, or alone), and score earlier forecasts.
@@ -73,10 +103,10 @@ class Forecaster:
         proba = self._batch.take(state)
         if proba is None:  # not forecast with the batch: alone, from its window's tail
             proba = model.forecast(state.window.tail(model.features.history - 1), block.events)
-        quiet = quiet_flags(state.window.tail(QUIET - 1)[2], labels)
+        quiet = self._quiet_flags(block)
         # Beside each forecast, what persistence forecast for the same event: the monitor
         # watches the model's loss against it (both suffer the same hard hours).
-        made_now = np.column_stack((proba, model.persistence(labels), quiet))
+        made_now = np.column_stack((proba, self._persisted(model, labels), quiet))
         horizon = model.horizon
         pending = state.pending_proba
         combined = np.concatenate((pending, made_now)) if len(pending) else made_now
@@ -150,34 +180,68 @@ def _count(
     result.forecast_holdout_errors += model.holdout_error_rate * int(np.count_nonzero(judged))
 
 
-def _emit(
-    block: Block, model: LiveModel, proba: np.ndarray, on: np.ndarray, result: BatchResult
+def emit_forecasts(
+    published: Sequence[tuple[Block, LiveModel, np.ndarray, np.ndarray]], result: BatchResult
 ) -> None:
-    """One `sla.forecasts` record per fresh, finite forecast of the block."""
-    fresh = (block.offsets >= block.replay_limit) & np.isfinite(proba)
-    if not fresh.any():
+    """One `sla.forecasts` record per fresh, finite forecast of each (block, model,
+    published probabilities, warning on), in block order then event order.
+
+    Encoded in one pass for the batch: the times formatted by numpy in one call (or two:
+    a block with a fractional second has its times to the microsecond, one without to
+    the second), the probabilities rounded in one, and each record built from its
+    block's prefix. A `json.dumps` per event, or the numpy calls per block, would cost
+    more than the forecast.
+    """
+    heads: list[tuple[bytes, str, int]] = []
+    times, chosen, warned = [], [], []
+    for block, model, proba, on in published:
+        fresh = (block.offsets >= block.replay_limit) & np.isfinite(proba)
+        count = int(np.count_nonzero(fresh))
+        if not count:
+            continue
+        tenant = block.state.tenant
+        head = (
+            f'{{"tenant": {json.dumps(tenant)}, "horizon": {model.horizon}, '
+            f'"model_revision": {json.dumps(model.revision)}, '
+            f'"model_version": {model.version}, "ts": "'
+        )
+        heads.append((tenant.encode(), head, count))
+        if count == len(fresh):
+            times.append(block.ts)
+            chosen.append(proba)
+            warned.append(on)
+        else:
+            times.append(block.ts[fresh])
+            chosen.append(proba[fresh])
+            warned.append(on[fresh])
+    if not heads:
         return
-    tenant = block.state.tenant
-    key = tenant.encode()
-    # One JSON object per event, built from a per-block prefix and vectorised time
-    # formatting: json.dumps and datetime per event would cost more than the forecast.
-    head = (
-        f'{{"tenant": {json.dumps(tenant)}, "horizon": {model.horizon}, '
-        f'"model_revision": {json.dumps(model.revision)}, '
-        f'"model_version": {model.version}, "ts": "'
-    )
-    micros = np.round(block.ts[fresh] * 1e6).astype("datetime64[us]")
-    whole = not (micros.astype(np.int64) % 1_000_000).any()
-    stamps = np.datetime_as_string(
-        micros,
-        unit="s" if whole else "us",
-        timezone="UTC",
-    ).tolist()
-    chosen = proba[fresh]
-    expected = on[fresh].tolist()
-    probabilities = np.round(chosen.astype(np.float64), 6).tolist()
+    micros = np.round(np.concatenate(times) * 1e6).astype("datetime64[us]")
+    sizes = np.fromiter((count for _k, _h, count in heads), np.int64, len(heads))
+    fractional = (micros.astype(np.int64) % 1_000_000) != 0
+    whole = np.repeat(~np.logical_or.reduceat(fractional, np.cumsum(sizes) - sizes), sizes)
+    if whole.all():
+        stamps = np.datetime_as_string(micros, unit="s", timezone="UTC").tolist()
+    else:
+        mixed = np.empty(len(micros), dtype=object)
+        mixed[whole] = np.datetime_as_string(micros[whole], unit="s", timezone="UTC")
+        mixed[~whole] = np.datetime_as_string(micros[~whole], unit="us", timezone="UTC")
+        stamps = mixed.tolist()
+    probabilities = np.round(np.concatenate(chosen).astype(np.float64), 6).tolist()
+    expected = np.concatenate(warned).tolist()
     out = result.forecasts
-    for stamp, probability, breach in zip(stamps, probabilities, expected, strict=True):
-        tail = "true}" if breach else "false}"
-        value = f'{head}{stamp}", "probability": {probability!r}, "breach_expected": {tail}'
-        out.append((key, value.encode()))
+    end = 0
+    for key, head, count in heads:
+        begin, end = end, end + count
+        out.extend(
+            [
+                (
+                    key,
+                    f'{head}{stamp}", "probability": {probability!r}, '
+                    f'"breach_expected": {"true}" if breach else "false}"}'.encode(),
+                )
+                for stamp, probability, breach in zip(
+                    stamps[begin:end], probabilities[begin:end], expected[begin:end], strict=True
+                )
+            ]
+        )

@@ -250,6 +250,12 @@ class TenantWindow:
         rows = (self._head + np.arange(self._size - count, self._size)) % alloc
         return self._ts[rows], self._features[rows], self._labels[rows]
 
+    def tail_labels(self, n: int) -> NDArray[np.bool_]:
+        """The newest `n` labels (fewer if the window holds fewer): `tail(n)[2]`, alone."""
+        count = min(max(n, 0), self._size)
+        alloc = max(self.allocated, 1)
+        return self._labels[(self._head + np.arange(self._size - count, self._size)) % alloc]
+
     def offsets(self) -> NDArray[np.int64]:
         out = self._ordered(self._offsets).astype(np.int64)
         out += self._offset_base

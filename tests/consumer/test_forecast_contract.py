@@ -161,3 +161,39 @@ def test_a_non_finite_forecast_is_neither_published_nor_scored() -> None:
     assert scored == 199  # the sane tenant's, the last one still pending
     assert {Forecast.model_validate_json(v).tenant for v in published} == {"sane"}
     assert all(schema_problems(strict_json(v)) == [] for v in published)
+
+
+def test_a_batch_of_tenants_is_encoded_each_with_its_own_prefix_and_time_unit() -> None:
+    """One encoder pass over many tenants' blocks: each record carries its own tenant,
+    model and stamp, in block order; a block with fractional seconds has microseconds,
+    a whole-second block in the same batch has none."""
+    core = forecasting_core()
+    names = ["acme", "beta", "zeta"]
+    for name in names:
+        core.apply_model(tiny_live_model(name, threshold=0.3))
+    values = {
+        "acme": telemetry_values("acme", 120, seed=1),
+        "beta": with_fractional_seconds(telemetry_values("beta", 120, seed=2)),
+        "zeta": telemetry_values("zeta", 120, seed=3),
+    }
+    mixed = [
+        RawRecord(name.encode(), values[name][i], 0, 3 * i + n)
+        for i in range(120)
+        for n, name in enumerate(names)
+    ]
+    forecasts = []
+    for start in range(0, len(mixed), 90):
+        forecasts += core.process(mixed[start : start + 90]).forecasts
+    assert len(forecasts) == 360
+    seen: dict[str, list[datetime]] = {name: [] for name in names}
+    for key, value in forecasts:
+        parsed = strict_json(value)
+        assert schema_problems(parsed) == [], value
+        forecast = Forecast.model_validate_json(value)
+        assert key == forecast.tenant.encode()
+        fractional = forecast.tenant == "beta"
+        assert ("." in parsed["ts"]) == fractional, parsed["ts"]
+        seen[forecast.tenant].append(forecast.ts)
+    for name in names:
+        sent = [datetime.fromisoformat(json.loads(v)["ts"]).astimezone(UTC) for v in values[name]]
+        assert seen[name] == sent

@@ -19,7 +19,7 @@ import pytest
 from consumer.core import BatchResult, CoreConfig, IngestCore
 from consumer.live_model import LiveModel
 from consumer.observability import ConsumerMetrics
-from consumer.warnings import live_threshold
+from consumer.warnings import LiveWarnings, live_threshold, quiet_flags, quiet_flags_many
 from kernel.artifacts import load_model
 from retrainer.pipeline import TrainingConfig, train_and_decide
 from retrainer.search import SearchConfig
@@ -390,3 +390,69 @@ def test_a_trained_forecaster_warns_by_its_card_and_its_edges_are_its_forecasts_
         assert raised.forecaster == card.forecaster and raised.horizon == card.horizon
         assert raised.policy.recall_lead_1 == record["recall_lead_1"]
         assert raised.probability >= card.threshold - 1e-6
+
+
+def test_quiet_flags_of_many_tenants_at_once_are_each_tenants_own() -> None:
+    rng = np.random.default_rng(7)
+    for _trial in range(200):
+        tenants = int(rng.integers(1, 6))
+        befores = [rng.random(int(rng.integers(0, 20))) < 0.2 for _ in range(tenants)]
+        blocks = [rng.random(int(rng.integers(1, 30))) < 0.15 for _ in range(tenants)]
+        together = quiet_flags_many(befores, blocks)
+        assert len(together) == tenants
+        for before, labels, flags in zip(befores, blocks, together, strict=True):
+            assert flags.tolist() == quiet_flags(before, labels).tolist()
+
+
+def budget_stream(seed: int, n: int = 600) -> tuple[np.ndarray, np.ndarray]:
+    """Calm stretches with hot spells, some followed by a breach, some not (false ones)."""
+    rng = np.random.default_rng(seed)
+    p99, breached = np.full(n, CALM), np.zeros(n, bool)
+    for start in rng.choice(np.arange(20, n - 30), size=n // 40, replace=False).tolist():
+        p99[start : start + int(rng.integers(1, 8))] = HOT
+        if rng.random() < 0.4:
+            breached[start + 3 : start + 3 + int(rng.integers(1, 4))] = True
+    return p99, breached
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_idle_warnings_shortcut_leaves_every_state_and_edge_as_the_full_path(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A warning off, at the card's threshold, and left off by the block takes a few array
+    operations (`LiveWarnings._stays_off`): its state after each batch, every edge, false
+    warning and step of the budget, are what the event-by-event path gives."""
+    recs = records(telemetry("acme", *budget_stream(seed)))
+    rng = np.random.default_rng(seed)
+    cuts = sorted(set(rng.integers(1, len(recs), size=40).tolist()))
+    runs = []
+    for shortcut in (True, False):
+        if not shortcut:
+            monkeypatch.setattr(LiveWarnings, "_stays_off", lambda *_args: False)
+        core = make_core(publish_forecasts=True, warning_budget_per_day=0.0)
+        core.apply_model(p99_model("acme"))
+        run, states = Run(), []
+        for lo, hi in zip([0, *cuts], [*cuts, len(recs)], strict=True):
+            run.add(core.process(recs[lo:hi]))
+            warning = core.tenant("acme").warning  # type: ignore[union-attr]
+            states.append(
+                (
+                    warning.warning_id,
+                    warning.run,
+                    warning.steps,
+                    warning.changed_at,
+                    list(warning.false_ts),
+                    warning.recent_sent.tolist(),
+                    warning.recent_labels.tolist(),
+                    warning.recent_ts.tolist(),
+                    warning.last_ts,
+                )
+            )
+        runs.append((run, states))
+    (fast, fast_states), (full, full_states) = runs
+    assert fast_states == full_states
+    assert fast.edges == full.edges and fast.false_warnings == full.false_warnings
+    assert [f.model_dump() for f in fast.forecasts] == [f.model_dump() for f in full.forecasts]
+    # The stream exercises both paths: warnings raised, judged false, the budget stepped.
+    assert fast.raised >= 3 and fast.false_warnings >= 1
+    assert max(state[2] for state in fast_states) >= 1
