@@ -134,6 +134,14 @@ def log_loss_excess(proba: np.ndarray, outcome: np.ndarray, clip: float) -> np.n
     return loss - entropy
 
 
+def _log_loss(proba: np.ndarray, outcome: np.ndarray, clip: float) -> np.ndarray:
+    """Per event: the log loss alone, as `_losses` computes it (same operations)."""
+    p = np.clip(proba.astype(np.float64), clip, 1.0 - clip)
+    y = outcome.astype(np.float64)
+    loss: np.ndarray = -(y * np.log(p) + (1.0 - y) * np.log1p(-p))
+    return loss
+
+
 def _losses(proba: np.ndarray, outcome: np.ndarray, clip: float) -> tuple[np.ndarray, np.ndarray]:
     """Per event: the log loss, and the entropy H(p) that the forecast p promised."""
     p = np.clip(proba.astype(np.float64), clip, 1.0 - clip)
@@ -235,13 +243,14 @@ class PerformanceMonitor:
         self._observed[0] += len(outcome)
         self._observed[1] += int(np.count_nonzero(outcome))
         clip = self.config.clip
-        loss, entropy = _losses(proba, outcome, clip)
         if self.reference is not None:
+            loss = _log_loss(proba, outcome, clip)
             reference = self.reference.loss(proba, clip)
-        elif rows.shape[1] == 3:
-            reference, _ = _losses(rows[:, 2], outcome, clip)
+        elif rows.shape[1] == 3:  # the model's and persistence's losses in one pass
+            both = _log_loss(rows[:, ::2], outcome[:, None], clip)
+            loss, reference = both[:, 0], both[:, 1]
         else:
-            reference = entropy
+            loss, reference = _losses(proba, outcome, clip)
         excess = loss - reference
         values = np.column_stack((excess, loss))
         rate = None if self.reference is None else self.reference.rate(proba)

@@ -105,11 +105,15 @@ class Recalibration:
             self.seen += n
             return plan
         every = max(horizon, REFIT_EVENTS)
-        plan.refits = np.flatnonzero((self.seen + np.arange(n)) % every == 0)
-        for head in (0, 1):
-            mine = (made_quiet.astype(bool) == bool(head)) & np.isfinite(made)
+        # The block events at which the count since go-live is a multiple of `every`.
+        plan.refits = np.arange((-self.seen) % every, n, every, dtype=np.int64)
+        finite = np.isfinite(made)
+        quiet_made = made_quiet.astype(bool)
+        made_logits = logit(made)
+        heads = (~quiet_made & finite, quiet_made & finite)
+        for head, mine in enumerate(heads):
             at = scored[mine]
-            z = np.concatenate((self.logits[head], logit(made[mine])))
+            z = np.concatenate((self.logits[head], made_logits[mine]))
             y = np.concatenate((self.outcomes[head], outcome[mine].astype(np.float64)))
             if len(plan.refits):
                 ends = len(self.logits[head]) + np.searchsorted(at, plan.refits, side="right")
@@ -136,17 +140,17 @@ class RecalibrationPlan:
         proba, n, recal = self.proba, len(self.proba), self.recalibration
         if recal.recent <= 0 or not n:
             return proba
-        shift = np.zeros(n)
-        # Each event carries the offset of the newest refit at or before it.
-        last = np.searchsorted(self.refits, np.arange(n), side="right") - 1
+        # Each event carries the offset of its head's newest refit at or before it.
+        last = np.searchsorted(self.refits, np.arange(n), side="right") - 1 if self.fitted else None
+        shifts: list[np.ndarray | float] = []
         for head in (0, 1):
             fitted = self.fitted.get(head)
-            if fitted is not None:
-                head_shift = np.where(last >= 0, fitted[np.maximum(last, 0)], recal.offsets[head])
+            if fitted is not None and last is not None:
+                shifts.append(np.where(last >= 0, fitted[np.maximum(last, 0)], recal.offsets[head]))
                 recal.offsets[head] = float(fitted[-1])
             else:
-                head_shift = np.full(n, recal.offsets[head])
-            shift = np.where(self.quiet.astype(bool) == bool(head), head_shift, shift)
+                shifts.append(recal.offsets[head])
+        shift = np.where(self.quiet.astype(bool), shifts[1], shifts[0])
         with np.errstate(over="ignore"):
             out: np.ndarray = 1.0 / (1.0 + np.exp(-(logit(proba) + shift)))
         return np.where(np.isfinite(proba), out, proba)

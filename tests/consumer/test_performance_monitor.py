@@ -14,7 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consumer.detectors import DETECTORS, DetectorSpec, DriftConfig
-from consumer.performance import PerformanceConfig, PerformanceMonitor, log_loss_excess
+from consumer.performance import (
+    PerformanceConfig,
+    PerformanceMonitor,
+    _log_loss,
+    _losses,
+    log_loss_excess,
+)
 from consumer.settings import ConsumerSettings
 from testkit.performance_runs import MonitorRun, performance_runs
 
@@ -147,3 +153,15 @@ def test_a_model_that_went_live_after_its_edge_was_lost_alarms() -> None:
     assert lost.false_alarms == 0
     assert lost.delay is not None and lost.delay <= 500
     assert [runs[t].requests for t in ("tenant-000", "tenant-002", "tenant-003")] == [()] * 3
+
+
+def test_the_losses_of_two_forecasts_in_one_pass_are_each_ones_own() -> None:
+    """The monitor scores the model and persistence in one array pass: bit for bit the
+    log loss each gets alone."""
+    rng = np.random.default_rng(3)
+    rows = np.column_stack((rng.random(200), rng.random(200) < 0.3, rng.random(200)))
+    rows[::17, 0] = 0.0
+    both = _log_loss(rows[:, ::2], rows[:, 1][:, None], 0.01)
+    for column, got in ((0, both[:, 0]), (2, both[:, 1])):
+        alone, _entropy = _losses(rows[:, column], rows[:, 1], 0.01)
+        assert np.array_equal(got, alone)
