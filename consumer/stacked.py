@@ -10,10 +10,12 @@ tenants held with a live model at the start of a batch are forecast together:
   event's series start (`FeatureSpec.transform(starts=)`): no row reads another
   tenant's events, however young the tenant, and each row is what the tenant's own
   transform gives, bit for bit (the features sum each window on its own).
-- Their forecasts: one `StackedMLP` forward per architecture over padded inputs, read
+- Their forecasts: `StackedMLP` forwards per architecture over padded inputs, read
   from the `ModelBank` the registry keeps each live model's weights in (the only copy:
   the tenant's own module reads the same slot), a page of slots at a time, so a batch
-  allocates a page's worth at most, not a copy of every tenant's weights.
+  allocates a page's worth at most, not a copy of every tenant's weights. Members are
+  cut into forwards by their rows (`forward_parts`): padding stays bounded by the real
+  rows, however uneven the tenants' blocks.
 
 A tenant's forecast equals its own model's to float32 rounding (tested to 1e-6).
 """
@@ -30,7 +32,7 @@ from consumer.batch import TenantState
 from consumer.live_model import Events, LiveModel
 from kernel.mlp import StackedMLP
 
-__all__ = ["BatchForecasts", "ModelBank", "StackCache", "architecture_key"]
+__all__ = ["BatchForecasts", "ModelBank", "StackCache", "architecture_key", "forward_parts"]
 
 #: Fewer tenants than this in a group: the per-tenant path is as cheap.
 MIN_GROUP = 2
@@ -39,6 +41,11 @@ MIN_GROUP = 2
 #: allocates for its forecasts, whatever the number of tenants.
 PAGE_SLOTS = 256
 CHUNK_TENANTS = 512
+#: A forward's padded input rows (members x their longest block): at most twice the real
+#: rows plus `PAD_ROWS`, and at most `FORWARD_ROWS` but for a member alone
+#: (`forward_parts`): a batch's inputs and activations stay a few MB, however skewed.
+PAD_ROWS = 64
+FORWARD_ROWS = 8192
 
 
 class ModelBank:
@@ -141,24 +148,24 @@ class BatchForecasts:
         Forgets what an earlier batch left unclaimed.
         """
         self._proba.clear()
-        by_spec: dict[Hashable, list[tuple[TenantState, LiveModel, Events, Events]]] = {}
+        by_spec: dict[Hashable, list[tuple[TenantState, LiveModel, Events]]] = {}
         for state, block in work:
             model = state.model
             if model is None:
                 continue
-            past = state.window.tail(model.features.history - 1)
-            by_spec.setdefault(model.features, []).append((state, model, past, block))
+            by_spec.setdefault(model.features, []).append((state, model, block))
         by_architecture: dict[Hashable, list[tuple[TenantState, LiveModel, np.ndarray]]] = {}
         for members in by_spec.values():
-            chunks = range(0, len(members), CHUNK_TENANTS)
-            inputs = [row for at in chunks for row in _inputs(members[at : at + CHUNK_TENANTS])]
-            for state, model, rows in inputs:
-                key = architecture_key(model)
-                by_architecture.setdefault(key, []).append((state, model, rows))
+            for at in range(0, len(members), CHUNK_TENANTS):
+                for state, model, rows in _inputs(members[at : at + CHUNK_TENANTS]):
+                    key = architecture_key(model)
+                    by_architecture.setdefault(key, []).append((state, model, rows))
         for group in by_architecture.values():
             if len(group) < MIN_GROUP:
                 continue
-            self._forward(cache, group)
+            counts = [len(rows) for _s, _m, rows in group]
+            for part in forward_parts(counts):
+                self._forward(cache, [group[i] for i in part])
 
     def _forward(
         self, cache: StackCache, group: list[tuple[TenantState, LiveModel, np.ndarray]]
@@ -179,27 +186,58 @@ class BatchForecasts:
             self._proba[state.tenant] = (state, model, proba[i, : counts[i]].copy())
 
 
+def forward_parts(counts: Sequence[int]) -> list[list[int]]:
+    """The members (indices into `counts`, each member's real rows) of each forward.
+
+    A forward pads its members' inputs to its longest member's rows: members in order
+    of their rows, cut wherever the padded rows would pass twice the real ones plus
+    `PAD_ROWS`, or `FORWARD_ROWS` (a member alone is never cut: its rows stay together).
+    One tenant with a long block among many with a few then costs its own rows, not
+    its rows for every tenant. Members of equal rows keep their order (their slots are
+    read in place where they are consecutive).
+    """
+    parts: list[list[int]] = []
+    part: list[int] = []
+    real = 0
+    for i in sorted(range(len(counts)), key=counts.__getitem__):
+        padded = (len(part) + 1) * counts[i]  # the sort puts the longest last
+        if part and (padded > 2 * (real + counts[i]) + PAD_ROWS or padded > FORWARD_ROWS):
+            parts.append(part)
+            part, real = [], 0
+        part.append(i)
+        real += counts[i]
+    if part:
+        parts.append(part)
+    return parts
+
+
 def _inputs(
-    members: list[tuple[TenantState, LiveModel, Events, Events]],
+    members: Sequence[tuple[TenantState, LiveModel, Events]],
 ) -> list[tuple[TenantState, LiveModel, np.ndarray]]:
-    """Every member's input rows for its block, from one transform of their concatenation."""
+    """Every member's input rows for its block, from one transform of their concatenation.
+
+    The members' window tails are read here, a chunk at a time: never all of a batch's
+    at once.
+    """
     spec = members[0][1].features
+    parts = [(state.window.tail(spec.history - 1), block) for state, _m, block in members]
     columns = [
-        np.concatenate([part for _s, _m, past, block in members for part in (past[c], block[c])])
+        np.concatenate([part for past, block in parts for part in (past[c], block[c])])
         for c in range(3)
     ]
     wanted, starts = [], []
     start = 0
-    for _s, _m, past, block in members:
+    for past, block in parts:
         begin = start + len(past[0])
         end = begin + len(block[0])
         wanted.append(np.arange(begin, end))
         starts.append(np.full(end - start, start))
         start = end
+    del parts
     rows = spec.transform(*columns, rows=np.concatenate(wanted), starts=np.concatenate(starts))
     out = []
     start = 0
-    for state, model, _past, block in members:
+    for state, model, block in members:
         out.append((state, model, rows[start : start + len(block[0])]))
         start += len(block[0])
     return out

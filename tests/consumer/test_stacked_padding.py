@@ -1,0 +1,96 @@
+"""A batch's stacked forwards pad each member only to rows like its own: one tenant with
+a long block among many with a few costs its own rows, not its rows for every tenant."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+import torch
+
+import consumer.stacked
+from consumer.batch import TenantState
+from consumer.core import CoreConfig, IngestCore
+from consumer.live_model import Events, LiveModel
+from consumer.stacked import PAD_ROWS, BatchForecasts, StackCache, forward_parts
+from testkit.tiny_models import tiny_live_model
+
+
+class RecordingCache(StackCache):
+    """The real cache, noting each forward's padded input shape and real rows."""
+
+    def __init__(self) -> None:
+        self.forwards: list[tuple[int, int, int]] = []
+
+    def logits(
+        self, models: Sequence[LiveModel], X: torch.Tensor, rows: torch.Tensor
+    ) -> torch.Tensor:
+        self.forwards.append((X.shape[0], X.shape[1], int(rows.sum())))
+        return super().logits(models, X, rows)
+
+
+def _events(rng: np.random.Generator, n: int, start: float) -> Events:
+    ts = start + 30.0 * np.arange(n, dtype=np.float64)
+    metrics = rng.normal(1.0, 0.2, (n, 6)).astype(np.float32)
+    return ts, metrics, rng.random(n) < 0.2
+
+
+def _tenants(blocks: Sequence[int]) -> list[tuple[TenantState, Events]]:
+    """Held tenants with a live model (each its own weights) and 100 events of history."""
+    core = IngestCore(CoreConfig(telemetry_topic="sla.telemetry"))
+    rng = np.random.default_rng(11)
+    work = []
+    for i, n in enumerate(blocks):
+        tenant = f"tenant-{i:03d}"
+        core.apply_model(tiny_live_model(tenant, hidden_layers=2, width=8, seed=i))
+        state = core.registry.admit(tenant, 0)
+        assert isinstance(state, TenantState)
+        history = _events(rng, 100, 0.0)
+        state.window.extend(*history, np.arange(100))
+        work.append((state, _events(rng, n, 3000.0)))
+    return work
+
+
+def test_a_long_block_is_not_padded_onto_every_tenant(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(consumer.stacked, "FORWARD_ROWS", 512)
+    blocks = [1] * 60 + [2] * 10 + [400] + [3] * 5 + [40]
+    work = _tenants(blocks)
+    cache, batch = RecordingCache(), BatchForecasts()
+    batch.compute(cache, work)
+    assert sum(members for members, _r, _real in cache.forwards) == len(blocks)
+    for members, rows, real in cache.forwards:
+        # One forward for all would pad 77 members to 400 rows: 30,800 for 535 real.
+        assert members * rows <= 2 * real + PAD_ROWS or members == 1
+        assert members * rows <= 512 or members == 1
+    for state, block in work:
+        model = state.model
+        assert model is not None
+        got = batch.take(state)
+        assert got is not None and got.shape == (len(block[0]),)
+        alone = model.forecast(state.window.tail(model.features.history - 1), block)
+        np.testing.assert_allclose(got, alone, atol=1e-6, rtol=0)
+
+
+def test_forward_parts_bound_the_padding_and_keep_every_member_once() -> None:
+    rng = np.random.default_rng(3)
+    cases = [
+        [1] * 10_000 + [1000],
+        [5] * 7,
+        list(rng.integers(1, 2000, 300)),
+        list(np.concatenate([rng.integers(1, 4, 500), rng.integers(500, 3000, 5)])),
+        [2**k for k in range(14)],
+        [],
+    ]
+    for counts in cases:
+        parts = forward_parts(counts)
+        assert sorted(i for part in parts for i in part) == list(range(len(counts)))
+        for part in parts:
+            padded = len(part) * max(counts[i] for i in part)
+            real = sum(counts[i] for i in part)
+            assert padded <= 2 * real + PAD_ROWS or len(part) == 1
+            assert padded <= consumer.stacked.FORWARD_ROWS or len(part) == 1
+    # Members of equal rows stay in order (consecutive slots are read in place) and
+    # share as few forwards as the bound allows.
+    assert forward_parts([1] * 10) == [list(range(10))]
+    assert forward_parts([3, 1, 3, 1]) == [[1, 3, 0, 2]]
