@@ -241,44 +241,191 @@ class FeatureSpec(BaseModel):
         for j, name in enumerate(FEATURES):
             if name in LOG_METRICS:
                 base[:, j] = np.log1p(np.maximum(base[:, j], 0.0))
-        columns: list[NDArray[np.float64]] = [base[at]]
-        for lag in range(1, self.lags + 1):
-            columns.append(base[_earlier(at, lag, first)])
-        columns.append(np.abs(base[at] - base[_earlier(at, 1, first)]))
-        columns.append(flags[at, None])
-        columns += [_rolling_mean(flags, w, at, first)[:, None] for w in self.breach_windows]
+        out = np.empty((len(at), len(self.names())), dtype=np.float32)
+        if not len(at):
+            return out
+        # The windowed columns, a chunk of rows at a time (every column is row-wise).
+        windowed = _Windowed(self)
+        chunk = max(_CHUNK_WINDOWS // windowed.span, 64)
+        median = base[:0]  # version 1 has none
+        if self.version >= 2:
+            median = _rolling_medians(base, self.level_window, at, first)
+        for lo in range(0, len(at), chunk):
+            hi = min(lo + chunk, len(at))
+            windowed.write(out[lo:hi], base, at[lo:hi], first[lo:hi], median, lo)
+        col = windowed.flags_at
+        out[:, col] = flags[at]
+        col += 1
+        binary = bool(((flags == 0.0) | (flags == 1.0)).all())
+        counts_of = _flag_counts(flags) if binary else None
+        for w in self.breach_windows:
+            out[:, col] = _flag_mean(flags, w, at, first, counts_of)
+            col += 1
         run = _run_length(flags, self.history, series)[at]
-        columns.append((run / self.history)[:, None])
+        out[:, col] = run / self.history
+        col += 1
         if self.version == 1:
-            for metric in ROLLING_METRICS:
-                values = base[:, FEATURES.index(metric)]
-                columns += _mean_std(values, self.rolling_window, at, first)
+            col += 2 * len(ROLLING_METRICS)  # written with the windows
         else:
-            columns.append(_quiet(flags, at, first)[:, None])
-            for j in range(len(FEATURES)):
-                columns += self._context(base[:, j], at, first)
+            out[:, col] = _flag_mean(flags, QUIET_EVENTS, at, first, counts_of) == 0
+            col += 1 + len(FEATURES) * windowed.per_metric
             if self.season_events:
-                day_before = _day_before(base, self.season_events, self.trend_ahead, at, first)
-                columns.append(day_before)
+                out[:, col : col + len(FEATURES)] = _day_before(
+                    base, self.season_events, self.trend_ahead, at, first
+                )
+                col += len(FEATURES)
         if self.time_of_day:
             day = 2 * np.pi * np.mod(ts_arr[at], _DAY_S) / _DAY_S
-            columns.append(np.stack([np.sin(day), np.cos(day)], axis=1))
+            out[:, col] = np.sin(day)
+            out[:, col + 1] = np.cos(day)
+            col += 2
         if self.day_of_week:
             week = 2 * np.pi * np.mod(ts_arr[at] - _EPOCH_WEEKDAY_S, _WEEK_S) / _WEEK_S
-            columns.append(np.stack([np.sin(week), np.cos(week)], axis=1))
-        return np.ascontiguousarray(np.concatenate(columns, axis=1), dtype=np.float32)
-
-    def _context(
-        self, values: NDArray[np.float64], at: NDArray[np.int64], first: NDArray[np.int64]
-    ) -> list[NDArray[np.float64]]:
-        """Version 2's columns of one metric: spread, trends, distance from its level."""
-        out = _mean_std(values, self.rolling_window, at, first)
-        for k in self.trend_windows:
-            level, slope = _trend(values, k, at, first)
-            out += [slope[:, None], (level + slope * ((k - 1) / 2.0 + self.trend_ahead))[:, None]]
-        median = _rolling_median(values, self.level_window, at, first)
-        out.append((values[at] - median)[:, None])
+            out[:, col] = np.sin(week)
+            out[:, col + 1] = np.cos(week)
+            col += 2
         return out
+
+
+#: Rows x window events gathered at once for the windowed columns: small enough for the
+#: gathered windows to stay in cache.
+_CHUNK_WINDOWS: Final = 1 << 16
+
+
+class _Windowed:
+    """The columns read from each row's last events of every metric, a chunk of rows at a
+    time: the metrics and lags, their changes, the rolling statistics and (version 2) the
+    trends and the distance from the rolling median (computed beforehand).
+
+    Each row's last `span` events of all six metrics are gathered once, as `_earlier`
+    gives them (a series' first rows repeat its first event), and every window sum is
+    `_pairwise_sum` of them: numpy's own order of summing a row, so each value is what
+    summing that row's window on its own (``view.sum(axis=1)``, ``view.mean(axis=1)``)
+    gives, bit for bit. The rolling statistics of rows whose window reaches back before
+    their series' start (padded with zeros, not the first event) are `_mean_std`'s own.
+    """
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        self.spec = spec
+        self.flags_at = len(FEATURES) * (spec.lags + 2)
+        after_run = self.flags_at + len(spec.breach_windows) + 2
+        needed = [spec.lags + 1, 2, spec.rolling_window]
+        if spec.version == 1:
+            self.stats_at = after_run
+            self.per_metric = 2
+            self.metrics = [FEATURES.index(m) for m in ROLLING_METRICS]
+        else:
+            self.stats_at = after_run + 1  # after `quiet`
+            self.per_metric = 3 + 2 * len(spec.trend_windows)
+            self.metrics = list(range(len(FEATURES)))
+            needed += spec.trend_windows
+        self.span = max(needed)
+
+    def write(
+        self,
+        out: NDArray[np.float32],
+        base: NDArray[np.float64],
+        at: NDArray[np.int64],
+        first: NDArray[np.int64],
+        median: NDArray[np.float64],
+        lo: int,
+    ) -> None:
+        """Write rows `at`'s windowed columns into `out` (their rows); `median` holds every
+        row's rolling median (version 2), these rows from row `lo` on."""
+        spec, span, m = self.spec, self.span, len(FEATURES)
+        back = np.arange(span - 1, -1, -1)
+        # stack[span - 1 - k] is base[_earlier(at, k, first)]: oldest event first.
+        stack = np.take(base, np.maximum(at - back[:, None], first), axis=0)
+        now = stack[span - 1]
+        out[:, :m] = now
+        for lag in range(1, spec.lags + 1):
+            out[:, lag * m : (lag + 1) * m] = stack[span - 1 - lag]
+        out[:, (spec.lags + 1) * m : (spec.lags + 2) * m] = np.abs(now - stack[span - 2])
+        w = spec.rolling_window
+        window = stack[span - w :]
+        sums = _pairwise_sum(window)
+        counts = np.minimum(at - first + 1, w)[:, None]
+        mean = sums / counts
+        mean_sq = _pairwise_sum(window * window) / counts
+        std = np.sqrt(np.maximum(mean_sq - mean * mean, 0.0))
+        partial = np.flatnonzero(at - first < w - 1)
+        if len(partial):  # zero-padded windows: the plain way, a few rows
+            for j in self.metrics:
+                mean_j, std_j = _mean_std(base[:, j], w, at[partial], first[partial])
+                mean[partial, j] = mean_j[:, 0]
+                std[partial, j] = std_j[:, 0]
+        c, per = self.stats_at, self.per_metric
+        if spec.version == 1:
+            for i, j in enumerate(self.metrics):
+                out[:, c + 2 * i] = mean[:, j]
+                out[:, c + 2 * i + 1] = std[:, j]
+            return
+        block = out[:, c : c + m * per]
+        block[:, 0::per] = mean
+        block[:, 1::per] = std
+        for i, k in enumerate(spec.trend_windows):
+            terms = stack[span - k :]
+            level = (sums if k == w else _pairwise_sum(terms)) / k
+            x = np.arange(k, dtype=np.float64) - (k - 1) / 2.0
+            slope = _pairwise_sum(terms * x[:, None, None]) / float(x @ x)
+            block[:, 2 + 2 * i :: per] = slope
+            block[:, 3 + 2 * i :: per] = level + slope * ((k - 1) / 2.0 + spec.trend_ahead)
+        block[:, per - 1 :: per] = now - median[lo : lo + len(at)]
+
+
+def _pairwise_sum(terms: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The sum over axis 0 of `terms` (window positions, oldest first), added in the order
+    numpy sums a contiguous row (``view.sum(axis=1)``: ``0.0 +`` its pairwise sum, eight
+    accumulators per block of up to 128), so that each result equals that row sum bit
+    for bit, for every row at once."""
+    total: NDArray[np.float64] = _pairwise(terms)
+    total += 0.0  # numpy's reduction starts from 0.0: a sum of -0.0s is 0.0
+    return total
+
+
+def _pairwise(terms: NDArray[np.float64]) -> NDArray[np.float64]:
+    n = len(terms)
+    if n < 8:
+        res: NDArray[np.float64] = terms[0].copy()
+        for i in range(1, n):
+            res += terms[i]
+        return res
+    if n <= 128:
+        r = terms[:8].copy()
+        stop = n - n % 8
+        for i in range(8, stop, 8):
+            r += terms[i : i + 8]
+        pairs = r[0::2] + r[1::2]  # r0 + r1, r2 + r3, r4 + r5, r6 + r7
+        quads = pairs[0::2] + pairs[1::2]  # (r0 + r1) + (r2 + r3), (r4 + r5) + (r6 + r7)
+        res = quads[0] + quads[1]
+        for i in range(stop, n):
+            res += terms[i]
+        return res
+    half = n // 2
+    half -= half % 8
+    out: NDArray[np.float64] = _pairwise(terms[:half]) + _pairwise(terms[half:])
+    return out
+
+
+def _flag_counts(flags: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Running counts of breach flags (0 or 1), from 0 before the first event: exact."""
+    return np.concatenate(([0.0], np.cumsum(flags)))
+
+
+def _flag_mean(
+    flags: NDArray[np.float64],
+    window: int,
+    at: NDArray[np.int64],
+    first: NDArray[np.int64],
+    counts: NDArray[np.float64] | None,
+) -> NDArray[np.float64]:
+    """`_rolling_mean` of the flags; with `counts` (`_flag_counts`, flags all 0 or 1) from
+    their differences: whole numbers, exact in any order, so the same bits."""
+    if counts is None:
+        return _rolling_mean(flags, window, at, first)
+    sums = counts[at + 1] - counts[np.maximum(at - window + 1, first)]
+    mean: NDArray[np.float64] = sums / np.minimum(at - first + 1, window)
+    return mean
 
 
 def _earlier(at: NDArray[np.int64], lag: int, first: NDArray[np.int64]) -> NDArray[np.int64]:
@@ -368,24 +515,6 @@ def _windows(
     return out
 
 
-def _trend(
-    values: NDArray[np.float64], window: int, at: NDArray[np.int64], first: NDArray[np.int64]
-) -> tuple[NDArray[np.float64], ...]:
-    """The least-squares line through the last `window` values at rows `at`: (mean, slope).
-
-    The line's value at the newest row is ``mean + slope * (window - 1) / 2``.
-    """
-    if len(at) == 0:
-        return np.zeros(0), np.zeros(0)
-    view = _windows(values, window, at, first)
-    x = np.arange(window, dtype=np.float64) - (window - 1) / 2.0
-    # Row-wise sums, not a matrix product: a row's value then depends on its window
-    # alone (BLAS may block rows differently by count), so online and offline agree.
-    slope: NDArray[np.float64] = (view * x).sum(axis=1) / float(x @ x)
-    mean: NDArray[np.float64] = view.mean(axis=1)
-    return mean, slope
-
-
 def _rolling_median(
     values: NDArray[np.float64], window: int, at: NDArray[np.int64], first: NDArray[np.int64]
 ) -> NDArray[np.float64]:
@@ -414,6 +543,127 @@ def _rolling_median(
         cut = _windows(values, window, at[young], first[young])
         median[young] = np.median(cut, axis=1)
     return median
+
+
+#: Consecutive rows of a series whose medians are taken together (`_rolling_medians`).
+_GROUP: Final = 8
+#: A sorting network of seven values (16 compare-exchanges; tested on every 0/1 input).
+_SORT_7: Final = (
+    (0, 6), (2, 3), (4, 5), (0, 2), (1, 4), (3, 6), (0, 1), (2, 5),
+    (3, 4), (1, 2), (4, 6), (2, 3), (4, 5), (1, 2), (3, 4), (5, 6),
+)  # fmt: skip
+
+
+def _rolling_medians(
+    base: NDArray[np.float64], window: int, at: NDArray[np.int64], first: NDArray[np.int64]
+) -> NDArray[np.float64]:
+    """`_rolling_median` of every column of `base` at rows `at`, bit for bit, cheaper.
+
+    Where a column holds no NaN and no -0.0, equal values have equal bits and a window's
+    median is a function of its values alone, however found: runs of `_GROUP`
+    consecutive rows of a series share all but `_GROUP - 1` values of their windows,
+    sorted once (`_grouped_medians`); other rows sort their own windows (a rank filter
+    over every event costs more when the rows are few). Other columns, and every column
+    when the rows sort more values than the rank filters read, take `_rolling_median`.
+    """
+    out = np.empty((len(at), base.shape[1]))
+    exact = ~(np.isnan(base) | ((base == 0.0) & np.signbit(base))).any(axis=0)
+    starts = _median_groups(at, first, window) if window >= 2 * _GROUP else at[:0]
+    rest = np.ones(len(at), dtype=bool)
+    rest[(starts[:, None] + np.arange(_GROUP)).ravel()] = False
+    rest_rows = np.flatnonzero(rest)
+    sort_rest = len(rest_rows) * window <= 16 * len(base)
+    cols = np.flatnonzero(exact) if len(starts) or sort_rest else at[:0]
+    for j in np.flatnonzero(~np.isin(np.arange(base.shape[1]), cols)):
+        out[:, j] = _rolling_median(base[:, j], window, at, first)
+    if not len(cols):
+        return out
+    values = np.ascontiguousarray(base[:, cols].T)
+    if len(starts):
+        grouped = _grouped_medians(values, window, at[starts])  # (cols, groups, _GROUP)
+        rows = (starts[:, None] + np.arange(_GROUP)).ravel()
+        out[np.ix_(rows, cols)] = grouped.reshape(len(cols), -1).T
+    if not len(rest_rows):
+        return out
+    if sort_rest:
+        back = np.arange(window - 1, -1, -1)
+        index = np.maximum(at[rest_rows, None] - back, first[rest_rows, None])
+        windows = np.take(values, index, axis=1)
+        windows.sort(axis=-1)
+        out[np.ix_(rest_rows, cols)] = _middle(windows, window).T
+    else:
+        for j in cols:
+            out[rest_rows, j] = _rolling_median(base[:, j], window, at[rest_rows], first[rest_rows])
+    return out
+
+
+def _middle(ordered: NDArray[np.float64], window: int) -> NDArray[np.float64]:
+    """The median of each sorted `window` along the last axis, as `_rolling_median`."""
+    if window % 2:
+        odd: NDArray[np.float64] = ordered[..., window // 2]
+        return odd
+    even: NDArray[np.float64] = (ordered[..., window // 2 - 1] + ordered[..., window // 2]) / 2.0
+    return even
+
+
+def _median_groups(
+    at: NDArray[np.int64], first: NDArray[np.int64], window: int
+) -> NDArray[np.int64]:
+    """Where in `at` a group starts: `_GROUP` rows of consecutive events of one series, the
+    first with its whole `window` in its series (so are the others), counted from the
+    start of each run of such rows."""
+    n = len(at)
+    if n < _GROUP:
+        return at[:0]
+    joined = (at[1:] == at[:-1] + 1) & (first[1:] == first[:-1])
+    begin = np.flatnonzero(np.concatenate(([True], ~joined)))
+    counts = np.diff(np.append(begin, n)) // _GROUP
+    starts = np.repeat(begin, counts)
+    starts += _GROUP * (np.arange(len(starts)) - np.repeat(np.cumsum(counts) - counts, counts))
+    mature: NDArray[np.int64] = starts[at[starts] - first[starts] >= window - 1]
+    return mature
+
+
+def _grouped_medians(
+    values: NDArray[np.float64], window: int, r0: NDArray[np.int64]
+) -> NDArray[np.float64]:
+    """The medians of rows ``r0 + g`` (g < `_GROUP`) of each row of `values` (no NaN, no
+    -0.0), the windows whole: (rows of values, len(r0), `_GROUP`).
+
+    The group's windows share the `window - _GROUP + 1` events up to ``r0`` (sorted once,
+    `core`); row g adds its own `_GROUP - 1`: the `_GROUP - 1 - g` oldest of its window
+    and the g after ``r0`` (`extra`, sorted by `_SORT_7`). The k-th smallest of the two
+    sorted parts is the least over j of ``max(core[k - j], extra[j - 1])``: j of the k + 1
+    values at or below it are extra (k >= j and the core has k + 1 values, as windows are
+    at least twice the group).
+    """
+    g, extra_n = _GROUP, _GROUP - 1
+    core = np.take(values, r0[:, None] + np.arange(g - window, 1), axis=1)
+    core.sort(axis=-1)
+    offsets = np.array(
+        [
+            [i - window + 1 + t for t in range(extra_n - i)] + [1 + t for t in range(i)]
+            for i in range(g)
+        ]
+    ).T  # (extra_n, g): row i's extra events, relative to r0
+    extra = np.take(values, offsets[:, None, :] + r0[None, :, None], axis=1)
+    for i, j in _SORT_7:
+        low = np.minimum(extra[:, i], extra[:, j])
+        np.maximum(extra[:, i], extra[:, j], out=extra[:, j])
+        extra[:, i] = low
+
+    def kth(k: int) -> NDArray[np.float64]:
+        best = np.repeat(core[:, :, k, None], g, axis=2)
+        step = np.empty_like(best)
+        for j in range(1, extra_n + 1):
+            np.maximum(core[:, :, k - j, None], extra[:, j - 1], out=step)
+            np.minimum(best, step, out=best)
+        return best
+
+    if window % 2:
+        return kth(window // 2)
+    both: NDArray[np.float64] = (kth(window // 2 - 1) + kth(window // 2)) / 2.0
+    return both
 
 
 def _quiet(

@@ -8,6 +8,7 @@ a restart that rebuilds the window from a replay.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +20,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consumer.live_model import LiveModel
-from kernel.features import LOG_METRICS, FeatureSpec, _rolling_median
+from kernel.features import (
+    _SORT_7,
+    LOG_METRICS,
+    QUIET_EVENTS,
+    FeatureSpec,
+    _day_before,
+    _earlier,
+    _mean_std,
+    _pairwise_sum,
+    _rolling_mean,
+    _rolling_median,
+    _rolling_medians,
+    _run_length,
+    _windows,
+)
 from retrainer.dataset import pairs_for_model
 from schemas.telemetry import FEATURES
 from testkit.live_models import Published, core_with, load, messages
@@ -286,3 +301,231 @@ def test_starts_must_point_at_or_before_each_event() -> None:
     labels = np.zeros(4, dtype=bool)
     with pytest.raises(ValueError, match="starts"):
         FeatureSpec().transform(ts, metrics, labels, starts=np.array([0, 2, 2, 3]))
+
+
+# The fast paths, against the plain pipeline they replace, bit for bit -----------------
+
+
+def reference_transform(
+    spec: FeatureSpec,
+    ts: np.ndarray,
+    metrics: np.ndarray,
+    labels: np.ndarray,
+    rows: np.ndarray | None = None,
+    starts: np.ndarray | None = None,
+) -> np.ndarray:
+    """`FeatureSpec.transform` the plain way: one metric and one window at a time, every
+    row's window copied out and summed by numpy (``view.sum(axis=1)``, ``view.mean``),
+    every median a rank filter or ``np.median``. What the pipeline computed before its
+    windows were summed for all metrics at once; the two must agree bit for bit."""
+    ts = np.asarray(ts, dtype=np.float64)
+    base = np.asarray(metrics, dtype=np.float64).copy()
+    flags = np.asarray(labels, dtype=np.float64)
+    n = len(ts)
+    at = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
+    series = np.zeros(n, dtype=np.int64) if starts is None else np.asarray(starts, np.int64)
+    first = series[at]
+    for j, name in enumerate(FEATURES):
+        if name in LOG_METRICS:
+            base[:, j] = np.log1p(np.maximum(base[:, j], 0.0))
+    columns = [base[at]]
+    columns += [base[_earlier(at, lag, first)] for lag in range(1, spec.lags + 1)]
+    columns.append(np.abs(base[at] - base[_earlier(at, 1, first)]))
+    columns.append(flags[at, None])
+    columns += [_rolling_mean(flags, w, at, first)[:, None] for w in spec.breach_windows]
+    columns.append((_run_length(flags, spec.history, series)[at] / spec.history)[:, None])
+    if spec.version == 1:
+        for metric in ("latency_p95_ms", "latency_p99_ms", "error_rate"):
+            columns += _mean_std(base[:, FEATURES.index(metric)], spec.rolling_window, at, first)
+    else:
+        quiet = _rolling_mean(flags, QUIET_EVENTS, at, first) == 0
+        columns.append(quiet.astype(np.float64)[:, None])
+        for j in range(len(FEATURES)):
+            values = base[:, j]
+            columns += _mean_std(values, spec.rolling_window, at, first)
+            for k in spec.trend_windows:
+                view = _windows(values, k, at, first) if len(at) else np.zeros((0, k))
+                x = np.arange(k, dtype=np.float64) - (k - 1) / 2.0
+                slope = (view * x).sum(axis=1) / float(x @ x)
+                level = view.mean(axis=1)
+                projected = level + slope * ((k - 1) / 2.0 + spec.trend_ahead)
+                columns += [slope[:, None], projected[:, None]]
+            median = _rolling_median(values, spec.level_window, at, first)
+            columns.append((values[at] - median)[:, None])
+        if spec.season_events:
+            columns.append(_day_before(base, spec.season_events, spec.trend_ahead, at, first))
+    if spec.time_of_day:
+        day = 2 * np.pi * np.mod(ts[at], 86_400.0) / 86_400.0
+        columns.append(np.stack([np.sin(day), np.cos(day)], axis=1))
+    if spec.day_of_week:
+        week = 2 * np.pi * np.mod(ts[at] - 3 * 86_400.0, 7 * 86_400.0) / (7 * 86_400.0)
+        columns.append(np.stack([np.sin(week), np.cos(week)], axis=1))
+    return np.ascontiguousarray(np.concatenate(columns, axis=1), dtype=np.float32)
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """NaN where the other is NaN, and every other value the same bits (signed zeros)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    nan = np.isnan(a)
+    return bool(
+        np.array_equal(nan, np.isnan(b))
+        and np.array_equal(a[~nan].view(np.uint32), b[~nan].view(np.uint32))
+    )
+
+
+def tenants_end_to_end(
+    rng: np.random.Generator, tails: list[int], blocks: list[int], kind: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What the consumer transforms: each tenant's tail then its block, end to end; the
+    rows asked are the blocks'."""
+    lengths = np.array(tails) + np.array(blocks)
+    n = int(lengths.sum())
+    ts = 1.7e9 + np.cumsum(rng.integers(1, 600, n)).astype(np.float64)
+    metrics = rng.lognormal(3.0, 1.0, (n, len(FEATURES)))
+    if kind == "ties":
+        metrics = np.round(metrics / 10.0) * 10.0
+    elif kind == "few values":
+        metrics = rng.integers(0, 3, (n, len(FEATURES))).astype(np.float64)
+    elif kind == "signed":
+        metrics = rng.normal(0.0, 1.0, (n, len(FEATURES)))
+        metrics[rng.random(metrics.shape) < 0.05] = -0.0
+    elif kind == "non-finite":
+        metrics[rng.random(metrics.shape) < 0.02] = np.nan
+        metrics[rng.random(metrics.shape) < 0.01] = np.inf
+    if kind != "float64":
+        metrics = metrics.astype(np.float32)
+    labels = rng.random(n) < 0.2
+    offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    starts = np.repeat(offsets, lengths)
+    rows = np.concatenate(
+        [o + t + np.arange(b) for o, t, b in zip(offsets, tails, blocks, strict=True)]
+    )
+    return ts, metrics, labels, rows, starts
+
+
+KINDS = ["float32", "float64", "ties", "few values", "signed", "non-finite"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    tails=st.lists(st.sampled_from([0, 1, 5, 23, 40, 71, 71, 71, 100]), min_size=1, max_size=12),
+    block=st.integers(1, 70),
+    kind=st.sampled_from(KINDS),
+    version=st.sampled_from([1, 2, 2]),
+    rolling=st.sampled_from([2, 5, 9, 24, 130]),
+    trend=st.lists(
+        st.sampled_from([2, 3, 6, 7, 8, 9, 24, 129, 140]), min_size=1, max_size=3, unique=True
+    ),
+    level=st.sampled_from([2, 7, 15, 16, 17, 33, 72]),
+    season=st.sampled_from([0, 0, 30]),
+    flags_kind=st.sampled_from(["bool", "bool", "fractions"]),
+    seed=st.integers(0, 2**16),
+)
+def test_transform_equals_the_plain_pipeline_bit_for_bit(
+    tails: list[int],
+    block: int,
+    kind: str,
+    version: int,
+    rolling: int,
+    trend: list[int],
+    level: int,
+    season: int,
+    flags_kind: str,
+    seed: int,
+) -> None:
+    """Many tenants end to end (young ones too), their blocks' rows or every row, all the
+    spec's windows odd and even, short and past numpy's 128-value blocks; ties, signed
+    zeros, NaN and infinity; breach flags that are not 0 or 1."""
+    if version == 1:
+        spec = FeatureSpec(version=1, lags=3, rolling_window=rolling)
+    else:
+        spec = FeatureSpec(
+            rolling_window=rolling,
+            trend_windows=tuple(trend),
+            level_window=level,
+            season_events=season,
+        )
+    rng = np.random.default_rng(seed)
+    blocks = [int(b) for b in rng.integers(1, block + 1, len(tails))]
+    ts, metrics, labels, rows, starts = tenants_end_to_end(rng, tails, blocks, kind)
+    flags = labels if flags_kind == "bool" else labels * rng.random(len(labels))
+    with np.errstate(invalid="ignore"):
+        for asked, each in ((rows, starts), (None, starts), (None, None)):
+            got = spec.transform(ts, metrics, flags, rows=asked, starts=each)
+            assert same_bits(got, reference_transform(spec, ts, metrics, flags, asked, each))
+
+
+def test_the_consumers_workload_equals_the_plain_pipeline_bit_for_bit() -> None:
+    """The default spec on 300 tenants' full tails and 50-event blocks (every row in a
+    group of the median's), and the same tenants with every row."""
+    rng = np.random.default_rng(5)
+    spec = FeatureSpec()
+    ts, metrics, labels, rows, starts = tenants_end_to_end(rng, [71] * 300, [50] * 300, "float32")
+    got = spec.transform(ts, metrics, labels, rows=rows, starts=starts)
+    assert same_bits(got, reference_transform(spec, ts, metrics, labels, rows, starts))
+    got = spec.transform(ts, metrics, labels, starts=starts)
+    assert same_bits(got, reference_transform(spec, ts, metrics, labels, None, starts))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    window=st.sampled_from(
+        [1, 2, 3, 7, 8, 9, 15, 16, 17, 24, 64, 127, 128, 129, 130, 200, 257, 1440]
+    ),
+    rows=st.integers(0, 50),
+    scale=st.sampled_from([1e-3, 1.0, 1e6]),
+    seed=st.integers(0, 2**16),
+)
+def test_pairwise_sum_is_numpys_row_sum_bit_for_bit(
+    window: int, rows: int, scale: float, seed: int
+) -> None:
+    """Numpy sums a contiguous row from 0.0 pairwise (eight accumulators a block, blocks of
+    at most 128): `_pairwise_sum` adds every row's values in that order, all rows at once."""
+    rng = np.random.default_rng(seed)
+    view = rng.lognormal(0.0, 3.0, (rows, window)) * rng.choice([-1.0, 1.0], (rows, window)) * scale
+    view[rng.random(view.shape) < 0.1] = 0.0
+    view[rng.random(view.shape) < 0.1] = -0.0
+    if rows:
+        view[0] = -0.0  # sums to 0.0, not -0.0
+    terms = np.ascontiguousarray(view.T)[:, :, None]
+    got = _pairwise_sum(terms)[:, 0]
+    expected = view.sum(axis=1)
+    assert np.array_equal(got.view(np.int64), expected.view(np.int64))
+    assert np.array_equal(_pairwise_sum(terms * 2.0)[:, 0], (view * 2.0).sum(axis=1))
+
+
+def test_the_sorting_network_sorts_every_input_of_zeros_and_ones() -> None:
+    """The 0/1 principle: a network that sorts every 0/1 input sorts every input."""
+    for bits in itertools.product([0, 1], repeat=7):
+        values = list(bits)
+        for i, j in _SORT_7:
+            values[i], values[j] = min(values[i], values[j]), max(values[i], values[j])
+        assert values == sorted(bits)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    tails=st.lists(st.sampled_from([0, 3, 30, 71, 71, 90]), min_size=1, max_size=8),
+    block=st.integers(1, 40),
+    window=st.sampled_from([2, 3, 15, 16, 17, 24, 33, 71, 72]),
+    kind=st.sampled_from(KINDS),
+    seed=st.integers(0, 2**16),
+)
+def test_rolling_medians_are_the_rank_filters_bit_for_bit(
+    tails: list[int], block: int, window: int, kind: str, seed: int
+) -> None:
+    """Grouped rows, rows sorted alone, and columns with NaN or -0.0 (the rank filters')
+    all give `_rolling_median`'s values, hence np.median's of each window."""
+    rng = np.random.default_rng(seed)
+    blocks = [int(b) for b in rng.integers(1, block + 1, len(tails))]
+    _ts, metrics, _labels, rows, starts = tenants_end_to_end(rng, tails, blocks, kind)
+    base = np.log1p(np.abs(metrics.astype(np.float64))) * np.sign(metrics)
+    for at in (rows, np.arange(len(base)), rows[rng.random(len(rows)) < 0.5]):
+        first = starts[at]
+        got = _rolling_medians(base, window, at, first)
+        for j in range(base.shape[1]):
+            expected = _rolling_median(base[:, j], window, at, first)
+            nan = np.isnan(expected)
+            assert np.array_equal(nan, np.isnan(got[:, j]))
+            assert np.array_equal(got[~nan, j].view(np.int64), expected[~nan].view(np.int64))
