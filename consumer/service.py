@@ -241,9 +241,6 @@ class ConsumerService:
             (self.config.dlq_topic, letter.key, letter.value, letter.headers)
             for letter in result.dead_letters
         ]
-        forecasts_topic = self.config.forecasts_topic
-        if forecasts_topic is not None:
-            outputs += [(forecasts_topic, k, v, None) for k, v in result.forecasts]
         warnings_topic = self.config.warnings_topic
         if warnings_topic is not None:
             outputs += [(warnings_topic, k, v, None) for k, v in result.warnings]
@@ -251,23 +248,31 @@ class ConsumerService:
             (self.config.retrain_topic, r.tenant.encode(), r.model_dump_json().encode(), None)
             for r in result.requests
         ]
-        for topic, key, value, headers in outputs:
-            self._tracker.produce(topic, key=key, value=value, headers=headers)
+        forecasts = result.forecasts if self.config.forecasts_topic is not None else []
+        self._produce(outputs, forecasts)
         next_offsets = result.next_offsets
         for partition, next_offset in next_offsets.items():
             self._checkpoints.write(
                 self._topic, partition, next_offset, result.replay_from[partition]
             )
-        if not self._delivered(outputs, next_offsets):
+        if not self._delivered(outputs, forecasts, next_offsets):
             return result  # stopping with the broker away: the batch is seen again
         if next_offsets:
             self._commit(next_offsets)
         self.hooks.batch(records, result, time.perf_counter() - started)
         return result
 
+    def _produce(self, outputs: list[_Output], forecasts: list[tuple[bytes, bytes]]) -> None:
+        """The batch's records: each one by one, the forecasts (no headers) in bulk."""
+        for topic, key, value, headers in outputs:
+            self._tracker.produce(topic, key=key, value=value, headers=headers)
+        if forecasts and self.config.forecasts_topic is not None:
+            self._tracker.produce_many(self.config.forecasts_topic, forecasts)
+
     def _delivered(
         self,
         outputs: list[_Output],
+        forecasts: list[tuple[bytes, bytes]],
         next_offsets: dict[int, int],
     ) -> bool:
         """Wait until the batch's records are acknowledged, through any broker outage.
@@ -294,8 +299,7 @@ class ConsumerService:
                 return False
             attempt += 1
             if failed:
-                for topic, key, value, headers in outputs:
-                    self._tracker.produce(topic, key=key, value=value, headers=headers)
+                self._produce(outputs, forecasts)
                 for partition in next_offsets:
                     self._checkpoints.rewrite(self._topic, partition)
 

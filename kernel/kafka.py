@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -263,6 +263,12 @@ def ensure_topics(
                 ) from exc
 
 
+#: librdkafka's default `queue.buffering.max.messages`: records a producer holds unsent.
+QUEUE_CAPACITY = 100_000
+#: Records `DeliveryTracker.produce_many` hands librdkafka in one call.
+PRODUCE_CHUNK = 10_000
+
+
 class DeliveryTracker:
     """Counts a producer's outstanding deliveries and remembers the first failure.
 
@@ -270,8 +276,9 @@ class DeliveryTracker:
     has been acknowledged by the broker.
     """
 
-    def __init__(self, producer: Producer) -> None:
+    def __init__(self, producer: Producer, queue_capacity: int = QUEUE_CAPACITY) -> None:
         self.producer = producer
+        self.queue_capacity = queue_capacity
         self.pending = 0
         self.error: str | None = None
 
@@ -288,6 +295,37 @@ class DeliveryTracker:
             except BufferError:
                 self.producer.poll(0.1)
         self.pending += 1
+
+    def produce_many(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
+        """Produce keyed records (no headers), in order, a chunk per librdkafka call.
+
+        A batch's forecasts are tens of thousands of records: one `produce` call each
+        cost more than making them. Each chunk (`PRODUCE_CHUNK` at most) waits for room
+        in the producer's queue (`queue_capacity`, librdkafka's default
+        `queue.buffering.max.messages`, unless the producer was given another), so no
+        record of a chunk is refused while a later one is taken, which would reorder
+        them; one refused all the same is produced again after the rest of its chunk.
+        """
+        size = max(1, min(PRODUCE_CHUNK, self.queue_capacity))
+        for start in range(0, len(records), size):
+            chunk: list[dict[str, Any]] = [
+                {"key": k, "value": v} for k, v in records[start : start + size]
+            ]
+            while len(self.producer) and len(self.producer) + len(chunk) > self.queue_capacity:
+                self.producer.poll(0.1)
+            while chunk:
+                queued = self.producer.produce_batch(topic, chunk, on_delivery=self.on_delivery)
+                self.pending += queued
+                if queued == len(chunk):
+                    break
+                refused = [message for message in chunk if "_error" in message]
+                error = refused[0]["_error"]
+                if error.code() != KafkaError._QUEUE_FULL:
+                    raise KafkaException(error)
+                for message in refused:
+                    del message["_error"]
+                chunk = refused
+                self.producer.poll(0.1)
 
     def wait(self, timeout_s: float = 60.0) -> None:
         remaining = self.producer.flush(timeout_s)
