@@ -104,18 +104,24 @@ class Forecaster:
         if proba is None:  # not forecast with the batch: alone, from its window's tail
             proba = model.forecast(state.window.tail(model.features.history - 1), block.events)
         quiet = self._quiet_flags(block)
-        # Beside each forecast, what persistence forecast for the same event: the monitor
-        # watches the model's loss against it (both suffer the same hard hours).
-        made_now = np.column_stack((proba, self._persisted(model, labels), quiet))
+        # The pending forecasts, then the block's: each the model's, then what persistence
+        # forecast for the same event (the monitor watches the model's loss against it:
+        # both suffer the same hard hours), then whether the tenant was quiet.
         horizon = model.horizon
         pending = state.pending_proba
-        combined = np.concatenate((pending, made_now)) if len(pending) else made_now
+        pend = len(pending)
+        combined = np.empty((pend + len(labels), 3))
+        combined[:pend] = pending
+        combined[pend:, 0] = proba
+        combined[pend:, 1] = self._persisted(model, labels)
+        combined[pend:, 2] = quiet
         flags = np.concatenate((state.pending_labels, labels))
-        scored = np.arange(max(0, horizon - len(pending)), len(labels))
-        made = combined[len(pending) + scored - horizon]
-        outcomes = np.column_stack(
-            (made[:, 0], _outcomes(model, flags, len(pending), scored), made[:, 1])
-        )
+        scored = np.arange(max(0, horizon - pend), len(labels))
+        made = combined[pend + scored - horizon]
+        outcomes = np.empty((len(scored), 3))
+        outcomes[:, 0] = made[:, 0]
+        outcomes[:, 1] = _outcomes(model, flags, pend, scored)
+        outcomes[:, 2] = made[:, 1]
         state.pending_proba = combined[-horizon:]
         state.pending_labels = flags[-horizon:]
         on = self._warnings.update(block, model, proba, result, quiet)

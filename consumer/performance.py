@@ -252,7 +252,9 @@ class PerformanceMonitor:
         else:
             loss, reference = _losses(proba, outcome, clip)
         excess = loss - reference
-        values = np.column_stack((excess, loss))
+        values = np.empty((len(rows), 2))
+        values[:, 0] = excess
+        values[:, 1] = loss
         rate = None if self.reference is None else self.reference.rate(proba)
         signals: list[DriftSignal] = []
         start = 0
