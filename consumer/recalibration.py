@@ -193,8 +193,13 @@ def _fit(
     before a ring's start are given a logit of -inf (probability 0, outcome 0): they add
     exactly nothing to the gradient and the curvature, with no mask to apply.
     """
-    if not len(z):
-        return np.zeros(len(ends))
+    out = np.zeros(len(ends))
+    # A ring of fewer than `MIN_ROWS` rows has offset 0: only the others are fitted (each
+    # fit is row by row, so which others share the pass changes none of them).
+    fitted = np.flatnonzero(np.minimum(ends, recent) >= MIN_ROWS)
+    if not len(z) or not len(fitted):
+        return out
+    ends, starts = ends[fitted], starts[fitted]
     local = ends[:, None] - recent + np.arange(recent)
     before = local < 0
     # A ring with no rows yet may start at len(z): its (masked) rows read z's last.
@@ -202,7 +207,6 @@ def _fit(
     zs, ys = z[index], y[index]
     zs[before] = -np.inf
     ys[before] = 0.0
-    rows = recent - np.count_nonzero(before, axis=1)
     observed = ys.sum(axis=1)
     offset = np.zeros(len(ends))
     p = np.empty_like(zs)
@@ -217,5 +221,5 @@ def _fit(
         gradient = observed - total - PRIOR_ROWS * offset
         curvature = total - np.einsum("ij,ij->i", p, p) + PRIOR_ROWS
         offset = np.clip(offset + gradient / curvature, -MAX_OFFSET, MAX_OFFSET)
-    out: np.ndarray = np.where(rows >= MIN_ROWS, offset, 0.0)
+    out[fitted] = offset
     return out

@@ -149,3 +149,34 @@ def published_of(core: IngestCore, stream: list[Message], n: int) -> tuple[np.nd
     p, on = read_forecasts(result.forecasts)
     assert len(p) == n
     return p, on
+
+
+def test_young_rings_are_not_fitted_and_leave_the_others_bit_for_bit_alone() -> None:
+    """Rings under `MIN_ROWS` get offset 0 without a fit; the rest fitted in one pass are
+    exactly what each gets alone (each fit reads its own row of the pass only)."""
+    rng = np.random.default_rng(5)
+    histories = [(8, 0.3), (400, 0.05), (20, 0.5), (300, 0.4)]
+    recals, blocks = [], []
+    for n, rate in histories:
+        p = rng.uniform(0.05, 0.6, n + 50)
+        y = (rng.random(n + 50) < rate).astype(float)
+        quiet = rng.random(n + 50) < 0.5
+        recal = Recalibration(288)
+        scored_stream(recal, p[:n], y[:n], quiet[:n])
+        recals.append(recal)
+        blocks.append((p[n:], y[n:], quiet[n:]))
+    alone = []
+    for recal, (p, y, q) in zip(recals, blocks, strict=True):
+        twin = Recalibration(recal.recent, [*recal.logits], [*recal.outcomes], [*recal.offsets])
+        twin.seen = recal.seen
+        alone.append(twin.apply(p, q, np.arange(50), p, q, y, HORIZON))
+    plans = [
+        recal.plan(p, q, np.arange(50), p, q, y, HORIZON)
+        for recal, (p, y, q) in zip(recals, blocks, strict=True)
+    ]
+    solve(plans)
+    for plan, want in zip(plans, alone, strict=True):
+        assert np.array_equal(plan.finish(), want)
+    young = recals[0]
+    assert young.offsets == [0.0, 0.0]
+    assert any(abs(offset) > 0.05 for recal in recals[1:] for offset in recal.offsets)
