@@ -22,7 +22,7 @@ import numpy as np
 from consumer.batch import BatchResult, Block, CoreConfig, TenantState
 from consumer.detectors import DriftSignal
 from consumer.live_model import Events, LiveModel
-from consumer.recalibration import RecalibrationPlan, solve
+from consumer.recalibration import RecalibrationPlan, finish_all, solve
 from consumer.stacked import BatchForecasts, StackCache
 from consumer.warnings import LiveWarnings, quiet_flags, quiet_flags_many
 from kernel.early_warning import QUIET
@@ -50,8 +50,12 @@ class Forecaster:
     def emit(self, result: BatchResult) -> None:
         """Publish the batch's forecasts, in block order, once every block is forecast."""
         pending, self._unpublished = self._unpublished, []
-        solve([plan for _b, _m, plan, _on in pending])
-        emit_forecasts([(b, m, plan.finish(), on) for b, m, plan, on in pending], result)
+        plans = [plan for _b, _m, plan, _on in pending]
+        solve(plans)
+        sent = finish_all(plans)
+        emit_forecasts(
+            [(b, m, p, on) for (b, m, _plan, on), p in zip(pending, sent, strict=True)], result
+        )
 
     def prepare(self, work: Sequence[tuple[TenantState, Events]]) -> None:
         """Forecast a batch's held tenants together, before their blocks come one by one.

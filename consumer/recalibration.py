@@ -25,6 +25,7 @@ replay, give the same probabilities.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -137,10 +138,12 @@ class RecalibrationPlan:
 
     def finish(self) -> np.ndarray:
         """The block's published forecasts; the heads' offsets move to their newest refit."""
-        proba, n, recal = self.proba, len(self.proba), self.recalibration
-        if recal.recent <= 0 or not n:
-            return proba
-        # Each event carries the offset of its head's newest refit at or before it.
+        return finish_all([self])[0]
+
+    def shift(self) -> np.ndarray | float:
+        """Each event's log-odds shift: its head's offset as of the newest refit at or
+        before it. Moves the heads' offsets on to their newest refit (call it once)."""
+        n, recal = len(self.proba), self.recalibration
         last = np.searchsorted(self.refits, np.arange(n), side="right") - 1 if self.fitted else None
         shifts: list[np.ndarray | float] = []
         for head in (0, 1):
@@ -150,10 +153,40 @@ class RecalibrationPlan:
                 recal.offsets[head] = float(fitted[-1])
             else:
                 shifts.append(recal.offsets[head])
-        shift = np.where(self.quiet.astype(bool), shifts[1], shifts[0])
+        if not isinstance(shifts[0], np.ndarray) and shifts[0] == shifts[1]:
+            return shifts[0]
+        out: np.ndarray = np.where(self.quiet.astype(bool), shifts[1], shifts[0])
+        return out
+
+
+def finish_all(plans: Sequence[RecalibrationPlan]) -> list[np.ndarray]:
+    """Each plan's published forecasts (`RecalibrationPlan.finish`), shifted in one pass.
+
+    The shift is elementwise, so one pass over the batch's concatenated forecasts gives
+    each event what its own block's pass gives, bit for bit.
+    """
+    out: list[np.ndarray | None] = [None] * len(plans)
+    shifted: list[int] = []
+    for i, plan in enumerate(plans):
+        if plan.recalibration.recent <= 0 or not len(plan.proba):
+            out[i] = plan.proba
+        else:
+            shifted.append(i)
+    if shifted:
+        proba = np.concatenate([plans[i].proba for i in shifted])
+        shift = np.empty(len(proba))
+        end = 0
+        for i in shifted:
+            begin, end = end, end + len(plans[i].proba)
+            shift[begin:end] = plans[i].shift()
         with np.errstate(over="ignore"):
-            out: np.ndarray = 1.0 / (1.0 + np.exp(-(logit(proba) + shift)))
-        return np.where(np.isfinite(proba), out, proba)
+            sent = 1.0 / (1.0 + np.exp(-(logit(proba) + shift)))
+        sent = np.where(np.isfinite(proba), sent, proba)
+        end = 0
+        for i in shifted:
+            begin, end = end, end + len(plans[i].proba)
+            out[i] = sent[begin:end]
+    return [p for p in out if p is not None]
 
 
 def solve(plans: list[RecalibrationPlan]) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 from confluent_kafka import Message
 
 from consumer.core import IngestCore
-from consumer.recalibration import MIN_ROWS, Recalibration, solve
+from consumer.recalibration import MIN_ROWS, Recalibration, RecalibrationPlan, finish_all, solve
 from testkit.live_models import LEARNT_MS, Published, core_with, load, messages
 from testkit.retrain_data import tenant_rows
 
@@ -180,3 +180,30 @@ def test_young_rings_are_not_fitted_and_leave_the_others_bit_for_bit_alone() -> 
     young = recals[0]
     assert young.offsets == [0.0, 0.0]
     assert any(abs(offset) > 0.05 for recal in recals[1:] for offset in recal.offsets)
+
+
+def test_a_batch_of_plans_finished_in_one_pass_gets_what_each_gets_alone() -> None:
+    """`finish_all` shifts the batch's forecasts in one pass: each block's published
+    probabilities are bit for bit its own `finish`, a NaN forecast stays NaN."""
+
+    def plans() -> list[RecalibrationPlan]:
+        out, local = [], np.random.default_rng(11)
+        for n in (400, 0, 60, 300):
+            p = local.uniform(0.05, 0.6, n + 40)
+            p[n + 3] = np.nan
+            y = (local.random(n + 40) < 0.2).astype(float)
+            q = local.random(n + 40) < 0.5
+            recal = Recalibration(288)
+            if n:
+                scored_stream(recal, p[:n], y[:n], q[:n])
+            block = np.arange(40)
+            out.append(recal.plan(p[n:], q[n:], block, p[n:], q[n:], y[n:], HORIZON))
+        solve(out)
+        return out
+
+    alone = [plan.finish() for plan in plans()]
+    together = finish_all(plans())
+    assert len(together) == len(alone) == 4
+    for got, want in zip(together, alone, strict=True):
+        assert np.array_equal(got, want, equal_nan=True)
+    assert np.isnan(together[0][3]) and not np.isnan(together[0]).all()
