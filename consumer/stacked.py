@@ -1,15 +1,17 @@
-"""A batch's live forecasts at once: features in one pass per feature spec, one forward per
-architecture.
+"""A batch's live forecasts at once: features in one pass per chunk of tenants, few forwards
+per architecture.
 
 Forecasting tenant by tenant pays a feature transform and a small torch forward for each
 tenant in each batch, for a handful of rows each: call overhead, not arithmetic. Here the
-tenants held with a live model at the start of a batch are forecast together:
+tenants held with a live model at the start of a batch are forecast together, a chunk of
+one `FeatureSpec`'s tenants at a time (`chunks`: a few thousand events), so a batch holds
+one chunk's inputs at most, however many tenants it has:
 
 - Their inputs: each tenant's window tail (up to `history - 1` events) then its block,
-  all tenants of one `FeatureSpec` concatenated and transformed in one call, with each
-  event's series start (`FeatureSpec.transform(starts=)`): no row reads another
-  tenant's events, however young the tenant, and each row is what the tenant's own
-  transform gives, bit for bit (the features sum each window on its own).
+  the chunk's tenants concatenated and transformed in one call, with each event's
+  series start (`FeatureSpec.transform(starts=)`): no row reads another tenant's
+  events, however young the tenant, and each row is what the tenant's own transform
+  gives, bit for bit (the features sum each window on its own).
 - Their forecasts: `StackedMLP` forwards per architecture over padded inputs, read
   from the `ModelBank` the registry keeps each live model's weights in (the only copy:
   the tenant's own module reads the same slot), a page of slots at a time, so a batch
@@ -23,7 +25,7 @@ A tenant's forecast equals its own model's to float32 rounding (tested to 1e-6).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -32,15 +34,23 @@ from consumer.batch import TenantState
 from consumer.live_model import Events, LiveModel
 from kernel.mlp import StackedMLP
 
-__all__ = ["BatchForecasts", "ModelBank", "StackCache", "architecture_key", "forward_parts"]
+__all__ = [
+    "BatchForecasts",
+    "ModelBank",
+    "StackCache",
+    "architecture_key",
+    "chunks",
+    "forward_parts",
+]
 
 #: Fewer tenants than this in a group: the per-tenant path is as cheap.
 MIN_GROUP = 2
 #: Slots a page of a `ModelBank` holds (a 2 x 64 MLP on 88 inputs: 10 MB a page), and
-#: tenants whose inputs one feature transform computes: both bound what a batch
+#: events (tails and blocks) one feature transform reads (`chunks`: ~230 tenants of a
+#: one-event block, a few MB of transform temporaries): both bound what a batch
 #: allocates for its forecasts, whatever the number of tenants.
 PAGE_SLOTS = 256
-CHUNK_TENANTS = 512
+CHUNK_EVENTS = 16_384
 #: A forward's padded input rows (members x their longest block): at most twice the real
 #: rows plus `PAD_ROWS`, and at most `FORWARD_ROWS` but for a member alone
 #: (`forward_parts`): a batch's inputs and activations stay a few MB, however skewed.
@@ -145,27 +155,34 @@ class BatchForecasts:
     def compute(self, cache: StackCache, work: Sequence[tuple[TenantState, Events]]) -> None:
         """Forecast each (state, block columns) whose state has a model and a full tail.
 
-        Forgets what an earlier batch left unclaimed.
+        A chunk of tenants at a time (`chunks`): their inputs, then their forwards, so
+        a batch holds one chunk's inputs at most. Forgets what an earlier batch left
+        unclaimed.
         """
         self._proba.clear()
         by_spec: dict[Hashable, list[tuple[TenantState, LiveModel, Events]]] = {}
+        canonical: dict[Hashable, int] = {}  # each architecture's number
+        keys: dict[int, int] = {}  # each model's architecture number
+        sizes: dict[int, int] = {}
         for state, block in work:
             model = state.model
             if model is None:
                 continue
             by_spec.setdefault(model.features, []).append((state, model, block))
-        by_architecture: dict[Hashable, list[tuple[TenantState, LiveModel, np.ndarray]]] = {}
+            key = canonical.setdefault(architecture_key(model), len(canonical))
+            keys[id(model)] = key
+            sizes[key] = sizes.get(key, 0) + 1
         for members in by_spec.values():
-            for at in range(0, len(members), CHUNK_TENANTS):
-                for state, model, rows in _inputs(members[at : at + CHUNK_TENANTS]):
-                    key = architecture_key(model)
-                    by_architecture.setdefault(key, []).append((state, model, rows))
-        for group in by_architecture.values():
-            if len(group) < MIN_GROUP:
-                continue
-            counts = [len(rows) for _s, _m, rows in group]
-            for part in forward_parts(counts):
-                self._forward(cache, [group[i] for i in part])
+            for chunk in chunks(members):
+                groups: dict[int, list[tuple[TenantState, LiveModel, np.ndarray]]] = {}
+                for state, model, rows in _inputs(chunk):
+                    key = keys[id(model)]
+                    if sizes[key] >= MIN_GROUP:
+                        groups.setdefault(key, []).append((state, model, rows))
+                for group in groups.values():
+                    counts = [len(rows) for _s, _m, rows in group]
+                    for part in forward_parts(counts):
+                        self._forward(cache, [group[i] for i in part])
 
     def _forward(
         self, cache: StackCache, group: list[tuple[TenantState, LiveModel, np.ndarray]]
@@ -184,6 +201,23 @@ class BatchForecasts:
             proba = torch.sigmoid(logits).numpy()
         for i, (state, model, _rows) in enumerate(group):
             self._proba[state.tenant] = (state, model, proba[i, : counts[i]].copy())
+
+
+def chunks(
+    members: Sequence[tuple[TenantState, LiveModel, Events]],
+) -> Iterator[Sequence[tuple[TenantState, LiveModel, Events]]]:
+    """Consecutive runs of `members` (of one feature spec) whose tails and blocks hold
+    `CHUNK_EVENTS` events at most together (a member alone may hold more): what one
+    feature transform reads."""
+    start, events = 0, 0
+    for i, (state, model, block) in enumerate(members):
+        own = min(model.features.history - 1, len(state.window)) + len(block[0])
+        if i > start and events + own > CHUNK_EVENTS:
+            yield members[start:i]
+            start, events = i, 0
+        events += own
+    if start < len(members):
+        yield members[start:]
 
 
 def forward_parts(counts: Sequence[int]) -> list[list[int]]:

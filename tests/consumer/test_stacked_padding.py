@@ -13,7 +13,7 @@ import consumer.stacked
 from consumer.batch import TenantState
 from consumer.core import CoreConfig, IngestCore
 from consumer.live_model import Events, LiveModel
-from consumer.stacked import PAD_ROWS, BatchForecasts, StackCache, forward_parts
+from consumer.stacked import PAD_ROWS, BatchForecasts, StackCache, chunks, forward_parts
 from testkit.tiny_models import tiny_live_model
 
 
@@ -52,8 +52,13 @@ def _tenants(blocks: Sequence[int]) -> list[tuple[TenantState, Events]]:
     return work
 
 
-def test_a_long_block_is_not_padded_onto_every_tenant(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("chunk_events", [10**6, 400])
+def test_a_long_block_is_not_padded_onto_every_tenant(
+    chunk_events: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(consumer.stacked, "FORWARD_ROWS", 512)
+    # All in one chunk, or chunks of a few tenants (the long block's alone, over the bound).
+    monkeypatch.setattr(consumer.stacked, "CHUNK_EVENTS", chunk_events)
     blocks = [1] * 60 + [2] * 10 + [400] + [3] * 5 + [40]
     work = _tenants(blocks)
     cache, batch = RecordingCache(), BatchForecasts()
@@ -94,3 +99,15 @@ def test_forward_parts_bound_the_padding_and_keep_every_member_once() -> None:
     # share as few forwards as the bound allows.
     assert forward_parts([1] * 10) == [list(range(10))]
     assert forward_parts([3, 1, 3, 1]) == [[1, 3, 0, 2]]
+
+
+def test_chunks_bound_the_events_one_transform_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(consumer.stacked, "CHUNK_EVENTS", 300)
+    blocks = [1, 1, 1, 1, 500, 1, 30, 1, 1, 1, 1, 1]
+    members = [(state, state.model, block) for state, block in _tenants(blocks)]
+    runs = list(chunks(members))  # type: ignore[arg-type]
+    assert [m for run in runs for m in run] == members  # all, in order, once
+    for run in runs:
+        events = sum(71 + len(block[0]) for _s, _m, block in run)  # 71: each one's tail
+        assert events <= 300 or len(run) == 1
+    assert [len(run) for run in runs] == [4, 1, 3, 4]
