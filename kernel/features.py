@@ -245,8 +245,8 @@ class FeatureSpec(BaseModel):
         if not len(at):
             return out
         # The windowed columns, a chunk of rows at a time (every column is row-wise).
-        windowed = _Windowed(self)
-        chunk = max(_CHUNK_WINDOWS // windowed.span, 64)
+        windowed = _Windowed(self, len(at))
+        chunk = windowed.chunk
         median = base[:0]  # version 1 has none
         if self.version >= 2:
             median = _rolling_medians(base, self.level_window, at, first)
@@ -287,9 +287,10 @@ class FeatureSpec(BaseModel):
         return out
 
 
-#: Rows x window events gathered at once for the windowed columns: small enough for the
-#: gathered windows to stay in cache.
-_CHUNK_WINDOWS: Final = 1 << 16
+#: Rows x window events gathered at once for the windowed columns: their buffers (made
+#: once a call: allocating large arrays again and again costs more than the sums) stay
+#: in cache.
+_CHUNK_WINDOWS: Final = 1 << 15
 
 
 class _Windowed:
@@ -305,7 +306,7 @@ class _Windowed:
     their series' start (padded with zeros, not the first event) are `_mean_std`'s own.
     """
 
-    def __init__(self, spec: FeatureSpec) -> None:
+    def __init__(self, spec: FeatureSpec, rows: int) -> None:
         self.spec = spec
         self.flags_at = len(FEATURES) * (spec.lags + 2)
         after_run = self.flags_at + len(spec.breach_windows) + 2
@@ -320,6 +321,14 @@ class _Windowed:
             self.metrics = list(range(len(FEATURES)))
             needed += spec.trend_windows
         self.span = max(needed)
+        #: Rows a chunk holds, and its buffers (flat: a shorter last chunk's views of them
+        #: are contiguous too).
+        self.chunk = min(max(_CHUNK_WINDOWS // self.span, 64), rows)
+        size = self.span * self.chunk
+        self._index = np.empty(size, dtype=np.int64)
+        self._stack = np.empty(size * len(FEATURES))
+        self._terms = np.empty(size * len(FEATURES))
+        self._scratch = np.empty(8 * self.chunk * len(FEATURES))
 
     def write(
         self,
@@ -330,12 +339,18 @@ class _Windowed:
         median: NDArray[np.float64],
         lo: int,
     ) -> None:
-        """Write rows `at`'s windowed columns into `out` (their rows); `median` holds every
-        row's rolling median (version 2), these rows from row `lo` on."""
-        spec, span, m = self.spec, self.span, len(FEATURES)
-        back = np.arange(span - 1, -1, -1)
+        """Write rows `at`'s windowed columns into `out` (their rows, at most `chunk`);
+        `median` holds every row's rolling median (version 2), these rows from `lo` on."""
+        spec, span, m, rows = self.spec, self.span, len(FEATURES), len(at)
+        shape = (span, rows, m)
+        index = self._index[: span * rows].reshape(span, rows)
+        np.subtract(at, np.arange(span - 1, -1, -1)[:, None], out=index)
+        np.maximum(index, first, out=index)
         # stack[span - 1 - k] is base[_earlier(at, k, first)]: oldest event first.
-        stack = np.take(base, np.maximum(at - back[:, None], first), axis=0)
+        stack = self._stack[: index.size * m].reshape(shape)
+        np.take(base, index, axis=0, out=stack, mode="clip")  # in range: no buffering
+        terms = self._terms[: index.size * m].reshape(shape)
+        scratch = self._scratch[: 8 * rows * m].reshape(8, rows, m)
         now = stack[span - 1]
         out[:, :m] = now
         for lag in range(1, spec.lags + 1):
@@ -343,10 +358,11 @@ class _Windowed:
         out[:, (spec.lags + 1) * m : (spec.lags + 2) * m] = np.abs(now - stack[span - 2])
         w = spec.rolling_window
         window = stack[span - w :]
-        sums = _pairwise_sum(window)
+        sums = _pairwise_sum(window, scratch)
         counts = np.minimum(at - first + 1, w)[:, None]
         mean = sums / counts
-        mean_sq = _pairwise_sum(window * window) / counts
+        squares = np.multiply(window, window, out=terms[:w])
+        mean_sq = _pairwise_sum(squares, scratch) / counts
         std = np.sqrt(np.maximum(mean_sq - mean * mean, 0.0))
         partial = np.flatnonzero(at - first < w - 1)
         if len(partial):  # zero-padded windows: the plain way, a few rows
@@ -364,47 +380,55 @@ class _Windowed:
         block[:, 0::per] = mean
         block[:, 1::per] = std
         for i, k in enumerate(spec.trend_windows):
-            terms = stack[span - k :]
-            level = (sums if k == w else _pairwise_sum(terms)) / k
+            view = stack[span - k :]
+            level = (sums if k == w else _pairwise_sum(view, scratch)) / k
             x = np.arange(k, dtype=np.float64) - (k - 1) / 2.0
-            slope = _pairwise_sum(terms * x[:, None, None]) / float(x @ x)
+            products = np.multiply(view, x[:, None, None], out=terms[:k])
+            slope = _pairwise_sum(products, scratch) / float(x @ x)
             block[:, 2 + 2 * i :: per] = slope
             block[:, 3 + 2 * i :: per] = level + slope * ((k - 1) / 2.0 + spec.trend_ahead)
-        block[:, per - 1 :: per] = now - median[lo : lo + len(at)]
+        block[:, per - 1 :: per] = now - median[lo : lo + rows]
 
 
-def _pairwise_sum(terms: NDArray[np.float64]) -> NDArray[np.float64]:
+def _pairwise_sum(
+    terms: NDArray[np.float64], scratch: NDArray[np.float64] | None = None
+) -> NDArray[np.float64]:
     """The sum over axis 0 of `terms` (window positions, oldest first), added in the order
     numpy sums a contiguous row (``view.sum(axis=1)``: ``0.0 +`` its pairwise sum, eight
     accumulators per block of up to 128), so that each result equals that row sum bit
-    for bit, for every row at once."""
-    total: NDArray[np.float64] = _pairwise(terms)
+    for bit, for every row at once. `scratch` (8 of `terms[0]`) saves allocating it."""
+    if scratch is None:
+        scratch = np.empty((8, *terms.shape[1:]))
+    total = np.empty(terms.shape[1:])
+    _pairwise(terms, scratch, total)
     total += 0.0  # numpy's reduction starts from 0.0: a sum of -0.0s is 0.0
     return total
 
 
-def _pairwise(terms: NDArray[np.float64]) -> NDArray[np.float64]:
+def _pairwise(terms: NDArray[np.float64], r: NDArray[np.float64], out: NDArray[np.float64]) -> None:
+    """numpy's pairwise sum of `terms` (over axis 0) into `out`, with `r` for scratch."""
     n = len(terms)
     if n < 8:
-        res: NDArray[np.float64] = terms[0].copy()
+        out[...] = terms[0]
         for i in range(1, n):
-            res += terms[i]
-        return res
-    if n <= 128:
-        r = terms[:8].copy()
+            out += terms[i]
+    elif n <= 128:
+        r[...] = terms[:8]
         stop = n - n % 8
         for i in range(8, stop, 8):
             r += terms[i : i + 8]
-        pairs = r[0::2] + r[1::2]  # r0 + r1, r2 + r3, r4 + r5, r6 + r7
-        quads = pairs[0::2] + pairs[1::2]  # (r0 + r1) + (r2 + r3), (r4 + r5) + (r6 + r7)
-        res = quads[0] + quads[1]
+        r[0::2] += r[1::2]  # r0 + r1, r2 + r3, r4 + r5, r6 + r7
+        r[0::4] += r[2::4]  # (r0 + r1) + (r2 + r3), (r4 + r5) + (r6 + r7)
+        np.add(r[0], r[4], out=out)
         for i in range(stop, n):
-            res += terms[i]
-        return res
-    half = n // 2
-    half -= half % 8
-    out: NDArray[np.float64] = _pairwise(terms[:half]) + _pairwise(terms[half:])
-    return out
+            out += terms[i]
+    else:
+        half = n // 2
+        half -= half % 8
+        _pairwise(terms[:half], r, out)
+        rest = np.empty_like(out)
+        _pairwise(terms[half:], r, rest)
+        out += rest
 
 
 def _flag_counts(flags: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -545,13 +569,11 @@ def _rolling_median(
     return median
 
 
-#: Consecutive rows of a series whose medians are taken together (`_rolling_medians`).
-_GROUP: Final = 8
-#: A sorting network of seven values (16 compare-exchanges; tested on every 0/1 input).
-_SORT_7: Final = (
-    (0, 6), (2, 3), (4, 5), (0, 2), (1, 4), (3, 6), (0, 1), (2, 5),
-    (3, 4), (1, 2), (4, 6), (2, 3), (4, 5), (1, 2), (3, 4), (5, 6),
-)  # fmt: skip
+#: Consecutive rows of a series whose medians are taken together (`_rolling_medians`):
+#: fewer sort more shared values again, more sort more values of their own.
+_GROUP: Final = 5
+#: A sorting network of `_GROUP - 1` values (tested on every 0/1 input).
+_SORT_EXTRA: Final = ((0, 1), (2, 3), (0, 2), (1, 3), (1, 2))
 
 
 def _rolling_medians(
@@ -560,40 +582,41 @@ def _rolling_medians(
     """`_rolling_median` of every column of `base` at rows `at`, bit for bit, cheaper.
 
     Where a column holds no NaN and no -0.0, equal values have equal bits and a window's
-    median is a function of its values alone, however found: runs of `_GROUP`
-    consecutive rows of a series share all but `_GROUP - 1` values of their windows,
-    sorted once (`_grouped_medians`); other rows sort their own windows (a rank filter
-    over every event costs more when the rows are few). Other columns, and every column
-    when the rows sort more values than the rank filters read, take `_rolling_median`.
+    median is a function of its values alone, however found: up to `_GROUP` consecutive
+    rows of a series share all but `_GROUP - 1` values of their windows, sorted once
+    (`_grouped_medians`); rows whose window reaches back past their series' start sort
+    their own. Other columns, and every column when those rows would sort more values
+    than rank filters over every event read, take `_rolling_median`.
     """
     out = np.empty((len(at), base.shape[1]))
-    exact = ~(np.isnan(base) | ((base == 0.0) & np.signbit(base))).any(axis=0)
-    starts = _median_groups(at, first, window) if window >= 2 * _GROUP else at[:0]
-    rest = np.ones(len(at), dtype=bool)
-    rest[(starts[:, None] + np.arange(_GROUP)).ravel()] = False
-    rest_rows = np.flatnonzero(rest)
-    sort_rest = len(rest_rows) * window <= 16 * len(base)
-    cols = np.flatnonzero(exact) if len(starts) or sort_rest else at[:0]
+    every = np.ascontiguousarray(base.T)
+    exact = np.isfinite(every.sum(axis=1)) & ~np.signbit(every).any(axis=1)
+    if not exact.all():  # the precise test, where the quick one was not sure
+        exact = ~(np.isnan(every) | ((every == 0.0) & np.signbit(every))).any(axis=1)
+    mature = at - first >= window - 1
+    starts, sizes = _median_groups(at, first, mature) if window >= 2 * _GROUP else (at[:0],) * 2
+    young = np.flatnonzero(~mature) if len(starts) else np.arange(len(at))
+    sort_young = len(young) * window <= 16 * len(base)
+    cols = np.flatnonzero(exact) if sort_young else at[:0]
     for j in np.flatnonzero(~np.isin(np.arange(base.shape[1]), cols)):
         out[:, j] = _rolling_median(base[:, j], window, at, first)
     if not len(cols):
         return out
-    values = np.ascontiguousarray(base[:, cols].T)
+    values = every if len(cols) == len(every) else every[cols]
     if len(starts):
-        grouped = _grouped_medians(values, window, at[starts])  # (cols, groups, _GROUP)
-        rows = (starts[:, None] + np.arange(_GROUP)).ravel()
-        out[np.ix_(rows, cols)] = grouped.reshape(len(cols), -1).T
-    if not len(rest_rows):
-        return out
-    if sort_rest:
+        grouped = _grouped_medians(values, window, at[starts])  # (cols, _GROUP, groups)
+        real = np.arange(_GROUP)[:, None] < sizes
+        rows = (starts + np.arange(_GROUP)[:, None])[real]
+        if len(cols) == base.shape[1]:
+            out[rows] = grouped[:, real].T
+        else:
+            out[np.ix_(rows, cols)] = grouped[:, real].T
+    if len(young):
         back = np.arange(window - 1, -1, -1)
-        index = np.maximum(at[rest_rows, None] - back, first[rest_rows, None])
+        index = np.maximum(at[young, None] - back, first[young, None])
         windows = np.take(values, index, axis=1)
         windows.sort(axis=-1)
-        out[np.ix_(rest_rows, cols)] = _middle(windows, window).T
-    else:
-        for j in cols:
-            out[rest_rows, j] = _rolling_median(base[:, j], window, at[rest_rows], first[rest_rows])
+        out[np.ix_(young, cols)] = _middle(windows, window).T
     return out
 
 
@@ -607,73 +630,84 @@ def _middle(ordered: NDArray[np.float64], window: int) -> NDArray[np.float64]:
 
 
 def _median_groups(
-    at: NDArray[np.int64], first: NDArray[np.int64], window: int
-) -> NDArray[np.int64]:
-    """Where in `at` a group starts: `_GROUP` rows of consecutive events of one series, the
-    first with its whole `window` in its series (so are the others), counted from the
-    start of each run of such rows."""
+    at: NDArray[np.int64], first: NDArray[np.int64], mature: NDArray[np.bool_]
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Where in `at` each group of rows starts, and its size: up to `_GROUP` rows of
+    consecutive events of one series, each with its whole window in its series
+    (`mature`), counted from the start of each run of such rows."""
     n = len(at)
-    if n < _GROUP:
-        return at[:0]
-    joined = (at[1:] == at[:-1] + 1) & (first[1:] == first[:-1])
+    if not n:
+        return at[:0], at[:0]
+    joined = (at[1:] == at[:-1] + 1) & (first[1:] == first[:-1]) & mature[1:] & mature[:-1]
     begin = np.flatnonzero(np.concatenate(([True], ~joined)))
-    counts = np.diff(np.append(begin, n)) // _GROUP
+    begin = begin[mature[begin]]
+    end = np.append(np.flatnonzero(~joined) + 1, n)  # each run's end, after its last row
+    end = end[np.searchsorted(end, begin, side="right")]
+    counts = (end - begin + _GROUP - 1) // _GROUP
     starts = np.repeat(begin, counts)
     starts += _GROUP * (np.arange(len(starts)) - np.repeat(np.cumsum(counts) - counts, counts))
-    mature: NDArray[np.int64] = starts[at[starts] - first[starts] >= window - 1]
-    return mature
+    sizes: NDArray[np.int64] = np.minimum(np.repeat(end, counts) - starts, _GROUP)
+    return starts, sizes
 
 
 def _grouped_medians(
     values: NDArray[np.float64], window: int, r0: NDArray[np.int64]
 ) -> NDArray[np.float64]:
     """The medians of rows ``r0 + g`` (g < `_GROUP`) of each row of `values` (no NaN, no
-    -0.0), the windows whole: (rows of values, len(r0), `_GROUP`).
+    -0.0), the windows whole: (rows of values, `_GROUP`, len(r0)).
 
     The group's windows share the `window - _GROUP + 1` events up to ``r0`` (sorted once,
     `core`); row g adds its own `_GROUP - 1`: the `_GROUP - 1 - g` oldest of its window
-    and the g after ``r0`` (`extra`, sorted by `_SORT_7`). The k-th smallest of the two
+    and the g after ``r0`` (`extra`, sorted by `_SORT_EXTRA`). The k-th smallest of the two
     sorted parts is the least over j of ``max(core[k - j], extra[j - 1])``: j of the k + 1
     values at or below it are extra (k >= j and the core has k + 1 values, as windows are
-    at least twice the group).
+    at least twice the group). Groups are taken a few hundred at a time, in buffers that
+    stay in cache.
     """
-    g, extra_n = _GROUP, _GROUP - 1
-    core = np.take(values, r0[:, None] + np.arange(g - window, 1), axis=1)
-    core.sort(axis=-1)
+    g, extra_n, cols = _GROUP, _GROUP - 1, len(values)
+    ks = (window // 2,) if window % 2 else (window // 2 - 1, window // 2)
+    # Row i's extra events, relative to r0: (extra_n, g).
     offsets = np.array(
         [
             [i - window + 1 + t for t in range(extra_n - i)] + [1 + t for t in range(i)]
             for i in range(g)
         ]
-    ).T  # (extra_n, g): row i's extra events, relative to r0
-    extra = np.take(values, offsets[:, None, :] + r0[None, :, None], axis=1)
-    for i, j in _SORT_7:
-        low = np.minimum(extra[:, i], extra[:, j])
-        np.maximum(extra[:, i], extra[:, j], out=extra[:, j])
-        extra[:, i] = low
-
-    def kth(k: int) -> NDArray[np.float64]:
-        best = np.repeat(core[:, :, k, None], g, axis=2)
-        step = np.empty_like(best)
-        for j in range(1, extra_n + 1):
-            np.maximum(core[:, :, k - j, None], extra[:, j - 1], out=step)
-            np.minimum(best, step, out=best)
-        return best
-
-    if window % 2:
-        return kth(window // 2)
-    both: NDArray[np.float64] = (kth(window // 2 - 1) + kth(window // 2)) / 2.0
-    return both
-
-
-def _quiet(
-    flags: NDArray[np.float64], at: NDArray[np.int64], first: NDArray[np.int64]
-) -> NDArray[np.float64]:
-    """1 where no breach was seen in the last `QUIET_EVENTS` events (this one included)."""
-    quiet: NDArray[np.float64] = (_rolling_mean(flags, QUIET_EVENTS, at, first) == 0).astype(
-        np.float64
-    )
-    return quiet
+    ).T
+    core_at = np.arange(g - window, 1)
+    last = values.shape[1] - 1
+    out = np.empty((cols, g, len(r0)))
+    step = max(_CHUNK_WINDOWS // window, 16)
+    core_buf = np.empty(cols * step * len(core_at))
+    extra_buf = np.empty(cols * extra_n * g * step)
+    for lo in range(0, len(r0), step):
+        starts = r0[lo : lo + step]
+        n = len(starts)
+        core = core_buf[: cols * n * len(core_at)].reshape(cols, n, len(core_at))
+        np.take(values, starts[:, None] + core_at, axis=1, out=core, mode="clip")
+        core.sort(axis=-1)
+        # A group of fewer rows computes the rest too (clipped to the events), unused.
+        extra = extra_buf[: cols * extra_n * g * n].reshape(cols, extra_n, g, n)
+        index = np.minimum(offsets[:, :, None] + starts, last)
+        np.take(values, index, axis=1, out=extra, mode="clip")
+        low = np.empty((cols, g, n))
+        for i, j in _SORT_EXTRA:
+            np.minimum(extra[:, i], extra[:, j], out=low)
+            np.maximum(extra[:, i], extra[:, j], out=extra[:, j])
+            extra[:, i] = low
+        # The core's values each k reads, contiguous: (extra_n + 1, cols, 1, n).
+        picks = np.moveaxis(core[:, :, ks[0] - extra_n : ks[-1] + 1], 2, 0)[:, :, None].copy()
+        median = out[:, :, lo : lo + n]
+        for which, k in enumerate(ks):
+            best = np.repeat(picks[k - (ks[0] - extra_n)], g, axis=1)
+            for j in range(1, extra_n + 1):
+                np.maximum(picks[k - j - (ks[0] - extra_n)], extra[:, j - 1], out=low)
+                np.minimum(best, low, out=best)
+            if which:
+                median += best
+                median /= 2.0
+            else:
+                median[...] = best
+    return out
 
 
 def _day_before(

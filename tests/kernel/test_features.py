@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from consumer.live_model import LiveModel
 from kernel.features import (
-    _SORT_7,
+    _GROUP,
+    _SORT_EXTRA,
     LOG_METRICS,
     QUIET_EVENTS,
     FeatureSpec,
@@ -497,9 +498,9 @@ def test_pairwise_sum_is_numpys_row_sum_bit_for_bit(
 
 def test_the_sorting_network_sorts_every_input_of_zeros_and_ones() -> None:
     """The 0/1 principle: a network that sorts every 0/1 input sorts every input."""
-    for bits in itertools.product([0, 1], repeat=7):
+    for bits in itertools.product([0, 1], repeat=_GROUP - 1):
         values = list(bits)
-        for i, j in _SORT_7:
+        for i, j in _SORT_EXTRA:
             values[i], values[j] = min(values[i], values[j]), max(values[i], values[j])
         assert values == sorted(bits)
 
