@@ -327,8 +327,7 @@ class _Windowed:
         size = self.span * self.chunk
         self._index = np.empty(size, dtype=np.int64)
         self._stack = np.empty(size * len(FEATURES))
-        self._terms = np.empty(size * len(FEATURES))
-        self._scratch = np.empty(8 * self.chunk * len(FEATURES))
+        self._scratch = np.empty(16 * self.chunk * len(FEATURES))
 
     def write(
         self,
@@ -349,8 +348,7 @@ class _Windowed:
         # stack[span - 1 - k] is base[_earlier(at, k, first)]: oldest event first.
         stack = self._stack[: index.size * m].reshape(shape)
         np.take(base, index, axis=0, out=stack, mode="clip")  # in range: no buffering
-        terms = self._terms[: index.size * m].reshape(shape)
-        scratch = self._scratch[: 8 * rows * m].reshape(8, rows, m)
+        scratch = self._scratch[: 16 * rows * m].reshape(16, rows, m)
         now = stack[span - 1]
         out[:, :m] = now
         for lag in range(1, spec.lags + 1):
@@ -361,8 +359,7 @@ class _Windowed:
         sums = _pairwise_sum(window, scratch)
         counts = np.minimum(at - first + 1, w)[:, None]
         mean = sums / counts
-        squares = np.multiply(window, window, out=terms[:w])
-        mean_sq = _pairwise_sum(squares, scratch) / counts
+        mean_sq = _pairwise_sum(window, scratch, window) / counts
         std = np.sqrt(np.maximum(mean_sq - mean * mean, 0.0))
         partial = np.flatnonzero(at - first < w - 1)
         if len(partial):  # zero-padded windows: the plain way, a few rows
@@ -383,51 +380,71 @@ class _Windowed:
             view = stack[span - k :]
             level = (sums if k == w else _pairwise_sum(view, scratch)) / k
             x = np.arange(k, dtype=np.float64) - (k - 1) / 2.0
-            products = np.multiply(view, x[:, None, None], out=terms[:k])
-            slope = _pairwise_sum(products, scratch) / float(x @ x)
+            slope = _pairwise_sum(view, scratch, x[:, None, None]) / float(x @ x)
             block[:, 2 + 2 * i :: per] = slope
             block[:, 3 + 2 * i :: per] = level + slope * ((k - 1) / 2.0 + spec.trend_ahead)
         block[:, per - 1 :: per] = now - median[lo : lo + rows]
 
 
 def _pairwise_sum(
-    terms: NDArray[np.float64], scratch: NDArray[np.float64] | None = None
+    terms: NDArray[np.float64],
+    scratch: NDArray[np.float64] | None = None,
+    times: NDArray[np.float64] | None = None,
 ) -> NDArray[np.float64]:
-    """The sum over axis 0 of `terms` (window positions, oldest first), added in the order
-    numpy sums a contiguous row (``view.sum(axis=1)``: ``0.0 +`` its pairwise sum, eight
-    accumulators per block of up to 128), so that each result equals that row sum bit
-    for bit, for every row at once. `scratch` (8 of `terms[0]`) saves allocating it."""
+    """The sum over axis 0 of `terms` (window positions, oldest first), or of the products
+    ``terms * times`` (`times` broadcast to `terms`: each product as numpy makes it), added
+    in the order numpy sums a contiguous row (``view.sum(axis=1)``: ``0.0 +`` its pairwise
+    sum, eight accumulators per block of up to 128), so that each result equals that row
+    sum bit for bit, for every row at once. `scratch` (16 of `terms[0]`) saves allocating
+    it."""
     if scratch is None:
-        scratch = np.empty((8, *terms.shape[1:]))
+        scratch = np.empty((16, *terms.shape[1:]))
     total = np.empty(terms.shape[1:])
-    _pairwise(terms, scratch, total)
+    _pairwise(terms, times, scratch, total)
     total += 0.0  # numpy's reduction starts from 0.0: a sum of -0.0s is 0.0
     return total
 
 
-def _pairwise(terms: NDArray[np.float64], r: NDArray[np.float64], out: NDArray[np.float64]) -> None:
-    """numpy's pairwise sum of `terms` (over axis 0) into `out`, with `r` for scratch."""
+def _pairwise(
+    terms: NDArray[np.float64],
+    times: NDArray[np.float64] | None,
+    scratch: NDArray[np.float64],
+    out: NDArray[np.float64],
+) -> None:
+    """numpy's pairwise sum of `terms` (times `times`) over axis 0 into `out`."""
     n = len(terms)
+
+    def term(i: int, j: int, into: NDArray[np.float64]) -> NDArray[np.float64]:
+        if times is None:
+            return terms[i:j]
+        return np.multiply(terms[i:j], times[i:j], out=into[: j - i])
+
+    r, spare = scratch[:8], scratch[8:16]
     if n < 8:
-        out[...] = terms[0]
+        out[...] = term(0, 1, spare)[0]
         for i in range(1, n):
-            out += terms[i]
+            out += term(i, i + 1, spare)[0]
     elif n <= 128:
-        r[...] = terms[:8]
         stop = n - n % 8
-        for i in range(8, stop, 8):
-            r += terms[i : i + 8]
+        if times is None and stop >= 16:
+            np.add(terms[:8], terms[8:16], out=r)
+            begin = 16
+        else:
+            r[...] = term(0, 8, r)
+            begin = 8
+        for i in range(begin, stop, 8):
+            r += term(i, i + 8, spare)
         r[0::2] += r[1::2]  # r0 + r1, r2 + r3, r4 + r5, r6 + r7
         r[0::4] += r[2::4]  # (r0 + r1) + (r2 + r3), (r4 + r5) + (r6 + r7)
         np.add(r[0], r[4], out=out)
         for i in range(stop, n):
-            out += terms[i]
+            out += term(i, i + 1, spare)[0]
     else:
         half = n // 2
         half -= half % 8
-        _pairwise(terms[:half], r, out)
+        _pairwise(terms[:half], None if times is None else times[:half], scratch, out)
         rest = np.empty_like(out)
-        _pairwise(terms[half:], r, rest)
+        _pairwise(terms[half:], None if times is None else times[half:], scratch, rest)
         out += rest
 
 

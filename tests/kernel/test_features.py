@@ -493,7 +493,12 @@ def test_pairwise_sum_is_numpys_row_sum_bit_for_bit(
     got = _pairwise_sum(terms)[:, 0]
     expected = view.sum(axis=1)
     assert np.array_equal(got.view(np.int64), expected.view(np.int64))
-    assert np.array_equal(_pairwise_sum(terms * 2.0)[:, 0], (view * 2.0).sum(axis=1))
+    # And of products made on the way, as the trend's slope sums them.
+    x = np.arange(window, dtype=np.float64) - (window - 1) / 2.0
+    products = _pairwise_sum(terms, times=x[:, None, None])[:, 0]
+    assert np.array_equal(products.view(np.int64), (view * x).sum(axis=1).view(np.int64))
+    squares = _pairwise_sum(terms, times=terms)[:, 0]
+    assert np.array_equal(squares.view(np.int64), (view * view).sum(axis=1).view(np.int64))
 
 
 def test_the_sorting_network_sorts_every_input_of_zeros_and_ones() -> None:
