@@ -7,7 +7,7 @@ from datetime import timedelta
 import numpy as np
 
 from consumer.core import IngestCore
-from consumer.detectors import DataDriftMonitor, DriftConfig, SeasonalProfile
+from consumer.detectors import SEASON_BINS, SEASON_S, DataDriftMonitor, DriftConfig, SeasonalProfile
 from consumer.main import core_config
 from consumer.settings import ConsumerSettings
 from schemas import RetrainRequested
@@ -63,3 +63,26 @@ def test_a_telemetry_gap_keeps_the_profile_learning_until_every_hour_is_seen() -
     seen = hours[(hours % 86_400 < 3 * 3_600) | (hours % 86_400 >= 4 * 3_600)]  # no 03:00
     taken = profile.learn(np.ones((len(seen), 1)), seen, 10)
     assert taken == len(seen) and not profile.ready
+
+
+def test_the_profile_sums_each_hour_and_feature_in_event_order_bit_for_bit() -> None:
+    """The accumulators are what adding each event to its (hour, feature) cell, one by
+    one in event order, gives: however the events come in blocks."""
+    rng = np.random.default_rng(4)
+    ts = 1.7e9 + np.cumsum(rng.uniform(30, 600, 300))
+    rows = (rng.random((300, 6)) * 500).astype(np.float32)
+    profile = SeasonalProfile(6)
+    start = 0
+    while start < len(ts):
+        stop = start + int(rng.integers(1, 40))
+        profile._add(rows[start:stop], ts[start:stop])
+        start = stop
+    sums = [[0.0] * 6 for _ in range(SEASON_BINS)]
+    squares = [[0.0] * 6 for _ in range(SEASON_BINS)]
+    for t, row in zip(ts.tolist(), rows.tolist(), strict=True):
+        hour = int((t % SEASON_S) // (SEASON_S / SEASON_BINS)) % SEASON_BINS
+        for j, value in enumerate(row):
+            sums[hour][j] += value
+            squares[hour][j] += value * value
+    assert profile._sum.tolist() == sums
+    assert profile._sumsq.tolist() == squares
