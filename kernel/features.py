@@ -244,46 +244,40 @@ class FeatureSpec(BaseModel):
         out = np.empty((len(at), len(self.names())), dtype=np.float32)
         if not len(at):
             return out
-        # The windowed columns, a chunk of rows at a time (every column is row-wise).
         windowed = _Windowed(self, len(at))
-        chunk = windowed.chunk
+        # The other columns first, in blocks of adjacent columns (start, values).
+        binary = bool(((flags == 0.0) | (flags == 1.0)).all())
+        counts_of = _flag_counts(flags) if binary else None
+        per_row = [flags[at]]
+        per_row += [_flag_mean(flags, w, at, first, counts_of) for w in self.breach_windows]
+        per_row.append(_run_length(flags, self.history, series)[at] / self.history)
+        if self.version >= 2:
+            quiet = _flag_mean(flags, QUIET_EVENTS, at, first, counts_of) == 0
+            per_row.append(quiet.astype(np.float64))
+        blocks = [(windowed.flags_at, np.stack(per_row, axis=1))]
+        col = windowed.stats_at + windowed.per_metric * len(windowed.metrics)
+        if self.version >= 2 and self.season_events:
+            season = _day_before(base, self.season_events, self.trend_ahead, at, first)
+            blocks.append((col, season))
+            col += len(FEATURES)
+        periodic: list[NDArray[np.float64]] = []
+        if self.time_of_day:
+            day = 2 * np.pi * np.mod(ts_arr[at], _DAY_S) / _DAY_S
+            periodic += [np.sin(day), np.cos(day)]
+        if self.day_of_week:
+            week = 2 * np.pi * np.mod(ts_arr[at] - _EPOCH_WEEKDAY_S, _WEEK_S) / _WEEK_S
+            periodic += [np.sin(week), np.cos(week)]
+        if periodic:
+            blocks.append((col, np.stack(periodic, axis=1)))
         median = base[:0]  # version 1 has none
         if self.version >= 2:
             median = _rolling_medians(base, self.level_window, at, first)
-        for lo in range(0, len(at), chunk):
-            hi = min(lo + chunk, len(at))
+        # Then a chunk of rows at a time (every column is row-wise), while in cache.
+        for lo in range(0, len(at), windowed.chunk):
+            hi = min(lo + windowed.chunk, len(at))
             windowed.write(out[lo:hi], base, at[lo:hi], first[lo:hi], median, lo)
-        col = windowed.flags_at
-        out[:, col] = flags[at]
-        col += 1
-        binary = bool(((flags == 0.0) | (flags == 1.0)).all())
-        counts_of = _flag_counts(flags) if binary else None
-        for w in self.breach_windows:
-            out[:, col] = _flag_mean(flags, w, at, first, counts_of)
-            col += 1
-        run = _run_length(flags, self.history, series)[at]
-        out[:, col] = run / self.history
-        col += 1
-        if self.version == 1:
-            col += 2 * len(ROLLING_METRICS)  # written with the windows
-        else:
-            out[:, col] = _flag_mean(flags, QUIET_EVENTS, at, first, counts_of) == 0
-            col += 1 + len(FEATURES) * windowed.per_metric
-            if self.season_events:
-                out[:, col : col + len(FEATURES)] = _day_before(
-                    base, self.season_events, self.trend_ahead, at, first
-                )
-                col += len(FEATURES)
-        if self.time_of_day:
-            day = 2 * np.pi * np.mod(ts_arr[at], _DAY_S) / _DAY_S
-            out[:, col] = np.sin(day)
-            out[:, col + 1] = np.cos(day)
-            col += 2
-        if self.day_of_week:
-            week = 2 * np.pi * np.mod(ts_arr[at] - _EPOCH_WEEKDAY_S, _WEEK_S) / _WEEK_S
-            out[:, col] = np.sin(week)
-            out[:, col + 1] = np.cos(week)
-            col += 2
+            for start, values in blocks:
+                out[lo:hi, start : start + values.shape[1]] = values[lo:hi]
         return out
 
 
@@ -690,17 +684,16 @@ def _grouped_medians(
             for i in range(g)
         ]
     ).T
-    core_at = np.arange(g - window, 1)
+    # Each group's core, values[:, r0 + g - window : r0 + 1], copied out by row.
+    cores = sliding_window_view(values, window - g + 1, axis=1)
     last = values.shape[1] - 1
     out = np.empty((cols, g, len(r0)))
     step = max(_CHUNK_WINDOWS // window, 16)
-    core_buf = np.empty(cols * step * len(core_at))
     extra_buf = np.empty(cols * extra_n * g * step)
     for lo in range(0, len(r0), step):
         starts = r0[lo : lo + step]
         n = len(starts)
-        core = core_buf[: cols * n * len(core_at)].reshape(cols, n, len(core_at))
-        np.take(values, starts[:, None] + core_at, axis=1, out=core, mode="clip")
+        core = cores[:, starts + (g - window)]
         core.sort(axis=-1)
         # A group of fewer rows computes the rest too (clipped to the events), unused.
         extra = extra_buf[: cols * extra_n * g * n].reshape(cols, extra_n, g, n)
