@@ -622,12 +622,13 @@ def _rolling_medians(
             out[rows] = grouped[:, real].T
         else:
             out[np.ix_(rows, cols)] = grouped[:, real].T
-    if len(young):
-        back = np.arange(window - 1, -1, -1)
-        index = np.maximum(at[young, None] - back, first[young, None])
-        windows = np.take(values, index, axis=1)
+    back = np.arange(window - 1, -1, -1)
+    step = max(_CHUNK_WINDOWS // window, 16)
+    for lo in range(0, len(young), step):  # a few at a time: windows are large
+        some = young[lo : lo + step]
+        windows = np.take(values, np.maximum(at[some, None] - back, first[some, None]), axis=1)
         windows.sort(axis=-1)
-        out[np.ix_(young, cols)] = _middle(windows, window).T
+        out[np.ix_(some, cols)] = _middle(windows, window).T
     return out
 
 
