@@ -77,6 +77,61 @@ def read_all(bootstrap: str, topic: str, partitions: int = 6) -> list[Message]:
     return read_topic(bootstrap, topic, expect=10**9, partitions=partitions, timeout_s=0.5)
 
 
+#: The header of the records `read_to_end` appends to mark where a topic ends.
+END_MARK = "slaops-test.end"
+
+
+def read_to_end(
+    bootstrap: str, topic: str, partitions: int = 6, timeout_s: float = 60.0
+) -> list[Message]:
+    """Every record on `topic` now, all of them: for a topic no one writes to any more.
+
+    `read_all` reads for about a second, and librdkafka spends the first half of it
+    waiting to ask where a freshly assigned partition begins: a broker or test process
+    stalled for half a second under load returns part of the topic, or none of it. So
+    the end is marked instead (tansu's high watermark lags behind the last batch): one
+    record is appended to each partition and the topic is read until each partition's
+    mark; marks are left out. Raises `AssertionError` if a mark is not reached in time.
+    """
+    ends: dict[int, int] = {}
+    errors: list[object] = []
+
+    def delivered(err: object, message: Message) -> None:
+        if err is not None:
+            errors.append(err)
+        else:
+            ends[message.partition() or 0] = message.offset() or 0
+
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for partition in range(partitions):
+        producer.produce(
+            topic, value=None, partition=partition, headers=[(END_MARK, b"")], on_delivery=delivered
+        )
+    assert producer.flush(timeout_s) == 0, f"end marks of {topic} not acknowledged"
+    assert not errors and set(ends) == set(range(partitions)), (topic, ends, errors)
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "test-reader", "enable.auto.commit": False}
+    )
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    found: list[Message] = []
+    reached: set[int] = set()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while reached != set(ends):
+            assert time.monotonic() < deadline, f"{topic} not read to its end marks {ends}"
+            for m in consumer.consume(1_000, 0.2):
+                if m.error() is not None:
+                    continue
+                partition, offset = m.partition() or 0, m.offset() or 0
+                if offset >= ends[partition]:
+                    reached.add(partition)
+                elif all(name != END_MARK for name, _v in message_headers(m)):
+                    found.append(m)  # (an earlier read's mark is no record of the topic's)
+    finally:
+        consumer.close()
+    return found
+
+
 def end_offsets(messages: list[Message], partitions: int) -> dict[int, int]:
     """Per partition, the offset after the last record read (0 for an empty one). tansu's
     high watermark lags behind the last batch, so the ends are read, not asked for."""

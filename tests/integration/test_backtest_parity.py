@@ -36,7 +36,7 @@ from slaops.backtest import Backtest, BacktestResult, BacktestSetup, offline_set
 from slaops.backtest_records import RecordedTelemetry, read_telemetry
 from testkit.backtest_data import KEY, SMALL_TRAINING, differences, recorded, write_input
 from testkit.factories import consumer_names
-from testkit.kafka_helpers import read_all, read_topic, wait_for
+from testkit.kafka_helpers import read_to_end, read_topic, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 EVENTS = 1_200  # per tenant: a cold start each at 500, drift at 720, requests for it
@@ -195,7 +195,7 @@ def test_backtest_and_the_services_on_a_broker_publish_the_same(
     ]
     requests = [
         RetrainRequested.model_validate_json(m.value() or b"")
-        for m in read_all(bootstrap, consumer.retrain_topic, partitions=1)
+        for m in read_to_end(bootstrap, consumer.retrain_topic, partitions=1)
     ]
     assert [r.event_id for r in requests] == [r.event_id for r in result.retrains]
 
@@ -206,7 +206,7 @@ def test_backtest_and_the_services_on_a_broker_publish_the_same(
 
     warnings_topic = getattr(consumer, "warnings_topic", None)
     live_warnings = (
-        [m.value() or b"" for m in read_all(bootstrap, warnings_topic, partitions=1)]
+        [m.value() or b"" for m in read_to_end(bootstrap, warnings_topic, partitions=1)]
         if warnings_topic is not None
         else []
     )

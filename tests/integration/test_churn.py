@@ -20,7 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 from pydantic import SecretStr
 
 from consumer.core import IngestCore
@@ -42,6 +41,7 @@ from testkit.kafka_helpers import (
     message_headers,
     produce_all,
     read_all,
+    read_to_end,
     read_topic,
     wait_for,
 )
@@ -58,57 +58,6 @@ SEED = 20261129
 #: Four candidates: a search of a second or two, long enough to be killed in.
 GRID = {"lr": [0.01, 0.003], "module__hidden_layers": [1], "module__width": [16, 32]}
 SEARCH_STARTED = r"search strategy=grid"
-#: The header of the records `read_to_end` appends to mark where a topic ends.
-END_MARK = "churn-test.end"
-
-
-def read_to_end(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[Message]:
-    """Every record on `topic` now, all of them: for a topic no one writes to any more.
-
-    `read_all` reads for about a second, and librdkafka spends the first half of it
-    waiting to ask where a freshly assigned partition begins: a broker or test process
-    stalled for half a second under load returns part of the topic, or none of it. So
-    the end is marked instead (tansu's high watermark lags behind the last batch): one
-    record is appended to each partition and the topic is read until each partition's
-    mark; marks are left out. Raises `AssertionError` if a mark is not reached in time.
-    """
-    ends: dict[int, int] = {}
-    errors: list[object] = []
-
-    def delivered(err: object, message: Message) -> None:
-        if err is not None:
-            errors.append(err)
-        else:
-            ends[message.partition() or 0] = message.offset() or 0
-
-    producer = Producer({"bootstrap.servers": bootstrap})
-    for partition in range(PARTITIONS):
-        producer.produce(
-            topic, value=None, partition=partition, headers=[(END_MARK, b"")], on_delivery=delivered
-        )
-    assert producer.flush(timeout_s) == 0, f"end marks of {topic} not acknowledged"
-    assert not errors and set(ends) == set(range(PARTITIONS)), (topic, ends, errors)
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "test-reader", "enable.auto.commit": False}
-    )
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
-    found: list[Message] = []
-    reached: set[int] = set()
-    deadline = time.monotonic() + timeout_s
-    try:
-        while reached != set(ends):
-            assert time.monotonic() < deadline, f"{topic} not read to its end marks {ends}"
-            for m in consumer.consume(1_000, 0.2):
-                if m.error() is not None:
-                    continue
-                partition, offset = m.partition() or 0, m.offset() or 0
-                if offset >= ends[partition]:
-                    reached.add(partition)
-                elif all(name != END_MARK for name, _v in message_headers(m)):
-                    found.append(m)  # (an earlier read's mark is no record of the topic's)
-    finally:
-        consumer.close()
-    return found
 
 
 def answers_to_end(bootstrap: str, topics: dict[str, str]) -> dict[str, list[str]]:
@@ -119,7 +68,7 @@ def answers_to_end(bootstrap: str, topics: dict[str, str]) -> dict[str, list[str
         ("decisions_topic", ChampionKept),
         ("failures_topic", RetrainFailed),
     ):
-        for m in read_to_end(bootstrap, topics[topic]):
+        for m in read_to_end(bootstrap, topics[topic], PARTITIONS):
             event = kind.model_validate_json(m.value() or b"")
             if event.request_event_id is not None:
                 out.setdefault(event.request_event_id, []).append(kind.__name__)
@@ -298,7 +247,7 @@ def test_groups_under_churn_answer_every_request_once_and_match_one_member(
 
     # The dead letters and the requests are exactly the single member's. Every service
     # has stopped: the topics are read to their ends, not for a second (`read_to_end`).
-    letters = read_to_end(bootstrap, names["dlq_topic"])
+    letters = read_to_end(bootstrap, names["dlq_topic"], PARTITIONS)
     lettered = {
         (d.source_partition, d.source_offset)
         for d in (DeadLetter.from_headers(message_headers(m)) for m in letters)
@@ -307,7 +256,7 @@ def test_groups_under_churn_answer_every_request_once_and_match_one_member(
         (d.source_partition, d.source_offset)
         for d in (DeadLetter.from_headers(x.headers) for x in expected.dead_letters)
     }
-    request_messages = read_to_end(bootstrap, names["retrain_topic"])
+    request_messages = read_to_end(bootstrap, names["retrain_topic"], PARTITIONS)
     requests = [RetrainRequested.model_validate_json(m.value() or b"") for m in request_messages]
     assert {r.event_id for r in requests} == set(expected_requests)
     assert committed(bootstrap, retrainer_group, names["retrain_topic"], PARTITIONS) == end_offsets(
