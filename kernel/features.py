@@ -601,7 +601,8 @@ def _rolling_medians(
     """
     out = np.empty((len(at), base.shape[1]))
     every = np.ascontiguousarray(base.T)
-    exact = np.isfinite(every.sum(axis=1)) & ~np.signbit(every).any(axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):  # only a quick test
+        exact = np.isfinite(every.sum(axis=1)) & ~np.signbit(every).any(axis=1)
     if not exact.all():  # the precise test, where the quick one was not sure
         exact = ~(np.isnan(every) | ((every == 0.0) & np.signbit(every))).any(axis=1)
     mature = at - first >= window - 1

@@ -3,7 +3,9 @@
 Parity is checked through the product's own code paths: the consumer's pure core with a
 real published model (its network's inputs captured by a forward hook) against the
 retrainer's `build_pairs` rows for the same events, with batches cut anywhere and after
-a restart that rebuilds the window from a replay.
+a restart that rebuilds the window from a replay. The fast paths (all metrics' windows
+summed at once in numpy's own order, medians of grouped rows) are checked bit for bit
+against the plain pipeline they replaced (`reference_transform`) and numpy's own sums.
 """
 
 from __future__ import annotations
