@@ -706,7 +706,7 @@ def _grouped_medians(
             np.minimum(extra[:, i], extra[:, j], out=low)
             np.maximum(extra[:, i], extra[:, j], out=extra[:, j])
             extra[:, i] = low
-        # The core's values each k reads, contiguous: (extra_n + 1, cols, 1, n).
+        # The core's values the ks read (k - extra_n ... k for each), each contiguous.
         picks = np.moveaxis(core[:, :, ks[0] - extra_n : ks[-1] + 1], 2, 0)[:, :, None].copy()
         median = out[:, :, lo : lo + n]
         for which, k in enumerate(ks):
