@@ -113,7 +113,10 @@ class ModelBank:
         for page, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
             if lo == hi:
                 continue
-            members = order[lo:hi]
+            members: torch.Tensor | slice = order[lo:hi]
+            first = int(order[lo])
+            if bool((order[lo:hi] == torch.arange(first, first + hi - lo)).all()):
+                members = slice(first, first + hi - lo)  # rows in order: no gather, no scatter
             index = ranked[lo:hi] - page * self._page_slots
             out[members] = self._pages[page].logits(index, X[members], rows[members])
         return out
@@ -143,14 +146,17 @@ class BatchForecasts:
     """The forecasts of a batch's tenants computed together, each claimed by its block."""
 
     def __init__(self) -> None:
-        self._proba: dict[str, tuple[TenantState, LiveModel, np.ndarray]] = {}
+        #: Each tenant's state, model, and where its forecasts are: its forward's (members,
+        #: rows) probabilities, its row there and its count (copied out when claimed).
+        self._proba: dict[str, tuple[TenantState, LiveModel, np.ndarray, int, int]] = {}
 
     def take(self, state: TenantState) -> np.ndarray | None:
         """The tenant's forecasts, if they were computed for this state and its model."""
         found = self._proba.pop(state.tenant, None)
         if found is None or found[0] is not state or found[1] is not state.model:
             return None
-        return found[2]
+        _state, _model, proba, row, count = found
+        return proba[row, :count].copy()
 
     def compute(self, cache: StackCache, work: Sequence[tuple[TenantState, Events]]) -> None:
         """Forecast each (state, block columns) whose state has a model and a full tail.
@@ -200,7 +206,7 @@ class BatchForecasts:
             )
             proba = torch.sigmoid(logits).numpy()
         for i, (state, model, _rows) in enumerate(group):
-            self._proba[state.tenant] = (state, model, proba[i, : counts[i]].copy())
+            self._proba[state.tenant] = (state, model, proba, i, counts[i])
 
 
 def chunks(

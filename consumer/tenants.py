@@ -91,11 +91,12 @@ class TenantRegistry:
         if current is not None and current.version >= model.version:
             return False
         bank = self._banks.setdefault(architecture_key(model), ModelBank())
-        slot = bank.adopt(model)
+        bank.adopt(model)
         held = self._slots.get(model.tenant)
         if current is not None and held is not None:
             held[0].release(held[1], current)  # after adopting: the new may read the old
-        self._slots[model.tenant] = (bank, slot)
+        assert model.stored is not None  # noqa: S101 - `adopt` just set it
+        self._slots[model.tenant] = model.stored  # one (bank, slot) tuple, the model's
         self._models[model.tenant] = model
         state = self._tenants.get(model.tenant)
         if state is not None:
