@@ -343,10 +343,11 @@ class StackedMLP:
     each slot in the module's own layout. ``StackedMLP(modules)`` copies the modules
     into slots ``0..n-1``; ``StackedMLP.empty(like, slots)`` allocates slots (untouched,
     so unused ones cost no resident memory) for :meth:`put` to fill. ``put(..., share=True)``
-    also makes the module's own parameters and buffers views of its slot, so the stack
-    holds the only copy of its weights and the module forecasts from it (bit for bit as
-    before: same values, same layout); :meth:`detach` gives the module copies of its own
-    again before the slot is reused.
+    also makes the module's own parameters and buffers views of its slot (its parameters
+    then frozen: they no longer require grad), so the stack holds the only copy of its
+    weights and the module forecasts from it (bit for bit as before: same values, same
+    layout); :meth:`detach` gives the module copies of its own again before the slot is
+    reused.
 
     >>> a, b = SlaMLP(3, width=4).eval(), SlaMLP(3, width=4).eval()
     >>> stack = StackedMLP.empty(a, 8)
@@ -401,22 +402,34 @@ class StackedMLP:
         return len(self.mean)
 
     def put(self, index: int, module: SlaMLP, *, share: bool = False) -> None:
-        """Copy `module` into slot `index`; with `share`, the module then reads its slot."""
+        """Copy `module` into slot `index`; with `share`, the module then reads its slot.
+
+        Shared, the module's buffers are views of the slot, and its parameters new
+        ``Parameter`` objects on it that do not require grad: a shared slot is for
+        forecasts (a batch reads the page), and a parameter that requires grad carries
+        autograd state, ~1.4 KB a 2-layer module (a consumer holds one per tenant).
+        """
         if module.architecture() != self.architecture:
             raise ValueError("StackedMLP members must share one architecture")
         with torch.no_grad():
             for name, tensor in module.state_dict(keep_vars=True).items():
                 slot = self.tensors[name][index]
                 slot.copy_(tensor.detach())
-                if share:
+                if share and not isinstance(tensor, nn.Parameter):
                     tensor.data = slot
+            if share:
+                for prefix, owner in module.named_modules():
+                    for leaf, _param in list(owner.named_parameters(recurse=False)):
+                        slot = self.tensors[f"{prefix}.{leaf}" if prefix else leaf][index]
+                        setattr(owner, leaf, nn.Parameter(slot, requires_grad=False))
 
     def shares(self, index: int, module: SlaMLP) -> bool:
         """Whether `module`'s tensors are views of slot `index` (`put(..., share=True)`)."""
         return bool(module.feature_mean.data_ptr() == self.mean[index].data_ptr())
 
     def detach(self, index: int, module: SlaMLP) -> None:
-        """Give `module` its own copies of its tensors if they are views of slot `index`."""
+        """Give `module` its own copies of its tensors if they are views of slot `index`
+        (its parameters stay as `put` left them: not requiring grad)."""
         if not self.shares(index, module):
             return
         with torch.no_grad():

@@ -47,6 +47,10 @@ def test_an_adopted_module_reads_its_slot_and_forecasts_bit_for_bit_as_before() 
     assert model.stored == (bank, slot) and page.shares(slot, model.module)
     for name, tensor in model.module.state_dict().items():
         assert tensor.data_ptr() == page.tensors[name][slot].data_ptr(), name
+    # Its parameters are frozen (no autograd state), still parameters, same names.
+    params = dict(model.module.named_parameters())
+    assert sorted(params) == sorted(n for n in page.tensors if n.endswith(("weight", "bias")))
+    assert all(isinstance(p, torch.nn.Parameter) and not p.requires_grad for p in params.values())
     np.testing.assert_array_equal(_alone(model), before)  # not just close: equal
     bank.release(slot, model)
     assert model.stored is None and not page.shares(slot, model.module)
