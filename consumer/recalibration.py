@@ -237,15 +237,15 @@ def _fit(
     before = local < 0
     # A ring with no rows yet may start at len(z): its (masked) rows read z's last.
     index = np.minimum(starts[:, None] + np.maximum(local, 0), len(z) - 1)
-    zs, ys = z[index], y[index]
-    zs[before] = -np.inf
+    # The rings' logits negated: -(z + offset) is -z - offset exactly (negation is).
+    minus, ys = np.negative(z[index]), y[index]
+    minus[before] = np.inf
     ys[before] = 0.0
     observed = ys.sum(axis=1)
     offset = np.zeros(len(ends))
-    p = np.empty_like(zs)
+    p = np.empty_like(minus)
     for _ in range(_NEWTON_STEPS):
-        np.add(zs, offset[:, None], out=p)
-        np.negative(p, out=p)
+        np.subtract(minus, offset[:, None], out=p)
         with np.errstate(over="ignore"):  # exp(+inf) = inf: probability 0, as meant
             np.exp(p, out=p)
         p += 1.0
