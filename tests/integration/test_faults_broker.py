@@ -220,9 +220,13 @@ def test_broker_frozen_mid_search_and_mid_ingest_both_services_recover(tmp_path:
                 timeout_s=60,
                 what="every retrain request to be answered",
             )
-            retrain_ends = end_offsets(read_all(bootstrap, names["retrain_topic"]), 6)
+            # The topic's ends read again at every poll: one read of about a second can
+            # come back short while the broker or this process stalls.
             wait_for(
-                lambda: retrainer_offsets() == retrain_ends,
+                lambda: (
+                    retrainer_offsets()
+                    == end_offsets(read_all(bootstrap, names["retrain_topic"]), 6)
+                ),
                 timeout_s=30,
                 what="the retrainer to commit every request",
             )
