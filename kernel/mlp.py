@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
-from typing import Final
 
 import numpy as np
 import torch
@@ -333,42 +331,6 @@ def build_module(architecture: Mapping[str, object]) -> SlaMLP:
     )
 
 
-class _NoHooks(OrderedDict[int, Callable[..., object]]):
-    """An empty hook table that takes no hook: shared by every banked module, so a copy
-    of one (a backtest's snapshot) shares it too."""
-
-    def __setitem__(self, key: int, value: Callable[..., object]) -> None:
-        raise TypeError("a banked live module takes no hooks (it shares its tables)")
-
-    def __deepcopy__(self, memo: dict[int, object]) -> _NoHooks:
-        return self
-
-    def __copy__(self) -> _NoHooks:
-        return self
-
-
-#: What a banked module holds for its hooks: one shared empty table that takes none.
-_NO_HOOKS: Final = _NoHooks()
-_NO_NAMES: Final = frozenset[str]()
-
-
-def _without_hooks(owner: nn.Module) -> None:
-    """Give `owner`'s empty hook tables the one shared read-only empty table.
-
-    A module holds twelve empty `OrderedDict`s of hooks and a set of non-persistent
-    buffer names: 1.7 KB, 8.5 KB a 2-layer `SlaMLP`, most of a banked live model's
-    Python objects. Torch only reads them to forecast and to give a `state_dict`;
-    registering a hook on a banked module raises `TypeError` instead of reaching
-    every other one.
-    """
-    for name, table in list(vars(owner).items()):
-        if name.endswith("_hooks") and isinstance(table, OrderedDict) and not table:
-            owner.__dict__[name] = _NO_HOOKS
-    names = owner.__dict__.get("_non_persistent_buffers_set")
-    if isinstance(names, set) and not names:
-        owner.__dict__["_non_persistent_buffers_set"] = _NO_NAMES
-
-
 class StackedMLP:
     """Many :class:`SlaMLP` of one architecture as stacked tensors, for one forward for all.
 
@@ -460,7 +422,6 @@ class StackedMLP:
                     for leaf, _param in list(owner.named_parameters(recurse=False)):
                         slot = self.tensors[f"{prefix}.{leaf}" if prefix else leaf][index]
                         setattr(owner, leaf, nn.Parameter(slot, requires_grad=False))
-                    _without_hooks(owner)
 
     def shares(self, index: int, module: SlaMLP) -> bool:
         """Whether `module`'s tensors are views of slot `index` (`put(..., share=True)`)."""

@@ -118,28 +118,3 @@ def test_models_in_no_bank_are_stacked_for_the_call_only() -> None:
     for row, model in enumerate(models):
         assert model.stored is None
         np.testing.assert_allclose(together[row], _alone(model), atol=1e-6, rtol=0)
-
-
-def test_a_banked_module_shares_one_read_only_empty_hook_table() -> None:
-    """Its empty hook tables (twelve a module) become one shared read-only table: it
-    forecasts and gives its `state_dict` as before, and a hook registered on it raises
-    rather than reaching every other banked module."""
-    first, second = _model("a", 1), _model("b", 2)
-    before, keys = _alone(first), sorted(first.module.state_dict())
-    bank = ModelBank(page_slots=4)
-    for model in (first, second):
-        bank.adopt(model)
-    tables = [
-        table
-        for module in (first.module, second.module)
-        for part in module.modules()
-        for name, table in vars(part).items()
-        if name.endswith("_hooks")
-    ]
-    assert len(tables) >= 2 * 12 and all(table is tables[0] for table in tables)
-    assert len(tables[0]) == 0
-    np.testing.assert_array_equal(_alone(first), before)
-    assert sorted(first.module.state_dict()) == keys
-    with pytest.raises(TypeError):
-        first.module.register_forward_hook(lambda *_args: None)
-    assert len(second.module._forward_hooks) == 0
