@@ -245,16 +245,19 @@ class TenantWindow:
         >>> [a.tolist() for a in w.tail(2)]
         [[3.0, 4.0], [[3.0], [4.0]], [False, True]]
         """
-        count = min(max(n, 0), self._size)
-        alloc = max(self.allocated, 1)
-        rows = (self._head + np.arange(self._size - count, self._size)) % alloc
+        rows = self._tail_rows(n)
         return self._ts[rows], self._features[rows], self._labels[rows]
 
     def tail_labels(self, n: int) -> NDArray[np.bool_]:
         """The newest `n` labels (fewer if the window holds fewer): `tail(n)[2]`, alone."""
+        return self._labels[self._tail_rows(n)]
+
+    def _tail_rows(self, n: int) -> NDArray[np.int64]:
+        """Buffer positions of the newest `n` rows (fewer if the window holds fewer)."""
         count = min(max(n, 0), self._size)
         alloc = max(self.allocated, 1)
-        return self._labels[(self._head + np.arange(self._size - count, self._size)) % alloc]
+        rows: NDArray[np.int64] = (self._head + np.arange(self._size - count, self._size)) % alloc
+        return rows
 
     def offsets(self) -> NDArray[np.int64]:
         out = self._ordered(self._offsets).astype(np.int64)
