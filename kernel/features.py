@@ -595,9 +595,11 @@ def _rolling_medians(
     Where a column holds no NaN and no -0.0, equal values have equal bits and a window's
     median is a function of its values alone, however found: up to `_GROUP` consecutive
     rows of a series share all but `_GROUP - 1` values of their windows, sorted once
-    (`_grouped_medians`); rows whose window reaches back past their series' start sort
-    their own. Other columns, and every column when those rows would sort more values
-    than rank filters over every event read, take `_rolling_median`.
+    (`_grouped_medians`). Rows whose window reaches back past their series' start read
+    a copy of their series' first events behind its padding (`_padded_starts`), where
+    their windows are whole and they group alike. Other columns take `_rolling_median`;
+    windows too short to group sort each row's (all columns, when that would sort more
+    values than rank filters over every event read).
     """
     out = np.empty((len(at), base.shape[1]))
     every = np.ascontiguousarray(base.T)
@@ -605,32 +607,77 @@ def _rolling_medians(
         exact = np.isfinite(every.sum(axis=1)) & ~np.signbit(every).any(axis=1)
     if not exact.all():  # the precise test, where the quick one was not sure
         exact = ~(np.isnan(every) | ((every == 0.0) & np.signbit(every))).any(axis=1)
-    mature = at - first >= window - 1
-    starts, sizes = _median_groups(at, first, mature) if window >= 2 * _GROUP else (at[:0],) * 2
-    young = np.flatnonzero(~mature) if len(starts) else np.arange(len(at))
-    sort_young = len(young) * window <= 16 * len(base)
-    cols = np.flatnonzero(exact) if sort_young else at[:0]
+    grouped = window >= 2 * _GROUP
+    sort = grouped or len(at) * window <= 16 * len(base)
+    cols = np.flatnonzero(exact) if sort else at[:0]
     for j in np.flatnonzero(~np.isin(np.arange(base.shape[1]), cols)):
         out[:, j] = _rolling_median(base[:, j], window, at, first)
-    if not len(cols):
+    if not len(cols) or not len(at):
         return out
     values = every if len(cols) == len(every) else every[cols]
-    if len(starts):
-        grouped = _grouped_medians(values, window, at[starts])  # (cols, _GROUP, groups)
-        real = np.arange(_GROUP)[:, None] < sizes
-        rows = (starts + np.arange(_GROUP)[:, None])[real]
-        if len(cols) == base.shape[1]:
-            out[rows] = grouped[:, real].T
-        else:
-            out[np.ix_(rows, cols)] = grouped[:, real].T
+    if not grouped:
+        _sorted_medians(values, window, at, first, cols, out)
+        return out
+    spot, key = at, first
+    young = np.flatnonzero(at - first < window - 1)
+    if len(young):
+        values, moved, segment = _padded_starts(values, window, at[young], first[young])
+        spot, key = at.copy(), first.copy()
+        spot[young], key[young] = moved, segment
+    starts, sizes = _median_groups(spot, key, np.ones(len(at), dtype=bool))
+    medians = _grouped_medians(values, window, spot[starts])  # (cols, _GROUP, groups)
+    real = np.arange(_GROUP)[:, None] < sizes
+    rows = (starts + np.arange(_GROUP)[:, None])[real]
+    if len(cols) == base.shape[1]:
+        out[rows] = medians[:, real].T
+    else:
+        out[np.ix_(rows, cols)] = medians[:, real].T
+    return out
+
+
+def _padded_starts(
+    values: NDArray[np.float64], window: int, at: NDArray[np.int64], first: NDArray[np.int64]
+) -> tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.int64]]:
+    """`values` (columns of events) with, after them, each series of rows `at` (young:
+    ``at - first < window - 1``) from its start, behind as many copies of its first value
+    as its youngest row's window lacks: there each row's window is what `_rolling_median`
+    pads it to. Returns the columns, each row's event in them, and its copy's start (a
+    series key no event of `values` has)."""
+    n = values.shape[1]
+    age = at - first
+    series, which = np.unique(first, return_inverse=True)
+    youngest = np.full(len(series), window)
+    np.minimum.at(youngest, which, age)
+    oldest = np.zeros(len(series), dtype=np.int64)
+    np.maximum.at(oldest, which, age)
+    pad = window - 1 - youngest
+    sizes = pad + oldest + 1
+    begin = n + np.cumsum(sizes) - sizes
+    # Copy position p of a series reads its event max(p - pad, 0).
+    index = np.arange(int(sizes.sum())) - np.repeat(begin - n + pad - series, sizes)
+    np.maximum(index, np.repeat(series, sizes), out=index)
+    padded = np.concatenate((values, np.take(values, index, axis=1)), axis=1)
+    moved: NDArray[np.int64] = begin[which] + pad[which] + age
+    return padded, moved, begin[which]
+
+
+def _sorted_medians(
+    values: NDArray[np.float64],
+    window: int,
+    at: NDArray[np.int64],
+    first: NDArray[np.int64],
+    cols: NDArray[np.int64],
+    out: NDArray[np.float64],
+) -> None:
+    """Each row's median of `values` (columns `cols` of `out`), its window sorted: windows
+    too short for `_grouped_medians`."""
     back = np.arange(window - 1, -1, -1)
     step = max(_CHUNK_WINDOWS // window, 16)
-    for lo in range(0, len(young), step):  # a few at a time: windows are large
-        some = young[lo : lo + step]
+    for lo in range(0, len(at), step):  # a few at a time: windows can be large
+        some = np.arange(lo, min(lo + step, len(at)))
         windows = np.take(values, np.maximum(at[some, None] - back, first[some, None]), axis=1)
         windows.sort(axis=-1)
         out[np.ix_(some, cols)] = _middle(windows, window).T
-    return out
 
 
 def _middle(ordered: NDArray[np.float64], window: int) -> NDArray[np.float64]:
