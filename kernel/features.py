@@ -297,7 +297,8 @@ class _Windowed:
     `_pairwise_sum` of them: numpy's own order of summing a row, so each value is what
     summing that row's window on its own (``view.sum(axis=1)``, ``view.mean(axis=1)``)
     gives, bit for bit. The rolling statistics of rows whose window reaches back before
-    their series' start (padded with zeros, not the first event) are `_mean_std`'s own.
+    their series' start are `_mean_std`'s: the same sums, of those windows with zeros
+    (not the first event) before the start.
     """
 
     def __init__(self, spec: FeatureSpec, rows: int) -> None:
@@ -356,11 +357,15 @@ class _Windowed:
         mean_sq = _pairwise_sum(window, scratch, window) / counts
         std = np.sqrt(np.maximum(mean_sq - mean * mean, 0.0))
         partial = np.flatnonzero(at - first < w - 1)
-        if len(partial):  # zero-padded windows: the plain way, a few rows
-            for j in self.metrics:
-                mean_j, std_j = _mean_std(base[:, j], w, at[partial], first[partial])
-                mean[partial, j] = mean_j[:, 0]
-                std[partial, j] = std_j[:, 0]
+        if len(partial):  # `_mean_std`'s windows: zeros before the series' start
+            cut = window[:, partial]
+            age = at[partial] - first[partial]
+            cut[age < np.arange(w - 1, -1, -1)[:, None]] = 0.0
+            some = counts[partial]
+            cut_mean = _pairwise_sum(cut) / some
+            cut_sq = _pairwise_sum(cut, times=cut) / some
+            mean[partial] = cut_mean
+            std[partial] = np.sqrt(np.maximum(cut_sq - cut_mean * cut_mean, 0.0))
         c, per = self.stats_at, self.per_metric
         if spec.version == 1:
             for i, j in enumerate(self.metrics):
