@@ -224,7 +224,9 @@ def _fit(
 
     `starts` is where each end's ring begins in `z` (many rings lie end to end). Rows
     before a ring's start are given a logit of -inf (probability 0, outcome 0): they add
-    exactly nothing to the gradient and the curvature, with no mask to apply.
+    exactly nothing to the gradient and the curvature, with no mask to apply. Rings are
+    fitted `_FIT_ROWS` values at a time, every Newton step of a chunk while it is in
+    cache: each ring's steps are the same operations however many share the chunk.
     """
     out = np.zeros(len(ends))
     # A ring of fewer than `MIN_ROWS` rows has offset 0: only the others are fitted (each
@@ -232,7 +234,21 @@ def _fit(
     fitted = np.flatnonzero(np.minimum(ends, recent) >= MIN_ROWS)
     if not len(z) or not len(fitted):
         return out
-    ends, starts = ends[fitted], starts[fitted]
+    step = max(1, _FIT_ROWS // recent)
+    for lo in range(0, len(fitted), step):
+        chosen = fitted[lo : lo + step]
+        out[chosen] = _newton(z, y, ends[chosen], recent, starts[chosen])
+    return out
+
+
+#: Ring values one `_newton` call holds (a few hundred KB of float64: cache-sized).
+_FIT_ROWS: Final = 32_768
+
+
+def _newton(
+    z: np.ndarray, y: np.ndarray, ends: np.ndarray, recent: int, starts: np.ndarray
+) -> np.ndarray:
+    """`_fit`'s offsets of the rings of `ends` (each with its `MIN_ROWS` at least)."""
     local = ends[:, None] - recent + np.arange(recent)
     before = local < 0
     # A ring with no rows yet may start at len(z): its (masked) rows read z's last.
@@ -254,5 +270,4 @@ def _fit(
         gradient = observed - total - PRIOR_ROWS * offset
         curvature = total - np.einsum("ij,ij->i", p, p) + PRIOR_ROWS
         offset = np.clip(offset + gradient / curvature, -MAX_OFFSET, MAX_OFFSET)
-    out[fitted] = offset
-    return out
+    return offset

@@ -9,7 +9,15 @@ import numpy as np
 from confluent_kafka import Message
 
 from consumer.core import IngestCore
-from consumer.recalibration import MIN_ROWS, Recalibration, RecalibrationPlan, finish_all, solve
+from consumer.recalibration import (
+    _FIT_ROWS,
+    MIN_ROWS,
+    Recalibration,
+    RecalibrationPlan,
+    _fit,
+    finish_all,
+    solve,
+)
 from testkit.live_models import LEARNT_MS, Published, core_with, load, messages
 from testkit.retrain_data import tenant_rows
 
@@ -75,6 +83,25 @@ def test_many_tenants_refitted_together_get_what_each_gets_alone() -> None:
     for plan, want in zip(plans, expected, strict=True):
         np.testing.assert_allclose(plan.finish(), want, rtol=0, atol=1e-12)
     assert any(abs(o) > 0.1 for recal, *_ in alone for o in recal.offsets)
+
+
+def test_rings_fitted_a_chunk_at_a_time_get_what_each_gets_alone_bit_for_bit() -> None:
+    """More rings than one chunk holds, young and full, each fitted alone for reference:
+    which rings share a chunk changes no bit of any offset."""
+    rng = np.random.default_rng(7)
+    recent = 288
+    count = 3 * (_FIT_ROWS // recent) + 5
+    sizes = rng.integers(0, 2 * recent, size=count)
+    z = rng.normal(-1.0, 2.0, int(sizes.sum()))
+    y = (rng.random(len(z)) < 0.2).astype(np.float64)
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    ends = np.array([int(rng.integers(0, size + 1)) for size in sizes])
+    together = _fit(z, y, ends, recent, starts)
+    for i in range(count):
+        ring = slice(int(starts[i]), int(starts[i] + sizes[i]))
+        alone = _fit(z[ring], y[ring], ends[i : i + 1], recent, np.zeros(1, dtype=np.int64))
+        assert together[i].tobytes() == alone.tobytes(), i
+    assert (together != 0).sum() > count // 2  # most were fitted, not left at 0
 
 
 def test_fewer_scored_forecasts_than_the_minimum_leave_the_probabilities_alone() -> None:
