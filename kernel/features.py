@@ -237,7 +237,10 @@ class FeatureSpec(BaseModel):
             if series.shape != (n,) or (n and ((series < 0) | (series > np.arange(n))).any()):
                 raise ValueError("starts must give each event an index at or before it")
         first = series[at]
-        base = raw.copy()
+        # A row of zeros after the events: the padding of rolling windows (`_Windowed`).
+        padded = np.zeros((n + 1, len(FEATURES)))
+        base = padded[:n]
+        base[...] = raw
         for j, name in enumerate(FEATURES):
             if name in LOG_METRICS:
                 base[:, j] = np.log1p(np.maximum(base[:, j], 0.0))
@@ -275,7 +278,7 @@ class FeatureSpec(BaseModel):
         # Then a chunk of rows at a time (every column is row-wise), while in cache.
         for lo in range(0, len(at), windowed.chunk):
             hi = min(lo + windowed.chunk, len(at))
-            windowed.write(out[lo:hi], base, at[lo:hi], first[lo:hi], median, lo)
+            windowed.write(out[lo:hi], padded, at[lo:hi], first[lo:hi], median, lo)
             for start, values in blocks:
                 out[lo:hi, start : start + values.shape[1]] = values[lo:hi]
         return out
@@ -333,8 +336,9 @@ class _Windowed:
         median: NDArray[np.float64],
         lo: int,
     ) -> None:
-        """Write rows `at`'s windowed columns into `out` (their rows, at most `chunk`);
-        `median` holds every row's rolling median (version 2), these rows from `lo` on."""
+        """Write rows `at`'s windowed columns into `out` (their rows, at most `chunk`) from
+        `base`, the events' columns and a row of zeros after them; `median` holds every
+        row's rolling median (version 2), these rows from `lo` on."""
         spec, span, m, rows = self.spec, self.span, len(FEATURES), len(at)
         shape = (span, rows, m)
         index = self._index[: span * rows].reshape(span, rows)
@@ -358,9 +362,9 @@ class _Windowed:
         std = np.sqrt(np.maximum(mean_sq - mean * mean, 0.0))
         partial = np.flatnonzero(at - first < w - 1)
         if len(partial):  # `_mean_std`'s windows: zeros before the series' start
-            cut = window[:, partial]
-            age = at[partial] - first[partial]
-            cut[age < np.arange(w - 1, -1, -1)[:, None]] = 0.0
+            events = at[partial] - np.arange(w - 1, -1, -1)[:, None]
+            events[events < first[partial]] = len(base) - 1
+            cut = np.take(base, events, axis=0)
             some = counts[partial]
             cut_mean = _pairwise_sum(cut) / some
             cut_sq = _pairwise_sum(cut, times=cut) / some
