@@ -396,6 +396,9 @@ def tenants_end_to_end(
     elif kind == "non-finite":
         metrics[rng.random(metrics.shape) < 0.02] = np.nan
         metrics[rng.random(metrics.shape) < 0.01] = np.inf
+    elif kind == "infinite":  # no NaN: the medians' fast paths sort infinities
+        metrics[rng.random(metrics.shape) < 0.05] = np.inf
+        metrics[rng.random(metrics.shape) < 0.05] = -np.inf
     if kind != "float64":
         metrics = metrics.astype(np.float32)
     labels = rng.random(n) < 0.2
@@ -407,7 +410,7 @@ def tenants_end_to_end(
     return ts, metrics, labels, rows, starts
 
 
-KINDS = ["float32", "float64", "ties", "few values", "signed", "non-finite"]
+KINDS = ["float32", "float64", "ties", "few values", "signed", "non-finite", "infinite"]
 
 
 @settings(max_examples=60, deadline=None)
@@ -537,3 +540,80 @@ def test_rolling_medians_are_the_rank_filters_bit_for_bit(
             nan = np.isnan(expected)
             assert np.array_equal(nan, np.isnan(got[:, j]))
             assert np.array_equal(got[~nan, j].view(np.int64), expected[~nan].view(np.int64))
+
+
+def young_series(
+    rng: np.random.Generator, lengths: list[int], kind: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Series end to end (`tenants_end_to_end`'s values), most of them shorter than the
+    windows read; some start with a run of their first value (its padding's ties)."""
+    _ts, metrics, _labels, _rows, starts = tenants_end_to_end(
+        rng, lengths, [0] * len(lengths), kind
+    )
+    for start, length in zip(np.unique(starts), lengths, strict=True):
+        if rng.random() < 0.3:
+            metrics[start : start + rng.integers(1, length + 1)] = metrics[start]
+    return metrics.astype(np.float64), starts
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 90), min_size=1, max_size=40),
+    window=st.sampled_from([10, 11, 16, 17, 24, 33, 71, 72, 73, 130]),
+    kind=st.sampled_from(KINDS),
+    seed=st.integers(0, 2**16),
+)
+def test_young_rows_medians_are_numpys_of_their_padded_windows_bit_for_bit(
+    lengths: list[int], window: int, kind: str, seed: int
+) -> None:
+    """Rows whose window reaches back before their series' start (a tenant just live, all
+    of a cold batch), many series at once: the medians of their windows padded with the
+    series' first value, as `_rolling_median` and ``np.median`` take them, for every row,
+    any subset, in any order, repeated."""
+    rng = np.random.default_rng(seed)
+    base, starts = young_series(rng, lengths, kind)
+    n = len(base)
+    picks = (
+        np.arange(n),
+        np.flatnonzero(rng.random(n) < 0.4),
+        rng.integers(0, n, 2 * n),
+        np.arange(n)[::-1].copy(),
+    )
+    back = np.arange(window - 1, -1, -1)
+    with np.errstate(invalid="ignore"):  # -inf + inf: the mean of the middle two is NaN
+        for at in picks:
+            first = starts[at]
+            got = _rolling_medians(base, window, at, first)
+            if kind not in ("signed", "non-finite"):  # where the rank filters are np.median's
+                windows = base[np.maximum(at[:, None] - back, first[:, None])]  # (rows, window, 6)
+                expected = np.median(windows, axis=1)
+                assert np.array_equal(got.view(np.int64), expected.view(np.int64))
+            for j in range(base.shape[1]):
+                plain = _rolling_median(base[:, j], window, at, first)
+                assert np.array_equal(got[:, j].view(np.int64), plain.view(np.int64))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    young=st.lists(st.integers(1, 80), min_size=1, max_size=30),
+    mature=st.lists(st.integers(72, 150), max_size=4),
+    kind=st.sampled_from(KINDS),
+    rolling=st.sampled_from([5, 24, 25]),
+    level=st.sampled_from([16, 17, 71, 72]),
+    seed=st.integers(0, 2**16),
+)
+def test_young_tenants_transform_as_the_plain_pipeline_bit_for_bit(
+    young: list[int], mature: list[int], kind: str, rolling: int, level: int, seed: int
+) -> None:
+    """A batch of tenants that just went live (every row young) among a few with full
+    windows, in any order: every row, and the rows of each tenant's last events."""
+    spec = FeatureSpec(rolling_window=rolling, level_window=level)
+    rng = np.random.default_rng(seed)
+    lengths = list(rng.permutation(young + mature))
+    blocks = [int(rng.integers(1, length + 1)) for length in lengths]
+    tails = [length - block for length, block in zip(lengths, blocks, strict=True)]
+    ts, metrics, labels, rows, starts = tenants_end_to_end(rng, tails, blocks, kind)
+    with np.errstate(invalid="ignore"):
+        for asked in (None, rows):
+            got = spec.transform(ts, metrics, labels, rows=asked, starts=starts)
+            assert same_bits(got, reference_transform(spec, ts, metrics, labels, asked, starts))
