@@ -627,32 +627,55 @@ def _rolling_medians(
     if not grouped:
         _sorted_medians(values, window, at, first, cols, out)
         return out
-    spot, key = at, first
-    young = np.flatnonzero(at - first < window - 1)
-    if len(young):
-        values, moved, segment = _padded_starts(values, window, at[young], first[young])
-        spot, key = at.copy(), first.copy()
-        spot[young], key[young] = moved, segment
-    starts, sizes = _median_groups(spot, key, np.ones(len(at), dtype=bool))
+    mature = at - first >= window - 1
+    rows = np.flatnonzero(mature)
+    _grouped_into(out, cols, values, window, rows, at[rows], first[rows])
+    young = np.flatnonzero(~mature)
+    step = max(_PADDED // window, 1)
+    for lo in range(0, len(young), step):  # a few at a time: the copies are large
+        rows = young[lo : lo + step]
+        padded, spot, key = _padded_starts(values, window, at[rows], first[rows])
+        _grouped_into(out, cols, padded, window, rows, spot, key)
+    return out
+
+
+#: Young rows at a time over the window (`_rolling_medians`): the copies of their series'
+#: starts hold at most twice this many events.
+_PADDED: Final = 1 << 18
+
+
+def _grouped_into(
+    out: NDArray[np.float64],
+    cols: NDArray[np.int64],
+    values: NDArray[np.float64],
+    window: int,
+    rows: NDArray[np.int64],
+    spot: NDArray[np.int64],
+    key: NDArray[np.int64],
+) -> None:
+    """Write into `out` (rows `rows`, columns `cols`) the medians of the whole windows of
+    `values` ending at events `spot`; rows of consecutive events with the same `key` (of
+    one series) are grouped."""
+    if not len(rows):
+        return
+    starts, sizes = _median_groups(spot, key, np.ones(len(rows), dtype=bool))
     medians = _grouped_medians(values, window, spot[starts])  # (cols, _GROUP, groups)
     real = np.arange(_GROUP)[:, None] < sizes
-    rows = (starts + np.arange(_GROUP)[:, None])[real]
-    if len(cols) == base.shape[1]:
-        out[rows] = medians[:, real].T
+    some = rows[(starts + np.arange(_GROUP)[:, None])[real]]
+    if len(cols) == out.shape[1]:
+        out[some] = medians[:, real].T
     else:
-        out[np.ix_(rows, cols)] = medians[:, real].T
-    return out
+        out[np.ix_(some, cols)] = medians[:, real].T
 
 
 def _padded_starts(
     values: NDArray[np.float64], window: int, at: NDArray[np.int64], first: NDArray[np.int64]
 ) -> tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.int64]]:
-    """`values` (columns of events) with, after them, each series of rows `at` (young:
-    ``at - first < window - 1``) from its start, behind as many copies of its first value
-    as its youngest row's window lacks: there each row's window is what `_rolling_median`
-    pads it to. Returns the columns, each row's event in them, and its copy's start (a
-    series key no event of `values` has)."""
-    n = values.shape[1]
+    """Each series of rows `at` (young: ``at - first < window - 1``) of `values` (columns
+    of events) from its start, behind as many copies of its first value as its youngest
+    row's window lacks, end to end: there each row's window is whole and what
+    `_rolling_median` pads it to. Returns them, each row's event in them, and the start
+    of its series' copy."""
     age = at - first
     series, which = np.unique(first, return_inverse=True)
     youngest = np.full(len(series), window)
@@ -661,13 +684,12 @@ def _padded_starts(
     np.maximum.at(oldest, which, age)
     pad = window - 1 - youngest
     sizes = pad + oldest + 1
-    begin = n + np.cumsum(sizes) - sizes
-    # Copy position p of a series reads its event max(p - pad, 0).
-    index = np.arange(int(sizes.sum())) - np.repeat(begin - n + pad - series, sizes)
+    begin = np.cumsum(sizes) - sizes
+    # Position p of a series' copy reads its event max(p - pad, 0).
+    index = np.arange(int(sizes.sum())) - np.repeat(begin + pad - series, sizes)
     np.maximum(index, np.repeat(series, sizes), out=index)
-    padded = np.concatenate((values, np.take(values, index, axis=1)), axis=1)
-    moved: NDArray[np.int64] = begin[which] + pad[which] + age
-    return padded, moved, begin[which]
+    spot: NDArray[np.int64] = begin[which] + pad[which] + age
+    return np.take(values, index, axis=1), spot, begin[which]
 
 
 def _sorted_medians(
