@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Final
 
 import numpy as np
 
@@ -198,9 +199,9 @@ def emit_forecasts(
 
     Encoded in one pass for the batch: the times formatted by numpy in one call (or two:
     a block with a fractional second has its times to the microsecond, one without to
-    the second), the probabilities rounded in one, and each record built from its
-    block's prefix. A `json.dumps` per event, or the numpy calls per block, would cost
-    more than the forecast.
+    the second), the probabilities rounded and written in one (`probability_texts`),
+    and each record built from its block's prefix. A `json.dumps` per event, or the
+    numpy calls per block, would cost more than the forecast.
     """
     heads: list[tuple[bytes, str, int]] = []
     times, chosen, warned = [], [], []
@@ -237,7 +238,7 @@ def emit_forecasts(
         mixed[whole] = np.datetime_as_string(micros[whole], unit="s", timezone="UTC")
         mixed[~whole] = np.datetime_as_string(micros[~whole], unit="us", timezone="UTC")
         stamps = mixed.tolist()
-    probabilities = np.round(np.concatenate(chosen).astype(np.float64), 6).tolist()
+    probabilities = probability_texts(np.round(np.concatenate(chosen).astype(np.float64), 6))
     expected = np.concatenate(warned).tolist()
     out = result.forecasts
     end = 0
@@ -247,7 +248,7 @@ def emit_forecasts(
             [
                 (
                     key,
-                    f'{head}{stamp}", "probability": {probability!r}, '
+                    f'{head}{stamp}", "probability": {probability}, '
                     f'"breach_expected": {"true}" if breach else "false}"}'.encode(),
                 )
                 for stamp, probability, breach in zip(
@@ -255,3 +256,38 @@ def emit_forecasts(
                 )
             ]
         )
+
+
+#: Each of 0 ... 999 as three digit characters, and its trailing zeros (3 for 0).
+_DIGITS3: Final = np.array([[ord(c) for c in f"{j:03d}"] for j in range(1000)], dtype=np.uint32)
+_ZEROS3: Final = np.array(
+    [3 if j == 0 else 3 - len(f"{j:03d}".rstrip("0")) for j in range(1000)], dtype=np.int64
+)
+#: Which of "0.dddddd"'s eight characters a text with L digits after the point keeps.
+_KEEP: Final = (np.arange(8) < 2 + np.arange(7)[:, None]).astype(np.uint32)
+
+
+def probability_texts(rounded: np.ndarray) -> list[str]:
+    """`repr` of each probability rounded to 6 decimals (in [0, 1]), as `json.dumps`
+    writes it, from its millionths in a few array operations.
+
+    A float's `repr` costs more than the rest of its record. Every value k / 10**6 is
+    written "0." and its six digits without trailing zeros, which is its shortest
+    repr; below 1e-4 (an exponent) and at 1 the few values take `repr`. Tested on every
+    k from 0 to 10**6.
+    """
+    millionths = np.rint(rounded * 1e6).astype(np.int64)
+    np.clip(millionths, 0, 999_999, out=millionths)
+    high, low = np.divmod(millionths, 1000)
+    chars = np.empty((len(rounded), 8), dtype=np.uint32)
+    chars[:, 0], chars[:, 1] = ord("0"), ord(".")
+    chars[:, 2:5] = _DIGITS3[high]
+    chars[:, 5:] = _DIGITS3[low]
+    zeros = _ZEROS3[low]
+    whole = low == 0
+    zeros[whole] += _ZEROS3[high[whole]]
+    chars *= _KEEP[6 - np.minimum(zeros, 6)]
+    texts: list[str] = chars.view("<U8").ravel().tolist()  # trailing NULs are dropped
+    for i in np.flatnonzero((rounded < 1e-4) | (rounded >= 1.0)).tolist():
+        texts[i] = repr(float(rounded[i]))
+    return texts

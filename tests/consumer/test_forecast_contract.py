@@ -14,9 +14,11 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pytest
 
 from consumer.core import BatchResult, CoreConfig, IngestCore
+from consumer.forecasting import probability_texts
 from schemas import Forecast
 from schemas.export import SCHEMA_DIR
 from testkit.streams import RawRecord, telemetry_values
@@ -197,3 +199,14 @@ def test_a_batch_of_tenants_is_encoded_each_with_its_own_prefix_and_time_unit() 
     for name in names:
         sent = [datetime.fromisoformat(json.loads(v)["ts"]).astimezone(UTC) for v in values[name]]
         assert seen[name] == sent
+
+
+def test_probabilities_are_written_as_json_writes_them_for_every_millionth() -> None:
+    """Every value a rounded probability can take (k / 10**6), and random ones rounded
+    as the encoder rounds them: the text is `json.dumps`'s (the float's repr)."""
+    every = np.arange(1_000_001) / 1e6
+    assert probability_texts(every) == [json.dumps(v) for v in every.tolist()]
+    rounded = np.round(np.random.default_rng(0).random(20_000) ** 3, 6)
+    texts = probability_texts(rounded)
+    assert texts == [json.dumps(v) for v in rounded.tolist()]
+    assert "1e-06" in probability_texts(np.array([1e-6])) and texts[0].startswith("0.")
