@@ -606,9 +606,10 @@ def _rolling_medians(
     rows of a series share all but `_GROUP - 1` values of their windows, sorted once
     (`_grouped_medians`). Rows whose window reaches back past their series' start read
     a copy of their series' first events behind its padding (`_padded_starts`), where
-    their windows are whole and they group alike. Other columns take `_rolling_median`;
-    windows too short to group sort each row's (all columns, when that would sort more
-    values than rank filters over every event read).
+    their windows are whole and they group alike. Other columns take `_rolling_median`.
+    With windows too short to group, each row sorts its own; or where that would sort
+    more values than rank filters over every event read, every column takes
+    `_rolling_median`.
     """
     out = np.empty((len(at), base.shape[1]))
     every = np.ascontiguousarray(base.T)
@@ -639,8 +640,8 @@ def _rolling_medians(
     return out
 
 
-#: Young rows at a time over the window (`_rolling_medians`): the copies of their series'
-#: starts hold at most twice this many events.
+#: `_rolling_medians` takes young rows this over the window at a time: the copies of
+#: their series' starts (`_padded_starts`) then hold at most twice this many events.
 _PADDED: Final = 1 << 18
 
 
@@ -658,7 +659,7 @@ def _grouped_into(
     one series) are grouped."""
     if not len(rows):
         return
-    starts, sizes = _median_groups(spot, key, np.ones(len(rows), dtype=bool))
+    starts, sizes = _median_groups(spot, key)
     medians = _grouped_medians(values, window, spot[starts])  # (cols, _GROUP, groups)
     real = np.arange(_GROUP)[:, None] < sizes
     some = rows[(starts + np.arange(_GROUP)[:, None])[real]]
@@ -721,19 +722,17 @@ def _middle(ordered: NDArray[np.float64], window: int) -> NDArray[np.float64]:
 
 
 def _median_groups(
-    at: NDArray[np.int64], first: NDArray[np.int64], mature: NDArray[np.bool_]
+    at: NDArray[np.int64], first: NDArray[np.int64]
 ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """Where in `at` each group of rows starts, and its size: up to `_GROUP` rows of
-    consecutive events of one series, each with its whole window in its series
-    (`mature`), counted from the start of each run of such rows."""
+    consecutive events of one series (the same `first`), counted from the start of each
+    run of such rows."""
     n = len(at)
     if not n:
         return at[:0], at[:0]
-    joined = (at[1:] == at[:-1] + 1) & (first[1:] == first[:-1]) & mature[1:] & mature[:-1]
+    joined = (at[1:] == at[:-1] + 1) & (first[1:] == first[:-1])
     begin = np.flatnonzero(np.concatenate(([True], ~joined)))
-    begin = begin[mature[begin]]
-    end = np.append(np.flatnonzero(~joined) + 1, n)  # each run's end, after its last row
-    end = end[np.searchsorted(end, begin, side="right")]
+    end = np.append(begin[1:], n)  # each run's end, after its last row
     counts = (end - begin + _GROUP - 1) // _GROUP
     starts = np.repeat(begin, counts)
     starts += _GROUP * (np.arange(len(starts)) - np.repeat(np.cumsum(counts) - counts, counts))
