@@ -30,7 +30,7 @@ from consumer.batch import ROW, BatchResult, Block, CoreConfig, DeadLetterOut, T
 from consumer.forecasting import Forecaster
 from consumer.live_model import LiveModel
 from consumer.ood import DETECTOR as OOD_DETECTOR
-from consumer.ood import ood_alarms, ood_scores
+from consumer.ood import ood_alarms
 from consumer.tenants import Refusal, TenantRegistry
 from consumer.triggers import RetrainTriggers, Trigger, count_alarms, settled
 from kernel.kafka import KafkaRecord
@@ -459,7 +459,7 @@ class IngestCore:
         model = state.model
         if model is None or events <= 0:
             return []
-        scores = ood_scores(model, state.window, block.events)
+        scores = self._forecaster.ood_scores(block)
         if scores is None:
             return []
         signals = ood_alarms(state.ood, model, scores, events)

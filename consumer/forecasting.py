@@ -23,6 +23,7 @@ import numpy as np
 from consumer.batch import BatchResult, Block, CoreConfig, TenantState
 from consumer.detectors import DriftSignal
 from consumer.live_model import Events, LiveModel
+from consumer.ood import ood_scores, watched_inputs
 from consumer.recalibration import RecalibrationPlan, finish_all, solve
 from consumer.stacked import BatchForecasts, StackCache
 from consumer.warnings import LiveWarnings, quiet_flags, quiet_flags_many
@@ -77,6 +78,19 @@ class Forecaster:
         self._quiet = {
             state.tenant: (state, quiet) for (state, _block), quiet in zip(work, flags, strict=True)
         }
+
+    def ood_scores(self, block: Block) -> np.ndarray | None:
+        """The block's OOD scores (`consumer.ood.ood_scores`, None for a model that has
+        none): the batch's forward computed them where the model forecast with the batch
+        (the gate scores the same rows), else they are computed alone."""
+        state = block.state
+        model = state.model
+        if model is None or watched_inputs(model) is None:
+            return None
+        scores = self._batch.take_ood(state)
+        if scores is not None and len(scores) == len(block):
+            return scores
+        return ood_scores(model, state.window, block.events)
 
     def _quiet_flags(self, block: Block) -> np.ndarray:
         state = block.state

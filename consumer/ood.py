@@ -39,6 +39,15 @@ class OodRun:
     asked: bool = False
 
 
+def watched_inputs(model: LiveModel) -> np.ndarray | None:
+    """The input columns the model's gate watches, or None where it watches none."""
+    module = model.module
+    if not module.gated:
+        return None
+    watched = np.flatnonzero(module.ood_watch.detach().cpu().numpy())
+    return watched if len(watched) else None
+
+
 def ood_scores(model: LiveModel, window: TenantWindow, block: Events) -> np.ndarray | None:
     """Each block event's out-of-distribution score, or None for a model that has none.
 
@@ -47,12 +56,10 @@ def ood_scores(model: LiveModel, window: TenantWindow, block: Events) -> np.ndar
     (no history), a fraction of what the forecast itself costs. Otherwise the rows are
     computed as the forecast computes them, with the tail of the tenant's `window`.
     """
+    watched = watched_inputs(model)
+    if watched is None:
+        return None
     module = model.module
-    if not module.gated:
-        return None
-    watched = np.flatnonzero(module.ood_watch.detach().cpu().numpy())
-    if not len(watched):
-        return None
     if int(watched.max()) < len(FEATURES):
         rows = model.features.transform(*block)
     else:

@@ -101,14 +101,17 @@ class ModelBank:
         heapq.heappush(self._free, slot)
         self.live -= 1
 
-    def logits(self, slots: Sequence[int], X: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """`StackedMLP.logits` of the models in `slots`, page by page, each page's members
+    def scores(
+        self, slots: Sequence[int], X: torch.Tensor, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`StackedMLP.scores` of the models in `slots`, page by page, each page's members
         in slot order (consecutive slots are read in place)."""
         where = torch.tensor(slots, dtype=torch.int64)
         order = torch.argsort(where)
         ranked = where[order]
         bounds = torch.searchsorted(ranked, torch.arange(len(self._pages) + 1) * self._page_slots)
         out = torch.empty(X.shape[:2], dtype=X.dtype)
+        ood: torch.Tensor | None = None
         edges = bounds.tolist()
         for page, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
             if lo == hi:
@@ -118,8 +121,13 @@ class ModelBank:
             if bool((order[lo:hi] == torch.arange(first, first + hi - lo)).all()):
                 members = slice(first, first + hi - lo)  # rows in order: no gather, no scatter
             index = ranked[lo:hi] - page * self._page_slots
-            out[members] = self._pages[page].logits(index, X[members], rows[members])
-        return out
+            logits, shares = self._pages[page].scores(index, X[members], rows[members])
+            out[members] = logits
+            if shares is not None:
+                if ood is None:
+                    ood = torch.empty(X.shape[:2], dtype=shares.dtype)
+                ood[members] = shares
+        return out, ood
 
 
 class StackCache:
@@ -134,29 +142,38 @@ class StackCache:
         self, models: Sequence[LiveModel], X: torch.Tensor, rows: torch.Tensor
     ) -> torch.Tensor:
         """`StackedMLP.logits` of `models` (one architecture) on their padded inputs."""
+        return self.scores(models, X, rows)[0]
+
+    def scores(
+        self, models: Sequence[LiveModel], X: torch.Tensor, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`StackedMLP.scores` of `models` (one architecture) on their padded inputs."""
         stored = [model.stored for model in models]
         first = stored[0]
         if first is not None and all(s is not None and s[0] is first[0] for s in stored):
-            return first[0].logits([s[1] for s in stored if s is not None], X, rows)
+            return first[0].scores([s[1] for s in stored if s is not None], X, rows)
         stack = StackedMLP([model.module for model in models])
-        return stack.logits(torch.arange(len(models)), X, rows)
+        return stack.scores(torch.arange(len(models)), X, rows)
 
 
 class BatchForecasts:
-    """The forecasts of a batch's tenants computed together, each claimed by its block."""
+    """The forecasts of a batch's tenants computed together, each claimed by its block,
+    and a gated model's OOD scores of the same rows (`consumer.ood`)."""
 
     def __init__(self) -> None:
         #: Each tenant's state, model, and where its forecasts are: its forward's (members,
         #: rows) probabilities, its row there and its count (copied out when claimed).
         self._proba: dict[str, tuple[TenantState, LiveModel, np.ndarray, int, int]] = {}
+        #: The same for the OOD scores of a gated model's rows.
+        self._ood: dict[str, tuple[TenantState, LiveModel, np.ndarray, int, int]] = {}
 
     def take(self, state: TenantState) -> np.ndarray | None:
         """The tenant's forecasts, if they were computed for this state and its model."""
-        found = self._proba.pop(state.tenant, None)
-        if found is None or found[0] is not state or found[1] is not state.model:
-            return None
-        _state, _model, proba, row, count = found
-        return proba[row, :count].copy()
+        return _claim(self._proba, state, np.float32)
+
+    def take_ood(self, state: TenantState) -> np.ndarray | None:
+        """The tenant's OOD scores (float64), if its gated model forecast with the batch."""
+        return _claim(self._ood, state, np.float64)
 
     def compute(self, cache: StackCache, work: Sequence[tuple[TenantState, Events]]) -> None:
         """Forecast each (state, block columns) whose state has a model and a full tail.
@@ -166,6 +183,7 @@ class BatchForecasts:
         unclaimed.
         """
         self._proba.clear()
+        self._ood.clear()
         by_spec: dict[Hashable, list[tuple[TenantState, LiveModel, Events]]] = {}
         canonical: dict[Hashable, int] = {}  # each architecture's number
         keys: dict[int, int] = {}  # each model's architecture number
@@ -199,7 +217,7 @@ class BatchForecasts:
         for i, (_s, _m, rows) in enumerate(group):
             X[i, : len(rows)] = rows
         with torch.inference_mode():
-            logits = cache.logits(
+            logits, shares = cache.scores(
                 [m for _s, m, _r in group],
                 torch.from_numpy(X),
                 torch.tensor(counts, dtype=torch.int64),
@@ -207,6 +225,25 @@ class BatchForecasts:
             proba = torch.sigmoid(logits).numpy()
         for i, (state, model, _rows) in enumerate(group):
             self._proba[state.tenant] = (state, model, proba, i, counts[i])
+        if shares is not None:
+            ood = shares.numpy()
+            for i, (state, model, _rows) in enumerate(group):
+                self._ood[state.tenant] = (state, model, ood, i, counts[i])
+
+
+def _claim(
+    found_in: dict[str, tuple[TenantState, LiveModel, np.ndarray, int, int]],
+    state: TenantState,
+    dtype: type[np.floating],
+) -> np.ndarray | None:
+    """The tenant's row of a forward's output (a copy), if it was computed for this state
+    and its model."""
+    found = found_in.pop(state.tenant, None)
+    if found is None or found[0] is not state or found[1] is not state.model:
+        return None
+    _state, _model, values, row, count = found
+    out: np.ndarray = values[row, :count].astype(dtype)
+    return out
 
 
 def chunks(

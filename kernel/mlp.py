@@ -443,6 +443,13 @@ class StackedMLP:
         logits are meaningless (they only must not decide a member's OOD shrinkage).
         Members that are consecutive slots, in order, are read in place (no copy).
         """
+        return self.scores(members, X, rows)[0]
+
+    def scores(
+        self, members: torch.Tensor, X: torch.Tensor, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`logits`, and for gated members each row's `SlaMLP.ood_score` (t, r), which
+        the gate computes anyway (None when not gated)."""
         pick: torch.Tensor | slice = members
         first = int(members[0]) if len(members) else 0
         if bool((members == torch.arange(first, first + len(members))).all()):
@@ -461,7 +468,7 @@ class StackedMLP:
         shifted = out + torch.gather(self.offset_logit[pick], 1, flag.long())
         out = torch.where((column >= 0).unsqueeze(1), shifted, out)
         if not self.gated:
-            return out
+            return out, None
         gate = self.gate_column[pick]
         weight, bias = self.incident
         incident = torch.baddbmm(bias[pick].unsqueeze(1), z, weight[pick].transpose(1, 2))
@@ -478,7 +485,7 @@ class StackedMLP:
             prior = torch.sigmoid(self.prior[pick]).unsqueeze(1)
             p = (torch.sigmoid(out) * (1 - share) + prior * share).clamp(1e-7, 1 - 1e-7)
             out = torch.where(shrunk.unsqueeze(1), torch.log(p) - torch.log1p(-p), out)
-        return out
+        return out, share
 
 
 def _column(X: torch.Tensor, column: torch.Tensor) -> torch.Tensor:

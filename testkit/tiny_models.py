@@ -17,7 +17,19 @@ from kernel.features import FeatureSpec
 from kernel.mlp import SlaMLP
 from kernel.model_follower import ModelAuthority, ModelRefused
 from kernel.store import ModelStore
-from schemas import ModelPublished
+from schemas import FEATURES, ModelPublished
+
+#: An out-of-fold calibration table (ten bins of forecasts, each with its record).
+_SERVED_CALIBRATION = [
+    {
+        "lower": i / 10,
+        "upper": (i + 1) / 10,
+        "n": 200.0,
+        "mean_proba": (i + 0.5) / 10,
+        "observed_rate": (i + 0.5) / 10,
+    }
+    for i in range(10)
+]
 
 
 def tiny_live_model(
@@ -29,12 +41,24 @@ def tiny_live_model(
     version: int = 1,
     poisoned: bool = False,
     seed: int = 0,
+    served: bool = False,
 ) -> LiveModel:
+    """An untrained model; `served` gives it the shape the retrainer publishes (a gated
+    forecaster watching the metrics at t, a "within" card of horizon 6 with an out-of-fold
+    calibration table), so the consumer serves it on the path production models take:
+    OOD scores, the gate, the calibration watch."""
     spec = FeatureSpec()
     names = spec.names()
     torch.manual_seed(seed)
-    module = SlaMLP(n_features=len(names), hidden_layers=hidden_layers, width=width).eval()
+    module = SlaMLP(
+        n_features=len(names), hidden_layers=hidden_layers, width=width, gated=served
+    ).eval()
     module.set_normalization(np.zeros(len(names)), np.ones(len(names)))
+    if served:
+        watch = np.zeros(len(names), dtype=bool)
+        watch[: len(FEATURES)] = True
+        low, high = np.full(len(names), -1e3), np.full(len(names), 1e3)
+        module.set_gate(names.index("quiet"), low, high, watch)
     if poisoned:
         with torch.no_grad():
             module.head.bias.fill_(float("nan"))
@@ -42,9 +66,11 @@ def tiny_live_model(
         architecture=module.architecture(),
         features=spec,
         feature_order=list(names),
-        horizon=1,
+        horizon=6 if served else 1,
+        target="within" if served else "at",
         threshold=threshold,
-        metrics={},
+        metrics={"log_loss": 0.3} if served else {},
+        calibration=_SERVED_CALIBRATION if served else [],
         cv_table=[],
         lineage={},
         files={},

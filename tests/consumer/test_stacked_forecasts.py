@@ -11,8 +11,11 @@ import torch
 from confluent_kafka import Message
 
 import consumer.stacked
+from consumer.batch import TenantState
 from consumer.core import CoreConfig, IngestCore
 from consumer.live_model import Events, LiveModel
+from consumer.ood import ood_scores
+from consumer.stacked import BatchForecasts, StackCache
 from kernel.artifacts import predict_proba
 from kernel.features import FeatureSpec
 from kernel.mlp import SlaMLP, StackedMLP
@@ -142,3 +145,47 @@ def test_batched_forecasts_equal_each_tenants_own(monkeypatch: pytest.MonkeyPatc
             compared += 1
         assert [k for k, _v in warnings] == [k for k, _v in warnings_alone]
     assert compared == 8 * 400
+
+
+def test_a_gated_models_ood_scores_from_the_batch_are_its_own_bit_for_bit() -> None:
+    """The batch's forward scores each gated tenant's rows for OOD as the gate does: the
+    scores the consumer's OOD watch reads from it are what `ood_scores` computes alone,
+    in range, partly out and far out, young tails and long ones."""
+    core = IngestCore(CoreConfig(telemetry_topic="sla.telemetry"))
+    rng = np.random.default_rng(5)
+    names = FeatureSpec().names()
+    work: list[tuple[TenantState, Events]] = []
+    for i, (history, high) in enumerate([(0, 1e3), (30, 3.5), (100, 3.0), (100, -2.0), (400, 1e3)]):
+        tenant = f"tenant-{i:03d}"
+        model = tiny_live_model(tenant, hidden_layers=2, width=8, seed=i, served=True)
+        model.module.set_gate(
+            names.index("quiet"),
+            np.full(len(names), -1e3),
+            np.full(len(names), high),
+            np.arange(len(names)) < 6,
+        )
+        core.apply_model(model)
+        state = core.registry.admit(tenant, 0)
+        assert isinstance(state, TenantState)
+        n = history + 40
+        ts = 30.0 * np.arange(n, dtype=np.float64)
+        metrics = rng.lognormal(3.0, 0.6, (n, 6)).astype(np.float32)
+        metrics[:, 3:5] = rng.uniform(0, 1, (n, 2))
+        labels = rng.random(n) < 0.2
+        if history:
+            state.window.extend(
+                ts[:history], metrics[:history], labels[:history], np.arange(history)
+            )
+        work.append((state, (ts[history:], metrics[history:], labels[history:])))
+    batch = BatchForecasts()
+    batch.compute(StackCache(), work)
+    shares = []
+    for state, block in work:
+        assert state.model is not None
+        got = batch.take_ood(state)
+        want = ood_scores(state.model, state.window, block)
+        assert got is not None and want is not None
+        assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+        shares.append(got)
+    every = np.concatenate(shares)
+    assert (every == 0).any() and ((every > 0) & (every < 1)).any() and (every == 1).any()

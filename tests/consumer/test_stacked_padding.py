@@ -23,11 +23,11 @@ class RecordingCache(StackCache):
     def __init__(self) -> None:
         self.forwards: list[tuple[int, int, int]] = []
 
-    def logits(
+    def scores(
         self, models: Sequence[LiveModel], X: torch.Tensor, rows: torch.Tensor
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         self.forwards.append((X.shape[0], X.shape[1], int(rows.sum())))
-        return super().logits(models, X, rows)
+        return super().scores(models, X, rows)
 
 
 def _events(rng: np.random.Generator, n: int, start: float) -> Events:
