@@ -31,7 +31,7 @@ sum past `threshold` is an alarm. Two guards make it quiet on stable tenants:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from typing import Final
 
 import numpy as np
@@ -85,7 +85,14 @@ class CalibrationWatch:
             self.offset = 0.0
 
     def copy(self) -> CalibrationWatch:
-        return replace(self, sums=list(self.sums), zero_at=list(self.zero_at))
+        """An independent copy (each block tries one): field by field, without
+        `dataclasses.replace`'s checks, which cost 25 ms a batch of 1,000 tenants."""
+        other = object.__new__(CalibrationWatch)
+        for name in _FIELDS:
+            setattr(other, name, getattr(self, name))
+        other.sums = list(self.sums)
+        other.zero_at = list(self.zero_at)
+        return other
 
     def reset(self) -> None:
         """Forget the sums (after an alarm), keeping the go-live offset."""
@@ -141,3 +148,7 @@ class CalibrationWatch:
     def odds_ratio(self) -> float:
         """The go-live offset as an odds ratio (1: the record held at go-live)."""
         return math.exp(self.offset or 0.0)
+
+
+#: Every field of a `CalibrationWatch` (`CalibrationWatch.copy`).
+_FIELDS: Final = tuple(f.name for f in fields(CalibrationWatch))

@@ -8,6 +8,7 @@ outcome a "within" forecast is scored against is a breach within its horizon.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import replace
 
@@ -162,3 +163,19 @@ def test_a_calibration_alarm_says_where_its_change_began() -> None:
     assert at is not None and at > 3_000 and watch.direction == 1
     began = at - watch.change_ago
     assert abs(began - 3_000) < abs(at - 3_000) and abs(began - 3_000) <= 200, (at, began)
+
+
+def test_a_watchs_copy_has_every_field_and_moves_on_alone() -> None:
+    """A block tries the calibration watch on a copy: the copy starts where the watch
+    is (every field) and what it then sees leaves the watch as it was."""
+    rng = np.random.default_rng(3)
+    watch = CalibrationWatch(8.0, 50, 6)
+    calm_then_busy = np.concatenate((rng.random(50) < 0.1, rng.random(250) < 0.5))
+    watch.first(calm_then_busy.astype(float), np.full(300, 0.1))
+    assert watch.offset is not None and watch.direction != 0  # warmed up, and alarmed
+    trial = watch.copy()
+    assert dataclasses.asdict(trial) == dataclasses.asdict(watch)
+    before = dataclasses.asdict(watch)
+    trial.first((rng.random(300) < 0.9).astype(float), np.full(300, 0.1))
+    assert dataclasses.asdict(watch) == before
+    assert dataclasses.asdict(trial) != before
