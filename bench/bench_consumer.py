@@ -89,12 +89,15 @@ def bench_core(data: list[tuple[bytes, bytes]], batch: int) -> dict[str, float]:
 
 
 def live_models(data: list[tuple[bytes, bytes]]) -> list[LiveModel]:
-    """One live model per tenant: 2 x 64 hidden, the largest of the default grid.
+    """One live model per tenant: 2 x 64 hidden, the largest of the default grid, in the
+    shape the retrainer publishes (`served`: gated, with OOD scores, a "within" card of
+    horizon 6 and an out-of-fold calibration table), so the consumer serves it on the
+    production path.
 
     The weights are untrained: forecasting costs the same whatever they are.
     """
     tenants = sorted({k.decode() for k, _v in data})
-    model = tiny_live_model("x", hidden_layers=2, width=64)
+    model = tiny_live_model("x", hidden_layers=2, width=64, served=True)
     return [replace(model, tenant=tenant) for tenant in tenants]
 
 
@@ -305,7 +308,7 @@ if {live}:
     from confluent_kafka import Message
     from testkit.streams import telemetry_bytes
     from testkit.tiny_models import tiny_live_model
-    model = tiny_live_model("x", hidden_layers=2, width=64)
+    model = tiny_live_model("x", hidden_layers=2, width=64, served=True)
     for i in range(tenants):
         tenant = f"tenant-{{i:05d}}"
         module = copy.deepcopy(model.module)
