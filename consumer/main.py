@@ -119,8 +119,12 @@ def build_service(
     torch.set_num_threads(1)
     # Records never time out in the producer: through a broker outage of any length
     # they wait there, in order, and the service waits for them (a timed-out record of
-    # an idempotent producer would have to be produced again, out of order).
-    tracker = DeliveryTracker(make_producer(settings, **{"message.timeout.ms": 0}))
+    # an idempotent producer would have to be produced again, out of order). Batches
+    # are lz4-compressed: a batch's forecasts are tens of thousands of similar JSON
+    # records, and the broker then takes in a fraction of the bytes.
+    tracker = DeliveryTracker(
+        make_producer(settings, **{"message.timeout.ms": 0, "compression.type": "lz4"})
+    )
     follower = None
     if parts.models is not None:
         follower = AnswerFollower(
