@@ -79,7 +79,7 @@ class OutOfFoldReference:
     def rate(self, proba: np.ndarray) -> np.ndarray:
         """f(p): how often a forecast in p's bin came true out of fold (p where unseen)."""
         p = np.asarray(proba, dtype=np.float64)
-        index = np.minimum(np.searchsorted(self.uppers, p, side="right"), len(self.rates) - 1)
+        index = np.minimum(self.uppers.searchsorted(p, side="right"), len(self.rates) - 1)
         rate = self.rates[index]
         return np.where(np.isnan(rate), p, rate)
 
@@ -90,7 +90,7 @@ class OutOfFoldReference:
         >>> ref.loss(np.array([0.25, 0.9]), 0.01).round(3)  # f = p: the entropy H(p)
         array([0.562, 0.325])
         """
-        p = np.clip(np.asarray(proba, dtype=np.float64), clip, 1.0 - clip)
+        p = np.minimum(np.maximum(np.asarray(proba, dtype=np.float64), clip), 1.0 - clip)
         f = self.rate(p)
         out: np.ndarray = -(f * np.log(p) + (1.0 - f) * np.log1p(-p))
         return out

@@ -136,7 +136,7 @@ def log_loss_excess(proba: np.ndarray, outcome: np.ndarray, clip: float) -> np.n
 
 def _log_loss(proba: np.ndarray, outcome: np.ndarray, clip: float) -> np.ndarray:
     """Per event: the log loss alone, as `_losses` computes it (same operations)."""
-    p = np.clip(proba.astype(np.float64), clip, 1.0 - clip)
+    p = np.minimum(np.maximum(proba.astype(np.float64), clip), 1.0 - clip)  # np.clip, faster
     y = outcome.astype(np.float64)
     loss: np.ndarray = -(y * np.log(p) + (1.0 - y) * np.log1p(-p))
     return loss
@@ -144,7 +144,7 @@ def _log_loss(proba: np.ndarray, outcome: np.ndarray, clip: float) -> np.ndarray
 
 def _losses(proba: np.ndarray, outcome: np.ndarray, clip: float) -> tuple[np.ndarray, np.ndarray]:
     """Per event: the log loss, and the entropy H(p) that the forecast p promised."""
-    p = np.clip(proba.astype(np.float64), clip, 1.0 - clip)
+    p = np.minimum(np.maximum(proba.astype(np.float64), clip), 1.0 - clip)  # np.clip, faster
     log_p, log_q = np.log(p), np.log1p(-p)
     y = outcome.astype(np.float64)
     loss = -(y * log_p + (1.0 - y) * log_q)

@@ -45,7 +45,8 @@ _CLIP: Final = 1e-6
 
 
 def logit(p: np.ndarray) -> np.ndarray:
-    q = np.clip(np.asarray(p, dtype=np.float64), _CLIP, 1.0 - _CLIP)
+    # np.minimum(np.maximum(..)) is np.clip's arithmetic without its Python dispatch.
+    q = np.minimum(np.maximum(np.asarray(p, dtype=np.float64), _CLIP), 1.0 - _CLIP)
     out: np.ndarray = np.log(q) - np.log1p(-q)
     return out
 
@@ -117,7 +118,7 @@ class Recalibration:
             z = np.concatenate((self.logits[head], made_logits[mine]))
             y = np.concatenate((self.outcomes[head], outcome[mine].astype(np.float64)))
             if len(plan.refits):
-                ends = len(self.logits[head]) + np.searchsorted(at, plan.refits, side="right")
+                ends = len(self.logits[head]) + at.searchsorted(plan.refits, side="right")
                 plan.problems[head] = (z, y, ends)
             self.logits[head] = z[-self.recent :]
             self.outcomes[head] = y[-self.recent :]
