@@ -138,12 +138,6 @@ class StackCache:
     only, never kept.
     """
 
-    def logits(
-        self, models: Sequence[LiveModel], X: torch.Tensor, rows: torch.Tensor
-    ) -> torch.Tensor:
-        """`StackedMLP.logits` of `models` (one architecture) on their padded inputs."""
-        return self.scores(models, X, rows)[0]
-
     def scores(
         self, models: Sequence[LiveModel], X: torch.Tensor, rows: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:

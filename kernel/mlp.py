@@ -335,7 +335,7 @@ class StackedMLP:
     """Many :class:`SlaMLP` of one architecture as stacked tensors, for one forward for all.
 
     A consumer batch holds a few rows for each of many tenants: one small forward per
-    tenant costs far more in call overhead than in arithmetic. :meth:`logits` computes
+    tenant costs far more in call overhead than in arithmetic. :meth:`scores` computes
     what each member's own ``forward`` (eval mode) computes, with batched matrix
     products (equal to float32 rounding, not bit for bit).
 
@@ -436,20 +436,17 @@ class StackedMLP:
             for tensor in module.state_dict(keep_vars=True).values():
                 tensor.data = tensor.data.clone()
 
-    def logits(self, members: torch.Tensor, X: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """Logits (t, r) of members `members` (t,) on their padded inputs `X` (t, r, f).
+    def scores(
+        self, members: torch.Tensor, X: torch.Tensor, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (t, r) of members `members` (t,) on their padded inputs `X` (t, r, f),
+        and for gated members each row's `SlaMLP.ood_score` (t, r), which the gate
+        computes anyway (None when not gated).
 
         `rows` (t,) is each member's count of real rows; the rest are padding, whose
         logits are meaningless (they only must not decide a member's OOD shrinkage).
         Members that are consecutive slots, in order, are read in place (no copy).
         """
-        return self.scores(members, X, rows)[0]
-
-    def scores(
-        self, members: torch.Tensor, X: torch.Tensor, rows: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`logits`, and for gated members each row's `SlaMLP.ood_score` (t, r), which
-        the gate computes anyway (None when not gated)."""
         pick: torch.Tensor | slice = members
         first = int(members[0]) if len(members) else 0
         if bool((members == torch.arange(first, first + len(members))).all()):

@@ -35,7 +35,7 @@ def _together(models: list[LiveModel]) -> np.ndarray:
     X = torch.from_numpy(np.stack([ROWS] * len(models)))
     rows = torch.full((len(models),), len(ROWS))
     with torch.inference_mode():
-        return torch.sigmoid(StackCache().logits(models, X, rows)).numpy()
+        return torch.sigmoid(StackCache().scores(models, X, rows)[0]).numpy()
 
 
 def test_an_adopted_module_reads_its_slot_and_forecasts_bit_for_bit_as_before() -> None:

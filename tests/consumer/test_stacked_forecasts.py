@@ -57,7 +57,9 @@ def test_a_stacked_forward_is_each_members_own_forward() -> None:
         X[i, : len(r)] = r
     stack = StackedMLP(modules)
     with torch.inference_mode():
-        logits = stack.logits(torch.tensor([0, 1, 2]), torch.from_numpy(X), torch.tensor([9, 4, 6]))
+        logits = stack.scores(
+            torch.tensor([0, 1, 2]), torch.from_numpy(X), torch.tensor([9, 4, 6])
+        )[0]
     together = torch.sigmoid(logits).numpy()
     for i, (module, r) in enumerate(zip(modules, rows, strict=True)):
         alone = predict_proba(module, r)
@@ -66,7 +68,7 @@ def test_a_stacked_forward_is_each_members_own_forward() -> None:
     assert float(modules[2].ood_score(torch.from_numpy(rows[2]))[5]) > 0
     # Members can be taken in any order and any subset.
     with torch.inference_mode():
-        again = stack.logits(torch.tensor([2]), torch.from_numpy(X[2:3, :6]), torch.tensor([6]))
+        again = stack.scores(torch.tensor([2]), torch.from_numpy(X[2:3, :6]), torch.tensor([6]))[0]
     alone = predict_proba(modules[2], rows[2])
     np.testing.assert_allclose(torch.sigmoid(again).numpy()[0], alone, atol=1e-6, rtol=0)
 
