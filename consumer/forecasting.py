@@ -85,12 +85,12 @@ class Forecaster:
         (the gate scores the same rows), else they are computed alone."""
         state = block.state
         model = state.model
-        if model is None or watched_inputs(model) is None:
+        if model is None:
             return None
         scores = self._batch.take_ood(state)
-        if scores is not None and len(scores) == len(block):
-            return scores
-        return ood_scores(model, state.window, block.events)
+        if scores is None or len(scores) != len(block):
+            return ood_scores(model, state.window, block.events)
+        return scores if watched_inputs(model) is not None else None
 
     def _quiet_flags(self, block: Block) -> np.ndarray:
         state = block.state
