@@ -300,8 +300,8 @@ class _Windowed:
     `_pairwise_sum` of them: numpy's own order of summing a row, so each value is what
     summing that row's window on its own (``view.sum(axis=1)``, ``view.mean(axis=1)``)
     gives, bit for bit. The rolling statistics of rows whose window reaches back before
-    their series' start are `_mean_std`'s: the same sums, of those windows with zeros
-    (not the first event) before the start.
+    their series' start are `_rolling_mean`'s: the same sums, of those windows with
+    zeros (not the first event) before the start.
     """
 
     def __init__(self, spec: FeatureSpec, rows: int) -> None:
@@ -361,7 +361,7 @@ class _Windowed:
         mean_sq = _pairwise_sum(window, scratch, window) / counts
         std = np.sqrt(np.maximum(mean_sq - mean * mean, 0.0))
         partial = np.flatnonzero(at - first < w - 1)
-        if len(partial):  # `_mean_std`'s windows: zeros before the series' start
+        if len(partial):  # `_rolling_mean`'s windows: zeros before the series' start
             events = at[partial] - np.arange(w - 1, -1, -1)[:, None]
             events[events < first[partial]] = len(base) - 1
             cut = np.take(base, events, axis=0)
@@ -538,15 +538,6 @@ def _rolling_mean(
     counts = np.minimum(at - first + 1, window)
     result: NDArray[np.float64] = sums / counts
     return result
-
-
-def _mean_std(
-    values: NDArray[np.float64], window: int, at: NDArray[np.int64], first: NDArray[np.int64]
-) -> list[NDArray[np.float64]]:
-    mean = _rolling_mean(values, window, at, first)
-    mean_sq = _rolling_mean(values * values, window, at, first)
-    std = np.sqrt(np.maximum(mean_sq - mean * mean, 0.0))
-    return [mean[:, None], std[:, None]]
 
 
 def _windows(
